@@ -1,0 +1,35 @@
+"""The asyncpg pool every process shares: one place for codecs and sizing."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from db.settings import Settings
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in and out as Python objects (scores, audit details, idempotent results).
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """A pool with our codecs; ``dsn`` may be any libpq URL, Unix sockets included."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+        # Statements are prepared per connection; keep the cache but let
+        # PgBouncer-style poolers work by naming nothing globally.
+        max_inactive_connection_lifetime=300,
+    )
+    assert pool is not None  # create_pool returns None only when not awaited
+    return pool
+
+
+async def pool_from_settings(settings: Settings) -> asyncpg.Pool:
+    if settings.database_url is None:
+        raise RuntimeError("VYBE_DATABASE_URL is not set (vybe dev sets it for embedded PostgreSQL)")
+    return await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)

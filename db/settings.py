@@ -1,0 +1,164 @@
+"""Process settings: read once from ``VYBE_*`` environment variables at entry.
+
+Every process (gateway, worker, migrate, dev) calls :func:`load_settings` once and
+passes the frozen result down; nothing else reads the environment. An invalid
+value raises :class:`SettingsError` whose message is one line naming the
+variable, which the CLI prints before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import msgspec
+
+PREFIX = "VYBE_"
+
+
+class SettingsError(Exception):
+    """A configuration value is missing or invalid; ``str()`` is one line."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """All configuration. Field ``x`` is read from ``VYBE_X``; see the README table."""
+
+    database_url: str | None = None
+    """PostgreSQL DSN. Unset: ``vybe dev`` starts an embedded PostgreSQL 16."""
+    redis_url: str | None = None
+    """Redis URL (redis://, rediss://, unix://). Unset: ``vybe dev`` starts an embedded Redis."""
+    redis_prefix: str = "vybe:"
+    """Prefix of every Redis key and pub/sub channel (several deployments or test runs can share one Redis)."""
+    data_dir: str = ".vybe"
+    """Where embedded services keep their data (survives restarts)."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    node_id: str = ""
+    """Name of this gateway node in metrics and presence; empty: hostname-pid."""
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+
+    jwt_algorithms: str = "HS256"
+    """Comma-separated allow-list; never ``none``."""
+    jwt_secret: str | None = None
+    """HS* shared secret (development). Unset in ``vybe dev``: one is made and kept in data_dir."""
+    jwt_public_key: str | None = None
+    """RS*/ES* public key: PEM text or a path to a PEM file (production)."""
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_s: float = 30.0
+
+    auth_timeout_s: float = 5.0
+    max_frame_bytes: int = 16_384
+    max_vybe_chars: int = 5_000
+    max_comment_chars: int = 2_000
+    rate_per_s: float = 20.0
+    rate_burst: int = 40
+    max_subscriptions: int = 64
+    send_queue_bytes: int = 1_048_576
+    history_len: int = 1_000
+    """Events kept per channel for resume (Redis stream MAXLEN, approximate)."""
+    heartbeat_s: float = 20.0
+    token_warn_s: float = 60.0
+    """Warn a client this long before its token expires."""
+    write_batch_ms: float = 2.0
+    """Group-commit window for reactions."""
+    write_batch_max: int = 500
+
+    scorer: str = "embedded"
+    """embedded | light | detoxify."""
+    detoxify_checkpoint: str | None = None
+    detoxify_hf_dir: str | None = None
+    moderation_mode: str = "flag"
+    """off | shadow | flag | hide."""
+    moderation_thresholds: str = ""
+    """Overrides, ``label=flag[:hide],...``; e.g. ``toxicity=0.8:0.97,threat=0.6``."""
+    premoderation: bool = False
+    """Hold new vybes out of the feed until scored."""
+    report_flag_threshold: int = 3
+    """Distinct reporters that flag a target."""
+    claim_lease_s: float = 300.0
+    worker_batch: int = 64
+    worker_block_ms: int = 50
+    worker_claim_idle_ms: int = 30_000
+    worker_max_attempts: int = 3
+    sweep_after_s: float = 60.0
+
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _check_url("VYBE_DATABASE_URL", self.database_url, ("postgres", "postgresql"))
+        _check_url("VYBE_REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        _check_choice("VYBE_SCORER", self.scorer, ("embedded", "light", "detoxify"))
+        _check_choice("VYBE_MODERATION_MODE", self.moderation_mode, ("off", "shadow", "flag", "hide"))
+        if not 0 < self.port < 65536:
+            raise SettingsError("VYBE_PORT", f"{self.port} is not a TCP port (1-65535)")
+        algorithms = self.algorithms
+        if not algorithms or any(a.lower() == "none" for a in algorithms):
+            raise SettingsError("VYBE_JWT_ALGORITHMS", "must list signing algorithms, and never 'none'")
+        for name in ("max_frame_bytes", "rate_burst", "max_subscriptions", "send_queue_bytes",
+                     "history_len", "worker_batch", "write_batch_max", "report_flag_threshold"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(PREFIX + name.upper(), "must be a positive number")
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.jwt_algorithms.split(",") if a.strip())
+
+
+def _check_url(variable: str, value: str | None, schemes: tuple[str, ...]) -> None:
+    if value is None:
+        return
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as err:
+        raise SettingsError(variable, f"unparseable URL ({err})") from err
+    if parts.scheme not in schemes:
+        raise SettingsError(variable, f"URL scheme must be one of {', '.join(schemes)}; got {value!r}")
+
+
+def _check_choice(variable: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SettingsError(variable, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build :class:`Settings` from ``VYBE_*`` variables (and explicit overrides)."""
+    env = os.environ if environ is None else environ
+    fields = {f.name for f in msgspec.structs.fields(Settings)}
+    raw: dict[str, object] = {}
+    for key, value in env.items():
+        if key.startswith(PREFIX) and key[len(PREFIX):].lower() in fields:
+            raw[key[len(PREFIX):].lower()] = value if value != "" else None
+    raw.update(overrides)
+    raw = {k: v for k, v in raw.items() if v is not None or _nullable(k)}
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as err:
+        raise SettingsError(_variable_of(str(err)), _problem_of(str(err))) from err
+
+
+_NULLABLE = {"database_url", "redis_url", "jwt_secret", "jwt_public_key", "jwt_issuer",
+             "jwt_audience", "detoxify_checkpoint", "detoxify_hf_dir"}
+
+
+def _nullable(name: str) -> bool:
+    return name in _NULLABLE
+
+
+def _variable_of(message: str) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.port`".
+    if "at `$." in message:
+        return PREFIX + message.rsplit("at `$.", 1)[1].rstrip("`").upper()
+    return "VYBE_*"
+
+
+def _problem_of(message: str) -> str:
+    return message.split(" - at `$.", 1)[0]

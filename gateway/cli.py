@@ -1,0 +1,126 @@
+"""``vybe``: one command for every process of the system.
+
+The CLI is the process entry: it reads the settings once and hands them to the
+piece it starts. ``worker`` imports the workers package lazily so the gateway
+package itself never depends on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from db.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    import asyncpg
+
+log = logging.getLogger("vybe")
+
+
+def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from db.migrate import MigrationError, migrate  # noqa: PLC0415
+
+    async def run() -> list[int]:
+        conn = await _connect(settings)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+    try:
+        applied = asyncio.run(run())
+    except MigrationError as err:
+        print(f"vybe migrate: {err}", file=sys.stderr)
+        return 1
+    print(f"applied: {', '.join(f'{v:04d}' for v in applied) or 'nothing (up to date)'}")
+    return 0
+
+
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    import asyncpg  # noqa: PLC0415
+
+    if settings.database_url is None:
+        raise SettingsError("VYBE_DATABASE_URL", "is not set")
+    try:
+        return await asyncio.wait_for(asyncpg.connect(settings.database_url), timeout=10)
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as err:
+        raise SettingsError("VYBE_DATABASE_URL", f"cannot connect ({type(err).__name__}: {err})") from err
+
+
+def _cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.auth import mint_token  # noqa: PLC0415
+
+    print(mint_token(settings, args.user, role=args.role, name=args.name, ttl_s=args.ttl))
+    return 0
+
+
+def _cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.server import serve  # noqa: PLC0415
+
+    return serve(settings)
+
+
+def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.main import run_worker  # noqa: PLC0415
+
+    return run_worker(settings)
+
+
+def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.dev import run_dev  # noqa: PLC0415
+
+    return run_dev(settings, workers=args.workers)
+
+
+def _cmd_check_counters(settings: Settings, args: argparse.Namespace) -> int:
+    from db.counters import check_counters_command  # noqa: PLC0415
+
+    return asyncio.run(check_counters_command(settings, repair=args.repair))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vybe", description="Vybe Live: real-time feed and moderation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev", help="run everything on one machine (embedded PostgreSQL and Redis when unset)") \
+        .add_argument("--workers", type=int, default=1, help="moderation workers to run (default 1)")
+    sub.add_parser("gateway", help="run one gateway node (needs VYBE_DATABASE_URL, VYBE_REDIS_URL)")
+    sub.add_parser("worker", help="run one moderation worker")
+    sub.add_parser("migrate", help="apply database migrations (safe to run twice, from two nodes)")
+    token = sub.add_parser("token", help="mint a development JWT (HS* secret from settings)")
+    token.add_argument("--user", required=True, help="user id (the `sub` claim)")
+    token.add_argument("--role", default="MEMBER", choices=["MEMBER", "CREATOR", "MODERATOR", "ADMIN"])
+    token.add_argument("--name", default=None, help="display name claim")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
+    check = db.add_parser("check-counters", help="recompute every counter from its rows; report drift")
+    check.add_argument("--repair", action="store_true", help="fix the drift, in one transaction")
+    return parser
+
+
+_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "dev": _cmd_dev, "gateway": _cmd_gateway, "worker": _cmd_worker,
+    "migrate": _cmd_migrate, "token": _cmd_token, "check-counters": _cmd_check_counters,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        name = args.db_command if args.command == "db" else args.command
+        return _COMMANDS[name](settings, args)
+    except SettingsError as err:
+        print(f"vybe: configuration error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

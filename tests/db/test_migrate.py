@@ -1,0 +1,120 @@
+"""Migrations: ordered, recorded, idempotent, concurrent-safe, refuse a newer database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from db.migrate import Migration, MigrationError, discover, migrate
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def empty_db(services: tuple[str, str]) -> AsyncIterator[str]:
+    """A brand-new empty database, dropped afterwards."""
+    admin = services[0]
+    name = f"vybe_mig_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    yield urlunsplit(urlsplit(admin)._replace(path="/" + name))
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+async def test_applies_all_in_order_and_twice_changes_nothing(empty_db: str) -> None:
+    """A second run applies nothing and leaves the recorded history as it was."""
+    conn = await asyncpg.connect(empty_db)
+    try:
+        first = await migrate(conn)
+        assert first == [m.version for m in discover()]
+        history = await conn.fetch("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY 1")
+        assert await migrate(conn) == []
+        assert await conn.fetch("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY 1") == history
+    finally:
+        await conn.close()
+
+
+async def test_two_nodes_at_once_each_migration_applied_once(empty_db: str) -> None:
+    """Two concurrent migrators both succeed; the advisory lock makes each version apply once."""
+    a, b = await asyncpg.connect(empty_db), await asyncpg.connect(empty_db)
+    try:
+        results = await asyncio.gather(migrate(a), migrate(b))
+        applied = sorted(results[0] + results[1])
+        assert applied == [m.version for m in discover()]
+        assert await a.fetchval("SELECT count(*) FROM schema_migrations") == len(applied)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_two_cli_processes_at_once(empty_db: str) -> None:
+    """`vybe migrate` started twice at the same moment: both exit 0."""
+    env = {**os.environ, "VYBE_DATABASE_URL": empty_db}
+    cmd = [sys.executable, "-m", "gateway.cli", "migrate"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    conn = await asyncpg.connect(empty_db)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(discover())
+    finally:
+        await conn.close()
+
+
+async def test_database_ahead_of_code_is_refused(empty_db: str) -> None:
+    """A database migrated by newer code is refused with a message saying so."""
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await migrate(conn)
+        newer = [*discover(), Migration(len(discover()) + 1, "future", "SELECT 1")]
+        await migrate(conn, newer)
+        with pytest.raises(MigrationError, match="database is at migration .* only up to"):
+            await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def test_edited_migration_is_refused(empty_db: str) -> None:
+    """Changing an applied migration's SQL is refused: migrations are forward-only."""
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await migrate(conn)
+        edited = [Migration(m.version, m.name, m.sql + "\n-- edited") for m in discover()]
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            await migrate(conn, edited)
+    finally:
+        await conn.close()
+
+
+async def test_failed_migration_rolls_back_entirely(empty_db: str) -> None:
+    """A migration that fails half-way leaves neither its tables nor a history row."""
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await migrate(conn)
+        bad = Migration(len(discover()) + 1, "bad", "CREATE TABLE half (id int); SELECT 1/0;")
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await migrate(conn, [*discover(), bad])
+        assert await conn.fetchval("SELECT to_regclass('half')") is None
+        assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == len(discover())
+    finally:
+        await conn.close()
+
+
+def test_discover_refuses_gaps(tmp_path: Path) -> None:
+    """A missing number in the sequence is an error, not a silent skip."""
+    (tmp_path / "0001_a.sql").write_text("SELECT 1")
+    (tmp_path / "0003_c.sql").write_text("SELECT 1")
+    with pytest.raises(MigrationError, match="0002 is missing"):
+        discover(tmp_path)
