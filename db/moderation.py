@@ -1,0 +1,288 @@
+"""Moderation persistence: scores, cases, claims, resolutions and the audit log.
+
+One case per target, ever: new signals (a model flag, the Nth distinct
+reporter) reopen it rather than open another. Every change bumps the case's
+``version``; moderator actions carry the version they saw and get ``conflict``
+when someone else acted first, so two moderators never handle an item
+unknowingly. Counters on reports are kept by the 0002 triggers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+import asyncpg
+import msgspec
+
+from db.writes.errors import Conflict, Forbidden, NotFound, WriteError
+
+SYSTEM_REPORTER = "system:moderation"
+Kind = Literal["shared_vybe", "comment"]
+_TABLE = {"shared_vybe": "shared_vybes", "comment": "comments"}
+# Which report type a model flag files, by the label that crossed first.
+_REPORT_TYPE = {"threat": "SAFETY_CONCERN", "severe_toxicity": "SAFETY_CONCERN", "identity_attack": "HARASSMENT",
+                "insult": "HARASSMENT", "sexual_explicit": "INAPPROPRIATE_CONTENT"}
+
+
+class Item(msgspec.Struct, frozen=True):
+    kind: Kind
+    id: uuid.UUID
+    user_id: str
+    content: str
+    moderation_state: str
+    is_anonymous: bool
+    privacy_level: str
+    vybe_id: uuid.UUID | None
+    looproom_id: uuid.UUID | None
+
+
+class Reporter(msgspec.Struct, frozen=True):
+    reporter_id: str
+    type: str
+    description: str | None
+
+
+class CaseView(msgspec.Struct, frozen=True):
+    """Everything a moderator needs on one screen."""
+
+    case_id: uuid.UUID
+    version: int
+    state: str
+    target_type: str
+    target_id: str
+    text: str | None
+    author_id: str | None
+    is_anonymous: bool
+    moderation_state: str | None
+    scores: dict[str, float] | None
+    reasons: list[str]
+    report_count: int
+    reporters: list[Reporter]
+    claimed_by: str | None
+    claim_expires_at: dt.datetime | None
+    resolution: str | None
+    resolved_by: str | None
+    note: str | None
+    opened_at: dt.datetime
+    vybe_id: uuid.UUID | None = None
+
+
+_ITEMS = """
+SELECT 'shared_vybe' AS kind, id, user_id, content, moderation_state::text, is_anonymous,
+       privacy_level::text, NULL::uuid AS vybe_id, looproom_id
+  FROM shared_vybes WHERE id = ANY($1::uuid[])
+UNION ALL
+SELECT 'comment', c.id, c.user_id, c.content, c.moderation_state::text, c.is_anonymous,
+       v.privacy_level::text, c.shared_vybe_id, NULL::uuid
+  FROM comments c JOIN shared_vybes v ON v.id = c.shared_vybe_id WHERE c.id = ANY($2::uuid[])
+"""
+
+
+async def fetch_items(conn: asyncpg.Connection | asyncpg.Pool, vybes: list[uuid.UUID],
+                      comments: list[uuid.UUID]) -> list[Item]:
+    rows = await conn.fetch(_ITEMS, vybes, comments)
+    return [Item(**dict(r)) for r in rows]
+
+
+async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, str], scores: dict[str, float],
+                       action: str, reasons: list[str]) -> bool:
+    """Store one score and apply its decision; False when this model version already scored it."""
+    inserted = await conn.fetchval(
+        """INSERT INTO moderation_scores (target_type, target_id, model_name, model_version, scores, decision, reasons)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT moderation_scores_once DO NOTHING
+           RETURNING true""",
+        item.kind, item.id, model[0], model[1], scores, action, reasons,
+    )
+    if not inserted:
+        return False
+    new_state = {"approve": "approved", "shadow": "approved", "flag": "flagged", "hide": "hidden"}[action]
+    # Only move content forward from pending/approved: a moderator's hide or remove stands.
+    await conn.execute(
+        f"UPDATE {_TABLE[item.kind]} SET moderation_state = $2, updated_at = now() "  # noqa: S608 - fixed names
+        "WHERE id = $1 AND moderation_state IN ('pending', 'approved')",
+        item.id, new_state,
+    )
+    if action in ("flag", "hide"):
+        label = reasons[0].split(">=")[0] if reasons else "toxicity"
+        await conn.execute(
+            """INSERT INTO reports (reporter_id, reported_type, reported_id, type, description)
+               VALUES ($1, $2, $3, $4, $5) ON CONFLICT ON CONSTRAINT reports_one_per_reporter DO NOTHING""",
+            SYSTEM_REPORTER, item.kind, str(item.id), _REPORT_TYPE.get(label, "INAPPROPRIATE_CONTENT"),
+            "model: " + ", ".join(reasons),
+        )
+        await open_case(conn, item.kind, str(item.id), reasons, scores, model_flagged=True)
+    return True
+
+
+async def open_case(conn: asyncpg.Connection, target_type: str, target_id: str, reasons: list[str],
+                    scores: dict[str, float] | None, *, model_flagged: bool = False) -> uuid.UUID:
+    """Open the target's case, or reopen it with the new reasons; returns its id."""
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        """INSERT INTO moderation_cases (target_type, target_id, reasons, scores, model_flagged)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT ON CONSTRAINT moderation_cases_one_per_target DO UPDATE
+              SET state = 'open', version = moderation_cases.version + 1,
+                  reasons = ARRAY(SELECT DISTINCT unnest(moderation_cases.reasons || EXCLUDED.reasons)),
+                  scores = coalesce(EXCLUDED.scores, moderation_cases.scores),
+                  model_flagged = moderation_cases.model_flagged OR EXCLUDED.model_flagged,
+                  opened_at = CASE WHEN moderation_cases.state = 'resolved' THEN now()
+                                   ELSE moderation_cases.opened_at END,
+                  updated_at = now()
+           RETURNING id""",
+        target_type, target_id, reasons, scores, model_flagged,
+    )
+
+
+async def on_user_report(pool: asyncpg.Pool, target_type: str, target_id: str, threshold: int) -> uuid.UUID | None:
+    """After a user report: flag the target once ``threshold`` distinct people reported it."""
+    async with pool.acquire() as conn, conn.transaction():
+        reporters = await conn.fetchval(
+            "SELECT count(*) FROM reports WHERE reported_type = $1 AND reported_id = $2 AND reporter_id <> $3",
+            target_type, target_id, SYSTEM_REPORTER)
+        if reporters < threshold:
+            existing = await conn.fetchval(
+                "SELECT id FROM moderation_cases WHERE target_type = $1 AND target_id = $2 AND state = 'open'",
+                target_type, target_id)
+            return existing  # type: ignore[no-any-return]
+        case_id = await open_case(conn, target_type, target_id, [f"reports>={threshold} ({reporters})"], None)
+        if target_type in _TABLE:
+            await conn.execute(
+                f"UPDATE {_TABLE[target_type]} SET moderation_state = 'flagged', updated_at = now() "  # noqa: S608
+                "WHERE id = $1::uuid AND moderation_state IN ('pending', 'approved')", target_id)
+        return case_id  # type: ignore[no-any-return]
+
+
+_CASE = """
+SELECT c.*, coalesce(v.content, cm.content) AS text, coalesce(v.user_id, cm.user_id, u.id) AS author_id,
+       coalesce(v.is_anonymous OR v.privacy_level = 'ANONYMOUS', cm.is_anonymous, false) AS is_anonymous,
+       coalesce(v.moderation_state, cm.moderation_state)::text AS content_state,
+       coalesce(v.report_count, cm.report_count, u.report_count, 0) AS report_count,
+       cm.shared_vybe_id AS vybe_id
+  FROM moderation_cases c
+  LEFT JOIN shared_vybes v ON c.target_type = 'shared_vybe' AND v.id::text = c.target_id
+  LEFT JOIN comments cm ON c.target_type = 'comment' AND cm.id::text = c.target_id
+  LEFT JOIN users u ON c.target_type = 'user' AND u.id = c.target_id
+ WHERE c.id = ANY($1::uuid[])
+"""
+
+
+async def case_views(conn: asyncpg.Connection | asyncpg.Pool, case_ids: list[uuid.UUID]) -> list[CaseView]:
+    rows = await conn.fetch(_CASE, case_ids)
+    reports = await conn.fetch(
+        """SELECT c.id AS case_id, r.reporter_id, r.type::text AS type, r.description
+             FROM moderation_cases c JOIN reports r ON r.reported_type = c.target_type AND r.reported_id = c.target_id
+            WHERE c.id = ANY($1::uuid[]) ORDER BY r.created_at""", case_ids)
+    by_case: dict[uuid.UUID, list[Reporter]] = {}
+    for r in reports:
+        by_case.setdefault(r["case_id"], []).append(Reporter(r["reporter_id"], r["type"], r["description"]))
+    order = {cid: i for i, cid in enumerate(case_ids)}
+    views = [_view(r, by_case.get(r["id"], [])) for r in rows]
+    return sorted(views, key=lambda v: order[v.case_id])
+
+
+def _view(r: asyncpg.Record, reporters: list[Reporter]) -> CaseView:
+    return CaseView(
+        case_id=r["id"], version=r["version"], state=r["state"], target_type=r["target_type"],
+        target_id=r["target_id"], text=r["text"], author_id=r["author_id"], is_anonymous=r["is_anonymous"],
+        moderation_state=r["content_state"], scores=r["scores"], reasons=list(r["reasons"]),
+        report_count=r["report_count"], reporters=reporters, claimed_by=r["claimed_by"],
+        claim_expires_at=r["claim_expires_at"], resolution=r["resolution"], resolved_by=r["resolved_by"],
+        note=r["note"], opened_at=r["opened_at"], vybe_id=r["vybe_id"],
+    )
+
+
+async def open_queue(pool: asyncpg.Pool, limit: int = 100) -> list[CaseView]:
+    """Open cases, oldest first (the moderator's queue)."""
+    ids = await pool.fetch("SELECT id FROM moderation_cases WHERE state = 'open' ORDER BY opened_at LIMIT $1", limit)
+    return await case_views(pool, [r["id"] for r in ids])
+
+
+async def _locked_case(conn: asyncpg.Connection, case_id: str, version: int, moderator: str) -> asyncpg.Record:
+    try:
+        cid = uuid.UUID(case_id)
+    except ValueError as err:
+        raise NotFound("no such case") from err
+    row = await conn.fetchrow("SELECT * FROM moderation_cases WHERE id = $1 FOR UPDATE", cid)
+    if row is None:
+        raise NotFound("no such case")
+    if row["version"] != version:
+        raise Conflict(f"case changed (now version {row['version']}); reload it")
+    claimed = row["claimed_by"]
+    if claimed and claimed != moderator and row["claim_expires_at"] > dt.datetime.now(dt.UTC):
+        raise Conflict(f"case is claimed by {claimed} until {row['claim_expires_at'].isoformat()}")
+    return row
+
+
+async def claim(pool: asyncpg.Pool, case_id: str, version: int, moderator: str, lease_s: float,
+                release: bool = False) -> CaseView:
+    """Claim a case for ``lease_s`` seconds (or release it); a stale claim simply expires."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _locked_case(conn, case_id, version, moderator)
+        if row["state"] != "open":
+            raise Conflict("case is resolved")
+        await conn.execute(
+            """UPDATE moderation_cases SET claimed_by = $2, version = version + 1, updated_at = now(),
+                      claim_expires_at = CASE WHEN $2::text IS NULL THEN NULL
+                                              ELSE now() + make_interval(secs => $3) END
+                WHERE id = $1""", row["id"], None if release else moderator, lease_s)
+        await _audit(conn, moderator, "release" if release else "claim", row, None)
+        return (await case_views(conn, [row["id"]]))[0]
+
+
+_STATE_AFTER = {"remove": "removed", "hide": "hidden", "restore": "approved", "dismiss": "approved"}
+_REPORT_STATUS = {"remove": "RESOLVED", "hide": "RESOLVED", "restore": "DISMISSED", "dismiss": "DISMISSED"}
+
+
+async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, note: str | None,
+                  moderator: str) -> tuple[CaseView, list[str]]:
+    """Apply a resolution; returns the case and the reporters to tell."""
+    if action not in _STATE_AFTER:
+        raise WriteError(f"unknown action {action!r}", "invalid")
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _locked_case(conn, case_id, version, moderator)
+        kind = row["target_type"]
+        if kind == "user" and action in ("hide", "remove"):
+            raise Forbidden("users are not hidden from the feed here; dismiss, or act on their content")
+        if kind in _TABLE:
+            await conn.execute(
+                f"UPDATE {_TABLE[kind]} SET moderation_state = $2, moderated_at = now(), moderator_note = $3, "  # noqa: S608
+                "updated_at = now() WHERE id = $1::uuid", row["target_id"], _STATE_AFTER[action], note)
+        reporters = await conn.fetch(
+            """UPDATE reports SET status = $3, reviewed_by = $4, reviewed_at = now(), resolution = $5,
+                      action_taken = $6, updated_at = now()
+                WHERE reported_type = $1 AND reported_id = $2 AND status IN ('PENDING', 'REVIEWED')
+            RETURNING reporter_id""", kind, row["target_id"], _REPORT_STATUS[action], moderator, note, action)
+        await conn.execute(
+            """UPDATE moderation_cases SET state = 'resolved', resolution = $2, resolved_by = $3, resolved_at = now(),
+                      note = $4, claimed_by = NULL, claim_expires_at = NULL, version = version + 1, updated_at = now()
+                WHERE id = $1""", row["id"], action, moderator, note)
+        await _audit(conn, moderator, action, row, note)
+        view = (await case_views(conn, [row["id"]]))[0]
+    return view, [r["reporter_id"] for r in reporters if r["reporter_id"] != SYSTEM_REPORTER]
+
+
+async def _audit(conn: asyncpg.Connection, actor: str, action: str, case: asyncpg.Record, note: str | None) -> None:
+    await conn.execute(
+        """INSERT INTO moderation_audit (actor_id, action, case_id, target_type, target_id, note, detail)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        actor, action, case["id"], case["target_type"], case["target_id"], note, {"version_seen": case["version"]})
+
+
+async def unscored(pool: asyncpg.Pool, older_than_s: float, limit: int = 500) -> list[tuple[str, uuid.UUID]]:
+    """Items still pending after ``older_than_s`` with no score (the sweeper re-enqueues them)."""
+    rows = await pool.fetch(
+        """SELECT 'vybe' AS kind, id FROM shared_vybes v
+            WHERE moderation_state = 'pending' AND created_at < now() - make_interval(secs => $1)
+              AND NOT EXISTS (SELECT 1 FROM moderation_scores s WHERE s.target_type = 'shared_vybe' AND s.target_id = v.id)
+           UNION ALL
+           SELECT 'comment', id FROM comments c
+            WHERE moderation_state = 'pending' AND created_at < now() - make_interval(secs => $1)
+              AND NOT EXISTS (SELECT 1 FROM moderation_scores s WHERE s.target_type = 'comment' AND s.target_id = c.id)
+           LIMIT $2""", older_than_s, limit)
+    return [(r["kind"], r["id"]) for r in rows]
+
+
+def as_dict(value: Any) -> Any:
+    return msgspec.to_builtins(value)

@@ -1,0 +1,99 @@
+"""The Litestar application: the WebSocket endpoint, REST, health, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from litestar import Litestar, Request, Response, get
+from litestar.datastructures import State
+from litestar.handlers import asgi
+from litestar.openapi import OpenAPIConfig
+
+from gateway.connection import Connection
+from gateway.context import Gateway, gateway_lifespan
+from gateway.rest import RestController, error_handlers
+
+if TYPE_CHECKING:
+    from litestar.types import Receive, Scope, Send
+
+    from db.settings import Settings
+
+
+@asgi("/ws", copy_scope=False)
+async def websocket_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """The one WebSocket endpoint. Token in ``Authorization: Bearer`` or a first ``auth`` frame."""
+    if scope["type"] != "websocket":
+        await send({"type": "http.response.start", "status": 426,
+                    "headers": [(b"content-type", b"text/plain"), (b"upgrade", b"websocket")]})
+        await send({"type": "http.response.body", "body": b"WebSocket endpoint: connect with ws://.../ws\n"})
+        return
+    gw: Gateway = scope["app"].state.gateway
+    if gw.draining:
+        await receive()  # websocket.connect
+        await send({"type": "websocket.close", "code": 1013, "reason": "draining"})
+        return
+    await receive()  # websocket.connect
+    conn = Connection(gw, send, receive)
+    await conn.run(_bearer(scope))
+
+
+def _bearer(scope: Any) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            kind, _, token = value.decode("latin-1").partition(" ")
+            if kind.lower() == "bearer" and token:
+                return token.strip()
+    return None
+
+
+@get("/healthz", sync_to_thread=False, tags=["operations"])
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@get("/readyz", tags=["operations"])
+async def readyz(state: State) -> Response[dict[str, Any]]:
+    """Readiness: PostgreSQL and Redis answer, and pub/sub is connected."""
+    gw: Gateway = state.gateway
+    checks = await gw.ready()
+    ready = all(checks.values()) and not gw.draining
+    return Response({"ready": ready, "draining": gw.draining, **checks}, status_code=200 if ready else 503)
+
+
+@get("/metrics", tags=["operations"], media_type="text/plain; version=0.0.4")
+async def metrics(state: State) -> bytes:
+    """Prometheus metrics of this node."""
+    return state.gateway.metrics.render()  # type: ignore[no-any-return]
+
+
+def create_app(settings: Settings) -> Litestar:
+    """The app for one gateway node; its resources live as long as its lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with gateway_lifespan(settings) as gw:
+            _mount_moderation(gw)
+            app.state.gateway = gw
+            yield
+
+    return Litestar(
+        route_handlers=[websocket_endpoint, healthz, readyz, metrics, RestController],
+        lifespan=[lifespan],
+        exception_handlers=error_handlers(),
+        openapi_config=OpenAPIConfig(title="Vybe Live", version="0.1.0", path="/schema"),
+        debug=False,
+    )
+
+
+def _mount_moderation(gw: Gateway) -> None:
+    try:
+        from gateway.moderation import mount  # noqa: PLC0415 - optional until built
+    except ImportError:
+        return
+    mount(gw)
+
+
+__all__ = ["create_app", "Request"]

@@ -1,0 +1,266 @@
+"""The socket loop: authenticate, read commands, answer, and write queued frames.
+
+Each connection owns two things: the reader (this task) and a writer task that
+drains a send queue bounded in bytes, joining whatever is queued into one frame
+(a JSON array). A reader never waits on a writer: fan-out only appends to the
+queue, and a connection whose queue overflows is closed with 4008 (slow
+consumer) so that it cannot slow anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from gateway.auth import AuthError, Identity
+from gateway.commands import CommandError, handle
+from gateway.protocol import (
+    Ack, Auth, CloseCode, DecodeFailure, Error, ErrorCode, Notice, Ping, decode_command, encode, frame,
+)
+
+if TYPE_CHECKING:
+    from gateway.context import Gateway
+
+log = logging.getLogger(__name__)
+
+
+class TokenBucket:
+    """``rate`` commands per second with bursts of ``burst``."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self) -> float:
+        """0.0 when allowed; otherwise seconds until a token is available."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class Connection:
+    """One client socket: a :class:`gateway.hub.Subscriber` with a reader and a writer."""
+
+    # Consecutive refusals after which a flooding client is disconnected.
+    FLOOD_LIMIT = 50
+
+    def __init__(self, gw: Gateway, send: Any, receive: Any) -> None:
+        self.gw = gw
+        self._send, self._receive = send, receive
+        self.identity: Identity | None = None
+        self.user_id = ""
+        self.is_moderator = False
+        self.blocked: set[str] = set()
+        self.resuming: dict[str, list[tuple[tuple[int, int], bytes]]] = {}
+        self.channels: set[str] = set()
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._close: tuple[int, str] | None = None
+        self._reader: asyncio.Task[Any] | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+        self._bucket = TokenBucket(gw.settings.rate_per_s, gw.settings.rate_burst)
+        self._refusals = 0
+
+    # -- the send side (called by the hub and by handlers) -------------------
+
+    def enqueue(self, element: bytes) -> None:
+        if self._close is not None:
+            return
+        self._queued += len(element)
+        if self._queued > self.gw.settings.send_queue_bytes:
+            self.gw.metrics.slow_consumer_closes.inc()
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send queue full; reconnect and resume")
+            return
+        self._queue.append(element)
+        self._wake.set()
+
+    def reply(self, message: object) -> None:
+        self.enqueue(encode(message))
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the connection to close (from any task); idempotent."""
+        if self._close is None:
+            self._close = (code, reason)
+            self._wake.set()
+            if self._reader is not None and self._reader is not asyncio.current_task():
+                self._reader.cancel()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._queue:
+                items = list(self._queue)
+                self._queue.clear()
+                self._queued = 0
+                data = frame(items)
+                await self._send({"type": "websocket.send", "text": data.decode()})
+                self.gw.metrics.frames_out.inc()
+                self.gw.metrics.bytes_out.inc(len(data))
+            if self._close is not None:
+                return
+
+    # -- the receive side ----------------------------------------------------
+
+    async def run(self, header_token: str | None) -> None:
+        """Serve the socket until it closes; always releases what it holds."""
+        await self._send({"type": "websocket.accept"})
+        self._reader = asyncio.current_task()
+        writer = asyncio.create_task(self._writer(), name="ws-writer")
+        self.gw.connections.add(self)
+        self.gw.metrics.connections.inc()
+        try:
+            await self._serve(header_token)
+        except asyncio.CancelledError:
+            if self._close is None:
+                raise  # cancelled from outside (shutdown): propagate
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        finally:
+            await self._teardown(writer)
+
+    async def _serve(self, header_token: str | None) -> None:
+        if header_token is not None:
+            try:
+                await self._authenticate(header_token, None)
+            except AuthError as err:
+                self.reply(Error(None, err.code, str(err)))
+                self.close(CloseCode.AUTH_INVALID, "invalid token")
+                return
+        else:
+            loop = asyncio.get_running_loop()
+            self._timers.append(loop.call_later(self.gw.settings.auth_timeout_s, self._auth_deadline))
+        while self._close is None:
+            message = await self._receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                self._close = (message.get("code", 1000), "")
+                return
+            if kind != "websocket.receive":
+                continue
+            text = message.get("text")
+            if text is None:
+                self.reply(Error(None, ErrorCode.BINARY_UNSUPPORTED, "binary frames are not supported; send JSON text"))
+                continue
+            await self._on_frame(text)
+
+    def _auth_deadline(self) -> None:
+        if self.identity is None:
+            self.close(CloseCode.AUTH_TIMEOUT, "no auth frame in time")
+
+    async def _on_frame(self, text: str) -> None:
+        self.gw.metrics.commands_in.inc()
+        if len(text) > self.gw.settings.max_frame_bytes or len(text.encode()) > self.gw.settings.max_frame_bytes:
+            self.reply(Error(None, ErrorCode.FRAME_TOO_LARGE,
+                             f"frame over {self.gw.settings.max_frame_bytes} bytes"))
+            return
+        wait = self._bucket.take()
+        if wait:
+            self._refusals += 1
+            if self._refusals >= self.FLOOD_LIMIT:
+                self.close(CloseCode.FLOOD, "flood: too many commands after rate-limit errors")
+                return
+            self.reply(Error(None, ErrorCode.RATE_LIMITED, "too many commands; slow down", round(wait, 3)))
+            return
+        self._refusals = 0
+        try:
+            cmd = decode_command(text)
+        except DecodeFailure as err:
+            self.reply(err.error)
+            return
+        await self._dispatch(cmd)
+
+    async def _dispatch(self, cmd: Any) -> None:
+        if isinstance(cmd, Auth):
+            await self._on_auth(cmd)
+            return
+        if self.identity is None:
+            self.reply(Error(cmd.id, ErrorCode.AUTH_REQUIRED, "send an `auth` command first"))
+            return
+        if isinstance(cmd, Ping):
+            self.reply(Ack(cmd.id, {"time": time.time()}))
+            return
+        try:
+            result = await handle(self, cmd)
+        except CommandError as err:
+            self.reply(Error(cmd.id, err.code, err.message, err.retry_after))
+            return
+        if result is not None:
+            self.reply(Ack(cmd.id, result.ack))
+            for element in result.after:
+                self.enqueue(element)
+            if result.finish is not None:
+                result.finish()
+
+    async def _on_auth(self, cmd: Auth) -> None:
+        try:
+            identity = await self._authenticate(cmd.token, cmd.id)
+        except AuthError as err:
+            self.reply(Error(cmd.id, err.code, str(err)))
+            if self.identity is None:
+                self.close(CloseCode.AUTH_INVALID, "invalid token")
+            return
+        self.reply(Ack(cmd.id, {"user_id": identity.user_id, "role": identity.role,
+                                "expires_at": identity.expires_at}))
+
+    async def _authenticate(self, token: str, cid: str | None) -> Identity:
+        identity = self.gw.verifier.verify(token)
+        if self.identity is not None and identity.user_id != self.identity.user_id:
+            raise AuthError("a refreshed token must be for the same user")
+        first = self.identity is None
+        self.identity = identity
+        self.user_id, self.is_moderator = identity.user_id, identity.is_moderator
+        for timer in self._timers:
+            timer.cancel()
+        self._schedule_expiry(identity.expires_at)
+        if first:
+            self.blocked = set(await self.gw.on_first_auth(identity))
+            # Personal channel: notifications and block-list changes from other nodes.
+            await self.gw.hub.subscribe(self, f"user:{identity.user_id}")
+            self.channels.add(f"user:{identity.user_id}")
+        return identity
+
+    def _schedule_expiry(self, expires_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        left = expires_at + self.gw.settings.jwt_leeway_s - time.time()
+        warn_in = left - self.gw.settings.token_warn_s
+        if warn_in > 0:
+            self._timers.append(loop.call_later(warn_in, self._warn_expiry))
+        self._timers.append(loop.call_later(max(left, 0), self._expired))
+
+    def _warn_expiry(self) -> None:
+        self.reply(Notice("token_expiring", "token expires soon: send `auth` with a fresh token",
+                          {"expires_at": self.identity.expires_at if self.identity else None}))
+
+    def _expired(self) -> None:
+        self.close(CloseCode.TOKEN_EXPIRED, "token expired")
+
+    async def _teardown(self, writer: asyncio.Task[None]) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self.gw.connections.discard(self)
+        self.gw.metrics.connections.dec()
+        with contextlib.suppress(Exception):
+            await self.gw.leave(self)
+        self._wake.set()
+        if self._close is None:
+            self._close = (1000, "")
+        try:
+            await asyncio.wait_for(writer, timeout=2.0)
+        except (asyncio.TimeoutError, OSError, RuntimeError):
+            writer.cancel()
+        code, reason = self._close
+        with contextlib.suppress(Exception):
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})

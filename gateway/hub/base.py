@@ -1,0 +1,58 @@
+"""What the hub needs from a transport: subscribe, unsubscribe, history, publish."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable
+from typing import NamedTuple
+
+from moderation.bus import Meta
+
+
+class HistoryEntry(NamedTuple):
+    epoch: str
+    stream_id: str
+    message: bytes
+
+
+OnMessage = Callable[[str, str, str, bytes], None]
+"""(channel, epoch, stream_id, message) for each live event, in publish order."""
+OnReconnect = Callable[[Iterable[str]], Awaitable[None]]
+"""Called after the upstream came back and resubscribed these channels."""
+
+
+class Backend(ABC):
+    """A transport for channel events. One instance per gateway process."""
+
+    on_message: OnMessage
+    on_reconnect: OnReconnect
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect and start receiving."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop receiving and release connections."""
+
+    @abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """Return once live events of ``channel`` are being received."""
+
+    @abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop receiving ``channel``."""
+
+    @abstractmethod
+    async def history(self, channel: str, epoch: str, after: tuple[int, int]) -> list[HistoryEntry] | None:
+        """Events after ``after`` in ``epoch``, in order; None when they cannot all be given
+        (the epoch changed, or older events were trimmed away)."""
+
+    @abstractmethod
+    async def publish(self, channel: str, event: str, data: object, meta: Meta | None = None) -> str:
+        """Append and broadcast; return the event's offset."""
+
+    @property
+    @abstractmethod
+    def healthy(self) -> bool:
+        """True while the upstream connection is up and subscribed."""

@@ -1,0 +1,221 @@
+"""The orchestrator: channel registry, per-viewer filtering, resume merge, recovery.
+
+One upstream subscription per channel per process. Each live event is turned into
+its client bytes once (``_element``) and the same bytes are queued to every
+permitted subscriber. Subscribers are the sockets (``gateway.connection``); the hub
+only needs the small :class:`Subscriber` protocol from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+
+from gateway.hub.base import Backend
+from gateway.protocol import Notice, encode
+from moderation.bus import Meta, make_offset, parse_offset, split_message, stream_id_key
+
+if TYPE_CHECKING:
+    from prometheus_client import Histogram
+
+log = logging.getLogger(__name__)
+_json = msgspec.json.Encoder()
+
+Key = tuple[int, int]
+
+
+class Subscriber(Protocol):
+    """What the hub needs of a socket."""
+
+    user_id: str
+    is_moderator: bool
+    blocked: set[str]
+    resuming: dict[str, list[tuple[Key, bytes]]]
+
+    def enqueue(self, element: bytes) -> None:
+        """Queue one encoded message; never blocks (overflow closes the socket)."""
+
+
+class _Channel:
+    __slots__ = ("name", "subscribers", "epoch", "last", "recovering", "ready")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.subscribers: dict[Subscriber, None] = {}
+        self.epoch: str | None = None
+        self.last: Key | None = None
+        self.recovering: list[tuple[str, str, bytes]] | None = None
+        self.ready = asyncio.Event()
+
+
+class Resume(msgspec.Struct):
+    recovered: bool | None
+    """None: no ``since`` given; True: every missed event is in ``missed``; False: refetch via REST."""
+    missed: list[bytes] = msgspec.field(default_factory=list)
+    after: Key | None = None
+
+
+class Hub:
+    """Fan-out for one gateway process."""
+
+    def __init__(self, backend: Backend, metrics: object | None = None) -> None:
+        self.backend = backend
+        backend.on_message = self._on_message
+        backend.on_reconnect = self._on_reconnect
+        self._channels: dict[str, _Channel] = {}
+        self.events_in = 0
+        self.deliveries = 0
+        self.latency: Histogram | None = None
+
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    # -- subscriptions -------------------------------------------------------
+
+    async def subscribe(self, sub: Subscriber, channel: str, since: str | None = None) -> Resume:
+        """Attach ``sub``. With ``since``, return what it missed; live events meanwhile
+        are buffered for it until :meth:`finish_resume`, which the caller runs right
+        after queueing the missed ones, so the cut-over has no gap and no duplicate.
+        """
+        state = await self._ensure(channel)
+        if since is None:
+            state.subscribers[sub] = None
+            return Resume(None)
+        parsed = parse_offset(since)
+        sub.resuming[channel] = []
+        state.subscribers[sub] = None
+        entries = None
+        if parsed is not None:
+            entries = await self.backend.history(channel, parsed[0], parsed[1])
+        if entries is None:
+            return Resume(False)
+        last: Key = parsed[1] if parsed else (0, 0)
+        missed: list[bytes] = []
+        for entry in entries:
+            meta, body = split_message(entry.message)
+            if _permitted(sub, meta):
+                missed.append(_element(channel, make_offset(entry.epoch, entry.stream_id), body))
+            last = max(last, stream_id_key(entry.stream_id))
+        return Resume(True, missed, last)
+
+    def finish_resume(self, sub: Subscriber, channel: str, after: Key | None) -> None:
+        """Release the live events buffered during a resume, skipping those already sent."""
+        for key, element in sub.resuming.pop(channel, []):
+            if after is None or key > after:
+                sub.enqueue(element)
+
+    async def unsubscribe(self, sub: Subscriber, channel: str) -> None:
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        state.subscribers.pop(sub, None)
+        sub.resuming.pop(channel, None)
+        if not state.subscribers:
+            del self._channels[channel]
+            await self.backend.unsubscribe(channel)
+
+    async def drop(self, sub: Subscriber, channels: Iterable[str]) -> None:
+        """Detach a closed socket from all its channels."""
+        for channel in list(channels):
+            await self.unsubscribe(sub, channel)
+
+    async def _ensure(self, channel: str) -> _Channel:
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = _Channel(channel)
+            try:
+                await self.backend.subscribe(channel)
+            except BaseException:
+                if not state.subscribers:
+                    self._channels.pop(channel, None)
+                state.ready.set()
+                raise
+            state.ready.set()
+        else:
+            await state.ready.wait()
+        return state
+
+    # -- delivery ------------------------------------------------------------
+
+    def _on_message(self, channel: str, epoch: str, stream_id: str, message: bytes) -> None:
+        self.events_in += 1
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        if state.recovering is not None:
+            state.recovering.append((epoch, stream_id, message))
+            return
+        self._deliver(state, epoch, stream_id, message)
+
+    def _deliver(self, state: _Channel, epoch: str, stream_id: str, message: bytes) -> None:
+        key = stream_id_key(stream_id)
+        if state.epoch is not None and epoch != state.epoch:
+            self._gap(state, "channel history was reset")
+        elif state.epoch == epoch and state.last is not None and key <= state.last:
+            return  # already delivered (recovery overlap)
+        state.epoch, state.last = epoch, key
+        meta, body = split_message(message)
+        if self.latency is not None and meta.t:
+            self.latency.observe(max(time.time() - meta.t, 0.0))
+        element = _element(state.name, make_offset(epoch, stream_id), body)
+        count = 0
+        for sub in state.subscribers:
+            if not _permitted(sub, meta):
+                continue
+            if meta.b is not None:
+                sub.blocked = set(meta.b)  # block list changed on another socket of this user
+            buffer = sub.resuming.get(state.name)
+            if buffer is not None:
+                buffer.append((key, element))
+            else:
+                sub.enqueue(element)
+            count += 1
+        self.deliveries += count
+
+    def _gap(self, state: _Channel, why: str) -> None:
+        notice = encode(Notice("gap", f"events on {state.name} may have been missed ({why}); "
+                                      "resubscribe with your last offset or refetch", {"channel": state.name}))
+        for sub in state.subscribers:
+            sub.enqueue(notice)
+
+    async def _on_reconnect(self, channels: Iterable[str]) -> None:
+        """After Redis came back: backfill each channel from its history, or announce a gap."""
+        for name in channels:
+            state = self._channels.get(name)
+            if state is None:
+                continue
+            if state.epoch is None or state.last is None:
+                continue  # nothing delivered yet, so nothing to have missed
+            state.recovering = []
+            try:
+                entries = await self.backend.history(name, state.epoch, state.last)
+            except Exception:  # noqa: BLE001 - any failure here must end in a gap notice, not a loss
+                log.exception("history read failed during recovery of %s", name)
+                entries = None
+            buffered, state.recovering = state.recovering, None
+            if entries is None:
+                self._gap(state, "the connection to Redis was lost and history could not fill it")
+                state.epoch = state.last = None
+            else:
+                for entry in entries:
+                    self._deliver(state, entry.epoch, entry.stream_id, entry.message)
+            for epoch, sid, message in buffered:
+                self._deliver(state, epoch, sid, message)
+
+
+def _permitted(sub: Subscriber, meta: Meta) -> bool:
+    if meta.o is not None and meta.o != sub.user_id:
+        return False
+    if meta.m and not sub.is_moderator:
+        return False
+    return meta.a is None or meta.a not in sub.blocked
+
+
+def _element(channel: str, offset: str, body: bytes) -> bytes:
+    # body is the JSON object {"event":..,"ts":..,"data":..}; splice our fields in front.
+    return b'{"type":"event","channel":' + _json.encode(channel) + b',"offset":"' + offset.encode() + b'",' + body[1:]

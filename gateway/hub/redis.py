@@ -1,0 +1,173 @@
+"""Redis backend: pub/sub for live events, Streams for history (see moderation.bus)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.hub.base import Backend, HistoryEntry
+from moderation.bus import Keys, Meta, Publisher, stream_id_key
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+    from redis.asyncio.client import PubSub
+
+log = logging.getLogger(__name__)
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class RedisBackend(Backend):
+    """One pub/sub connection per process; reconnects with capped exponential backoff."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, history_len: int = 1000) -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+        self.publisher = Publisher(redis, prefix, history_len)
+        self.history_len = history_len
+        self.reconnects = 0
+        self._channels: set[str] = set()
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._pubsub: PubSub | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._up = asyncio.Event()
+
+    @property
+    def healthy(self) -> bool:
+        return self._up.is_set()
+
+    async def start(self) -> None:
+        self._pubsub = self.redis.pubsub()
+        # A subscription to a private control channel keeps the connection open and
+        # proves the round trip (readiness); it also makes get_message block properly.
+        await self._pubsub.subscribe(self.keys.pubsub("_control"))
+        self._up.set()
+        self._task = asyncio.create_task(self._run(), name="redis-pubsub")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+            self._pubsub = None
+        for fut in self._pending.values():
+            fut.cancel()
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+        fut = self._pending.get(channel)
+        if fut is None:
+            fut = self._pending[channel] = asyncio.get_running_loop().create_future()
+            if self._up.is_set() and self._pubsub is not None:
+                try:
+                    await self._pubsub.subscribe(self.keys.pubsub(channel))
+                except _REDIS_DOWN:
+                    pass  # the reader loop reconnects and resubscribes everything
+        await asyncio.shield(fut)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        pending = self._pending.pop(channel, None)
+        if pending is not None and not pending.done():
+            pending.cancel()
+        if self._up.is_set() and self._pubsub is not None:
+            try:
+                await self._pubsub.unsubscribe(self.keys.pubsub(channel))
+            except _REDIS_DOWN:
+                pass
+
+    async def publish(self, channel: str, event: str, data: object, meta: Meta | None = None) -> str:
+        return await self.publisher.publish(channel, event, data, meta)
+
+    async def history(self, channel: str, epoch: str, after: tuple[int, int]) -> list[HistoryEntry] | None:
+        k = self.keys
+        start = f"({after[0]}-{after[1]}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(k.epoch(channel))
+            pipe.xrange(k.stream(channel), "-", "+", count=1)
+            pipe.xrange(k.stream(channel), start, "+", count=self.history_len * 2)
+            current, first, entries = await pipe.execute()
+        current_epoch = current.decode() if current else None
+        if current_epoch != epoch:
+            return None
+        if first and stream_id_key(_s(first[0][0])) > after:
+            # The oldest kept event is newer than the client's: what lay between may have
+            # been trimmed. Redis 6.2 cannot say (7.0's XINFO max-deleted-entry-id could),
+            # so refuse rather than risk a silent gap.
+            return None
+        return [HistoryEntry(epoch, _s(sid), fields[b"m"]) for sid, fields in entries]
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except _REDIS_DOWN as err:
+                self._up.clear()
+                log.warning("redis pub/sub lost (%s); reconnecting in %.1f s", err, delay)
+                await asyncio.sleep(delay * (1 + random.random() / 4))
+                delay = min(delay * 2, 5.0)
+                try:
+                    await self._resubscribe()
+                    delay = 0.1
+                except _REDIS_DOWN as again:
+                    log.warning("redis reconnect failed: %s", again)
+
+    async def _read(self) -> None:
+        pubsub = self._pubsub
+        if pubsub is None:
+            raise RedisConnectionError("no pub/sub connection")
+        while True:
+            msg = await pubsub.get_message(timeout=5.0)
+            if msg is not None:
+                self._handle(msg)
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        name = _s(msg["channel"])
+        if kind == "message" or kind == b"message":
+            channel = self.keys.channel_of(name)
+            epoch, _, rest = msg["data"].partition(b" ")
+            sid, _, message = rest.partition(b" ")
+            self.on_message(channel, epoch.decode(), sid.decode(), message)
+        elif kind in ("subscribe", b"subscribe"):
+            fut = self._pending.get(self.keys.channel_of(name))
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    async def _resubscribe(self) -> None:
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+        self._pubsub = self.redis.pubsub()
+        loop = asyncio.get_running_loop()
+        for channel in self._channels:
+            if channel not in self._pending or self._pending[channel].done():
+                self._pending[channel] = loop.create_future()
+        names = [self.keys.pubsub(c) for c in self._channels] + [self.keys.pubsub("_control")]
+        await self._pubsub.subscribe(*names)
+        # Wait for every confirmation before telling the hub: history read after this
+        # point overlaps live delivery, so nothing falls between the two.
+        confirmed = 0
+        while confirmed < len(names):
+            msg = await self._pubsub.get_message(timeout=5.0)
+            if msg is None:
+                raise RedisTimeoutError("no subscribe confirmation")
+            if msg["type"] in ("subscribe", b"subscribe"):
+                confirmed += 1
+            self._handle(msg)
+        self.reconnects += 1
+        self._up.set()
+        log.info("redis pub/sub back; %d channels resubscribed", len(self._channels))
+        await self.on_reconnect(list(self._channels))
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,40 @@
+"""Prometheus metrics of one gateway, on a registry of its own (no module globals)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from gateway.context import Gateway
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.connections = Gauge("vybe_connections", "Open WebSocket connections", registry=r)
+        self.subscriptions = Gauge("vybe_channels", "Channels this node subscribes upstream", registry=r)
+        self.commands_in = Counter("vybe_commands_in", "Client frames received", registry=r)
+        self.frames_out = Counter("vybe_frames_out", "Frames sent to clients", registry=r)
+        self.bytes_out = Counter("vybe_bytes_out", "Bytes sent to clients", registry=r)
+        self.events_in = Gauge("vybe_events_in", "Events received from Redis (total)", registry=r)
+        self.deliveries = Gauge("vybe_deliveries", "Events queued to sockets (total)", registry=r)
+        self.slow_consumer_closes = Counter(
+            "vybe_slow_consumer_closes", "Connections closed because their send queue overflowed", registry=r)
+        self.redis_reconnects = Gauge("vybe_redis_reconnects", "Pub/sub reconnections (total)", registry=r)
+        self.publish_latency = Histogram(
+            "vybe_publish_to_fanout_seconds", "From publish to queued on this node's sockets", registry=r,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+        self.errors = Counter("vybe_errors", "Error frames sent", ["code"], registry=r)
+
+    def bind(self, gw: Gateway) -> None:
+        """Read live figures from the hub when scraped, not on the hot path."""
+        self.subscriptions.set_function(gw.hub.channel_count)
+        self.events_in.set_function(lambda: gw.hub.events_in)
+        self.deliveries.set_function(lambda: gw.hub.deliveries)
+        self.redis_reconnects.set_function(lambda: gw.backend.reconnects)
+        gw.hub.latency = self.publish_latency
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,54 @@
+"""Run one gateway node under uvicorn, draining sockets before uvicorn stops."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from gateway.app import create_app
+
+if TYPE_CHECKING:
+    from db.settings import Settings
+
+
+class _DrainingServer(uvicorn.Server):
+    """Tells every client to reconnect (1001 + notice) before uvicorn closes sockets."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        app = self.config.loaded_app
+        gw = getattr(getattr(_unwrap(app), "state", None), "gateway", None)
+        if gw is not None:
+            await gw.drain()
+        await super().shutdown(sockets)
+
+
+def _unwrap(app: object) -> object:
+    # uvicorn wraps the app in middleware proxies that keep the original in `.app`.
+    while hasattr(app, "app") and not hasattr(app, "state"):
+        app = app.app
+    return app
+
+
+def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, lifespan="on",
+        ws="websockets-sansio",
+        # Our own frame limit answers with a typed error; uvicorn's hard cap (1009)
+        # only stops absurd frames before they are buffered whole.
+        ws_max_size=max(1 << 20, settings.max_frame_bytes * 4),
+        # Compression costs CPU and ~64 KB per connection; our frames are small JSON.
+        ws_per_message_deflate=False,
+        ws_ping_interval=settings.heartbeat_s, ws_ping_timeout=settings.heartbeat_s,
+        log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=10,
+    )
+
+
+def serve(settings: Settings) -> int:
+    server = _DrainingServer(uvicorn_config(settings))
+    asyncio.run(server.serve())
+    return 0

@@ -1,0 +1,148 @@
+"""The event bus on Redis: channel names, the event envelope, and a write-only publisher.
+
+Shared by every process: gateways publish the events of the writes they commit,
+workers publish moderation outcomes, and neither needs the other's code. Each
+publish runs one Lua script that appends the event to the channel's bounded
+history (a Redis Stream) and PUBLISHes it with its stream id, atomically, so the
+live order equals the history order and a resuming client can merge the two by
+offset with no gap and no duplicate.
+
+On the wire inside Redis an event is ``<epoch> <stream-id> <meta-json>\\n<body-json>``.
+``meta`` is what the fan-out filter needs and the client never sees (the author,
+for block lists; ``only``, a single user allowed to see it). ``body`` is the
+client-visible part, encoded once here and copied byte for byte to every socket.
+The epoch changes when a channel's history is lost (Redis restarted without
+persistence), which tells a resuming client that its offset means nothing now.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+# KEYS: stream, pub/sub channel, epoch key. ARGV: maxlen, message.
+_PUBLISH_LUA = """
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  local t = redis.call('TIME')
+  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('SET', KEYS[3], epoch)
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
+redis.call('PUBLISH', KEYS[2], epoch .. ' ' .. id .. ' ' .. ARGV[2])
+return {epoch, id}
+"""
+
+
+class Meta(msgspec.Struct, omit_defaults=True, frozen=True):
+    """Fan-out filter facts; never sent to clients."""
+
+    a: str | None = None
+    """Author id (viewers who blocked the author do not receive the event)."""
+    o: str | None = None
+    """Only this user may receive it (PRIVATE content, personal notices)."""
+    m: bool = False
+    """Moderators only."""
+    t: float = 0.0
+    """Publish time (epoch seconds), for the publish-to-send latency metric."""
+    b: list[str] | None = None
+    """Control: the new block list of user ``o`` (applied by every node holding their sockets)."""
+
+
+class Body(msgspec.Struct, frozen=True):
+    event: str
+    ts: float
+    data: object
+
+
+_meta_encoder = msgspec.json.Encoder()
+_body_encoder = msgspec.json.Encoder()
+_meta_decoder = msgspec.json.Decoder(Meta)
+
+
+class Keys:
+    """Redis names for one deployment (``prefix`` isolates deployments and test runs)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def stream(self, channel: str) -> str:
+        # The hash tag keeps a channel's keys in one Redis Cluster slot.
+        return f"{self.prefix}h:{{{channel}}}"
+
+    def pubsub(self, channel: str) -> str:
+        return f"{self.prefix}c:{{{channel}}}"
+
+    def epoch(self, channel: str) -> str:
+        return f"{self.prefix}e:{{{channel}}}"
+
+    def channel_of(self, pubsub_name: str) -> str:
+        return pubsub_name[len(self.prefix) + 3:-1]
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}moderation:jobs"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}moderation:dead"
+
+
+def encode_message(event: str, data: object, meta: Meta | None = None, ts: float | None = None) -> bytes:
+    """The bytes stored in history and published: ``meta\\nbody``."""
+    now = time.time() if ts is None else ts
+    body = _body_encoder.encode(Body(event, now, data))
+    meta = msgspec.structs.replace(meta or Meta(), t=now)
+    return _meta_encoder.encode(meta) + b"\n" + body
+
+
+def split_message(message: bytes) -> tuple[Meta, bytes]:
+    """Inverse of :func:`encode_message`: the filter facts and the client-visible body."""
+    head, _, body = message.partition(b"\n")
+    return _meta_decoder.decode(head), body
+
+
+class Publisher:
+    """Write-only side of the bus: processes that hold no sockets use only this."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, history_len: int = 1000) -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+        self.history_len = history_len
+        self._script = redis.register_script(_PUBLISH_LUA)
+
+    async def publish(self, channel: str, event: str, data: object, meta: Meta | None = None) -> str:
+        """Append to history and broadcast; returns the offset clients will see."""
+        message = encode_message(event, data, meta)
+        k = self.keys
+        epoch, sid = await self._script(
+            keys=[k.stream(channel), k.pubsub(channel), k.epoch(channel)], args=[self.history_len, message]
+        )
+        return make_offset(_text(epoch), _text(sid))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def make_offset(epoch: str, stream_id: str) -> str:
+    """Client-visible offset: opaque to clients, ``<epoch>-<ms>-<seq>`` to us."""
+    return f"{epoch}-{stream_id}"
+
+
+def parse_offset(offset: str) -> tuple[str, tuple[int, int]] | None:
+    """``(epoch, (ms, seq))``, or None when the string is not one of our offsets."""
+    parts = offset.split("-")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return parts[0], (int(parts[1]), int(parts[2]))
+
+
+def stream_id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)

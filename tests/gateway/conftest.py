@@ -1,0 +1,161 @@
+"""A live gateway (uvicorn in the test's event loop) and a small protocol client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import pytest
+import uvicorn
+import websockets
+
+from db.settings import Settings
+from gateway.auth import mint_token
+from gateway.server import uvicorn_config
+
+
+class Live:
+    def __init__(self, settings: Settings, server: uvicorn.Server, port: int) -> None:
+        self.settings, self.server, self.port = settings, server, port
+        self.url = f"ws://127.0.0.1:{port}/ws"
+        self.http = f"http://127.0.0.1:{port}"
+
+    @property
+    def gateway(self) -> Any:
+        return self.server.config.loaded_app.app.state.gateway if hasattr(self.server.config.loaded_app, "app") \
+            else self.server.config.loaded_app.state.gateway
+
+    def token(self, user: str, role: str = "MEMBER", ttl: int = 3600) -> str:
+        return mint_token(self.settings, user, role=role, ttl_s=ttl)
+
+
+@pytest.fixture
+async def start_gateway(settings: Settings, pool: Any) -> AsyncIterator[Callable[..., Awaitable[Live]]]:
+    """Start gateways (optionally with setting overrides) on free ports; stopped after the test."""
+    servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> Live:
+        s = msgspec.structs.replace(settings, port=1, **overrides)
+        config = uvicorn_config(s)
+        config.port = 0
+        config.log_level = "warning"
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve())
+        servers.append((server, task))
+        for _ in range(500):
+            if server.started:
+                break
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        return Live(s, server, port)
+
+    yield start
+    for server, task in servers:
+        server.should_exit = True
+    for server, task in servers:
+        await asyncio.wait_for(task, timeout=20)
+
+
+@pytest.fixture
+async def live(start_gateway: Callable[..., Awaitable[Live]]) -> Live:
+    return await start_gateway()
+
+
+class Client:
+    """A test client: sends commands, collects every server message in order."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+        self.messages: list[dict[str, Any]] = []
+        self._n = 0
+        self._reader = asyncio.create_task(self._read())
+        self._arrived = asyncio.Event()
+        self.closed: tuple[int | None, str | None] | None = None
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                data = json.loads(raw)
+                assert isinstance(data, list), "server frames are JSON arrays"
+                self.messages.extend(data)
+                self._arrived.set()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            rcvd = self.ws.close_rcvd
+            self.closed = (rcvd.code, rcvd.reason) if rcvd else (None, None)
+            self._arrived.set()
+
+    async def send(self, type_: str, **fields: Any) -> str:
+        self._n += 1
+        cid = fields.pop("id", f"c{self._n}")
+        await self.ws.send(json.dumps({"type": type_, "id": cid, **fields}))
+        return cid
+
+    async def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        seen = 0
+        while True:
+            for m in self.messages[seen:]:
+                if pred(m):
+                    return m
+            seen = len(self.messages)
+            if self.closed is not None:
+                raise AssertionError(f"closed {self.closed} while waiting; got {self.messages}")
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"timed out; got {self.messages}")
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    async def reply(self, cid: str, timeout: float = 5.0) -> dict[str, Any]:
+        return await self.wait_for(lambda m: m.get("id") == cid and m["type"] in ("ack", "error"), timeout)
+
+    async def call(self, type_: str, **fields: Any) -> dict[str, Any]:
+        return await self.reply(await self.send(type_, **fields))
+
+    async def ok(self, type_: str, **fields: Any) -> Any:
+        r = await self.call(type_, **fields)
+        assert r["type"] == "ack", r
+        return r["result"]
+
+    def events(self, name: str | None = None, channel: str | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == "event" and (name is None or m["event"] == name)
+                and (channel is None or m["channel"] == channel)]
+
+    async def wait_closed(self, timeout: float = 5.0) -> tuple[int | None, str | None]:
+        await asyncio.wait_for(self._reader, timeout)
+        assert self.closed is not None
+        return self.closed
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[..., Awaitable[Client]]]:
+    """Open clients (authenticated with `token` via an auth frame unless `header`); closed after."""
+    clients: list[Client] = []
+
+    async def open_(live: Live, token: str | None = None, *, header: bool = False, **kw: Any) -> Client:
+        headers = {"Authorization": f"Bearer {token}"} if header and token else None
+        ws = await websockets.connect(live.url, additional_headers=headers, max_size=None, **kw)
+        client = Client(ws)
+        clients.append(client)
+        if token and not header:
+            await client.ok("auth", token=token)
+        return client
+
+    yield open_
+    for c in clients:
+        await c.close()

@@ -1,0 +1,212 @@
+"""The moderation worker: score batches from ``moderation:jobs`` and act on them.
+
+Reads through a Redis consumer group, scores a batch in a thread, and in ONE
+transaction stores the scores and applies the decisions; it acknowledges only
+after COMMIT, then publishes. Entries a dead worker left pending are reclaimed
+after ``worker_claim_idle_ms``; one that failed ``worker_max_attempts`` times goes
+to the dead-letter stream with its last error. Scoring is idempotent (one
+result per item and model version), so a redelivery never double-acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from redis.exceptions import RedisError, ResponseError
+
+from db import moderation as mdb
+from moderation.bus import Keys, Meta, Publisher
+from moderation.events import publish_case, publish_vybe_created, publish_visibility
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from db.settings import Settings
+    from moderation.policy import Policy
+    from moderation.scorers import Scorer
+
+log = logging.getLogger(__name__)
+GROUP = "scorers"
+Entry = tuple[str, dict[bytes, bytes]]
+
+
+class Worker:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis, scorer: Scorer,
+                 policy: Policy, name: str) -> None:
+        self.settings, self.pool, self.redis = settings, pool, redis
+        self.scorer, self.policy, self.name = scorer, policy, name
+        self.keys = Keys(settings.redis_prefix)
+        self.publisher = Publisher(redis, settings.redis_prefix, settings.history_len)
+        self.scored = 0
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.keys.jobs, GROUP, id="0", mkstream=True)
+        except ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; the batch in hand is finished first."""
+        await self.ensure_group()
+        sweeper = asyncio.create_task(self._sweep_loop(stop), name="sweeper")
+        try:
+            while not stop.is_set():
+                try:
+                    await self.step()
+                except (RedisError, OSError, asyncpg.PostgresError) as err:
+                    log.warning("worker step failed (%s); retrying", err)
+                    await asyncio.sleep(0.5)
+        finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+
+    async def step(self) -> int:
+        """One read-score-store-ack round; returns entries handled."""
+        reply = await self.redis.xreadgroup(GROUP, self.name, {self.keys.jobs: ">"},
+                                            count=self.settings.worker_batch, block=self.settings.worker_block_ms)
+        entries: list[Entry] = [(_s(i), f) for _, batch in reply for i, f in batch] if reply else []
+        if entries:
+            await self._attempt(entries)
+            return len(entries)
+        reclaimed = await self.reclaim()
+        for entry in reclaimed:  # one at a time: a poison item must not sink its neighbours again
+            await self._attempt([entry])
+        return len(reclaimed)
+
+    async def _attempt(self, entries: list[Entry]) -> None:
+        try:
+            await self.process(entries)
+        except (asyncpg.PostgresError, RedisError, OSError, ValueError, RuntimeError) as err:
+            log.warning("batch of %d failed: %s", len(entries), err)
+            await self.redis.hset(self.keys.jobs + ":errors", mapping={i: repr(err)[:500] for i, _ in entries})
+
+    async def process(self, entries: list[Entry]) -> None:
+        vybes, comments = _ids(entries)
+        items = await mdb.fetch_items(self.pool, vybes, comments)
+        if items and self.policy.mode != "off":
+            scores = await asyncio.to_thread(self.scorer.score, [i.content for i in items])
+            outcomes = await self._store(items, scores)
+        else:
+            outcomes = []
+        # Acknowledge after COMMIT: a crash before this line redelivers, and the
+        # unique (item, model version) key makes the redelivery a no-op.
+        await self.redis.xack(self.keys.jobs, GROUP, *[i for i, _ in entries])
+        self.scored += len(outcomes)
+        await self._publish(outcomes)
+
+    async def _store(self, items: list[mdb.Item], scores: list[dict[str, float]]) -> list[tuple[Any, ...]]:
+        model = (self.scorer.name, self.scorer.version)
+        outcomes = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            for item, score in zip(items, scores, strict=True):
+                decision = self.policy.decide(score)
+                if await mdb.record_score(conn, item, model, score, decision.action, decision.reasons):
+                    case_id = None
+                    if decision.action in ("flag", "hide"):
+                        case_id = await conn.fetchval(
+                            "SELECT id FROM moderation_cases WHERE target_type = $1 AND target_id = $2",
+                            item.kind, str(item.id))
+                    outcomes.append((item, decision.action, case_id))
+        return outcomes
+
+    async def _publish(self, outcomes: list[tuple[Any, ...]]) -> None:
+        for item, action, case_id in outcomes:
+            if action == "hide":
+                await publish_visibility(self.publisher, item.kind, str(item.id), _str(item.vybe_id),
+                                         _str(item.looproom_id), "hidden")
+                await self.publisher.publish(f"user:{item.user_id}", "moderation.outcome",
+                                             {"target_type": item.kind, "target_id": str(item.id), "action": "hide",
+                                              "by": "model"}, Meta(o=item.user_id))
+            if case_id is not None:
+                for view in await mdb.case_views(self.pool, [case_id]):
+                    await publish_case(self.publisher, "report.flagged", view)
+            if self.settings.premoderation and item.kind == "shared_vybe" and action != "hide":
+                rows = await self._vybe_rows([item.id])
+                for row in rows:
+                    await publish_vybe_created(self.publisher, row)
+
+    async def _vybe_rows(self, ids: list[uuid.UUID]) -> list[Any]:
+        from db import writes  # noqa: PLC0415 - only premoderation needs full rows
+
+        rows = []
+        for vybe_id in ids:
+            try:
+                rows.append(await writes.get_vybe(self.pool, vybe_id))
+            except writes.NotFound:
+                continue  # deleted by its author since
+        return rows
+
+    async def reclaim(self) -> list[Entry]:
+        """Take over entries idle too long; dead-letter those out of attempts."""
+        pending = await self.redis.xpending_range(
+            self.keys.jobs, GROUP, min="-", max="+", count=self.settings.worker_batch,
+            idle=self.settings.worker_claim_idle_ms)
+        if not pending:
+            return []
+        dead = [p for p in pending if p["times_delivered"] >= self.settings.worker_max_attempts]
+        for p in dead:
+            await self._dead_letter(_s(p["message_id"]))
+        live = [_s(p["message_id"]) for p in pending if p not in dead]
+        if not live:
+            return []
+        claimed = await self.redis.xclaim(self.keys.jobs, GROUP, self.name,
+                                          min_idle_time=self.settings.worker_claim_idle_ms, message_ids=live)
+        return [(_s(i), f) for i, f in claimed if f]
+
+    async def _dead_letter(self, entry_id: str) -> None:
+        fields = await self.redis.xrange(self.keys.jobs, entry_id, entry_id)
+        error = await self.redis.hget(self.keys.jobs + ":errors", entry_id)
+        job = fields[0][1] if fields else {}
+        await self.redis.xadd(self.keys.dead_letter, {**job, b"entry": entry_id, b"error": error or b"unknown"})
+        await self.redis.xack(self.keys.jobs, GROUP, entry_id)
+        await self.redis.hdel(self.keys.jobs + ":errors", entry_id)
+        log.error("moderation job %s dead-lettered after %d attempts", entry_id, self.settings.worker_max_attempts)
+
+    async def sweep(self) -> int:
+        """Enqueue items left unscored (a gateway died between COMMIT and enqueue)."""
+        async with self.pool.acquire() as conn:
+            # One sweeper at a time across workers; duplicates would be harmless, just wasteful.
+            if not await conn.fetchval("SELECT pg_try_advisory_lock(7354001)"):
+                return 0
+            try:
+                stale = await mdb.unscored(self.pool, self.settings.sweep_after_s)
+                for kind, item_id in stale:
+                    await self.redis.xadd(self.keys.jobs, {"kind": kind, "id": str(item_id), "swept": "1"})
+                return len(stale)
+            finally:
+                await conn.fetchval("SELECT pg_advisory_unlock(7354001)")
+
+    async def _sweep_loop(self, stop: asyncio.Event) -> None:
+        interval = max(self.settings.sweep_after_s / 2, 0.5)
+        while not stop.is_set():
+            try:
+                swept = await self.sweep()
+                if swept:
+                    log.info("sweeper re-enqueued %d unscored items", swept)
+            except (RedisError, OSError, asyncpg.PostgresError) as err:
+                log.warning("sweep failed: %s", err)
+            await asyncio.sleep(interval)
+
+
+def _ids(entries: list[Entry]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    vybes, comments = [], []
+    for _, fields in entries:
+        try:
+            item_id = uuid.UUID(fields[b"id"].decode())
+        except (KeyError, ValueError):
+            continue  # malformed job: acknowledged and dropped with the batch
+        (vybes if fields.get(b"kind") == b"vybe" else comments).append(item_id)
+    return vybes, comments
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,59 @@
+"""``vybe worker``: one moderation consumer process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+
+from db.pool import create_pool
+from db.settings import SettingsError
+from moderation.policy import Policy, PolicyError
+from moderation.scorers import ScorerError, load_scorer
+from workers.consumer import Worker
+
+if TYPE_CHECKING:
+    from db.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_policy(settings: Settings) -> Policy:
+    try:
+        return Policy.from_settings(settings.moderation_mode, settings.moderation_thresholds)
+    except PolicyError as err:
+        raise SettingsError("VYBE_MODERATION_THRESHOLDS", str(err)) from err
+
+
+async def _main(settings: Settings) -> None:
+    if settings.database_url is None or settings.redis_url is None:
+        raise SettingsError("VYBE_DATABASE_URL", "the worker needs VYBE_DATABASE_URL and VYBE_REDIS_URL")
+    policy = build_policy(settings)
+    try:
+        scorer = load_scorer(settings.scorer, detoxify_checkpoint=settings.detoxify_checkpoint,
+                             detoxify_hf_dir=settings.detoxify_hf_dir)
+    except ScorerError as err:
+        raise SettingsError("VYBE_SCORER", str(err)) from err
+    log.info("scorer %s %s, mode %s", scorer.name, scorer.version, policy.mode)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    name = f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        await Worker(settings, pool, redis, scorer, policy, name).run(stop)
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+def run_worker(settings: Settings) -> int:
+    asyncio.run(_main(settings))
+    return 0
