@@ -13,7 +13,7 @@ from litestar.openapi import OpenAPIConfig
 
 from gateway.connection import Connection
 from gateway.context import Gateway, gateway_lifespan
-from gateway.rest import RestController, error_handlers
+from gateway.rest import ModerationController, RestController, error_handlers
 
 if TYPE_CHECKING:
     from litestar.types import Receive, Scope, Send
@@ -75,25 +75,16 @@ def create_app(settings: Settings) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with gateway_lifespan(settings) as gw:
-            _mount_moderation(gw)
             app.state.gateway = gw
             yield
 
     return Litestar(
-        route_handlers=[websocket_endpoint, healthz, readyz, metrics, RestController],
+        route_handlers=[websocket_endpoint, healthz, readyz, metrics, RestController, ModerationController],
         lifespan=[lifespan],
         exception_handlers=error_handlers(),
         openapi_config=OpenAPIConfig(title="Vybe Live", version="0.1.0", path="/schema"),
         debug=False,
     )
-
-
-def _mount_moderation(gw: Gateway) -> None:
-    try:
-        from gateway.moderation import mount  # noqa: PLC0415 - optional until built
-    except ImportError:
-        return
-    mount(gw)
 
 
 __all__ = ["create_app", "Request"]

@@ -187,8 +187,7 @@ async def _report(conn: Connection, cmd: p.ReportCmd) -> Result:
         gw.pool, conn.user_id, target_type=cmd.target_type, target_id=cmd.target_id,
         report_type=cmd.report_type, description=cmd.description, request_id=cmd.id or None,
     )
-    if gw.on_report is not None:
-        await gw.on_report(result)
+    await gw.desk.on_report(result)
     return Result(result)
 
 
@@ -208,6 +207,4 @@ async def _block(conn: Connection, cmd: p.Block | p.Unblock) -> Result:
 async def _moderate(conn: Connection, cmd: p.Claim | p.Resolve) -> Result:
     if not conn.is_moderator:
         raise CommandError(ErrorCode.FORBIDDEN, f"{type(cmd).__name__.lower()} is for MODERATOR and ADMIN roles")
-    if conn.gw.moderation is None:
-        raise CommandError(ErrorCode.UNAVAILABLE, "moderation actions are not enabled on this node")
-    return Result(await conn.gw.moderation(conn, cmd))
+    return Result(await conn.gw.desk.act(conn, cmd))

@@ -12,8 +12,8 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -25,6 +25,7 @@ from gateway.auth import Identity, Verifier
 from gateway.hub import Hub
 from gateway.hub.redis import RedisBackend
 from gateway.metrics import Metrics
+from gateway.moderation import Desk
 from gateway.protocol import CloseCode, Notice, encode
 from moderation.bus import Keys, Publisher
 
@@ -51,9 +52,7 @@ class Gateway:
                                                batch_max=settings.write_batch_max)
         self.connections: set[Connection] = set()
         self.draining = False
-        # Set by the moderation desk (gateway.moderation) when it is mounted.
-        self.on_report: Callable[[Any], Awaitable[None]] | None = None
-        self.moderation: Callable[[Connection, Any], Awaitable[Any]] | None = None
+        self.desk = Desk(self)
         self.metrics.bind(self)
 
     async def on_first_auth(self, identity: Identity) -> list[str]:

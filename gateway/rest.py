@@ -14,6 +14,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery
 
+from db import moderation as mdb
 from db import writes
 from gateway import protocol as p
 from gateway.auth import AuthError, Identity
@@ -154,3 +155,28 @@ class RestController(Controller):
             await writes.delete_comment(state.gateway.pool, actor.user_id, comment_id)
         except writes.WriteError as err:
             raise ApiError(err.code, err.message) from err
+
+
+class ModerationController(Controller):
+    """The moderator queue and actions (MODERATOR and ADMIN only)."""
+
+    path = "/api/mod"
+    tags = ["moderation"]
+
+    @get("/queue")
+    async def queue(self, request: Request[Any, Any, Any], state: State, limit: FromQuery[int] = 100) -> Any:
+        """Open cases, oldest first, each with everything needed to decide."""
+        actor = await _actor(request)
+        if not actor.is_moderator:
+            raise ApiError("forbidden", "the moderation queue is for MODERATOR and ADMIN roles")
+        return await mdb.open_queue(state.gateway.pool, max(1, min(limit, 500)))
+
+    @post("/cases/{case_id:str}/claim", status_code=200)
+    async def claim(self, request: Request[Any, Any, Any], case_id: FromPath[str]) -> Any:
+        """Claim (``{"version": n}``) or release (``{"version": n, "release": true}``) a case."""
+        return await _run(request, _decode(await request.body(), p.Claim, case_id=case_id))
+
+    @post("/cases/{case_id:str}/resolve", status_code=200)
+    async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str]) -> Any:
+        """Resolve: ``{"version": n, "action": "remove|hide|restore|dismiss", "note": "..."}``."""
+        return await _run(request, _decode(await request.body(), p.Resolve, case_id=case_id))

@@ -88,7 +88,7 @@ class Client:
         except websockets.ConnectionClosed:
             pass
         finally:
-            rcvd = self.ws.close_rcvd
+            rcvd = self.ws.protocol.close_rcvd
             self.closed = (rcvd.code, rcvd.reason) if rcvd else (None, None)
             self._arrived.set()
 
