@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from db.settings import Settings
 
 
-class _DrainingServer(uvicorn.Server):
+class DrainingServer(uvicorn.Server):
     """Tells every client to reconnect (1001 + notice) before uvicorn closes sockets."""
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -49,6 +49,6 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 
 
 def serve(settings: Settings) -> int:
-    server = _DrainingServer(uvicorn_config(settings))
+    server = DrainingServer(uvicorn_config(settings))
     asyncio.run(server.serve())
     return 0

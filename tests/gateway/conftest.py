@@ -14,7 +14,7 @@ import websockets
 
 from db.settings import Settings
 from gateway.auth import mint_token
-from gateway.server import uvicorn_config
+from gateway.server import DrainingServer, uvicorn_config
 
 
 class Live:
@@ -42,7 +42,7 @@ async def start_gateway(settings: Settings, pool: Any) -> AsyncIterator[Callable
         config = uvicorn_config(s)
         config.port = 0
         config.log_level = "warning"
-        server = uvicorn.Server(config)
+        server = DrainingServer(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         task = asyncio.create_task(server.serve())
         servers.append((server, task))

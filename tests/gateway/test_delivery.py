@@ -1,0 +1,218 @@
+"""Delivery guarantees: resume by offset, two nodes, slow consumers, Redis restarts, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from db.embedded import embedded_redis
+from moderation.bus import Publisher
+
+pytestmark = pytest.mark.anyio
+
+
+def _seqs(client, channel: str = "feed") -> list[int]:
+    return [e["data"]["n"] for e in client.events("test.seq", channel)]
+
+
+async def test_resume_delivers_missed_in_order_then_live(live, connect) -> None:
+    """A client that reconnects with its last offset gets exactly what it missed, in order, then live."""
+    pub = live.gateway.publisher
+    a = await connect(live, live.token("reader"))
+    await a.ok("subscribe", channel="feed")
+    for n in range(5):
+        await pub.publish("feed", "test.seq", {"n": n})
+    await a.wait_for(lambda m: m.get("data", {}).get("n") == 4)
+    last = a.events("test.seq")[-1]["offset"]
+    await a.close()
+    for n in range(5, 12):
+        await pub.publish("feed", "test.seq", {"n": n})
+    b = await connect(live, live.token("reader"))
+    ack = await b.ok("subscribe", channel="feed", since=last)
+    assert ack == {"channel": "feed", "recovered": True, "missed": 7}
+    await pub.publish("feed", "test.seq", {"n": 12})
+    await b.wait_for(lambda m: m.get("data", {}).get("n") == 12)
+    assert _seqs(b) == list(range(5, 13))
+    # The ack precedes the replayed events.
+    kinds = [m["type"] for m in b.messages if m["type"] in ("ack", "event")]
+    assert kinds[1] == "ack" and kinds[2] == "event"
+
+
+async def test_resume_cutover_under_concurrent_publishing(live, connect) -> None:
+    """Clients resuming while events are published concurrently see no gap and no duplicate."""
+    pub = live.gateway.publisher
+    total = 400
+
+    async def produce() -> None:
+        for n in range(total):
+            await pub.publish("feed", "test.seq", {"n": n})
+            if n % 10 == 0:
+                await asyncio.sleep(0.002)
+
+    async def reader(i: int) -> list[int]:
+        seen: list[int] = []
+        c = await connect(live, live.token(f"r{i}"))
+        await c.ok("subscribe", channel="feed")
+        for _ in range(3):  # drop and resume three times mid-stream
+            await asyncio.sleep(random.uniform(0.01, 0.05))
+            got = c.events("test.seq")
+            seen += [e["data"]["n"] for e in got]
+            offset = got[-1]["offset"] if got else None
+            await c.close()
+            c = await connect(live, live.token(f"r{i}"))
+            if offset is None:
+                await c.ok("subscribe", channel="feed")
+                seen = []  # nothing received yet: start over from live
+            else:
+                assert (await c.ok("subscribe", channel="feed", since=offset))["recovered"] is True
+        await c.wait_for(lambda m: m.get("data", {}).get("n") == total - 1, timeout=20)
+        return seen + _seqs(c)
+
+    producer = asyncio.create_task(produce())
+    results = await asyncio.gather(*(reader(i) for i in range(6)))
+    await producer
+    for seen in results:
+        assert seen, "reader received nothing"
+        assert seen == list(range(seen[0], total)), f"gap or duplicate: {seen[:20]}..."
+
+
+async def test_resume_from_unknown_epoch_or_trimmed_history(start_gateway, connect) -> None:
+    """An offset from another epoch, garbage, or older than the kept history answers recovered=false."""
+    live = await start_gateway(history_len=5)
+    pub = live.gateway.publisher
+    c = await connect(live, live.token("late"))
+    first = await pub.publish("feed", "test.seq", {"n": 0})
+    for n in range(1, 400):  # MAXLEN ~ trims in whole nodes of ~100 entries
+        await pub.publish("feed", "test.seq", {"n": n})
+    assert (await c.ok("subscribe", channel="feed", since=first))["recovered"] is False
+    epoch, ms, seq = first.split("-")
+    c2 = await connect(live, live.token("late2"))
+    assert (await c2.ok("subscribe", channel="feed", since=f"1{epoch}-{ms}-{seq}"))["recovered"] is False
+    c3 = await connect(live, live.token("late3"))
+    assert (await c3.ok("subscribe", channel="feed", since="not-an-offset"))["recovered"] is False
+    await pub.publish("feed", "test.seq", {"n": 400})
+    for client in (c, c2, c3):  # refused resumes still continue live
+        await client.wait_for(lambda m: m.get("data", {}).get("n") == 400)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_two_gateway_processes_share_events(live, connect, settings) -> None:
+    """A post on one gateway process reaches a subscriber on another, both ways."""
+    port = _free_port()
+    env = {**os.environ, "VYBE_DATABASE_URL": settings.database_url, "VYBE_REDIS_URL": settings.redis_url,
+           "VYBE_REDIS_PREFIX": settings.redis_prefix, "VYBE_JWT_SECRET": settings.jwt_secret,
+           "VYBE_PORT": str(port), "VYBE_LOG_LEVEL": "WARNING", "VYBE_PRESENCE_INTERVAL_S": "0.2"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway"], env=env)
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(200):
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+        other = type(live)(live.settings, live.server, port)
+        a = await connect(live, live.token("on-a"))
+        b = await connect(other, live.token("on-b"))
+        for c in (a, b):
+            await c.ok("subscribe", channel="feed")
+        await a.ok("post_vybe", content="hello from node A")
+        await b.wait_for(lambda m: m.get("event") == "vybe.created" and m["data"]["content"] == "hello from node A")
+        await b.ok("post_vybe", content="hello from node B")
+        await a.wait_for(lambda m: m.get("event") == "vybe.created" and m["data"]["content"] == "hello from node B")
+    finally:
+        proc.terminate()
+        # uvicorn re-raises the captured SIGTERM after a graceful shutdown.
+        assert proc.wait(timeout=20) in (0, -15)
+
+
+async def test_slow_consumer_is_closed_without_slowing_others(start_gateway, connect) -> None:
+    """A client that stops reading is closed (4008) and counted; a reading client gets every event."""
+    live = await start_gateway(send_queue_bytes=64 * 1024)
+    fast = await connect(live, live.token("fast"))
+    slow = await connect(live, live.token("slow"), max_queue=1)
+    for c in (fast, slow):
+        await c.ok("subscribe", channel="feed")
+    slow._reader.cancel()  # stop reading: the kernel buffers fill, then our queue
+    pub = live.gateway.publisher
+    payload = "x" * 4000
+    for n in range(1500):
+        await pub.publish("feed", "test.seq", {"n": n, "pad": payload})
+    await fast.wait_for(lambda m: m.get("data", {}).get("n") == 1499, timeout=30)
+    assert _seqs(fast) == list(range(1500))
+    metrics = live.gateway.metrics
+    for _ in range(100):
+        if metrics.slow_consumer_closes._value.get() >= 1:
+            break
+        await asyncio.sleep(0.05)
+    assert metrics.slow_consumer_closes._value.get() == 1
+    assert len(live.gateway.connections) == 1
+
+
+async def test_redis_restart_recovers_missed_events(start_gateway, connect, tmp_path: Path) -> None:
+    """Redis restarts under traffic: readiness goes red, the node resubscribes and backfills from
+    history, so a subscriber misses nothing; after a restart that lost the data it is told (gap)."""
+    with embedded_redis(tmp_path / "r1") as url:
+        live = await start_gateway(redis_url=url)
+        c = await connect(live, live.token("survivor"))
+        await c.ok("subscribe", channel="feed")
+        pub = live.gateway.publisher
+        await pub.publish("feed", "test.seq", {"n": 0})
+        await c.wait_for(lambda m: m.get("data", {}).get("n") == 0)
+    # Redis is down now (its data is on disk: AOF).
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        for _ in range(100):
+            r = await http.get("/readyz")
+            if r.status_code == 503:
+                break
+            await asyncio.sleep(0.05)
+        assert r.status_code == 503 and r.json()["redis"] is False
+    with embedded_redis(tmp_path / "r1") as url:
+        other = aioredis.Redis.from_url(url)
+        outside = Publisher(other, live.settings.redis_prefix)
+        # Published the moment Redis is back, quite possibly before the node resubscribed.
+        for n in range(1, 30):
+            await outside.publish("feed", "test.seq", {"n": n})
+        await c.wait_for(lambda m: m.get("data", {}).get("n") == 29, timeout=15)
+        assert _seqs(c) == list(range(30))
+        assert not [m for m in c.messages if m.get("code") == "gap"]
+        assert live.gateway.backend.reconnects >= 1
+        await other.aclose()
+    # Now a restart that loses everything: a fresh Redis on the same socket path.
+    for f in (tmp_path / "r1" / "redis").glob("appendonly*"):
+        for g in f.iterdir() if f.is_dir() else [f]:
+            g.unlink()
+    with embedded_redis(tmp_path / "r1") as url:
+        await c.wait_for(lambda m: m.get("type") == "notice" and m.get("code") == "gap", timeout=15)
+        other = aioredis.Redis.from_url(url)
+        await Publisher(other, live.settings.redis_prefix).publish("feed", "test.seq", {"n": 100})
+        await c.wait_for(lambda m: m.get("data", {}).get("n") == 100, timeout=10)
+        await other.aclose()
+
+
+async def test_shutdown_drains_with_1001(start_gateway, connect) -> None:
+    """On shutdown every client gets a going_away notice and a 1001 close."""
+    live = await start_gateway()
+    c = await connect(live, live.token("leaver"))
+    await c.ok("subscribe", channel="feed")
+    live.server.should_exit = True
+    code, _ = await c.wait_closed(timeout=10)
+    assert code == 1001
+    assert any(m.get("code") == "going_away" for m in c.messages)
