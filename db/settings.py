@@ -65,6 +65,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     history_len: int = 1_000
     """Events kept per channel for resume (Redis stream MAXLEN, approximate)."""
     heartbeat_s: float = 20.0
+    """WebSocket ping interval; a peer that misses a pong for this long is dropped."""
+    presence_interval_s: float = 2.0
+    """How often each node reports looproom viewer counts (dead nodes expire after 3x)."""
     token_warn_s: float = 60.0
     """Warn a client this long before its token expires."""
     write_batch_ms: float = 2.0

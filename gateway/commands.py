@@ -79,6 +79,8 @@ async def _subscribe(conn: Connection, cmd: p.Subscribe) -> Result:
                            f"at most {conn.gw.settings.max_subscriptions} subscriptions per connection")
     conn.channels.add(channel)
     resume = await conn.gw.hub.subscribe(conn, channel, cmd.since)
+    if channel.startswith("looproom:"):
+        conn.gw.presence.touch()
     ack = {"channel": channel, "recovered": resume.recovered, "missed": len(resume.missed)}
     if resume.recovered is None:
         return Result(ack)
@@ -112,6 +114,8 @@ async def _unsubscribe(conn: Connection, cmd: p.Unsubscribe) -> Result:
         raise CommandError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {cmd.channel}")
     conn.channels.discard(cmd.channel)
     await conn.gw.hub.unsubscribe(conn, cmd.channel)
+    if cmd.channel.startswith("looproom:"):
+        conn.gw.presence.touch()
     return Result({"channel": cmd.channel})
 
 

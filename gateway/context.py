@@ -26,6 +26,7 @@ from gateway.hub import Hub
 from gateway.hub.redis import RedisBackend
 from gateway.metrics import Metrics
 from gateway.moderation import Desk
+from gateway.presence import Presence
 from gateway.protocol import CloseCode, Notice, encode
 from moderation.bus import Keys, Publisher
 
@@ -53,6 +54,7 @@ class Gateway:
         self.connections: set[Connection] = set()
         self.draining = False
         self.desk = Desk(self)
+        self.presence = Presence(self, settings.presence_interval_s)
         self.metrics.bind(self)
 
     async def on_first_auth(self, identity: Identity) -> list[str]:
@@ -61,6 +63,8 @@ class Gateway:
         return user.blocked_users
 
     async def leave(self, conn: Connection) -> None:
+        if any(c.startswith("looproom:") for c in conn.channels):
+            self.presence.touch()
         await self.hub.drop(conn, conn.channels)
         conn.channels.clear()
 
@@ -98,12 +102,17 @@ async def gateway_lifespan(settings: Settings) -> AsyncIterator[Gateway]:
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
     redis = aioredis.Redis.from_url(settings.redis_url, health_check_interval=10)
     gw = Gateway(settings, pool, redis)
+    presence: asyncio.Task[None] | None = None
     try:
         await gw.backend.start()
         gw.reactions.start()
+        presence = asyncio.create_task(gw.presence.run(), name="presence")
         yield gw
         await gw.drain()
     finally:
+        if presence is not None:
+            presence.cancel()
+            await asyncio.gather(presence, return_exceptions=True)
         await gw.reactions.aclose()
         await gw.backend.close()
         await redis.aclose()

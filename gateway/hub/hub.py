@@ -75,6 +75,14 @@ class Hub:
     def channel_count(self) -> int:
         return len(self._channels)
 
+    def channels(self) -> list[str]:
+        return list(self._channels)
+
+    def local_viewers(self, channel: str) -> int:
+        """Distinct users on this node subscribed to ``channel``."""
+        state = self._channels.get(channel)
+        return len({sub.user_id for sub in state.subscribers}) if state else 0
+
     # -- subscriptions -------------------------------------------------------
 
     async def subscribe(self, sub: Subscriber, channel: str, since: str | None = None) -> Resume:

@@ -38,6 +38,7 @@ async def start_gateway(settings: Settings, pool: Any) -> AsyncIterator[Callable
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
     async def start(**overrides: Any) -> Live:
+        overrides.setdefault("node_id", f"test-node-{len(servers)}")
         s = msgspec.structs.replace(settings, port=1, **overrides)
         config = uvicorn_config(s)
         config.port = 0

@@ -216,3 +216,22 @@ async def test_shutdown_drains_with_1001(start_gateway, connect) -> None:
     code, _ = await c.wait_closed(timeout=10)
     assert code == 1001
     assert any(m.get("code") == "going_away" for m in c.messages)
+
+
+async def test_looproom_presence_sums_across_nodes(start_gateway, connect) -> None:
+    """Viewer counts add up across two nodes, and drop when viewers leave."""
+    a = await start_gateway(presence_interval_s=0.2)
+    b = await start_gateway(presence_interval_s=0.2)
+    room = "looproom:11111111-2222-3333-4444-555555555555"
+    viewers = [await connect(node, node.token(f"v{i}")) for i, node in enumerate([a, a, b])]
+    for v in viewers:
+        await v.ok("subscribe", channel=room)
+
+    def count_is(n: int):
+        return lambda m: m.get("event") == "looproom.presence" and m["data"]["viewers"] == n
+
+    for v in viewers:
+        await v.wait_for(count_is(3), timeout=5)
+    await viewers[0].close()
+    await viewers[2].wait_for(count_is(2), timeout=5)
+    await viewers[1].wait_for(count_is(2), timeout=5)
