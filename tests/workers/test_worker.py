@@ -1,0 +1,200 @@
+"""The moderation worker against real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import msgspec
+import pytest
+
+from db import writes
+from moderation.bus import Keys
+from moderation.policy import Policy
+from moderation.scorers import load_scorer
+from workers.consumer import GROUP, Worker
+
+pytestmark = pytest.mark.anyio
+
+FLAG_ALL = "toxicity=0:1"
+NEVER = ",".join(f"{label}=1" for label in ("toxicity", "severe_toxicity", "obscene", "threat", "insult",
+                                            "identity_attack", "sexual_explicit"))
+
+
+def _worker(settings, pool, redis, mode: str = "flag", thresholds: str = FLAG_ALL, scorer=None, **over) -> Worker:
+    s = msgspec.structs.replace(settings, worker_block_ms=10, **over)
+    return Worker(s, pool, redis, scorer or load_scorer("light"), Policy.from_settings(mode, thresholds), "w-test")
+
+
+async def _post(pool, redis, settings, content: str = "hello there", user: str = "poster", **kw):
+    await writes.upsert_user(pool, user, "MEMBER")
+    vybe = await writes.post_vybe(pool, user, content=content, **kw)
+    await redis.xadd(Keys(settings.redis_prefix).jobs, {"kind": "vybe", "id": str(vybe.id)})
+    return vybe
+
+
+async def _events(redis, settings, channel: str) -> list[dict]:
+    entries = await redis.xrange(Keys(settings.redis_prefix).stream(channel))
+    return [msgspec.json.decode(f[b"m"].split(b"\n", 1)[1]) for _, f in entries]
+
+
+async def test_flag_opens_case_files_system_report_and_notifies_moderators(settings, pool, redis) -> None:
+    """A flagged vybe: score stored, state flagged, one system report, one case, report.flagged on mod:flagged."""
+    w = _worker(settings, pool, redis)
+    await w.ensure_group()
+    vybe = await _post(pool, redis, settings, "you are worthless", is_anonymous=True)
+    assert await w.step() == 1
+    row = await pool.fetchrow("SELECT moderation_state::text AS s, report_count FROM shared_vybes WHERE id = $1", vybe.id)
+    assert (row["s"], row["report_count"]) == ("flagged", 1)
+    assert await pool.fetchval("SELECT count(*) FROM moderation_scores") == 1
+    assert await pool.fetchval("SELECT reporter_id FROM reports") == "system:moderation"
+    [event] = await _events(redis, settings, "mod:flagged")
+    assert event["event"] == "report.flagged"
+    case = event["data"]
+    assert case["text"] == "you are worthless" and case["author_id"] == "poster" and case["is_anonymous"]
+    assert set(case["scores"]) >= {"toxicity", "threat", "insult"} and case["reasons"]
+    assert await redis.xpending(Keys(settings.redis_prefix).jobs, GROUP) == {
+        "pending": 0, "min": None, "max": None, "consumers": []}
+
+
+async def test_benign_is_approved_and_redelivery_is_idempotent(settings, pool, redis) -> None:
+    """Under the thresholds an item is approved; scoring the same job twice stores one result."""
+    w = _worker(settings, pool, redis, thresholds=NEVER)
+    await w.ensure_group()
+    vybe = await _post(pool, redis, settings, "grateful for today's walk")
+    await w.step()
+    await redis.xadd(Keys(settings.redis_prefix).jobs, {"kind": "vybe", "id": str(vybe.id)})
+    await w.step()
+    assert await pool.fetchval("SELECT moderation_state::text FROM shared_vybes") == "approved"
+    assert await pool.fetchval("SELECT count(*) FROM moderation_scores") == 1
+    assert await pool.fetchval("SELECT count(*) FROM moderation_cases") == 0
+
+
+async def test_shadow_mode_scores_without_acting(settings, pool, redis) -> None:
+    """Shadow mode stores scores and a 'shadow' decision but flags nothing."""
+    w = _worker(settings, pool, redis, mode="shadow")
+    await w.ensure_group()
+    await _post(pool, redis, settings, "you are worthless")
+    await w.step()
+    assert await pool.fetchval("SELECT decision FROM moderation_scores") == "shadow"
+    assert await pool.fetchval("SELECT count(*) FROM moderation_cases") == 0
+    assert await pool.fetchval("SELECT count(*) FROM reports") == 0
+
+
+async def test_off_mode_scores_nothing(settings, pool, redis) -> None:
+    """Mode off consumes jobs without scoring."""
+    w = _worker(settings, pool, redis, mode="off")
+    await w.ensure_group()
+    await _post(pool, redis, settings, "anything")
+    assert await w.step() == 1
+    assert await pool.fetchval("SELECT count(*) FROM moderation_scores") == 0
+
+
+async def test_hide_mode_hides_and_announces(settings, pool, redis) -> None:
+    """Over a hide threshold in hide mode: hidden at once, vybe.hidden on the feed, the author told."""
+    w = _worker(settings, pool, redis, mode="hide", thresholds="toxicity=0:0")
+    await w.ensure_group()
+    vybe = await _post(pool, redis, settings, "vile stuff")
+    await w.step()
+    assert await pool.fetchval("SELECT moderation_state::text FROM shared_vybes") == "hidden"
+    assert [e["event"] for e in await _events(redis, settings, "feed")] == ["vybe.hidden"]
+    [outcome] = await _events(redis, settings, "user:poster")
+    assert outcome["event"] == "moderation.outcome" and outcome["data"]["target_id"] == str(vybe.id)
+
+
+async def test_premoderation_publishes_after_scoring(settings, pool, redis) -> None:
+    """With pre-moderation the worker, not the gateway, announces vybe.created, and only if not hidden."""
+    w = _worker(settings, pool, redis, thresholds=NEVER, premoderation=True)
+    await w.ensure_group()
+    vybe = await _post(pool, redis, settings, "a calm morning")
+    assert await _events(redis, settings, "feed") == []
+    await w.step()
+    [created] = await _events(redis, settings, "feed")
+    assert created["event"] == "vybe.created" and created["data"]["id"] == str(vybe.id)
+
+
+async def test_comments_are_scored(settings, pool, redis) -> None:
+    """Comments go through the same path as vybes."""
+    w = _worker(settings, pool, redis)
+    await w.ensure_group()
+    vybe = await _post(pool, redis, settings)
+    c = await writes.comment(pool, "poster", vybe_id=vybe.id, content="nobody likes you")
+    await redis.xadd(Keys(settings.redis_prefix).jobs, {"kind": "comment", "id": str(c.id)})
+    await w.step()
+    assert await pool.fetchval("SELECT moderation_state::text FROM comments") == "flagged"
+    assert await pool.fetchval("SELECT target_type FROM moderation_cases WHERE target_id = $1", str(c.id)) == "comment"
+
+
+class _Broken:
+    """A scorer whose model fails on every batch (a real failure path, not a fake store)."""
+
+    name, version, labels = "broken", "0", ("toxicity",)
+
+    def score(self, texts):
+        raise RuntimeError("model exploded")
+
+
+async def test_failing_item_goes_to_dead_letter_after_k_attempts(settings, pool, redis) -> None:
+    """A job that fails worker_max_attempts times lands on the dead-letter stream with its error."""
+    w = _worker(settings, pool, redis, scorer=_Broken(), worker_claim_idle_ms=0, worker_max_attempts=3)
+    await w.ensure_group()
+    vybe = await _post(pool, redis, settings)
+    for _ in range(5):
+        await w.step()
+    keys = Keys(settings.redis_prefix)
+    [(_, dead)] = await redis.xrange(keys.dead_letter)
+    assert dead[b"id"].decode() == str(vybe.id) and b"model exploded" in dead[b"error"]
+    assert (await redis.xpending(keys.jobs, GROUP))["pending"] == 0
+
+
+async def test_sweeper_enqueues_items_that_were_never_enqueued(settings, pool, redis) -> None:
+    """A vybe committed without a job (the gateway died) is found by the sweeper and scored."""
+    w = _worker(settings, pool, redis, thresholds=NEVER, sweep_after_s=0.0)
+    await w.ensure_group()
+    await writes.upsert_user(pool, "ghost", "MEMBER")
+    await writes.post_vybe(pool, "ghost", content="committed, never enqueued")
+    assert await w.sweep() == 1
+    await w.step()
+    assert await pool.fetchval("SELECT moderation_state::text FROM shared_vybes") == "approved"
+    assert await w.sweep() == 0
+
+
+async def test_sigkill_mid_batch_loses_nothing(settings, pool, redis) -> None:
+    """A worker process SIGKILLed mid-stream: a second worker reclaims its pending entries; every item
+    ends up scored exactly once."""
+    n = 300
+    await writes.upsert_user(pool, "bulk", "MEMBER")
+    keys = Keys(settings.redis_prefix)
+    w = _worker(settings, pool, redis, thresholds=NEVER, worker_claim_idle_ms=200, worker_batch=16)
+    await w.ensure_group()
+    for i in range(n):
+        v = await writes.post_vybe(pool, "bulk", content=f"item {i}")
+        await redis.xadd(keys.jobs, {"kind": "vybe", "id": str(v.id)})
+    env = {**os.environ, "VYBE_DATABASE_URL": settings.database_url, "VYBE_REDIS_URL": settings.redis_url,
+           "VYBE_REDIS_PREFIX": settings.redis_prefix, "VYBE_SCORER": "light", "VYBE_MODERATION_THRESHOLDS": NEVER,
+           "VYBE_WORKER_BATCH": "16", "VYBE_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=env)
+    try:
+        for _ in range(400):
+            done = await pool.fetchval("SELECT count(*) FROM moderation_scores")
+            if done >= 16:
+                break
+            await asyncio.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=10)
+    killed_at = await pool.fetchval("SELECT count(*) FROM moderation_scores")
+    assert 0 < killed_at < n, "the kill should land mid-stream"
+    for _ in range(200):
+        await w.step()
+        if await pool.fetchval("SELECT count(*) FROM moderation_scores") == n:
+            break
+        await asyncio.sleep(0.02)
+    assert await pool.fetchval("SELECT count(*) FROM moderation_scores") == n
+    assert await pool.fetchval(
+        "SELECT count(*) FROM shared_vybes WHERE moderation_state <> 'approved'") == 0
+    assert await pool.fetchval(
+        "SELECT count(*) FROM (SELECT target_id FROM moderation_scores GROUP BY 1 HAVING count(*) > 1) d") == 0
