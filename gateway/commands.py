@@ -74,7 +74,8 @@ async def _subscribe(conn: Connection, cmd: p.Subscribe) -> Result:
         raise CommandError(ErrorCode.UNKNOWN_CHANNEL,
                            "channels: feed, vybe:{id}, looproom:{id}, user:{your id}, mod:flagged")
     await _authorize(conn, channel)
-    if channel not in conn.channels and len(conn.channels) > conn.gw.settings.max_subscriptions:
+    # The personal user:{id} channel is not counted against the limit.
+    if channel not in conn.channels and len(conn.channels) - 1 >= conn.gw.settings.max_subscriptions:
         raise CommandError(ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                            f"at most {conn.gw.settings.max_subscriptions} subscriptions per connection")
     conn.channels.add(channel)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.auth import AuthError, Identity
 from gateway.commands import CommandError, handle
 from gateway.protocol import (
-    Ack, Auth, CloseCode, DecodeFailure, Error, ErrorCode, Notice, Ping, decode_command, encode, frame,
+    Ack, Auth, CloseCode, DecodeFailure, Error, ErrorCode, Notice, Ping, decode_command, encode, frame, peek_id,
 )
 
 if TYPE_CHECKING:
@@ -105,7 +105,11 @@ class Connection:
                 self._queue.clear()
                 self._queued = 0
                 data = frame(items)
-                await self._send({"type": "websocket.send", "text": data.decode()})
+                try:
+                    await self._send({"type": "websocket.send", "text": data.decode()})
+                except OSError:  # uvicorn's ClientDisconnected: the peer is gone
+                    self.close(1006, "peer gone")
+                    return
                 self.gw.metrics.frames_out.inc()
                 self.gw.metrics.bytes_out.inc(len(data))
             if self._close is not None:
@@ -172,7 +176,7 @@ class Connection:
             if self._refusals >= self.FLOOD_LIMIT:
                 self.close(CloseCode.FLOOD, "flood: too many commands after rate-limit errors")
                 return
-            self.reply(Error(None, ErrorCode.RATE_LIMITED, "too many commands; slow down", round(wait, 3)))
+            self.reply(Error(peek_id(text), ErrorCode.RATE_LIMITED, "too many commands; slow down", round(wait, 3)))
             return
         self._refusals = 0
         try:

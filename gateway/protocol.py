@@ -213,6 +213,22 @@ def _classify(frame: str | bytes, message: str) -> Error:
     return Error(cid, ErrorCode.INVALID, f"invalid {kind}: {message}")
 
 
+class _IdOnly(msgspec.Struct):
+    id: str | None = None
+
+
+_id_decoder = msgspec.json.Decoder(_IdOnly)
+
+
+def peek_id(frame: str | bytes) -> str | None:
+    """The client id of a frame we refuse without handling (rate limit), if it has a usable one."""
+    try:
+        cid = _id_decoder.decode(frame).id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return cid if cid is not None and len(cid) <= 64 else None
+
+
 _encoder = msgspec.json.Encoder()
 
 

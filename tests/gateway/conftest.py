@@ -99,13 +99,16 @@ class Client:
         await self.ws.send(json.dumps({"type": type_, "id": cid, **fields}))
         return cid
 
-    async def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
+    async def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 5.0,
+                       start: int = 0) -> dict[str, Any]:
+        """The first message from index ``start`` on that satisfies ``pred`` (its index: ``last_index``)."""
         deadline = asyncio.get_running_loop().time() + timeout
-        seen = 0
+        seen = start
         while True:
-            for m in self.messages[seen:]:
-                if pred(m):
-                    return m
+            for i in range(seen, len(self.messages)):
+                if pred(self.messages[i]):
+                    self.last_index = i
+                    return self.messages[i]
             seen = len(self.messages)
             if self.closed is not None:
                 raise AssertionError(f"closed {self.closed} while waiting; got {self.messages}")
@@ -133,7 +136,13 @@ class Client:
         return [m for m in self.messages if m["type"] == "event" and (name is None or m["event"] == name)
                 and (channel is None or m["channel"] == channel)]
 
+    def stop_reading(self) -> None:
+        """Stop consuming frames: the kernel buffers fill and the server sees a slow consumer."""
+        self._reader.cancel()
+
     async def wait_closed(self, timeout: float = 5.0) -> tuple[int | None, str | None]:
+        if self._reader.cancelled():  # read again to reach the close frame behind the backlog
+            self._reader = asyncio.create_task(self._read())
         await asyncio.wait_for(self._reader, timeout)
         assert self.closed is not None
         return self.closed

@@ -150,7 +150,7 @@ async def test_slow_consumer_is_closed_without_slowing_others(start_gateway, con
     slow = await connect(live, live.token("slow"), max_queue=1)
     for c in (fast, slow):
         await c.ok("subscribe", channel="feed")
-    slow._reader.cancel()  # stop reading: the kernel buffers fill, then our queue
+    slow.stop_reading()  # the kernel buffers fill, then our queue
     pub = live.gateway.publisher
     payload = "x" * 4000
     for n in range(1500):
@@ -164,6 +164,8 @@ async def test_slow_consumer_is_closed_without_slowing_others(start_gateway, con
         await asyncio.sleep(0.05)
     assert metrics.slow_consumer_closes._value.get() == 1
     assert len(live.gateway.connections) == 1
+    code, _ = await slow.wait_closed(timeout=15)
+    assert code == 4008
 
 
 async def test_redis_restart_recovers_missed_events(start_gateway, connect, tmp_path: Path) -> None:

@@ -1,0 +1,182 @@
+"""Replays every ``exchange`` example of docs/protocol.md against a live gateway.
+
+Block syntax: ``name> {json}`` sends from client ``name`` (connected, and
+authenticated unless its first line is an ``auth`` or it is ``anon``);
+``name< {json}`` waits for the next message of that client that matches the
+pattern (a subset: ``"*"`` matches anything, ``"$x"`` captures a value the first
+time and must equal it afterwards); ``name< close N`` waits for close code N;
+``name> binary|flood N|stop-reading|<raw text>``; ``! score``, ``! publish CHANNEL N``,
+``! shutdown``; ``# settings: k=v, ...`` overrides gateway settings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import msgspec
+import pytest
+
+from moderation.policy import Policy
+from moderation.scorers import load_scorer
+from workers.consumer import Worker
+
+pytestmark = pytest.mark.anyio
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+_BLOCK = re.compile(r"```exchange\n(.*?)```", re.S)
+ROLES = {"mod": "MODERATOR", "mod2": "MODERATOR"}
+
+
+def _blocks() -> list[str]:
+    return _BLOCK.findall(DOC.read_text())
+
+
+def test_every_command_error_and_close_code_has_an_example() -> None:
+    """The document shows each command, each error code and each close code we send."""
+    from gateway.protocol import COMMAND_TYPES, CloseCode, ErrorCode  # noqa: PLC0415
+
+    text = "\n".join(_blocks())
+    for cmd in COMMAND_TYPES:
+        assert f'"type":"{cmd}"' in text, f"no example of {cmd}"
+    doc = DOC.read_text()
+    for name, code in vars(ErrorCode).items():
+        if not name.startswith("_") and code != "internal":
+            assert f"`{code}`" in doc, f"error code {code} undocumented"
+    for name, code in vars(CloseCode).items():
+        if not name.startswith("_") and code not in (1008, 1011):
+            assert f"| {code} |" in doc, f"close code {code} undocumented"
+
+
+class Replay:
+    def __init__(self, live: Any, connect: Any) -> None:
+        self.live, self.connect = live, connect
+        self.clients: dict[str, Any] = {}
+        self.cursor: dict[str, int] = {}
+        self.vars: dict[str, Any] = {}
+
+    def subst(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: self.subst(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.subst(v) for v in value]
+        if isinstance(value, str):
+            if value.startswith("$token:"):
+                return self.token(value)
+            if value.startswith("$long:"):
+                return "x" * int(value[6:])
+            if value.startswith("$") and value[1:] in self.vars:
+                return self.vars[value[1:]]
+            return re.sub(r"\$(\w+)", lambda m: str(self.vars.get(m[1], m[0])), value)
+        return value
+
+    def token(self, spec: str) -> str:
+        _, user, *rest = spec.split(":")
+        if rest == ["expired"]:
+            now = int(time.time())
+            claims = {"sub": user, "role": "MEMBER", "iat": now - 100, "exp": now - 60}
+            return jwt.encode(claims, self.live.settings.jwt_secret, "HS256")
+        return self.live.token(user, ROLES.get(user, "MEMBER"), ttl=int(rest[0]) if rest else 3600)
+
+    def match(self, pattern: Any, value: Any) -> bool:
+        if pattern == "*":
+            return True
+        if isinstance(pattern, str) and re.fullmatch(r"\$\w+", pattern):
+            name = pattern[1:]
+            if name not in self.vars:
+                self.vars[name] = value
+                return True
+            return self.vars[name] == value
+        if isinstance(pattern, dict):
+            return isinstance(value, dict) and all(k in value and self.match(v, value[k]) for k, v in pattern.items())
+        if isinstance(pattern, str):
+            return value == self.subst(pattern)
+        return pattern == value
+
+    async def client(self, name: str, first: str) -> Any:
+        if name not in self.clients:
+            auth = name != "anon" and '"type":"auth"' not in first
+            token = self.token(f"$token:{name}") if auth else None
+            extra = {"max_queue": 1} if name == "slow" else {}
+            self.clients[name] = await self.connect(self.live, token, **extra)
+            self.cursor[name] = len(self.clients[name].messages)
+        return self.clients[name]
+
+    async def send(self, name: str, text: str) -> None:
+        c = await self.client(name, text)
+        if text == "binary":
+            await c.ws.send(b"\x00\x01")
+        elif text.startswith("flood "):
+            for i in range(int(text.split()[1])):
+                await c.ws.send(json.dumps({"type": "ping", "id": f"fl{i}"}))
+        elif text == "stop-reading":
+            c.stop_reading()
+        else:
+            try:
+                await c.ws.send(json.dumps(self.subst(json.loads(text))))
+            except json.JSONDecodeError:
+                await c.ws.send(text)
+
+    async def expect(self, name: str, text: str) -> None:
+        c = await self.client(name, text)
+        if text.startswith("close "):
+            code, _ = await c.wait_closed(timeout=15)
+            assert code == int(text.split()[1]), f"{name}: closed {code}, expected {text}"
+            return
+        pattern = json.loads(text)
+        await c.wait_for(lambda m: self._try(pattern, m), timeout=10, start=self.cursor[name])
+        self.cursor[name] = c.last_index + 1
+
+    def _try(self, pattern: Any, message: Any) -> bool:
+        saved = dict(self.vars)
+        if self.match(pattern, message):
+            return True
+        self.vars = saved
+        return False
+
+    async def directive(self, line: str) -> None:
+        gw = self.live.gateway
+        match line.split():
+            case ["score"]:
+                s = msgspec.structs.replace(gw.settings, worker_block_ms=10)
+                w = Worker(s, gw.pool, gw.redis, load_scorer("light"),
+                           Policy.from_settings("flag", "toxicity=0:1"), "doc")
+                await w.ensure_group()
+                while await w.step():
+                    pass
+            case ["publish", channel, n]:
+                for i in range(int(n)):
+                    await gw.publisher.publish(channel, "test.fill", {"n": i, "pad": "x" * 4000})
+            case ["shutdown"]:
+                self.live.server.should_exit = True
+            case _:
+                raise AssertionError(f"unknown directive {line}")
+
+
+@pytest.mark.parametrize("index", range(len(_blocks())))
+async def test_example_replays(index: int, start_gateway, connect) -> None:
+    """Each example in docs/protocol.md behaves as written."""
+    lines = [ln for ln in _blocks()[index].splitlines() if ln.strip()]
+    overrides: dict[str, Any] = {}
+    if lines[0].startswith("# settings:"):
+        for item in lines.pop(0).split(":", 1)[1].split(","):
+            key, value = item.strip().split("=")
+            overrides[key] = float(value) if "." in value or key.endswith("_s") else int(value)
+    live = await start_gateway(**overrides)
+    replay = Replay(live, connect)
+    for line in lines:
+        if line.startswith("! "):
+            await replay.directive(line[2:])
+            continue
+        head, arrow, rest = re.split(r"([<>]) ", line, maxsplit=1)
+        try:
+            if arrow == ">":
+                await replay.send(head, rest)
+            else:
+                await replay.expect(head, rest)
+        except AssertionError as err:
+            raise AssertionError(f"docs/protocol.md example {index}, line {line!r}: {str(err)[-1500:]}") from None
