@@ -1,0 +1,122 @@
+"""Shared contract of every toxicity scorer: labels, protocol, errors, thresholds.
+
+This module is pure Python so that the base install (no numpy, no torch) can
+import it, and so that the light fallback scorer can depend on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+LABELS: tuple[str, ...] = (
+    "toxicity",
+    "severe_toxicity",
+    "obscene",
+    "threat",
+    "insult",
+    "identity_attack",
+    "sexual_explicit",
+)
+
+# The moderation policy's flag thresholds: a post is flagged when any label's
+# score reaches its threshold. Heads are calibrated so that these cut-offs are
+# their intended operating points (see train.py).
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "toxicity": 0.80,
+    "severe_toxicity": 0.30,
+    "obscene": 0.80,
+    "identity_attack": 0.60,
+    "insult": 0.60,
+    "threat": 0.60,
+    "sexual_explicit": 0.60,
+}
+
+DATA_DIR: Path = Path(__file__).resolve().parent.parent / "data"
+
+
+class ScorerError(Exception):
+    """Base class of every scorer configuration or loading error."""
+
+
+class ScorerConfigError(ScorerError):
+    """The scorer was configured wrongly (unknown kind, missing path ...)."""
+
+
+class ScorerLoadError(ScorerError):
+    """A model or head file exists but cannot be used (corrupt, mismatched weights)."""
+
+
+class ScorerUnavailableError(ScorerError):
+    """An optional dependency needed by the requested scorer is not installed."""
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What the moderation worker relies on; implementations are reusable and batched."""
+
+    name: str
+    version: str
+    labels: tuple[str, ...]
+
+    def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """Return one ``{label: probability}`` dict per text, every value in [0, 1]."""
+        ...
+
+
+def sigmoid(x: float) -> float:
+    """Numerically safe logistic function (pure Python)."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def logit(p: float) -> float:
+    """Inverse of :func:`sigmoid`, clamped away from 0 and 1."""
+    p = min(max(p, 1e-6), 1.0 - 1e-6)
+    return math.log(p / (1.0 - p))
+
+
+def clamp01(x: float) -> float:
+    """Clamp to [0, 1]; guards the contract against NaN too (NaN -> 0)."""
+    if x != x:  # NaN never compares equal to itself
+        return 0.0
+    return min(max(float(x), 0.0), 1.0)
+
+
+def parse_thresholds(spec: str | None) -> dict[str, float]:
+    """Parse ``"toxicity=0.8,insult=0.5"`` over the defaults; unknown labels are errors."""
+    out = dict(DEFAULT_THRESHOLDS)
+    if not spec:
+        return out
+    for item in spec.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in LABELS:
+            raise ScorerConfigError(f"bad threshold {item!r}: expected LABEL=VALUE with LABEL in {LABELS}")
+        try:
+            out[key] = float(value)
+        except ValueError as exc:
+            raise ScorerConfigError(f"bad threshold value in {item!r}") from exc
+    return out
+
+
+def flagged(scores: Mapping[str, float], thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS) -> list[str]:
+    """Labels whose score reaches the policy threshold (empty list: not flagged)."""
+    return [lab for lab, thr in thresholds.items() if scores.get(lab, 0.0) >= thr]
+
+
+def calibrated(z: float, calib: Mapping[str, float]) -> float:
+    """Map a raw head logit onto the policy scale.
+
+    ``calib`` holds ``a`` (Platt slope), ``c`` (the raw cut-off chosen on
+    held-out-template predictions) and ``t`` (the policy threshold), so that a
+    raw score at the cut-off lands exactly on the threshold and the mapping
+    stays monotonic (ROC-AUC is unchanged).
+    """
+    return sigmoid(calib["a"] * (z - calib["c"]) + logit(calib["t"]))

@@ -1,0 +1,132 @@
+"""Evaluate a scorer on the held-out set: ``python -m moderation.scorers.evaluate``.
+
+Prints JSON: ROC-AUC per label and overall ("any toxic label" vs clean, scored
+by the maximum over labels), precision/recall at the policy thresholds, the
+flag rate per category and, with ``--errors N``, the worst misses and false
+positives. Metrics are pure Python, so the light scorer can be evaluated on the
+base install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import load_scorer
+from .base import LABELS, Scorer, flagged, parse_thresholds
+from .trainset import EVAL_PATH, load_jsonl
+
+
+def roc_auc(y: Sequence[int], s: Sequence[float]) -> float | None:
+    """Mann-Whitney ROC-AUC with tie averaging; None when only one class is present."""
+    pos = sum(y)
+    neg = len(y) - pos
+    if pos == 0 or neg == 0:
+        return None
+    order = sorted(range(len(s)), key=lambda i: s[i])
+    ranks = [0.0] * len(s)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and s[order[j + 1]] == s[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1  # average rank of a tie block
+        i = j + 1
+    rank_sum = sum(r for r, yy in zip(ranks, y) if yy)
+    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def prec_rec(y: Sequence[int], pred: Sequence[bool]) -> dict[str, float | int]:
+    """Precision, recall and counts of a binary prediction."""
+    tp = sum(1 for a, b in zip(y, pred) if a and b)
+    fp = sum(1 for a, b in zip(y, pred) if not a and b)
+    fn = sum(1 for a, b in zip(y, pred) if a and not b)
+    return {"precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
+            "recall": round(tp / (tp + fn), 4) if tp + fn else 0.0, "tp": tp, "fp": fp, "fn": fn}
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def metrics(rows: list[dict[str, Any]], scores: list[dict[str, float]], thresholds: Mapping[str, float]) -> dict[str, Any]:
+    """Per-label and overall metrics of ``scores`` against the rows' labels."""
+    per_label = {}
+    for lab in LABELS:
+        y = [int(r["labels"][lab]) for r in rows]
+        s = [sc.get(lab, 0.0) for sc in scores]
+        per_label[lab] = {"positives": sum(y), "roc_auc": _r(roc_auc(y, s)), "threshold": thresholds[lab],
+                          **prec_rec(y, [v >= thresholds[lab] for v in s])}
+    y_any = [int(any(r["labels"].values())) for r in rows]
+    s_any = [max(sc.values()) for sc in scores]
+    flags = [bool(flagged(sc, thresholds)) for sc in scores]
+    overall = {"positives": sum(y_any), "negatives": len(rows) - sum(y_any), "roc_auc": _r(roc_auc(y_any, s_any)),
+               **prec_rec(y_any, flags)}
+    aucs = [v["roc_auc"] for v in per_label.values() if v["roc_auc"] is not None]
+    overall["mean_label_roc_auc"] = _r(sum(aucs) / len(aucs))
+    return {"overall": overall, "per_label": per_label, "flag_rate_by_category": _by_category(rows, flags)}
+
+
+def _by_category(rows: list[dict[str, Any]], flags: list[bool]) -> dict[str, float]:
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r, f in zip(rows, flags):
+        c = counts[r.get("category", "?")]
+        c[0] += int(f)
+        c[1] += 1
+    return {k: round(a / n, 3) for k, (a, n) in sorted(counts.items())}
+
+
+def worst(rows: list[dict[str, Any]], scores: list[dict[str, float]], thresholds: Mapping[str, float], n: int) -> dict[str, list[Any]]:
+    """Missed toxic texts (lowest max score) and flagged clean texts (highest)."""
+    misses, fps = [], []
+    for r, sc in zip(rows, scores):
+        toxic, hits = any(r["labels"].values()), flagged(sc, thresholds)
+        top = max(sc, key=lambda k: sc[k])
+        item = [round(sc[top], 3), top, r.get("category"), r["text"]]
+        if toxic and not hits:
+            misses.append(item)
+        elif not toxic and hits:
+            fps.append(item)
+    return {"missed": sorted(misses)[:n], "false_positives": sorted(fps, reverse=True)[:n]}
+
+
+def evaluate(scorer: Scorer, rows: list[dict[str, Any]], thresholds: Mapping[str, float], errors: int = 0) -> dict[str, Any]:
+    """Score ``rows`` in batches of 64 and compute the report."""
+    texts = [r["text"] for r in rows]
+    t0 = time.perf_counter()
+    scores: list[dict[str, float]] = []
+    for i in range(0, len(texts), 64):
+        scores += scorer.score(texts[i:i + 64])
+    elapsed = time.perf_counter() - t0
+    report = {"scorer": scorer.name, "version": scorer.version, "n": len(rows),
+              "texts_per_s": round(len(rows) / elapsed, 1), **metrics(rows, scores, thresholds)}
+    if errors:
+        report["errors"] = worst(rows, scores, thresholds, errors)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    ap = argparse.ArgumentParser(description="Evaluate a toxicity scorer on the held-out set.")
+    ap.add_argument("--scorer", default="embedded", choices=("embedded", "light", "detoxify"))
+    ap.add_argument("--data", type=Path, default=EVAL_PATH, help="JSONL with text, labels, category")
+    ap.add_argument("--thresholds", default=None, help="e.g. toxicity=0.8,insult=0.6 (over the policy defaults)")
+    ap.add_argument("--detoxify-checkpoint", default=None)
+    ap.add_argument("--detoxify-hf-dir", default=None)
+    ap.add_argument("--fast", action="store_true", help="Detoxify int8 + length-sorted path")
+    ap.add_argument("--errors", type=int, default=0, help="list the N worst misses and false positives")
+    args = ap.parse_args(argv)
+    thresholds = parse_thresholds(args.thresholds)
+    scorer = load_scorer(args.scorer, detoxify_checkpoint=args.detoxify_checkpoint,
+                         detoxify_hf_dir=args.detoxify_hf_dir, detoxify_fast=args.fast)
+    print(json.dumps(evaluate(scorer, load_jsonl(args.data), thresholds, args.errors), indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

