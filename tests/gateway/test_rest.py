@@ -1,0 +1,88 @@
+"""REST: the same writes as the socket, the feed with cursors, health, readiness, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+def _auth(live, user: str, role: str = "MEMBER") -> dict[str, str]:
+    return {"Authorization": f"Bearer {live.token(user, role)}"}
+
+
+async def test_rest_writes_publish_like_the_socket(live, connect) -> None:
+    """A vybe posted over REST is stored, returned, and announced on the feed."""
+    watcher = await connect(live, live.token("watcher"))
+    await watcher.ok("subscribe", channel="feed")
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        r = await http.post("/api/vybes", json={"content": "posted over REST", "id": "req-1"}, headers=_auth(live, "rest"))
+        assert r.status_code == 201, r.text
+        vybe = r.json()
+        again = await http.post("/api/vybes", json={"content": "posted over REST", "id": "req-1"},
+                                headers=_auth(live, "rest"))
+        assert again.json()["id"] == vybe["id"]
+        await watcher.wait_for(lambda m: m.get("event") == "vybe.created" and m["data"]["id"] == vybe["id"])
+        r = await http.post("/api/reactions", json={"target_id": vybe["id"], "reaction": "FIRE"},
+                            headers=_auth(live, "fan"))
+        assert r.json()["reaction_count"] == 1
+        r = await http.post(f"/api/vybes/{vybe['id']}/comments", json={"content": "nice"}, headers=_auth(live, "fan"))
+        assert r.status_code == 201
+        r = await http.get(f"/api/vybes/{vybe['id']}", headers=_auth(live, "fan"))
+        body = r.json()
+        assert body["vybe"]["reaction_count"] == 1 and [c["content"] for c in body["comments"]["items"]] == ["nice"]
+        bad = await http.post("/api/vybes", json={"content": ""}, headers=_auth(live, "rest"))
+        assert bad.status_code == 422 and bad.json()["code"] == "invalid_content"
+        bad = await http.post("/api/vybes", content=b"[1,2", headers=_auth(live, "rest"))
+        assert bad.status_code == 422 and bad.json()["code"] == "invalid"
+        missing = await http.get("/api/vybes/00000000-0000-0000-0000-000000000000", headers=_auth(live, "fan"))
+        assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+        forged = await http.get("/api/feed", headers={"Authorization": "Bearer abc.def.ghi"})
+        assert forged.status_code == 401 and forged.json()["code"] == "auth_failed"
+
+
+async def test_feed_cursor_pagination(live, connect) -> None:
+    """Pages follow each other with no duplicate and no gap."""
+    poster = await connect(live, live.token("poster"))
+    for i in range(7):
+        await poster.ok("post_vybe", content=f"vybe {i}")
+    seen: list[str] = []
+    cursor = None
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        while True:
+            params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+            page = (await http.get("/api/feed", params=params, headers=_auth(live, "reader"))).json()
+            seen += [v["content"] for v in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        bad = await http.get("/api/feed", params={"cursor": "garbage!"}, headers=_auth(live, "reader"))
+        assert bad.status_code == 422 and bad.json()["code"] == "invalid_cursor"
+    assert seen == [f"vybe {i}" for i in reversed(range(7))]
+
+
+async def test_moderation_queue_is_for_moderators(live) -> None:
+    """The moderator queue answers moderators and refuses members."""
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        assert (await http.get("/api/mod/queue", headers=_auth(live, "m", "MODERATOR"))).json() == []
+        r = await http.get("/api/mod/queue", headers=_auth(live, "member"))
+        assert r.status_code == 403 and r.json()["code"] == "forbidden"
+
+
+async def test_operations_endpoints(live, connect) -> None:
+    """healthz, readyz (with each dependency), Prometheus metrics and the OpenAPI schema."""
+    c = await connect(live, live.token("metered"))
+    await c.ok("subscribe", channel="feed")
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+        ready = (await http.get("/readyz")).json()
+        assert ready == {"ready": True, "draining": False, "postgres": True, "redis": True, "pubsub": True}
+        metrics = (await http.get("/metrics")).text
+        for name in ("vybe_connections 1.0", "vybe_channels", "vybe_slow_consumer_closes_total",
+                     "vybe_publish_to_fanout_seconds_bucket", "vybe_redis_reconnects"):
+            assert name in metrics
+        schema = (await http.get("/schema/openapi.json")).json()
+        assert "/api/feed" in schema["paths"] and "/api/mod/cases/{case_id}/resolve" in schema["paths"]
+        plain = await http.get("/ws")
+        assert plain.status_code == 426

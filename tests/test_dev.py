@@ -1,0 +1,52 @@
+"""`vybe dev` on a fresh machine: embedded services, migrations, gateway and worker, clean Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_dev_brings_everything_up_and_stops_cleanly(tmp_path: Path) -> None:
+    """With no service variables, `vybe dev` is ready (PostgreSQL and Redis) within 10 s and prints a token."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VYBE_")}
+    env.update({"VYBE_DATA_DIR": str(tmp_path / "data"), "VYBE_PORT": str(port), "VYBE_SCORER": "light"})
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "dev"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    started = time.monotonic()
+    try:
+        ready = None
+        while time.monotonic() - started < 30:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                if r.status_code == 200:
+                    ready = r.json()
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        took = time.monotonic() - started
+        assert ready is not None, "never ready"
+        assert ready["postgres"] and ready["redis"] and ready["pubsub"]
+        assert took < 10, f"ready after {took:.1f}s"
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "Member token" in out and "ws://" in out
+    assert (tmp_path / "data" / "pg").is_dir() and (tmp_path / "data" / "redis").is_dir()
