@@ -1,0 +1,125 @@
+"""Results of the write path: frozen msgspec Structs (the gateway encodes them as they are)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Literal
+
+import msgspec
+
+ReactionType = Literal["HEART", "CLAP", "FIRE", "PEACE", "INSPIRE", "STRENGTH", "GRATITUDE", "MINDFUL"]
+ReactableType = Literal["SHARED_VYBE", "COMMENT", "LOOPROOM"]
+VybeType = Literal["REFLECTION", "MILESTONE", "INSPIRATION", "GRATITUDE", "PROGRESS_UPDATE"]
+PrivacyLevel = Literal["PUBLIC", "FRIENDS_ONLY", "PRIVATE", "ANONYMOUS"]
+Role = Literal["MEMBER", "CREATOR", "MODERATOR", "ADMIN"]
+ReportTarget = Literal["shared_vybe", "comment", "user"]
+ReportType = Literal["SPAM", "HARASSMENT", "INAPPROPRIATE_CONTENT", "SAFETY_CONCERN", "COPYRIGHT", "OTHER"]
+
+REACTION_TYPES: frozenset[str] = frozenset(ReactionType.__args__)  # type: ignore[attr-defined]
+REACTABLE_TYPES: frozenset[str] = frozenset(ReactableType.__args__)  # type: ignore[attr-defined]
+VYBE_TYPES: frozenset[str] = frozenset(VybeType.__args__)  # type: ignore[attr-defined]
+PRIVACY_LEVELS: frozenset[str] = frozenset(PrivacyLevel.__args__)  # type: ignore[attr-defined]
+ROLES: frozenset[str] = frozenset(Role.__args__)  # type: ignore[attr-defined]
+REPORT_TARGETS: frozenset[str] = frozenset(ReportTarget.__args__)  # type: ignore[attr-defined]
+REPORT_TYPES: frozenset[str] = frozenset(ReportType.__args__)  # type: ignore[attr-defined]
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    role: str
+    display_name: str | None
+    blocked_users: list[str]
+    created_at: dt.datetime
+
+
+class Vybe(msgspec.Struct, frozen=True, kw_only=True):
+    """A shared vybe. ``user_id`` is None when shown anonymously to a viewer."""
+
+    id: uuid.UUID
+    user_id: str | None
+    type: str
+    content: str
+    is_anonymous: bool
+    privacy_level: str
+    looproom_id: uuid.UUID | None
+    loopchain_id: str | None
+    reaction_count: int
+    comment_count: int
+    share_count: int
+    report_count: int
+    is_reported: bool
+    moderation_state: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class Comment(msgspec.Struct, frozen=True, kw_only=True):
+    """A comment or reply. ``vybe_author_id`` is who to notify (never sent to clients as is)."""
+
+    id: uuid.UUID
+    user_id: str | None
+    shared_vybe_id: uuid.UUID
+    parent_id: uuid.UUID | None
+    content: str
+    is_anonymous: bool
+    reaction_count: int
+    report_count: int
+    is_reported: bool
+    moderation_state: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    vybe_author_id: str | None = None
+    comment_count: int | None = None
+    """The vybe's comment_count after this write (set by :func:`comment`)."""
+
+
+class ReactionResult(msgspec.Struct, frozen=True, kw_only=True):
+    """``applied`` is False when the reaction was already there (react) or absent (unreact)."""
+
+    applied: bool
+    target_type: str
+    target_id: uuid.UUID
+    reaction_type: str
+    reaction_count: int
+    target_author_id: str
+    vybe_id: uuid.UUID | None = None
+    """The vybe whose channel hears of it: the target itself, or the comment's vybe; None for a looproom."""
+
+
+class ShareResult(msgspec.Struct, frozen=True, kw_only=True):
+    share_id: uuid.UUID
+    vybe_id: uuid.UUID
+    share_count: int
+    vybe_author_id: str
+    created_at: dt.datetime
+
+
+class ReportResult(msgspec.Struct, frozen=True, kw_only=True):
+    """``created`` is False for a repeat by the same reporter (the first report is returned)."""
+
+    report_id: uuid.UUID
+    created: bool
+    target_type: str
+    target_id: str
+    report_type: str
+    status: str
+    report_count: int
+    created_at: dt.datetime
+
+
+class Deleted(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    kind: str
+    comments_deleted: int = 0
+    reactions_deleted: int = 0
+
+
+class Page(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[Vybe]
+    next_cursor: str | None
+
+
+class CommentPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[Comment]
+    next_cursor: str | None
