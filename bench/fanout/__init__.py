@@ -1,0 +1,1 @@
+"""Fan-out benchmark (``python -m bench.fanout``); see README.md."""
