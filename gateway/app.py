@@ -35,8 +35,10 @@ async def websocket_endpoint(scope: Scope, receive: Receive, send: Send) -> None
         await send({"type": "websocket.close", "code": 1013, "reason": "draining"})
         return
     await receive()  # websocket.connect
-    conn = Connection(gw, send, receive)
-    await conn.run(_bearer(scope))
+    token = _bearer(scope)
+    scope["headers"] = []  # read once; not worth ~1.3 KB per idle socket
+    conn = Connection(gw, send, receive, scope.get("extensions", {}).get("vybe.raw"))
+    await conn.run(token)
 
 
 def _bearer(scope: Any) -> str | None:

@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from gateway.auth import AuthError, Identity
 from gateway.commands import CommandError, handle
+from gateway.wsproto import RawWebSocketProtocol, text_frame
 from gateway.protocol import (
     Ack, Auth, CloseCode, DecodeFailure, Error, ErrorCode, Notice, Ping, decode_command, encode, frame, peek_id,
 )
@@ -54,18 +54,19 @@ class Connection:
     # Consecutive refusals after which a flooding client is disconnected.
     FLOOD_LIMIT = 50
 
-    def __init__(self, gw: Gateway, send: Any, receive: Any) -> None:
+    def __init__(self, gw: Gateway, send: Any, receive: Any, raw: RawWebSocketProtocol | None = None) -> None:
         self.gw = gw
-        self._send, self._receive = send, receive
+        self._send, self._receive, self._raw = send, receive, raw
         self.identity: Identity | None = None
         self.user_id = ""
         self.is_moderator = False
         self.blocked: set[str] = set()
         self.resuming: dict[str, list[tuple[tuple[int, int], bytes]]] = {}
         self.channels: set[str] = set()
-        self._queue: deque[bytes] = deque()
+        self._queue: list[bytes] = []
         self._queued = 0
-        self._wake = asyncio.Event()
+        self._sending = False
+        self._writer: asyncio.Task[None] | None = None
         self._close: tuple[int, str] | None = None
         self._reader: asyncio.Task[Any] | None = None
         self._timers: list[asyncio.TimerHandle] = []
@@ -74,46 +75,66 @@ class Connection:
 
     # -- the send side (called by the hub and by handlers) -------------------
 
+    def deliver(self, element: bytes, frame_bytes: bytes) -> None:
+        """Fan-out entry: ``frame_bytes`` is ``[element]`` as a ready WebSocket frame, the same
+        object for every socket. Written at once when nothing is queued ahead of it."""
+        if (not self._queue and not self._sending and self._close is None and self._raw is not None
+                and self._raw.write_frame(frame_bytes)):
+            self.gw.frames_out += 1
+            self.gw.bytes_out += len(frame_bytes)
+            return
+        self.enqueue(element)
+
     def enqueue(self, element: bytes) -> None:
         if self._close is not None:
             return
         self._queued += len(element)
         if self._queued > self.gw.settings.send_queue_bytes:
             self.gw.metrics.slow_consumer_closes.inc()
+            self._queue.clear()
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send queue full; reconnect and resume")
             return
         self._queue.append(element)
-        self._wake.set()
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._drain(), name="ws-writer")
 
     def reply(self, message: object) -> None:
+        if isinstance(message, Error):
+            self.gw.metrics.errors.labels(message.code).inc()
         self.enqueue(encode(message))
 
     def close(self, code: int, reason: str) -> None:
         """Ask the connection to close (from any task); idempotent."""
         if self._close is None:
             self._close = (code, reason)
-            self._wake.set()
             if self._reader is not None and self._reader is not asyncio.current_task():
                 self._reader.cancel()
 
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._queue:
+    async def _drain(self) -> None:
+        """Send everything queued, coalesced into as few frames as possible; exits when empty.
+
+        Exists only while there is a backlog, so an idle connection holds no writer task.
+        """
+        try:
+            while self._queue:
                 items = list(self._queue)
                 self._queue.clear()
                 self._queued = 0
                 data = frame(items)
+                self._sending = True
                 try:
-                    await self._send({"type": "websocket.send", "text": data.decode()})
+                    if self._raw is None or not self._raw.write_frame(text_frame(data)):
+                        # Paused transport: uvicorn's send waits until it drains.
+                        await self._send({"type": "websocket.send", "text": data.decode()})
                 except OSError:  # uvicorn's ClientDisconnected: the peer is gone
                     self.close(1006, "peer gone")
                     return
-                self.gw.metrics.frames_out.inc()
-                self.gw.metrics.bytes_out.inc(len(data))
-            if self._close is not None:
-                return
+                finally:
+                    self._sending = False
+                self.gw.frames_out += 1
+                self.gw.bytes_out += len(data)
+        finally:
+            self._writer = None
 
     # -- the receive side ----------------------------------------------------
 
@@ -121,7 +142,6 @@ class Connection:
         """Serve the socket until it closes; always releases what it holds."""
         await self._send({"type": "websocket.accept"})
         self._reader = asyncio.current_task()
-        writer = asyncio.create_task(self._writer(), name="ws-writer")
         self.gw.connections.add(self)
         self.gw.metrics.connections.inc()
         try:
@@ -133,7 +153,7 @@ class Connection:
             if task is not None:
                 task.uncancel()
         finally:
-            await self._teardown(writer)
+            await self._teardown()
 
     async def _serve(self, header_token: str | None) -> None:
         if header_token is not None:
@@ -165,7 +185,7 @@ class Connection:
             self.close(CloseCode.AUTH_TIMEOUT, "no auth frame in time")
 
     async def _on_frame(self, text: str) -> None:
-        self.gw.metrics.commands_in.inc()
+        self.gw.commands_in += 1
         if len(text) > self.gw.settings.max_frame_bytes or len(text.encode()) > self.gw.settings.max_frame_bytes:
             self.reply(Error(None, ErrorCode.FRAME_TOO_LARGE,
                              f"frame over {self.gw.settings.max_frame_bytes} bytes"))
@@ -251,20 +271,26 @@ class Connection:
     def _expired(self) -> None:
         self.close(CloseCode.TOKEN_EXPIRED, "token expired")
 
-    async def _teardown(self, writer: asyncio.Task[None]) -> None:
+    async def _teardown(self) -> None:
         for timer in self._timers:
             timer.cancel()
         self.gw.connections.discard(self)
         self.gw.metrics.connections.dec()
         with contextlib.suppress(Exception):
             await self.gw.leave(self)
-        self._wake.set()
         if self._close is None:
             self._close = (1000, "")
-        try:
-            await asyncio.wait_for(writer, timeout=2.0)
-        except (asyncio.TimeoutError, OSError, RuntimeError):
-            writer.cancel()
+        writer = self._writer
+        if writer is not None:  # let queued frames (an error, a notice) go out first
+            try:
+                await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
+            except (asyncio.TimeoutError, OSError, RuntimeError):
+                writer.cancel()
         code, reason = self._close
-        with contextlib.suppress(Exception):
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        try:
+            await asyncio.wait_for(self._send({"type": "websocket.close", "code": code, "reason": reason}), 2.0)
+        except asyncio.TimeoutError:
+            if self._raw is not None:  # a peer that reads nothing cannot take a close frame either
+                self._raw.transport.abort()
+        except (OSError, RuntimeError):
+            pass  # already gone

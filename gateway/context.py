@@ -53,6 +53,10 @@ class Gateway:
                                                batch_max=settings.write_batch_max)
         self.connections: set[Connection] = set()
         self.draining = False
+        # Plain ints on the hot path; the metrics collector reads them when scraped.
+        self.frames_out = 0
+        self.bytes_out = 0
+        self.commands_in = 0
         self.desk = Desk(self)
         self.presence = Presence(self, settings.presence_interval_s)
         self.metrics.bind(self)

@@ -18,6 +18,7 @@ import msgspec
 
 from gateway.hub.base import Backend
 from gateway.protocol import Notice, encode
+from gateway.wsproto import text_frame
 from moderation.bus import Meta, make_offset, parse_offset, split_message, stream_id_key
 
 if TYPE_CHECKING:
@@ -40,9 +41,12 @@ class Subscriber(Protocol):
     def enqueue(self, element: bytes) -> None:
         """Queue one encoded message; never blocks (overflow closes the socket)."""
 
+    def deliver(self, element: bytes, frame_bytes: bytes) -> None:
+        """Like enqueue; ``frame_bytes`` is the ready WebSocket frame of ``[element]``."""
+
 
 class _Channel:
-    __slots__ = ("name", "subscribers", "epoch", "last", "recovering", "ready")
+    __slots__ = ("name", "subscribers", "epoch", "last", "recovering", "pending")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -50,7 +54,9 @@ class _Channel:
         self.epoch: str | None = None
         self.last: Key | None = None
         self.recovering: list[tuple[str, str, bytes]] | None = None
-        self.ready = asyncio.Event()
+        # Set while the upstream subscription is being confirmed (one per user channel:
+        # an asyncio.Event each would cost ~0.7 KB per connected user).
+        self.pending: asyncio.Future[None] | None = None
 
 
 class Resume(msgspec.Struct):
@@ -136,16 +142,18 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             state = self._channels[channel] = _Channel(channel)
+            state.pending = asyncio.get_running_loop().create_future()
             try:
                 await self.backend.subscribe(channel)
             except BaseException:
                 if not state.subscribers:
                     self._channels.pop(channel, None)
-                state.ready.set()
                 raise
-            state.ready.set()
-        else:
-            await state.ready.wait()
+            finally:
+                state.pending.set_result(None)
+                state.pending = None
+        elif state.pending is not None:
+            await asyncio.shield(state.pending)
         return state
 
     # -- delivery ------------------------------------------------------------
@@ -171,17 +179,23 @@ class Hub:
         if self.latency is not None and meta.t:
             self.latency.observe(max(time.time() - meta.t, 0.0))
         element = _element(state.name, make_offset(epoch, stream_id), body)
+        ready = text_frame(b"[" + element + b"]")  # built once, written to every socket as is
+        only, mods, author = meta.o, meta.m, meta.a
+        name = state.name
         count = 0
         for sub in state.subscribers:
-            if not _permitted(sub, meta):
+            if (only is not None and only != sub.user_id) or (mods and not sub.is_moderator) \
+                    or (author is not None and author in sub.blocked):
                 continue
             if meta.b is not None:
                 sub.blocked = set(meta.b)  # block list changed on another socket of this user
-            buffer = sub.resuming.get(state.name)
-            if buffer is not None:
-                buffer.append((key, element))
-            else:
-                sub.enqueue(element)
+            if sub.resuming:
+                buffer = sub.resuming.get(name)
+                if buffer is not None:
+                    buffer.append((key, element))
+                    count += 1
+                    continue
+            sub.deliver(element, ready)
             count += 1
         self.deliveries += count
 

@@ -139,7 +139,8 @@ class RedisBackend(Backend):
             sid, _, message = rest.partition(b" ")
             self.on_message(channel, epoch.decode(), sid.decode(), message)
         elif kind in ("subscribe", b"subscribe"):
-            fut = self._pending.get(self.keys.channel_of(name))
+            # Confirmed: forget the future (one per channel would otherwise stay forever).
+            fut = self._pending.pop(self.keys.channel_of(name), None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
 
@@ -147,10 +148,6 @@ class RedisBackend(Backend):
         if self._pubsub is not None:
             await self._pubsub.aclose()
         self._pubsub = self.redis.pubsub()
-        loop = asyncio.get_running_loop()
-        for channel in self._channels:
-            if channel not in self._pending or self._pending[channel].done():
-                self._pending[channel] = loop.create_future()
         names = [self.keys.pubsub(c) for c in self._channels] + [self.keys.pubsub("_control")]
         await self._pubsub.subscribe(*names)
         # Wait for every confirmation before telling the hub: history read after this
