@@ -202,7 +202,7 @@ async def _block(conn: Connection, cmd: p.Block | p.Unblock) -> Result:
         raise CommandError(ErrorCode.INVALID, "you cannot block yourself")
     op = writes.block if isinstance(cmd, p.Block) else writes.unblock
     blocked = await op(gw.pool, conn.user_id, cmd.user_id)
-    conn.blocked = set(blocked)
+    conn.blocked = frozenset(blocked)
     # Other sockets of this user, on any node, pick the new list up from this event.
     await gw.publisher.publish(f"user:{conn.user_id}", "blocks.changed", {"blocked": blocked},
                                Meta(o=conn.user_id, b=list(blocked)))

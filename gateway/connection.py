@@ -60,7 +60,7 @@ class Connection:
         self.identity: Identity | None = None
         self.user_id = ""
         self.is_moderator = False
-        self.blocked: set[str] = set()
+        self.blocked: frozenset[str] = frozenset()
         self.resuming: dict[str, list[tuple[tuple[int, int], bytes]]] = {}
         self.channels: set[str] = set()
         self._queue: list[bytes] = []
@@ -250,7 +250,7 @@ class Connection:
             timer.cancel()
         self._schedule_expiry(identity.expires_at)
         if first:
-            self.blocked = set(await self.gw.on_first_auth(identity))
+            self.blocked = frozenset(await self.gw.on_first_auth(identity))
             # Personal channel: notifications and block-list changes from other nodes.
             await self.gw.hub.subscribe(self, f"user:{identity.user_id}")
             self.channels.add(f"user:{identity.user_id}")

@@ -48,7 +48,7 @@ class Actor(msgspec.Struct):
     gw: Any
     user_id: str
     is_moderator: bool
-    blocked: set[str]
+    blocked: frozenset[str]
 
 
 async def _actor(request: Request[Any, Any, Any]) -> Actor:
@@ -62,7 +62,7 @@ async def _actor(request: Request[Any, Any, Any]) -> Actor:
     except AuthError as err:
         raise ApiError(err.code, str(err)) from err
     blocked = await gw.on_first_auth(identity)
-    return Actor(gw, identity.user_id, identity.is_moderator, set(blocked))
+    return Actor(gw, identity.user_id, identity.is_moderator, frozenset(blocked))
 
 
 async def _run(request: Request[Any, Any, Any], cmd: Any) -> Any:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import gc
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import create_asgi
 from gateway.wsproto import RawWebSocketProtocol
 
 if TYPE_CHECKING:
@@ -27,23 +27,23 @@ class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()
-        app = self.config.loaded_app
-        gw = getattr(getattr(_unwrap(app), "state", None), "gateway", None)
+        gw = gateway_of(self)
         if gw is not None:
             await gw.drain()
         await super().shutdown(sockets)
 
 
-def _unwrap(app: object) -> object:
-    # uvicorn wraps the app in middleware proxies that keep the original in `.app`.
+def gateway_of(server: uvicorn.Server) -> Any:
+    """The Gateway behind a started server (uvicorn and we wrap the app; each keeps ``.app``)."""
+    app: Any = server.config.loaded_app
     while hasattr(app, "app") and not hasattr(app, "state"):
         app = app.app
-    return app
+    return getattr(getattr(app, "state", None), "gateway", None)
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, lifespan="on",
+        create_asgi(settings), host=settings.host, port=settings.port, lifespan="on",
         ws=RawWebSocketProtocol,
         # Our own frame limit answers with a typed error; uvicorn's hard cap (1009)
         # only stops absurd frames before they are buffered whole.

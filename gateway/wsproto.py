@@ -98,11 +98,13 @@ class RawWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._request: Any = None
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Signal()  # type: ignore[assignment]
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
+        self._request = event
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"]["vybe.raw"] = self
@@ -110,8 +112,14 @@ class RawWebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: Any) -> None:
         await super().send(message)
         if message["type"] == "websocket.accept":
-            # The handshake response (headers and all) is not needed once sent.
+            # The handshake is over and the app has read what it needs: drop the
+            # request and response headers (~3 KB; websockets' parser keeps the
+            # request object alive for the life of the connection).
             self.response = None  # type: ignore[assignment]
+            self.scope["headers"] = []
+            request, self._request = self._request, None
+            if request is not None:
+                request.headers.clear()
 
     def write_frame(self, frame: bytes) -> bool:
         """Write a pre-built frame now if that is safe; False means use the ASGI path."""

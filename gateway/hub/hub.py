@@ -35,7 +35,7 @@ class Subscriber(Protocol):
 
     user_id: str
     is_moderator: bool
-    blocked: set[str]
+    blocked: frozenset[str]
     resuming: dict[str, list[tuple[Key, bytes]]]
 
     def enqueue(self, element: bytes) -> None:
@@ -188,7 +188,7 @@ class Hub:
                     or (author is not None and author in sub.blocked):
                 continue
             if meta.b is not None:
-                sub.blocked = set(meta.b)  # block list changed on another socket of this user
+                sub.blocked = frozenset(meta.b)  # block list changed on another socket of this user
             if sub.resuming:
                 buffer = sub.resuming.get(name)
                 if buffer is not None:

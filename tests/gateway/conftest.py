@@ -14,7 +14,7 @@ import websockets
 
 from db.settings import Settings
 from gateway.auth import mint_token
-from gateway.server import DrainingServer, uvicorn_config
+from gateway.server import DrainingServer, gateway_of, uvicorn_config
 
 
 class Live:
@@ -25,8 +25,7 @@ class Live:
 
     @property
     def gateway(self) -> Any:
-        return self.server.config.loaded_app.app.state.gateway if hasattr(self.server.config.loaded_app, "app") \
-            else self.server.config.loaded_app.state.gateway
+        return gateway_of(self.server)
 
     def token(self, user: str, role: str = "MEMBER", ttl: int = 3600) -> str:
         return mint_token(self.settings, user, role=role, ttl_s=ttl)
