@@ -33,6 +33,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """PostgreSQL DSN. Unset: ``vybe dev`` starts an embedded PostgreSQL 16."""
     redis_url: str | None = None
     """Redis URL (redis://, rediss://, unix://). Unset: ``vybe dev`` starts an embedded Redis."""
+    pubsub: str = "classic"
+    """classic (PUBLISH/SUBSCRIBE, any Redis) | sharded (SPUBLISH/SSUBSCRIBE, Redis >= 7 / Cluster)."""
     redis_prefix: str = "vybe:"
     """Prefix of every Redis key and pub/sub channel (several deployments or test runs can share one Redis)."""
     data_dir: str = ".vybe"
@@ -99,6 +101,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _check_url("VYBE_DATABASE_URL", self.database_url, ("postgres", "postgresql"))
         _check_url("VYBE_REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
         _check_choice("VYBE_SCORER", self.scorer, ("embedded", "light", "detoxify"))
+        _check_choice("VYBE_PUBSUB", self.pubsub, ("classic", "sharded"))
         _check_choice("VYBE_MODERATION_MODE", self.moderation_mode, ("off", "shadow", "flag", "hide"))
         if not 0 < self.port < 65536:
             raise SettingsError("VYBE_PORT", f"{self.port} is not a TCP port (1-65535)")

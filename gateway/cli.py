@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("gateway", help="run one gateway node (needs VYBE_DATABASE_URL, VYBE_REDIS_URL)")
     sub.add_parser("worker", help="run one moderation worker")
     sub.add_parser("migrate", help="apply database migrations (safe to run twice, from two nodes)")
+    sub.add_parser("loadtest", help="simulate concurrent users against running gateways (see vybe loadtest --help)",
+                   add_help=False)
     token = sub.add_parser("token", help="mint a development JWT (HS* secret from settings)")
     token.add_argument("--user", required=True, help="user id (the `sub` claim)")
     token.add_argument("--role", default="MEMBER", choices=["MEMBER", "CREATOR", "MODERATOR", "ADMIN"])
@@ -109,6 +111,12 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["loadtest"]:
+        # A client tool with its own options; it reads no server settings.
+        from gateway.loadtest import main as loadtest_main  # noqa: PLC0415
+
+        return loadtest_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
