@@ -5,6 +5,12 @@ unbatched, on short (~10 words) and ~70-word posts; and for Detoxify at
 bert-base shape (random init, config built locally, no download) fp32 vs
 dynamic-int8 vs length-sorted vs both, with the max |score difference| between
 fp32 and the fast path on the evaluation set.
+
+The embedded scorer is measured on both encoder backends (ONNX Runtime, the
+default, and the PyTorch reference) *interleaved* over ``--rounds`` rounds, so
+load from other work on a shared machine hits both alike; the report gives
+every round, the medians, the speedup per round and the max |score
+difference| between the backends on the whole eval set.
 """
 
 from __future__ import annotations
@@ -57,6 +63,24 @@ def bench_scorer(scorer: Any, short: list[str], long_: list[str], n: dict[str, i
     }
 
 
+def bench_embedded_backends(evals: list[str], short: list[str], n: dict[str, int], rounds: int) -> dict[str, Any]:
+    """ONNX vs PyTorch encoder of the embedded scorer, interleaved rounds of batch-64 short posts."""
+    from moderation.scorers.embedded import EmbeddedScorer
+
+    scorers = {"onnx": EmbeddedScorer(backend="onnx"), "torch": EmbeddedScorer(backend="torch")}
+    rounds_out: dict[str, list[float]] = {k: [] for k in scorers}
+    for _ in range(rounds):
+        for key, scorer in scorers.items():
+            rounds_out[key].append(rate(scorer.score, short[:n["batched"]], 64))
+    speedups = [round(o / t, 2) for o, t in zip(rounds_out["onnx"], rounds_out["torch"])]
+    med = {k: sorted(v)[len(v) // 2] for k, v in rounds_out.items()}
+    return {"short_batch64_rounds": rounds_out, "short_batch64_median": med,
+            "speedup_per_round": speedups, "speedup_median": sorted(speedups)[len(speedups) // 2],
+            "onnx_short_unbatched": rate(scorers["onnx"].score, short[:n["single"]], 1),
+            "max_abs_diff_onnx_vs_torch_eval": max_diff(scorers["onnx"].score(evals), scorers["torch"].score(evals)),
+            "eval_texts": len(evals)}
+
+
 def max_diff(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
     """Largest absolute per-label difference between two score lists."""
     return round(max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in LABELS), 5)
@@ -91,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Benchmark the moderation scorers on CPU.")
     ap.add_argument("--quick", action="store_true", help="fewer texts (about a minute)")
     ap.add_argument("--skip-detoxify", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved ONNX/PyTorch rounds (default 5)")
     args = ap.parse_args(argv)
     n = ({"batched": 128, "single": 32, "detox": 64, "detox_single": 8, "agree": 64} if args.quick else
          {"batched": 512, "single": 128, "detox": 128, "detox_single": 16, "agree": 10_000})
@@ -108,7 +133,12 @@ def main(argv: list[str] | None = None) -> None:
         pass
     for kind in ("light", "embedded"):
         scorer = load_scorer(kind)
-        report["scorers"][f"{kind} ({scorer.name})"] = bench_scorer(scorer, short, long_, n)
+        label = f"{kind} ({scorer.name}, {getattr(scorer, 'backend', 'python')})"
+        report["scorers"][label] = bench_scorer(scorer, short, long_, n)
+    try:
+        report["embedded_backends"] = bench_embedded_backends(evals, short, n, args.rounds)
+    except (ImportError, ScorerError) as exc:
+        report["embedded_backends"] = {"skipped": str(exc)}
     if not args.skip_detoxify:
         try:
             report["detoxify_bert_base"] = bench_detoxify(evals, short, long_, n)

@@ -78,6 +78,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     scorer: str = "embedded"
     """embedded | light | detoxify."""
+    embedded_backend: str = "auto"
+    """auto (ONNX Runtime, else PyTorch) | onnx | torch: how the embedded scorer runs MiniLM."""
+    model_cache: str | None = None
+    """Where the embedded scorer keeps its one-time ONNX export; unset: ~/.cache/vybe/models."""
     detoxify_checkpoint: str | None = None
     detoxify_hf_dir: str | None = None
     moderation_mode: str = "flag"
@@ -102,6 +106,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _check_url("VYBE_REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
         _check_choice("VYBE_SCORER", self.scorer, ("embedded", "light", "detoxify"))
         _check_choice("VYBE_PUBSUB", self.pubsub, ("classic", "sharded"))
+        _check_choice("VYBE_EMBEDDED_BACKEND", self.embedded_backend, ("auto", "onnx", "torch"))
         _check_choice("VYBE_MODERATION_MODE", self.moderation_mode, ("off", "shadow", "flag", "hide"))
         if not 0 < self.port < 65536:
             raise SettingsError("VYBE_PORT", f"{self.port} is not a TCP port (1-65535)")
@@ -151,7 +156,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         raise SettingsError(_variable_of(str(err)), _problem_of(str(err))) from err
 
 
-_NULLABLE = {"database_url", "redis_url", "jwt_secret", "jwt_public_key", "jwt_issuer",
+_NULLABLE = {"database_url", "redis_url", "model_cache", "jwt_secret", "jwt_public_key", "jwt_issuer",
              "jwt_audience", "detoxify_checkpoint", "detoxify_hf_dir"}
 
 

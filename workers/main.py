@@ -36,7 +36,8 @@ async def _main(settings: Settings) -> None:
     policy = build_policy(settings)
     try:
         scorer = load_scorer(settings.scorer, detoxify_checkpoint=settings.detoxify_checkpoint,
-                             detoxify_hf_dir=settings.detoxify_hf_dir)
+                             detoxify_hf_dir=settings.detoxify_hf_dir, embedded_backend=settings.embedded_backend,
+                             model_cache=settings.model_cache)
     except ScorerError as err:
         raise SettingsError("VYBE_SCORER", str(err)) from err
     log.info("scorer %s %s, mode %s", scorer.name, scorer.version, policy.mode)

