@@ -33,6 +33,18 @@ class CommandError(Exception):
         self.code, self.message, self.retry_after = code, message, retry_after
 
 
+# Who to notify is ours to know: an anonymous author's id must not reach the actor.
+_PRIVATE_FIELDS = ("vybe_author_id", "target_author_id")
+
+
+def ack_view(result: Any) -> dict[str, Any]:
+    """A write's result as the actor may see it."""
+    data: dict[str, Any] = msgspec.to_builtins(result)
+    for name in _PRIVATE_FIELDS:
+        data.pop(name, None)
+    return data
+
+
 class Result(msgspec.Struct):
     ack: Any = None
     after: list[bytes] = msgspec.field(default_factory=list)
@@ -129,10 +141,11 @@ async def _post_vybe(conn: Connection, cmd: p.PostVybe) -> Result:
         is_anonymous=cmd.is_anonymous, looproom_id=cmd.looproom_id, loopchain_id=cmd.loopchain_id,
         request_id=cmd.id or None, max_chars=gw.settings.max_vybe_chars,
     )
-    await gw.enqueue_moderation("vybe", str(vybe.id))
-    if not gw.settings.premoderation:
-        await publish_vybe_created(gw.publisher, vybe)
-    return Result(vybe)
+    if not vybe.replayed:  # a retry of a committed write: announced (or swept) the first time
+        await gw.enqueue_moderation("vybe", str(vybe.id))
+        if not gw.settings.premoderation:
+            await publish_vybe_created(gw.publisher, vybe)
+    return Result(ack_view(vybe))
 
 
 async def _comment(conn: Connection, cmd: p.CommentCmd) -> Result:
@@ -141,13 +154,14 @@ async def _comment(conn: Connection, cmd: p.CommentCmd) -> Result:
         gw.pool, conn.user_id, vybe_id=cmd.vybe_id, content=cmd.content, parent_id=cmd.parent_id,
         is_anonymous=cmd.is_anonymous, request_id=cmd.id or None, max_chars=gw.settings.max_comment_chars,
     )
-    await gw.enqueue_moderation("comment", str(comment.id))
-    view = content_view(comment)
-    await gw.publisher.publish(f"vybe:{cmd.vybe_id}", "comment.created", view, Meta(a=conn.user_id))
-    author = getattr(comment, "vybe_author_id", None)
-    if author and author != conn.user_id:
-        await gw.publisher.publish(f"user:{author}", "comment.created", view, Meta(a=conn.user_id, o=author))
-    return Result(comment)
+    if not comment.replayed:
+        await gw.enqueue_moderation("comment", str(comment.id))
+        view = content_view(comment)
+        await gw.publisher.publish(f"vybe:{cmd.vybe_id}", "comment.created", view, Meta(a=conn.user_id))
+        author = comment.vybe_author_id
+        if author and author != conn.user_id:
+            await gw.publisher.publish(f"user:{author}", "comment.created", view, Meta(a=conn.user_id, o=author))
+    return Result(ack_view(comment))
 
 
 def _reaction_channel(result: Any) -> str | None:
@@ -174,16 +188,18 @@ async def _react(conn: Connection, cmd: p.React | p.Unreact) -> Result:
         author = result.target_author_id
         if event == "reaction.added" and author and author != conn.user_id:
             await gw.publisher.publish(f"user:{author}", event, data, Meta(a=conn.user_id, o=author))
-    return Result(result)
+    return Result(ack_view(result))
 
 
 async def _share(conn: Connection, cmd: p.Share) -> Result:
     gw = conn.gw
     result = await writes.share(gw.pool, conn.user_id, cmd.vybe_id, request_id=cmd.id or None)
-    await gw.publisher.publish(f"vybe:{cmd.vybe_id}", "vybe.shared",
-                               {"vybe_id": cmd.vybe_id, "share_count": result.share_count, "user_id": conn.user_id},
-                               Meta(a=conn.user_id))
-    return Result(result)
+    if not result.replayed:
+        await gw.publisher.publish(
+            f"vybe:{cmd.vybe_id}", "vybe.shared",
+            {"vybe_id": cmd.vybe_id, "share_count": result.share_count, "user_id": conn.user_id},
+            Meta(a=conn.user_id))
+    return Result(ack_view(result))
 
 
 async def _report(conn: Connection, cmd: p.ReportCmd) -> Result:
@@ -192,8 +208,9 @@ async def _report(conn: Connection, cmd: p.ReportCmd) -> Result:
         gw.pool, conn.user_id, target_type=cmd.target_type, target_id=cmd.target_id,
         report_type=cmd.report_type, description=cmd.description, request_id=cmd.id or None,
     )
-    await gw.desk.on_report(result)
-    return Result(result)
+    if not result.replayed:
+        await gw.desk.on_report(result)
+    return Result(ack_view(result))
 
 
 async def _block(conn: Connection, cmd: p.Block | p.Unblock) -> Result:

@@ -24,6 +24,7 @@ from db.pool import create_pool
 from gateway.auth import Identity, Verifier
 from gateway.hub import Hub
 from gateway.hub.redis import RedisBackend
+from gateway.hub.redis_sharded import ShardedRedisBackend
 from gateway.metrics import Metrics
 from gateway.moderation import Desk
 from gateway.presence import Presence
@@ -46,7 +47,8 @@ class Gateway:
         self.keys = Keys(settings.redis_prefix)
         self.metrics = Metrics()
         self.verifier = Verifier(settings)
-        self.backend = RedisBackend(redis, settings.redis_prefix, settings.history_len)
+        backend_type = ShardedRedisBackend if settings.pubsub == "sharded" else RedisBackend
+        self.backend = backend_type(redis, settings.redis_prefix, settings.history_len)
         self.publisher: Publisher = self.backend.publisher
         self.hub = Hub(self.backend)
         self.reactions = writes.ReactionWriter(pool, batch_ms=settings.write_batch_ms,

@@ -76,7 +76,10 @@ async def idempotent(
             row = await conn.fetchrow(_EXISTING, user_id, request_id)
             if row is None or row["operation"] != operation:
                 raise Conflict(f"request id {request_id!r} was used for another operation")
-            return msgspec.convert(row["result"], result_type)
+            stored = msgspec.convert(row["result"], result_type)
+            if "replayed" in getattr(result_type, "__struct_fields__", ()):
+                stored = msgspec.structs.replace(stored, replayed=True)  # type: ignore[type-var]
+            return stored
         result = await body(conn)
         await conn.execute(_STORE, user_id, request_id, msgspec.to_builtins(result))
         return result

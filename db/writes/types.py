@@ -33,7 +33,7 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     created_at: dt.datetime
 
 
-class Vybe(msgspec.Struct, frozen=True, kw_only=True):
+class Vybe(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A shared vybe. ``user_id`` is None when shown anonymously to a viewer."""
 
     id: uuid.UUID
@@ -52,9 +52,11 @@ class Vybe(msgspec.Struct, frozen=True, kw_only=True):
     moderation_state: str
     created_at: dt.datetime
     updated_at: dt.datetime
+    replayed: bool = False
+    """True when this is the stored result of an earlier request with the same id."""
 
 
-class Comment(msgspec.Struct, frozen=True, kw_only=True):
+class Comment(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A comment or reply. ``vybe_author_id`` is who to notify (never sent to clients as is)."""
 
     id: uuid.UUID
@@ -72,6 +74,8 @@ class Comment(msgspec.Struct, frozen=True, kw_only=True):
     vybe_author_id: str | None = None
     comment_count: int | None = None
     """The vybe's comment_count after this write (set by :func:`comment`)."""
+    replayed: bool = False
+    """True when this is the stored result of an earlier request with the same id."""
 
 
 class ReactionResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,15 +91,17 @@ class ReactionResult(msgspec.Struct, frozen=True, kw_only=True):
     """The vybe whose channel hears of it: the target itself, or the comment's vybe; None for a looproom."""
 
 
-class ShareResult(msgspec.Struct, frozen=True, kw_only=True):
+class ShareResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     share_id: uuid.UUID
     vybe_id: uuid.UUID
     share_count: int
     vybe_author_id: str
     created_at: dt.datetime
+    replayed: bool = False
+    """True when this is the stored result of an earlier request with the same id."""
 
 
-class ReportResult(msgspec.Struct, frozen=True, kw_only=True):
+class ReportResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """``created`` is False for a repeat by the same reporter (the first report is returned)."""
 
     report_id: uuid.UUID
@@ -106,6 +112,8 @@ class ReportResult(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     report_count: int
     created_at: dt.datetime
+    replayed: bool = False
+    """True when this is the stored result of an earlier request with the same id."""
 
 
 class Deleted(msgspec.Struct, frozen=True, kw_only=True):

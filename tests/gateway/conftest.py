@@ -120,11 +120,12 @@ class Client:
             except asyncio.TimeoutError:
                 pass
 
-    async def reply(self, cid: str, timeout: float = 5.0) -> dict[str, Any]:
-        return await self.wait_for(lambda m: m.get("id") == cid and m["type"] in ("ack", "error"), timeout)
+    async def reply(self, cid: str, timeout: float = 5.0, start: int = 0) -> dict[str, Any]:
+        return await self.wait_for(lambda m: m.get("id") == cid and m["type"] in ("ack", "error"), timeout, start)
 
     async def call(self, type_: str, **fields: Any) -> dict[str, Any]:
-        return await self.reply(await self.send(type_, **fields))
+        start = len(self.messages)  # the answer to this command, not to an earlier one with the same id
+        return await self.reply(await self.send(type_, **fields), start=start)
 
     async def ok(self, type_: str, **fields: Any) -> Any:
         r = await self.call(type_, **fields)

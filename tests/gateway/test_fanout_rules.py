@@ -88,3 +88,28 @@ async def test_blocked_users_rest_feed_excludes_them(live, connect) -> None:
         assert [v["content"] for v in r.json()["items"]] == ["public from bob"]
         r = await http.get("/api/feed")
         assert r.status_code == 401 and r.json()["code"] == "auth_required"
+
+
+async def test_retry_is_acked_once_announced_once(live, connect) -> None:
+    """A retried post (same id) acks the first result with replayed=true and publishes no second event."""
+    poster = await connect(live, live.token("retrier"))
+    watcher = await connect(live, live.token("watcher"))
+    await watcher.ok("subscribe", channel="feed")
+    first = await poster.ok("post_vybe", id="same-id", content="only once")
+    again = await poster.ok("post_vybe", id="same-id", content="only once")
+    assert again["id"] == first["id"] and again["replayed"] is True and "replayed" not in first
+    await _settle(await connect(live, live.token("marker")), watcher, marker="after-retry")
+    assert [e["data"]["content"] for e in watcher.events("vybe.created")] == ["only once", "marker after-retry"]
+    jobs = await live.gateway.redis.xlen(live.gateway.keys.jobs)
+    assert jobs == 2  # the vybe and the marker, not the retry
+
+
+async def test_acks_never_reveal_an_anonymous_author(live, connect) -> None:
+    """Reacting to, commenting on or sharing an anonymous vybe never tells the actor who wrote it."""
+    author = await connect(live, live.token("secret-author-91"))
+    actor = await connect(live, live.token("actor"))
+    vybe = await author.ok("post_vybe", content="hard day", is_anonymous=True)
+    await actor.ok("react", target_id=vybe["id"], reaction="HEART")
+    await actor.ok("comment", vybe_id=vybe["id"], content="sending love")
+    await actor.ok("share", vybe_id=vybe["id"])
+    assert "secret-author-91" not in json.dumps(actor.messages)

@@ -1,0 +1,338 @@
+"""Redis backend on sharded pub/sub (``VYBE_PUBSUB=sharded``): SSUBSCRIBE/SPUBLISH.
+
+Same contract as :mod:`gateway.hub.redis` (the classic PUBLISH/SUBSCRIBE backend)
+and the same history streams; only the live path differs. Classic pub/sub in a
+Redis Cluster broadcasts every message to every node of the cluster, so its cost
+grows with the cluster; a shard channel lives on the one shard that owns its
+slot, so adding shards adds pub/sub capacity. Every key of a channel carries the
+``{channel}`` hash tag (see :class:`moderation.bus.Keys`): its history stream,
+epoch and shard channel share one slot, and the publish script (XADD + SPUBLISH)
+runs on that one shard.
+
+Needs Redis >= 7 (the embedded Redis 6.2 has no sharded pub/sub): :meth:`start`
+refuses an older server with a :class:`~db.settings.SettingsError` naming
+``VYBE_PUBSUB``.
+
+Connections: one pub/sub connection per Redis node that owns a subscribed
+channel (a *link*). On a single Redis server that is one link, like the classic
+backend. With a ``redis.asyncio.cluster.RedisCluster`` client each channel goes to
+the master owning its slot; each link reconnects on its own with capped backoff,
+resubscribes its channels, waits for every confirmation and then calls
+``on_reconnect`` with those channels so the hub backfills them from history. A
+shard channel the server drops (its slot moved: Redis sends an unsolicited
+``sunsubscribe``) is resubscribed on its new owner and backfilled the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from db.settings import SettingsError
+from gateway.hub.redis import RedisBackend
+from moderation.bus import Publisher
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+    from redis.asyncio.client import PubSub
+
+log = logging.getLogger(__name__)
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+MIN_VERSION = (7, 0, 0)
+_SINGLE = "default"
+
+
+class ShardedPubSubUnsupported(SettingsError):
+    """The Redis server is older than 7.0: no SSUBSCRIBE/SPUBLISH."""
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
+
+
+def _is_cluster(client: Any) -> bool:
+    return hasattr(client, "get_node_from_key") and hasattr(client, "nodes_manager")
+
+
+class _Link:
+    """One pub/sub connection to one Redis node, with its own reader task."""
+
+    def __init__(self, backend: ShardedRedisBackend, name: str, client: aioredis.Redis, owned: bool) -> None:
+        self.backend = backend
+        self.name = name
+        self.client = client
+        self.owned = owned  # we made the client (a cluster node): close it with the link
+        self.channels: set[str] = set()
+        self.pubsub: PubSub | None = None
+        self.up = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def open(self, first: list[str]) -> None:
+        """Connect and subscribe; when the node does not answer, the reader retries with backoff."""
+        self.pubsub = self.client.pubsub()
+        try:
+            await self.pubsub.ssubscribe(*first)
+            self.up.set()
+        except _REDIS_DOWN as err:
+            log.warning("redis sharded pub/sub link %s not up (%s); retrying", self.name, err)
+            with contextlib.suppress(*_REDIS_DOWN):
+                await self.pubsub.aclose()
+            self.pubsub = None
+        self.task = asyncio.create_task(self._run(), name=f"redis-spubsub-{self.name}")
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+        if self.pubsub is not None:
+            with contextlib.suppress(*_REDIS_DOWN):
+                await self.pubsub.aclose()
+            self.pubsub = None
+        if self.owned:
+            with contextlib.suppress(*_REDIS_DOWN):
+                await self.client.aclose()
+
+    async def ssubscribe(self, name: str) -> None:
+        if self.up.is_set() and self.pubsub is not None:
+            try:
+                await self.pubsub.ssubscribe(name)
+            except _REDIS_DOWN:
+                pass  # the reader reconnects and resubscribes everything
+
+    async def sunsubscribe(self, name: str) -> None:
+        if self.up.is_set() and self.pubsub is not None:
+            with contextlib.suppress(*_REDIS_DOWN):
+                await self.pubsub.sunsubscribe(name)
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except _REDIS_DOWN as err:
+                self.up.clear()
+                log.warning("redis sharded pub/sub link %s lost (%s); reconnecting in %.1f s",
+                            self.name, err, delay)
+                await asyncio.sleep(delay * (1 + random.random() / 4))
+                delay = min(delay * 2, 5.0)
+                try:
+                    await self._resubscribe()
+                    delay = 0.1
+                except _REDIS_DOWN as again:
+                    log.warning("redis sharded reconnect of %s failed: %s", self.name, again)
+
+    async def _read(self) -> None:
+        while True:
+            pubsub = self.pubsub
+            if pubsub is None:
+                raise RedisConnectionError("no pub/sub connection")
+            msg = await pubsub.get_message(timeout=5.0)
+            if msg is not None:
+                self.backend._dispatch(self, msg)
+
+    async def _resubscribe(self) -> None:
+        if self.pubsub is not None:
+            with contextlib.suppress(*_REDIS_DOWN):
+                await self.pubsub.aclose()
+        self.pubsub = self.client.pubsub()
+        keys = self.backend.keys
+        names = [keys.pubsub(c) for c in self.channels]
+        if self.name == self.backend.control_link:
+            names.append(keys.pubsub("_control"))
+        await self.pubsub.ssubscribe(*names)
+        # Every confirmation before telling the hub: history read after this point
+        # overlaps live delivery, so nothing falls between the two.
+        confirmed = 0
+        while confirmed < len(names):
+            msg = await self.pubsub.get_message(timeout=5.0)
+            if msg is None:
+                raise RedisTimeoutError("no ssubscribe confirmation")
+            if _s(msg["type"]) == "ssubscribe":
+                confirmed += 1
+            self.backend._dispatch(self, msg)
+        self.backend.reconnects += 1
+        self.up.set()
+        log.info("redis sharded pub/sub link %s back; %d channels resubscribed", self.name, len(self.channels))
+        await self.backend.on_reconnect(list(self.channels))
+
+
+class ShardedRedisBackend(RedisBackend):
+    """Sharded pub/sub for live events, the same Streams as :class:`RedisBackend` for history.
+
+    ``redis`` is a ``redis.asyncio.Redis`` (one Redis 7 server) or a
+    ``redis.asyncio.cluster.RedisCluster`` (a Redis Cluster).
+    """
+
+    def __init__(self, redis: Any, prefix: str, history_len: int = 1000) -> None:
+        # The classic backend's history reads (same streams, same checks) are inherited;
+        # its pub/sub state stays unused.
+        super().__init__(redis, prefix, history_len)
+        self.publisher = Publisher(redis, prefix, history_len, sharded=True)
+        self.cluster = _is_cluster(redis)
+        self.control_link = _SINGLE
+        self._links: dict[str, _Link] = {}
+        self._link_of: dict[str, _Link] = {}  # channel -> the link it is subscribed on
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._moving: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+
+    @property
+    def healthy(self) -> bool:
+        return self._started and all(link.up.is_set() for link in self._links.values())
+
+    async def server_version(self) -> tuple[int, ...]:
+        """The lowest ``redis_version`` among the servers behind the client."""
+        info = await self.redis.info("server")
+        if isinstance(info, dict) and "redis_version" in info:
+            return _version(str(info["redis_version"]))
+        versions = [_version(str(v["redis_version"])) for v in (info or {}).values()
+                    if isinstance(v, dict) and "redis_version" in v]
+        if not versions:
+            raise ShardedPubSubUnsupported("VYBE_PUBSUB", "cannot read the Redis server version (INFO server)")
+        return min(versions)
+
+    async def start(self) -> None:
+        version = await self.server_version()
+        if version < MIN_VERSION:
+            raise ShardedPubSubUnsupported(
+                "VYBE_PUBSUB",
+                f"sharded needs Redis >= 7.0 (SSUBSCRIBE/SPUBLISH); the server at VYBE_REDIS_URL is "
+                f"{'.'.join(map(str, version))}: upgrade Redis or set VYBE_PUBSUB=classic")
+        control = self.keys.pubsub("_control")
+        # A subscription to a private control channel keeps the (first) connection open
+        # and proves the round trip (readiness).
+        link = self._link_for(control)
+        self.control_link = link.name
+        await link.open([control])
+        self._started = True
+
+    async def close(self) -> None:
+        self._started = False
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in list(self._links.values()):
+            await link.close()
+        self._links.clear()
+        self._link_of.clear()
+        for fut in self._pending.values():
+            fut.cancel()
+
+    # -- routing -------------------------------------------------------------
+
+    def _node_name(self, pubsub_name: str) -> tuple[str, Any]:
+        if not self.cluster:
+            return _SINGLE, None
+        node = self.redis.get_node_from_key(pubsub_name)
+        return node.name, node
+
+    def _link_for(self, pubsub_name: str) -> _Link:
+        name, node = self._node_name(pubsub_name)
+        link = self._links.get(name)
+        if link is None:
+            if node is None:
+                link = _Link(self, name, self.redis, owned=False)
+            else:
+                import redis.asyncio as aioredis  # noqa: PLC0415
+
+                kwargs = self.redis.connection_kwargs if hasattr(self.redis, "connection_kwargs") else {}
+                client = aioredis.Redis(host=node.host, port=node.port, password=kwargs.get("password"),
+                                        username=kwargs.get("username"), ssl=bool(kwargs.get("ssl")),
+                                        health_check_interval=10)
+                link = _Link(self, name, client, owned=True)
+            self._links[name] = link
+        return link
+
+    # -- subscriptions -------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        name = self.keys.pubsub(channel)
+        fut = self._pending.get(channel)
+        if fut is None:
+            fut = self._pending[channel] = asyncio.get_running_loop().create_future()
+            link = self._link_for(name)
+            link.channels.add(channel)
+            self._link_of[channel] = link
+            if link.task is None:
+                await link.open([name])
+            else:
+                await link.ssubscribe(name)
+        await asyncio.shield(fut)
+
+    async def unsubscribe(self, channel: str) -> None:
+        pending = self._pending.pop(channel, None)
+        if pending is not None and not pending.done():
+            pending.cancel()
+        link = self._link_of.pop(channel, None)
+        if link is not None:
+            link.channels.discard(channel)
+            await link.sunsubscribe(self.keys.pubsub(channel))
+
+    # -- incoming ------------------------------------------------------------
+
+    def _dispatch(self, link: _Link, msg: dict[str, Any]) -> None:
+        kind = _s(msg["type"])
+        name = _s(msg["channel"])
+        if kind == "smessage":
+            channel = self.keys.channel_of(name)
+            epoch, _, rest = msg["data"].partition(b" ")
+            sid, _, message = rest.partition(b" ")
+            self.on_message(channel, epoch.decode(), sid.decode(), message)
+        elif kind == "ssubscribe":
+            fut = self._pending.pop(self.keys.channel_of(name), None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif kind == "sunsubscribe":
+            channel = self.keys.channel_of(name)
+            if channel in link.channels and self._link_of.get(channel) is link and channel not in self._moving:
+                # Not ours: the server dropped it (its slot moved to another shard).
+                self._moving.add(channel)
+                task = asyncio.create_task(self._move(channel, link), name=f"redis-spubsub-move-{channel}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _move(self, channel: str, old: _Link) -> None:
+        """Resubscribe a channel whose slot moved, on its new owner, then backfill it."""
+        name = self.keys.pubsub(channel)
+        try:
+            delay = 0.1
+            while self._link_of.get(channel) is old:
+                try:
+                    if self.cluster:
+                        await self.redis.nodes_manager.initialize()
+                    old.channels.discard(channel)
+                    link = self._link_for(name)
+                    link.channels.add(channel)
+                    self._link_of[channel] = link
+                    fut = self._pending[channel] = asyncio.get_running_loop().create_future()
+                    if link.task is None:
+                        await link.open([name])
+                    else:
+                        await link.ssubscribe(name)
+                    await asyncio.wait_for(asyncio.shield(fut), 5.0)
+                    log.info("shard channel %s moved to %s; resubscribed", channel, link.name)
+                    await self.on_reconnect([channel])
+                    return
+                except (*_REDIS_DOWN, ResponseError) as err:
+                    log.warning("resubscribing moved channel %s failed: %s", channel, err)
+                    self._link_of[channel] = old
+                    old.channels.add(channel)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            self._moving.discard(channel)
