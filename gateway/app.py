@@ -13,10 +13,11 @@ from litestar.openapi import OpenAPIConfig
 
 from gateway.connection import Connection
 from gateway.context import Gateway, gateway_lifespan
+from gateway.pages import PAGE_HANDLERS
 from gateway.rest import ModerationController, RestController, error_handlers
 
 if TYPE_CHECKING:
-    from litestar.types import Receive, Scope, Send
+    from litestar.types import Receive, Send
 
     from db.settings import Settings
 
@@ -33,7 +34,8 @@ class GatewayASGI:
     def __init__(self, app: Litestar) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
+        # Raw ASGI: scope is uvicorn's dict here, not Litestar's typed one.
         if scope["type"] == "websocket" and scope["path"] == WS_PATH:
             await websocket_session(self.app.state.gateway, scope, receive, send)
         else:
@@ -44,17 +46,19 @@ WS_PATH = "/ws"
 
 
 @asgi(WS_PATH, copy_scope=False)
-async def websocket_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+async def websocket_endpoint(scope: Any, receive: Receive, send: Send) -> None:
     """The WebSocket endpoint (``GatewayASGI`` serves the sessions); plain HTTP gets 426."""
     if scope["type"] == "websocket":
         await websocket_session(scope["app"].state.gateway, scope, receive, send)
         return
-    await send({"type": "http.response.start", "status": 426,
-                "headers": [(b"content-type", b"text/plain"), (b"upgrade", b"websocket")]})
-    await send({"type": "http.response.body", "body": b"WebSocket endpoint: connect with ws://.../ws\n"})
+    start: Any = {"type": "http.response.start", "status": 426,
+                  "headers": [(b"content-type", b"text/plain"), (b"upgrade", b"websocket")]}
+    await send(start)
+    body: Any = {"type": "http.response.body", "body": b"WebSocket endpoint: connect with ws://.../ws\n"}
+    await send(body)
 
 
-async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+async def websocket_session(gw: Gateway, scope: Any, receive: Receive, send: Send) -> None:
     """One socket. Token in ``Authorization: Bearer`` or a first ``auth`` frame."""
     if gw.draining:
         await receive()  # websocket.connect
@@ -70,7 +74,7 @@ async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: S
 def _bearer(scope: Any) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
-            kind, _, token = value.decode("latin-1").partition(" ")
+            kind, _, token = bytes(value).decode("latin-1").partition(" ")
             if kind.lower() == "bearer" and token:
                 return token.strip()
     return None
@@ -112,7 +116,8 @@ def create_app(settings: Settings) -> Litestar:
             yield
 
     return Litestar(
-        route_handlers=[websocket_endpoint, healthz, readyz, metrics, RestController, ModerationController],
+        route_handlers=[websocket_endpoint, healthz, readyz, metrics, RestController, ModerationController,
+                        *PAGE_HANDLERS],
         lifespan=[lifespan],
         exception_handlers=error_handlers(),
         openapi_config=OpenAPIConfig(title="Vybe Live", version="0.1.0", path="/schema"),
@@ -120,4 +125,4 @@ def create_app(settings: Settings) -> Litestar:
     )
 
 
-__all__ = ["create_app", "Request"]
+__all__ = ["Request", "create_app"]

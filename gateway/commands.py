@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import msgspec
 
@@ -22,9 +22,19 @@ from moderation.events import LIVE_PRIVACY, content_view, publish_vybe_created
 
 if TYPE_CHECKING:
     from gateway.connection import Connection
+    from gateway.context import Gateway
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _CHANNEL = re.compile(rf"^(feed|mod:flagged|vybe:{_UUID}|looproom:{_UUID}|user:[^\s]{{1,128}})$")
+
+
+class Caller(Protocol):
+    """Who runs a write: a socket (``Connection``) or a REST request (``rest.Actor``)."""
+
+    gw: Gateway
+    user_id: str
+    is_moderator: bool
+    blocked: frozenset[str]
 
 
 class CommandError(Exception):
@@ -51,14 +61,14 @@ class Result(msgspec.Struct):
     finish: Callable[[], None] | None = None
 
 
-async def handle(conn: Connection, cmd: Any) -> Result:
-    """Run one authenticated command."""
+async def handle(conn: Caller, cmd: Any) -> Result:
+    """Run one authenticated command (channel commands come from sockets only)."""
     try:
         match cmd:
             case p.Subscribe():
-                return await _subscribe(conn, cmd)
+                return await _subscribe(cast("Connection", conn), cmd)
             case p.Unsubscribe():
-                return await _unsubscribe(conn, cmd)
+                return await _unsubscribe(cast("Connection", conn), cmd)
             case p.PostVybe():
                 return await _post_vybe(conn, cmd)
             case p.CommentCmd():
@@ -134,7 +144,7 @@ async def _unsubscribe(conn: Connection, cmd: p.Unsubscribe) -> Result:
 
 # -- writes -------------------------------------------------------------------
 
-async def _post_vybe(conn: Connection, cmd: p.PostVybe) -> Result:
+async def _post_vybe(conn: Caller, cmd: p.PostVybe) -> Result:
     gw = conn.gw
     vybe = await writes.post_vybe(
         gw.pool, conn.user_id, content=cmd.content, type=cmd.vybe_type, privacy_level=cmd.privacy_level,
@@ -148,7 +158,7 @@ async def _post_vybe(conn: Connection, cmd: p.PostVybe) -> Result:
     return Result(ack_view(vybe))
 
 
-async def _comment(conn: Connection, cmd: p.CommentCmd) -> Result:
+async def _comment(conn: Caller, cmd: p.CommentCmd) -> Result:
     gw = conn.gw
     comment = await writes.comment(
         gw.pool, conn.user_id, vybe_id=cmd.vybe_id, content=cmd.content, parent_id=cmd.parent_id,
@@ -173,7 +183,7 @@ def _reaction_channel(result: Any) -> str | None:
     return f"vybe:{vybe_id}" if vybe_id else None
 
 
-async def _react(conn: Connection, cmd: p.React | p.Unreact) -> Result:
+async def _react(conn: Caller, cmd: p.React | p.Unreact) -> Result:
     gw = conn.gw
     op = gw.reactions.react if isinstance(cmd, p.React) else gw.reactions.unreact
     # Reactions are idempotent by key (user, target, type): a retry is a no-op, no request id needed.
@@ -191,7 +201,7 @@ async def _react(conn: Connection, cmd: p.React | p.Unreact) -> Result:
     return Result(ack_view(result))
 
 
-async def _share(conn: Connection, cmd: p.Share) -> Result:
+async def _share(conn: Caller, cmd: p.Share) -> Result:
     gw = conn.gw
     result = await writes.share(gw.pool, conn.user_id, cmd.vybe_id, request_id=cmd.id or None)
     if not result.replayed:
@@ -202,7 +212,7 @@ async def _share(conn: Connection, cmd: p.Share) -> Result:
     return Result(ack_view(result))
 
 
-async def _report(conn: Connection, cmd: p.ReportCmd) -> Result:
+async def _report(conn: Caller, cmd: p.ReportCmd) -> Result:
     gw = conn.gw
     result = await writes.report(
         gw.pool, conn.user_id, target_type=cmd.target_type, target_id=cmd.target_id,
@@ -213,7 +223,7 @@ async def _report(conn: Connection, cmd: p.ReportCmd) -> Result:
     return Result(ack_view(result))
 
 
-async def _block(conn: Connection, cmd: p.Block | p.Unblock) -> Result:
+async def _block(conn: Caller, cmd: p.Block | p.Unblock) -> Result:
     gw = conn.gw
     if cmd.user_id == conn.user_id:
         raise CommandError(ErrorCode.INVALID, "you cannot block yourself")
@@ -226,7 +236,7 @@ async def _block(conn: Connection, cmd: p.Block | p.Unblock) -> Result:
     return Result({"blocked": blocked})
 
 
-async def _moderate(conn: Connection, cmd: p.Claim | p.Resolve) -> Result:
+async def _moderate(conn: Caller, cmd: p.Claim | p.Resolve) -> Result:
     if not conn.is_moderator:
         raise CommandError(ErrorCode.FORBIDDEN, f"{type(cmd).__name__.lower()} is for MODERATOR and ADMIN roles")
     return Result(await conn.gw.desk.act(conn, cmd))

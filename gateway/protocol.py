@@ -9,7 +9,7 @@ defaults. ``docs/protocol.md`` is the reference; a test replays its examples.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import msgspec
 
@@ -113,7 +113,7 @@ ClientCommand = (
 )
 
 COMMAND_TYPES: frozenset[str] = frozenset(
-    t.__struct_config__.tag for t in ClientCommand.__args__  # type: ignore[attr-defined]
+    t.__struct_config__.tag for t in ClientCommand.__args__
 )
 
 
@@ -192,7 +192,7 @@ class DecodeFailure(Exception):
 def decode_command(frame: str | bytes) -> ClientCommand:
     """Decode one client frame, or raise :class:`DecodeFailure` with a typed error."""
     try:
-        return _decoder.decode(frame)
+        return cast("ClientCommand", _decoder.decode(frame))
     except msgspec.ValidationError as err:
         raise DecodeFailure(_classify(frame, str(err))) from err
     except msgspec.DecodeError as err:

@@ -6,7 +6,7 @@ both doors validate, store and publish identically; only the framing differs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
@@ -19,6 +19,9 @@ from db import writes
 from gateway import protocol as p
 from gateway.auth import AuthError, Identity
 from gateway.commands import CommandError, handle
+
+if TYPE_CHECKING:
+    from gateway.context import Gateway
 
 _STATUS = {
     "not_found": 404, "forbidden": 403, "auth_failed": 401, "token_expired": 401, "auth_required": 401,
@@ -38,14 +41,14 @@ def _error_response(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[s
     return Response({"code": exc.code, "message": str(exc.detail)}, status_code=exc.status_code)
 
 
-def error_handlers() -> dict[type[Exception], Any]:
+def error_handlers() -> dict[int | type[Exception], Any]:
     return {ApiError: _error_response}
 
 
 class Actor(msgspec.Struct):
     """The REST caller in the shape the command handlers need (like a Connection)."""
 
-    gw: Any
+    gw: Gateway
     user_id: str
     is_moderator: bool
     blocked: frozenset[str]

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from db import moderation as mdb
 from moderation.bus import Keys, Meta, Publisher
-from moderation.events import publish_case, publish_vybe_created, publish_visibility
+from moderation.events import publish_case, publish_visibility, publish_vybe_created
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -67,7 +67,7 @@ class Worker:
 
     async def step(self) -> int:
         """One read-score-store-ack round; returns entries handled."""
-        reply = await self.redis.xreadgroup(GROUP, self.name, {self.keys.jobs: ">"},
+        reply: Any = await self.redis.xreadgroup(GROUP, self.name, {self.keys.jobs: ">"},
                                             count=self.settings.worker_batch, block=self.settings.worker_block_ms)
         entries: list[Entry] = [(_s(i), f) for _, batch in reply for i, f in batch] if reply else []
         if entries:
@@ -131,7 +131,7 @@ class Worker:
                     await publish_vybe_created(self.publisher, row)
 
     async def _vybe_rows(self, ids: list[uuid.UUID]) -> list[Any]:
-        from db import writes  # noqa: PLC0415 - only premoderation needs full rows
+        from db import writes
 
         rows = []
         for vybe_id in ids:
@@ -143,7 +143,7 @@ class Worker:
 
     async def reclaim(self) -> list[Entry]:
         """Take over entries idle too long; dead-letter those out of attempts."""
-        pending = await self.redis.xpending_range(
+        pending: Any = await self.redis.xpending_range(
             self.keys.jobs, GROUP, min="-", max="+", count=self.settings.worker_batch,
             idle=self.settings.worker_claim_idle_ms)
         if not pending:
@@ -154,14 +154,15 @@ class Worker:
         live = [_s(p["message_id"]) for p in pending if p not in dead]
         if not live:
             return []
-        claimed = await self.redis.xclaim(self.keys.jobs, GROUP, self.name,
-                                          min_idle_time=self.settings.worker_claim_idle_ms, message_ids=live)
+        claimed: Any = await self.redis.xclaim(self.keys.jobs, GROUP, self.name,
+                                               min_idle_time=self.settings.worker_claim_idle_ms,
+                                               message_ids=list[Any](live))
         return [(_s(i), f) for i, f in claimed if f]
 
     async def _dead_letter(self, entry_id: str) -> None:
-        fields = await self.redis.xrange(self.keys.jobs, entry_id, entry_id)
+        fields: Any = await self.redis.xrange(self.keys.jobs, entry_id, entry_id)
         error = await self.redis.hget(self.keys.jobs + ":errors", entry_id)
-        job = fields[0][1] if fields else {}
+        job: dict[Any, Any] = fields[0][1] if fields else {}
         await self.redis.xadd(self.keys.dead_letter, {**job, b"entry": entry_id, b"error": error or b"unknown"})
         await self.redis.xack(self.keys.jobs, GROUP, entry_id)
         await self.redis.hdel(self.keys.jobs + ":errors", entry_id)
@@ -194,7 +195,8 @@ class Worker:
 
 
 def _ids(entries: list[Entry]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
-    vybes, comments = [], []
+    vybes: list[uuid.UUID] = []
+    comments: list[uuid.UUID] = []
     for _, fields in entries:
         try:
             item_id = uuid.UUID(fields[b"id"].decode())

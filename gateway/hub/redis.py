@@ -54,7 +54,7 @@ class RedisBackend(Backend):
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._pubsub is not None:
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
             self._pubsub = None
         for fut in self._pending.values():
             fut.cancel()
@@ -146,7 +146,7 @@ class RedisBackend(Backend):
 
     async def _resubscribe(self) -> None:
         if self._pubsub is not None:
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         self._pubsub = self.redis.pubsub()
         names = [self.keys.pubsub(c) for c in self._channels] + [self.keys.pubsub("_control")]
         await self._pubsub.subscribe(*names)
