@@ -23,7 +23,7 @@ log = logging.getLogger("vybe")
 
 
 def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from db.migrate import MigrationError, migrate  # noqa: PLC0415
+    from db.migrate import MigrationError, migrate
 
     async def run() -> list[int]:
         conn = await _connect(settings)
@@ -42,43 +42,43 @@ def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _connect(settings: Settings) -> asyncpg.Connection:
-    import asyncpg  # noqa: PLC0415
+    import asyncpg
 
     if settings.database_url is None:
         raise SettingsError("VYBE_DATABASE_URL", "is not set")
     try:
         return await asyncio.wait_for(asyncpg.connect(settings.database_url), timeout=10)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as err:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as err:
         raise SettingsError("VYBE_DATABASE_URL", f"cannot connect ({type(err).__name__}: {err})") from err
 
 
 def _cmd_token(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.auth import mint_token  # noqa: PLC0415
+    from gateway.auth import mint_token
 
     print(mint_token(settings, args.user, role=args.role, name=args.name, ttl_s=args.ttl))
     return 0
 
 
 def _cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.server import serve  # noqa: PLC0415
+    from gateway.server import serve
 
     return serve(settings)
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.main import run_worker  # noqa: PLC0415
+    from workers.main import run_worker
 
     return run_worker(settings)
 
 
 def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.dev import run_dev  # noqa: PLC0415
+    from gateway.dev import run_dev
 
     return run_dev(settings, workers=args.workers)
 
 
 def _cmd_check_counters(settings: Settings, args: argparse.Namespace) -> int:
-    from db.counters import check_counters_command  # noqa: PLC0415
+    from db.counters import check_counters_command
 
     return asyncio.run(check_counters_command(settings, repair=args.repair))
 
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["loadtest"]:
         # A client tool with its own options; it reads no server settings.
-        from gateway.loadtest import main as loadtest_main  # noqa: PLC0415
+        from gateway.loadtest import main as loadtest_main
 
         return loadtest_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -17,10 +17,21 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.auth import AuthError, Identity
 from gateway.commands import CommandError, handle
-from gateway.wsproto import RawWebSocketProtocol, text_frame
 from gateway.protocol import (
-    Ack, Auth, CloseCode, DecodeFailure, Error, ErrorCode, Notice, Ping, decode_command, encode, frame, peek_id,
+    Ack,
+    Auth,
+    CloseCode,
+    DecodeFailure,
+    Error,
+    ErrorCode,
+    Notice,
+    Ping,
+    decode_command,
+    encode,
+    frame,
+    peek_id,
 )
+from gateway.wsproto import RawWebSocketProtocol, text_frame
 
 if TYPE_CHECKING:
     from gateway.context import Gateway
@@ -31,7 +42,7 @@ log = logging.getLogger(__name__)
 class TokenBucket:
     """``rate`` commands per second with bursts of ``burst``."""
 
-    __slots__ = ("rate", "burst", "tokens", "stamp")
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate, self.burst = rate, float(burst)
@@ -284,12 +295,12 @@ class Connection:
         if writer is not None:  # let queued frames (an error, a notice) go out first
             try:
                 await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
-            except (asyncio.TimeoutError, OSError, RuntimeError):
+            except (TimeoutError, OSError, RuntimeError):
                 writer.cancel()
         code, reason = self._close
         try:
             await asyncio.wait_for(self._send({"type": "websocket.close", "code": code, "reason": reason}), 2.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if self._raw is not None:  # a peer that reads nothing cannot take a close frame either
                 self._raw.transport.abort()
         except (OSError, RuntimeError):

@@ -39,7 +39,7 @@ def _dev_secret(settings: Settings, data_dir: Path) -> str:
 async def _migrate(dsn: str) -> list[int]:
     try:
         conn = await asyncio.wait_for(asyncpg.connect(dsn), timeout=10)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as err:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as err:
         raise SettingsError("VYBE_DATABASE_URL", f"cannot connect ({err})") from err
     try:
         return await migrate(conn)
@@ -68,7 +68,7 @@ def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def _banner(settings: Settings, dsn: str, redis_url: str, secret: str, applied: list[int], took: float) -> None:
-    from msgspec.structs import replace  # noqa: PLC0415
+    from msgspec.structs import replace
 
     s = replace(settings, jwt_secret=secret)
     base = f"http://{settings.host}:{settings.port}"

@@ -78,6 +78,6 @@ class Presence:
                 log.warning("presence update failed: %s", err)
             try:
                 await asyncio.wait_for(self._dirty.wait(), self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._dirty.clear()

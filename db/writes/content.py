@@ -52,7 +52,7 @@ async def post_vybe(
     user_id: str,
     *,
     content: str,
-    type: str = "REFLECTION",  # noqa: A002 - the column's name
+    type: str = "REFLECTION",
     privacy_level: str = "PUBLIC",
     is_anonymous: bool = False,
     looproom_id: uuid.UUID | str | None = None,

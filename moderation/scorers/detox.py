@@ -46,7 +46,7 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, A
         loaded = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except FileNotFoundError as exc:
         raise ScorerConfigError(f"detoxify checkpoint not found: {path}") from exc
-    except Exception as exc:  # noqa: BLE001 - torch raises many unpickling error types
+    except Exception as exc:
         raise ScorerLoadError(f"cannot read checkpoint {path} (set trust_pickle only for trusted files): {exc}") from exc
     if not isinstance(loaded, dict) or "config" not in loaded or "state_dict" not in loaded:
         raise ScorerLoadError(f"{path} is not a Detoxify checkpoint: needs 'config' and 'state_dict'")

@@ -175,7 +175,7 @@ def load_encoder(quantize: str = "none", max_length: int = 128, backend: str | N
         if chosen == "onnx":
             raise
         log.warning("%s; using the slower PyTorch encoder", exc)
-    except Exception as exc:  # noqa: BLE001 - any export/ORT failure must leave a working (slower) scorer
+    except Exception as exc:
         if chosen == "onnx":
             raise ScorerLoadError(f"ONNX encoder failed: {type(exc).__name__}: {exc}") from exc
         log.warning("ONNX encoder failed (%s: %s); using the slower PyTorch encoder", type(exc).__name__, exc)
