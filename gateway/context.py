@@ -80,7 +80,7 @@ class Gateway:
 
     async def ready(self) -> dict[str, bool]:
         """Readiness of each dependency, with a real round trip to each."""
-        status = {"postgres": False, "redis": False, "pubsub": self.backend.healthy}
+        status = {"postgres": False, "redis": False, "pubsub": await self.backend.probe()}
         with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
             status["postgres"] = await asyncio.wait_for(self.pool.fetchval("SELECT true"), 2.0) is True
         with contextlib.suppress(OSError, RedisError, asyncio.TimeoutError):

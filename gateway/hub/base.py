@@ -56,3 +56,10 @@ class Backend(ABC):
     @abstractmethod
     def healthy(self) -> bool:
         """True while the upstream connection is up and subscribed."""
+
+    async def probe(self) -> bool:
+        """True when a message sent through the transport comes back (readiness).
+
+        Backends that can do a real round trip override this; "connected" is the fallback.
+        """
+        return self.healthy

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_CONTROL = "_control"  # a channel of our own: keeps the connection subscribed, carries readiness probes
 
 
 class RedisBackend(Backend):
@@ -35,6 +37,7 @@ class RedisBackend(Backend):
         self._pubsub: PubSub | None = None
         self._task: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
+        self._probes: dict[bytes, asyncio.Future[None]] = {}
 
     @property
     def healthy(self) -> bool:
@@ -44,7 +47,7 @@ class RedisBackend(Backend):
         self._pubsub = self.redis.pubsub()
         # A subscription to a private control channel keeps the connection open and
         # proves the round trip (readiness); it also makes get_message block properly.
-        await self._pubsub.subscribe(self.keys.pubsub("_control"))
+        await self._pubsub.subscribe(self.keys.pubsub(_CONTROL))
         self._up.set()
         self._task = asyncio.create_task(self._run(), name="redis-pubsub")
 
@@ -81,6 +84,21 @@ class RedisBackend(Backend):
                 await self._pubsub.unsubscribe(self.keys.pubsub(channel))
             except _REDIS_DOWN:
                 pass
+
+    async def probe(self, timeout: float = 2.0) -> bool:
+        """Publish a nonce on the control channel and wait to receive it: pub/sub really delivers."""
+        if not self._up.is_set():
+            return False
+        nonce = secrets.token_hex(8).encode()
+        fut = self._probes[nonce] = asyncio.get_running_loop().create_future()
+        try:
+            await self.redis.publish(self.keys.pubsub(_CONTROL), nonce)
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except (*_REDIS_DOWN, asyncio.TimeoutError):
+            return False
+        finally:
+            self._probes.pop(nonce, None)
 
     async def publish(self, channel: str, event: str, data: object, meta: Meta | None = None) -> str:
         return await self.publisher.publish(channel, event, data, meta)
@@ -135,6 +153,11 @@ class RedisBackend(Backend):
         name = _s(msg["channel"])
         if kind == "message" or kind == b"message":
             channel = self.keys.channel_of(name)
+            if channel == _CONTROL:
+                probe = self._probes.get(msg["data"])
+                if probe is not None and not probe.done():
+                    probe.set_result(None)
+                return
             epoch, _, rest = msg["data"].partition(b" ")
             sid, _, message = rest.partition(b" ")
             self.on_message(channel, epoch.decode(), sid.decode(), message)
@@ -148,7 +171,7 @@ class RedisBackend(Backend):
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         self._pubsub = self.redis.pubsub()
-        names = [self.keys.pubsub(c) for c in self._channels] + [self.keys.pubsub("_control")]
+        names = [self.keys.pubsub(c) for c in self._channels] + [self.keys.pubsub(_CONTROL)]
         await self._pubsub.subscribe(*names)
         # Wait for every confirmation before telling the hub: history read after this
         # point overlaps live delivery, so nothing falls between the two.
