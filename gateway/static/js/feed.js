@@ -312,12 +312,10 @@ function start(token, claims) {
       h("header", { class: "vybe-head" },
         h("span", { id: titleId, class: "author" }, author, v.user_id === me ? h("span", { class: "muted" }, " (you)") : null),
         h("span", { class: "badge" }, TYPES[v.type] || v.type),
-        v.moderation_state === "pending" && v.user_id === me
-          ? h("span", { class: "badge badge-quiet" }, "being checked") : null,
         h("span", { class: "muted vybe-time" }, timeEl(v.created_at))),
       h("p", { class: "vybe-content" }, v.content),
       h("footer", { class: "vybe-foot" },
-        h("span", { class: "reaction-count", "aria-label": `${v.reaction_count} reactions` },
+        h("span", { class: "reaction-count" },
           h("strong", { class: "reaction-number" }, `${v.reaction_count}`), v.reaction_count === 1 ? " reaction" : " reactions"),
         heart, more, toggle,
         v.share_count ? h("span", { class: "muted" }, `${v.share_count} shared`) : null),
@@ -406,6 +404,7 @@ function start(token, claims) {
       render();
       postForm.reset();
       postStatus.textContent = "Shared.";
+      setTimeout(() => { if (postStatus.textContent === "Shared.") postStatus.textContent = ""; }, 4000);
     } catch (err) {
       postStatus.textContent = `Not shared: ${err.message}`;
     } finally {
@@ -415,8 +414,8 @@ function start(token, claims) {
   document.getElementById("load-more").addEventListener("click", loadMore);
 
   tickTimes();
+  socket.subscribe("feed");  // registered first, so it is also resubscribed first after a reconnect
   reloadFeed().then(() => {
-    socket.subscribe("feed");
     syncChannels(sorted());
     socket.start();
   });

@@ -42,7 +42,13 @@ function fmt(n) {
 
 const session = setupSession(STORAGE_KEY, start);
 
+const NOT_A_MODERATOR = "This console is for MODERATOR and ADMIN tokens; that one is not.";
+
 function start(token, claims) {
+  if (claims.role && !["MODERATOR", "ADMIN"].includes(String(claims.role).toUpperCase())) {
+    session.showSignIn(NOT_A_MODERATOR);  // the server would refuse it too (403): save the round trip
+    return;
+  }
   const me = claims.sub;
   const rest = api(() => socket.token);
   const cases = new Map();       // case_id -> latest view (open and resolved)
@@ -76,7 +82,7 @@ function start(token, claims) {
     onSubscribeError(channel, err) {
       if (err.code === "forbidden") {
         socket.stop();
-        session.showSignIn("This console is for MODERATOR and ADMIN tokens; that one is not.");
+        session.showSignIn(NOT_A_MODERATOR);
       } else {
         notice(`Could not subscribe to the queue: ${err.message}`, { kind: "error", key: "sub" });
       }
@@ -99,7 +105,7 @@ function start(token, claims) {
         renderAll();
       } catch (err) {
         if (err.status === 401) session.showSignIn(authLostReason(4004));
-        else if (err.status === 403) session.showSignIn("This console is for MODERATOR and ADMIN tokens; that one is not.");
+        else if (err.status === 403) session.showSignIn(NOT_A_MODERATOR);
         else notice(`Could not load the queue: ${err.message}`, { kind: "error", key: "load" });
       } finally {
         loading = null;
@@ -148,19 +154,21 @@ function start(token, claims) {
     document.getElementById("count-unclaimed").textContent = open.length - mine - others;
     document.getElementById("count-mine").textContent = mine;
     document.getElementById("count-others").textContent = others;
-    document.getElementById("count-resolved").textContent = resolvedHere.length;
+    document.getElementById("count-resolved").textContent =
+      resolvedHere.filter((id) => cases.get(id)?.state !== "open").length;
     document.title = open.length ? `(${open.length}) Vybe Live · Moderation` : "Vybe Live · Moderation";
     renderResolved();
   }
 
   function renderResolved() {
-    resolvedEl.replaceChildren(...resolvedHere.map((id) => cases.get(id)).filter(Boolean).map((v) =>
+    const done = resolvedHere.map((id) => cases.get(id)).filter((v) => v && v.state !== "open");  // reopened: back in the queue
+    resolvedEl.replaceChildren(...done.map((v) =>
       h("li", { class: "resolved-item", dataset: { caseId: v.case_id } },
         h("span", { class: `badge badge-${v.resolution || "done"}` }, DONE[v.resolution] || "Resolved"),
         " ",
         h("span", { class: "resolved-text" }, snippet(v.text, 90)),
         h("span", { class: "muted" }, ` by ${v.resolved_by}${v.note ? ` · “${v.note}”` : ""}`))));
-    document.getElementById("resolved-empty").hidden = resolvedHere.length > 0;
+    document.getElementById("resolved-empty").hidden = done.length > 0;
   }
 
   function renderCase(li, v, fresh) {

@@ -93,8 +93,8 @@ export function setupSession(storageKey, start) {
   });
 
   const token = takeToken(storageKey);
-  if (token) begin(token);
-  else showSignIn();
+  // After the caller holds the returned helpers (start() may use them at once).
+  queueMicrotask(() => (token ? begin(token) : showSignIn()));
 
   return {
     showSignIn(reason) {
