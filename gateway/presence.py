@@ -17,26 +17,31 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from moderation.bus import encode_message
+
 if TYPE_CHECKING:
     from gateway.context import Gateway
 
 log = logging.getLogger(__name__)
 
-# KEYS: counts hash, heartbeat zset, last total. ARGV: node, count, now, ttl.
-_PRESENCE_LUA = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
-for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])) do
-  redis.call('HDEL', KEYS[1], n)
-  redis.call('ZREM', KEYS[2], n)
+# Runs before the publish step (moderation.bus.publishing_script), in the same
+# atomic script, so the event that goes out always carries the total just computed
+# (two nodes publishing separately could otherwise deliver an older total last).
+# KEYS[4..6]: counts hash, heartbeat zset, last total. ARGV[3..6]: node, count, now, ttl.
+_PRESENCE_BEFORE = """
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[5], tonumber(ARGV[5]) + tonumber(ARGV[6]), ARGV[3])
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[5])) do
+  redis.call('HDEL', KEYS[4], n)
+  redis.call('ZREM', KEYS[5], n)
 end
 local total = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
-local last = redis.call('GET', KEYS[3])
-redis.call('SET', KEYS[3], total, 'EX', 86400)
-for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, 86400) end
-if last and tonumber(last) == total then return {0, total} end
-return {1, total}
+for _, v in ipairs(redis.call('HVALS', KEYS[4])) do total = total + tonumber(v) end
+local last = redis.call('GET', KEYS[6])
+for i = 4, 6 do redis.call('EXPIRE', KEYS[i], 86400) end
+if last and tonumber(last) == total then return false end
+redis.call('SET', KEYS[6], total, 'EX', 86400)
+msg = (string.gsub(msg, '"viewers":%-1', '"viewers":' .. total))
 """
 
 
@@ -46,7 +51,7 @@ class Presence:
     def __init__(self, gw: Gateway, interval_s: float) -> None:
         self.gw = gw
         self.interval = interval_s
-        self._script = gw.redis.register_script(_PRESENCE_LUA)
+        self._script = gw.publisher.script(_PRESENCE_BEFORE)
         self._reported: set[str] = set()
         self._dirty = asyncio.Event()
 
@@ -62,13 +67,13 @@ class Presence:
         self._reported = rooms
 
     async def _report(self, room: str, count: int) -> None:
-        prefix, tag = self.gw.keys.prefix, "{" + room + "}"
-        keys = [f"{prefix}p:{tag}:n", f"{prefix}p:{tag}:hb", f"{prefix}p:{tag}:last"]
-        changed, total = await self._script(
-            keys=keys, args=[self.gw.node_id, count, time.time(), self.interval * 3])
-        if changed:
-            await self.gw.publisher.publish(room, "looproom.presence",
-                                            {"looproom_id": room.split(":", 1)[1], "viewers": int(total)})
+        k, tag = self.gw.keys, "{" + room + "}"
+        keys = [k.stream(room), k.pubsub(room), k.epoch(room),
+                f"{k.prefix}p:{tag}:n", f"{k.prefix}p:{tag}:hb", f"{k.prefix}p:{tag}:last"]
+        # The total is filled in by the script; -1 marks where.
+        template = encode_message("looproom.presence", {"looproom_id": room.split(":", 1)[1], "viewers": -1})
+        await self._script(keys=keys, args=[self.gw.publisher.history_len, template, self.gw.node_id, count,
+                                            time.time(), self.interval * 3])
 
     async def run(self) -> None:
         while True:

@@ -24,19 +24,31 @@ import msgspec
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+    from redis.commands.core import AsyncScript
 
-# KEYS: stream, pub/sub channel, epoch key. ARGV: maxlen, message.
-_PUBLISH_LUA = """
+# The publish step every publishing script ends with. KEYS[1..3]: the channel's
+# stream, pub/sub channel and epoch key; ARGV[1]: history length; ``msg``: the
+# message (ARGV[2] unless the part before changed it).
+_PUBLISH_STEP = """
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
   local t = redis.call('TIME')
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
   redis.call('SET', KEYS[3], epoch)
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
-redis.call('PUBLISH', KEYS[2], epoch .. ' ' .. id .. ' ' .. ARGV[2])
-return {epoch, id}
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', msg)
+redis.call('{command}', KEYS[2], epoch .. ' ' .. id .. ' ' .. msg)
+return {{epoch, id}}
 """
+
+
+def publishing_script(before: str = "", *, sharded: bool = False) -> str:
+    """Lua that runs ``before`` (which may return early, or rewrite ``msg``) and then
+    publishes, all in one atomic step. Sharded pub/sub (``VYBE_PUBSUB=sharded``,
+    Redis >= 7) uses SPUBLISH, which reaches the shard owning the channel's slot;
+    the keys share the ``{channel}`` hash tag, so the script runs on that one shard."""
+    step = _PUBLISH_STEP.format(command="SPUBLISH" if sharded else "PUBLISH")
+    return f"local msg = ARGV[2]\n{before}\n{step}"
 
 
 class Meta(msgspec.Struct, omit_defaults=True, frozen=True):
@@ -110,11 +122,18 @@ def split_message(message: bytes) -> tuple[Meta, bytes]:
 class Publisher:
     """Write-only side of the bus: processes that hold no sockets use only this."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, history_len: int = 1000) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str, history_len: int = 1000, *,
+                 sharded: bool = False) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self.history_len = history_len
-        self._script = redis.register_script(_PUBLISH_LUA)
+        self.sharded = sharded
+        """SPUBLISH instead of PUBLISH: for gateways on ``VYBE_PUBSUB=sharded`` (SSUBSCRIBE)."""
+        self._script = self.script()
+
+    def script(self, before: str = "") -> AsyncScript:
+        """A registered publishing script (see :func:`publishing_script`) in this bus's mode."""
+        return self.redis.register_script(publishing_script(before, sharded=self.sharded))
 
     async def publish(self, channel: str, event: str, data: object, meta: Meta | None = None) -> str:
         """Append to history and broadcast; returns the offset clients will see."""

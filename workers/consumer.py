@@ -40,7 +40,8 @@ class Worker:
         self.settings, self.pool, self.redis = settings, pool, redis
         self.scorer, self.policy, self.name = scorer, policy, name
         self.keys = Keys(settings.redis_prefix)
-        self.publisher = Publisher(redis, settings.redis_prefix, settings.history_len)
+        self.publisher = Publisher(redis, settings.redis_prefix, settings.history_len,
+                                   sharded=settings.pubsub == "sharded")
         self.scored = 0
 
     async def ensure_group(self) -> None:

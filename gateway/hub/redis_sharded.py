@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -36,7 +37,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from db.settings import SettingsError
-from gateway.hub.redis import RedisBackend
+from gateway.hub.redis import _CONTROL, RedisBackend
 from moderation.bus import Publisher
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class _Link:
         except _REDIS_DOWN as err:
             log.warning("redis sharded pub/sub link %s not up (%s); retrying", self.name, err)
             with contextlib.suppress(*_REDIS_DOWN):
-                await self.pubsub.aclose()
+                await self.pubsub.aclose()  # type: ignore[no-untyped-call]
             self.pubsub = None
         self.task = asyncio.create_task(self._run(), name=f"redis-spubsub-{self.name}")
 
@@ -98,7 +99,7 @@ class _Link:
             self.task = None
         if self.pubsub is not None:
             with contextlib.suppress(*_REDIS_DOWN):
-                await self.pubsub.aclose()
+                await self.pubsub.aclose()  # type: ignore[no-untyped-call]
             self.pubsub = None
         if self.owned:
             with contextlib.suppress(*_REDIS_DOWN):
@@ -147,12 +148,12 @@ class _Link:
     async def _resubscribe(self) -> None:
         if self.pubsub is not None:
             with contextlib.suppress(*_REDIS_DOWN):
-                await self.pubsub.aclose()
+                await self.pubsub.aclose()  # type: ignore[no-untyped-call]
         self.pubsub = self.client.pubsub()
         keys = self.backend.keys
         names = [keys.pubsub(c) for c in self.channels]
         if self.name == self.backend.control_link:
-            names.append(keys.pubsub("_control"))
+            names.append(keys.pubsub(_CONTROL))
         await self.pubsub.ssubscribe(*names)
         # Every confirmation before telling the hub: history read after this point
         # overlaps live delivery, so nothing falls between the two.
@@ -213,7 +214,7 @@ class ShardedRedisBackend(RedisBackend):
                 "VYBE_PUBSUB",
                 f"sharded needs Redis >= 7.0 (SSUBSCRIBE/SPUBLISH); the server at VYBE_REDIS_URL is "
                 f"{'.'.join(map(str, version))}: upgrade Redis or set VYBE_PUBSUB=classic")
-        control = self.keys.pubsub("_control")
+        control = self.keys.pubsub(_CONTROL)
         # A subscription to a private control channel keeps the (first) connection open
         # and proves the round trip (readiness).
         link = self._link_for(control)
@@ -233,12 +234,29 @@ class ShardedRedisBackend(RedisBackend):
         for fut in self._pending.values():
             fut.cancel()
 
+    async def probe(self, timeout: float = 2.0) -> bool:
+        """SPUBLISH a nonce on the control channel and wait to receive it (readiness), and
+        every link is connected."""
+        if not self.healthy:
+            return False
+        nonce = secrets.token_hex(8).encode()
+        fut = self._probes[nonce] = asyncio.get_running_loop().create_future()
+        try:
+            await self.redis.execute_command("SPUBLISH", self.keys.pubsub(_CONTROL), nonce)  # type: ignore[no-untyped-call]
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except (TimeoutError, *_REDIS_DOWN):
+            return False
+        finally:
+            self._probes.pop(nonce, None)
+
     # -- routing -------------------------------------------------------------
 
     def _node_name(self, pubsub_name: str) -> tuple[str, Any]:
         if not self.cluster:
             return _SINGLE, None
-        node = self.redis.get_node_from_key(pubsub_name)
+        cluster: Any = self.redis
+        node = cluster.get_node_from_key(pubsub_name)
         return node.name, node
 
     def _link_for(self, pubsub_name: str) -> _Link:
@@ -248,7 +266,7 @@ class ShardedRedisBackend(RedisBackend):
             if node is None:
                 link = _Link(self, name, self.redis, owned=False)
             else:
-                import redis.asyncio as aioredis  # noqa: PLC0415
+                import redis.asyncio as aioredis
 
                 kwargs = self.redis.connection_kwargs if hasattr(self.redis, "connection_kwargs") else {}
                 client = aioredis.Redis(host=node.host, port=node.port, password=kwargs.get("password"),
@@ -290,6 +308,11 @@ class ShardedRedisBackend(RedisBackend):
         name = _s(msg["channel"])
         if kind == "smessage":
             channel = self.keys.channel_of(name)
+            if channel == _CONTROL:
+                probe = self._probes.get(msg["data"])
+                if probe is not None and not probe.done():
+                    probe.set_result(None)
+                return
             epoch, _, rest = msg["data"].partition(b" ")
             sid, _, message = rest.partition(b" ")
             self.on_message(channel, epoch.decode(), sid.decode(), message)
@@ -314,7 +337,8 @@ class ShardedRedisBackend(RedisBackend):
             while self._link_of.get(channel) is old:
                 try:
                     if self.cluster:
-                        await self.redis.nodes_manager.initialize()
+                        cluster: Any = self.redis
+                        await cluster.nodes_manager.initialize()
                     old.channels.discard(channel)
                     link = self._link_for(name)
                     link.channels.add(channel)

@@ -237,3 +237,6 @@ async def test_looproom_presence_sums_across_nodes(start_gateway, connect) -> No
     await viewers[0].close()
     await viewers[2].wait_for(count_is(2), timeout=5)
     await viewers[1].wait_for(count_is(2), timeout=5)
+    await asyncio.sleep(0.6)  # three more report rounds from both nodes
+    for v in viewers[1:]:  # the last word is the true total: no stale count delivered late
+        assert [e["data"]["viewers"] for e in v.events("looproom.presence")][-1] == 2
