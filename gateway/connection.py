@@ -287,7 +287,7 @@ class Connection:
             timer.cancel()
         self.gw.connections.discard(self)
         self.gw.metrics.connections.dec()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*self.gw.backend.transient_errors):
             await self.gw.leave(self)
         if self._close is None:
             self._close = (1000, "")

@@ -26,6 +26,8 @@ class Backend(ABC):
 
     on_message: OnMessage
     on_reconnect: OnReconnect
+    transient_errors: tuple[type[BaseException], ...] = (OSError,)
+    """What this transport raises while its server is unreachable (callers retry or degrade)."""
 
     @abstractmethod
     async def start(self) -> None:

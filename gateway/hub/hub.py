@@ -203,6 +203,8 @@ class Hub:
         for epoch, stream_id, message in items:
             key = stream_id_key(stream_id)
             if state.epoch is not None and epoch != state.epoch:
+                self._fan(state, events)  # what came before the reset goes out before the notice
+                events = []
                 self._gap(state, "channel history was reset")
             elif state.epoch == epoch and state.last is not None and key <= state.last:
                 continue  # already delivered (recovery overlap)
@@ -211,6 +213,9 @@ class Hub:
             if self.latency is not None and meta.t:
                 self.latency.observe(max(time.time() - meta.t, 0.0))
             events.append((key, meta, _element(state.name, make_offset(epoch, stream_id), body)))
+        self._fan(state, events)
+
+    def _fan(self, state: _Channel, events: list[tuple[Key, Meta, bytes]]) -> None:
         if len(events) == 1 or any(m.o is not None or m.m or m.b is not None for _, m, _ in events):
             for event in events:  # personal, moderator-only or control events: one at a time
                 self._fan_one(state, *event)
@@ -278,8 +283,8 @@ class Hub:
             state.recovering = []
             try:
                 entries = await self.backend.history(name, state.epoch, state.last)
-            except Exception:
-                log.exception("history read failed during recovery of %s", name)
+            except self.backend.transient_errors as err:  # must end in a gap notice, not a loss
+                log.warning("history read failed during recovery of %s: %s", name, err)
                 entries = None
             buffered, state.recovering = state.recovering, None
             if entries is None:

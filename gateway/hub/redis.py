@@ -9,6 +9,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.hub.base import Backend, HistoryEntry
@@ -25,6 +26,8 @@ _CONTROL = "_control"  # a channel of our own: keeps the connection subscribed, 
 
 class RedisBackend(Backend):
     """One pub/sub connection per process; reconnects with capped exponential backoff."""
+
+    transient_errors = (RedisError, OSError)
 
     def __init__(self, redis: aioredis.Redis, prefix: str, history_len: int = 1000) -> None:
         self.redis = redis
