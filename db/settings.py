@@ -66,6 +66,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     send_queue_bytes: int = 1_048_576
     history_len: int = 1_000
     """Events kept per channel for resume (Redis stream MAXLEN, approximate)."""
+    history_ttl_s: int = 172_800
+    """A channel's history (and epoch) expires this long after its last event."""
     heartbeat_s: float = 20.0
     """WebSocket ping interval; a peer that misses a pong for this long is dropped."""
     presence_interval_s: float = 2.0
@@ -114,7 +116,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if not algorithms or any(a.lower() == "none" for a in algorithms):
             raise SettingsError("VYBE_JWT_ALGORITHMS", "must list signing algorithms, and never 'none'")
         for name in ("max_frame_bytes", "rate_burst", "max_subscriptions", "send_queue_bytes",
-                     "history_len", "worker_batch", "write_batch_max", "report_flag_threshold"):
+                     "history_len", "history_ttl_s", "worker_batch", "write_batch_max", "report_flag_threshold"):
             if getattr(self, name) <= 0:
                 raise SettingsError(PREFIX + name.upper(), "must be a positive number")
 

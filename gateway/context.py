@@ -48,7 +48,8 @@ class Gateway:
         self.metrics = Metrics()
         self.verifier = Verifier(settings)
         backend_type = ShardedRedisBackend if settings.pubsub == "sharded" else RedisBackend
-        self.backend = backend_type(redis, settings.redis_prefix, settings.history_len)
+        self.backend = backend_type(redis, settings.redis_prefix, settings.history_len,
+                                    history_ttl_s=settings.history_ttl_s)
         self.publisher: Publisher = self.backend.publisher
         self.hub = Hub(self.backend)
         self.reactions = writes.ReactionWriter(pool, batch_ms=settings.write_batch_ms,

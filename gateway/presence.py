@@ -27,11 +27,11 @@ log = logging.getLogger(__name__)
 # Runs before the publish step (moderation.bus.publishing_script), in the same
 # atomic script, so the event that goes out always carries the total just computed
 # (two nodes publishing separately could otherwise deliver an older total last).
-# KEYS[4..6]: counts hash, heartbeat zset, last total. ARGV[3..6]: node, count, now, ttl.
+# KEYS[4..6]: counts hash, heartbeat zset, last total. ARGV[4..7]: node, count, now, ttl.
 _PRESENCE_BEFORE = """
-redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
-redis.call('ZADD', KEYS[5], tonumber(ARGV[5]) + tonumber(ARGV[6]), ARGV[3])
-for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[5])) do
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[5], tonumber(ARGV[6]) + tonumber(ARGV[7]), ARGV[4])
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[6])) do
   redis.call('HDEL', KEYS[4], n)
   redis.call('ZREM', KEYS[5], n)
 end
@@ -72,7 +72,8 @@ class Presence:
                 f"{k.prefix}p:{tag}:n", f"{k.prefix}p:{tag}:hb", f"{k.prefix}p:{tag}:last"]
         # The total is filled in by the script; -1 marks where.
         template = encode_message("looproom.presence", {"looproom_id": room.split(":", 1)[1], "viewers": -1})
-        await self._script(keys=keys, args=[self.gw.publisher.history_len, template, self.gw.node_id, count,
+        pub = self.gw.publisher
+        await self._script(keys=keys, args=[pub.history_len, template, pub.history_ttl_s, self.gw.node_id, count,
                                             time.time(), self.interval * 3])
 
     async def run(self) -> None:

@@ -27,8 +27,10 @@ if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
 # The publish step every publishing script ends with. KEYS[1..3]: the channel's
-# stream, pub/sub channel and epoch key; ARGV[1]: history length; ``msg``: the
-# message (ARGV[2] unless the part before changed it).
+# stream, pub/sub channel and epoch key; ARGV[1]: history length; ARGV[3]: seconds
+# the history outlives the channel's last event (stream and epoch expire together,
+# so a resume past it is told recovered:false); ``msg``: the message (ARGV[2]
+# unless the part before changed it).
 _PUBLISH_STEP = """
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
@@ -37,6 +39,8 @@ if not epoch then
   redis.call('SET', KEYS[3], epoch)
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', msg)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
 redis.call('{command}', KEYS[2], epoch .. ' ' .. id .. ' ' .. msg)
 return {{epoch, id}}
 """
@@ -123,10 +127,11 @@ class Publisher:
     """Write-only side of the bus: processes that hold no sockets use only this."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str, history_len: int = 1000, *,
-                 sharded: bool = False) -> None:
+                 sharded: bool = False, history_ttl_s: int = 172_800) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self.history_len = history_len
+        self.history_ttl_s = history_ttl_s
         self.sharded = sharded
         """SPUBLISH instead of PUBLISH: for gateways on ``VYBE_PUBSUB=sharded`` (SSUBSCRIBE)."""
         self._script = self.script()
@@ -140,7 +145,7 @@ class Publisher:
         message = encode_message(event, data, meta)
         k = self.keys
         epoch, sid = await self._script(
-            keys=[k.stream(channel), k.pubsub(channel), k.epoch(channel)], args=[self.history_len, message]
+            keys=[k.stream(channel), k.pubsub(channel), k.epoch(channel)], args=[self.history_len, message, self.history_ttl_s]
         )
         return make_offset(_text(epoch), _text(sid))
 

@@ -41,7 +41,7 @@ class Worker:
         self.scorer, self.policy, self.name = scorer, policy, name
         self.keys = Keys(settings.redis_prefix)
         self.publisher = Publisher(redis, settings.redis_prefix, settings.history_len,
-                                   sharded=settings.pubsub == "sharded")
+                                   sharded=settings.pubsub == "sharded", history_ttl_s=settings.history_ttl_s)
         self.scored = 0
 
     async def ensure_group(self) -> None:

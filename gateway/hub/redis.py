@@ -30,10 +30,11 @@ class RedisBackend(Backend):
 
     transient_errors = (RedisError, OSError)
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, history_len: int = 1000) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str, history_len: int = 1000, *,
+                 history_ttl_s: int = 172_800) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
-        self.publisher = Publisher(redis, prefix, history_len)
+        self.publisher = Publisher(redis, prefix, history_len, history_ttl_s=history_ttl_s)
         self.history_len = history_len
         self.reconnects = 0
         self._channels: set[str] = set()

@@ -162,11 +162,11 @@ class ShardedRedisBackend(RedisBackend):
     ``redis.asyncio.cluster.RedisCluster`` (a Redis Cluster).
     """
 
-    def __init__(self, redis: Any, prefix: str, history_len: int = 1000) -> None:
+    def __init__(self, redis: Any, prefix: str, history_len: int = 1000, *, history_ttl_s: int = 172_800) -> None:
         # The classic backend's history reads (same streams, same checks) are inherited;
         # its pub/sub state stays unused.
-        super().__init__(redis, prefix, history_len)
-        self.publisher = Publisher(redis, prefix, history_len, sharded=True)
+        super().__init__(redis, prefix, history_len, history_ttl_s=history_ttl_s)
+        self.publisher = Publisher(redis, prefix, history_len, sharded=True, history_ttl_s=history_ttl_s)
         self.cluster = _is_cluster(redis)
         self.control_link = _SINGLE
         self._links: dict[str, _Link] = {}

@@ -240,3 +240,17 @@ async def test_looproom_presence_sums_across_nodes(start_gateway, connect) -> No
     await asyncio.sleep(0.6)  # three more report rounds from both nodes
     for v in viewers[1:]:  # the last word is the true total: no stale count delivered late
         assert [e["data"]["viewers"] for e in v.events("looproom.presence")][-1] == 2
+
+
+async def test_idle_channel_history_expires(start_gateway, connect) -> None:
+    """A channel's history and epoch expire together after its last event; resuming then says recovered=false."""
+    live = await start_gateway(history_ttl_s=1)
+    pub = live.gateway.publisher
+    offset = await pub.publish("feed", "test.seq", {"n": 0})
+    keys = live.gateway.keys
+    assert 0 < await live.gateway.redis.ttl(keys.stream("feed")) <= 1
+    assert 0 < await live.gateway.redis.ttl(keys.epoch("feed")) <= 1
+    await asyncio.sleep(1.5)
+    assert not await live.gateway.redis.exists(keys.stream("feed"), keys.epoch("feed"))
+    c = await connect(live, live.token("returning"))
+    assert (await c.ok("subscribe", channel="feed", since=offset))["recovered"] is False
