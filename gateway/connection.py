@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.auth import AuthError, Identity
@@ -64,6 +65,10 @@ class Connection:
 
     # Consecutive refusals after which a flooding client is disconnected.
     FLOOD_LIMIT = 50
+    # Tens of thousands of these live for hours: slots instead of a __dict__ (~1 KB each).
+    __slots__ = ("_bucket", "_close", "_queue", "_queued", "_raw", "_reader", "_receive", "_refusals", "_send",
+                 "_sending", "_timer", "_writer", "blocked", "channels", "gw", "identity", "is_moderator",
+                 "resuming", "user_id")
 
     def __init__(self, gw: Gateway, send: Any, receive: Any, raw: RawWebSocketProtocol | None = None) -> None:
         self.gw = gw
@@ -80,7 +85,7 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._close: tuple[int, str] | None = None
         self._reader: asyncio.Task[Any] | None = None
-        self._timers: list[asyncio.TimerHandle] = []
+        self._timer: asyncio.TimerHandle | None = None  # the one pending deadline (auth, warning or expiry)
         self._bucket = TokenBucket(gw.settings.rate_per_s, gw.settings.rate_burst)
         self._refusals = 0
 
@@ -175,8 +180,7 @@ class Connection:
                 self.close(CloseCode.AUTH_INVALID, "invalid token")
                 return
         else:
-            loop = asyncio.get_running_loop()
-            self._timers.append(loop.call_later(self.gw.settings.auth_timeout_s, self._auth_deadline))
+            self._set_timer(self.gw.settings.auth_timeout_s, self._auth_deadline)
         while self._close is None:
             message = await self._receive()
             kind = message["type"]
@@ -257,9 +261,7 @@ class Connection:
         first = self.identity is None
         self.identity = identity
         self.user_id, self.is_moderator = identity.user_id, identity.is_moderator
-        for timer in self._timers:
-            timer.cancel()
-        self._schedule_expiry(identity.expires_at)
+        self._schedule_expiry()
         if first:
             self.blocked = frozenset(await self.gw.on_first_auth(identity))
             # Personal channel: notifications and block-list changes from other nodes.
@@ -267,24 +269,35 @@ class Connection:
             self.channels.add(f"user:{identity.user_id}")
         return identity
 
-    def _schedule_expiry(self, expires_at: float) -> None:
-        loop = asyncio.get_running_loop()
-        left = expires_at + self.gw.settings.jwt_leeway_s - time.time()
+    def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(max(delay, 0.0), callback)
+
+    def _left(self) -> float:
+        expires_at = self.identity.expires_at if self.identity else time.time()
+        return expires_at + self.gw.settings.jwt_leeway_s - time.time()
+
+    def _schedule_expiry(self) -> None:
+        """Warn ``token_warn_s`` before expiry, then close at expiry (one timer at a time)."""
+        left = self._left()
         warn_in = left - self.gw.settings.token_warn_s
         if warn_in > 0:
-            self._timers.append(loop.call_later(warn_in, self._warn_expiry))
-        self._timers.append(loop.call_later(max(left, 0), self._expired))
+            self._set_timer(warn_in, self._warn_expiry)
+        else:
+            self._set_timer(left, self._expired)
 
     def _warn_expiry(self) -> None:
         self.reply(Notice("token_expiring", "token expires soon: send `auth` with a fresh token",
                           {"expires_at": self.identity.expires_at if self.identity else None}))
+        self._set_timer(self._left(), self._expired)
 
     def _expired(self) -> None:
         self.close(CloseCode.TOKEN_EXPIRED, "token expired")
 
     async def _teardown(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         self.gw.connections.discard(self)
         self.gw.metrics.connections.dec()
         with contextlib.suppress(*self.gw.backend.transient_errors):
