@@ -15,39 +15,23 @@ delivered event.
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import time
 from array import array
 from collections.abc import Callable
 
+# The client side of the handshake and frames lives in the installed package (vybe
+# loadtest sends the same); this module keeps only the counting client below.
+from gateway.loadtest.wsclient import client_frame, handshake
+
+__all__ = ["Client", "Generator", "Stats", "Window", "client_frame", "percentiles"]
+
 _TS = b'"ts":'
-_HANDSHAKE = (
-    "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
-
-
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A masked client frame (RFC 6455 requires masking client to server)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    key = os.urandom(4)
-    # XOR through int arithmetic: fine for the few short frames a client sends.
-    k = int.from_bytes((key * (n // 4 + 1))[:n], "big") if n else 0
-    masked = (int.from_bytes(payload, "big") ^ k).to_bytes(n, "big") if n else b""
-    return head + key + masked
 
 
 class Window:
     """Deliveries observed since ``start`` (events published before it are ignored)."""
 
-    __slots__ = ("start", "count", "lat", "last")
+    __slots__ = ("count", "last", "lat", "start")
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -77,7 +61,7 @@ class Client(asyncio.Protocol):
     server acknowledged the last of them (an ack with id ``ready_id``), or at once after the
     handshake when there are none."""
 
-    __slots__ = ("stats", "request", "init", "ready_id", "ready", "transport", "open", "buf", "alive")
+    __slots__ = ("alive", "buf", "init", "open", "ready", "ready_id", "request", "stats", "transport")
 
     def __init__(self, stats: Stats, request: bytes, init: list[bytes], ready_id: bytes | None,
                  ready: asyncio.Future[None]) -> None:
@@ -211,8 +195,7 @@ class Generator:
         t0 = time.monotonic()
 
         async def one(i: int) -> None:
-            key = base64.b64encode(os.urandom(16)).decode()
-            request = _HANDSHAKE.format(path=self.path, host=self.host, port=self.port, key=key).encode()
+            request = handshake(self.host, self.port, self.path)
             init = init_for(i) if init_for else []
             async with sem:
                 for attempt in range(3):
@@ -223,7 +206,7 @@ class Generator:
                         await asyncio.wait_for(loop.create_connection(
                             lambda c=client: c, self.host, self.port, local_addr=(src, 0)), timeout)
                         await asyncio.wait_for(fut, timeout)
-                    except (OSError, asyncio.TimeoutError, ConnectionError) as err:
+                    except (TimeoutError, OSError, ConnectionError) as err:
                         client.abort()
                         if attempt == 2:
                             self.connect_failures.append(f"{type(err).__name__}: {err}"[:200])

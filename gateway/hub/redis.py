@@ -142,20 +142,27 @@ class RedisBackend(Backend):
         kind = msg["type"]
         name = _s(msg["channel"])
         if kind == "message" or kind == b"message":
-            channel = self.keys.channel_of(name)
-            if channel == _CONTROL:
-                probe = self._probes.get(msg["data"])
-                if probe is not None and not probe.done():
-                    probe.set_result(None)
-                return
-            epoch, _, rest = msg["data"].partition(b" ")
-            sid, _, message = rest.partition(b" ")
-            self.on_message(channel, epoch.decode(), sid.decode(), message)
+            self._incoming(name, msg["data"])
         elif kind in ("subscribe", b"subscribe"):
-            # Confirmed: forget the future (one per channel would otherwise stay forever).
-            fut = self._pending.pop(self.keys.channel_of(name), None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+            self._confirmed(name)
+
+    def _incoming(self, name: str, data: bytes) -> None:
+        """One pub/sub message (classic or sharded): a readiness probe, or an event."""
+        channel = self.keys.channel_of(name)
+        if channel == _CONTROL:
+            probe = self._probes.get(data)
+            if probe is not None and not probe.done():
+                probe.set_result(None)
+            return
+        epoch, _, rest = data.partition(b" ")
+        sid, _, message = rest.partition(b" ")
+        self.on_message(channel, epoch.decode(), sid.decode(), message)
+
+    def _confirmed(self, name: str) -> None:
+        # Subscription confirmed: forget the future (one per channel would otherwise stay forever).
+        fut = self._pending.pop(self.keys.channel_of(name), None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     async def _resubscribe(self) -> None:
         if self._pubsub is not None:

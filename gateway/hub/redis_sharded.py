@@ -291,19 +291,9 @@ class ShardedRedisBackend(RedisBackend):
         kind = _s(msg["type"])
         name = _s(msg["channel"])
         if kind == "smessage":
-            channel = self.keys.channel_of(name)
-            if channel == _CONTROL:
-                probe = self._probes.get(msg["data"])
-                if probe is not None and not probe.done():
-                    probe.set_result(None)
-                return
-            epoch, _, rest = msg["data"].partition(b" ")
-            sid, _, message = rest.partition(b" ")
-            self.on_message(channel, epoch.decode(), sid.decode(), message)
+            self._incoming(name, msg["data"])
         elif kind == "ssubscribe":
-            fut = self._pending.pop(self.keys.channel_of(name), None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+            self._confirmed(name)
         elif kind == "sunsubscribe":
             channel = self.keys.channel_of(name)
             if channel in link.channels and self._link_of.get(channel) is link and channel not in self._moving:
