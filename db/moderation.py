@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 import msgspec
 
+from db.writes._tx import in_transaction
 from db.writes.errors import Conflict, Forbidden, NotFound, WriteError
+
+if TYPE_CHECKING:
+    from typing import LiteralString
+
+    from db.outbox import Announcement
 
 SYSTEM_REPORTER = "system:moderation"
 Kind = Literal["shared_vybe", "comment"]
@@ -135,23 +141,26 @@ async def open_case(conn: asyncpg.Connection, target_type: str, target_id: str, 
     )
 
 
-async def on_user_report(pool: asyncpg.Pool, target_type: str, target_id: str, threshold: int) -> uuid.UUID | None:
-    """After a user report: flag the target once ``threshold`` distinct people reported it."""
-    async with pool.acquire() as conn, conn.transaction():
-        reporters = await conn.fetchval(
-            "SELECT count(*) FROM reports WHERE reported_type = $1 AND reported_id = $2 AND reporter_id <> $3",
-            target_type, target_id, SYSTEM_REPORTER)
-        if reporters < threshold:
-            existing = await conn.fetchval(
-                "SELECT id FROM moderation_cases WHERE target_type = $1 AND target_id = $2 AND state = 'open'",
-                target_type, target_id)
-            return existing  # type: ignore[no-any-return]
-        case_id = await open_case(conn, target_type, target_id, [f"reports>={threshold} ({reporters})"], None)
-        if target_type in _TABLE:
-            await conn.execute(
-                f"UPDATE {_TABLE[target_type]} SET moderation_state = 'flagged', updated_at = now() "
-                "WHERE id = $1::uuid AND moderation_state IN ('pending', 'approved')", target_id)
-        return case_id
+async def on_user_report(conn: asyncpg.Connection, target_type: str, target_id: str,
+                         threshold: int) -> uuid.UUID | None:
+    """In the report's transaction (the target already locked, so reports, scoring and
+    moderator actions take the target before the case: one lock order): flag the
+    target once ``threshold`` distinct people reported it. A report on a target whose
+    case is open changes that case (its reporters), so it bumps the case's version.
+    Returns the case to announce, if any."""
+    reporters = await conn.fetchval(
+        "SELECT count(*) FROM reports WHERE reported_type = $1 AND reported_id = $2 AND reporter_id <> $3",
+        target_type, target_id, SYSTEM_REPORTER)
+    if reporters < threshold:
+        return await conn.fetchval(  # type: ignore[no-any-return]
+            """UPDATE moderation_cases SET version = version + 1, updated_at = now()
+                WHERE target_type = $1 AND target_id = $2 AND state = 'open' RETURNING id""",
+            target_type, target_id)
+    if target_type in _TABLE:
+        await conn.execute(
+            f"UPDATE {_TABLE[target_type]} SET moderation_state = 'flagged', updated_at = now() "
+            "WHERE id = $1::uuid AND moderation_state IN ('pending', 'approved')", target_id)
+    return await open_case(conn, target_type, target_id, [f"reports>={threshold} ({reporters})"], None)
 
 
 _CASE = """
@@ -199,11 +208,24 @@ async def open_queue(pool: asyncpg.Pool, limit: int = 100) -> list[CaseView]:
     return await case_views(pool, [r["id"] for r in ids])
 
 
+_TARGET_OF: LiteralString = "SELECT target_type, target_id FROM moderation_cases WHERE id = $1"
+_LOCK_TARGET: dict[str, LiteralString] = {
+    "shared_vybe": "SELECT 1 FROM shared_vybes WHERE id = $1::uuid FOR NO KEY UPDATE",
+    "comment": "SELECT 1 FROM comments WHERE id = $1::uuid FOR NO KEY UPDATE",
+    "user": "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE",
+}
+
+
 async def _locked_case(conn: asyncpg.Connection, case_id: str, version: int, moderator: str) -> asyncpg.Record:
+    """The case row, locked after its target (the one lock order: target, then case)."""
     try:
         cid = uuid.UUID(case_id)
     except ValueError as err:
         raise NotFound("no such case") from err
+    target = await conn.fetchrow(_TARGET_OF, cid)
+    if target is None:
+        raise NotFound("no such case")
+    await conn.execute(_LOCK_TARGET[target["target_type"]], target["target_id"])
     row = await conn.fetchrow("SELECT * FROM moderation_cases WHERE id = $1 FOR UPDATE", cid)
     if row is None:
         raise NotFound("no such case")
@@ -216,9 +238,10 @@ async def _locked_case(conn: asyncpg.Connection, case_id: str, version: int, mod
 
 
 async def claim(pool: asyncpg.Pool, case_id: str, version: int, moderator: str, lease_s: float,
-                release: bool = False) -> CaseView:
+                release: bool = False, announce: Announcement | None = None) -> CaseView:
     """Claim a case for ``lease_s`` seconds (or release it); a stale claim simply expires."""
-    async with pool.acquire() as conn, conn.transaction():
+
+    async def body(conn: asyncpg.Connection) -> CaseView:
         row = await _locked_case(conn, case_id, version, moderator)
         if row["state"] != "open":
             raise Conflict("case is resolved")
@@ -230,25 +253,40 @@ async def claim(pool: asyncpg.Pool, case_id: str, version: int, moderator: str, 
         await _audit(conn, moderator, "release" if release else "claim", row, None)
         return (await case_views(conn, [row["id"]]))[0]
 
+    return await in_transaction(pool, body, announce)
+
 
 _STATE_AFTER = {"remove": "removed", "hide": "hidden", "restore": "approved", "dismiss": "approved"}
 _REPORT_STATUS = {"remove": "RESOLVED", "hide": "RESOLVED", "restore": "DISMISSED", "dismiss": "DISMISSED"}
 
 
+class Resolved(msgspec.Struct, frozen=True):
+    case: CaseView
+    reporters: list[str]
+    """Who reported it (people, not the model): each is told the outcome."""
+    looproom_id: str | None
+    """The vybe's looproom (for a vybe target), whose channel hears of its new visibility."""
+
+
 async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, note: str | None,
-                  moderator: str) -> tuple[CaseView, list[str]]:
-    """Apply a resolution; returns the case and the reporters to tell."""
+                  moderator: str, announce: Announcement | None = None) -> Resolved:
+    """Apply a resolution; returns the case, the reporters to tell and the vybe's looproom."""
     if action not in _STATE_AFTER:
         raise WriteError(f"unknown action {action!r}", "invalid")
-    async with pool.acquire() as conn, conn.transaction():
+
+    async def body(conn: asyncpg.Connection) -> Resolved:
         row = await _locked_case(conn, case_id, version, moderator)
         kind = row["target_type"]
         if kind == "user" and action in ("hide", "remove"):
             raise Forbidden("users are not hidden from the feed here; dismiss, or act on their content")
+        looproom = None
         if kind in _TABLE:
             await conn.execute(
                 f"UPDATE {_TABLE[kind]} SET moderation_state = $2, moderated_at = now(), moderator_note = $3, "
                 "updated_at = now() WHERE id = $1::uuid", row["target_id"], _STATE_AFTER[action], note)
+        if kind == "shared_vybe":
+            looproom = await conn.fetchval(
+                "SELECT looproom_id::text FROM shared_vybes WHERE id = $1::uuid", row["target_id"])
         reporters = await conn.fetch(
             """UPDATE reports SET status = $3, reviewed_by = $4, reviewed_at = now(), resolution = $5,
                       action_taken = $6, updated_at = now()
@@ -260,7 +298,10 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
                 WHERE id = $1""", row["id"], action, moderator, note)
         await _audit(conn, moderator, action, row, note)
         view = (await case_views(conn, [row["id"]]))[0]
-    return view, [r["reporter_id"] for r in reporters if r["reporter_id"] != SYSTEM_REPORTER]
+        people = [r["reporter_id"] for r in reporters if r["reporter_id"] != SYSTEM_REPORTER]
+        return Resolved(view, people, looproom)
+
+    return await in_transaction(pool, body, announce)
 
 
 async def _audit(conn: asyncpg.Connection, actor: str, action: str, case: asyncpg.Record, note: str | None) -> None:

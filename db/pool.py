@@ -10,6 +10,21 @@ import asyncpg
 if TYPE_CHECKING:
     from db.settings import Settings
 
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable
+    TimeoutError,  # connect or acquire timed out
+    asyncpg.PostgresConnectionError,  # 08xxx: the connection failed or was lost
+    asyncpg.InterfaceError,  # "connection is closed", "pool is closing"
+    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.AdminShutdownError,  # 57P01: terminated by a restart
+    asyncpg.CrashShutdownError,  # 57P02
+    asyncpg.InternalClientError,  # a connection left in a broken state by the failure above
+)
+"""What asyncpg raises while PostgreSQL is down or restarting: the caller answers
+``unavailable`` (with ``retry_after``) and retries later; nothing was committed,
+except when the connection broke during COMMIT itself, which idempotency keys
+make safe to retry."""
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in and out as Python objects (scores, audit details, idempotent results).
@@ -24,6 +39,8 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
         # Statements are prepared per connection; keep the cache but let
         # PgBouncer-style poolers work by naming nothing globally.
         max_inactive_connection_lifetime=300,
+        # Fail fast while PostgreSQL is down: the caller answers `unavailable`.
+        timeout=5,
     )
     assert pool is not None  # create_pool returns None only when not awaited
     return pool

@@ -88,10 +88,10 @@ def healthz() -> dict[str, str]:
 
 @get("/readyz", tags=["operations"])
 async def readyz(state: State) -> Response[dict[str, Any]]:
-    """Readiness: PostgreSQL and Redis answer, and pub/sub is connected."""
+    """Readiness: PostgreSQL and Redis answer, pub/sub delivers, and every background loop runs."""
     gw: Gateway = state.gateway
     checks = await gw.ready()
-    ready = all(checks.values()) and not gw.draining
+    ready = all(all(v.values()) if isinstance(v, dict) else v for v in checks.values()) and not gw.draining
     return Response({"ready": ready, "draining": gw.draining, **checks}, status_code=200 if ready else 503)
 
 

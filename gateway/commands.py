@@ -15,10 +15,14 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import msgspec
 
 from db import writes
+from db.outbox import Announcement
+from db.pool import UNREACHABLE
 from gateway import protocol as p
+from gateway.hub import Unavailable
 from gateway.protocol import ErrorCode
-from moderation.bus import Meta
-from moderation.events import LIVE_PRIVACY, content_view, publish_vybe_created
+from moderation import events
+from moderation.bus import job
+from moderation.events import LIVE_PRIVACY
 
 if TYPE_CHECKING:
     from gateway.connection import Connection
@@ -84,8 +88,17 @@ async def handle(conn: Caller, cmd: Any) -> Result:
             case p.Claim() | p.Resolve():
                 return await _moderate(conn, cmd)
     except writes.WriteError as err:
-        raise CommandError(err.code, err.message) from err
+        raise CommandError(err.code, err.message, err.retry_after) from err
+    except UNREACHABLE as err:
+        raise unavailable("PostgreSQL") from err
+    except Unavailable as err:
+        raise CommandError(ErrorCode.UNAVAILABLE, str(err), err.retry_after) from err
     raise CommandError(ErrorCode.UNKNOWN_TYPE, f"{type(cmd).__name__} is not handled")
+
+
+def unavailable(what: str, retry_after: float = 1.0) -> CommandError:
+    """The typed answer while a backend is down: nothing was stored; retry after ``retry_after`` s."""
+    return CommandError(ErrorCode.UNAVAILABLE, f"{what} is unreachable; nothing was stored, retry", retry_after)
 
 
 # -- channels -----------------------------------------------------------------
@@ -143,83 +156,59 @@ async def _unsubscribe(conn: Connection, cmd: p.Unsubscribe) -> Result:
 
 
 # -- writes -------------------------------------------------------------------
+# Each write stores its events in the outbox in its own transaction; after COMMIT
+# they are handed to the relay's fast path (``gw.announce``), which publishes them
+# within a loop turn, or the relay's loop does later. The ack never waits on Redis.
 
 async def _post_vybe(conn: Caller, cmd: p.PostVybe) -> Result:
     gw = conn.gw
+    premoderation = gw.settings.premoderation
+    announce = Announcement.of(lambda v: [job("vybe", v.id), *([] if premoderation else events.vybe_created(v))])
     vybe = await writes.post_vybe(
         gw.pool, conn.user_id, content=cmd.content, type=cmd.vybe_type, privacy_level=cmd.privacy_level,
         is_anonymous=cmd.is_anonymous, looproom_id=cmd.looproom_id, loopchain_id=cmd.loopchain_id,
-        request_id=cmd.id or None, max_chars=gw.settings.max_vybe_chars,
+        request_id=cmd.id or None, max_chars=gw.settings.max_vybe_chars, announce=announce,
     )
-    if not vybe.replayed:  # a retry of a committed write: announced (or swept) the first time
-        await gw.enqueue_moderation("vybe", str(vybe.id))
-        if not gw.settings.premoderation:
-            await publish_vybe_created(gw.publisher, vybe)
+    gw.announce(announce)
     return Result(ack_view(vybe))
 
 
 async def _comment(conn: Caller, cmd: p.CommentCmd) -> Result:
     gw = conn.gw
+    announce = Announcement.of(lambda c: [job("comment", c.id), *events.comment_created(c)])
     comment = await writes.comment(
         gw.pool, conn.user_id, vybe_id=cmd.vybe_id, content=cmd.content, parent_id=cmd.parent_id,
         is_anonymous=cmd.is_anonymous, request_id=cmd.id or None, max_chars=gw.settings.max_comment_chars,
+        announce=announce,
     )
-    if not comment.replayed:
-        await gw.enqueue_moderation("comment", str(comment.id))
-        view = content_view(comment)
-        await gw.publisher.publish(f"vybe:{cmd.vybe_id}", "comment.created", view, Meta(a=conn.user_id))
-        author = comment.vybe_author_id
-        if author and author != conn.user_id:
-            await gw.publisher.publish(f"user:{author}", "comment.created", view, Meta(a=conn.user_id, o=author))
+    gw.announce(announce)
     return Result(ack_view(comment))
 
 
-def _reaction_channel(result: Any) -> str | None:
-    if result.target_type == "SHARED_VYBE":
-        return f"vybe:{result.target_id}"
-    if result.target_type == "LOOPROOM":
-        return f"looproom:{result.target_id}"
-    vybe_id = getattr(result, "vybe_id", None)
-    return f"vybe:{vybe_id}" if vybe_id else None
-
-
 async def _react(conn: Caller, cmd: p.React | p.Unreact) -> Result:
-    gw = conn.gw
-    op = gw.reactions.react if isinstance(cmd, p.React) else gw.reactions.unreact
-    # Reactions are idempotent by key (user, target, type): a retry is a no-op, no request id needed.
+    # Reactions are idempotent by key (user, target, type): a retry is a no-op, no request id
+    # needed. The group-committing writer stores their events in each batch's transaction.
+    op = conn.gw.reactions.react if isinstance(cmd, p.React) else conn.gw.reactions.unreact
     result = await op(conn.user_id, target_type=cmd.target_type, target_id=cmd.target_id, reaction_type=cmd.reaction)
-    if result.applied:
-        event = "reaction.added" if isinstance(cmd, p.React) else "reaction.removed"
-        data = {"target_type": result.target_type, "target_id": str(result.target_id), "reaction": cmd.reaction,
-                "user_id": conn.user_id, "reaction_count": result.reaction_count}
-        channel = _reaction_channel(result)
-        if channel:
-            await gw.publisher.publish(channel, event, data, Meta(a=conn.user_id))
-        author = result.target_author_id
-        if event == "reaction.added" and author and author != conn.user_id:
-            await gw.publisher.publish(f"user:{author}", event, data, Meta(a=conn.user_id, o=author))
     return Result(ack_view(result))
 
 
 async def _share(conn: Caller, cmd: p.Share) -> Result:
     gw = conn.gw
-    result = await writes.share(gw.pool, conn.user_id, cmd.vybe_id, request_id=cmd.id or None)
-    if not result.replayed:
-        await gw.publisher.publish(
-            f"vybe:{cmd.vybe_id}", "vybe.shared",
-            {"vybe_id": cmd.vybe_id, "share_count": result.share_count, "user_id": conn.user_id},
-            Meta(a=conn.user_id))
+    announce = Announcement.of(lambda r: events.vybe_shared(r, conn.user_id))
+    result = await writes.share(gw.pool, conn.user_id, cmd.vybe_id, request_id=cmd.id or None, announce=announce)
+    gw.announce(announce)
     return Result(ack_view(result))
 
 
 async def _report(conn: Caller, cmd: p.ReportCmd) -> Result:
     gw = conn.gw
+    announce = Announcement(gw.desk.report_events)
     result = await writes.report(
         gw.pool, conn.user_id, target_type=cmd.target_type, target_id=cmd.target_id,
-        report_type=cmd.report_type, description=cmd.description, request_id=cmd.id or None,
+        report_type=cmd.report_type, description=cmd.description, request_id=cmd.id or None, announce=announce,
     )
-    if not result.replayed:
-        await gw.desk.on_report(result)
+    gw.announce(announce)
     return Result(ack_view(result))
 
 
@@ -228,11 +217,11 @@ async def _block(conn: Caller, cmd: p.Block | p.Unblock) -> Result:
     if cmd.user_id == conn.user_id:
         raise CommandError(ErrorCode.INVALID, "you cannot block yourself")
     op = writes.block if isinstance(cmd, p.Block) else writes.unblock
-    blocked = await op(gw.pool, conn.user_id, cmd.user_id)
-    conn.blocked = frozenset(blocked)
     # Other sockets of this user, on any node, pick the new list up from this event.
-    await gw.publisher.publish(f"user:{conn.user_id}", "blocks.changed", {"blocked": blocked},
-                               Meta(o=conn.user_id, b=list(blocked)))
+    announce = Announcement.of(lambda blocked: events.blocks_changed(conn.user_id, blocked))
+    blocked = await op(gw.pool, conn.user_id, cmd.user_id, announce)
+    gw.announce(announce)
+    conn.blocked = frozenset(blocked)
     return Result({"blocked": blocked})
 
 

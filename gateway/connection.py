@@ -17,7 +17,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.auth import AuthError, Identity
-from gateway.commands import CommandError, handle
+from db.pool import UNREACHABLE
+from gateway.commands import CommandError, handle, unavailable
+from gateway.hub import Unavailable
 from gateway.protocol import (
     Ack,
     Auth,
@@ -77,7 +79,7 @@ class Connection:
         self.user_id = ""
         self.is_moderator = False
         self.blocked: frozenset[str] = frozenset()
-        self.resuming: dict[str, list[tuple[tuple[int, int], bytes]]] = {}
+        self.resuming: dict[str, list[tuple[tuple[int, int], bytes]] | tuple[int, int]] = {}
         self.channels: set[str] = set()
         self._queue: list[bytes] = []
         self._queued = 0
@@ -179,6 +181,10 @@ class Connection:
                 self.reply(Error(None, err.code, str(err)))
                 self.close(CloseCode.AUTH_INVALID, "invalid token")
                 return
+            except CommandError as err:  # a backend is down: try again later (1013)
+                self.reply(Error(None, err.code, err.message, err.retry_after))
+                self.close(CloseCode.TRY_AGAIN, "backend unavailable; retry")
+                return
         else:
             self._set_timer(self.gw.settings.auth_timeout_s, self._auth_deadline)
         while self._close is None:
@@ -236,6 +242,11 @@ class Connection:
         except CommandError as err:
             self.reply(Error(cmd.id, err.code, err.message, err.retry_after))
             return
+        except Exception:  # noqa: BLE001 - a bug in one command must not drop the socket unanswered
+            log.exception("command %s failed", type(cmd).__name__)
+            self.reply(Error(cmd.id, ErrorCode.INTERNAL, "internal error; the command may not have been applied",
+                             1.0))
+            return
         if result is not None:
             self.reply(Ack(cmd.id, result.ack))
             for element in result.after:
@@ -251,22 +262,34 @@ class Connection:
             if self.identity is None:
                 self.close(CloseCode.AUTH_INVALID, "invalid token")
             return
+        except CommandError as err:  # a backend is down: the socket stays, the client retries `auth`
+            self.reply(Error(cmd.id, err.code, err.message, err.retry_after))
+            return
         self.reply(Ack(cmd.id, {"user_id": identity.user_id, "role": identity.role,
                                 "expires_at": identity.expires_at}))
 
     async def _authenticate(self, token: str, cid: str | None) -> Identity:
+        """Verify; on the first success, load the user and join their personal channel.
+        Raises :class:`AuthError`, or :class:`CommandError` (``unavailable``) while
+        PostgreSQL or Redis is down, leaving the socket unauthenticated."""
         identity = self.gw.verifier.verify(token)
         if self.identity is not None and identity.user_id != self.identity.user_id:
             raise AuthError("a refreshed token must be for the same user")
-        first = self.identity is None
+        if self.identity is None:
+            channel = f"user:{identity.user_id}"
+            try:
+                blocked = frozenset(await self.gw.on_first_auth(identity))
+                self.user_id, self.is_moderator, self.blocked = identity.user_id, identity.is_moderator, blocked
+                # Personal channel: notifications and block-list changes from other nodes.
+                await self.gw.hub.subscribe(self, channel)
+            except UNREACHABLE as err:
+                raise unavailable("PostgreSQL") from err
+            except Unavailable as err:
+                raise CommandError(ErrorCode.UNAVAILABLE, str(err), err.retry_after) from err
+            self.channels.add(channel)
         self.identity = identity
         self.user_id, self.is_moderator = identity.user_id, identity.is_moderator
         self._schedule_expiry()
-        if first:
-            self.blocked = frozenset(await self.gw.on_first_auth(identity))
-            # Personal channel: notifications and block-list changes from other nodes.
-            await self.gw.hub.subscribe(self, f"user:{identity.user_id}")
-            self.channels.add(f"user:{identity.user_id}")
         return identity
 
     def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:

@@ -13,14 +13,15 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from db import writes
-from db.pool import create_pool
+from common.tasks import Supervisor
+from db import outbox, writes
+from db.pool import UNREACHABLE, create_pool
 from gateway.auth import Identity, Verifier
 from gateway.hub import Hub
 from gateway.hub.redis import RedisBackend
@@ -30,6 +31,7 @@ from gateway.moderation import Desk
 from gateway.presence import Presence
 from gateway.protocol import CloseCode, Notice, encode
 from moderation.bus import Keys, Publisher
+from moderation.events import reaction_changed
 
 if TYPE_CHECKING:
     from db.settings import Settings
@@ -52,8 +54,13 @@ class Gateway:
                                     history_ttl_s=settings.history_ttl_s)
         self.publisher: Publisher = self.backend.publisher
         self.hub = Hub(self.backend)
+        self.relay = outbox.Relay(pool, self.publisher.publish_rows)
+        self.supervisor = Supervisor()
         self.reactions = writes.ReactionWriter(pool, batch_ms=settings.write_batch_ms,
-                                               batch_max=settings.write_batch_max)
+                                               batch_max=settings.write_batch_max,
+                                               events=reaction_changed, on_commit=self.relay.submit)
+        # Fault tests only: die between COMMIT and publish, as a crash there would.
+        self._crash_after_commit = os.environ.get("VYBE_TEST_CRASH_AFTER_COMMIT") == "1"
         self.connections: set[Connection] = set()
         self.draining = False
         # Plain ints on the hot path; the metrics collector reads them when scraped.
@@ -75,22 +82,36 @@ class Gateway:
         await self.hub.drop(conn, conn.channels)
         conn.channels.clear()
 
-    async def enqueue_moderation(self, kind: str, item_id: str) -> None:
-        """Ask the workers to score an item (after its COMMIT; the sweeper covers a crash here)."""
-        await self.redis.xadd(self.keys.jobs, {"kind": kind, "id": item_id})
+    def announce(self, announcement: outbox.Announcement) -> None:
+        """After COMMIT: hand a write's outbox rows to the relay's fast path (never fails)."""
+        if self._crash_after_commit and announcement.rows:
+            os._exit(137)
+        self.relay.submit(announcement.rows)
 
-    async def ready(self) -> dict[str, bool]:
-        """Readiness of each dependency, with a real round trip to each."""
-        status = {"postgres": False, "redis": False, "pubsub": await self.backend.probe()}
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    def start_tasks(self) -> None:
+        """The node's background loops, each supervised (restarted, counted, in readiness)."""
+        sup = self.supervisor
+        sup.tasks["reaction-writer"] = self.reactions.task
+        self.reactions.start()
+        sup.add("outbox-publisher", self.relay.run_fast_path)
+        sup.add("outbox-relay", self.relay.run_catch_up)
+        sup.add("outbox-deleter", self.relay.run_deleter)
+        sup.add("presence", self.presence.run)
+
+    async def ready(self) -> dict[str, Any]:
+        """Readiness of each dependency, with a real round trip to each, and of each background loop."""
+        status: dict[str, Any] = {"postgres": False, "redis": False, "pubsub": await self.backend.probe()}
+        with contextlib.suppress(*UNREACHABLE, asyncpg.PostgresError):
             status["postgres"] = await asyncio.wait_for(self.pool.fetchval("SELECT true"), 2.0) is True
         with contextlib.suppress(OSError, RedisError, asyncio.TimeoutError):
             status["redis"] = bool(await asyncio.wait_for(self.redis.ping(), 2.0))
+        status["tasks"] = self.supervisor.status()
         return status
 
     async def drain(self) -> None:
         """Shutdown: refuse new sockets, tell clients to reconnect elsewhere, close with 1001."""
         self.draining = True
+        await self.presence.withdraw()
         notice = encode(Notice("going_away", "server is restarting: reconnect and resume with your offsets"))
         for conn in list(self.connections):
             conn.enqueue(notice)
@@ -107,20 +128,20 @@ async def gateway_lifespan(settings: Settings) -> AsyncIterator[Gateway]:
     if settings.database_url is None or settings.redis_url is None:
         raise RuntimeError("the gateway needs VYBE_DATABASE_URL and VYBE_REDIS_URL (vybe dev sets both)")
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
-    redis = aioredis.Redis.from_url(settings.redis_url, health_check_interval=10)
+    # Bounded waits: a Redis that stops answering must turn into a typed error, not a hang.
+    redis = aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, socket_connect_timeout=2,
+                                    socket_timeout=5)
     gw = Gateway(settings, pool, redis)
-    presence: asyncio.Task[None] | None = None
     try:
         await gw.backend.start()
-        gw.reactions.start()
-        presence = asyncio.create_task(gw.presence.run(), name="presence")
+        gw.start_tasks()
         yield gw
         await gw.drain()
     finally:
-        if presence is not None:
-            presence.cancel()
-            await asyncio.gather(presence, return_exceptions=True)
         await gw.reactions.aclose()
+        await gw.supervisor.stop()
+        with contextlib.suppress(*UNREACHABLE, asyncpg.PostgresError):
+            await asyncio.wait_for(gw.relay.flush(), 2.0)
         await gw.backend.close()
         await redis.aclose()
         await pool.close()

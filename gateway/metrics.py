@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -47,8 +47,19 @@ class _HotPathCounters(Collector):
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         gw = self.gw
         yield CounterMetricFamily("vybe_frames_out", "Frames sent to clients", value=gw.frames_out)
         yield CounterMetricFamily("vybe_bytes_out", "Bytes sent to clients", value=gw.bytes_out)
         yield CounterMetricFamily("vybe_commands_in", "Client frames received", value=gw.commands_in)
+        restarts = CounterMetricFamily("vybe_task_restarts", "Background loops restarted after a failure",
+                                       labels=["task"])
+        for name, count in gw.supervisor.restarts().items():
+            restarts.add_metric([name], count)
+        yield restarts
+        yield CounterMetricFamily("vybe_outbox_published", "Outbox rows published (fast path and relay)",
+                                  value=gw.relay.published)
+        yield CounterMetricFamily("vybe_outbox_relayed", "Outbox rows published by the catch-up relay",
+                                  value=gw.relay.relayed)
+        yield GaugeMetricFamily("vybe_outbox_backlog", "Outbox rows committed here and waiting for the fast path",
+                                value=gw.relay.backlog)

@@ -54,17 +54,44 @@ class Presence:
         self._script = gw.publisher.script(_PRESENCE_BEFORE)
         self._reported: set[str] = set()
         self._dirty = asyncio.Event()
+        # Held around each round of reports: a withdraw must not be overtaken by a tick's
+        # report already in flight (a stale count would then stand until heartbeat expiry).
+        self._lock = asyncio.Lock()
+        self._withdrawn = False
 
     def touch(self) -> None:
         """A viewer joined or left somewhere: recompute soon rather than at the next tick."""
         self._dirty.set()
 
     async def tick(self) -> None:
-        rooms = {c for c in self.gw.hub.channels() if c.startswith("looproom:")}
-        # Rooms we reported before but no longer serve get a final 0 from this node.
-        for room in sorted(rooms | self._reported):
-            await self._report(room, self.gw.hub.local_viewers(room))
-        self._reported = rooms
+        async with self._lock:
+            if self._withdrawn:  # draining: withdraw() took this node's counts out
+                return
+            rooms = {c for c in self.gw.hub.channels() if c.startswith("looproom:")}
+            # Rooms we reported before but no longer serve get a final 0 from this node.
+            # Widened first so that a round failing midway still leaves withdraw() every room.
+            self._reported |= rooms
+            for room in sorted(self._reported):
+                await self._report(room, self.gw.hub.local_viewers(room))
+            self._reported = rooms
+
+    async def withdraw(self) -> None:
+        """Draining: report 0 for every room this node reported, and nothing from now on.
+
+        The totals drop at once rather than when this node's heartbeat expires; the
+        script publishes one ``looproom.presence`` per changed total as usual. A Redis
+        error, or Redis taking longer than one interval, is logged and swallowed so the
+        drain goes on: the heartbeat expiry still clears the counts.
+        """
+        self._withdrawn = True  # a tick that starts from now on reports nothing
+        try:
+            async with asyncio.timeout(self.interval), self._lock:
+                rooms, self._reported = sorted(self._reported), set()
+                for room in rooms:
+                    await self._report(room, 0)
+        except (RedisError, OSError, TimeoutError) as err:
+            log.warning("presence withdraw failed, counts expire within %.0f s: %s: %s",
+                        self.interval * 3, type(err).__name__, err)
 
     async def _report(self, room: str, count: int) -> None:
         k, tag = self.gw.keys, "{" + room + "}"

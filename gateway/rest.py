@@ -18,31 +18,48 @@ from db import moderation as mdb
 from db import writes
 from gateway import protocol as p
 from gateway.auth import AuthError, Identity
-from gateway.commands import CommandError, handle
+from db.pool import UNREACHABLE
+from gateway.commands import CommandError, handle, unavailable
 
 if TYPE_CHECKING:
     from gateway.context import Gateway
 
 _STATUS = {
     "not_found": 404, "forbidden": 403, "auth_failed": 401, "token_expired": 401, "auth_required": 401,
-    "rate_limited": 429, "conflict": 409, "content_unavailable": 409, "unavailable": 503,
+    "rate_limited": 429, "conflict": 409, "content_unavailable": 409, "unavailable": 503, "internal": 500,
 }
 
 
 class ApiError(HTTPException):
-    """An error with our stable code in the body: ``{"code", "message"}``."""
+    """An error with our stable code in the body: ``{"code", "message"}`` (and ``retry_after``)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(status_code=_STATUS.get(code, 422), detail=message)
         self.code = code
+        self.retry_after = retry_after
 
 
-def _error_response(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, str]]:
-    return Response({"code": exc.code, "message": str(exc.detail)}, status_code=exc.status_code)
+def _error_response(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {"code": exc.code, "message": str(exc.detail)}
+    headers = {}
+    if exc.retry_after is not None:
+        body["retry_after"] = exc.retry_after
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return Response(body, status_code=exc.status_code, headers=headers)
+
+
+def _unreachable_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """PostgreSQL down under a read (writes go through the command handlers): 503, as on the socket."""
+    err = unavailable("PostgreSQL")
+    return _error_response(request, ApiError(err.code, err.message, err.retry_after))
 
 
 def error_handlers() -> dict[int | type[Exception], Any]:
-    return {ApiError: _error_response}
+    handlers: dict[int | type[Exception], Any] = {ApiError: _error_response}
+    for kind in UNREACHABLE:
+        if issubclass(kind, Exception):
+            handlers[kind] = _unreachable_response
+    return handlers
 
 
 class Actor(msgspec.Struct):
@@ -73,7 +90,7 @@ async def _run(request: Request[Any, Any, Any], cmd: Any) -> Any:
     try:
         return (await handle(actor, cmd)).ack
     except CommandError as err:
-        raise ApiError(err.code, err.message) from err
+        raise ApiError(err.code, err.message, err.retry_after) from err
 
 
 def _decode(body: bytes, kind: type[Any], **extra: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import socket
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,8 @@ from gateway.app import create_asgi
 from gateway.wsproto import RawWebSocketProtocol
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from db.settings import Settings
 
 
@@ -31,6 +34,17 @@ class DrainingServer(uvicorn.Server):
         if gw is not None:
             await gw.drain()
         await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            # uvicorn re-raises the captured SIGTERM/SIGINT after a graceful shutdown, so
+            # the process dies by it (143/130) and supervisors count a failure. Reaching
+            # here unforced means the drain finished: forget the signal and exit 0. A
+            # forced exit (a second Ctrl+C) or an exception out of serve() keeps uvicorn's way.
+            if not self.force_exit:
+                self._captured_signals.clear()
 
 
 def gateway_of(server: uvicorn.Server) -> Any:

@@ -18,7 +18,8 @@ persistence), which tells a resuming client that its offset means nothing now.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import msgspec
 
@@ -97,6 +98,14 @@ class Keys:
     def epoch(self, channel: str) -> str:
         return f"{self.prefix}e:{{{channel}}}"
 
+    def sequence(self, channel: str) -> str:
+        """The last outbox sequence published on ``channel`` (idempotent, ordered publishing)."""
+        return f"{self.prefix}s:{{{channel}}}"
+
+    def held(self, channel: str) -> str:
+        """Outbox rows of ``channel`` that arrived before their predecessor."""
+        return f"{self.prefix}q:{{{channel}}}"
+
     def channel_of(self, pubsub_name: str) -> str:
         return pubsub_name[len(self.prefix) + 3:-1]
 
@@ -123,6 +132,67 @@ def split_message(message: bytes) -> tuple[Meta, bytes]:
     return _meta_decoder.decode(head), body
 
 
+class Event(NamedTuple):
+    """One event a write announces, encoded once; stored in the outbox, then published."""
+
+    channel: str
+    message: bytes
+    ordered: bool = True
+    """Kept in the channel's commit order (every channel but the job queue)."""
+
+
+def event(channel: str, name: str, data: object, meta: Meta | None = None) -> Event:
+    return Event(channel, encode_message(name, data, meta))
+
+
+def job(kind: str, item_id: object) -> Event:
+    """A moderation job (``kind`` is ``vybe`` or ``comment``): the workers' queue needs no order."""
+    return Event(JOBS_CHANNEL, f"{kind} {item_id}".encode(), ordered=False)
+
+
+JOBS_CHANNEL = "moderation:jobs"
+SEPARATOR = b"\x1e"  # between the events of one outbox row (db.outbox.SEPARATOR)
+
+# Publishes one outbox row of an ordered channel. KEYS[4]: the channel's last
+# published sequence; KEYS[5]: rows that arrived before their predecessor.
+# ARGV[4]: the row's sequence; ARGV[5]: '1' when the row may start a channel whose
+# position Redis does not know (its first row ever, or the oldest one waiting in
+# the outbox after Redis lost its data); ARGV[2]: the row's events, joined by 0x1E.
+# A sequence already published is a no-op: publishing is idempotent, so the fast
+# path and any number of relays may overlap; a row whose predecessor has not been
+# published waits in KEYS[5] and goes out, in order, right after it.
+_ORDERED = """
+local function pub(msg)
+{step}
+end
+local function pub_all(joined)
+  for msg in string.gmatch(joined, '[^\30]+') do pub(msg) end
+end
+local seq = tonumber(ARGV[4])
+local last = redis.call('GET', KEYS[4])
+if last then
+  last = tonumber(last)
+  if seq <= last then return 'duplicate' end
+end
+if (last and seq > last + 1) or (not last and ARGV[5] ~= '1') then
+  redis.call('HSET', KEYS[5], ARGV[4], ARGV[2])
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
+  return 'held'
+end
+pub_all(ARGV[2])
+last = seq
+while true do
+  local nxt = redis.call('HGET', KEYS[5], tostring(last + 1))
+  if not nxt then break end
+  redis.call('HDEL', KEYS[5], tostring(last + 1))
+  pub_all(nxt)
+  last = last + 1
+end
+redis.call('SET', KEYS[4], last, 'EX', ARGV[3])
+return 'published'
+"""
+
+
 class Publisher:
     """Write-only side of the bus: processes that hold no sockets use only this."""
 
@@ -135,19 +205,67 @@ class Publisher:
         self.sharded = sharded
         """SPUBLISH instead of PUBLISH: for gateways on ``VYBE_PUBSUB=sharded`` (SSUBSCRIBE)."""
         self._script = self.script()
+        step = _PUBLISH_STEP.format(command="SPUBLISH" if sharded else "PUBLISH").replace("return {{epoch, id}}", "")
+        self._ordered = redis.register_script(_ORDERED.replace("{step}", step.replace("{{", "{").replace("}}", "}")))
 
     def script(self, before: str = "") -> AsyncScript:
         """A registered publishing script (see :func:`publishing_script`) in this bus's mode."""
         return self.redis.register_script(publishing_script(before, sharded=self.sharded))
 
     async def publish(self, channel: str, event: str, data: object, meta: Meta | None = None) -> str:
-        """Append to history and broadcast; returns the offset clients will see."""
+        """Append to history and broadcast at once (no outbox: for what no write announces,
+        such as presence counts); returns the offset clients will see."""
         message = encode_message(event, data, meta)
         k = self.keys
         epoch, sid = await self._script(
             keys=[k.stream(channel), k.pubsub(channel), k.epoch(channel)], args=[self.history_len, message, self.history_ttl_s]
         )
         return make_offset(_text(epoch), _text(sid))
+
+    async def publish_rows(self, rows: Sequence[OutboxRow], starts: Sequence[bool]) -> list[str]:
+        """Publish outbox rows in one pipeline: ordered rows through the sequence check,
+        jobs onto the job stream. Returns, per row, published / duplicate / held."""
+        k = self.keys
+        replies_per_row: list[int | None] = []  # None: one reply that is the row's outcome
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for row, start in zip(rows, starts, strict=True):
+                c = row.channel
+                if c == JOBS_CHANNEL:
+                    messages = row.messages.encode().split(SEPARATOR)
+                    for message in messages:
+                        kind, _, item_id = message.partition(b" ")
+                        pipe.xadd(k.jobs, {"kind": kind, "id": item_id})
+                    replies_per_row.append(len(messages))
+                elif row.seq is None:
+                    messages = row.messages.encode().split(SEPARATOR)
+                    for message in messages:
+                        await self._script(keys=[k.stream(c), k.pubsub(c), k.epoch(c)],
+                                           args=[self.history_len, message, self.history_ttl_s], client=pipe)
+                    replies_per_row.append(len(messages))
+                else:
+                    await self._ordered(
+                        keys=[k.stream(c), k.pubsub(c), k.epoch(c), k.sequence(c), k.held(c)],
+                        args=[self.history_len, row.messages, self.history_ttl_s, row.seq, "1" if start else "0"],
+                        client=pipe)
+                    replies_per_row.append(None)
+            replies = await pipe.execute()
+        out: list[str] = []
+        i = 0
+        for n in replies_per_row:
+            out.append("published" if n is not None else _text(replies[i]))
+            i += 1 if n is None else n
+        return out
+
+
+class OutboxRow(Protocol):
+    """``db.outbox.Row``'s shape (the bus does not depend on the database package)."""
+
+    @property
+    def channel(self) -> str: ...
+    @property
+    def seq(self) -> int | None: ...
+    @property
+    def messages(self) -> str: ...
 
 
 def _text(value: bytes | str) -> str:

@@ -1,7 +1,9 @@
-"""Events both gateways and workers publish, built the same way by both.
+"""The events writes announce, built the same way by gateways and workers.
 
-Works on any msgspec Struct with the named fields (the write path's rows), so
-this pure library does not depend on the database package.
+Each builder returns :class:`moderation.bus.Event` values: encoded once, stored in
+the write's transaction (``db.outbox``), published after COMMIT. Works on any
+msgspec Struct with the named fields (the write path's rows), so this pure
+library does not depend on the database package.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from moderation.bus import Meta, Publisher
+from moderation.bus import Event, Meta, event
 
 LIVE_PRIVACY = ("PUBLIC", "ANONYMOUS")
 
@@ -29,27 +31,76 @@ def vybe_meta(author_id: str, privacy_level: str) -> Meta:
     return Meta(a=author_id, o=None if privacy_level in LIVE_PRIVACY else author_id)
 
 
-async def publish_vybe_created(publisher: Publisher, vybe: Any) -> None:
+def vybe_created(vybe: Any) -> list[Event]:
+    """``vybe.created`` on the feed and on its looproom."""
     view, meta = content_view(vybe), vybe_meta(vybe.user_id, vybe.privacy_level)
-    await publisher.publish("feed", "vybe.created", view, meta)
+    out = [event("feed", "vybe.created", view, meta)]
     if vybe.looproom_id:
-        await publisher.publish(f"looproom:{vybe.looproom_id}", "vybe.created", view, meta)
+        out.append(event(f"looproom:{vybe.looproom_id}", "vybe.created", view, meta))
+    return out
 
 
-async def publish_visibility(publisher: Publisher, kind: str, target_id: str, vybe_id: str | None,
-                             looproom_id: str | None, event: str) -> None:
+def comment_created(comment: Any) -> list[Event]:
+    """``comment.created`` on its vybe, and to the vybe's author (unless it is theirs)."""
+    view = content_view(comment)
+    out = [event(f"vybe:{comment.shared_vybe_id}", "comment.created", view, Meta(a=comment.user_id))]
+    author = comment.vybe_author_id
+    if author and author != comment.user_id:
+        out.append(event(f"user:{author}", "comment.created", view, Meta(a=comment.user_id, o=author)))
+    return out
+
+
+def vybe_shared(result: Any, user_id: str) -> list[Event]:
+    data = {"vybe_id": str(result.vybe_id), "share_count": result.share_count, "user_id": user_id}
+    return [event(f"vybe:{result.vybe_id}", "vybe.shared", data, Meta(a=user_id))]
+
+
+def reaction_channel(result: Any) -> str | None:
+    """Where a reaction's count goes: its vybe (for comments, the comment's vybe) or its looproom."""
+    if result.target_type == "SHARED_VYBE":
+        return f"vybe:{result.target_id}"
+    if result.target_type == "LOOPROOM":
+        return f"looproom:{result.target_id}"
+    vybe_id = getattr(result, "vybe_id", None)
+    return f"vybe:{vybe_id}" if vybe_id else None
+
+
+def reaction_changed(user_id: str, added: bool, result: Any) -> list[Event]:
+    """``reaction.added`` / ``reaction.removed`` where the target is shown, and a notice to its author."""
+    name = "reaction.added" if added else "reaction.removed"
+    data = {"target_type": result.target_type, "target_id": str(result.target_id), "reaction": result.reaction_type,
+            "user_id": user_id, "reaction_count": result.reaction_count}
+    out = []
+    channel = reaction_channel(result)
+    if channel:
+        out.append(event(channel, name, data, Meta(a=user_id)))
+    author = result.target_author_id
+    if added and author and author != user_id:
+        out.append(event(f"user:{author}", name, data, Meta(a=user_id, o=author)))
+    return out
+
+
+def blocks_changed(user_id: str, blocked: list[str]) -> list[Event]:
+    """The new block list, to every socket of the user on every node (which filter by it)."""
+    return [event(f"user:{user_id}", "blocks.changed", {"blocked": blocked}, Meta(o=user_id, b=list(blocked)))]
+
+
+def visibility(kind: str, target_id: str, vybe_id: str | None, looproom_id: str | None, name: str) -> list[Event]:
     """vybe.hidden / vybe.removed / vybe.restored (comment.* for comments) where viewers see it."""
     data = {"id": target_id, "target_type": kind}
     if kind == "shared_vybe":
-        name = "vybe." + event
-        await publisher.publish("feed", name, data)
-        await publisher.publish(f"vybe:{target_id}", name, data)
+        out = [event("feed", "vybe." + name, data), event(f"vybe:{target_id}", "vybe." + name, data)]
         if looproom_id:
-            await publisher.publish(f"looproom:{looproom_id}", name, data)
-    elif vybe_id:
-        await publisher.publish(f"vybe:{vybe_id}", "comment." + event, data)
+            out.append(event(f"looproom:{looproom_id}", "vybe." + name, data))
+        return out
+    return [event(f"vybe:{vybe_id}", "comment." + name, data)] if vybe_id else []
 
 
-async def publish_case(publisher: Publisher, event: str, case: Any) -> None:
+def outcome(user_id: str, data: dict[str, Any], name: str = "moderation.outcome") -> Event:
+    """A moderation outcome told to one user (the author, or a reporter)."""
+    return event(f"user:{user_id}", name, data, Meta(o=user_id))
+
+
+def case_changed(name: str, case: Any) -> Event:
     """A case change on mod:flagged (moderators only; the author is shown even when anonymous)."""
-    await publisher.publish("mod:flagged", event, msgspec.to_builtins(case), Meta(m=True))
+    return event("mod:flagged", name, msgspec.to_builtins(case), Meta(m=True))

@@ -11,6 +11,7 @@ result per item and model version), so a redelivery never double-acts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -18,9 +19,14 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
+from common.tasks import Supervisor, backoff
 from db import moderation as mdb
-from moderation.bus import Keys, Meta, Publisher
-from moderation.events import publish_case, publish_visibility, publish_vybe_created
+from db import outbox, writes
+from db.outbox import Announcement
+from db.pool import UNREACHABLE
+from db.writes._tx import in_transaction
+from moderation import events
+from moderation.bus import Event, Keys, Publisher
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -42,6 +48,8 @@ class Worker:
         self.keys = Keys(settings.redis_prefix)
         self.publisher = Publisher(redis, settings.redis_prefix, settings.history_len,
                                    sharded=settings.pubsub == "sharded", history_ttl_s=settings.history_ttl_s)
+        self.relay = outbox.Relay(pool, self.publisher.publish_rows)
+        self.supervisor = Supervisor()
         self.scored = 0
 
     async def ensure_group(self) -> None:
@@ -52,19 +60,27 @@ class Worker:
                 raise
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; the batch in hand is finished first."""
-        await self.ensure_group()
-        sweeper = asyncio.create_task(self._sweep_loop(stop), name="sweeper")
+        """Consume until ``stop`` is set; the batch in hand is finished first. The sweeper and
+        the outbox loops run supervised beside it."""
+        sup = self.supervisor
+        sup.add("sweeper", lambda: self._sweep_loop(stop))
+        sup.add("outbox-deleter", self.relay.run_deleter)
+        attempt = 0
         try:
             while not stop.is_set():
                 try:
+                    if attempt:
+                        await self.ensure_group()  # the stream may be gone with a Redis that lost its data
                     await self.step()
-                except (RedisError, OSError, asyncpg.PostgresError) as err:
-                    log.warning("worker step failed (%s); retrying", err)
-                    await asyncio.sleep(0.5)
+                    attempt = 0
+                except Exception as err:  # noqa: BLE001 - the consumer loop must outlive any outage
+                    attempt += 1
+                    log.warning("worker step failed (%s: %s); retrying", type(err).__name__, err)
+                    await asyncio.sleep(backoff(attempt))
         finally:
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            with contextlib.suppress(*UNREACHABLE, RedisError, asyncpg.PostgresError):
+                await asyncio.wait_for(self.relay.flush(), 2.0)
+            await sup.stop()
 
     async def step(self) -> int:
         """One read-score-store-ack round; returns entries handled."""
@@ -91,56 +107,51 @@ class Worker:
         items = await mdb.fetch_items(self.pool, vybes, comments)
         if items and self.policy.mode != "off":
             scores = await asyncio.to_thread(self.scorer.score, [i.content for i in items])
-            outcomes = await self._store(items, scores)
+            announce = await self._store(items, scores)
         else:
-            outcomes = []
+            announce = None
         # Acknowledge after COMMIT: a crash before this line redelivers, and the
-        # unique (item, model version) key makes the redelivery a no-op.
+        # unique (item, model version) key makes the redelivery a no-op. The events
+        # are in the outbox already: the relay publishes them if we die before we do.
         await self.redis.xack(self.keys.jobs, GROUP, *[i for i, _ in entries])
-        self.scored += len(outcomes)
-        await self._publish(outcomes)
+        if announce is not None:
+            await self.relay.publish_now(announce.rows)
 
-    async def _store(self, items: list[mdb.Item], scores: list[dict[str, float]]) -> list[tuple[Any, ...]]:
+    async def _store(self, items: list[mdb.Item], scores: list[dict[str, float]]) -> Announcement:
+        """Scores, decisions, cases and their events in ONE transaction. Items are handled in
+        id order (targets, then their cases: the lock order every writer keeps)."""
         model = (self.scorer.name, self.scorer.version)
-        outcomes = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            for item, score in zip(items, scores, strict=True):
+        scored = sorted(zip(items, scores, strict=True), key=lambda pair: (pair[0].kind, pair[0].id))
+        announce = Announcement(self._outcome_events)
+
+        async def body(conn: asyncpg.Connection) -> list[tuple[mdb.Item, str]]:
+            outcomes: list[tuple[mdb.Item, str]] = []
+            for item, score in scored:
                 decision = self.policy.decide(score)
                 if await mdb.record_score(conn, item, model, score, decision.action, decision.reasons):
-                    case_id = None
-                    if decision.action in ("flag", "hide"):
-                        case_id = await conn.fetchval(
-                            "SELECT id FROM moderation_cases WHERE target_type = $1 AND target_id = $2",
-                            item.kind, str(item.id))
-                    outcomes.append((item, decision.action, case_id))
-        return outcomes
+                    outcomes.append((item, decision.action))
+            self.scored += len(outcomes)
+            return outcomes
 
-    async def _publish(self, outcomes: list[tuple[Any, ...]]) -> None:
-        for item, action, case_id in outcomes:
+        await in_transaction(self.pool, body, announce)
+        return announce
+
+    async def _outcome_events(self, conn: asyncpg.Connection, outcomes: list[tuple[mdb.Item, str]]) -> list[Event]:
+        """What the decisions announce, read in the same transaction (consistent case snapshots)."""
+        out: list[Event] = []
+        for item, action in outcomes:
             if action == "hide":
-                await publish_visibility(self.publisher, item.kind, str(item.id), _str(item.vybe_id),
-                                         _str(item.looproom_id), "hidden")
-                await self.publisher.publish(f"user:{item.user_id}", "moderation.outcome",
-                                             {"target_type": item.kind, "target_id": str(item.id), "action": "hide",
-                                              "by": "model"}, Meta(o=item.user_id))
-            if case_id is not None:
-                for view in await mdb.case_views(self.pool, [case_id]):
-                    await publish_case(self.publisher, "report.flagged", view)
+                out += events.visibility(item.kind, str(item.id), _str(item.vybe_id), _str(item.looproom_id), "hidden")
+                out.append(events.outcome(item.user_id, {"target_type": item.kind, "target_id": str(item.id),
+                                                         "action": "hide", "by": "model"}))
+            if action in ("flag", "hide"):
+                case_id = await conn.fetchval(
+                    "SELECT id FROM moderation_cases WHERE target_type = $1 AND target_id = $2", item.kind, str(item.id))
+                out += [events.case_changed("report.flagged", v) for v in await mdb.case_views(conn, [case_id])]
             if self.settings.premoderation and item.kind == "shared_vybe" and action != "hide":
-                rows = await self._vybe_rows([item.id])
-                for row in rows:
-                    await publish_vybe_created(self.publisher, row)
-
-    async def _vybe_rows(self, ids: list[uuid.UUID]) -> list[Any]:
-        from db import writes
-
-        rows = []
-        for vybe_id in ids:
-            try:
-                rows.append(await writes.get_vybe(self.pool, vybe_id))
-            except writes.NotFound:
-                continue  # deleted by its author since
-        return rows
+                with contextlib.suppress(writes.NotFound):  # deleted by its author since
+                    out += events.vybe_created(await writes.get_vybe(conn, item.id))
+        return out
 
     async def reclaim(self) -> list[Entry]:
         """Take over entries idle too long; dead-letter those out of attempts."""
@@ -190,7 +201,7 @@ class Worker:
                 swept = await self.sweep()
                 if swept:
                     log.info("sweeper re-enqueued %d unscored items", swept)
-            except (RedisError, OSError, asyncpg.PostgresError) as err:
+            except (*UNREACHABLE, RedisError, asyncpg.PostgresError) as err:
                 log.warning("sweep failed: %s", err)
             await asyncio.sleep(interval)
 

@@ -15,6 +15,8 @@ from db.writes.errors import Conflict, Invalid, NotFound
 if TYPE_CHECKING:
     from typing import LiteralString
 
+    from db.outbox import Announcement
+
 T = TypeVar("T")
 
 RETRIES = 5
@@ -36,12 +38,20 @@ _EXISTING: LiteralString = "SELECT operation, result FROM idempotency_keys WHERE
 _STORE: LiteralString = "UPDATE idempotency_keys SET result = $3 WHERE user_id = $1 AND request_id = $2"
 
 
-async def in_transaction(pool: asyncpg.Pool, body: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    """Run ``body`` in one transaction, again (with jitter) after a deadlock or serialization failure."""
+async def in_transaction(pool: asyncpg.Pool, body: Callable[[asyncpg.Connection], Awaitable[T]],
+                         announce: Announcement | None = None) -> T:
+    """Run ``body`` in one transaction, again (with jitter) after a deadlock or serialization failure.
+
+    With ``announce``, its events are written to the outbox last, in the same
+    transaction (``announce.rows`` holds them after COMMIT).
+    """
     for attempt in range(RETRIES):
         try:
             async with pool.acquire() as conn, conn.transaction():
-                return await body(conn)
+                result = await body(conn)
+                if announce is not None:
+                    await announce.write(conn, result)
+                return result
         except RETRYABLE:
             if attempt == RETRIES - 1:
                 raise
@@ -57,6 +67,7 @@ async def idempotent(
     operation: str,
     result_type: type[T],
     body: Callable[[asyncpg.Connection], Awaitable[T]],
+    announce: Announcement | None = None,
 ) -> T:
     """``body`` in a transaction; with a request id, at most once per (user, request id) in 24 h.
 
@@ -65,7 +76,7 @@ async def idempotent(
     rolls back (then runs itself). A refused write rolls back its key too.
     """
     if request_id is None:
-        return await in_transaction(pool, body)
+        return await in_transaction(pool, body, announce)
 
     async def run(conn: asyncpg.Connection) -> T:
         try:
@@ -84,7 +95,7 @@ async def idempotent(
         await conn.execute(_STORE, user_id, request_id, msgspec.to_builtins(result))
         return result
 
-    return await in_transaction(pool, run)
+    return await in_transaction(pool, run, announce)
 
 
 def check_violation(err: asyncpg.CheckViolationError) -> Invalid:

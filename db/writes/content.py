@@ -15,6 +15,8 @@ from db.writes.types import PRIVACY_LEVELS, VYBE_TYPES, Comment, Deleted, ShareR
 if TYPE_CHECKING:
     from typing import LiteralString
 
+    from db.outbox import Announcement
+
 VYBE_COLUMNS: LiteralString = (
     "id, user_id, type::text AS type, content, is_anonymous, privacy_level::text AS privacy_level, "
     "looproom_id, loopchain_id, reaction_count, comment_count, share_count, report_count, is_reported, "
@@ -59,6 +61,7 @@ async def post_vybe(
     loopchain_id: str | None = None,
     request_id: str | None = None,
     max_chars: int = validate.MAX_VYBE_CHARS,
+    announce: Announcement | None = None,
 ) -> Vybe:
     """Store a vybe (the author's vibes_shared moves by trigger); return the stored row after COMMIT."""
     args = (
@@ -81,7 +84,7 @@ async def post_vybe(
         return Vybe(**row_dict(row))
 
     return await idempotent(pool, user_id=user_id, request_id=validate.request_id(request_id),
-                            operation="post_vybe", result_type=Vybe, body=body)
+                            operation="post_vybe", result_type=Vybe, body=body, announce=announce)
 
 
 async def lock_visible_vybe(conn: asyncpg.Connection, vybe_id: uuid.UUID, actor: str) -> asyncpg.Record:
@@ -107,6 +110,7 @@ async def comment(
     is_anonymous: bool = False,
     request_id: str | None = None,
     max_chars: int = validate.MAX_COMMENT_CHARS,
+    announce: Announcement | None = None,
 ) -> Comment:
     """Comment on a vybe (or reply to a comment on the same vybe); the vybe's comment_count moves by trigger."""
     user = validate.user_id(user_id)
@@ -135,11 +139,12 @@ async def comment(
         return Comment(**row_dict(row), vybe_author_id=vybe["user_id"], comment_count=count)
 
     return await idempotent(pool, user_id=user, request_id=validate.request_id(request_id),
-                            operation="comment", result_type=Comment, body=body)
+                            operation="comment", result_type=Comment, body=body, announce=announce)
 
 
 async def share(
-    pool: asyncpg.Pool, user_id: str, vybe_id: uuid.UUID | str, request_id: str | None = None
+    pool: asyncpg.Pool, user_id: str, vybe_id: uuid.UUID | str, request_id: str | None = None,
+    announce: Announcement | None = None,
 ) -> ShareResult:
     """Record a share (a row in ``shares``; share_count moves by trigger). Each call is a new share."""
     user = validate.user_id(user_id)
@@ -156,7 +161,7 @@ async def share(
                            vybe_author_id=vybe["user_id"], created_at=row["created_at"])
 
     return await idempotent(pool, user_id=user, request_id=validate.request_id(request_id),
-                            operation="share", result_type=ShareResult, body=body)
+                            operation="share", result_type=ShareResult, body=body, announce=announce)
 
 
 # Deletes lock in the global order (vybe, its comments by id, the affected

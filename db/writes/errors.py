@@ -13,10 +13,12 @@ class WriteError(Exception):
 
     default_code = "write_error"
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code or self.default_code
         self.message = message
+        self.retry_after = retry_after
+        """Seconds after which a retry may succeed (the store was unreachable), else None."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"

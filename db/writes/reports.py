@@ -15,6 +15,8 @@ from db.writes.types import REPORT_TARGETS, REPORT_TYPES, ReportResult
 if TYPE_CHECKING:
     from typing import LiteralString
 
+    from db.outbox import Announcement
+
 # The target is locked first, in the table order of 0002, so reports and the
 # counter update its trigger makes never deadlock with other writers.
 _LOCK_TARGET: dict[str, LiteralString] = {
@@ -48,6 +50,7 @@ async def report(
     report_type: str,
     description: str | None = None,
     request_id: str | None = None,
+    announce: Announcement | None = None,
 ) -> ReportResult:
     """File a report; a repeat by the same reporter returns the first one (``created=False``).
 
@@ -77,4 +80,4 @@ async def report(
                             created_at=row["created_at"])
 
     return await idempotent(pool, user_id=reporter, request_id=validate.request_id(request_id),
-                            operation="report", result_type=ReportResult, body=body)
+                            operation="report", result_type=ReportResult, body=body, announce=announce)

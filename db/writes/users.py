@@ -14,6 +14,8 @@ from db.writes.types import ROLES, User
 if TYPE_CHECKING:
     from typing import LiteralString
 
+    from db.outbox import Announcement
+
 _UPSERT_USER: LiteralString = """
 INSERT INTO users (id, role) VALUES ($1, $2::text::user_role)
 ON CONFLICT (id) DO UPDATE SET role = EXCLUDED.role, last_active_at = now(),
@@ -51,7 +53,8 @@ async def upsert_user(pool: asyncpg.Pool, user_id: str, role: str, display_name:
     return await in_transaction(pool, body)
 
 
-async def _set_block(pool: asyncpg.Pool, sql: LiteralString, user_id: str, other_id: str) -> list[str]:
+async def _set_block(pool: asyncpg.Pool, sql: LiteralString, user_id: str, other_id: str,
+                     announce: Announcement | None) -> list[str]:
     uid = validate.user_id(user_id)
     other = validate.user_id(other_id, "other_id")
     if uid == other:
@@ -65,14 +68,15 @@ async def _set_block(pool: asyncpg.Pool, sql: LiteralString, user_id: str, other
             raise NotFound(f"user {uid!r} does not exist")
         return list(blocked)
 
-    return await in_transaction(pool, body)
+    return await in_transaction(pool, body, announce)
 
 
-async def block(pool: asyncpg.Pool, user_id: str, other_id: str) -> list[str]:
+async def block(pool: asyncpg.Pool, user_id: str, other_id: str, announce: Announcement | None = None) -> list[str]:
     """Add ``other_id`` to the user's block list (idempotent); return the new list."""
-    return await _set_block(pool, _BLOCK, user_id, other_id)
+    return await _set_block(pool, _BLOCK, user_id, other_id, announce)
 
 
-async def unblock(pool: asyncpg.Pool, user_id: str, other_id: str) -> list[str]:
+async def unblock(pool: asyncpg.Pool, user_id: str, other_id: str,
+                  announce: Announcement | None = None) -> list[str]:
     """Remove ``other_id`` from the block list (idempotent); return the new list."""
-    return await _set_block(pool, _UNBLOCK, user_id, other_id)
+    return await _set_block(pool, _UNBLOCK, user_id, other_id, announce)

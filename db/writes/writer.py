@@ -17,10 +17,14 @@ import contextlib
 import logging
 import random
 import uuid
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from common.tasks import Supervised
+from db import outbox
+from db.pool import UNREACHABLE
 from db.writes import validate
 from db.writes._tx import RETRYABLE
 from db.writes.errors import NotFound, WriteError, WriterClosed
@@ -34,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str, uuid.UUID]  # user, reaction type, target type, target id
+Events = Callable[[str, bool, ReactionResult], Iterable[outbox.Announced]]
+"""(user id, added, result) of an applied operation -> the events it announces."""
 
 # Returns which of the round's adds and removes took effect, as 1-based
 # positions in their arrays (cheap to ship back: no row per operation).
@@ -85,17 +91,23 @@ class _Op:
 class ReactionWriter:
     """One writer task per process applying reactions in group commits; an async context manager."""
 
-    def __init__(self, pool: asyncpg.Pool, *, batch_ms: float = 2.0, batch_max: int = 500, retries: int = 5):
+    def __init__(self, pool: asyncpg.Pool, *, batch_ms: float = 2.0, batch_max: int = 500, retries: int = 5,
+                 events: Events | None = None, on_commit: Callable[[list[outbox.Row]], None] | None = None):
+        """``events(user_id, added, result)`` says what an applied operation announces: the
+        batch writes them to the outbox in its transaction, and hands the rows to
+        ``on_commit`` (the outbox relay's fast path) after COMMIT."""
         if batch_max <= 0 or batch_ms < 0:
             raise ValueError("batch_max must be positive and batch_ms not negative")
         self._pool = pool
+        self._events = events
+        self._on_commit = on_commit
         self._batch_s = batch_ms / 1000
         self._batch_max = batch_max
         self._retries = retries
         self._pending: list[_Op] = []
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.task = Supervised("reaction-writer", self._run)
         self._closed = False
         self.batches = 0
         """Transactions committed (for metrics and tests)."""
@@ -109,25 +121,15 @@ class ReactionWriter:
         await self.aclose()
 
     def start(self) -> None:
-        if self._task is not None or self._closed:
+        """Start the writer loop, supervised: a failure is logged, counted and restarted."""
+        if self._closed:
             raise RuntimeError("a ReactionWriter is started once")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="reaction-writer")
-        self._task.add_done_callback(self._on_stopped)
-
-    def _on_stopped(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("the reaction writer died", exc_info=task.exception())
-        self._closed = True
-        self._fail(self._pending, WriterClosed("the reaction writer stopped"))
-        self._pending.clear()
+        self.task.start()
 
     async def aclose(self) -> None:
         """Stop: a batch in flight is rolled back; every waiting caller gets :class:`WriterClosed`."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.task.stop()
         self._fail(self._pending, WriterClosed("the reaction writer stopped"))
         self._pending.clear()
 
@@ -145,7 +147,7 @@ class ReactionWriter:
         return await self._submit(False, (user_id, reaction_type, target_type, tid), False)
 
     async def _submit(self, add: bool, key: Key, anonymous: bool) -> ReactionResult:
-        if self._closed or self._task is None or self._task.done():
+        if self._closed:
             raise WriterClosed("the reaction writer is not running")
         loop = asyncio.get_running_loop()
         op = _Op(add, key, anonymous, loop.create_future(), loop.time())
@@ -186,14 +188,19 @@ class ReactionWriter:
 
     async def _apply_and_answer(self, batch: list[_Op]) -> None:
         try:
-            outcomes = await self._commit_with_retries(batch)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
-            log.warning("reaction batch of %d failed: %r", len(batch), err)
-            failure = WriteError("the reaction could not be stored; retry", "unavailable")
+            outcomes, rows = await self._commit_with_retries(batch)
+        except Exception as err:  # noqa: BLE001 - every caller gets an answer, whatever broke
+            if isinstance(err, UNREACHABLE):
+                log.warning("reaction batch of %d failed: %r", len(batch), err)
+            else:
+                log.exception("reaction batch of %d failed", len(batch))
+            failure = WriteError("the reaction could not be stored; retry", "unavailable", retry_after=1.0)
             failure.__cause__ = err
             self._fail(batch, failure)
             return
         self.batches += 1
+        if rows and self._on_commit is not None:
+            self._on_commit(rows)
         for op, outcome in zip(batch, outcomes, strict=True):
             if op.future.done():
                 continue
@@ -202,12 +209,13 @@ class ReactionWriter:
             else:
                 op.future.set_result(outcome)
 
-    async def _commit_with_retries(self, batch: list[_Op]) -> list[ReactionResult | WriteError]:
+    async def _commit_with_retries(self, batch: list[_Op]) -> tuple[list[ReactionResult | WriteError], list[outbox.Row]]:
         for attempt in range(self._retries):
             try:
                 try:
                     async with self._pool.acquire() as conn, conn.transaction():
-                        return await _apply_batch(conn, batch)
+                        outcomes = await _apply_batch(conn, batch)
+                        return outcomes, await outbox.write(conn, self._announced(batch, outcomes))
                 except asyncpg.InterfaceError as err:
                     # A killed backend surfaces from the transaction's exit as
                     # "connection is closed", caused by the real error: retry that.
@@ -220,6 +228,15 @@ class ReactionWriter:
                 log.info("reaction batch retried after %s", type(err).__name__)
                 await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
         raise AssertionError("unreachable")
+
+    def _announced(self, batch: list[_Op], outcomes: list[ReactionResult | WriteError]) -> list[outbox.Announced]:
+        if self._events is None:
+            return []
+        out: list[outbox.Announced] = []
+        for op, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, ReactionResult) and outcome.applied:
+                out.extend(self._events(op.key[0], op.add, outcome))
+        return out
 
     @staticmethod
     def _fail(ops: list[_Op], error: WriteError) -> None:

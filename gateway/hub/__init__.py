@@ -2,7 +2,7 @@
 locally to bounded per-socket queues. ``base`` is the backend interface,
 ``redis`` the Redis backend, ``hub`` the orchestrator."""
 
-from gateway.hub.base import Backend, HistoryEntry
+from gateway.hub.base import Backend, HistoryEntry, Unavailable
 from gateway.hub.hub import Hub, Subscriber
 
-__all__ = ["Backend", "HistoryEntry", "Hub", "Subscriber"]
+__all__ = ["Backend", "HistoryEntry", "Hub", "Subscriber", "Unavailable"]

@@ -9,6 +9,14 @@ from typing import NamedTuple
 from moderation.bus import Meta
 
 
+class Unavailable(Exception):
+    """The transport's server is unreachable: nothing was subscribed; retry after ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class HistoryEntry(NamedTuple):
     epoch: str
     stream_id: str

@@ -9,6 +9,7 @@ only needs the small :class:`Subscriber` protocol from them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
-from gateway.hub.base import Backend
+from gateway.hub.base import Backend, Unavailable
 from gateway.protocol import Notice, encode
 from gateway.wsproto import text_frame
 from moderation.bus import Meta, make_offset, parse_offset, split_message, stream_id_key
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
 
 Key = tuple[int, int]
+SUBSCRIBE_TIMEOUT_S = 3.0
 
 
 class Subscriber(Protocol):
@@ -36,7 +38,9 @@ class Subscriber(Protocol):
     user_id: str
     is_moderator: bool
     blocked: frozenset[str]
-    resuming: dict[str, list[tuple[Key, bytes]]]
+    resuming: dict[str, list[tuple[Key, bytes]] | Key]
+    """Per channel being resumed: live events held until the missed ones are queued; after
+    that, until live delivery passes it, the offset the resume ended at (a floor)."""
 
     def enqueue(self, element: bytes) -> None:
         """Queue one encoded message; never blocks (overflow closes the socket)."""
@@ -119,10 +123,21 @@ class Hub:
         return Resume(True, missed, last)
 
     def finish_resume(self, sub: Subscriber, channel: str, after: Key | None) -> None:
-        """Release the live events buffered during a resume, skipping those already sent."""
-        for key, element in sub.resuming.pop(channel, []):
+        """Release the live events buffered during a resume, skipping those already sent.
+
+        History can be ahead of this node's live stream (an event in Redis whose pub/sub
+        message has not been fanned out here yet): then ``after`` stays as a floor, and
+        live events up to it are skipped for this socket, so none arrives twice.
+        """
+        held = sub.resuming.pop(channel, [])
+        last = after
+        for key, element in held if isinstance(held, list) else ():
             if after is None or key > after:
                 sub.enqueue(element)
+                last = key
+        state = self._channels.get(channel)
+        if last is not None and last == after and state is not None and (state.last is None or state.last < last):
+            sub.resuming[channel] = last
 
     async def unsubscribe(self, sub: Subscriber, channel: str) -> None:
         state = self._channels.get(channel)
@@ -142,13 +157,19 @@ class Hub:
     async def _ensure(self, channel: str) -> _Channel:
         state = self._channels.get(channel)
         if state is None:
+            if not self.backend.healthy:
+                raise Unavailable("live events are unavailable (Redis is unreachable); retry")
             state = self._channels[channel] = _Channel(channel)
             state.pending = asyncio.get_running_loop().create_future()
             try:
-                await self.backend.subscribe(channel)
-            except BaseException:
+                await asyncio.wait_for(self.backend.subscribe(channel), SUBSCRIBE_TIMEOUT_S)
+            except BaseException as err:
                 if not state.subscribers:
                     self._channels.pop(channel, None)
+                    with contextlib.suppress(*self.backend.transient_errors):
+                        await self.backend.unsubscribe(channel)
+                if isinstance(err, TimeoutError):
+                    raise Unavailable("live events are unavailable (Redis did not confirm); retry") from err
                 raise
             finally:
                 state.pending.set_result(None)
@@ -234,11 +255,15 @@ class Hub:
             if meta.b is not None:
                 sub.blocked = frozenset(meta.b)  # block list changed on another socket of this user
             if sub.resuming:
-                buffer = sub.resuming.get(name)
-                if buffer is not None:
-                    buffer.append((key, element))
+                held = sub.resuming.get(name)
+                if isinstance(held, list):
+                    held.append((key, element))
                     count += 1
                     continue
+                if held is not None:
+                    if key <= held:
+                        continue  # already sent from history by the resume
+                    del sub.resuming[name]
             sub.deliver(element, ready)
             count += 1
         self.deliveries += count
@@ -253,8 +278,19 @@ class Hub:
         name, n, count = state.name, len(events), 0
         for sub in state.subscribers:
             if sub.resuming and name in sub.resuming:
-                sub.resuming[name].extend((key, element) for key, _, element in events)
-                count += n
+                held = sub.resuming[name]
+                if isinstance(held, list):
+                    held.extend((key, element) for key, _, element in events)
+                    count += n
+                    continue
+                if events[-1][0] > held:
+                    del sub.resuming[name]
+                mine = [element for key, meta, element in events
+                        if key > held and (meta.a is None or meta.a not in sub.blocked)]
+                if mine:
+                    part = b",".join(mine)
+                    sub.deliver(part, text_frame(b"[" + part + b"]"))
+                    count += len(mine)
             elif sub.blocked and not sub.blocked.isdisjoint(authors):
                 mine = [element for _, meta, element in events if meta.a not in sub.blocked]
                 if mine:
@@ -270,6 +306,8 @@ class Hub:
         notice = encode(Notice("gap", f"events on {state.name} may have been missed ({why}); "
                                       "resubscribe with your last offset or refetch", {"channel": state.name}))
         for sub in state.subscribers:
+            if sub.resuming and not isinstance(sub.resuming.get(state.name, []), list):
+                del sub.resuming[state.name]  # a floor of the old epoch means nothing now
             sub.enqueue(notice)
 
     async def _on_reconnect(self, channels: Iterable[str]) -> None:

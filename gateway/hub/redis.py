@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import random
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.tasks import backoff
 from gateway.hub.base import Backend, HistoryEntry
 from moderation.bus import Keys, Meta, Publisher, stream_id_key
 
@@ -52,8 +53,12 @@ class RedisBackend(Backend):
         self._pubsub = self.redis.pubsub()
         # A subscription to a private control channel keeps the connection open and
         # proves the round trip (readiness); it also makes get_message block properly.
-        await self._pubsub.subscribe(self.keys.pubsub(_CONTROL))
-        self._up.set()
+        try:
+            await self._pubsub.subscribe(self.keys.pubsub(_CONTROL))
+            self._up.set()
+        except self.transient_errors as err:  # start degraded; the reader loop connects when Redis is up
+            log.warning("redis pub/sub not up at start (%s); retrying", err)
+            self._pubsub = None
         self._task = asyncio.create_task(self._run(), name="redis-pubsub")
 
     async def close(self) -> None:
@@ -166,7 +171,8 @@ class RedisBackend(Backend):
 
     async def _resubscribe(self) -> None:
         if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(*self.transient_errors):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         self._pubsub = self.redis.pubsub()
         names = [self.keys.pubsub(c) for c in self._channels] + [self.keys.pubsub(_CONTROL)]
         await self._pubsub.subscribe(*names)
@@ -188,23 +194,26 @@ class RedisBackend(Backend):
 
 async def read_with_reconnect(read: Callable[[], Awaitable[None]], resubscribe: Callable[[], Awaitable[None]],
                               down: Callable[[], None], label: str) -> None:
-    """Run ``read`` for ever. When Redis goes away: ``down()``, back off (jittered,
-    doubling, capped at 5 s) and ``resubscribe()`` until it succeeds. Cancellation
-    is never caught, so the owner's cancel always ends the loop."""
-    delay = 0.1
+    """Run ``read`` for ever. When it fails for any reason: ``down()``, then
+    ``resubscribe()`` with capped jittered backoff (0.1 s doubling to 2 s) until it
+    succeeds, and read again. ``read`` only ever runs on a connection that
+    ``resubscribe`` completed, so a half-made connection cannot end the loop.
+    Cancellation is never caught, so the owner's cancel always ends it."""
     while True:
         try:
             await read()
-        except _REDIS_DOWN as err:
+        except Exception as err:  # noqa: BLE001 - any failure of the link means: reconnect
             down()
-            log.warning("%s lost (%s); reconnecting in %.1f s", label, err, delay)
-            await asyncio.sleep(delay * (1 + random.random() / 4))
-            delay = min(delay * 2, 5.0)
+            log.warning("%s lost (%s: %s); reconnecting", label, type(err).__name__, err)
+        attempt = 0
+        while True:
+            await asyncio.sleep(backoff(attempt))
             try:
                 await resubscribe()
-                delay = 0.1
-            except _REDIS_DOWN as again:
-                log.warning("%s: reconnect failed: %s", label, again)
+                break
+            except Exception as again:  # noqa: BLE001 - keep trying until Redis is back
+                attempt += 1
+                log.warning("%s: reconnect failed (%s: %s); retrying", label, type(again).__name__, again)
 
 
 def _s(value: bytes | str) -> str:

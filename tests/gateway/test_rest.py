@@ -77,10 +77,14 @@ async def test_operations_endpoints(live, connect) -> None:
     async with httpx.AsyncClient(base_url=live.http) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = (await http.get("/readyz")).json()
-        assert ready == {"ready": True, "draining": False, "postgres": True, "redis": True, "pubsub": True}
+        tasks = {name: True for name in ("reaction-writer", "outbox-publisher", "outbox-relay", "outbox-deleter",
+                                         "presence")}
+        assert ready == {"ready": True, "draining": False, "postgres": True, "redis": True, "pubsub": True,
+                         "tasks": tasks}
         metrics = (await http.get("/metrics")).text
         for name in ("vybe_connections 1.0", "vybe_channels", "vybe_slow_consumer_closes_total",
-                     "vybe_publish_to_fanout_seconds_bucket", "vybe_redis_reconnects"):
+                     "vybe_publish_to_fanout_seconds_bucket", "vybe_redis_reconnects", "vybe_outbox_published_total",
+                     'vybe_task_restarts_total{task="outbox-relay"} 0.0', "vybe_outbox_backlog"):
             assert name in metrics
         schema = (await http.get("/schema/openapi.json")).json()
         assert "/api/feed" in schema["paths"] and "/api/mod/cases/{case_id}/resolve" in schema["paths"]

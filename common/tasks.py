@@ -1,0 +1,99 @@
+"""Supervised background loops: a loop that fails is logged, counted and restarted.
+
+A background task that dies silently is the worst kind of outage: the process
+answers health checks while the thing it exists for has stopped. Every long-lived
+loop of a gateway or a worker runs under a :class:`Supervised`, which restarts it
+after any failure with capped, jittered backoff, counts the restarts (metrics)
+and says whether it is running (readiness). Cancellation is never caught: the
+owner's ``stop()`` always ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 2.0
+
+
+def backoff(attempt: int, cap: float = MAX_BACKOFF_S, base: float = 0.1) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): doubling from ``base``, capped, jittered +-25 %."""
+    return float(min(cap, base * 2 ** min(attempt, 16)) * random.uniform(0.75, 1.25))
+
+
+class Supervised:
+    """Runs ``run()`` for ever, restarting it whenever it raises or returns."""
+
+    def __init__(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        self.name = name
+        self._run = run
+        self.restarts = 0
+        """How many times the loop failed and was restarted (``vybe_task_restarts_total``)."""
+        self.failing = False
+        """True from a failure until the restarted loop has run for a while."""
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Started, not stopped, and not waiting out a failure."""
+        return self._task is not None and not self._task.done() and not self.failing
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            started = loop.time()
+            healthy = loop.call_later(1.0, self._recovered)
+            try:
+                await self._run()
+                log.error("task %s returned; restarting it", self.name)
+            except Exception:  # noqa: BLE001 - a supervisor restarts whatever killed the loop
+                log.exception("task %s failed; restarting it", self.name)
+            finally:
+                healthy.cancel()
+            self.failing = True
+            self.restarts += 1
+            attempt = 0 if loop.time() - started > 10 else attempt + 1
+            await asyncio.sleep(backoff(attempt))
+
+    def _recovered(self) -> None:
+        self.failing = False
+
+
+class Supervisor:
+    """The set of supervised loops one process owns (started and stopped together)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, Supervised] = {}
+
+    def add(self, name: str, run: Callable[[], Awaitable[None]]) -> Supervised:
+        task = self.tasks[name] = Supervised(name, run)
+        task.start()
+        return task
+
+    def status(self) -> dict[str, bool]:
+        """Each loop's name and whether it is running (for readiness)."""
+        return {name: task.running for name, task in self.tasks.items()}
+
+    def restarts(self) -> dict[str, int]:
+        return {name: task.restarts for name, task in self.tasks.items()}
+
+    async def stop(self) -> None:
+        for task in reversed(list(self.tasks.values())):
+            await task.stop()
