@@ -7,7 +7,9 @@ Creates its own database on the server named by ``--dsn`` (default
 migrates it, runs each phase for ``--seconds`` and drops the database; prints
 one JSON report. Both paths use the same pool size. Phases:
 
-- ``ours``: :class:`db.writes.ReactionWriter` (group commit; counters by the 0002 triggers).
+- ``ours``: :class:`db.writes.ReactionWriter` (group commit; counters by the 0002 triggers),
+  with ``--outbox`` (default) as a gateway runs it: each batch's events written to the
+  outbox in its transaction, published to Redis (``--redis-url``) by a relay, deleted in batches.
 - ``naive``: one transaction per reaction, ``INSERT`` + ``UPDATE shared_vybes SET
   reaction_count = reaction_count +/- 1`` (the counter triggers on reactions are
   disabled for this phase, so the explicit UPDATE is the only counter write).
@@ -34,13 +36,17 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from db.counters import check_counters  # noqa: E402
 from db.migrate import migrate  # noqa: E402
+from db.outbox import Relay  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from db.writes import ReactionWriter, WriteError, post_vybe, upsert_user  # noqa: E402
+from moderation.bus import Publisher  # noqa: E402
+from moderation.events import reaction_changed  # noqa: E402
 
 TYPES = ["HEART", "CLAP", "FIRE", "PEACE", "INSPIRE", "STRENGTH", "GRATITUDE", "MINDFUL"]
 _NAIVE_INSERT = """
@@ -117,14 +123,39 @@ async def _exact(pool: asyncpg.Pool, vybe_id: object, full: bool) -> bool:
 
 
 async def _ours(pool: asyncpg.Pool, vybe_id: object, args: argparse.Namespace) -> dict[str, object]:
-    async with ReactionWriter(pool, batch_ms=args.batch_ms, batch_max=args.batch_max) as writer:
-        async def op(uid: str, rtype: str, add: bool) -> None:
-            call = writer.react if add else writer.unreact
-            await call(uid, target_type="SHARED_VYBE", target_id=vybe_id, reaction_type=rtype)
+    """The writer as a gateway runs it: with --outbox (the default) every batch writes its
+    events to the outbox and a relay publishes them to Redis and deletes them."""
+    redis = aioredis.Redis.from_url(args.redis_url) if args.outbox else None
+    relay = None
+    tasks: list[asyncio.Task[None]] = []
+    if redis is not None:
+        relay = Relay(pool, Publisher(redis, f"bench{secrets.token_hex(3)}:").publish_rows)
+        tasks = [asyncio.create_task(relay.run_fast_path()), asyncio.create_task(relay.run_deleter())]
+    events = reaction_changed if relay is not None else None
+    on_commit = relay.submit if relay is not None else None
+    try:
+        async with ReactionWriter(pool, batch_ms=args.batch_ms, batch_max=args.batch_max, events=events,
+                                  on_commit=on_commit) as writer:
+            async def op(uid: str, rtype: str, add: bool) -> None:
+                call = writer.react if add else writer.unreact
+                await call(uid, target_type="SHARED_VYBE", target_id=vybe_id, reaction_type=rtype)
 
-        result = await _drive(args.users, args.seconds, op)
-        result["batches"] = writer.batches
-        result["avg_batch"] = round(int(result["ops"]) / max(writer.batches, 1), 1)  # type: ignore[call-overload]
+            result = await _drive(args.users, args.seconds, op)
+            result["batches"] = writer.batches
+            result["avg_batch"] = round(int(result["ops"]) / max(writer.batches, 1), 1)  # type: ignore[call-overload]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if relay is not None:
+            await relay.flush()
+            result["outbox_rows_published"] = relay.published
+            result["outbox_rows_left"] = await pool.fetchval("SELECT count(*) FROM outbox")
+        if redis is not None:
+            keys = [k async for k in redis.scan_iter(match=b"bench*", count=1000)]
+            if keys:
+                await redis.delete(*keys)
+            await redis.aclose()
     result["counters_exact"] = await _exact(pool, vybe_id, full=True)
     return result
 
@@ -197,7 +228,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     dsn = _with_database(args.dsn, name)
     report: dict[str, object] = {
         "users": args.users, "seconds_per_phase": args.seconds, "pool_size": args.pool,
-        "batch_ms": args.batch_ms, "batch_max": args.batch_max, "loop": args.loop,
+        "batch_ms": args.batch_ms, "batch_max": args.batch_max, "loop": args.loop, "outbox": args.outbox,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
     }
@@ -229,6 +260,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-max", type=int, default=500)
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                    help="event loop for both phases (the gateway runs on uvloop; asyncio if it is missing)")
+    p.add_argument("--outbox", action=argparse.BooleanOptionalAction, default=True,
+                   help="ours writes each batch's events to the outbox and publishes them to Redis, as a gateway does")
+    p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--fk-variant", action=argparse.BooleanOptionalAction, default=True,
                    help="also run both phases with an FK from reactions to the hot row")
     return p.parse_args(argv)

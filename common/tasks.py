@@ -63,7 +63,7 @@ class Supervised:
             try:
                 await self._run()
                 log.error("task %s returned; restarting it", self.name)
-            except Exception:  # noqa: BLE001 - a supervisor restarts whatever killed the loop
+            except Exception:  # a supervisor restarts whatever killed the loop
                 log.exception("task %s failed; restarting it", self.name)
             finally:
                 healthy.cancel()

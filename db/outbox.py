@@ -204,10 +204,12 @@ class Relay:
                 log.warning("outbox: deleting %d published rows failed (%s); will retry", len(done), err)
 
     async def flush(self) -> None:
-        """At shutdown: publish what the fast path still holds, delete what was published."""
+        """At shutdown: publish what the fast path still holds (and any row a cancelled publish
+        left behind), delete what was published."""
         rows, self._queue = self._queue, []
         if rows:
             await self._publish(rows, [r.seq == 1 for r in rows])
+        await self.catch_up(0.0)
         done, self._done = self._done, []
         if done:
             await self.pool.execute(_DELETE, done)

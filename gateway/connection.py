@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.auth import AuthError, Identity
 from db.pool import UNREACHABLE
+from gateway.auth import AuthError, Identity
 from gateway.commands import CommandError, handle, unavailable
 from gateway.hub import Unavailable
 from gateway.protocol import (
@@ -242,7 +242,7 @@ class Connection:
         except CommandError as err:
             self.reply(Error(cmd.id, err.code, err.message, err.retry_after))
             return
-        except Exception:  # noqa: BLE001 - a bug in one command must not drop the socket unanswered
+        except Exception:  # a bug in one command must not drop the socket unanswered
             log.exception("command %s failed", type(cmd).__name__)
             self.reply(Error(cmd.id, ErrorCode.INTERNAL, "internal error; the command may not have been applied",
                              1.0))

@@ -16,9 +16,9 @@ from litestar.params import FromPath, FromQuery
 
 from db import moderation as mdb
 from db import writes
+from db.pool import UNREACHABLE
 from gateway import protocol as p
 from gateway.auth import AuthError, Identity
-from db.pool import UNREACHABLE
 from gateway.commands import CommandError, handle, unavailable
 
 if TYPE_CHECKING:

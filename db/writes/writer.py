@@ -189,7 +189,7 @@ class ReactionWriter:
     async def _apply_and_answer(self, batch: list[_Op]) -> None:
         try:
             outcomes, rows = await self._commit_with_retries(batch)
-        except Exception as err:  # noqa: BLE001 - every caller gets an answer, whatever broke
+        except Exception as err:  # every caller gets an answer, whatever broke
             if isinstance(err, UNREACHABLE):
                 log.warning("reaction batch of %d failed: %r", len(batch), err)
             else:

@@ -244,3 +244,30 @@ async def test_killed_connection_mid_write_leaves_nothing(pool: asyncpg.Pool, da
     assert await pool.fetchval("SELECT count(*) FROM comments") == 0
     assert await pool.fetchval("SELECT comment_count FROM shared_vybes WHERE id = $1", v.id) == 0
     assert await pool.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+
+
+async def test_writer_survives_a_broken_batch(pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that fails in a way no retry covers (asyncpg's InternalClientError after a lost
+    connection) answers its callers `unavailable` with retry_after; the writer keeps serving."""
+    from db.writes import writer as writer_module
+
+    await users(pool, "ann", "bob")
+    v = await post_vybe(pool, "ann", content="x")
+    real = writer_module._apply_batch
+    calls = 0
+
+    async def broken_once(conn: asyncpg.Connection, batch: list[object]) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+        return await real(conn, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer_module, "_apply_batch", broken_once)
+    async with ReactionWriter(pool) as writer:
+        with pytest.raises(WriteError) as failed:
+            await writer.react("bob", target_type=V, target_id=v.id, reaction_type="HEART")
+        assert failed.value.code == "unavailable" and failed.value.retry_after
+        result = await writer.react("bob", target_type=V, target_id=v.id, reaction_type="HEART")
+        assert result.applied and result.reaction_count == 1
+        assert writer.task.running and writer.task.restarts == 0

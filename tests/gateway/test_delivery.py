@@ -169,8 +169,10 @@ async def test_slow_consumer_is_closed_without_slowing_others(start_gateway, con
 
 
 async def test_redis_restart_recovers_missed_events(start_gateway, connect, tmp_path: Path) -> None:
-    """Redis restarts under traffic: readiness goes red, the node resubscribes and backfills from
-    history, so a subscriber misses nothing; after a restart that lost the data it is told (gap)."""
+    """Redis down for 2 s (many backoffs) under traffic: readiness goes red, a new client gets a typed
+    `unavailable`, a write during the outage is acknowledged and announced once Redis is back, the node
+    resubscribes and backfills, so a subscriber misses nothing; after a restart that lost the data it is
+    told (gap)."""
     with embedded_redis(tmp_path / "r1") as url:
         live = await start_gateway(redis_url=url)
         c = await connect(live, live.token("survivor"))
@@ -186,6 +188,11 @@ async def test_redis_restart_recovers_missed_events(start_gateway, connect, tmp_
                 break
             await asyncio.sleep(0.05)
         assert r.status_code == 503 and r.json()["redis"] is False
+    late = await connect(live)
+    refused = await late.call("auth", token=live.token("latecomer"))
+    assert refused["type"] == "error" and refused["code"] == "unavailable" and refused["retry_after"] > 0
+    written = await c.ok("post_vybe", content="written while Redis was down", id="during-outage")
+    await asyncio.sleep(2.0)  # longer than many reconnect attempts
     with embedded_redis(tmp_path / "r1") as url:
         other = aioredis.Redis.from_url(url)
         outside = Publisher(other, live.settings.redis_prefix)
@@ -196,6 +203,15 @@ async def test_redis_restart_recovers_missed_events(start_gateway, connect, tmp_
         assert _seqs(c) == list(range(30))
         assert not [m for m in c.messages if m.get("code") == "gap"]
         assert live.gateway.backend.reconnects >= 1
+        created = await c.wait_for(lambda m: m.get("event") == "vybe.created", timeout=10)
+        assert created["data"]["id"] == written["id"]
+        assert (await late.ok("auth", token=live.token("latecomer")))["user_id"] == "latecomer"
+        async with httpx.AsyncClient(base_url=live.http) as http:
+            for _ in range(40):
+                if (await http.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await http.get("/readyz")).status_code == 200
         await other.aclose()
     # Now a restart that loses everything: a fresh Redis on the same socket path.
     for f in (tmp_path / "r1" / "redis").glob("appendonly*"):

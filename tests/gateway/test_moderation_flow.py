@@ -107,3 +107,43 @@ async def test_members_cannot_moderate(live, connect) -> None:
     c = await connect(live, live.token("member"))
     r = await c.call("claim", case_id="00000000-0000-0000-0000-000000000000", version=1)
     assert r["code"] == "forbidden"
+
+
+async def test_every_case_change_bumps_its_version_with_a_consistent_payload(live, connect) -> None:
+    """Reports on an open case each announce a new version, and every payload agrees with itself
+    (report_count equals the reporters listed); acting on an older version gets `conflict`."""
+    mod = await connect(live, live.token("mod", "MODERATOR"))
+    await mod.ok("subscribe", channel="mod:flagged")
+    author = await connect(live, live.token("author"))
+    vybe = await author.ok("post_vybe", content="you are all worthless")
+    await _score_all(live)
+    first = (await mod.wait_for(lambda m: m.get("event") == "report.flagged"))["data"]
+    reporters = [await connect(live, live.token(f"r{i}")) for i in range(3)]
+    for r in reporters:
+        await r.ok("report", target_type="shared_vybe", target_id=vybe["id"], report_type="HARASSMENT")
+    await mod.wait_for(lambda m: m.get("event") == "report.flagged" and len(m["data"]["reporters"]) == 4)
+    payloads = [m["data"] for m in mod.events("report.flagged")]
+    versions = [p["version"] for p in payloads]
+    assert versions == sorted(set(versions)) and len(versions) == 4, versions
+    assert all(p["report_count"] == len(p["reporters"]) for p in payloads), payloads
+    stale = await mod.call("claim", case_id=first["case_id"], version=first["version"])
+    assert stale["code"] == "conflict"
+    await mod.ok("claim", case_id=first["case_id"], version=versions[-1])
+
+
+async def test_reports_racing_the_scorer_all_answered(live, connect) -> None:
+    """Members reporting vybes while the worker scores them: every report is answered (no deadlock
+    escapes as a dropped socket) and every vybe ends with one open case."""
+    author = await connect(live, live.token("author"))
+    vybes = [await author.ok("post_vybe", content=f"you are pathetic, number {i}") for i in range(12)]
+    reporters = [await connect(live, live.token(f"rep{i}")) for i in range(3)]
+
+    async def report_all(r) -> list[dict]:
+        return [await r.call("report", target_type="shared_vybe", target_id=v["id"], report_type="HARASSMENT")
+                for v in vybes]
+
+    answers = await asyncio.gather(_score_all(live), *(report_all(r) for r in reporters))
+    replies = [a for batch in answers[1:] for a in batch]
+    assert len(replies) == 36 and all(a["type"] == "ack" for a in replies), replies
+    cases = await live.gateway.pool.fetchval("SELECT count(*) FROM moderation_cases WHERE state = 'open'")
+    assert cases == 12

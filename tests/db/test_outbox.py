@@ -1,0 +1,120 @@
+"""The transactional outbox: rows written with the write, published in commit order, once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from db import outbox
+from moderation.bus import JOBS_CHANNEL, Event, Keys, Publisher, event, job
+
+pytestmark = pytest.mark.anyio
+
+
+async def _write(pool: asyncpg.Pool, events: list[Event]) -> list[outbox.Row]:
+    async with pool.acquire() as conn, conn.transaction():
+        return await outbox.write(conn, events)
+
+
+async def _history(redis: aioredis.Redis, prefix: str, channel: str) -> list[int]:
+    entries = await redis.xrange(Keys(prefix).stream(channel))
+    return [int(fields[b"m"].split(b'"n":')[1].split(b"}")[0]) for _, fields in entries]
+
+
+def _n(channel: str, n: int) -> Event:
+    return event(channel, "test.seq", {"n": n})
+
+
+async def test_rows_group_by_channel_with_sequences_and_jobs_unordered(pool: asyncpg.Pool) -> None:
+    """One row per channel per transaction; ordered channels count 1, 2, ...; the job queue has no sequence."""
+    first = await _write(pool, [_n("feed", 0), _n("vybe:a", 1), _n("feed", 2), job("vybe", "x")])
+    assert [(r.channel, r.seq) for r in first] == [("feed", 1), ("vybe:a", 1), (JOBS_CHANNEL, None)]
+    assert first[0].messages.count(outbox.SEPARATOR) == 1
+    second = await _write(pool, [_n("feed", 3)])
+    assert [(r.channel, r.seq) for r in second] == [("feed", 2)]
+    assert await _write(pool, []) == []
+
+
+async def test_sequence_follows_commit_order_under_concurrency(pool: asyncpg.Pool, database_url: str) -> None:
+    """Concurrent transactions on one channel get sequence numbers in the order they commit, with no holes."""
+    seen_before: dict[int, int] = {}
+    observer = await asyncpg.connect(database_url)
+    looking = asyncio.Lock()
+
+    async def writer(n: int) -> int:
+        async with pool.acquire() as conn, conn.transaction():
+            await asyncio.sleep(0.001 * (n % 5))
+            [row] = await outbox.write(conn, [_n("feed", n)])
+            # Every lower sequence committed before this one got its number (seen from outside).
+            async with looking:
+                seen_before[row.seq or 0] = await observer.fetchval("SELECT count(*) FROM outbox WHERE channel = 'feed'")
+            await asyncio.sleep(0.001 * (n % 3))
+        return row.seq or 0
+
+    try:
+        seqs = await asyncio.gather(*(writer(n) for n in range(15)))
+    finally:
+        await observer.close()
+    assert sorted(seqs) == list(range(1, 16))
+    assert all(seen_before[seq] == seq - 1 for seq in seqs)
+
+
+async def test_out_of_order_rows_are_held_and_published_in_order_once(
+        pool: asyncpg.Pool, redis: aioredis.Redis, redis_prefix: str) -> None:
+    """Row 2 before row 1 waits in Redis; row 1 releases both in order; republishing is a no-op."""
+    pub = Publisher(redis, redis_prefix)
+    rows = [(await _write(pool, [_n("feed", n)]))[0] for n in range(3)]
+    assert await pub.publish_rows([rows[1]], [False]) == ["held"]
+    assert await _history(redis, redis_prefix, "feed") == []
+    assert await pub.publish_rows([rows[0], rows[2]], [True, False]) == ["published", "published"]
+    assert await _history(redis, redis_prefix, "feed") == [0, 1, 2]
+    assert await pub.publish_rows(rows, [True] * 3) == ["duplicate"] * 3
+    assert await _history(redis, redis_prefix, "feed") == [0, 1, 2]
+
+
+async def test_relay_publishes_what_a_dead_process_left(
+        pool: asyncpg.Pool, redis: aioredis.Redis, redis_prefix: str) -> None:
+    """Rows committed but never published (the writer died) are published by a relay, in order, then deleted."""
+    for n in range(5):
+        await _write(pool, [_n("vybe:r", n), job("comment", f"c{n}")])
+    relay = outbox.Relay(pool, Publisher(redis, redis_prefix).publish_rows)
+    assert await relay.catch_up(0.0) == 10
+    assert await _history(redis, redis_prefix, "vybe:r") == [0, 1, 2, 3, 4]
+    assert await redis.xlen(Keys(redis_prefix).jobs) == 5
+    await relay.flush()
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    assert await relay.catch_up(0.0) == 0
+
+
+async def test_a_channel_redis_forgot_restarts_from_the_oldest_waiting_row(
+        pool: asyncpg.Pool, redis: aioredis.Redis, redis_prefix: str) -> None:
+    """After Redis lost a channel's position, the fast path holds a later row; the relay starts the channel
+    again from the oldest row still in the outbox, so nothing committed is skipped."""
+    pub = Publisher(redis, redis_prefix)
+    relay = outbox.Relay(pool, pub.publish_rows)
+    first = await _write(pool, [_n("feed", 0)])
+    await relay.publish_now(first)
+    await relay.flush()
+    await redis.delete(*[k async for k in redis.scan_iter(match=redis_prefix + "*")])  # data lost
+    waiting = [(await _write(pool, [_n("feed", n)]))[0] for n in (1, 2)]
+    assert await pub.publish_rows([waiting[1]], [False]) == ["held"]
+    assert await relay.catch_up(0.0) == 2
+    assert await _history(redis, redis_prefix, "feed") == [1, 2]
+
+
+async def test_publish_failure_leaves_rows_to_the_relay(pool: asyncpg.Pool, redis: aioredis.Redis,
+                                                       redis_prefix: str) -> None:
+    """The fast path never raises: rows it could not publish stay in the outbox for the relay."""
+    dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    rows = await _write(pool, [_n("feed", 7)])
+    down = outbox.Relay(pool, Publisher(dead, redis_prefix).publish_rows)
+    await down.publish_now(rows)
+    assert not down.redis_ok and down.published == 0
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+    await dead.aclose()
+    up = outbox.Relay(pool, Publisher(redis, redis_prefix).publish_rows)
+    assert await up.catch_up(0.0) == 1
+    assert await _history(redis, redis_prefix, "feed") == [7]
