@@ -175,12 +175,14 @@ class Relay:
             self.backlog = len(self._queue)
 
     async def run_catch_up(self) -> None:
-        """Every ``interval_s`` (at once after a held row): publish what the fast paths left."""
+        """Every ``interval_s`` (at once after a held row): publish what the fast paths left.
+        While publishing fails (Redis down) every pass takes all rows, however young, so
+        delivery resumes within one interval of Redis coming back."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval_s):
                     await self._urgent.wait()
-            grace = 0.0 if self._urgent.is_set() else self.grace_s
+            grace = 0.0 if self._urgent.is_set() or not self.redis_ok else self.grace_s
             self._urgent.clear()
             try:
                 await self.catch_up(grace)
@@ -215,23 +217,33 @@ class Relay:
             await self.pool.execute(_DELETE, done)
 
     async def catch_up(self, grace_s: float = 0.0) -> int:
-        """One pass over unpublished rows older than ``grace_s``; returns rows published or found done."""
+        """Publish unpublished rows older than ``grace_s``, a batch at a time, until none is
+        left or Redis refuses; returns rows published or found done."""
         async with self.pool.acquire() as conn:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                 return 0  # another process is relaying right now
             try:
-                rows = [Row(*r) for r in await conn.fetch(_PENDING, grace_s, self.batch)]
-                if not rows:
-                    return 0
-                first = dict(await conn.fetch(_FIRST_SEQ, list({r.channel for r in rows if r.seq is not None})))
-                # A row may start a channel that Redis no longer knows (data lost, expired)
-                # only when no earlier row of that channel is still waiting.
-                starts = [r.seq is not None and first.get(r.channel) == r.seq for r in rows]
-                done = await self._publish(rows, starts)
-                self.relayed += done
-                return done
+                total = 0
+                while True:
+                    rows = [Row(*r) for r in await conn.fetch(_PENDING, grace_s, self.batch)]
+                    if not rows:
+                        return total
+                    first = dict(await conn.fetch(_FIRST_SEQ, list({r.channel for r in rows if r.seq is not None})))
+                    # A row may start a channel that Redis no longer knows (data lost, expired)
+                    # only when no earlier row of that channel is still waiting.
+                    done = await self._publish(rows, [r.seq is not None and first.get(r.channel) == r.seq
+                                                      for r in rows])
+                    self.relayed += done
+                    total += done
+                    if done < self.batch:
+                        return total
+                    await conn.execute(_DELETE, self._take_done())  # so the next batch is new rows
             finally:
                 await conn.fetchval("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+
+    def _take_done(self) -> list[int]:
+        done, self._done = self._done, []
+        return done
 
     async def _publish(self, rows: list[Row], starts: list[bool]) -> int:
         try:

@@ -166,7 +166,7 @@ local function pub(msg)
 {step}
 end
 local function pub_all(joined)
-  for msg in string.gmatch(joined, '[^\30]+') do pub(msg) end
+  for msg in string.gmatch(joined, '[^\\30]+') do pub(msg) end
 end
 local seq = tonumber(ARGV[4])
 local last = redis.call('GET', KEYS[4])

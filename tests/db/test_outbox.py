@@ -118,3 +118,13 @@ async def test_publish_failure_leaves_rows_to_the_relay(pool: asyncpg.Pool, redi
     up = outbox.Relay(pool, Publisher(redis, redis_prefix).publish_rows)
     assert await up.catch_up(0.0) == 1
     assert await _history(redis, redis_prefix, "feed") == [7]
+
+
+async def test_a_row_of_several_events_enters_history_as_separate_events(
+        pool: asyncpg.Pool, redis: aioredis.Redis, redis_prefix: str) -> None:
+    """A group commit's events for one channel share a row; each becomes its own history entry."""
+    [row] = await _write(pool, [_n("vybe:g", n) for n in range(4)])
+    assert await Publisher(redis, redis_prefix).publish_rows([row], [True]) == ["published"]
+    assert await _history(redis, redis_prefix, "vybe:g") == [0, 1, 2, 3]
+    entries = await redis.xrange(Keys(redis_prefix).stream("vybe:g"))
+    assert all(b"\x1e" not in fields[b"m"] for _, fields in entries)

@@ -1,0 +1,62 @@
+"""PostgreSQL goes away for 10 s under load (a fast shutdown, and a SIGKILLed postmaster):
+the gateways answer every command with `unavailable`, keep every socket open, and take
+writes again when it is back, without being restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+from load import Outcome
+from scenario import Run, Window, assert_none, few, loss_problems, ready_problems, run_under_load
+
+if TYPE_CHECKING:
+    from conftest import Rig
+
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+
+DOWN_S = 10.0
+WRITES_BACK_WITHIN_S = 10.0
+
+
+def outage_violations(outcomes: list[Outcome], start: float, end: float) -> list[Outcome]:
+    """Attempts sent and answered (or left unanswered) while PostgreSQL was going or gone that got
+    neither an ack (committed before it went) nor ``error`` / ``unavailable`` with a ``retry_after``."""
+    during = [o for o in outcomes if o.sent >= start and (o.answered is None or o.answered <= end)]
+    return [o for o in during if not (o.kind == "ack" or (o.kind == "error" and o.code == "unavailable"
+                                                            and o.retry_after is not None))]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kill", [False, True], ids=["fast_stop", "sigkill"])
+async def test_postgres_down_10s_answers_unavailable_and_recovers(rig: Rig, kill: bool) -> None:
+    """PostgreSQL down 10 s: writes get `unavailable` + retry_after, sockets stay open, writes succeed after."""
+    starting = 0.0
+
+    async def fault(w: Window) -> None:
+        nonlocal starting
+        w.down = time.time()
+        await asyncio.to_thread(rig.pg.kill if kill else rig.pg.stop)
+        await asyncio.sleep(DOWN_S)
+        starting = time.time()
+        await asyncio.to_thread(rig.pg.start)
+        w.up = time.time()
+
+    r: Run = await run_under_load(rig, f"postgres_down_{DOWN_S:.0f}s_{'sigkill' if kill else 'fast'}", fault)
+    exits = [g.returncode for g in rig.gateways]
+    closes = {c.name: c.closes for c in rig.clients if c.closes}
+    wrong = outage_violations(r.outcomes, r.window.down, starting)
+    back = r.writers_back_s()
+    r.report(writers_back_s=back, outage_violations=len(wrong), socket_closes=sum(len(v) for v in closes.values()))
+    problems = [] if exits == [None, None] else [f"a gateway exited: {exits}"]
+    if wrong:
+        problems.append(f"{len(wrong)} commands during the outage not answered `unavailable` with retry_after: "
+                        f"{few(wrong)}")
+    if closes:
+        problems.append(f"sockets closed during the outage (close code, time): {closes}")
+    problems += loss_problems(r) + ready_problems(r, require_unready=True)
+    if late := {w: s for w, s in back.items() if s is None or s > WRITES_BACK_WITHIN_S}:
+        problems.append(f"writers with no acknowledged write within {WRITES_BACK_WITHIN_S} s of the return: {late}")
+    assert_none(problems)
