@@ -58,6 +58,10 @@ class Backend(ABC):
         """Events after ``after`` in ``epoch``, in order; None when they cannot all be given
         (the epoch changed, or older events were trimmed away)."""
 
+    async def current(self, channel: str) -> list[HistoryEntry]:
+        """Everything ``channel``'s history holds now, oldest first (after a reset, what is new)."""
+        return []
+
     @abstractmethod
     async def publish(self, channel: str, event: str, data: object, meta: Meta | None = None) -> str:
         """Append and broadcast; return the event's offset."""

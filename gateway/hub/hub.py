@@ -311,7 +311,9 @@ class Hub:
             sub.enqueue(notice)
 
     async def _on_reconnect(self, channels: Iterable[str]) -> None:
-        """After Redis came back: backfill each channel from its history, or announce a gap."""
+        """After Redis came back: backfill each channel from its history. When history cannot
+        fill the hole (Redis lost its data, or trimmed past it), announce a gap, then deliver
+        what the channel's new history already holds: it was all published after the loss."""
         for name in channels:
             state = self._channels.get(name)
             if state is None:
@@ -321,15 +323,18 @@ class Hub:
             state.recovering = []
             try:
                 entries = await self.backend.history(name, state.epoch, state.last)
+                if entries is None:
+                    self._gap(state, "the connection to Redis was lost and history could not fill it")
+                    state.epoch = state.last = None
+                    entries = await self.backend.current(name)
             except self.backend.transient_errors as err:  # must end in a gap notice, not a loss
                 log.warning("history read failed during recovery of %s: %s", name, err)
-                entries = None
+                if state.epoch is not None:
+                    self._gap(state, "the connection to Redis was lost and history could not be read")
+                    state.epoch = state.last = None
+                entries = []
             buffered, state.recovering = state.recovering, None
-            if entries is None:
-                self._gap(state, "the connection to Redis was lost and history could not fill it")
-                state.epoch = state.last = None
-            else:
-                self._deliver(state, [(e.epoch, e.stream_id, e.message) for e in entries])
+            self._deliver(state, [(e.epoch, e.stream_id, e.message) for e in entries])
             self._deliver(state, buffered)
 
 

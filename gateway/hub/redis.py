@@ -131,6 +131,16 @@ class RedisBackend(Backend):
             return None
         return [HistoryEntry(epoch, _s(sid), fields[b"m"]) for sid, fields in entries]
 
+    async def current(self, channel: str) -> list[HistoryEntry]:
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(k.epoch(channel))
+            pipe.xrange(k.stream(channel), "-", "+", count=self.history_len * 2)
+            epoch, entries = await pipe.execute()
+        if not epoch:
+            return []
+        return [HistoryEntry(_s(epoch), _s(sid), fields[b"m"]) for sid, fields in entries]
+
     async def _run(self) -> None:
         await read_with_reconnect(self._read, self._resubscribe, self._up.clear, "redis pub/sub")
 
