@@ -42,11 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from db.counters import check_counters  # noqa: E402
 from db.migrate import migrate  # noqa: E402
+from common.tasks import cancel_and_wait  # noqa: E402
 from db.outbox import Relay  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from db.writes import ReactionWriter, WriteError, post_vybe, upsert_user  # noqa: E402
 from moderation.bus import Publisher  # noqa: E402
-from moderation.events import reaction_changed  # noqa: E402
+from moderation.events import reactions_changed  # noqa: E402
 
 TYPES = ["HEART", "CLAP", "FIRE", "PEACE", "INSPIRE", "STRENGTH", "GRATITUDE", "MINDFUL"]
 _NAIVE_INSERT = """
@@ -131,7 +132,7 @@ async def _ours(pool: asyncpg.Pool, vybe_id: object, args: argparse.Namespace) -
     if redis is not None:
         relay = Relay(pool, Publisher(redis, f"bench{secrets.token_hex(3)}:").publish_rows)
         tasks = [asyncio.create_task(relay.run_fast_path()), asyncio.create_task(relay.run_deleter())]
-    events = reaction_changed if relay is not None else None
+    events = reactions_changed if relay is not None else None
     on_commit = relay.submit if relay is not None else None
     try:
         async with ReactionWriter(pool, batch_ms=args.batch_ms, batch_max=args.batch_max, events=events,
@@ -145,8 +146,7 @@ async def _ours(pool: asyncpg.Pool, vybe_id: object, args: argparse.Namespace) -
             result["avg_batch"] = round(int(result["ops"]) / max(writer.batches, 1), 1)  # type: ignore[call-overload]
     finally:
         for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(task)
         if relay is not None:
             await relay.flush()
             result["outbox_rows_published"] = relay.published

@@ -11,14 +11,42 @@ owner's ``stop()`` always ends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 2.0
+
+
+def cancelled_meanwhile(err: BaseException) -> None:
+    """Re-raise cancellation that a library turned into another exception.
+
+    Some clients (redis-py among them) convert a CancelledError raised inside their
+    I/O into a connection error; a loop that catches those and goes on would then
+    never stop. Call this first in every broad ``except``.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from err
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], timeout: float = 5.0) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling again while it runs on: redis-py
+    swallows a cancellation that lands inside its I/O (redis/redis-py#2028, #2665), so
+    one ``cancel()`` may not stop a loop that talks to Redis."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not task.done():
+        task.cancel()
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            log.error("task %s did not stop after %.0f s of cancellation", task.get_name(), timeout)
+            return
+        await asyncio.wait([task], timeout=min(0.1, left))
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed while stopping", task.get_name(), exc_info=task.exception())
 
 
 def backoff(attempt: int, cap: float = MAX_BACKOFF_S, base: float = 0.1) -> float:
@@ -50,9 +78,7 @@ class Supervised:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -63,7 +89,8 @@ class Supervised:
             try:
                 await self._run()
                 log.error("task %s returned; restarting it", self.name)
-            except Exception:  # a supervisor restarts whatever killed the loop
+            except Exception as err:  # a supervisor restarts whatever killed the loop
+                cancelled_meanwhile(err)
                 log.exception("task %s failed; restarting it", self.name)
             finally:
                 healthy.cancel()

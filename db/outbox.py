@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import asyncpg
 
-from common.tasks import backoff
+from common.tasks import backoff, cancelled_meanwhile
 from db.pool import UNREACHABLE
 
 if TYPE_CHECKING:
@@ -249,6 +249,7 @@ class Relay:
         try:
             outcomes = await self.publish(rows, starts)
         except Exception as err:  # noqa: BLE001 - any publish failure leaves the rows to the catch-up loop
+            cancelled_meanwhile(err)
             self.redis_ok = False
             log.warning("outbox: publishing %d rows failed (%s); the relay will retry", len(rows), err)
             return 0

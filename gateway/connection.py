@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from common.tasks import cancelled_meanwhile
 from db.pool import UNREACHABLE
 from gateway.auth import AuthError, Identity
 from gateway.commands import CommandError, handle, unavailable
@@ -242,7 +243,8 @@ class Connection:
         except CommandError as err:
             self.reply(Error(cmd.id, err.code, err.message, err.retry_after))
             return
-        except Exception:  # a bug in one command must not drop the socket unanswered
+        except Exception as err:  # a bug in one command must not drop the socket unanswered
+            cancelled_meanwhile(err)
             log.exception("command %s failed", type(cmd).__name__)
             self.reply(Error(cmd.id, ErrorCode.INTERNAL, "internal error; the command may not have been applied",
                              1.0))

@@ -31,7 +31,7 @@ from gateway.moderation import Desk
 from gateway.presence import Presence
 from gateway.protocol import CloseCode, Notice, encode
 from moderation.bus import Keys, Publisher
-from moderation.events import reaction_changed
+from moderation.events import reactions_changed
 
 if TYPE_CHECKING:
     from db.settings import Settings
@@ -58,7 +58,7 @@ class Gateway:
         self.supervisor = Supervisor()
         self.reactions = writes.ReactionWriter(pool, batch_ms=settings.write_batch_ms,
                                                batch_max=settings.write_batch_max,
-                                               events=reaction_changed, on_commit=self.relay.submit)
+                                               events=reactions_changed, on_commit=self.relay.submit)
         # Fault tests only: die between COMMIT and publish, as a crash there would.
         self._crash_after_commit = os.environ.get("VYBE_TEST_CRASH_AFTER_COMMIT") == "1"
         self.connections: set[Connection] = set()

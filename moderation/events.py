@@ -8,6 +8,7 @@ library does not depend on the database package.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -65,19 +66,42 @@ def reaction_channel(result: Any) -> str | None:
     return f"vybe:{vybe_id}" if vybe_id else None
 
 
-def reaction_changed(user_id: str, added: bool, result: Any) -> list[Event]:
-    """``reaction.added`` / ``reaction.removed`` where the target is shown, and a notice to its author."""
-    name = "reaction.added" if added else "reaction.removed"
-    data = {"target_type": result.target_type, "target_id": str(result.target_id), "reaction": result.reaction_type,
-            "user_id": user_id, "reaction_count": result.reaction_count}
-    out = []
-    channel = reaction_channel(result)
-    if channel:
-        out.append(event(channel, name, data, Meta(a=user_id)))
-    author = result.target_author_id
-    if added and author and author != user_id:
-        out.append(event(f"user:{author}", name, data, Meta(a=user_id, o=author)))
+def reactions_changed(applied: Sequence[tuple[str, bool, Any]]) -> list[Event]:
+    """One group commit's reactions, coalesced per target: one ``reactions.changed`` where the
+    target is shown (its new count, how many were added and removed), and one
+    ``reaction.added`` to its author when others added some. ``user_id`` and ``reaction``
+    name the reactor when the event reports a single change (then the fan-out filter hides
+    it from viewers who blocked them); they are null when it sums several.
+
+    ``applied`` holds (user id, added, result) for each operation that took effect, in order.
+    """
+    by_target: dict[tuple[str, str], list[tuple[str, bool, Any]]] = {}
+    for op in applied:
+        by_target.setdefault((op[2].target_type, str(op[2].target_id)), []).append(op)
+    out: list[Event] = []
+    for ops in by_target.values():
+        result = ops[-1][2]  # every result of a batch carries the count after its COMMIT
+        channel = reaction_channel(result)
+        if channel:
+            data, meta = _reaction_data(result, ops)
+            out.append(event(channel, "reactions.changed", data, meta))
+        author = result.target_author_id
+        others = [op for op in ops if op[1] and op[0] != author]
+        if author and others:
+            data, meta = _reaction_data(result, others)
+            del data["removed"]
+            out.append(event(f"user:{author}", "reaction.added", data,
+                             Meta(a=meta.a if meta else None, o=author)))
     return out
+
+
+def _reaction_data(result: Any, ops: list[tuple[str, bool, Any]]) -> tuple[dict[str, Any], Meta | None]:
+    single = ops[0] if len(ops) == 1 else None
+    added = sum(1 for op in ops if op[1])
+    data = {"target_type": result.target_type, "target_id": str(result.target_id),
+            "reaction_count": result.reaction_count, "added": added, "removed": len(ops) - added,
+            "user_id": single[0] if single else None, "reaction": single[2].reaction_type if single else None}
+    return data, Meta(a=single[0]) if single else None
 
 
 def blocks_changed(user_id: str, blocked: list[str]) -> list[Event]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
-from common.tasks import Supervisor, backoff
+from common.tasks import Supervisor, backoff, cancelled_meanwhile
 from db import moderation as mdb
 from db import outbox, writes
 from db.outbox import Announcement
@@ -74,6 +74,7 @@ class Worker:
                     await self.step()
                     attempt = 0
                 except Exception as err:  # noqa: BLE001 - the consumer loop must outlive any outage
+                    cancelled_meanwhile(err)
                     attempt += 1
                     log.warning("worker step failed (%s: %s); retrying", type(err).__name__, err)
                     await asyncio.sleep(backoff(attempt))

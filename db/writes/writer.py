@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from common.tasks import Supervised
+from common.tasks import Supervised, cancelled_meanwhile
 from db import outbox
 from db.pool import UNREACHABLE
 from db.writes import validate
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str, uuid.UUID]  # user, reaction type, target type, target id
-Events = Callable[[str, bool, ReactionResult], Iterable[outbox.Announced]]
-"""(user id, added, result) of an applied operation -> the events it announces."""
+Events = Callable[[list[tuple[str, bool, ReactionResult]]], Iterable[outbox.Announced]]
+"""(user id, added, result) of each operation of a batch that took effect -> the batch's events."""
 
 # Returns which of the round's adds and removes took effect, as 1-based
 # positions in their arrays (cheap to ship back: no row per operation).
@@ -93,9 +93,10 @@ class ReactionWriter:
 
     def __init__(self, pool: asyncpg.Pool, *, batch_ms: float = 2.0, batch_max: int = 500, retries: int = 5,
                  events: Events | None = None, on_commit: Callable[[list[outbox.Row]], None] | None = None):
-        """``events(user_id, added, result)`` says what an applied operation announces: the
-        batch writes them to the outbox in its transaction, and hands the rows to
-        ``on_commit`` (the outbox relay's fast path) after COMMIT."""
+        """``events(applied)`` says what a batch announces, from (user id, added, result) of
+        each operation that took effect: the batch writes them to the outbox in its
+        transaction (a few rows per batch, however many reactions it holds), and hands
+        the rows to ``on_commit`` (the outbox relay's fast path) after COMMIT."""
         if batch_max <= 0 or batch_ms < 0:
             raise ValueError("batch_max must be positive and batch_ms not negative")
         self._pool = pool
@@ -190,6 +191,7 @@ class ReactionWriter:
         try:
             outcomes, rows = await self._commit_with_retries(batch)
         except Exception as err:  # every caller gets an answer, whatever broke
+            cancelled_meanwhile(err)
             if isinstance(err, UNREACHABLE):
                 log.warning("reaction batch of %d failed: %r", len(batch), err)
             else:
@@ -232,11 +234,9 @@ class ReactionWriter:
     def _announced(self, batch: list[_Op], outcomes: list[ReactionResult | WriteError]) -> list[outbox.Announced]:
         if self._events is None:
             return []
-        out: list[outbox.Announced] = []
-        for op, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, ReactionResult) and outcome.applied:
-                out.extend(self._events(op.key[0], op.add, outcome))
-        return out
+        applied = [(op.key[0], op.add, outcome) for op, outcome in zip(batch, outcomes, strict=True)
+                   if isinstance(outcome, ReactionResult) and outcome.applied]
+        return list(self._events(applied)) if applied else []
 
     @staticmethod
     def _fail(ops: list[_Op], error: WriteError) -> None:

@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.tasks import backoff
+from common.tasks import backoff, cancel_and_wait, cancelled_meanwhile
 from gateway.hub.base import Backend, HistoryEntry
 from moderation.bus import Keys, Meta, Publisher, stream_id_key
 
@@ -63,8 +63,7 @@ class RedisBackend(Backend):
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -213,6 +212,7 @@ async def read_with_reconnect(read: Callable[[], Awaitable[None]], resubscribe: 
         try:
             await read()
         except Exception as err:  # noqa: BLE001 - any failure of the link means: reconnect
+            cancelled_meanwhile(err)
             down()
             log.warning("%s lost (%s: %s); reconnecting", label, type(err).__name__, err)
         attempt = 0
@@ -222,6 +222,7 @@ async def read_with_reconnect(read: Callable[[], Awaitable[None]], resubscribe: 
                 await resubscribe()
                 break
             except Exception as again:  # noqa: BLE001 - keep trying until Redis is back
+                cancelled_meanwhile(again)
                 attempt += 1
                 log.warning("%s: reconnect failed (%s: %s); retrying", label, type(again).__name__, again)
 

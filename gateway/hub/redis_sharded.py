@@ -35,6 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.tasks import cancel_and_wait
 from db.settings import SettingsError
 from gateway.hub.redis import _CONTROL, RedisBackend, read_with_reconnect
 from moderation.bus import Publisher
@@ -93,8 +94,7 @@ class _Link:
 
     async def close(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+            await cancel_and_wait(self.task)
             self.task = None
         if self.pubsub is not None:
             with contextlib.suppress(*_REDIS_DOWN):
@@ -209,8 +209,7 @@ class ShardedRedisBackend(RedisBackend):
     async def close(self) -> None:
         self._started = False
         for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel_and_wait(task)
         for link in list(self._links.values()):
             await link.close()
         self._links.clear()

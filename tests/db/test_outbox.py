@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
@@ -128,3 +129,31 @@ async def test_a_row_of_several_events_enters_history_as_separate_events(
     assert await _history(redis, redis_prefix, "vybe:g") == [0, 1, 2, 3]
     entries = await redis.xrange(Keys(redis_prefix).stream("vybe:g"))
     assert all(b"\x1e" not in fields[b"m"] for _, fields in entries)
+
+
+def test_a_group_commit_is_announced_once_per_target() -> None:
+    """Hundreds of reactions on one vybe in one group commit: one event where it is shown, one to its
+    author; a lone reaction names its reactor (so blocks apply), a sum does not."""
+    import uuid
+
+    from db.writes.types import ReactionResult
+    from moderation.bus import split_message
+    from moderation.events import reactions_changed
+
+    vybe = uuid.uuid4()
+
+    def result(count: int) -> ReactionResult:
+        return ReactionResult(applied=True, target_type="SHARED_VYBE", target_id=vybe, reaction_type="HEART",
+                              reaction_count=count, target_author_id="author", vybe_id=vybe)
+
+    many = [(f"u{i}", i % 5 != 0, result(240)) for i in range(400)] + [("author", True, result(240))]
+    events = reactions_changed(many)
+    assert [e.channel for e in events] == [f"vybe:{vybe}", "user:author"]
+    meta, body = split_message(events[0].message)
+    data = msgspec.json.decode(body)["data"]
+    assert (data["reaction_count"], data["added"], data["removed"], data["user_id"]) == (240, 321, 80, None)
+    assert meta.a is None
+    note = msgspec.json.decode(split_message(events[1].message)[1])["data"]
+    assert note["added"] == 320 and note["user_id"] is None  # the author's own reaction is not news to them
+    [one, to_author] = reactions_changed([("u1", True, result(1))])
+    assert split_message(one.message)[0].a == "u1" and split_message(to_author.message)[0].a == "u1"

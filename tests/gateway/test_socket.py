@@ -39,6 +39,7 @@ async def test_react_counts_and_notifies_author(live, connect) -> None:
     assert r["applied"] is True and r["reaction_count"] == 1
     again = await bob.ok("react", target_id=vybe["id"], reaction="CLAP")
     assert again["applied"] is False and again["reaction_count"] == 1
-    ev = await alice.wait_for(lambda m: m.get("event") == "reaction.added" and m["channel"].startswith("vybe:"))
-    assert ev["data"]["reaction_count"] == 1
-    await alice.wait_for(lambda m: m.get("event") == "reaction.added" and m["channel"] == "user:alice")
+    ev = await alice.wait_for(lambda m: m.get("event") == "reactions.changed" and m["channel"].startswith("vybe:"))
+    assert ev["data"]["reaction_count"] == 1 and ev["data"]["user_id"] == "bob" and ev["data"]["added"] == 1
+    note = await alice.wait_for(lambda m: m.get("event") == "reaction.added" and m["channel"] == "user:alice")
+    assert note["data"]["user_id"] == "bob" and note["data"]["added"] == 1 and "removed" not in note["data"]

@@ -81,9 +81,8 @@ function start(token, claims) {
           refreshVybe(d.id, false);
         }
         return;
-      case "reaction.added":
-      case "reaction.removed":
-        if (msg.channel.startsWith("vybe:")) onReaction(msg.channel.slice(5), msg.event, d);
+      case "reactions.changed":
+        if (msg.channel.startsWith("vybe:")) onReaction(msg.channel.slice(5), d);
         return;
       case "comment.created":
         if (msg.channel.startsWith("vybe:")) onComment(d);
@@ -114,16 +113,16 @@ function start(token, claims) {
     }
   }
 
-  function onReaction(vybeId, event, d) {
+  function onReaction(vybeId, d) {
     if (d.target_type === "COMMENT") {
       const t = threads.get(vybeId);
       const c = t?.items.get(d.target_id);
       if (c) { c.reaction_count = d.reaction_count; renderOne(vybeId); }
       return;
     }
-    if (d.user_id === me && d.reaction) {
+    if (d.user_id === me && d.reaction) {  // set only when the event reports one change (mine, from another tab)
       const set = mine.get(vybeId) || new Set();
-      if (event === "reaction.added") set.add(d.reaction); else set.delete(d.reaction);
+      if (d.added) set.add(d.reaction); else set.delete(d.reaction);
       mine.set(vybeId, set);
     }
     patch(vybeId, { reaction_count: d.reaction_count });
