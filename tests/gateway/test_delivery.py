@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
-import msgspec
 import pytest
 import redis.asyncio as aioredis
+from gateway_process import free_port, gateway_env, wait_ready
 
 from db.embedded import embedded_redis
 from moderation.bus import Publisher
@@ -106,28 +103,13 @@ async def test_resume_from_unknown_epoch_or_trimmed_history(start_gateway, conne
         await client.wait_for(lambda m: m.get("data", {}).get("n") == 400)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_two_gateway_processes_share_events(live, connect, settings) -> None:
     """A post on one gateway process reaches a subscriber on another, both ways."""
-    port = _free_port()
-    env = {**os.environ, "VYBE_DATABASE_URL": settings.database_url, "VYBE_REDIS_URL": settings.redis_url,
-           "VYBE_REDIS_PREFIX": settings.redis_prefix, "VYBE_JWT_SECRET": settings.jwt_secret,
-           "VYBE_PORT": str(port), "VYBE_LOG_LEVEL": "WARNING", "VYBE_PRESENCE_INTERVAL_S": "0.2"}
+    port = free_port()
+    env = gateway_env(settings, port, VYBE_PRESENCE_INTERVAL_S="0.2")
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway"], env=env)
     try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(200):
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
+        await wait_ready(port, lambda: proc.poll() is None)
         other = type(live)(live.settings, live.server, port)
         a = await connect(live, live.token("on-a"))
         b = await connect(other, live.token("on-b"))

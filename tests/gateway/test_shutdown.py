@@ -5,46 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
-import socket
 import sys
 
-import httpx
 import pytest
 import websockets
+from gateway_process import free_port, gateway_env, wait_ready
 
 from gateway.auth import mint_token
 
 pytestmark = pytest.mark.anyio
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_clean_drain_exits_zero(settings, redis, sig: signal.Signals) -> None:
     """`vybe gateway` drains a connected client (1001) on SIGTERM/SIGINT and exits 0, not 143/130."""
-    port = _free_port()
-    env = {**os.environ, "VYBE_DATABASE_URL": settings.database_url, "VYBE_REDIS_URL": settings.redis_url,
-           "VYBE_REDIS_PREFIX": settings.redis_prefix, "VYBE_JWT_SECRET": settings.jwt_secret,
-           "VYBE_PORT": str(port), "VYBE_LOG_LEVEL": "WARNING"}
+    port = free_port()
+    env = gateway_env(settings, port)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.cli", "gateway", env=env)
     try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(300):
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert proc.returncode is None, f"gateway exited early with {proc.returncode}"
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("gateway never became ready")
+        await wait_ready(port, lambda: proc.returncode is None)
         async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
             await ws.send(json.dumps({"type": "auth", "id": "a", "token": mint_token(settings, "drained")}))
             assert json.loads(await asyncio.wait_for(ws.recv(), 5))[0]["type"] == "ack"
