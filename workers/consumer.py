@@ -63,7 +63,7 @@ class Worker:
         """Consume until ``stop`` is set; the batch in hand is finished first. The sweeper and
         the outbox loops run supervised beside it."""
         sup = self.supervisor
-        sup.add("sweeper", lambda: self._sweep_loop(stop))
+        sup.add("sweeper", self._sweep_loop)
         sup.add("outbox-deleter", self.relay.run_deleter)
         attempt = 0
         try:
@@ -182,7 +182,9 @@ class Worker:
         log.error("moderation job %s dead-lettered after %d attempts", entry_id, self.settings.worker_max_attempts)
 
     async def sweep(self) -> int:
-        """Enqueue items left unscored (a gateway died between COMMIT and enqueue)."""
+        """Enqueue items left unscored. The job is an outbox row of the write, so a gateway dying
+        after COMMIT no longer loses it; what remains is Redis losing the job stream (a restart
+        without persistence) after the relay published the job."""
         async with self.pool.acquire() as conn:
             # One sweeper at a time across workers; duplicates would be harmless, just wasteful.
             if not await conn.fetchval("SELECT pg_try_advisory_lock(7354001)"):
@@ -195,9 +197,10 @@ class Worker:
             finally:
                 await conn.fetchval("SELECT pg_advisory_unlock(7354001)")
 
-    async def _sweep_loop(self, stop: asyncio.Event) -> None:
+    async def _sweep_loop(self) -> None:
+        """Until cancelled (the worker's supervisor stops it with the consumer loop)."""
         interval = max(self.settings.sweep_after_s / 2, 0.5)
-        while not stop.is_set():
+        while True:
             try:
                 swept = await self.sweep()
                 if swept:
