@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 from load import Outcome
 from scenario import Run, Window, assert_none, few, loss_problems, ready_problems, run_under_load
@@ -29,17 +30,33 @@ def outage_violations(outcomes: list[Outcome], start: float, end: float) -> list
                                                             and o.retry_after is not None))]
 
 
+async def _rest_calls(rig: Rig) -> list[tuple[int, dict[str, object], str | None]]:
+    """A REST write and a REST read on each gateway: (status, body, Retry-After header)."""
+    headers = {"Authorization": f"Bearer {rig.token('rest-user')}"}
+    out = []
+    async with httpx.AsyncClient(timeout=10) as http:
+        for gw in rig.gateways:
+            for method, path, body in (("POST", "/api/vybes", {"content": "during the outage"}),
+                                       ("GET", "/api/feed", None)):
+                r = await http.request(method, gw.http + path, json=body, headers=headers)
+                out.append((r.status_code, r.json(), r.headers.get("retry-after")))
+    return out
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("kill", [False, True], ids=["fast_stop", "sigkill"])
 async def test_postgres_down_10s_answers_unavailable_and_recovers(rig: Rig, kill: bool) -> None:
     """PostgreSQL down 10 s: writes get `unavailable` + retry_after, sockets stay open, writes succeed after."""
     starting = 0.0
+    rest: list[tuple[int, dict[str, object], str | None]] = []
 
     async def fault(w: Window) -> None:
         nonlocal starting
         w.down = time.time()
         await asyncio.to_thread(rig.pg.kill if kill else rig.pg.stop)
-        await asyncio.sleep(DOWN_S)
+        await asyncio.sleep(1.0)
+        rest.extend(await _rest_calls(rig))
+        await asyncio.sleep(DOWN_S - 1.0)
         starting = time.time()
         await asyncio.to_thread(rig.pg.start)
         w.up = time.time()
@@ -49,8 +66,12 @@ async def test_postgres_down_10s_answers_unavailable_and_recovers(rig: Rig, kill
     closes = {c.name: c.closes for c in rig.clients if c.closes}
     wrong = outage_violations(r.outcomes, r.window.down, starting)
     back = r.writers_back_s()
-    r.report(writers_back_s=back, outage_violations=len(wrong), socket_closes=sum(len(v) for v in closes.values()))
+    r.report(writers_back_s=back, outage_violations=len(wrong), socket_closes=sum(len(v) for v in closes.values()),
+             rest_during_outage=sorted({s for s, _, _ in rest}))
     problems = [] if exits == [None, None] else [f"a gateway exited: {exits}"]
+    if not rest or any(status != 503 or body.get("code") != "unavailable" or not body.get("retry_after")
+                       or not retry for status, body, retry in rest):
+        problems.append(f"REST during the outage was not 503 `unavailable` with retry_after and Retry-After: {rest}")
     if wrong:
         problems.append(f"{len(wrong)} commands during the outage not answered `unavailable` with retry_after: "
                         f"{few(wrong)}")
