@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import msgspec
+from redis.exceptions import RedisError
 
 from db import writes
 from db.outbox import Announcement
@@ -89,6 +90,8 @@ async def handle(conn: Caller, cmd: Any) -> Result:
                 return await _moderate(conn, cmd)
     except writes.WriteError as err:
         raise CommandError(err.code, err.message, err.retry_after) from err
+    except RedisError as err:  # e.g. a resume's history read while Redis restarts
+        raise unavailable("Redis") from err
     except UNREACHABLE as err:
         raise unavailable("PostgreSQL") from err
     except Unavailable as err:
