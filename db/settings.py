@@ -57,7 +57,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_leeway_s: float = 30.0
 
     auth_timeout_s: float = 5.0
-    max_frame_bytes: int = 16_384
+    max_frame_bytes: int = 65_536
     max_vybe_chars: int = 5_000
     max_comment_chars: int = 2_000
     rate_per_s: float = 20.0

@@ -9,7 +9,8 @@ defaults. ``docs/protocol.md`` is the reference; a test replays its examples.
 
 from __future__ import annotations
 
-from typing import Literal, cast
+import json
+from typing import Annotated, Literal, cast
 
 import msgspec
 
@@ -26,7 +27,7 @@ Id = msgspec.Meta(max_length=64)
 
 
 class Command(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, kw_only=True):
-    id: str = ""
+    id: Annotated[str, Id] = ""
     """Client id of this command, echoed in its ack or error; also the idempotency key of writes."""
 
 
@@ -143,6 +144,7 @@ class ErrorCode:
     MALFORMED = "malformed"
     UNKNOWN_TYPE = "unknown_type"
     INVALID = "invalid"
+    INVALID_CONTENT = "invalid_content"
     FRAME_TOO_LARGE = "frame_too_large"
     BINARY_UNSUPPORTED = "binary_unsupported"
     RATE_LIMITED = "rate_limited"
@@ -196,7 +198,24 @@ def decode_command(frame: str | bytes) -> ClientCommand:
     except msgspec.ValidationError as err:
         raise DecodeFailure(_classify(frame, str(err))) from err
     except msgspec.DecodeError as err:
-        raise DecodeFailure(Error(None, ErrorCode.MALFORMED, f"frame is not valid JSON: {err}")) from err
+        raise DecodeFailure(_undecodable(frame, err)) from err
+
+
+def _undecodable(frame: str | bytes, err: msgspec.DecodeError) -> Error:
+    """Not JSON, or JSON whose text escapes a lone UTF-16 surrogate (``"\\ud800"``): that is
+    valid JSON syntax but no Unicode text, so it is the content that is wrong, not the frame."""
+    try:
+        raw = json.loads(frame)
+    except ValueError:
+        return Error(None, ErrorCode.MALFORMED, f"frame is not valid JSON: {err}")
+    cid = raw.get("id") if isinstance(raw, dict) else None
+    cid = cid if isinstance(cid, str) and len(cid) <= 64 and _is_text(cid) else None
+    return Error(cid, ErrorCode.INVALID_CONTENT, "text contains an unpaired surrogate escape (\\ud800 to \\udfff), "
+                                                 "which is not Unicode text")
+
+
+def _is_text(value: str) -> bool:
+    return not any("\ud800" <= ch <= "\udfff" for ch in value)
 
 
 def _classify(frame: str | bytes, message: str) -> Error:

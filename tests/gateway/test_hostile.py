@@ -188,3 +188,19 @@ async def test_token_expiry_warns_then_closes_unless_refreshed(start_gateway, co
     assert code == 4004
     await asyncio.sleep(1.5)
     await _alive(kept)
+
+
+async def test_unpaired_surrogate_and_long_ids_get_typed_errors(live, connect) -> None:
+    """A lone surrogate escape is invalid content (answered with the command's id); an id over 64
+    characters is invalid (no id echoed); the longest vybe in emoji escapes fits in one frame."""
+    c = await connect(live, live.token("edge"))
+    await c.ws.send('{"type":"post_vybe","id":"s-0","content":"\\ud800"}')
+    lone = await c.reply("s-0")
+    assert lone["code"] == "invalid_content"
+    start = len(c.messages)
+    await c.ws.send('{"type":"ping","id":"' + "x" * 65 + '"}')
+    long_id = await c.wait_for(lambda m: m.get("type") == "error", start=start)
+    assert long_id["code"] == "invalid" and long_id["id"] is None
+    emoji = "\\ud83d\\ude00" * 5000  # 5,000 characters written as JSON escapes: 60,000 bytes
+    await c.ws.send('{"type":"post_vybe","id":"big","content":"' + emoji + '"}')
+    assert (await c.reply("big"))["type"] == "ack"
