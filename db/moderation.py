@@ -92,9 +92,19 @@ async def fetch_items(conn: asyncpg.Connection | asyncpg.Pool, vybes: list[uuid.
     return [Item(**dict(r)) for r in rows]
 
 
+_TARGET_OF: LiteralString = "SELECT target_type, target_id FROM moderation_cases WHERE id = $1"
+_LOCK_TARGET: dict[str, LiteralString] = {
+    "shared_vybe": "SELECT 1 FROM shared_vybes WHERE id = $1::uuid FOR NO KEY UPDATE",
+    "comment": "SELECT 1 FROM comments WHERE id = $1::uuid FOR NO KEY UPDATE",
+    "user": "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE",
+}
+
+
 async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, str], scores: dict[str, float],
                        action: str, reasons: list[str]) -> bool:
-    """Store one score and apply its decision; False when this model version already scored it."""
+    """Store one score and apply its decision; False when this model version already scored it.
+    Locks the target first: every writer takes the target before its case."""
+    await conn.execute(_LOCK_TARGET[item.kind], str(item.id))
     inserted = await conn.fetchval(
         """INSERT INTO moderation_scores (target_type, target_id, model_name, model_version, scores, decision, reasons)
            VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT moderation_scores_once DO NOTHING
@@ -206,14 +216,6 @@ async def open_queue(pool: asyncpg.Pool, limit: int = 100) -> list[CaseView]:
     """Open cases, oldest first (the moderator's queue)."""
     ids = await pool.fetch("SELECT id FROM moderation_cases WHERE state = 'open' ORDER BY opened_at LIMIT $1", limit)
     return await case_views(pool, [r["id"] for r in ids])
-
-
-_TARGET_OF: LiteralString = "SELECT target_type, target_id FROM moderation_cases WHERE id = $1"
-_LOCK_TARGET: dict[str, LiteralString] = {
-    "shared_vybe": "SELECT 1 FROM shared_vybes WHERE id = $1::uuid FOR NO KEY UPDATE",
-    "comment": "SELECT 1 FROM comments WHERE id = $1::uuid FOR NO KEY UPDATE",
-    "user": "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE",
-}
 
 
 async def _locked_case(conn: asyncpg.Connection, case_id: str, version: int, moderator: str) -> asyncpg.Record:

@@ -171,7 +171,8 @@ class Relay:
             self._wake.clear()
             rows, self._queue = self._queue, []
             if rows:
-                await self._publish(rows, [r.seq == 1 for r in rows])
+                if await self._publish(rows, [r.seq == 1 for r in rows]) < len(rows):
+                    self._urgent.set()  # a held row: its predecessor is in the outbox, or Redis lost its place
             self.backlog = len(self._queue)
 
     async def run_catch_up(self) -> None:
@@ -257,6 +258,4 @@ class Relay:
         done = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome != "held"]
         self._done.extend(done)
         self.published += len(done)
-        if len(done) < len(rows):
-            self._urgent.set()  # a held row: its predecessor is in the outbox, or Redis lost the channel
         return len(done)

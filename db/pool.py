@@ -19,6 +19,8 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,  # 57P01: terminated by a restart
     asyncpg.CrashShutdownError,  # 57P02
     asyncpg.InternalClientError,  # a connection left in a broken state by the failure above
+    asyncpg.TooManyConnectionsError,  # 53300: a restarting server's slots are taken
+    asyncpg.ReadOnlySQLTransactionError,  # 25006: a failover promoted nothing yet
 )
 """What asyncpg raises while PostgreSQL is down or restarting: the caller answers
 ``unavailable`` (with ``retry_after``) and retries later; nothing was committed,
@@ -32,15 +34,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10,
+                      command_timeout: float | None = 15.0) -> asyncpg.Pool:
     """A pool with our codecs; ``dsn`` may be any libpq URL, Unix sockets included."""
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection,
         # Statements are prepared per connection; keep the cache but let
         # PgBouncer-style poolers work by naming nothing globally.
         max_inactive_connection_lifetime=300,
-        # Fail fast while PostgreSQL is down: the caller answers `unavailable`.
+        # Fail fast while PostgreSQL is down or stalls (a network black hole, a frozen
+        # disk): the caller answers `unavailable` instead of hanging.
         timeout=5,
+        command_timeout=command_timeout,
     )
     assert pool is not None  # create_pool returns None only when not awaited
     return pool

@@ -155,9 +155,11 @@ SEPARATOR = b"\x1e"  # between the events of one outbox row (db.outbox.SEPARATOR
 
 # Publishes one outbox row of an ordered channel. KEYS[4]: the channel's last
 # published sequence; KEYS[5]: rows that arrived before their predecessor.
-# ARGV[4]: the row's sequence; ARGV[5]: '1' when the row may start a channel whose
-# position Redis does not know (its first row ever, or the oldest one waiting in
-# the outbox after Redis lost its data); ARGV[2]: the row's events, joined by 0x1E.
+# ARGV[4]: the row's sequence; ARGV[5]: '1' when no earlier row of the channel is
+# waiting anywhere (its first row ever, or the oldest row left in the outbox: every
+# earlier one was published, or it would not have been deleted), so it goes out even
+# when Redis's position is missing or behind (data lost, a failover to a replica that
+# lags); ARGV[2]: the row's events, joined by 0x1E.
 # A sequence already published is a no-op: publishing is idempotent, so the fast
 # path and any number of relays may overlap; a row whose predecessor has not been
 # published waits in KEYS[5] and goes out, in order, right after it.
@@ -174,7 +176,7 @@ if last then
   last = tonumber(last)
   if seq <= last then return 'duplicate' end
 end
-if (last and seq > last + 1) or (not last and ARGV[5] ~= '1') then
+if ARGV[5] ~= '1' and (not last or seq > last + 1) then
   redis.call('HSET', KEYS[5], ARGV[4], ARGV[2])
   redis.call('EXPIRE', KEYS[5], ARGV[3])
   return 'held'

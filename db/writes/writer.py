@@ -68,13 +68,16 @@ SELECT (SELECT array_agg(a.n) FROM ins JOIN a ON a.u = ins.user_id AND a.t::reac
 _MISSING_USERS: LiteralString = """
 SELECT array(SELECT u FROM unnest($1::text[]) AS u WHERE NOT EXISTS (SELECT 1 FROM users WHERE id = u))
 """
-# Run the whole batch again after: a deadlock or serialization failure; a user
-# deleted between the check and the insert; the connection lost (killed
-# backend, failover). None of these committed anything, except a connection
-# lost during COMMIT itself: then the rerun finds its adds and removes done and
-# answers applied=False, and the state is still the one the callers asked for.
+# Run the whole batch again after, before COMMIT: a deadlock or serialization
+# failure; a user deleted between the check and the insert; the connection lost
+# (killed backend, failover). None of these committed anything. A connection lost
+# during COMMIT itself is CommitUnknown, never rerun (see _commit_once).
 _BATCH_RETRYABLE = (*RETRYABLE, asyncpg.ForeignKeyViolationError, asyncpg.PostgresConnectionError,
                     asyncpg.AdminShutdownError)
+
+
+class CommitUnknown(Exception):
+    """The connection broke during COMMIT: the batch may or may not have committed."""
 
 
 class _Op:
@@ -192,7 +195,7 @@ class ReactionWriter:
             outcomes, rows = await self._commit_with_retries(batch)
         except Exception as err:  # every caller gets an answer, whatever broke
             cancelled_meanwhile(err)
-            if isinstance(err, UNREACHABLE):
+            if isinstance(err, (*UNREACHABLE, CommitUnknown)):
                 log.warning("reaction batch of %d failed: %r", len(batch), err)
             else:
                 log.exception("reaction batch of %d failed", len(batch))
@@ -214,22 +217,34 @@ class ReactionWriter:
     async def _commit_with_retries(self, batch: list[_Op]) -> tuple[list[ReactionResult | WriteError], list[outbox.Row]]:
         for attempt in range(self._retries):
             try:
-                try:
-                    async with self._pool.acquire() as conn, conn.transaction():
-                        outcomes = await _apply_batch(conn, batch)
-                        return outcomes, await outbox.write(conn, self._announced(batch, outcomes))
-                except asyncpg.InterfaceError as err:
-                    # A killed backend surfaces from the transaction's exit as
-                    # "connection is closed", caused by the real error: retry that.
-                    if not isinstance(err.__context__, _BATCH_RETRYABLE):
-                        raise
-                    raise err.__context__ from err
+                return await self._commit_once(batch)
             except _BATCH_RETRYABLE as err:
                 if attempt == self._retries - 1:
                     raise
                 log.info("reaction batch retried after %s", type(err).__name__)
                 await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
         raise AssertionError("unreachable")
+
+    async def _commit_once(self, batch: list[_Op]) -> tuple[list[ReactionResult | WriteError], list[outbox.Row]]:
+        """One transaction. A failure before COMMIT rolled everything back (the caller may run the
+        batch again); a connection lost during COMMIT leaves it unknown whether it committed, so it
+        is never rerun (a toggle within the batch would apply twice, and its events be announced
+        twice): the callers are answered `unavailable` and retry, which reactions make safe."""
+        async with self._pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                outcomes = await _apply_batch(conn, batch)
+                rows = await outbox.write(conn, self._announced(batch, outcomes))
+            except BaseException:
+                with contextlib.suppress(*UNREACHABLE, asyncpg.PostgresError):
+                    await tx.rollback()
+                raise
+            try:
+                await tx.commit()
+            except (*UNREACHABLE, asyncpg.PostgresError) as err:
+                raise CommitUnknown("the connection was lost during COMMIT") from err
+            return outcomes, rows
 
     def _announced(self, batch: list[_Op], outcomes: list[ReactionResult | WriteError]) -> list[outbox.Announced]:
         if self._events is None:

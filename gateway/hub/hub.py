@@ -176,6 +176,8 @@ class Hub:
                 state.pending = None
         elif state.pending is not None:
             await asyncio.shield(state.pending)
+            if self._channels.get(channel) is not state:  # the subscription it waited on failed
+                raise Unavailable("live events are unavailable (Redis did not confirm); retry")
         return state
 
     # -- delivery ------------------------------------------------------------

@@ -157,3 +157,20 @@ def test_a_group_commit_is_announced_once_per_target() -> None:
     assert note["added"] == 320 and note["user_id"] is None  # the author's own reaction is not news to them
     [one, to_author] = reactions_changed([("u1", True, result(1))])
     assert split_message(one.message)[0].a == "u1" and split_message(to_author.message)[0].a == "u1"
+
+
+async def test_a_channel_whose_redis_position_fell_behind_keeps_flowing(
+        pool: asyncpg.Pool, redis: aioredis.Redis, redis_prefix: str) -> None:
+    """Redis came back with an older position than was published (a lagging replica, an unsynced AOF):
+    later rows are held, and the relay, which knows no earlier row is waiting, starts from the oldest one."""
+    pub = Publisher(redis, redis_prefix)
+    relay = outbox.Relay(pool, pub.publish_rows)
+    for n in range(3):
+        await relay.publish_now(await _write(pool, [_n("feed", n)]))
+    await relay.flush()
+    await redis.set(Keys(redis_prefix).sequence("feed"), 1)  # the position says 1; 3 were published
+    later = [(await _write(pool, [_n("feed", n)]))[0] for n in (3, 4)]
+    assert await pub.publish_rows(later, [False, False]) == ["held", "held"]
+    assert await relay.catch_up(0.0) == 2
+    assert await _history(redis, redis_prefix, "feed") == [0, 1, 2, 3, 4]
+    assert int(await redis.get(Keys(redis_prefix).sequence("feed"))) == 5

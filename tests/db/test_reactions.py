@@ -271,3 +271,36 @@ async def test_writer_survives_a_broken_batch(pool: asyncpg.Pool, monkeypatch: p
         result = await writer.react("bob", target_type=V, target_id=v.id, reaction_type="HEART")
         assert result.applied and result.reaction_count == 1
         assert writer.task.running and writer.task.restarts == 0
+
+
+async def test_a_commit_with_unknown_outcome_is_not_rerun(pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection breaks during COMMIT (it did commit): the batch is not run again, so a toggle
+    within it is not applied twice nor announced twice; callers get `unavailable` and may retry."""
+    from asyncpg.transaction import Transaction
+
+
+    await users(pool, "ann", "bob")
+    v = await post_vybe(pool, "ann", content="x")
+    real_commit = Transaction.commit
+    broken = True
+
+    async def commit_then_break(self: Transaction) -> None:
+        nonlocal broken
+        await real_commit(self)
+        if broken:
+            broken = False
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+    monkeypatch.setattr(Transaction, "commit", commit_then_break)
+    from moderation.events import reactions_changed
+
+    async with ReactionWriter(pool, batch_ms=30, events=reactions_changed) as writer:
+        args = {"target_type": V, "target_id": v.id, "reaction_type": "HEART"}
+        results = await asyncio.gather(writer.react("bob", **args), writer.unreact("bob", **args),
+                                       return_exceptions=True)
+        assert all(isinstance(r, WriteError) and r.code == "unavailable" for r in results), results
+        assert await pool.fetchval("SELECT count(*) FROM reactions") == 0  # react then unreact, once each
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE channel = $1", f"vybe:{v.id}") == 1
+        again = await writer.react("bob", **args)
+    assert again.applied and again.reaction_count == 1
+    assert await wrong_counters(pool) == {}

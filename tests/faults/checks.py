@@ -150,7 +150,7 @@ class Delivery:
     missing: list[HistoryEvent] = field(default_factory=list)
     """In history after the baseline, not received, and not covered by a gap notice."""
     excused: int = 0
-    """Not received, but published before a gap notice (or ``recovered: false``) told the reader."""
+    """Not received, but appended to history before a gap notice (or ``recovered: false``) told the reader."""
     duplicates: list[str] = field(default_factory=list)
     gaps: int = 0
 
@@ -171,6 +171,12 @@ def _after(offset: str, baseline: str | None) -> bool:
     return (int(ms), int(seq)) > (int(b_ms), int(b_seq))
 
 
+def _published_at(offset: str) -> float:
+    """When Redis appended the event (its stream id's milliseconds): ``ts`` is when the write stored it,
+    which precedes publishing by a whole outage when the outbox relayed it afterwards."""
+    return int(offset.split("-")[1]) / 1000
+
+
 def delivery(reader: Client, channel: str, history: list[HistoryEvent], baseline: str | None) -> Delivery:
     """Did ``reader`` receive every event of ``channel`` after ``baseline``, once each, or hear of the gap?"""
     got = [e["offset"] for e in reader.received(channel)]
@@ -181,7 +187,7 @@ def delivery(reader: Client, channel: str, history: list[HistoryEvent], baseline
     for h in history:
         if not _after(h.offset, baseline) or h.offset in counts:
             continue
-        if h.ts <= told_until:
+        if _published_at(h.offset) <= told_until:
             report.excused += 1
         else:
             report.missing.append(h)

@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 DOWN_S = 10.0
 WRITES_BACK_WITHIN_S = 10.0
+ANSWER_WITHIN_S = 6.0  # the pool's connect timeout (5 s) and a margin: a typed answer, never a hang
 
 
 def outage_violations(outcomes: list[Outcome], start: float, end: float) -> list[Outcome]:
@@ -28,6 +29,12 @@ def outage_violations(outcomes: list[Outcome], start: float, end: float) -> list
     during = [o for o in outcomes if o.sent >= start and (o.answered is None or o.answered <= end)]
     return [o for o in during if not (o.kind == "ack" or (o.kind == "error" and o.code == "unavailable"
                                                             and o.retry_after is not None))]
+
+
+def slow_answers(outcomes: list[Outcome], start: float, end: float) -> list[Outcome]:
+    """Attempts sent while PostgreSQL was down that were not answered within ``ANSWER_WITHIN_S``."""
+    return [o for o in outcomes if start <= o.sent <= end
+            and (o.answered is None or o.answered - o.sent > ANSWER_WITHIN_S)]
 
 
 async def _rest_calls(rig: Rig) -> list[tuple[int, dict[str, object], str | None]]:
@@ -69,6 +76,9 @@ async def test_postgres_down_10s_answers_unavailable_and_recovers(rig: Rig, kill
     r.report(writers_back_s=back, outage_violations=len(wrong), socket_closes=sum(len(v) for v in closes.values()),
              rest_during_outage=sorted({s for s, _, _ in rest}))
     problems = [] if exits == [None, None] else [f"a gateway exited: {exits}"]
+    if hung := slow_answers(r.outcomes, r.window.down + 0.5, starting - ANSWER_WITHIN_S):
+        problems.append(f"{len(hung)} commands during the outage waited over {ANSWER_WITHIN_S} s for an answer: "
+                        f"{few(hung)}")
     if not rest or any(status != 503 or body.get("code") != "unavailable" or not body.get("retry_after")
                        or not retry for status, body, retry in rest):
         problems.append(f"REST during the outage was not 503 `unavailable` with retry_after and Retry-After: {rest}")

@@ -54,6 +54,9 @@ async def test_redis_data_loss_is_announced_and_new_history_complete(rig: Rig) -
     problems = loss_problems(r) + ready_problems(r, require_unready=True)
     if untold := [d.reader for d in r.deliveries if d.channel == "feed" and not d.gaps]:
         problems.append(f"feed history was lost but these readers got no `gap` notice: {untold}")
+    # After the notice the hub delivers what the new history already holds: nothing in it is skipped.
+    if skipped := {f"{d.reader} {d.channel}": d.excused for d in r.deliveries if d.excused}:
+        problems.append(f"events of the new history skipped after the gap notice: {skipped}")
     assert_none(problems)
 
 

@@ -252,3 +252,24 @@ async def test_idle_channel_history_expires(start_gateway, connect) -> None:
     assert not await live.gateway.redis.exists(keys.stream("feed"), keys.epoch("feed"))
     c = await connect(live, live.token("returning"))
     assert (await c.ok("subscribe", channel="feed", since=offset))["recovered"] is False
+
+
+async def test_subscribers_waiting_on_a_stalled_subscription_all_get_unavailable(start_gateway, connect,
+                                                                                 tmp_path: Path) -> None:
+    """Redis stalls (CLIENT PAUSE, longer than the subscribe timeout) while two sockets subscribe to the
+    same channel: both get `unavailable` (none is left subscribed to nothing); after the stall both work."""
+    with embedded_redis(tmp_path / "stall") as url:
+        live = await start_gateway(redis_url=url)
+        a, b = [await connect(live, live.token(u)) for u in ("a", "b")]
+        room = "looproom:11111111-2222-3333-4444-555555555555"
+        other = aioredis.Redis.from_url(url)
+        await other.execute_command("CLIENT", "PAUSE", "4500")
+        first, second = await asyncio.gather(a.call("subscribe", channel=room), b.call("subscribe", channel=room))
+        assert [first["code"], second["code"]] == ["unavailable", "unavailable"], (first, second)
+        await asyncio.sleep(2.0)  # the pause is over
+        for c in (a, b):
+            await c.ok("subscribe", channel=room)
+        await live.gateway.publisher.publish(room, "test.seq", {"n": 1})
+        for c in (a, b):
+            await c.wait_for(lambda m: m.get("data", {}).get("n") == 1)
+        await other.aclose()
