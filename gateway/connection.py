@@ -309,8 +309,10 @@ class Connection:
         warn_in = left - self.gw.settings.token_warn_s
         if warn_in > 0:
             self._set_timer(warn_in, self._warn_expiry)
+        elif left > 0:
+            self._warn_expiry()  # already inside the warning window: warn now, close at expiry
         else:
-            self._set_timer(left, self._expired)
+            self._set_timer(0, self._expired)
 
     def _warn_expiry(self) -> None:
         self.reply(Notice("token_expiring", "token expires soon: send `auth` with a fresh token",
