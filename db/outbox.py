@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import asyncpg
 
+from common.outbox import EVENT_SEPARATOR
 from common.tasks import backoff, cancelled_meanwhile
 from db.pool import UNREACHABLE
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SEPARATOR = "\x1e"
 RELAY_LOCK = 7354002  # pg_try_advisory_lock key: one relay pass at a time across processes
 
 
@@ -50,7 +50,7 @@ class Row(NamedTuple):
     channel: str
     seq: int | None
     messages: str
-    """The events, joined by :data:`SEPARATOR`."""
+    """The events, joined by :data:`common.outbox.EVENT_SEPARATOR`."""
 
 
 # What publishing a row gives: "published" (now), "duplicate" (before, perhaps by another
@@ -98,7 +98,7 @@ async def write(conn: asyncpg.Connection, events: Iterable[Announced]) -> list[R
     if not grouped:
         return []
     channels = list(grouped)
-    rows = await conn.fetch(_WRITE, sorted(ordered), channels, [SEPARATOR.join(grouped[c]) for c in channels])
+    rows = await conn.fetch(_WRITE, sorted(ordered), channels, [EVENT_SEPARATOR.join(grouped[c]) for c in channels])
     return [Row(r["id"], r["channel"], r["seq"], r["messages"]) for r in rows]
 
 

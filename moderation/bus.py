@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import msgspec
 
+from common.outbox import EVENT_SEPARATOR
+
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
     from redis.commands.core import AsyncScript
@@ -151,7 +153,7 @@ def job(kind: str, item_id: object) -> Event:
 
 
 JOBS_CHANNEL = "moderation:jobs"
-SEPARATOR = b"\x1e"  # between the events of one outbox row (db.outbox.SEPARATOR)
+SEPARATOR = EVENT_SEPARATOR.encode()
 
 # Publishes one outbox row of an ordered channel. KEYS[4]: the channel's last
 # published sequence; KEYS[5]: rows that arrived before their predecessor.

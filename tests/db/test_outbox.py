@@ -9,6 +9,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from common.outbox import EVENT_SEPARATOR
 from db import outbox
 from moderation.bus import JOBS_CHANNEL, Event, Keys, Publisher, event, job
 
@@ -33,7 +34,7 @@ async def test_rows_group_by_channel_with_sequences_and_jobs_unordered(pool: asy
     """One row per channel per transaction; ordered channels count 1, 2, ...; the job queue has no sequence."""
     first = await _write(pool, [_n("feed", 0), _n("vybe:a", 1), _n("feed", 2), job("vybe", "x")])
     assert [(r.channel, r.seq) for r in first] == [("feed", 1), ("vybe:a", 1), (JOBS_CHANNEL, None)]
-    assert first[0].messages.count(outbox.SEPARATOR) == 1
+    assert first[0].messages.count(EVENT_SEPARATOR) == 1
     second = await _write(pool, [_n("feed", 3)])
     assert [(r.channel, r.seq) for r in second] == [("feed", 2)]
     assert await _write(pool, []) == []
