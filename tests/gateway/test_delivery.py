@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from gateway_process import free_port, gateway_env, wait_ready
+from rooms import viewer_count_is, viewers_on_two_nodes
 
 from db.embedded import embedded_redis
 from moderation.bus import Publisher
@@ -220,16 +221,8 @@ async def test_shutdown_drains_with_1001(start_gateway, connect) -> None:
 
 async def test_looproom_presence_sums_across_nodes(start_gateway, connect) -> None:
     """Viewer counts add up across two nodes, and drop when viewers leave."""
-    a = await start_gateway(presence_interval_s=0.2)
-    b = await start_gateway(presence_interval_s=0.2)
-    room = "looproom:11111111-2222-3333-4444-555555555555"
-    viewers = [await connect(node, node.token(f"v{i}")) for i, node in enumerate([a, a, b])]
-    for v in viewers:
-        await v.ok("subscribe", channel=room)
-
-    def count_is(n: int):
-        return lambda m: m.get("event") == "looproom.presence" and m["data"]["viewers"] == n
-
+    _, _, viewers = await viewers_on_two_nodes(start_gateway, connect, 0.2)
+    count_is = viewer_count_is
     for v in viewers:
         await v.wait_for(count_is(3), timeout=5)
     await viewers[0].close()

@@ -11,6 +11,7 @@ import sys
 import pytest
 import websockets
 from gateway_process import free_port, gateway_env, wait_ready
+from rooms import viewer_count_is, viewers_on_two_nodes
 
 from gateway.auth import mint_token
 
@@ -42,16 +43,8 @@ async def test_clean_drain_exits_zero(settings, redis, sig: signal.Signals) -> N
 
 async def test_withdraw_drops_viewer_counts_at_once(start_gateway, connect) -> None:
     """A node that withdraws its presence takes its viewers out of the total now, not at heartbeat expiry."""
-    a = await start_gateway(presence_interval_s=2.0)  # a stale count would linger 6 s
-    b = await start_gateway(presence_interval_s=2.0)
-    room = "looproom:11111111-2222-3333-4444-555555555555"
-    viewers = [await connect(node, node.token(f"v{i}")) for i, node in enumerate([a, a, b])]
-    for v in viewers:
-        await v.ok("subscribe", channel=room)
-
-    def count_is(n: int):
-        return lambda m: m.get("event") == "looproom.presence" and m["data"]["viewers"] == n
-
+    a, _, viewers = await viewers_on_two_nodes(start_gateway, connect, 2.0)  # a stale count would linger 6 s
+    count_is = viewer_count_is
     watcher = viewers[2]
     await watcher.wait_for(count_is(3), timeout=5)
     await a.gateway.presence.withdraw()
