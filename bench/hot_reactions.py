@@ -46,8 +46,8 @@ from common.tasks import cancel_and_wait  # noqa: E402
 from db.outbox import Relay  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from db.writes import ReactionWriter, WriteError, post_vybe, upsert_user  # noqa: E402
-from moderation.bus import Publisher  # noqa: E402
-from moderation.events import reactions_changed  # noqa: E402
+from common.bus import Publisher  # noqa: E402
+from common.events import reactions_changed  # noqa: E402
 
 TYPES = ["HEART", "CLAP", "FIRE", "PEACE", "INSPIRE", "STRENGTH", "GRATITUDE", "MINDFUL"]
 _NAIVE_INSERT = """

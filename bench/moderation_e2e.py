@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from db.migrate import migrate  # noqa: E402
-from db.settings import load_settings  # noqa: E402
+from common.settings import load_settings  # noqa: E402
 from gateway.auth import mint_token  # noqa: E402
 from moderation.scorers.trainset import EVAL_PATH, load_jsonl  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The outbox row's format, shared by the writer (``db.outbox``) and the publisher (``moderation.bus``)."""
+"""The outbox row's format, shared by the writer (``db.outbox``) and the publisher (``common.bus``)."""
 
 EVENT_SEPARATOR = "\x1e"
 """Between the events of one outbox row: JSON never holds a raw control character, so it is unambiguous

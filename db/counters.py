@@ -19,7 +19,7 @@ from db.pool import create_pool
 if TYPE_CHECKING:
     from typing import LiteralString
 
-    from db.settings import Settings
+    from common.settings import Settings
 
 
 class Drift(msgspec.Struct, frozen=True, kw_only=True):

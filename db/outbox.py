@@ -5,7 +5,7 @@ sequence locks are held only until COMMIT). After COMMIT its process hands the
 rows to :class:`Relay.submit` (the fast path: published within a loop turn). The
 relay's loop publishes whatever is left: rows whose process died between COMMIT
 and publish, rows that met a Redis outage, rows that arrived out of order.
-Publishing is idempotent by sequence (see ``moderation.bus``), so relays on many
+Publishing is idempotent by sequence (see ``common.bus``), so relays on many
 processes may overlap safely; one pass at a time is coordinated by an advisory
 lock only to save work. Published rows are deleted in batches: one statement
 per flush, not one per event.
@@ -35,7 +35,7 @@ RELAY_LOCK = 7354002  # pg_try_advisory_lock key: one relay pass at a time acros
 
 
 class Announced(Protocol):
-    """One event to publish: ``moderation.bus.Event`` has this shape."""
+    """One event to publish: ``common.bus.Event`` has this shape."""
 
     @property
     def channel(self) -> str: ...

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 if TYPE_CHECKING:
-    from db.settings import Settings
+    from common.settings import Settings
 
 UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, unreachable

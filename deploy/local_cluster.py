@@ -183,7 +183,7 @@ class LocalCluster:
 
     def token(self, user: str, role: str = "MEMBER") -> str:
         """A member (or ``role``) JWT the gateways accept (``vybe token`` does the same)."""
-        from db.settings import load_settings
+        from common.settings import load_settings
         from gateway.auth import mint_token
 
         return mint_token(load_settings({}, jwt_secret=self.jwt_secret), user, role=role, ttl_s=3600)

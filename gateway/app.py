@@ -19,7 +19,7 @@ from gateway.rest import ModerationController, RestController, error_handlers
 if TYPE_CHECKING:
     from litestar.types import Receive, Send
 
-    from db.settings import Settings
+    from common.settings import Settings
 
 
 class GatewayASGI:

@@ -9,7 +9,7 @@ from typing import Literal
 import jwt
 import msgspec
 
-from db.settings import Settings, SettingsError
+from common.settings import Settings, SettingsError
 
 Role = Literal["MEMBER", "CREATOR", "MODERATOR", "ADMIN"]
 ROLES: tuple[str, ...] = ("MEMBER", "CREATOR", "MODERATOR", "ADMIN")

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from db.settings import Settings, SettingsError, load_settings
+from common.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     import asyncpg

@@ -21,9 +21,9 @@ from db.pool import UNREACHABLE
 from gateway import protocol as p
 from gateway.hub import Unavailable
 from gateway.protocol import ErrorCode
-from moderation import events
-from moderation.bus import job
-from moderation.events import LIVE_PRIVACY
+from common import events
+from common.bus import job
+from common.events import LIVE_PRIVACY
 
 if TYPE_CHECKING:
     from gateway.connection import Connection

@@ -30,11 +30,11 @@ from gateway.metrics import Metrics
 from gateway.moderation import Desk
 from gateway.presence import Presence
 from gateway.protocol import CloseCode, Notice, encode
-from moderation.bus import Keys, Publisher
-from moderation.events import reactions_changed
+from common.bus import Keys, Publisher
+from common.events import reactions_changed
 
 if TYPE_CHECKING:
-    from db.settings import Settings
+    from common.settings import Settings
     from gateway.connection import Connection
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import asyncpg
 
 from db.embedded import data_path, embedded_postgres, embedded_redis
 from db.migrate import migrate
-from db.settings import Settings, SettingsError
+from common.settings import Settings, SettingsError
 from gateway.auth import mint_token
 
 

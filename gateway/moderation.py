@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from db import moderation as mdb
 from db.outbox import Announcement
 from gateway import protocol as p
-from moderation import events
-from moderation.bus import Event
+from common import events
+from common.bus import Event
 
 if TYPE_CHECKING:
     import asyncpg

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from moderation.bus import encode_message
+from common.bus import encode_message
 
 if TYPE_CHECKING:
     from gateway.context import Gateway
 
 log = logging.getLogger(__name__)
 
-# Runs before the publish step (moderation.bus.publishing_script), in the same
+# Runs before the publish step (common.bus.publishing_script), in the same
 # atomic script, so the event that goes out always carries the total just computed
 # (two nodes publishing separately could otherwise deliver an older total last).
 # KEYS[4..6]: counts hash, heartbeat zset, last total. ARGV[4..7]: node, count, now, ttl.

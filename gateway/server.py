@@ -15,7 +15,7 @@ from gateway.wsproto import RawWebSocketProtocol
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from db.settings import Settings
+    from common.settings import Settings
 
 
 class DrainingServer(uvicorn.Server):

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from db.embedded import embedded_postgres, embedded_redis
 from db.migrate import migrate
 from db.pool import create_pool
-from db.settings import Settings, load_settings
+from common.settings import Settings, load_settings
 
 # Tables a test may write; everything else (enums, schema_migrations, the system
 # moderation account) is schema and stays.

@@ -25,13 +25,13 @@ from db import outbox, writes
 from db.outbox import Announcement
 from db.pool import UNREACHABLE
 from db.writes._tx import in_transaction
-from moderation import events
-from moderation.bus import Event, Keys, Publisher
+from common import events
+from common.bus import Event, Keys, Publisher
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from db.settings import Settings
+    from common.settings import Settings
     from moderation.policy import Policy
     from moderation.scorers import Scorer
 

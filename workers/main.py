@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 
 from db.pool import create_pool
-from db.settings import SettingsError
+from common.settings import SettingsError
 from moderation.policy import Policy, PolicyError
 from moderation.scorers import ScorerError, load_scorer
 from workers.consumer import Worker
 
 if TYPE_CHECKING:
-    from db.settings import Settings
+    from common.settings import Settings
 
 log = logging.getLogger(__name__)
 

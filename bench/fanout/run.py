@@ -148,9 +148,9 @@ class VybeServer(Server):
 
     def __init__(self, ctx: Context, port: int) -> None:
         super().__init__(ctx, port)
-        from db.settings import load_settings  # noqa: PLC0415
+        from common.settings import load_settings  # noqa: PLC0415
         from gateway.auth import mint_token  # noqa: PLC0415
-        from moderation.bus import Publisher  # noqa: PLC0415
+        from common.bus import Publisher  # noqa: PLC0415
 
         self.settings = load_settings({}, jwt_secret=ctx.jwt_secret)
         self._mint = mint_token

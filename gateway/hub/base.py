@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from typing import NamedTuple
 
-from moderation.bus import Meta
+from common.bus import Meta
 
 
 class Unavailable(Exception):

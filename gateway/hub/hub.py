@@ -20,7 +20,7 @@ import msgspec
 from gateway.hub.base import Backend, Unavailable
 from gateway.protocol import Notice, encode
 from gateway.wsproto import text_frame
-from moderation.bus import Meta, make_offset, parse_offset, split_message, stream_id_key
+from common.bus import Meta, make_offset, parse_offset, split_message, stream_id_key
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram

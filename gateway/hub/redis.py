@@ -1,4 +1,4 @@
-"""Redis backend: pub/sub for live events, Streams for history (see moderation.bus)."""
+"""Redis backend: pub/sub for live events, Streams for history (see common.bus)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.tasks import backoff, cancel_and_wait, cancelled_meanwhile
 from gateway.hub.base import Backend, HistoryEntry
-from moderation.bus import Keys, Meta, Publisher, stream_id_key
+from common.bus import Keys, Meta, Publisher, stream_id_key
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis

@@ -5,12 +5,12 @@ and the same history streams; only the live path differs. Classic pub/sub in a
 Redis Cluster broadcasts every message to every node of the cluster, so its cost
 grows with the cluster; a shard channel lives on the one shard that owns its
 slot, so adding shards adds pub/sub capacity. Every key of a channel carries the
-``{channel}`` hash tag (see :class:`moderation.bus.Keys`): its history stream,
+``{channel}`` hash tag (see :class:`common.bus.Keys`): its history stream,
 epoch and shard channel share one slot, and the publish script (XADD + SPUBLISH)
 runs on that one shard.
 
 Needs Redis >= 7 (the embedded Redis 6.2 has no sharded pub/sub): :meth:`start`
-refuses an older server with a :class:`~db.settings.SettingsError` naming
+refuses an older server with a :class:`~common.settings.SettingsError` naming
 ``VYBE_PUBSUB``.
 
 Connections: one pub/sub connection per Redis node that owns a subscribed
@@ -36,9 +36,9 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.tasks import cancel_and_wait
-from db.settings import SettingsError
+from common.settings import SettingsError
 from gateway.hub.redis import _CONTROL, RedisBackend, read_with_reconnect
-from moderation.bus import Publisher
+from common.bus import Publisher
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis

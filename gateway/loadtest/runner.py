@@ -44,7 +44,7 @@ def _is_loopback(host: str) -> bool:
 
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
-        from db.settings import SettingsError, load_settings
+        from common.settings import SettingsError, load_settings
         from gateway.auth import mint_token
 
         self.args = args

@@ -28,7 +28,7 @@ from db.writes import (
 )
 
 if TYPE_CHECKING:
-    from db.settings import Settings
+    from common.settings import Settings
 
 pytestmark = pytest.mark.anyio
 TYPES = ["HEART", "CLAP", "FIRE", "PEACE"]

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from common.outbox import EVENT_SEPARATOR
 from db import outbox
-from moderation.bus import JOBS_CHANNEL, Event, Keys, Publisher, event, job
+from common.bus import JOBS_CHANNEL, Event, Keys, Publisher, event, job
 
 pytestmark = pytest.mark.anyio
 
@@ -138,8 +138,8 @@ def test_a_group_commit_is_announced_once_per_target() -> None:
     import uuid
 
     from db.writes.types import ReactionResult
-    from moderation.bus import split_message
-    from moderation.events import reactions_changed
+    from common.bus import split_message
+    from common.events import reactions_changed
 
     vybe = uuid.uuid4()
 

@@ -292,7 +292,7 @@ async def test_a_commit_with_unknown_outcome_is_not_rerun(pool: asyncpg.Pool, mo
             raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
 
     monkeypatch.setattr(Transaction, "commit", commit_then_break)
-    from moderation.events import reactions_changed
+    from common.events import reactions_changed
 
     async with ReactionWriter(pool, batch_ms=30, events=reactions_changed) as writer:
         args = {"target_type": V, "target_id": v.id, "reaction_type": "HEART"}

@@ -1,5 +1,5 @@
 """Static checks of deploy/: the files parse, and every command and VYBE_* variable they
-name exists in the code (the CLI parser, db.settings.Settings). Docker does not run here."""
+name exists in the code (the CLI parser, common.settings.Settings). Docker does not run here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import yaml
 from deploy_support import DEPLOY, ROOT, load_local_cluster, nginx_binary
 
-from db.settings import Settings, load_settings
+from common.settings import Settings, load_settings
 from gateway.cli import build_parser
 
 K8S = DEPLOY / "k8s"
@@ -60,7 +60,7 @@ def test_every_vybe_variable_is_a_setting() -> None:
         for name in re.findall(r"\bVYBE_[A-Z0-9_]+", path.read_text(errors="replace")):
             if name[len("VYBE_"):].lower() not in SETTINGS:
                 unknown.setdefault(name, set()).add(str(path.relative_to(ROOT)))
-    assert not unknown, f"VYBE_* names that db.settings.Settings does not read: {unknown}"
+    assert not unknown, f"VYBE_* names that common.settings.Settings does not read: {unknown}"
 
 
 def test_configured_values_are_valid_settings() -> None:

@@ -21,7 +21,7 @@ from deploy_support import ROOT, load_local_cluster
 
 from db.embedded import embedded_redis
 from gateway.hub.redis_sharded import ShardedPubSubUnsupported, ShardedRedisBackend
-from moderation.bus import Keys, Publisher
+from common.bus import Keys, Publisher
 
 pytestmark = pytest.mark.anyio
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"

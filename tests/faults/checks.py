@@ -2,7 +2,7 @@
 
 Each reads the system of record (PostgreSQL) or the channel history (the Redis
 stream ``{prefix}h:{channel}``; each entry's field ``m`` is ``<meta-json>\\n<body-json>``,
-body ``{"event","ts","data"}``, see moderation/bus.py) with a fresh connection, so a
+body ``{"event","ts","data"}``, see common/bus.py) with a fresh connection, so a
 check works whatever the fault did to earlier connections.
 """
 
@@ -21,7 +21,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from db.counters import Drift, check_counters
-from moderation.bus import Keys
+from common.bus import Keys
 
 if TYPE_CHECKING:
     from load import Client, Outcome
@@ -71,7 +71,7 @@ async def counter_drift(dsn: str) -> list[Drift]:
 class HistoryEvent:
     channel: str
     offset: str
-    """``<epoch>-<stream id>``: what clients see (moderation.bus.make_offset)."""
+    """``<epoch>-<stream id>``: what clients see (common.bus.make_offset)."""
     event: str
     ts: float
     data: Any

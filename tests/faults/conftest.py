@@ -27,7 +27,7 @@ from load import Client, Load, Writer
 from services import PostgresProc, Proc, RedisProc, free_port
 
 from db.migrate import migrate
-from db.settings import load_settings
+from common.settings import load_settings
 from gateway.auth import mint_token
 
 JWT_SECRET = "fault-suite-secret-" + "x" * 32

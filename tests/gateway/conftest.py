@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 import websockets
 
-from db.settings import Settings
+from common.settings import Settings
 from gateway.auth import mint_token
 from gateway.server import DrainingServer, gateway_of, uvicorn_config
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import httpx
 
-from db.settings import Settings
+from common.settings import Settings
 
 
 def free_port() -> int:

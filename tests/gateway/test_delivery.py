@@ -15,7 +15,7 @@ from gateway_process import free_port, gateway_env, wait_ready
 from rooms import viewer_count_is, viewers_on_two_nodes
 
 from db.embedded import embedded_redis
-from moderation.bus import Publisher
+from common.bus import Publisher
 
 pytestmark = pytest.mark.anyio
 

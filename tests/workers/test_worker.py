@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from db import writes
-from moderation.bus import Keys
+from common.bus import Keys
 from moderation.policy import Policy
 from moderation.scorers import load_scorer
 from workers.consumer import GROUP, Worker

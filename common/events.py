@@ -1,6 +1,6 @@
 """The events writes announce, built the same way by gateways and workers.
 
-Each builder returns :class:`moderation.bus.Event` values: encoded once, stored in
+Each builder returns :class:`common.bus.Event` values: encoded once, stored in
 the write's transaction (``db.outbox``), published after COMMIT. Works on any
 msgspec Struct with the named fields (the write path's rows), so this pure
 library does not depend on the database package.
@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from moderation.bus import Event, Meta, event
+from common.bus import Event, Meta, event
 
 LIVE_PRIVACY = ("PUBLIC", "ANONYMOUS")
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from db.settings import SettingsError, load_settings
+from common.settings import SettingsError, load_settings
 
 
 def test_defaults_and_conversion() -> None:
