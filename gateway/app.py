@@ -10,10 +10,12 @@ from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.handlers import asgi
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin
 
 from gateway.connection import Connection
 from gateway.context import Gateway, gateway_lifespan
 from gateway.pages import PAGE_HANDLERS
+from gateway.protocol import json_schema
 from gateway.rest import ModerationController, RestController, error_handlers
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ class GatewayASGI:
 
 
 WS_PATH = "/ws"
+_PROTOCOL_SCHEMA = json_schema()
 
 
 @asgi(WS_PATH, copy_scope=False)
@@ -95,10 +98,32 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
     return Response({"ready": ready, "draining": gw.draining, **checks}, status_code=200 if ready else 503)
 
 
+@get("/schema/protocol.json", sync_to_thread=False, tags=["operations"])
+def protocol_schema() -> dict[str, object]:
+    """The WebSocket protocol (``/ws``) as a JSON Schema, generated from the structs the server decodes
+    and encodes with (``gateway.protocol``)."""
+    return _PROTOCOL_SCHEMA
+
+
 @get("/metrics", tags=["operations"], media_type="text/plain; version=0.0.4")
 async def metrics(state: State) -> bytes:
     """Prometheus metrics of this node."""
     return state.gateway.metrics.render()  # type: ignore[no-any-return]
+
+
+def openapi_config() -> OpenAPIConfig:
+    """``/schema``: the API reference page (Redoc, served from this package: no CDN, so it works
+    offline) and ``/schema/openapi.json``; the socket protocol's schema is ``/schema/protocol.json``."""
+    return OpenAPIConfig(
+        title="Vybe Live", version="0.1.0", path="/schema",
+        description="REST API of the Vybe Live gateway. The WebSocket protocol (`/ws`) is in docs/protocol.md "
+                    "and its JSON Schema at `/schema/protocol.json`. Every error has the body `{code, message}` "
+                    "(and `retry_after` where waiting helps); codes are listed in docs/protocol.md.",
+        render_plugins=[
+            RedocRenderPlugin(js_url="/static/vendor/redoc/redoc.standalone.js", google_fonts=False, path="/"),
+            JsonRenderPlugin(path="/openapi.json"),
+        ],
+    )
 
 
 def create_asgi(settings: Settings) -> GatewayASGI:
@@ -116,11 +141,11 @@ def create_app(settings: Settings) -> Litestar:
             yield
 
     return Litestar(
-        route_handlers=[websocket_endpoint, healthz, readyz, metrics, RestController, ModerationController,
+        route_handlers=[websocket_endpoint, healthz, readyz, metrics, protocol_schema, RestController, ModerationController,
                         *PAGE_HANDLERS],
         lifespan=[lifespan],
         exception_handlers=error_handlers(),
-        openapi_config=OpenAPIConfig(title="Vybe Live", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config(),
         debug=False,
     )
 

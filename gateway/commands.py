@@ -20,8 +20,8 @@ from db.outbox import Announcement
 from db.pool import UNREACHABLE
 from gateway import protocol as p
 from gateway.hub import Unavailable
-from gateway.protocol import ErrorCode
 from common import events
+from common.errors import ErrorCode
 from common.bus import job
 from common.events import LIVE_PRIVACY
 
@@ -46,18 +46,6 @@ class CommandError(Exception):
     def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.retry_after = code, message, retry_after
-
-
-# Who to notify is ours to know: an anonymous author's id must not reach the actor.
-_PRIVATE_FIELDS = ("vybe_author_id", "target_author_id")
-
-
-def ack_view(result: Any) -> dict[str, Any]:
-    """A write's result as the actor may see it."""
-    data: dict[str, Any] = msgspec.to_builtins(result)
-    for name in _PRIVATE_FIELDS:
-        data.pop(name, None)
-    return data
 
 
 class Result(msgspec.Struct):
@@ -120,7 +108,7 @@ async def _subscribe(conn: Connection, cmd: p.Subscribe) -> Result:
     resume = await conn.gw.hub.subscribe(conn, channel, cmd.since)
     if channel.startswith("looproom:"):
         conn.gw.presence.touch()
-    ack = {"channel": channel, "recovered": resume.recovered, "missed": len(resume.missed)}
+    ack = p.Subscribed(channel=channel, recovered=resume.recovered, missed=len(resume.missed))
     if resume.recovered is None:
         return Result(ack)
     return Result(ack, resume.missed, lambda: conn.gw.hub.finish_resume(conn, channel, resume.after))
@@ -149,13 +137,15 @@ def _may_see(conn: Connection, vybe: Any) -> bool:
 
 
 async def _unsubscribe(conn: Connection, cmd: p.Unsubscribe) -> Result:
-    if cmd.channel not in conn.channels or cmd.channel == f"user:{conn.user_id}":
+    if cmd.channel == f"user:{conn.user_id}":
+        raise CommandError(ErrorCode.FORBIDDEN, "your own user channel is held for as long as you are authenticated")
+    if cmd.channel not in conn.channels:
         raise CommandError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {cmd.channel}")
     conn.channels.discard(cmd.channel)
     await conn.gw.hub.unsubscribe(conn, cmd.channel)
     if cmd.channel.startswith("looproom:"):
         conn.gw.presence.touch()
-    return Result({"channel": cmd.channel})
+    return Result(p.Unsubscribed(channel=cmd.channel))
 
 
 # -- writes -------------------------------------------------------------------
@@ -173,7 +163,7 @@ async def _post_vybe(conn: Caller, cmd: p.PostVybe) -> Result:
         request_id=cmd.id or None, max_chars=gw.settings.max_vybe_chars, announce=announce,
     )
     gw.announce(announce)
-    return Result(ack_view(vybe))
+    return Result(writes.public(vybe))
 
 
 async def _comment(conn: Caller, cmd: p.CommentCmd) -> Result:
@@ -185,7 +175,7 @@ async def _comment(conn: Caller, cmd: p.CommentCmd) -> Result:
         announce=announce,
     )
     gw.announce(announce)
-    return Result(ack_view(comment))
+    return Result(writes.public(comment))
 
 
 async def _react(conn: Caller, cmd: p.React | p.Unreact) -> Result:
@@ -193,7 +183,7 @@ async def _react(conn: Caller, cmd: p.React | p.Unreact) -> Result:
     # needed. The group-committing writer stores their events in each batch's transaction.
     op = conn.gw.reactions.react if isinstance(cmd, p.React) else conn.gw.reactions.unreact
     result = await op(conn.user_id, target_type=cmd.target_type, target_id=cmd.target_id, reaction_type=cmd.reaction)
-    return Result(ack_view(result))
+    return Result(writes.public(result))
 
 
 async def _share(conn: Caller, cmd: p.Share) -> Result:
@@ -201,31 +191,31 @@ async def _share(conn: Caller, cmd: p.Share) -> Result:
     announce = Announcement.of(lambda r: events.vybe_shared(r, conn.user_id))
     result = await writes.share(gw.pool, conn.user_id, cmd.vybe_id, request_id=cmd.id or None, announce=announce)
     gw.announce(announce)
-    return Result(ack_view(result))
+    return Result(writes.public(result))
 
 
 async def _report(conn: Caller, cmd: p.ReportCmd) -> Result:
     gw = conn.gw
     announce = Announcement(gw.desk.report_events)
     result = await writes.report(
-        gw.pool, conn.user_id, target_type=cmd.target_type, target_id=cmd.target_id,
+        gw.pool, conn.user_id, target_type=cmd.target_type.lower(), target_id=cmd.target_id,
         report_type=cmd.report_type, description=cmd.description, request_id=cmd.id or None, announce=announce,
     )
     gw.announce(announce)
-    return Result(ack_view(result))
+    return Result(writes.public(result))
 
 
 async def _block(conn: Caller, cmd: p.Block | p.Unblock) -> Result:
     gw = conn.gw
     if cmd.user_id == conn.user_id:
-        raise CommandError(ErrorCode.INVALID, "you cannot block yourself")
+        raise CommandError(ErrorCode.INVALID_VALUE, "you cannot block yourself")
     op = writes.block if isinstance(cmd, p.Block) else writes.unblock
     # Other sockets of this user, on any node, pick the new list up from this event.
     announce = Announcement.of(lambda blocked: events.blocks_changed(conn.user_id, blocked))
     blocked = await op(gw.pool, conn.user_id, cmd.user_id, announce)
     gw.announce(announce)
     conn.blocked = frozenset(blocked)
-    return Result({"blocked": blocked})
+    return Result(writes.BlockList(blocked=blocked))
 
 
 async def _moderate(conn: Caller, cmd: p.Claim | p.Resolve) -> Result:

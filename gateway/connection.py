@@ -24,6 +24,8 @@ from gateway.hub import Unavailable
 from gateway.protocol import (
     Ack,
     Auth,
+    AuthResult,
+    Pong,
     CloseCode,
     DecodeFailure,
     Error,
@@ -177,7 +179,7 @@ class Connection:
     async def _serve(self, header_token: str | None) -> None:
         if header_token is not None:
             try:
-                await self._authenticate(header_token, None)
+                identity = await self._authenticate(header_token, None)
             except AuthError as err:
                 self.reply(Error(None, err.code, str(err)))
                 self.close(CloseCode.AUTH_INVALID, "invalid token")
@@ -186,6 +188,7 @@ class Connection:
                 self.reply(Error(None, err.code, err.message, err.retry_after))
                 self.close(CloseCode.TRY_AGAIN, "backend unavailable; retry")
                 return
+            self.reply(Ack("", _auth_result(identity)))  # the same answer as an `auth` frame's
         else:
             self._set_timer(self.gw.settings.auth_timeout_s, self._auth_deadline)
         while self._close is None:
@@ -236,7 +239,7 @@ class Connection:
             self.reply(Error(cmd.id, ErrorCode.AUTH_REQUIRED, "send an `auth` command first"))
             return
         if isinstance(cmd, Ping):
-            self.reply(Ack(cmd.id, {"time": time.time()}))
+            self.reply(Ack(cmd.id, Pong(time=time.time())))
             return
         try:
             result = await handle(self, cmd)
@@ -267,8 +270,7 @@ class Connection:
         except CommandError as err:  # a backend is down: the socket stays, the client retries `auth`
             self.reply(Error(cmd.id, err.code, err.message, err.retry_after))
             return
-        self.reply(Ack(cmd.id, {"user_id": identity.user_id, "role": identity.role,
-                                "expires_at": identity.expires_at}))
+        self.reply(Ack(cmd.id, _auth_result(identity)))
 
     async def _authenticate(self, token: str, cid: str | None) -> Identity:
         """Verify; on the first success, load the user and join their personal channel.
@@ -345,3 +347,7 @@ class Connection:
                 self._raw.transport.abort()
         except (OSError, RuntimeError):
             pass  # already gone
+
+
+def _auth_result(identity: Identity) -> AuthResult:
+    return AuthResult(user_id=identity.user_id, role=identity.role, expires_at=identity.expires_at)

@@ -10,15 +10,17 @@ defaults. ``docs/protocol.md`` is the reference; a test replays its examples.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
+
+from common.errors import ErrorCode
 
 ReactionType = Literal["HEART", "CLAP", "FIRE", "PEACE", "INSPIRE", "STRENGTH", "GRATITUDE", "MINDFUL"]
 ReactableType = Literal["SHARED_VYBE", "COMMENT", "LOOPROOM"]
 VybeType = Literal["REFLECTION", "MILESTONE", "INSPIRATION", "GRATITUDE", "PROGRESS_UPDATE"]
 PrivacyLevel = Literal["PUBLIC", "FRIENDS_ONLY", "PRIVATE", "ANONYMOUS"]
-ReportTarget = Literal["shared_vybe", "comment", "user"]
+ReportTarget = Literal["SHARED_VYBE", "COMMENT", "USER", "shared_vybe", "comment", "user"]
 ReportType = Literal["SPAM", "HARASSMENT", "INAPPROPRIATE_CONTENT", "SAFETY_CONCERN", "COPYRIGHT", "OTHER"]
 Resolution = Literal["remove", "hide", "restore", "dismiss"]
 
@@ -26,86 +28,119 @@ Resolution = Literal["remove", "hide", "restore", "dismiss"]
 Id = msgspec.Meta(max_length=64)
 
 
-class Command(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, kw_only=True):
+class Request(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    """What every command carries. A REST request body is the command without ``type``
+    (and without the fields its path names): the same struct, so both doors agree."""
+
     id: Annotated[str, Id] = ""
-    """Client id of this command, echoed in its ack or error; also the idempotency key of writes."""
+    """Your id for this command, echoed in its ack or error. For writes it is also the
+    idempotency key (kept 24 h): a retry with the same id returns the first result with
+    ``replayed: true``. Optional: without it nothing is deduplicated and the answer's id is ``""``."""
 
 
-class Auth(Command, tag="auth", kw_only=True):
-    token: str
-
-
-class Subscribe(Command, tag="subscribe", kw_only=True):
-    channel: str
-    since: str | None = None
-
-
-class Unsubscribe(Command, tag="unsubscribe", kw_only=True):
-    channel: str
-
-
-class PostVybe(Command, tag="post_vybe", kw_only=True):
+class PostVybeBody(Request, kw_only=True):
     content: str
+    """1 to ``VYBE_MAX_VYBE_CHARS`` (5,000) code points, not blank, no NUL."""
     vybe_type: VybeType = "REFLECTION"
     privacy_level: PrivacyLevel = "PUBLIC"
+    """PRIVATE and FRIENDS_ONLY reach only you (there is no friend graph yet). ANONYMOUS is
+    PUBLIC with your id withheld from everyone else, as ``is_anonymous: true`` is."""
     is_anonymous: bool = False
     looproom_id: str | None = None
     loopchain_id: str | None = None
 
 
-class CommentCmd(Command, tag="comment", kw_only=True):
-    vybe_id: str
+class CommentBody(Request, kw_only=True):
     content: str
+    """1 to ``VYBE_MAX_COMMENT_CHARS`` (2,000) code points, not blank, no NUL."""
     parent_id: str | None = None
+    """The comment this replies to (on the same vybe)."""
     is_anonymous: bool = False
 
 
-class React(Command, tag="react", kw_only=True):
+class ReactBody(Request, kw_only=True):
     target_type: ReactableType = "SHARED_VYBE"
     target_id: str
     reaction: ReactionType
 
 
-class Unreact(Command, tag="unreact", kw_only=True):
-    target_type: ReactableType = "SHARED_VYBE"
-    target_id: str
-    reaction: ReactionType
-
-
-class Share(Command, tag="share", kw_only=True):
-    vybe_id: str
-
-
-class ReportCmd(Command, tag="report", kw_only=True):
+class ReportBody(Request, kw_only=True):
     target_type: ReportTarget
+    """``SHARED_VYBE``, ``COMMENT`` or ``USER`` (the lower-case forms are accepted too)."""
     target_id: str
     report_type: ReportType = "OTHER"
     description: str | None = None
+    """Up to 1,000 code points."""
 
 
-class Block(Command, tag="block", kw_only=True):
-    user_id: str
-
-
-class Unblock(Command, tag="unblock", kw_only=True):
-    user_id: str
-
-
-class Ping(Command, tag="ping", kw_only=True):
-    pass
-
-
-class Claim(Command, tag="claim", kw_only=True):
-    case_id: str
+class ClaimBody(Request, kw_only=True):
     version: int
+    """The case's ``version`` as you last saw it; a stale one is a ``conflict``."""
     release: bool = False
 
 
-class Resolve(Command, tag="resolve", kw_only=True):
-    case_id: str
+class ResolveBody(Request, kw_only=True):
     version: int
     action: Resolution
     note: str | None = None
+    """Shown to the author of the content in their ``moderation.outcome`` event."""
+
+
+class Auth(Request, tag_field="type", tag="auth", kw_only=True):
+    token: str
+
+
+class Subscribe(Request, tag_field="type", tag="subscribe", kw_only=True):
+    channel: str
+    since: str | None = None
+
+
+class Unsubscribe(Request, tag_field="type", tag="unsubscribe", kw_only=True):
+    channel: str
+
+
+class PostVybe(PostVybeBody, tag_field="type", tag="post_vybe", kw_only=True):
+    pass
+
+
+class CommentCmd(CommentBody, tag_field="type", tag="comment", kw_only=True):
+    vybe_id: str
+
+
+class React(ReactBody, tag_field="type", tag="react", kw_only=True):
+    pass
+
+
+class Unreact(ReactBody, tag_field="type", tag="unreact", kw_only=True):
+    pass
+
+
+class Share(Request, tag_field="type", tag="share", kw_only=True):
+    vybe_id: str
+
+
+class ReportCmd(ReportBody, tag_field="type", tag="report", kw_only=True):
+    pass
+
+
+class Block(Request, tag_field="type", tag="block", kw_only=True):
+    user_id: str
+
+
+class Unblock(Request, tag_field="type", tag="unblock", kw_only=True):
+    user_id: str
+
+
+class Ping(Request, tag_field="type", tag="ping", kw_only=True):
+    pass
+
+
+class Claim(ClaimBody, tag_field="type", tag="claim", kw_only=True):
+    case_id: str
+
+
+class Resolve(ResolveBody, tag_field="type", tag="resolve", kw_only=True):
+    case_id: str
 
 
 ClientCommand = (
@@ -118,44 +153,84 @@ COMMAND_TYPES: frozenset[str] = frozenset(
 )
 
 
+class AuthResult(msgspec.Struct, kw_only=True):
+    """The ``auth`` ack's result; also sent, with ``id: ""``, after a header-token connect."""
+
+    user_id: str
+    role: Literal["MEMBER", "CREATOR", "MODERATOR", "ADMIN"]
+    expires_at: float
+    """The token's ``exp`` (epoch seconds): send ``auth`` with a fresh token before it."""
+
+
+class Subscribed(msgspec.Struct, kw_only=True):
+    channel: str
+    recovered: bool | None
+    """With ``since``: true when every missed event follows the ack (in order, before live ones);
+    false when history no longer reaches back (refetch over REST). Without ``since``: null."""
+    missed: int
+    """How many missed events follow the ack."""
+
+
+class Unsubscribed(msgspec.Struct, kw_only=True):
+    channel: str
+
+
+class Pong(msgspec.Struct, kw_only=True):
+    time: float
+    """Server time, epoch seconds."""
+
+
 class Ack(msgspec.Struct, tag="ack", tag_field="type"):
+    """A command succeeded (for a write: after COMMIT). ``result``'s type depends on the command:
+    see ``ack_results`` in the protocol schema."""
+
     id: str
-    result: object = None
+    result: Any = None
 
 
 class Error(msgspec.Struct, tag="error", tag_field="type", omit_defaults=True):
+    """A command, or a frame, was refused. ``id`` is the command's id when the frame parsed far
+    enough to have one, else null."""
+
     id: str | None
     code: str
+    """A code of the error catalog (docs/protocol.md, "Errors")."""
     message: str
     retry_after: float | None = None
+    """Seconds to wait before retrying, where waiting helps."""
 
 
 class Notice(msgspec.Struct, tag="notice", tag_field="type", omit_defaults=True):
-    """Connection-level information: hello, token_expiring, gap, going_away."""
+    """Connection-level information: ``token_expiring``, ``gap``, ``going_away``."""
 
-    code: str
+    code: Literal["token_expiring", "gap", "going_away"]
     message: str
-    data: object = None
+    data: Any = None
 
 
-class ErrorCode:
-    """Stable error codes (see docs/protocol.md)."""
+EVENT_NAMES = (
+    "vybe.created", "vybe.shared", "vybe.hidden", "vybe.removed", "vybe.restored", "comment.created",
+    "comment.hidden", "comment.removed", "comment.restored", "reactions.changed", "reaction.added",
+    "looproom.presence", "moderation.outcome", "blocks.changed", "report.flagged", "report.resolved",
+    "case.claimed", "case.released",
+)
 
-    MALFORMED = "malformed"
-    UNKNOWN_TYPE = "unknown_type"
-    INVALID = "invalid"
-    INVALID_CONTENT = "invalid_content"
-    FRAME_TOO_LARGE = "frame_too_large"
-    BINARY_UNSUPPORTED = "binary_unsupported"
-    RATE_LIMITED = "rate_limited"
-    AUTH_REQUIRED = "auth_required"
-    AUTH_FAILED = "auth_failed"
-    FORBIDDEN = "forbidden"
-    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
-    UNKNOWN_CHANNEL = "unknown_channel"
-    NOT_SUBSCRIBED = "not_subscribed"
-    UNAVAILABLE = "unavailable"
-    INTERNAL = "internal"
+
+class Event(msgspec.Struct, tag="event", tag_field="type"):
+    """Something happened on a channel you hold. The hub writes these bytes itself (the body
+    is encoded once per event); this struct is their schema."""
+
+    channel: str
+    offset: str
+    """Opaque: keep the last one per channel and pass it back as ``since``."""
+    event: str
+    """One of ``EVENT_NAMES`` today; ignore names you do not know (new ones may be added)."""
+    ts: float
+    """When the event was stored, in the transaction of the write it announces (epoch seconds)."""
+    data: Any
+
+
+ServerMessage = Ack | Error | Notice | Event
 
 
 class CloseCode:
@@ -259,3 +334,39 @@ def encode(message: object) -> bytes:
 def frame(elements: list[bytes]) -> bytes:
     """Join encoded messages into one frame: always a JSON array."""
     return b"[" + b",".join(elements) + b"]"
+
+
+def ack_results() -> dict[str, type[msgspec.Struct]]:
+    """The type of each command's ``Ack.result``."""
+    from db import moderation as mdb  # noqa: PLC0415  (the protocol module loads without the database package)
+    from db import writes  # noqa: PLC0415
+
+    return {
+        "auth": AuthResult, "subscribe": Subscribed, "unsubscribe": Unsubscribed, "ping": Pong,
+        "post_vybe": writes.Vybe, "comment": writes.CommentView, "react": writes.ReactionView,
+        "unreact": writes.ReactionView, "share": writes.ShareView, "report": writes.ReportResult,
+        "block": writes.BlockList, "unblock": writes.BlockList, "claim": mdb.CaseView, "resolve": mdb.CaseView,
+    }
+
+
+def json_schema() -> dict[str, object]:
+    """The socket protocol as a JSON Schema (draft 2020-12), from these structs.
+
+    ``$defs.ClientCommand`` is one client frame; ``$defs.ServerFrame`` one server frame (an
+    array of ``$defs.ServerMessage``); ``ack_results`` names each command's result type.
+    Served at ``/schema/protocol.json``.
+    """
+    results = ack_results()
+    (client, server, *_), defs = msgspec.json.schema_components(
+        [ClientCommand, ServerMessage, *results.values()], ref_template="#/$defs/{name}")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "/schema/protocol.json",
+        "title": "Vybe Live WebSocket protocol",
+        "description": "Client frames are one ClientCommand each; server frames are a ServerFrame "
+                       "(a JSON array of ServerMessage). See docs/protocol.md.",
+        "$defs": {**defs, "ClientCommand": client, "ServerMessage": server,
+                  "ServerFrame": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ServerMessage"}}},
+        "ack_results": {cmd: {"$ref": f"#/$defs/{kind.__name__}"} for cmd, kind in results.items()},
+        "oneOf": [{"$ref": "#/$defs/ClientCommand"}, {"$ref": "#/$defs/ServerFrame"}],
+    }

@@ -1,19 +1,27 @@
 """REST: what a page or an app needs without a socket.
 
-Writes reuse the socket's command types and handlers (``gateway.commands``), so
-both doors validate, store and publish identically; only the framing differs.
+Request bodies are the socket's commands without ``type`` (``gateway.protocol``'s
+``*Body`` structs) and answers are the write path's result structs, so the
+OpenAPI document states every body and answer, and both doors validate, store
+and publish identically (``gateway.commands``). Every error, ours or Litestar's
+(a bad query parameter, an unknown path), has the body ``{code, message}`` and
+the status of its code in the error catalog (``common.errors``); each route
+declares the codes it can answer with.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
-from litestar.params import FromPath, FromQuery
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
+from common import errors
+from common.errors import ErrorBody, ErrorCode
 from db import moderation as mdb
 from db import writes
 from db.pool import UNREACHABLE
@@ -24,42 +32,91 @@ from gateway.commands import CommandError, handle, unavailable
 if TYPE_CHECKING:
     from gateway.context import Gateway
 
-_STATUS = {
-    "not_found": 404, "forbidden": 403, "auth_failed": 401, "token_expired": 401, "auth_required": 401,
-    "rate_limited": 429, "conflict": 409, "content_unavailable": 409, "unavailable": 503, "internal": 500,
-}
-
 
 class ApiError(HTTPException):
-    """An error with our stable code in the body: ``{"code", "message"}`` (and ``retry_after``)."""
+    """An error with a catalog code: ``{"code", "message"}`` (and ``retry_after``)."""
 
     def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(status_code=_STATUS.get(code, 422), detail=message)
+        super().__init__(status_code=errors.status(code), detail=message)
         self.code = code
         self.retry_after = retry_after
 
 
-def _error_response(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
-    body: dict[str, Any] = {"code": exc.code, "message": str(exc.detail)}
-    headers = {}
-    if exc.retry_after is not None:
-        body["retry_after"] = exc.retry_after
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    return Response(body, status_code=exc.status_code, headers=headers)
+def _error_response(code: str, message: str, status: int, retry_after: float | None = None,
+                    headers: dict[str, str] | None = None) -> Response[ErrorBody]:
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(retry_after)))
+    return Response(ErrorBody(code=code, message=message, retry_after=retry_after), status_code=status,
+                    headers=headers)
 
 
-def _unreachable_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
+    return _error_response(exc.code, str(exc.detail), exc.status_code, exc.retry_after)
+
+
+# Litestar's own refusals, in our shape: the status stays, the code names it.
+_HTTP_CODES = {400: ErrorCode.MALFORMED, 401: ErrorCode.AUTH_REQUIRED, 403: ErrorCode.FORBIDDEN,
+               404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 422: ErrorCode.INVALID}
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    if isinstance(exc, ValidationException):
+        return _validation_error(exc)
+    code = _HTTP_CODES.get(exc.status_code, ErrorCode.INTERNAL)
+    status = exc.status_code if code != ErrorCode.INTERNAL else 500
+    message = str(exc.detail) if code != ErrorCode.INTERNAL else "internal error"
+    return _error_response(code, message, status, headers=exc.headers)
+
+
+def _validation_error(exc: ValidationException) -> Response[ErrorBody]:
+    """A body or parameter that does not match the schema: ``invalid`` (422) with what was wrong;
+    a body that is not JSON at all: ``malformed`` (400)."""
+    detail = str(exc.detail)
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    found = "; ".join(f"{e.get('key', '?')}: {e.get('message', '')}" for e in extra if isinstance(e, dict))
+    if "JSON" in detail and ("malformed" in detail.lower() or "invalid json" in detail.lower()):
+        return _error_response(ErrorCode.MALFORMED, detail, 400)
+    return _error_response(ErrorCode.INVALID, f"{detail}: {found}" if found else detail, 422)
+
+
+def _unreachable(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     """PostgreSQL down under a read (writes go through the command handlers): 503, as on the socket."""
     err = unavailable("PostgreSQL")
-    return _error_response(request, ApiError(err.code, err.message, err.retry_after))
+    return _error_response(err.code, err.message, errors.status(err.code), err.retry_after)
+
+
+def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    return _error_response(ErrorCode.INTERNAL, "internal error", 500, 1.0)
 
 
 def error_handlers() -> dict[int | type[Exception], Any]:
-    handlers: dict[int | type[Exception], Any] = {ApiError: _error_response}
+    handlers: dict[int | type[Exception], Any] = {ApiError: _api_error, HTTPException: _http_error,
+                                                   500: _internal}
     for kind in UNREACHABLE:
         if issubclass(kind, Exception):
-            handlers[kind] = _unreachable_response
+            handlers[kind] = _unreachable
     return handlers
+
+
+def responses(*codes: str) -> dict[int, ResponseSpec]:
+    """The OpenAPI ``responses`` of a route that can answer with ``codes`` (plus what every
+    authenticated route can: a bad token, a bad parameter, a backend down)."""
+    by_status: dict[int, list[str]] = {}
+    for code in (ErrorCode.AUTH_REQUIRED, ErrorCode.AUTH_FAILED, ErrorCode.TOKEN_EXPIRED, ErrorCode.MALFORMED,
+                 ErrorCode.INVALID, ErrorCode.UNAVAILABLE, *codes):
+        by_status.setdefault(errors.status(code), []).append(code)
+    return {status: ResponseSpec(data_container=ErrorBody, generate_examples=False,
+                                 description="Error: " + ", ".join(f"`{c}`" for c in dict.fromkeys(group)))
+            for status, group in sorted(by_status.items())}
+
+
+_WRITE = (ErrorCode.INVALID_CONTENT, ErrorCode.CONTENT_TOO_LONG, ErrorCode.INVALID_VALUE, ErrorCode.NOT_FOUND,
+          ErrorCode.CONTENT_UNAVAILABLE, ErrorCode.CONFLICT)
+_MODERATE = (ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT)
+
+Limit = Annotated[int, Parameter(ge=1, le=100, description="Page size, 1 to 100.")]
+Cursor = Annotated[str | None, Parameter(description="`next_cursor` of the previous page.")]
 
 
 class Actor(msgspec.Struct):
@@ -75,8 +132,8 @@ async def _actor(request: Request[Any, Any, Any]) -> Actor:
     gw = request.app.state.gateway
     header = request.headers.get("authorization", "")
     kind, _, token = header.partition(" ")
-    if kind.lower() != "bearer" or not token:
-        raise ApiError("auth_required", "send Authorization: Bearer <token>")
+    if kind.lower() != "bearer" or not token.strip():
+        raise ApiError(ErrorCode.AUTH_REQUIRED, "send Authorization: Bearer <token>")
     try:
         identity: Identity = gw.verifier.verify(token.strip())
     except AuthError as err:
@@ -93,83 +150,87 @@ async def _run(request: Request[Any, Any, Any], cmd: Any) -> Any:
         raise ApiError(err.code, err.message, err.retry_after) from err
 
 
-def _decode(body: bytes, kind: type[Any], **extra: Any) -> Any:
-    try:
-        raw = msgspec.json.decode(body) if body else {}
-        if not isinstance(raw, dict):
-            raise ApiError("invalid", "body must be a JSON object")
-        return msgspec.convert({**raw, **extra}, kind)
-    except (msgspec.DecodeError, msgspec.ValidationError) as err:
-        raise ApiError("invalid", str(err)) from err
+def _command(kind: type[Any], body: msgspec.Struct | None, **path: str) -> Any:
+    """The socket command of a REST call: its body's fields plus what the path names."""
+    fields = msgspec.structs.asdict(body) if body is not None else {}
+    return kind(**fields, **path)
 
 
 class RestController(Controller):
     path = "/api"
     tags = ["api"]
 
-    @get("/feed")
-    async def feed(self, request: Request[Any, Any, Any], state: State, cursor: FromQuery[str | None] = None,
-                   limit: FromQuery[int] = 20, looproom_id: FromQuery[str | None] = None) -> Any:
-        """The feed, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    @get("/feed", responses=responses(ErrorCode.INVALID_CURSOR, ErrorCode.NOT_FOUND))
+    async def feed(self, request: Request[Any, Any, Any], state: State, cursor: FromQuery[Cursor] = None,
+                   limit: FromQuery[Limit] = 20, looproom_id: FromQuery[str | None] = None) -> writes.Page:
+        """The feed as you may see it, newest first; pass ``next_cursor`` back as ``cursor``."""
         actor = await _actor(request)
         try:
             return await writes.feed_page(
-                state.gateway.pool, actor.user_id, limit=max(1, min(limit, 100)), cursor=cursor,
-                looproom_id=looproom_id, viewer_is_moderator=actor.is_moderator,
-                premoderation=state.gateway.settings.premoderation,
+                state.gateway.pool, actor.user_id, limit=limit, cursor=cursor, looproom_id=looproom_id,
+                viewer_is_moderator=actor.is_moderator, premoderation=state.gateway.settings.premoderation,
             )
         except writes.WriteError as err:
             raise ApiError(err.code, err.message) from err
 
-    @get("/vybes/{vybe_id:str}")
+    @get("/vybes/{vybe_id:str}", responses=responses(ErrorCode.NOT_FOUND, ErrorCode.INVALID_CURSOR))
     async def vybe(self, request: Request[Any, Any, Any], state: State, vybe_id: FromPath[str],
-                   cursor: FromQuery[str | None] = None) -> Any:
-        """One vybe with a page of its comments."""
+                   cursor: FromQuery[Cursor] = None) -> writes.VybeDetail:
+        """One vybe with a page of its comments (oldest first)."""
         actor = await _actor(request)
         try:
             gw = state.gateway
             opts = {"viewer_is_moderator": actor.is_moderator, "premoderation": gw.settings.premoderation}
             vybe = await writes.get_vybe(gw.pool, vybe_id, viewer_id=actor.user_id, **opts)
             comments = await writes.vybe_comments(gw.pool, vybe_id, actor.user_id, cursor=cursor, **opts)
-            return {"vybe": vybe, "comments": comments}
+            return writes.VybeDetail(vybe=vybe, comments=comments)
         except writes.WriteError as err:
             raise ApiError(err.code, err.message) from err
 
-    @post("/vybes", status_code=201)
-    async def post_vybe(self, request: Request[Any, Any, Any]) -> Any:
-        """Share a vybe (same fields as the socket's ``post_vybe``)."""
-        return await _run(request, _decode(await request.body(), p.PostVybe))
+    @post("/vybes", status_code=201, responses=responses(*_WRITE))
+    async def post_vybe(self, request: Request[Any, Any, Any], data: JSONBody[p.PostVybeBody]) -> writes.Vybe:
+        """Share a vybe (the socket's ``post_vybe``)."""
+        return await _run(request, _command(p.PostVybe, data))  # type: ignore[no-any-return]
 
-    @post("/vybes/{vybe_id:str}/comments", status_code=201)
-    async def comment(self, request: Request[Any, Any, Any], vybe_id: FromPath[str]) -> Any:
-        return await _run(request, _decode(await request.body(), p.CommentCmd, vybe_id=vybe_id))
+    @post("/vybes/{vybe_id:str}/comments", status_code=201, responses=responses(*_WRITE, ErrorCode.INVALID_PARENT))
+    async def comment(self, request: Request[Any, Any, Any], vybe_id: FromPath[str], data: JSONBody[p.CommentBody]) -> writes.CommentView:
+        """Comment on a vybe, or reply to one of its comments (``parent_id``)."""
+        return await _run(request, _command(p.CommentCmd, data, vybe_id=vybe_id))  # type: ignore[no-any-return]
 
-    @post("/vybes/{vybe_id:str}/share", status_code=200)
-    async def share(self, request: Request[Any, Any, Any], vybe_id: FromPath[str]) -> Any:
-        return await _run(request, _decode(await request.body(), p.Share, vybe_id=vybe_id))
+    @post("/vybes/{vybe_id:str}/share", status_code=200, responses=responses(*_WRITE))
+    async def share(self, request: Request[Any, Any, Any], vybe_id: FromPath[str],
+                    data: JSONBody[p.Request | None] = None) -> writes.ShareView:
+        """Share a vybe (the body is optional: ``{"id": ...}`` makes a retry safe)."""
+        return await _run(request, _command(p.Share, data, vybe_id=vybe_id))  # type: ignore[no-any-return]
 
-    @post("/reactions", status_code=200)
-    async def react(self, request: Request[Any, Any, Any]) -> Any:
-        return await _run(request, _decode(await request.body(), p.React))
+    @post("/reactions", status_code=200, responses=responses(*_WRITE))
+    async def react(self, request: Request[Any, Any, Any], data: JSONBody[p.ReactBody]) -> writes.ReactionView:
+        """Add a reaction (idempotent by user, target and reaction)."""
+        return await _run(request, _command(p.React, data))  # type: ignore[no-any-return]
 
-    @post("/reactions/remove", status_code=200)
-    async def unreact(self, request: Request[Any, Any, Any]) -> Any:
-        return await _run(request, _decode(await request.body(), p.Unreact))
+    @post("/reactions/remove", status_code=200, responses=responses(*_WRITE))
+    async def unreact(self, request: Request[Any, Any, Any], data: JSONBody[p.ReactBody]) -> writes.ReactionView:
+        """Remove a reaction (idempotent)."""
+        return await _run(request, _command(p.Unreact, data))  # type: ignore[no-any-return]
 
-    @post("/reports", status_code=200)
-    async def report(self, request: Request[Any, Any, Any]) -> Any:
-        return await _run(request, _decode(await request.body(), p.ReportCmd))
+    @post("/reports", status_code=200, responses=responses(*_WRITE))
+    async def report(self, request: Request[Any, Any, Any], data: JSONBody[p.ReportBody]) -> writes.ReportResult:
+        """Report a vybe, a comment or a user (a repeat by you returns your first report)."""
+        return await _run(request, _command(p.ReportCmd, data))  # type: ignore[no-any-return]
 
-    @delete("/vybes/{vybe_id:str}", status_code=204)
+    @delete("/vybes/{vybe_id:str}", status_code=204, responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
     async def delete_vybe(self, request: Request[Any, Any, Any], state: State, vybe_id: FromPath[str]) -> None:
+        """Delete your vybe with its comments and reactions."""
         actor = await _actor(request)
         try:
             await writes.delete_vybe(state.gateway.pool, actor.user_id, vybe_id)
         except writes.WriteError as err:
             raise ApiError(err.code, err.message) from err
 
-    @delete("/comments/{comment_id:str}", status_code=204)
+    @delete("/comments/{comment_id:str}", status_code=204,
+            responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
     async def delete_comment(self, request: Request[Any, Any, Any], state: State, comment_id: FromPath[str]) -> None:
+        """Delete your comment with its replies."""
         actor = await _actor(request)
         try:
             await writes.delete_comment(state.gateway.pool, actor.user_id, comment_id)
@@ -183,20 +244,21 @@ class ModerationController(Controller):
     path = "/api/mod"
     tags = ["moderation"]
 
-    @get("/queue")
-    async def queue(self, request: Request[Any, Any, Any], state: State, limit: FromQuery[int] = 100) -> Any:
+    @get("/queue", responses=responses(ErrorCode.FORBIDDEN))
+    async def queue(self, request: Request[Any, Any, Any], state: State,
+                    limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100) -> list[mdb.CaseView]:
         """Open cases, oldest first, each with everything needed to decide."""
         actor = await _actor(request)
         if not actor.is_moderator:
-            raise ApiError("forbidden", "the moderation queue is for MODERATOR and ADMIN roles")
-        return await mdb.open_queue(state.gateway.pool, max(1, min(limit, 500)))
+            raise ApiError(ErrorCode.FORBIDDEN, "the moderation queue is for MODERATOR and ADMIN roles")
+        return await mdb.open_queue(state.gateway.pool, limit)
 
-    @post("/cases/{case_id:str}/claim", status_code=200)
-    async def claim(self, request: Request[Any, Any, Any], case_id: FromPath[str]) -> Any:
+    @post("/cases/{case_id:str}/claim", status_code=200, responses=responses(*_MODERATE))
+    async def claim(self, request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[p.ClaimBody]) -> mdb.CaseView:
         """Claim (``{"version": n}``) or release (``{"version": n, "release": true}``) a case."""
-        return await _run(request, _decode(await request.body(), p.Claim, case_id=case_id))
+        return await _run(request, _command(p.Claim, data, case_id=case_id))  # type: ignore[no-any-return]
 
-    @post("/cases/{case_id:str}/resolve", status_code=200)
-    async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str]) -> Any:
+    @post("/cases/{case_id:str}/resolve", status_code=200, responses=responses(*_MODERATE))
+    async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[p.ResolveBody]) -> mdb.CaseView:
         """Resolve: ``{"version": n, "action": "remove|hide|restore|dismiss", "note": "..."}``."""
-        return await _run(request, _decode(await request.body(), p.Resolve, case_id=case_id))
+        return await _run(request, _command(p.Resolve, data, case_id=case_id))  # type: ignore[no-any-return]

@@ -12,21 +12,27 @@ from db.writes.feed import decode_cursor, encode_cursor, feed_page, get_vybe, vy
 from db.writes.reactions import react, unreact
 from db.writes.reports import report
 from db.writes.types import (
+    BlockList,
     Comment,
+    CommentView,
     CommentPage,
     Deleted,
     Page,
     ReactionResult,
+    ReactionView,
     ReportResult,
     ShareResult,
+    ShareView,
     User,
     Vybe,
+    VybeDetail,
+    public,
 )
 from db.writes.users import block, unblock, upsert_user
 from db.writes.writer import ReactionWriter
 
 __all__ = [
-    "Comment", "CommentPage", "Conflict", "Deleted", "Forbidden", "Invalid", "NotFound", "Page",
+    "BlockList", "Comment", "CommentView", "ReactionView", "ShareView", "VybeDetail", "public", "CommentPage", "Conflict", "Deleted", "Forbidden", "Invalid", "NotFound", "Page",
     "ReactionResult", "ReactionWriter", "ReportResult", "ShareResult", "Unavailable", "User", "Vybe",
     "WriteError", "WriterClosed", "block", "comment", "decode_cursor", "delete_comment", "delete_vybe",
     "encode_cursor", "feed_page", "get_vybe", "post_vybe", "react", "report", "share", "unblock",

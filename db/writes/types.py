@@ -56,8 +56,8 @@ class Vybe(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """True when this is the stored result of an earlier request with the same id."""
 
 
-class Comment(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A comment or reply. ``vybe_author_id`` is who to notify (never sent to clients as is)."""
+class CommentView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A comment or reply as clients see it. ``user_id`` is None when anonymous."""
 
     id: uuid.UUID
     user_id: str | None
@@ -71,14 +71,19 @@ class Comment(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     moderation_state: str
     created_at: dt.datetime
     updated_at: dt.datetime
-    vybe_author_id: str | None = None
     comment_count: int | None = None
-    """The vybe's comment_count after this write (set by :func:`comment`)."""
+    """The vybe's comment_count after this write (in the answer to ``comment``)."""
     replayed: bool = False
     """True when this is the stored result of an earlier request with the same id."""
 
 
-class ReactionResult(msgspec.Struct, frozen=True, kw_only=True):
+class Comment(CommentView, frozen=True, kw_only=True, omit_defaults=True):
+    """A comment as the write path returns it: plus whom to notify, never sent to clients."""
+
+    vybe_author_id: str | None = None
+
+
+class ReactionView(msgspec.Struct, frozen=True, kw_only=True):
     """``applied`` is False when the reaction was already there (react) or absent (unreact)."""
 
     applied: bool
@@ -86,19 +91,27 @@ class ReactionResult(msgspec.Struct, frozen=True, kw_only=True):
     target_id: uuid.UUID
     reaction_type: str
     reaction_count: int
-    target_author_id: str
     vybe_id: uuid.UUID | None = None
     """The vybe whose channel hears of it: the target itself, or the comment's vybe; None for a looproom."""
 
 
-class ShareResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ReactionResult(ReactionView, frozen=True, kw_only=True):
+    target_author_id: str
+    """Whom to notify; never sent to clients."""
+
+
+class ShareView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     share_id: uuid.UUID
     vybe_id: uuid.UUID
     share_count: int
-    vybe_author_id: str
     created_at: dt.datetime
     replayed: bool = False
     """True when this is the stored result of an earlier request with the same id."""
+
+
+class ShareResult(ShareView, frozen=True, kw_only=True, omit_defaults=True):
+    vybe_author_id: str
+    """Whom to notify; never sent to clients."""
 
 
 class ReportResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -131,3 +144,28 @@ class Page(msgspec.Struct, frozen=True, kw_only=True):
 class CommentPage(msgspec.Struct, frozen=True, kw_only=True):
     items: list[Comment]
     next_cursor: str | None
+
+
+class VybeDetail(msgspec.Struct, frozen=True, kw_only=True):
+    """One vybe with the first page of its comments."""
+
+    vybe: Vybe
+    comments: CommentPage
+
+
+class BlockList(msgspec.Struct, frozen=True, kw_only=True):
+    blocked: list[str]
+    """Everyone you block now, sorted."""
+
+
+_VIEWS: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
+    Comment: CommentView, ReactionResult: ReactionView, ShareResult: ShareView,
+}
+
+
+def public(result: msgspec.Struct) -> msgspec.Struct:
+    """``result`` without the fields only the server may know (whom to notify)."""
+    view = _VIEWS.get(type(result))
+    if view is None:
+        return result
+    return view(**{name: getattr(result, name) for name in view.__struct_fields__})

@@ -67,7 +67,7 @@ async def test_blocked_authors_are_filtered_and_blocks_propagate(live, connect) 
     await alice.ok("post_vybe", content="from alice after unblock")
     for c in (bob1, bob2):
         await c.wait_for(lambda m: m.get("event") == "vybe.created" and m["data"]["content"] == "from alice after unblock")
-    assert (await bob1.call("block", user_id="bob"))["code"] == "invalid"
+    assert (await bob1.call("block", user_id="bob"))["code"] == "invalid_value"
 
 
 async def test_blocked_users_rest_feed_excludes_them(live, connect) -> None:

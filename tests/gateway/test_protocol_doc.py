@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+import jsonschema
 import jwt
 import msgspec
 import pytest
@@ -37,24 +39,43 @@ def _blocks() -> list[str]:
 
 
 def test_every_command_error_and_close_code_has_an_example() -> None:
-    """The document shows each command, each error code and each close code we send."""
-    from gateway.protocol import COMMAND_TYPES, CloseCode, ErrorCode  # noqa: PLC0415
+    """The document shows each command and each close code we send, and its error table is the catalog."""
+    from common.errors import CATALOG, ErrorCode, markdown_table  # noqa: PLC0415
+    from gateway.protocol import COMMAND_TYPES, CloseCode  # noqa: PLC0415
 
     text = "\n".join(_blocks())
     for cmd in COMMAND_TYPES:
         assert f'"type":"{cmd}"' in text, f"no example of {cmd}"
     doc = DOC.read_text()
-    for name, code in vars(ErrorCode).items():
-        if not name.startswith("_") and code != "internal":
-            assert f"`{code}`" in doc, f"error code {code} undocumented"
+    assert markdown_table() in doc, "docs/protocol.md's error table differs from common/errors.py: paste markdown_table()"
+    named = {code for name, code in vars(ErrorCode).items() if not name.startswith("_")}
+    assert named == set(CATALOG), "ErrorCode and the catalog name different codes"
     for name, code in vars(CloseCode).items():
         if not name.startswith("_") and code not in (1008, 1011):
             assert f"| {code} |" in doc, f"close code {code} undocumented"
 
 
+class Schema:
+    """The published protocol schema (``/schema/protocol.json``) of a live gateway."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+
+    def errors(self, definition: str | dict[str, Any], value: Any) -> list[str]:
+        ref = definition if isinstance(definition, dict) else {"$ref": f"#/$defs/{definition}"}
+        validator = jsonschema.Draft202012Validator({"$defs": self.document["$defs"], **ref})
+        return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(value)]
+
+
+# Errors that say a frame does not fit the protocol: exactly the frames the schema refuses.
+_REFUSED = {"malformed", "unknown_type", "invalid"}
+
+
 class Replay:
-    def __init__(self, live: Any, connect: Any) -> None:
-        self.live, self.connect = live, connect
+    def __init__(self, live: Any, connect: Any, schema: Schema) -> None:
+        self.live, self.connect, self.schema = live, connect, schema
+        self.sent: dict[tuple[str, str], list[tuple[int, str, list[str]]]] = {}
+        """(client, id) -> [(messages received before it was sent, command type, the schema's objections)]."""
         self.clients: dict[str, Any] = {}
         self.cursor: dict[str, int] = {}
         self.vars: dict[str, Any] = {}
@@ -117,9 +138,33 @@ class Replay:
             c.stop_reading()
         else:
             try:
-                await c.ws.send(json.dumps(self.subst(json.loads(text))))
+                frame = self.subst(json.loads(text))
             except json.JSONDecodeError:
                 await c.ws.send(text)
+                return
+            if isinstance(frame, dict) and isinstance(frame.get("id"), str):
+                entry = (len(c.messages), frame.get("type"), self.schema.errors("ClientCommand", frame))
+                self.sent.setdefault((name, frame["id"]), []).append(entry)
+            await c.ws.send(json.dumps(frame))
+
+    def check_schema(self) -> None:
+        """Every message received fits the schema; every acked frame fits it, with the result its
+        command's type promises; every frame refused as not fitting the protocol is one it refuses."""
+        for name, c in self.clients.items():
+            for index, message in enumerate(c.messages):
+                assert not (bad := self.schema.errors("ServerMessage", message)), f"{name} got {message}: {bad}"
+                # The frame this answers: the last one sent with its id before it arrived (the
+                # fixture's own commands, such as the first `auth`, are not the document's).
+                sent = [e for e in self.sent.get((name, message.get("id") or ""), []) if e[0] <= index]
+                if not sent:
+                    continue
+                _, kind, objections = sent[-1]
+                if message["type"] == "ack":
+                    assert not objections, f"{name}: {kind} {message['id']} was acked, yet the schema refuses it: {objections}"
+                    result = self.schema.document["ack_results"][kind]
+                    assert not (bad := self.schema.errors(result, message["result"])), f"{kind} result {message}: {bad}"
+                elif message["type"] == "error" and message["code"] in _REFUSED:
+                    assert objections, f"{name}: {message} refused a frame that the schema accepts"
 
     async def expect(self, name: str, text: str) -> None:
         c = await self.client(name, text)
@@ -167,7 +212,9 @@ async def test_example_replays(index: int, start_gateway, connect) -> None:
             key, value = item.strip().split("=")
             overrides[key] = float(value) if "." in value or key.endswith("_s") else int(value)
     live = await start_gateway(**overrides)
-    replay = Replay(live, connect)
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        schema = Schema((await http.get("/schema/protocol.json")).json())
+    replay = Replay(live, connect, schema)
     for line in lines:
         if line.startswith("! "):
             await replay.directive(line[2:])
@@ -180,3 +227,7 @@ async def test_example_replays(index: int, start_gateway, connect) -> None:
                 await replay.expect(head, rest)
         except AssertionError as err:
             raise AssertionError(f"docs/protocol.md example {index}, line {line!r}: {str(err)[-1500:]}") from None
+    try:
+        replay.check_schema()
+    except AssertionError as err:
+        raise AssertionError(f"docs/protocol.md example {index} vs /schema/protocol.json: {err}") from None

@@ -35,7 +35,7 @@ async def test_rest_writes_publish_like_the_socket(live, connect) -> None:
         bad = await http.post("/api/vybes", json={"content": ""}, headers=_auth(live, "rest"))
         assert bad.status_code == 422 and bad.json()["code"] == "invalid_content"
         bad = await http.post("/api/vybes", content=b"[1,2", headers=_auth(live, "rest"))
-        assert bad.status_code == 422 and bad.json()["code"] == "invalid"
+        assert bad.status_code == 400 and bad.json()["code"] == "malformed"  # not JSON: as on the socket
         missing = await http.get("/api/vybes/00000000-0000-0000-0000-000000000000", headers=_auth(live, "fan"))
         assert missing.status_code == 404 and missing.json()["code"] == "not_found"
         forged = await http.get("/api/feed", headers={"Authorization": "Bearer abc.def.ghi"})
