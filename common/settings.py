@@ -57,7 +57,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_leeway_s: float = 30.0
 
     auth_timeout_s: float = 5.0
-    max_frame_bytes: int = 65_536
+    max_frame_bytes: int = 0
+    """Largest client frame; 0 (default): follows the content limits, so the longest vybe fits even
+    written entirely as JSON escapes of surrogate pairs (12 bytes per code point) plus 4 KiB."""
     max_vybe_chars: int = 5_000
     max_comment_chars: int = 2_000
     rate_per_s: float = 20.0
@@ -115,10 +117,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         algorithms = self.algorithms
         if not algorithms or any(a.lower() == "none" for a in algorithms):
             raise SettingsError("VYBE_JWT_ALGORITHMS", "must list signing algorithms, and never 'none'")
-        for name in ("max_frame_bytes", "rate_burst", "max_subscriptions", "send_queue_bytes",
+        # The database's CHECK constraints (migration 0001) bound the content limits.
+        for name, most in (("max_vybe_chars", 5000), ("max_comment_chars", 2000)):
+            if not 1 <= getattr(self, name) <= most:
+                raise SettingsError(PREFIX + name.upper(), f"must be 1 to {most} (the database's limit)")
+        if self.max_frame_bytes < 0:
+            raise SettingsError("VYBE_MAX_FRAME_BYTES", "must be 0 (follow the content limits) or positive")
+        for name in ("rate_burst", "max_subscriptions", "send_queue_bytes",
                      "history_len", "history_ttl_s", "worker_batch", "write_batch_max", "report_flag_threshold"):
             if getattr(self, name) <= 0:
                 raise SettingsError(PREFIX + name.upper(), "must be a positive number")
+
+    @property
+    def frame_limit(self) -> int:
+        """The largest client frame accepted (``max_frame_bytes``, or what the content limits need)."""
+        return self.max_frame_bytes or 12 * max(self.max_vybe_chars, self.max_comment_chars) + 4096
 
     @property
     def algorithms(self) -> tuple[str, ...]:

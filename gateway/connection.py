@@ -211,9 +211,9 @@ class Connection:
 
     async def _on_frame(self, text: str) -> None:
         self.gw.commands_in += 1
-        if len(text) > self.gw.settings.max_frame_bytes or len(text.encode()) > self.gw.settings.max_frame_bytes:
+        if len(text) > self.gw.settings.frame_limit or len(text.encode()) > self.gw.settings.frame_limit:
             self.reply(Error(None, ErrorCode.FRAME_TOO_LARGE,
-                             f"frame over {self.gw.settings.max_frame_bytes} bytes"))
+                             f"frame over {self.gw.settings.frame_limit} bytes"))
             return
         wait = self._bucket.take()
         if wait:

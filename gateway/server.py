@@ -61,7 +61,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         ws=RawWebSocketProtocol,
         # Our own frame limit answers with a typed error; uvicorn's hard cap (1009)
         # only stops absurd frames before they are buffered whole.
-        ws_max_size=max(1 << 20, settings.max_frame_bytes * 4),
+        ws_max_size=max(1 << 20, settings.frame_limit * 4),
         # Compression costs CPU and ~64 KB per connection; our frames are small JSON.
         ws_per_message_deflate=False,
         ws_ping_interval=settings.heartbeat_s, ws_ping_timeout=settings.heartbeat_s,

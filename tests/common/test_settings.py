@@ -26,7 +26,9 @@ def test_defaults_and_conversion() -> None:
         ({"VYBE_REDIS_URL": "mysql://x"}, "VYBE_REDIS_URL", "scheme"),
         ({"VYBE_JWT_ALGORITHMS": "HS256,none"}, "VYBE_JWT_ALGORITHMS", "never 'none'"),
         ({"VYBE_MODERATION_MODE": "loud"}, "VYBE_MODERATION_MODE", "one of"),
-        ({"VYBE_MAX_FRAME_BYTES": "0"}, "VYBE_MAX_FRAME_BYTES", "positive"),
+        ({"VYBE_MAX_FRAME_BYTES": "-1"}, "VYBE_MAX_FRAME_BYTES", "positive"),
+        ({"VYBE_MAX_VYBE_CHARS": "5001"}, "VYBE_MAX_VYBE_CHARS", "5000"),
+        ({"VYBE_MAX_COMMENT_CHARS": "0"}, "VYBE_MAX_COMMENT_CHARS", "2000"),
     ],
 )
 def test_bad_value_names_the_variable(env: dict[str, str], variable: str, fragment: str) -> None:
@@ -48,7 +50,7 @@ def test_bad_value_names_the_variable(env: dict[str, str], variable: str, fragme
 def test_process_stops_with_one_line(env: dict[str, str], variable: str) -> None:
     """`vybe migrate` with a bad or unreachable setting exits 2 with one stderr line naming it."""
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "migrate"], env={"PATH": "/usr/bin:/bin", **env},
+        [sys.executable, "-m", "cli", "migrate"], env={"PATH": "/usr/bin:/bin", **env},
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2

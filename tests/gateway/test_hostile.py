@@ -32,6 +32,20 @@ async def test_malformed_unknown_and_invalid_frames_keep_socket(live, connect) -
     await _alive(c)
 
 
+async def test_the_longest_vybe_fits_a_frame_however_it_is_escaped(start_gateway, connect) -> None:
+    """The frame limit follows the content limit: the longest vybe, written entirely as JSON escapes
+    of emoji (12 bytes per code point), is accepted."""
+    live = await start_gateway()
+    c = await connect(live, live.token("u3"))
+    frame = '{"type":"post_vybe","id":"longest","content":"' + "\\ud83d\\ude42" * 5000 + '"}'
+    assert len(frame) > 12 * 5000
+    await c.ws.send(frame)
+    ack = await c.reply("longest", timeout=10)
+    assert ack["type"] == "ack" and len(ack["result"]["content"]) == 5000, ack.get("code")
+    await c.ws.send(frame[:-2] + "x" + frame[-2:])  # one code point over
+    assert (await c.reply("longest", start=len(c.messages)))["code"] in ("content_too_long", "frame_too_large")
+
+
 async def test_oversize_and_binary_frames(start_gateway, connect) -> None:
     """A frame over the limit and a binary frame are refused with typed errors; nothing is stored."""
     live = await start_gateway(max_frame_bytes=1024)

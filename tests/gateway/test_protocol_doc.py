@@ -5,6 +5,7 @@ authenticated unless its first line is an ``auth`` or it is ``anon``);
 ``name< {json}`` waits for the next message of that client that matches the
 pattern (a subset: ``"*"`` matches anything, ``"$x"`` captures a value the first
 time and must equal it afterwards); ``name< close N`` waits for close code N;
+``name> header`` (or ``header bad``) connects with the token in the Authorization header;
 ``name> binary|flood N|stop-reading|<raw text>``; ``! score``, ``! publish CHANNEL N``,
 ``! shutdown``; ``# settings: k=v, ...`` overrides gateway settings.
 """
@@ -128,6 +129,12 @@ class Replay:
         return self.clients[name]
 
     async def send(self, name: str, text: str) -> None:
+        if text.startswith("header"):  # connect with the token in the Authorization header
+            assert name not in self.clients, "`header` must be a client's first line"
+            token = "not-a-jwt" if text == "header bad" else self.token(f"$token:{name}")
+            self.clients[name] = await self.connect(self.live, token, header=True)
+            self.cursor[name] = 0
+            return
         c = await self.client(name, text)
         if text == "binary":
             await c.ws.send(b"\x00\x01")
