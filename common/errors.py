@@ -52,7 +52,8 @@ CATALOG: dict[str, ErrorKind] = {k.code: k for k in (
           "escape such as `\"\\ud800\"`)", "fix the text"),
     _kind("content_too_long", 422, "text over its length limit, in code points (`VYBE_MAX_VYBE_CHARS`, "
           "`VYBE_MAX_COMMENT_CHARS`, 1,000 for a report's description)", "shorten the text"),
-    _kind("invalid_value", 422, "a value out of range (e.g. `block` of an empty user id)", "read `message`"),
+    _kind("invalid_value", 422, "a value the server refuses although its type fits (e.g. `block` of yourself)",
+          "read `message`"),
     _kind("invalid_parent", 422, "a reply whose `parent_id` is a comment on another vybe",
           "reply on the parent's vybe"),
     _kind("invalid_cursor", 422, "a `cursor` that no page returned", "start again without `cursor`",

@@ -10,6 +10,7 @@ from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.handlers import asgi
 from litestar.openapi import OpenAPIConfig
+from litestar.routes import HTTPRoute
 from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin
 
 from gateway.connection import Connection
@@ -140,7 +141,18 @@ def create_app(settings: Settings) -> Litestar:
             app.state.gateway = gw
             yield
 
-    return Litestar(
+    allow: dict[str, str] = {}
+
+    def answer_options(request: Request[Any, Any, Any]) -> Response[None] | None:
+        """OPTIONS lists every method of the path. (Litestar's own OPTIONS handler names only the
+        methods of the path's first-registered handler when one path has several.)"""
+        if request.method != "OPTIONS":
+            return None
+        methods = allow.get(next(iter(request.route_handler.paths), ""))
+        return None if methods is None else Response(None, status_code=204, headers={"Allow": methods})
+
+    app = Litestar(
+        before_request=answer_options,
         route_handlers=[websocket_endpoint, healthz, readyz, metrics, protocol_schema, RestController, ModerationController,
                         *PAGE_HANDLERS],
         lifespan=[lifespan],
@@ -148,6 +160,8 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=openapi_config(),
         debug=False,
     )
+    allow.update({r.path: ", ".join(sorted(r.methods)) for r in app.routes if isinstance(r, HTTPRoute)})
+    return app
 
 
 __all__ = ["Request", "create_app"]

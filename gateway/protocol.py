@@ -27,6 +27,19 @@ Resolution = Literal["remove", "hide", "restore", "dismiss"]
 # Client request ids are echoed back; bounded so a client cannot make us echo megabytes.
 Id = msgspec.Meta(max_length=64)
 
+# Stored text: at least one character that is not white space, no NUL (PostgreSQL text cannot
+# hold it), at most the database's limit in code points. Written so a regex engine runs it in
+# linear time. A deployment may lower the limits (VYBE_MAX_*_CHARS): that is `content_too_long`.
+# "White space" is ASCII's (as db.writes.validate.BLANK): JSON Schema's ``\s`` and Python's differ.
+_TEXT = r"^[ \t\n\r\f\v]*[^ \t\n\r\f\v\x00][^\x00]*$"
+VybeText = Annotated[str, msgspec.Meta(max_length=5000, pattern=_TEXT)]
+CommentText = Annotated[str, msgspec.Meta(max_length=2000, pattern=_TEXT)]
+Description = Annotated[str, msgspec.Meta(max_length=1000, pattern=r"^[^\x00]*$")]
+Note = Annotated[str, msgspec.Meta(max_length=2000, pattern=r"^[^\x00]*$")]
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00]*$")]
+Version = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+TEXT_FIELDS = frozenset({"content", "description", "note"})
+
 
 class Request(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     """What every command carries. A REST request body is the command without ``type``
@@ -39,7 +52,7 @@ class Request(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
 
 
 class PostVybeBody(Request, kw_only=True):
-    content: str
+    content: VybeText
     """1 to ``VYBE_MAX_VYBE_CHARS`` (5,000) code points, not blank, no NUL."""
     vybe_type: VybeType = "REFLECTION"
     privacy_level: PrivacyLevel = "PUBLIC"
@@ -47,11 +60,11 @@ class PostVybeBody(Request, kw_only=True):
     PUBLIC with your id withheld from everyone else, as ``is_anonymous: true`` is."""
     is_anonymous: bool = False
     looproom_id: str | None = None
-    loopchain_id: str | None = None
+    loopchain_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
 
 
 class CommentBody(Request, kw_only=True):
-    content: str
+    content: CommentText
     """1 to ``VYBE_MAX_COMMENT_CHARS`` (2,000) code points, not blank, no NUL."""
     parent_id: str | None = None
     """The comment this replies to (on the same vybe)."""
@@ -67,22 +80,22 @@ class ReactBody(Request, kw_only=True):
 class ReportBody(Request, kw_only=True):
     target_type: ReportTarget
     """``SHARED_VYBE``, ``COMMENT`` or ``USER`` (the lower-case forms are accepted too)."""
-    target_id: str
+    target_id: UserId
     report_type: ReportType = "OTHER"
-    description: str | None = None
+    description: Description | None = None
     """Up to 1,000 code points."""
 
 
 class ClaimBody(Request, kw_only=True):
-    version: int
+    version: Version
     """The case's ``version`` as you last saw it; a stale one is a ``conflict``."""
     release: bool = False
 
 
 class ResolveBody(Request, kw_only=True):
-    version: int
+    version: Version
     action: Resolution
-    note: str | None = None
+    note: Note | None = None
     """Shown to the author of the content in their ``moderation.outcome`` event."""
 
 
@@ -124,11 +137,11 @@ class ReportCmd(ReportBody, tag_field="type", tag="report", kw_only=True):
 
 
 class Block(Request, tag_field="type", tag="block", kw_only=True):
-    user_id: str
+    user_id: UserId
 
 
 class Unblock(Request, tag_field="type", tag="unblock", kw_only=True):
-    user_id: str
+    user_id: UserId
 
 
 class Ping(Request, tag_field="type", tag="ping", kw_only=True):
@@ -304,7 +317,25 @@ def _classify(frame: str | bytes, message: str) -> Error:
     kind = raw.get("type")
     if not isinstance(kind, str) or kind not in COMMAND_TYPES:
         return Error(cid, ErrorCode.UNKNOWN_TYPE, f"unknown command type {kind!r}; see docs/protocol.md")
-    return Error(cid, ErrorCode.INVALID, f"invalid {kind}: {message}")
+    code = invalid_code(message)
+    return Error(cid, code, f"invalid {kind}: {_HUMAN.get(code, message)}")
+
+
+_HUMAN = {ErrorCode.INVALID_CONTENT: "text must hold a character that is not white space, and no NUL",
+          ErrorCode.CONTENT_TOO_LONG: "text is over its length limit (code points)"}
+
+
+def invalid_code(message: str, field: str | None = None) -> str:
+    """The code of a field that fails its constraint (msgspec's ``message``): a stored text field
+    too long is ``content_too_long``, one blank or holding NUL ``invalid_content``, else ``invalid``."""
+    if field is None and "at `$." in message:
+        field = message.rsplit("at `$.", 1)[1].rstrip("`")
+    if field in TEXT_FIELDS:
+        if "length <=" in message:
+            return ErrorCode.CONTENT_TOO_LONG
+        if "matching regex" in message:
+            return ErrorCode.INVALID_CONTENT
+    return ErrorCode.INVALID
 
 
 class _IdOnly(msgspec.Struct):

@@ -18,7 +18,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, SkipValidation
 
 from common import errors
 from common.errors import ErrorBody, ErrorCode
@@ -70,14 +70,17 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Error
 
 
 def _validation_error(exc: ValidationException) -> Response[ErrorBody]:
-    """A body or parameter that does not match the schema: ``invalid`` (422) with what was wrong;
-    a body that is not JSON at all: ``malformed`` (400)."""
+    """A body or parameter that does not fit the schema: ``invalid`` (422), or for a stored text
+    field ``invalid_content`` / ``content_too_long``, as on the socket; a body that is not JSON at
+    all: ``malformed`` (400)."""
     detail = str(exc.detail)
-    extra = exc.extra if isinstance(exc.extra, list) else []
-    found = "; ".join(f"{e.get('key', '?')}: {e.get('message', '')}" for e in extra if isinstance(e, dict))
-    if "JSON" in detail and ("malformed" in detail.lower() or "invalid json" in detail.lower()):
+    extra = [e for e in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(e, dict)]
+    if not extra:  # the body is not JSON at all
         return _error_response(ErrorCode.MALFORMED, detail, 400)
-    return _error_response(ErrorCode.INVALID, f"{detail}: {found}" if found else detail, 422)
+    found = "; ".join(f"{e.get('key', '?')}: {e.get('message', '')}" for e in extra)
+    codes = [p.invalid_code(str(e.get("message", "")), str(e.get("key", ""))) for e in extra]
+    code = codes[0] if len(set(codes)) == 1 else ErrorCode.INVALID
+    return _error_response(code, f"{detail}: {found}" if found else detail, errors.status(code))
 
 
 def _unreachable(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -150,10 +153,18 @@ async def _run(request: Request[Any, Any, Any], cmd: Any) -> Any:
         raise ApiError(err.code, err.message, err.retry_after) from err
 
 
-def _command(kind: type[Any], body: msgspec.Struct | None, **path: str) -> Any:
-    """The socket command of a REST call: its body's fields plus what the path names."""
-    fields = msgspec.structs.asdict(body) if body is not None else {}
-    return kind(**fields, **path)
+def _command(kind: type[Any], body: object, **path: str) -> Any:
+    """The socket command of a REST call: its body (decoded strictly, as the socket decodes: ``0``
+    is not ``false``) plus what the path names."""
+    raw = {} if body is None else body
+    if not isinstance(raw, dict):
+        raise ApiError(ErrorCode.INVALID, "the body must be a JSON object")
+    # JSON has one number type: 1.0 is the integer 1 (as JSON Schema says).
+    raw = {k: int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**53 else v for k, v in raw.items()}
+    try:
+        return msgspec.convert({**raw, **path}, kind)
+    except msgspec.ValidationError as err:
+        raise ApiError(p.invalid_code(str(err)), str(err)) from err
 
 
 class RestController(Controller):
@@ -188,33 +199,33 @@ class RestController(Controller):
             raise ApiError(err.code, err.message) from err
 
     @post("/vybes", status_code=201, responses=responses(*_WRITE))
-    async def post_vybe(self, request: Request[Any, Any, Any], data: JSONBody[p.PostVybeBody]) -> writes.Vybe:
+    async def post_vybe(self, request: Request[Any, Any, Any], data: JSONBody[SkipValidation[p.PostVybeBody]]) -> writes.Vybe:
         """Share a vybe (the socket's ``post_vybe``)."""
         return await _run(request, _command(p.PostVybe, data))  # type: ignore[no-any-return]
 
     @post("/vybes/{vybe_id:str}/comments", status_code=201, responses=responses(*_WRITE, ErrorCode.INVALID_PARENT))
-    async def comment(self, request: Request[Any, Any, Any], vybe_id: FromPath[str], data: JSONBody[p.CommentBody]) -> writes.CommentView:
+    async def comment(self, request: Request[Any, Any, Any], vybe_id: FromPath[str], data: JSONBody[SkipValidation[p.CommentBody]]) -> writes.CommentView:
         """Comment on a vybe, or reply to one of its comments (``parent_id``)."""
         return await _run(request, _command(p.CommentCmd, data, vybe_id=vybe_id))  # type: ignore[no-any-return]
 
     @post("/vybes/{vybe_id:str}/share", status_code=200, responses=responses(*_WRITE))
     async def share(self, request: Request[Any, Any, Any], vybe_id: FromPath[str],
-                    data: JSONBody[p.Request | None] = None) -> writes.ShareView:
+                    data: JSONBody[SkipValidation[p.Request | None]] = None) -> writes.ShareView:
         """Share a vybe (the body is optional: ``{"id": ...}`` makes a retry safe)."""
         return await _run(request, _command(p.Share, data, vybe_id=vybe_id))  # type: ignore[no-any-return]
 
     @post("/reactions", status_code=200, responses=responses(*_WRITE))
-    async def react(self, request: Request[Any, Any, Any], data: JSONBody[p.ReactBody]) -> writes.ReactionView:
+    async def react(self, request: Request[Any, Any, Any], data: JSONBody[SkipValidation[p.ReactBody]]) -> writes.ReactionView:
         """Add a reaction (idempotent by user, target and reaction)."""
         return await _run(request, _command(p.React, data))  # type: ignore[no-any-return]
 
     @post("/reactions/remove", status_code=200, responses=responses(*_WRITE))
-    async def unreact(self, request: Request[Any, Any, Any], data: JSONBody[p.ReactBody]) -> writes.ReactionView:
+    async def unreact(self, request: Request[Any, Any, Any], data: JSONBody[SkipValidation[p.ReactBody]]) -> writes.ReactionView:
         """Remove a reaction (idempotent)."""
         return await _run(request, _command(p.Unreact, data))  # type: ignore[no-any-return]
 
     @post("/reports", status_code=200, responses=responses(*_WRITE))
-    async def report(self, request: Request[Any, Any, Any], data: JSONBody[p.ReportBody]) -> writes.ReportResult:
+    async def report(self, request: Request[Any, Any, Any], data: JSONBody[SkipValidation[p.ReportBody]]) -> writes.ReportResult:
         """Report a vybe, a comment or a user (a repeat by you returns your first report)."""
         return await _run(request, _command(p.ReportCmd, data))  # type: ignore[no-any-return]
 
@@ -254,11 +265,11 @@ class ModerationController(Controller):
         return await mdb.open_queue(state.gateway.pool, limit)
 
     @post("/cases/{case_id:str}/claim", status_code=200, responses=responses(*_MODERATE))
-    async def claim(self, request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[p.ClaimBody]) -> mdb.CaseView:
+    async def claim(self, request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[SkipValidation[p.ClaimBody]]) -> mdb.CaseView:
         """Claim (``{"version": n}``) or release (``{"version": n, "release": true}``) a case."""
         return await _run(request, _command(p.Claim, data, case_id=case_id))  # type: ignore[no-any-return]
 
     @post("/cases/{case_id:str}/resolve", status_code=200, responses=responses(*_MODERATE))
-    async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[p.ResolveBody]) -> mdb.CaseView:
+    async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[SkipValidation[p.ResolveBody]]) -> mdb.CaseView:
         """Resolve: ``{"version": n, "action": "remove|hide|restore|dismiss", "note": "..."}``."""
         return await _run(request, _command(p.Resolve, data, case_id=case_id))  # type: ignore[no-any-return]

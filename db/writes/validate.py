@@ -11,6 +11,8 @@ MAX_COMMENT_CHARS = 2_000
 MAX_DESCRIPTION_CHARS = 1_000
 MAX_DISPLAY_NAME_CHARS = 100
 MAX_REQUEST_ID_CHARS = 128
+BLANK = " \t\n\r\f\v"
+"""What counts as white space in stored text (ASCII's, as the protocol schema's pattern says)."""
 
 
 def text(value: object, *, limit: int, field: str = "content", required: bool = True) -> str:
@@ -27,7 +29,7 @@ def text(value: object, *, limit: int, field: str = "content", required: bool = 
         raise Invalid(f"{field} is not valid UTF-8 text") from err
     if "\x00" in value:
         raise Invalid(f"{field} contains a NUL character")
-    if required and not value.strip():
+    if required and not value.strip(BLANK):
         raise Invalid(f"{field} is empty")
     if len(value) > limit:
         raise Invalid(f"{field} is longer than {limit} characters", "content_too_long")
