@@ -11,13 +11,14 @@ from litestar.datastructures import State
 from litestar.handlers import asgi
 from litestar.openapi import OpenAPIConfig
 from litestar.routes import HTTPRoute
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin
 
 from gateway.connection import Connection
 from gateway.context import Gateway, gateway_lifespan
 from gateway.pages import PAGE_HANDLERS
 from gateway.protocol import json_schema
-from gateway.rest import ModerationController, RestController, error_handlers
+from gateway.rest import ModerationController, RestController, add_links, error_handlers
 
 if TYPE_CHECKING:
     from litestar.types import Receive, Send
@@ -117,6 +118,9 @@ def openapi_config() -> OpenAPIConfig:
     offline) and ``/schema/openapi.json``; the socket protocol's schema is ``/schema/protocol.json``."""
     return OpenAPIConfig(
         title="Vybe Live", version="0.1.0", path="/schema",
+        components=Components(security_schemes={"BearerToken": SecurityScheme(
+            type="http", scheme="bearer", bearer_format="JWT",
+            description="The same JWT as the socket's (claims: docs/protocol.md, Connecting and authenticating)")}),
         description="REST API of the Vybe Live gateway. The WebSocket protocol (`/ws`) is in docs/protocol.md "
                     "and its JSON Schema at `/schema/protocol.json`. Every error has the body `{code, message}` "
                     "(and `retry_after` where waiting helps); codes are listed in docs/protocol.md.",
@@ -160,6 +164,7 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=openapi_config(),
         debug=False,
     )
+    add_links(app.openapi_schema)
     allow.update({r.path: ", ".join(sorted(r.methods)) for r in app.routes if isinstance(r, HTTPRoute)})
     return app
 

@@ -18,6 +18,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Link, OpenAPI, OpenAPIResponse
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter, SkipValidation
 
 from common import errors
@@ -170,8 +171,9 @@ def _command(kind: type[Any], body: object, **path: str) -> Any:
 class RestController(Controller):
     path = "/api"
     tags = ["api"]
+    security = [{"BearerToken": []}]
 
-    @get("/feed", responses=responses(ErrorCode.INVALID_CURSOR, ErrorCode.NOT_FOUND))
+    @get("/feed", operation_id="getFeed", responses=responses(ErrorCode.INVALID_CURSOR, ErrorCode.NOT_FOUND))
     async def feed(self, request: Request[Any, Any, Any], state: State, cursor: FromQuery[Cursor] = None,
                    limit: FromQuery[Limit] = 20, looproom_id: FromQuery[str | None] = None) -> writes.Page:
         """The feed as you may see it, newest first; pass ``next_cursor`` back as ``cursor``."""
@@ -184,7 +186,7 @@ class RestController(Controller):
         except writes.WriteError as err:
             raise ApiError(err.code, err.message) from err
 
-    @get("/vybes/{vybe_id:str}", responses=responses(ErrorCode.NOT_FOUND, ErrorCode.INVALID_CURSOR))
+    @get("/vybes/{vybe_id:str}", responses=responses(ErrorCode.NOT_FOUND, ErrorCode.INVALID_CURSOR), operation_id="getVybe")
     async def vybe(self, request: Request[Any, Any, Any], state: State, vybe_id: FromPath[str],
                    cursor: FromQuery[Cursor] = None) -> writes.VybeDetail:
         """One vybe with a page of its comments (oldest first)."""
@@ -198,38 +200,38 @@ class RestController(Controller):
         except writes.WriteError as err:
             raise ApiError(err.code, err.message) from err
 
-    @post("/vybes", status_code=201, responses=responses(*_WRITE))
+    @post("/vybes", status_code=201, operation_id="postVybe", responses=responses(*_WRITE))
     async def post_vybe(self, request: Request[Any, Any, Any], data: JSONBody[SkipValidation[p.PostVybeBody]]) -> writes.Vybe:
         """Share a vybe (the socket's ``post_vybe``)."""
         return await _run(request, _command(p.PostVybe, data))  # type: ignore[no-any-return]
 
-    @post("/vybes/{vybe_id:str}/comments", status_code=201, responses=responses(*_WRITE, ErrorCode.INVALID_PARENT))
+    @post("/vybes/{vybe_id:str}/comments", status_code=201, operation_id="postComment", responses=responses(*_WRITE, ErrorCode.INVALID_PARENT))
     async def comment(self, request: Request[Any, Any, Any], vybe_id: FromPath[str], data: JSONBody[SkipValidation[p.CommentBody]]) -> writes.CommentView:
         """Comment on a vybe, or reply to one of its comments (``parent_id``)."""
         return await _run(request, _command(p.CommentCmd, data, vybe_id=vybe_id))  # type: ignore[no-any-return]
 
-    @post("/vybes/{vybe_id:str}/share", status_code=200, responses=responses(*_WRITE))
+    @post("/vybes/{vybe_id:str}/share", status_code=200, operation_id="shareVybe", responses=responses(*_WRITE))
     async def share(self, request: Request[Any, Any, Any], vybe_id: FromPath[str],
                     data: JSONBody[SkipValidation[p.Request | None]] = None) -> writes.ShareView:
         """Share a vybe (the body is optional: ``{"id": ...}`` makes a retry safe)."""
         return await _run(request, _command(p.Share, data, vybe_id=vybe_id))  # type: ignore[no-any-return]
 
-    @post("/reactions", status_code=200, responses=responses(*_WRITE))
+    @post("/reactions", status_code=200, operation_id="react", responses=responses(*_WRITE))
     async def react(self, request: Request[Any, Any, Any], data: JSONBody[SkipValidation[p.ReactBody]]) -> writes.ReactionView:
         """Add a reaction (idempotent by user, target and reaction)."""
         return await _run(request, _command(p.React, data))  # type: ignore[no-any-return]
 
-    @post("/reactions/remove", status_code=200, responses=responses(*_WRITE))
+    @post("/reactions/remove", status_code=200, operation_id="unreact", responses=responses(*_WRITE))
     async def unreact(self, request: Request[Any, Any, Any], data: JSONBody[SkipValidation[p.ReactBody]]) -> writes.ReactionView:
         """Remove a reaction (idempotent)."""
         return await _run(request, _command(p.Unreact, data))  # type: ignore[no-any-return]
 
-    @post("/reports", status_code=200, responses=responses(*_WRITE))
+    @post("/reports", status_code=200, operation_id="report", responses=responses(*_WRITE))
     async def report(self, request: Request[Any, Any, Any], data: JSONBody[SkipValidation[p.ReportBody]]) -> writes.ReportResult:
         """Report a vybe, a comment or a user (a repeat by you returns your first report)."""
         return await _run(request, _command(p.ReportCmd, data))  # type: ignore[no-any-return]
 
-    @delete("/vybes/{vybe_id:str}", status_code=204, responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
+    @delete("/vybes/{vybe_id:str}", status_code=204, operation_id="deleteVybe", responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
     async def delete_vybe(self, request: Request[Any, Any, Any], state: State, vybe_id: FromPath[str]) -> None:
         """Delete your vybe with its comments and reactions."""
         actor = await _actor(request)
@@ -238,7 +240,7 @@ class RestController(Controller):
         except writes.WriteError as err:
             raise ApiError(err.code, err.message) from err
 
-    @delete("/comments/{comment_id:str}", status_code=204,
+    @delete("/comments/{comment_id:str}", status_code=204, operation_id="deleteComment",
             responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
     async def delete_comment(self, request: Request[Any, Any, Any], state: State, comment_id: FromPath[str]) -> None:
         """Delete your comment with its replies."""
@@ -254,8 +256,9 @@ class ModerationController(Controller):
 
     path = "/api/mod"
     tags = ["moderation"]
+    security = [{"BearerToken": []}]
 
-    @get("/queue", responses=responses(ErrorCode.FORBIDDEN))
+    @get("/queue", operation_id="getQueue", responses=responses(ErrorCode.FORBIDDEN))
     async def queue(self, request: Request[Any, Any, Any], state: State,
                     limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100) -> list[mdb.CaseView]:
         """Open cases, oldest first, each with everything needed to decide."""
@@ -264,12 +267,51 @@ class ModerationController(Controller):
             raise ApiError(ErrorCode.FORBIDDEN, "the moderation queue is for MODERATOR and ADMIN roles")
         return await mdb.open_queue(state.gateway.pool, limit)
 
-    @post("/cases/{case_id:str}/claim", status_code=200, responses=responses(*_MODERATE))
+    @post("/cases/{case_id:str}/claim", status_code=200, operation_id="claimCase", responses=responses(*_MODERATE))
     async def claim(self, request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[SkipValidation[p.ClaimBody]]) -> mdb.CaseView:
         """Claim (``{"version": n}``) or release (``{"version": n, "release": true}``) a case."""
         return await _run(request, _command(p.Claim, data, case_id=case_id))  # type: ignore[no-any-return]
 
-    @post("/cases/{case_id:str}/resolve", status_code=200, responses=responses(*_MODERATE))
+    @post("/cases/{case_id:str}/resolve", status_code=200, operation_id="resolveCase", responses=responses(*_MODERATE))
     async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[SkipValidation[p.ResolveBody]]) -> mdb.CaseView:
         """Resolve: ``{"version": n, "action": "remove|hide|restore|dismiss", "note": "..."}``."""
         return await _run(request, _command(p.Resolve, data, case_id=case_id))  # type: ignore[no-any-return]
+
+
+def _link(operation_id: str, description: str, parameters: dict[str, str] | None = None,
+          body: dict[str, object] | None = None) -> Link:
+    return Link(operation_id=operation_id, description=description, parameters=parameters, request_body=body)
+
+
+# What each answer lets a client do next (OpenAPI links): a reader finds the flow, and schemathesis's
+# stateful phase chains real ids instead of guessing them.
+_LINKS: dict[tuple[str, str, str], dict[str, Link]] = {
+    ("/api/vybes", "post", "201"): {
+        "GetVybe": _link("getVybe", "Read it with its comments", {"vybe_id": "$response.body#/id"}),
+        "Comment": _link("postComment", "Comment on it", {"vybe_id": "$response.body#/id"}),
+        "Share": _link("shareVybe", "Share it", {"vybe_id": "$response.body#/id"}),
+        "React": _link("react", "React to it", body={"target_type": "SHARED_VYBE", "target_id": "$response.body#/id",
+                                                      "reaction": "HEART"}),
+        "Report": _link("report", "Report it", body={"target_type": "SHARED_VYBE", "target_id": "$response.body#/id"}),
+        "Delete": _link("deleteVybe", "Delete it", {"vybe_id": "$response.body#/id"}),
+    },
+    ("/api/vybes/{vybe_id}/comments", "post", "201"): {
+        "Delete": _link("deleteComment", "Delete it", {"comment_id": "$response.body#/id"}),
+        "React": _link("react", "React to it", body={"target_type": "COMMENT", "target_id": "$response.body#/id",
+                                                      "reaction": "HEART"}),
+    },
+    ("/api/mod/cases/{case_id}/claim", "post", "200"): {
+        "Resolve": _link("resolveCase", "Resolve the case you claimed", {"case_id": "$response.body#/case_id"},
+                         {"version": "$response.body#/version", "action": "dismiss"}),
+    },
+}
+
+
+def add_links(schema: OpenAPI) -> None:
+    """Add :data:`_LINKS` to the generated OpenAPI document."""
+    for (path, method, status), links in _LINKS.items():
+        item = schema.paths[path] if schema.paths else None
+        operation = getattr(item, method, None)
+        response = operation.responses.get(status) if operation and operation.responses else None
+        if isinstance(response, OpenAPIResponse):
+            response.links = {**(response.links or {}), **links}
