@@ -7,7 +7,7 @@ Measures, with the default (embedded) scorer, the time from sending
 Setup (all torn down at the end): a scratch database on the local PostgreSQL
 (created, migrated with ``db.migrate.migrate``, dropped), a unique
 ``VYBE_REDIS_PREFIX`` on the local Redis (its keys deleted), one gateway and one
-worker started as subprocesses (``python -m gateway.cli gateway|worker``).
+worker started as subprocesses (``python -m cli gateway|worker``).
 ``--thresholds toxicity=0:1`` (the default) flags every post so every post
 reaches ``mod:flagged``; with a realistic policy only flagged posts are timed.
 ``--worker-batch`` / ``--worker-block-ms`` take comma lists: every combination
@@ -116,9 +116,9 @@ async def drop_redis_keys(url: str, prefix: str) -> int:
 
 @contextmanager
 def process(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``python -m gateway.cli ARGS`` until the block exits (SIGTERM, then SIGKILL)."""
+    """Run ``python -m cli ARGS`` until the block exits (SIGTERM, then SIGKILL)."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             yield proc

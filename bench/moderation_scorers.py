@@ -89,7 +89,9 @@ def max_diff(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
 def bench_detoxify(evals: list[str], short: list[str], long_: list[str], n: dict[str, int]) -> dict[str, Any]:
     """bert-base-shaped Detoxify: four CPU paths and their agreement with fp32."""
     from moderation.scorers.detox import DetoxifyScorer
-    from moderation.scorers.detox_fixtures import write_bert_base
+    # Test support, not part of the package: bench runs from a checkout, which has tests/.
+    sys.path.insert(0, str(ROOT / "tests" / "moderation"))
+    from detox_fixtures import write_bert_base
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, hf_dir = write_bert_base(Path(tmp))

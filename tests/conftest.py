@@ -21,10 +21,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from db.embedded import embedded_postgres, embedded_redis
+from common.settings import Settings, load_settings
+from db.embedded import EmbeddedUnavailable, embedded_postgres, embedded_redis, require
 from db.migrate import migrate
 from db.pool import create_pool
-from common.settings import Settings, load_settings
 
 # Tables a test may write; everything else (enums, schema_migrations, the system
 # moderation account) is schema and stays.
@@ -41,8 +41,14 @@ def services() -> Iterator[tuple[str, str]]:
     """(admin DSN, Redis URL) of real servers, embedded when none are configured."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vybe-test-")))
-        dsn = os.environ.get("VYBE_TEST_DATABASE_URL") or stack.enter_context(embedded_postgres(tmp))
-        url = os.environ.get("VYBE_TEST_REDIS_URL") or stack.enter_context(embedded_redis(tmp))
+        dsn, url = os.environ.get("VYBE_TEST_DATABASE_URL"), os.environ.get("VYBE_TEST_REDIS_URL")
+        try:
+            require(postgres=not dsn, redis=not url)
+        except EmbeddedUnavailable as err:
+            # No `dev` extra and no VYBE_TEST_*: one line for the whole run, not a traceback per test.
+            pytest.exit(f"{err} (for the tests: VYBE_TEST_DATABASE_URL / VYBE_TEST_REDIS_URL)", returncode=2)
+        dsn = dsn or stack.enter_context(embedded_postgres(tmp))
+        url = url or stack.enter_context(embedded_redis(tmp))
         yield dsn, url
 
 

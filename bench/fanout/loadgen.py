@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 # The client side of the handshake and frames lives in the installed package (vybe
 # loadtest sends the same); this module keeps only the counting client below.
-from gateway.loadtest.wsclient import client_frame, handshake
+from loadtest.wsclient import client_frame, handshake
 
 __all__ = ["Client", "Generator", "Stats", "Window", "client_frame", "percentiles"]
 

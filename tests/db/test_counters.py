@@ -84,7 +84,7 @@ async def test_cli_exit_codes(pool: asyncpg.Pool, database_url: str) -> None:
     vid, _ = await _small_world(pool)
     await pool.execute("UPDATE shared_vybes SET comment_count = 42 WHERE id = $1", vid)
     env = {**os.environ, "VYBE_DATABASE_URL": database_url}
-    cmd = [sys.executable, "-m", "gateway.cli", "db", "check-counters"]
+    cmd = [sys.executable, "-m", "cli", "db", "check-counters"]
 
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, timeout=60, check=False)

@@ -62,7 +62,7 @@ async def test_two_nodes_at_once_each_migration_applied_once(empty_db: str) -> N
 async def test_two_cli_processes_at_once(empty_db: str) -> None:
     """`vybe migrate` started twice at the same moment: both exit 0."""
     env = {**os.environ, "VYBE_DATABASE_URL": empty_db}
-    cmd = [sys.executable, "-m", "gateway.cli", "migrate"]
+    cmd = [sys.executable, "-m", "cli", "migrate"]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

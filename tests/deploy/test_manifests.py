@@ -15,7 +15,7 @@ import yaml
 from deploy_support import DEPLOY, ROOT, load_local_cluster, nginx_binary
 
 from common.settings import Settings, load_settings
-from gateway.cli import build_parser
+from cli.main import build_parser
 
 K8S = DEPLOY / "k8s"
 SETTINGS = {f.name for f in msgspec.structs.fields(Settings)}

@@ -91,7 +91,7 @@ async def test_sharded_refuses_redis_6(services, tmp_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VYBE_")}
         env.update(VYBE_PUBSUB="sharded", VYBE_REDIS_URL=url, VYBE_JWT_SECRET="s" * 40,
                    VYBE_DATABASE_URL=services[0], VYBE_PORT=str(_free_port()))
-        proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "gateway.cli", "gateway"],
+        proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "cli", "gateway"],
                                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
     assert "VYBE_PUBSUB: sharded needs Redis >= 7.0" in proc.stderr, proc.stderr[-2000:]

@@ -320,7 +320,7 @@ class PostgresProc:
 # -- our processes --------------------------------------------------------------
 
 class Proc:
-    """``vybe gateway`` or ``vybe worker`` as a child process (``python -m gateway.cli``), logging to a file."""
+    """``vybe gateway`` or ``vybe worker`` as a child process (``python -m cli``), logging to a file."""
 
     def __init__(self, name: str, kind: str, env: dict[str, str], log: Path, port: int | None = None) -> None:
         self.name, self.kind, self.env, self.log, self.port = name, kind, env, log, port
@@ -345,7 +345,7 @@ class Proc:
 
     def start(self) -> Proc:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", self.kind], env=self.env, cwd=ROOT,
+            self.proc = subprocess.Popen([sys.executable, "-m", "cli", self.kind], env=self.env, cwd=ROOT,
                                          stdout=out, stderr=subprocess.STDOUT)
         return self
 

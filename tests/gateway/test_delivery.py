@@ -108,7 +108,7 @@ async def test_two_gateway_processes_share_events(live, connect, settings) -> No
     """A post on one gateway process reaches a subscriber on another, both ways."""
     port = free_port()
     env = gateway_env(settings, port, VYBE_PRESENCE_INTERVAL_S="0.2")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "gateway"], env=env)
     try:
         await wait_ready(port, lambda: proc.poll() is None)
         other = type(live)(live.settings, live.server, port)

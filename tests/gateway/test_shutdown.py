@@ -23,7 +23,7 @@ async def test_clean_drain_exits_zero(settings, redis, sig: signal.Signals) -> N
     """`vybe gateway` drains a connected client (1001) on SIGTERM/SIGINT and exits 0, not 143/130."""
     port = free_port()
     env = gateway_env(settings, port)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.cli", "gateway", env=env)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cli", "gateway", env=env)
     try:
         await wait_ready(port, lambda: proc.returncode is None)
         async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:

@@ -10,8 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from gateway.loadtest import main
-from gateway.loadtest.cli import build_parser, parse_args, run_async
+from loadtest import main
+from loadtest.cli import build_parser, parse_args, run_async
 from moderation.policy import Policy
 from moderation.scorers import load_scorer
 from workers.consumer import Worker
@@ -84,7 +84,7 @@ async def test_missed_slo_exits_non_zero(start_gateway) -> None:
 
 
 async def _vybe_loadtest(argv: list[str]) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.cli", "loadtest", *argv,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cli", "loadtest", *argv,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     return proc.returncode or 0, out.decode()

@@ -36,6 +36,6 @@ def tiny_detox(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(checkpoint, HF dir) of a tiny BERT written in Detoxify's checkpoint format."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from moderation.scorers.detox_fixtures import write_tiny
+    from detox_fixtures import write_tiny
 
     return write_tiny(tmp_path_factory.mktemp("tiny-detox"))

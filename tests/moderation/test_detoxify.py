@@ -11,15 +11,16 @@ from moderation.scorers import LABELS, ScorerConfigError, ScorerLoadError, load_
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from moderation.scorers.detox import DetoxifyScorer, load_detoxify  # noqa: E402
-from moderation.scorers.detox_fixtures import (  # noqa: E402
+from detox_fixtures import (
     ORIGINAL_CLASSES,
     UNBIASED_CLASSES,
     detoxify_config,
     save_checkpoint,
     write_tiny,
 )
-from moderation.scorers.trainset import EVAL_PATH, load_jsonl  # noqa: E402
+
+from moderation.scorers.detox import DetoxifyScorer, load_detoxify
+from moderation.scorers.trainset import EVAL_PATH, load_jsonl
 
 
 def test_tiny_checkpoint_loads_offline_and_scores(tiny_detox: tuple[Path, Path]) -> None:

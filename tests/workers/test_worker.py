@@ -176,7 +176,7 @@ async def test_sigkill_mid_batch_loses_nothing(settings, pool, redis) -> None:
     env = {**os.environ, "VYBE_DATABASE_URL": settings.database_url, "VYBE_REDIS_URL": settings.redis_url,
            "VYBE_REDIS_PREFIX": settings.redis_prefix, "VYBE_SCORER": "light", "VYBE_MODERATION_THRESHOLDS": NEVER,
            "VYBE_WORKER_BATCH": "16", "VYBE_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env)
     try:
         for _ in range(400):
             done = await pool.fetchval("SELECT count(*) FROM moderation_scores")

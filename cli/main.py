@@ -1,8 +1,9 @@
 """``vybe``: one command for every process of the system.
 
 The CLI is the process entry: it reads the settings once and hands them to the
-piece it starts. ``worker`` imports the workers package lazily so the gateway
-package itself never depends on it.
+piece it starts. It sits above every other package (gateway, workers, db,
+moderation, common, loadtest) and nothing imports it; each subcommand imports
+its piece lazily, so ``vybe migrate`` never loads the gateway or a model.
 """
 
 from __future__ import annotations
@@ -72,9 +73,16 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.dev import run_dev
+    from cli.dev import run_dev
+    from db.embedded import EmbeddedError, EmbeddedUnavailable
 
-    return run_dev(settings, workers=args.workers)
+    try:
+        return run_dev(settings, workers=args.workers)
+    except EmbeddedError as err:
+        # A missing `dev` extra is a setup problem (exit 2, like a bad setting); a
+        # service that would not start is a failure (1). Either way one line.
+        print(f"vybe dev: {err}", file=sys.stderr)
+        return 2 if isinstance(err, EmbeddedUnavailable) else 1
 
 
 def _cmd_check_counters(settings: Settings, args: argparse.Namespace) -> int:
@@ -114,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["loadtest"]:
         # A client tool with its own options; it reads no server settings.
-        from gateway.loadtest import main as loadtest_main
+        from loadtest import main as loadtest_main
 
         return loadtest_main(argv[1:])
     args = build_parser().parse_args(argv)

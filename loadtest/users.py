@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.loadtest.stats import Stats
-from gateway.loadtest.texts import FRIENDLY, REACTIONS, TOXIC, VYBE_TYPES
-from gateway.loadtest.wsclient import WsClient, client_frame, handshake
+from loadtest.stats import Stats
+from loadtest.texts import FRIENDLY, REACTIONS, TOXIC, VYBE_TYPES
+from loadtest.wsclient import WsClient, client_frame, handshake
 
 if TYPE_CHECKING:
-    from gateway.loadtest.runner import Run
+    from loadtest.runner import Run
 
 _EV = b'{"type":"event","channel":"'
 _EV_LEN = len(_EV)
@@ -335,7 +335,7 @@ class User:
                     pass  # the next resubscribe with our offset answers recovered:false
 
     def _answer(self, m: dict[str, Any], now: float) -> None:
-        cid = m.get("id")
+        cid = str(m.get("id") or "")
         p = self.pending.get(cid) if cid else None
         if m["type"] == "ack":
             if p is None:

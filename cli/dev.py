@@ -3,6 +3,10 @@
 Embedded PostgreSQL and Redis when ``VYBE_DATABASE_URL`` / ``VYBE_REDIS_URL`` are
 unset (data kept in ``VYBE_DATA_DIR``), migrations, then one gateway and N workers
 as child processes, as production runs them. Ctrl-C stops everything.
+
+It lives with the CLI, not in the gateway: it starts workers too (each child is
+``python -m cli gateway|worker``). The embedded services need the ``dev`` extra;
+without it ``vybe dev`` says so in one line (see ``db.embedded``).
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from pathlib import Path
 
 import asyncpg
 
-from db.embedded import data_path, embedded_postgres, embedded_redis
-from db.migrate import migrate
 from common.settings import Settings, SettingsError
+from db.embedded import data_path, embedded_postgres, embedded_redis, require
+from db.migrate import migrate
 from gateway.auth import mint_token
 
 
@@ -49,6 +53,7 @@ async def _migrate(dsn: str) -> list[int]:
 
 def run_dev(settings: Settings, workers: int = 1) -> int:
     data_dir = data_path(settings.data_dir)
+    require(postgres=settings.database_url is None, redis=settings.redis_url is None)
     with contextlib.ExitStack() as stack:
         started = time.monotonic()
         dsn = settings.database_url or stack.enter_context(embedded_postgres(data_dir))
@@ -64,7 +69,7 @@ def run_dev(settings: Settings, workers: int = 1) -> int:
 
 
 def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli", role], env=env)
+    return subprocess.Popen([sys.executable, "-m", "cli", role], env=env)
 
 
 def _banner(settings: Settings, dsn: str, redis_url: str, secret: str, applied: list[int], took: float) -> None:
