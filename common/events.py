@@ -14,15 +14,15 @@ from typing import Any
 import msgspec
 
 from common.bus import Event, Meta, event
+from common.visibility import LIVE_PRIVACY, hides_author
 
-LIVE_PRIVACY = ("PUBLIC", "ANONYMOUS")
 
 
 def content_view(row: Any) -> dict[str, Any]:
     """The client-visible vybe or comment: the author is withheld when anonymous."""
     data: dict[str, Any] = msgspec.to_builtins(row)
     data.pop("vybe_author_id", None)
-    if data.get("is_anonymous") or data.get("privacy_level") == "ANONYMOUS":
+    if hides_author(bool(data.get("is_anonymous")), data.get("privacy_level")):
         data["user_id"] = None
     return data
 

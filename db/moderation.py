@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import asyncpg
 import msgspec
 
+from common.visibility import hides_author_sql
 from db.writes._tx import in_transaction
 from db.writes.errors import Conflict, Forbidden, NotFound, WriteError
 
@@ -173,15 +174,20 @@ async def on_user_report(conn: asyncpg.Connection, target_type: str, target_id: 
     return await open_case(conn, target_type, target_id, [f"reports>={threshold} ({reporters})"], None)
 
 
-_CASE = """
+# The target is joined by its primary key: target_id (text) is cast to uuid, never the key to
+# text (that scans the table). The CASE keeps the cast off user cases, whose target_id is a
+# user id and no uuid: PostgreSQL evaluates a CASE branch only for the rows that take it,
+# while a plain ``target_type = ... AND id = target_id::uuid`` may cast first (an index
+# condition is evaluated before the join filter).
+_CASE: LiteralString = f"""
 SELECT c.*, coalesce(v.content, cm.content) AS text, coalesce(v.user_id, cm.user_id, u.id) AS author_id,
-       coalesce(v.is_anonymous OR v.privacy_level = 'ANONYMOUS', cm.is_anonymous, false) AS is_anonymous,
+       coalesce({hides_author_sql("v")}, cm.is_anonymous, false) AS is_anonymous,
        coalesce(v.moderation_state, cm.moderation_state)::text AS content_state,
        coalesce(v.report_count, cm.report_count, u.report_count, 0) AS report_count,
        cm.shared_vybe_id AS vybe_id
   FROM moderation_cases c
-  LEFT JOIN shared_vybes v ON c.target_type = 'shared_vybe' AND v.id::text = c.target_id
-  LEFT JOIN comments cm ON c.target_type = 'comment' AND cm.id::text = c.target_id
+  LEFT JOIN shared_vybes v ON v.id = (CASE WHEN c.target_type = 'shared_vybe' THEN c.target_id::uuid END)
+  LEFT JOIN comments cm ON cm.id = (CASE WHEN c.target_type = 'comment' THEN c.target_id::uuid END)
   LEFT JOIN users u ON c.target_type = 'user' AND u.id = c.target_id
  WHERE c.id = ANY($1::uuid[])
 """

@@ -23,7 +23,7 @@ from gateway.hub import Unavailable
 from common import events
 from common.errors import ErrorCode
 from common.bus import job
-from common.events import LIVE_PRIVACY
+from common.visibility import Viewer, may_follow
 
 if TYPE_CHECKING:
     from gateway.connection import Connection
@@ -129,11 +129,8 @@ async def _authorize(conn: Connection, channel: str) -> None:
 
 
 def _may_see(conn: Connection, vybe: Any) -> bool:
-    if conn.is_moderator or vybe.user_id == conn.user_id:
-        return True
-    if vybe.moderation_state in ("hidden", "removed") or vybe.user_id in conn.blocked:
-        return False
-    return vybe.privacy_level in LIVE_PRIVACY
+    return may_follow(Viewer(conn.user_id, conn.is_moderator, conn.blocked), author_id=vybe.user_id,
+                      privacy_level=vybe.privacy_level, moderation_state=vybe.moderation_state)
 
 
 async def _unsubscribe(conn: Connection, cmd: p.Unsubscribe) -> Result:

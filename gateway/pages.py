@@ -17,7 +17,7 @@ from litestar import MediaType, Response, get
 from litestar.datastructures import State
 from litestar.static_files import create_static_files_router
 
-from moderation.policy import Policy
+from moderation.policy import DEFAULT_FLAG, PolicyError, parse_thresholds
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -49,12 +49,13 @@ def feed_page() -> Response[str]:
 
 @get("/mod", include_in_schema=False, sync_to_thread=False)
 def mod_page(state: State) -> Response[str]:
-    """The moderator console; the flag thresholds in force are handed to the page for the score bars."""
+    """The moderator console. The flag thresholds in force, as the policy reads them from the same
+    setting as the workers, are handed to the page as data (a meta tag) for the score bars."""
     settings: Any = state.gateway.settings
     try:
-        flag = Policy.from_settings(settings.moderation_mode, settings.moderation_thresholds).flag
-    except ValueError:
-        flag = Policy().flag
+        flag, _ = parse_thresholds(settings.moderation_thresholds)
+    except PolicyError:  # workers refuse to start on it; the console shows the defaults meanwhile
+        flag = dict(DEFAULT_FLAG)
     thresholds = html.escape(json.dumps(flag, separators=(",", ":")), quote=True)
     return _page(_template("mod.html").replace("{{THRESHOLDS}}", thresholds))
 

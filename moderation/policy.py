@@ -1,5 +1,10 @@
 """Moderation policy: per-label thresholds and a mode, turned into a decision.
 
+The one home of the flag and hide thresholds: their defaults, the parser of the
+``VYBE_MODERATION_THRESHOLDS`` setting (and of ``evaluate --thresholds``), and
+:func:`flagged`. The scorers calibrate to the defaults and evaluate with these;
+the moderator console gets the thresholds in force as data (``gateway/pages.py``).
+
 Thresholds and the mode are configuration, never code (Discourse removed its
 toxicity module after fixed thresholds flagged too much on lenient communities).
 Modes: ``off`` (score nothing), ``shadow`` (score and store, never act), ``flag``
@@ -9,6 +14,7 @@ threshold is crossed: use it for high-precision labels only).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
@@ -31,10 +37,49 @@ class PolicyError(ValueError):
     """The thresholds setting cannot be parsed."""
 
 
+def parse_thresholds(spec: str | None) -> tuple[dict[str, float], dict[str, float]]:
+    """``label=flag[:hide],...`` over the defaults: the (flag, hide) thresholds.
+
+    Unknown labels, non-numbers and values outside [0, 1] raise :class:`PolicyError`.
+    """
+    flag, hide = dict(DEFAULT_FLAG), dict(DEFAULT_HIDE)
+    for item in filter(None, (x.strip() for x in (spec or "").split(","))):
+        label, sep, values = item.partition("=")
+        label = label.strip()
+        if not sep or label not in DEFAULT_FLAG:
+            raise PolicyError(f"{item!r}: expected label=flag[:hide] with a label in {sorted(DEFAULT_FLAG)}")
+        try:
+            numbers = [float(v) for v in values.split(":")]
+        except ValueError as err:
+            raise PolicyError(f"{item!r}: thresholds must be numbers") from err
+        if len(numbers) > 2 or not all(0.0 <= n <= 1.0 for n in numbers):
+            raise PolicyError(f"{item!r}: one or two thresholds in [0, 1]")
+        flag[label] = numbers[0]
+        if len(numbers) == 2:
+            hide[label] = numbers[1]
+    return flag, hide
+
+
+def flagged(scores: Mapping[str, float], thresholds: Mapping[str, float] = DEFAULT_FLAG) -> list[str]:
+    """Labels whose score reaches their threshold, in the thresholds' order (empty: not flagged)."""
+    return [label for label, limit in thresholds.items() if scores.get(label, 0.0) >= limit]
+
+
+def reason(label: str, limit: float, score: float) -> str:
+    """A flag's reason as stored on the case: ``label>=threshold (score)``.
+
+    Cases keep no other record of the threshold in force when they were flagged, so
+    the moderator console reads it back from this text (``parseReason`` in
+    ``gateway/static/js/mod.js``) and ``db.moderation`` reads the label (the text
+    before ``>=``): change the format only together with them.
+    """
+    return f"{label}>={limit:.2f} ({score:.2f})"
+
+
 class Decision(msgspec.Struct, frozen=True):
     action: Action
     reasons: list[str]
-    """Labels over their flag threshold, as ``label>=threshold (score)``."""
+    """Labels over their flag threshold, as :func:`reason` writes them."""
     hide_labels: list[str] = msgspec.field(default_factory=list)
 
 
@@ -45,28 +90,13 @@ class Policy(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_settings(cls, mode: str, thresholds: str) -> Policy:
-        """``thresholds`` is ``label=flag[:hide],...``; unknown labels are an error."""
-        flag, hide = dict(DEFAULT_FLAG), dict(DEFAULT_HIDE)
-        for item in filter(None, (x.strip() for x in thresholds.split(","))):
-            label, sep, values = item.partition("=")
-            if not sep or label not in DEFAULT_FLAG:
-                raise PolicyError(f"{item!r}: expected label=flag[:hide] with a label in {sorted(DEFAULT_FLAG)}")
-            parts = values.split(":")
-            try:
-                numbers = [float(v) for v in parts]
-            except ValueError as err:
-                raise PolicyError(f"{item!r}: thresholds must be numbers") from err
-            if len(numbers) > 2 or not all(0.0 <= n <= 1.0 for n in numbers):
-                raise PolicyError(f"{item!r}: one or two thresholds in [0, 1]")
-            flag[label] = numbers[0]
-            if len(numbers) == 2:
-                hide[label] = numbers[1]
+        """``thresholds`` is ``label=flag[:hide],...`` (:func:`parse_thresholds`)."""
+        flag, hide = parse_thresholds(thresholds)
         return cls(mode=mode, flag=flag, hide=hide)  # type: ignore[arg-type]
 
     def decide(self, scores: dict[str, float]) -> Decision:
-        reasons = [f"{label}>={limit:.2f} ({scores[label]:.2f})"
-                   for label, limit in self.flag.items() if scores.get(label, 0.0) >= limit]
-        hide_labels = [label for label, limit in self.hide.items() if scores.get(label, 0.0) >= limit]
+        reasons = [reason(label, self.flag[label], scores.get(label, 0.0)) for label in flagged(scores, self.flag)]
+        hide_labels = flagged(scores, self.hide)
         if self.mode == "shadow":
             return Decision("shadow", reasons, hide_labels)
         if not reasons:

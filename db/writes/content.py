@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from common.visibility import hides, reaches
 from db.writes import validate
 from db.writes._tx import check_violation, fk_missing, idempotent, in_transaction, row_dict
 from db.writes.errors import Forbidden, Invalid, NotFound, Unavailable
@@ -26,7 +27,6 @@ COMMENT_COLUMNS: LiteralString = (
     "id, user_id, shared_vybe_id, parent_id, content, is_anonymous, reaction_count, report_count, "
     "is_reported, moderation_state::text AS moderation_state, created_at, updated_at"
 )
-UNAVAILABLE_STATES = frozenset({"hidden", "removed"})
 
 _INSERT_VYBE: LiteralString = f"""
 INSERT INTO shared_vybes (user_id, type, content, is_anonymous, privacy_level, looproom_id, loopchain_id)
@@ -88,14 +88,12 @@ async def post_vybe(
 
 
 async def lock_visible_vybe(conn: asyncpg.Connection, vybe_id: uuid.UUID, actor: str) -> asyncpg.Record:
-    """The vybe row, locked; :class:`NotFound` if the actor may not see it, :class:`Unavailable` if moderated away.
-
-    FRIENDS_ONLY is treated as PRIVATE: there is no friend graph to check.
-    """
+    """The vybe row, locked; :class:`NotFound` if its privacy keeps it from the actor, :class:`Unavailable`
+    if moderated away (``common.visibility``: blocks and premoderation do not apply to writes)."""
     row = await conn.fetchrow(_LOCK_VYBE, vybe_id)
-    if row is None or (row["privacy_level"] in ("PRIVATE", "FRIENDS_ONLY") and row["user_id"] != actor):
+    if row is None or not reaches(actor, row["user_id"], row["privacy_level"]):
         raise NotFound(f"vybe {vybe_id} does not exist")
-    if row["moderation_state"] in UNAVAILABLE_STATES:
+    if hides(row["moderation_state"]):
         raise Unavailable(f"vybe {vybe_id} is {row['moderation_state']}")
     return row
 
@@ -115,19 +113,23 @@ async def comment(
     """Comment on a vybe (or reply to a comment on the same vybe); the vybe's comment_count moves by trigger."""
     user = validate.user_id(user_id)
     vid = validate.object_id(vybe_id, "vybe")
-    parent = validate.optional_object_id(parent_id, "parent comment")
     text = validate.text(content, limit=max_chars)
     anonymous = validate.flag(is_anonymous, "is_anonymous")
 
     async def body(conn: asyncpg.Connection) -> Comment:
         vybe = await lock_visible_vybe(conn, vid, user)
+        # A body field naming nothing makes the request invalid (422); the vybe the path names exists.
+        try:
+            parent = validate.optional_object_id(parent_id, "parent comment")
+        except NotFound as err:
+            raise Invalid(f"parent_id {parent_id!r} is not a comment of this vybe", "invalid_parent") from err
         if parent is not None:
             prow = await conn.fetchrow(_PARENT, parent)
             if prow is None:
-                raise NotFound(f"parent comment {parent} does not exist")
+                raise Invalid(f"parent_id {parent} is not a comment of this vybe", "invalid_parent")
             if prow["shared_vybe_id"] != vid:
                 raise Invalid("a reply's parent must be a comment on the same vybe", "invalid_parent")
-            if prow["moderation_state"] in UNAVAILABLE_STATES:
+            if hides(prow["moderation_state"]):
                 raise Unavailable(f"parent comment {parent} is {prow['moderation_state']}")
         try:
             row = await conn.fetchrow(_INSERT_COMMENT, user, vid, parent, text, anonymous)

@@ -1,22 +1,21 @@
 """Reads with the viewer's rules applied: the feed, one vybe, a vybe's comments.
 
-Per viewer: PRIVATE (and FRIENDS_ONLY: there is no friend graph yet) only to
-its author; anonymous items (``is_anonymous`` or privacy ANONYMOUS) never carry
-``user_id`` except for moderators; nothing by users the viewer blocked; nothing
-hidden or removed; with premoderation, nothing still pending except the
-viewer's own. Pages are keyset-paginated on (created_at, id) with an opaque cursor.
+The rules (privacy, anonymity, blocks, moderation state, premoderation) are
+``common.visibility``'s: its SQL filters the rows, its :func:`shown_author`
+masks anonymous authors. Pages are keyset-paginated on (created_at, id) with an
+opaque cursor.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
+import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from common.visibility import SEE_ROW_SQL, SEE_VYBE_SQL, shown_author
 from db.writes import validate
 from db.writes.content import COMMENT_COLUMNS, VYBE_COLUMNS
 from db.writes.errors import Invalid, NotFound
@@ -27,15 +26,10 @@ if TYPE_CHECKING:
 
 MAX_LIMIT = 100
 
-_VISIBLE: LiteralString = """
-       (moderation_state NOT IN ('hidden', 'removed'))
-   AND (moderation_state <> 'pending' OR NOT $2::bool OR user_id = $1)
-   AND user_id <> ALL (coalesce((SELECT blocked_users FROM users WHERE id = $1), '{}'))
-"""
+# $1 the viewer, $2 premoderation: common.visibility's convention.
 _FEED: LiteralString = f"""
 SELECT {VYBE_COLUMNS} FROM shared_vybes
- WHERE {_VISIBLE}
-   AND (privacy_level IN ('PUBLIC', 'ANONYMOUS') OR user_id = $1)
+ WHERE {SEE_VYBE_SQL}
    AND ($3::uuid IS NULL OR looproom_id = $3)
    AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
  ORDER BY created_at DESC, id DESC
@@ -43,38 +37,37 @@ SELECT {VYBE_COLUMNS} FROM shared_vybes
 """
 _ONE: LiteralString = f"""
 SELECT {VYBE_COLUMNS} FROM shared_vybes
- WHERE id = $3 AND {_VISIBLE} AND (privacy_level IN ('PUBLIC', 'ANONYMOUS') OR user_id = $1)
-"""
+ WHERE id = $3 AND {SEE_VYBE_SQL}"""
 _RAW: LiteralString = f"SELECT {VYBE_COLUMNS} FROM shared_vybes WHERE id = $1"
 _COMMENTS: LiteralString = f"""
 SELECT {COMMENT_COLUMNS} FROM comments
- WHERE shared_vybe_id = $3 AND {_VISIBLE}
+ WHERE shared_vybe_id = $3 AND {SEE_ROW_SQL}
    AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5::uuid))
  ORDER BY created_at, id
  LIMIT $6
 """
 
 
+# A cursor is the last item's creation time (microseconds since the epoch) and id: any string
+# of this shape names a position (so a client can never hold a "valid-looking" broken one).
+CURSOR_PATTERN = r"^[0-9]{1,17}_[0-9a-f]{32}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def encode_cursor(created_at: dt.datetime, item_id: uuid.UUID) -> str:
-    raw = f"{created_at.isoformat()}|{item_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    micros = (created_at - _EPOCH) // dt.timedelta(microseconds=1)
+    return f"{micros}_{item_id.hex}"
 
 
 def decode_cursor(cursor: str | None) -> tuple[dt.datetime | None, uuid.UUID | None]:
     """(created_at, id) of the last item seen; :class:`Invalid` (``invalid_cursor``) if it is not ours."""
     if cursor is None:
         return None, None
-    try:
-        if not isinstance(cursor, str) or len(cursor) > 200:
-            raise ValueError("not a cursor")
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, _, ident = raw.partition("|")
-        created_at = dt.datetime.fromisoformat(stamp)
-        if created_at.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return created_at, uuid.UUID(ident)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as err:
-        raise Invalid("malformed cursor", "invalid_cursor") from err
+    if not isinstance(cursor, str) or not _CURSOR.match(cursor):
+        raise Invalid("malformed cursor: pass back a `next_cursor` as it came", "invalid_cursor")
+    micros, _, ident = cursor.partition("_")
+    return _EPOCH + dt.timedelta(microseconds=int(micros)), uuid.UUID(hex=ident)
 
 
 def _limit(limit: int) -> int:
@@ -85,9 +78,8 @@ def _limit(limit: int) -> int:
 
 def _anonymize(row: asyncpg.Record, moderator: bool) -> dict[str, Any]:
     item = dict(row.items())
-    anonymous = item["is_anonymous"] or item.get("privacy_level") == "ANONYMOUS"
-    if anonymous and not moderator:
-        item["user_id"] = None
+    item["user_id"] = shown_author(item["user_id"], is_anonymous=item["is_anonymous"],
+                                   privacy_level=item.get("privacy_level"), viewer_is_moderator=moderator)
     return item
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 import msgspec
 
+from common.visibility import HIDING_STATES_SQL, hides, reaches
 from db.writes import validate
 from db.writes._tx import fk_missing, in_transaction
 from db.writes.errors import NotFound, Unavailable, WriteError
@@ -39,9 +40,9 @@ _LOCK_TARGETS: dict[str, LiteralString] = {
         SELECT id, user_id AS author, user_id AS owner, privacy_level::text AS privacy_level,
                moderation_state::text AS state, id AS vybe_id
           FROM shared_vybes WHERE id = ANY ($1::uuid[]) ORDER BY id FOR NO KEY UPDATE""",
-    "COMMENT": """
+    "COMMENT": f"""
         SELECT c.id, c.user_id AS author, v.user_id AS owner, v.privacy_level::text AS privacy_level,
-               CASE WHEN v.moderation_state IN ('hidden', 'removed') THEN v.moderation_state::text
+               CASE WHEN v.moderation_state IN {HIDING_STATES_SQL} THEN v.moderation_state::text
                     ELSE c.moderation_state::text END AS state, c.shared_vybe_id AS vybe_id
           FROM comments c JOIN shared_vybes v ON v.id = c.shared_vybe_id
          WHERE c.id = ANY ($1::uuid[]) ORDER BY c.id FOR NO KEY UPDATE OF c""",
@@ -78,10 +79,11 @@ async def lock_targets(conn: asyncpg.Connection, target_type: str, ids: list[uui
 
 
 def check_target(target: Target | None, target_type: str, target_id: uuid.UUID, actor: str) -> Target:
-    """The target if ``actor`` may react to it; else the error that operation gets."""
-    if target is None or (target.privacy_level in ("PRIVATE", "FRIENDS_ONLY") and target.owner != actor):
+    """The target if ``actor`` may react to it; else the error that operation gets (the privacy and
+    moderation rules of ``common.visibility``; blocks and premoderation do not apply to writes)."""
+    if target is None or not reaches(actor, target.owner, target.privacy_level):
         raise NotFound(f"{target_type.lower()} {target_id} does not exist")
-    if target.state in ("hidden", "removed"):
+    if hides(target.state):
         raise Unavailable(f"{target_type.lower()} {target_id} is {target.state}")
     return target
 

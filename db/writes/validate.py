@@ -74,4 +74,5 @@ def optional_object_id(value: object, what: str) -> uuid.UUID | None:
 def request_id(value: object) -> str | None:
     if value is None:
         return None
-    return text(value, limit=MAX_REQUEST_ID_CHARS, field="request_id")
+    # An id is opaque: any text, even white space ("" means none and never gets here).
+    return text(value, limit=MAX_REQUEST_ID_CHARS, field="request_id", required=False)

@@ -18,19 +18,17 @@ import logging
 from pathlib import Path
 
 from .base import (
-    DEFAULT_THRESHOLDS,
     LABELS,
     Scorer,
     ScorerConfigError,
     ScorerError,
     ScorerLoadError,
     ScorerUnavailableError,
-    flagged,
 )
 
 __all__ = [
-    "DEFAULT_THRESHOLDS", "KINDS", "LABELS", "Scorer", "ScorerConfigError", "ScorerError", "ScorerLoadError",
-    "ScorerUnavailableError", "flagged", "load_scorer",
+    "KINDS", "LABELS", "Scorer", "ScorerConfigError", "ScorerError", "ScorerLoadError", "ScorerUnavailableError",
+    "load_scorer",
 ]
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
-"""Shared contract of every toxicity scorer: labels, protocol, errors, thresholds.
+"""Shared contract of every toxicity scorer: labels, protocol, errors, calibration.
 
 This module is pure Python so that the base install (no numpy, no torch) can
-import it, and so that the light fallback scorer can depend on it.
+import it, and so that the light fallback scorer can depend on it. The flag
+thresholds the heads are calibrated to live in ``moderation.policy``.
 """
 
 from __future__ import annotations
@@ -20,19 +21,6 @@ LABELS: tuple[str, ...] = (
     "identity_attack",
     "sexual_explicit",
 )
-
-# The moderation policy's flag thresholds: a post is flagged when any label's
-# score reaches its threshold. Heads are calibrated so that these cut-offs are
-# their intended operating points (see train.py).
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "toxicity": 0.80,
-    "severe_toxicity": 0.30,
-    "obscene": 0.80,
-    "identity_attack": 0.60,
-    "insult": 0.60,
-    "threat": 0.60,
-    "sexual_explicit": 0.60,
-}
 
 DATA_DIR: Path = Path(__file__).resolve().parent.parent / "data"
 
@@ -82,33 +70,10 @@ def logit(p: float) -> float:
 
 def clamp01(x: float) -> float:
     """Clamp to [0, 1]; guards the contract against NaN too (NaN -> 0)."""
-    if x != x:  # NaN never compares equal to itself
+    x = float(x)
+    if math.isnan(x):
         return 0.0
-    return min(max(float(x), 0.0), 1.0)
-
-
-def parse_thresholds(spec: str | None) -> dict[str, float]:
-    """Parse ``"toxicity=0.8,insult=0.5"`` over the defaults; unknown labels are errors."""
-    out = dict(DEFAULT_THRESHOLDS)
-    if not spec:
-        return out
-    for item in spec.split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in LABELS:
-            raise ScorerConfigError(f"bad threshold {item!r}: expected LABEL=VALUE with LABEL in {LABELS}")
-        try:
-            out[key] = float(value)
-        except ValueError as exc:
-            raise ScorerConfigError(f"bad threshold value in {item!r}") from exc
-    return out
-
-
-def flagged(scores: Mapping[str, float], thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS) -> list[str]:
-    """Labels whose score reaches the policy threshold (empty list: not flagged)."""
-    return [lab for lab, thr in thresholds.items() if scores.get(lab, 0.0) >= thr]
+    return min(max(x, 0.0), 1.0)
 
 
 def calibrated(z: float, calib: Mapping[str, float]) -> float:

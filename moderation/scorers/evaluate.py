@@ -17,8 +17,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from moderation.policy import PolicyError, flagged, parse_thresholds
+
 from . import load_scorer
-from .base import LABELS, Scorer, flagged, parse_thresholds
+from .base import LABELS, Scorer
 from .trainset import EVAL_PATH, load_jsonl
 
 
@@ -116,13 +118,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Evaluate a toxicity scorer on the held-out set.")
     ap.add_argument("--scorer", default="embedded", choices=("embedded", "light", "detoxify"))
     ap.add_argument("--data", type=Path, default=EVAL_PATH, help="JSONL with text, labels, category")
-    ap.add_argument("--thresholds", default=None, help="e.g. toxicity=0.8,insult=0.6 (over the policy defaults)")
+    ap.add_argument("--thresholds", default=None,
+                    help="flag thresholds over the policy defaults, as VYBE_MODERATION_THRESHOLDS: toxicity=0.8,insult=0.6")
     ap.add_argument("--detoxify-checkpoint", default=None)
     ap.add_argument("--detoxify-hf-dir", default=None)
     ap.add_argument("--fast", action="store_true", help="Detoxify int8 + length-sorted path")
     ap.add_argument("--errors", type=int, default=0, help="list the N worst misses and false positives")
     args = ap.parse_args(argv)
-    thresholds = parse_thresholds(args.thresholds)
+    try:
+        thresholds = parse_thresholds(args.thresholds)[0]
+    except PolicyError as err:
+        ap.error(str(err))
     scorer = load_scorer(args.scorer, detoxify_checkpoint=args.detoxify_checkpoint,
                          detoxify_hf_dir=args.detoxify_hf_dir, detoxify_fast=args.fast)
     print(json.dumps(evaluate(scorer, load_jsonl(args.data), thresholds, args.errors), indent=2, ensure_ascii=False))

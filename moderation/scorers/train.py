@@ -26,7 +26,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
-from .base import DATA_DIR, DEFAULT_THRESHOLDS, LABELS
+from moderation.policy import DEFAULT_FLAG
+
+from .base import DATA_DIR, LABELS
 from .embedded import HEAD_PATH, MiniLMEncoder
 from .light import LIGHT_HEAD_PATH
 from .text import lexical_features
@@ -81,7 +83,7 @@ def fit_label(x: Any, y: np.ndarray, groups: np.ndarray, label: str) -> dict[str
         scored.append((roc_auc_score(y, z), c, z))
     auc, c, z = max(scored, key=lambda s: (s[0], -s[1]))
     model = _fit(x, y, c)
-    calib = {"a": platt_slope(z, y), "c": choose_cutoff(z, y), "t": DEFAULT_THRESHOLDS[label]}
+    calib = {"a": platt_slope(z, y), "c": choose_cutoff(z, y), "t": DEFAULT_FLAG[label]}
     return {"model": model, "C": c, "oof_auc": round(float(auc), 4), "calib": calib}
 
 

@@ -107,7 +107,7 @@ async def test_comment_and_reply_count_on_the_vybe(pool: asyncpg.Pool) -> None:
 
 
 @pytest.mark.parametrize(("case", "code"), [
-    ("reply_to_other_vybe", "invalid_parent"), ("unknown_vybe", "not_found"), ("unknown_parent", "not_found"),
+    ("reply_to_other_vybe", "invalid_parent"), ("unknown_vybe", "not_found"), ("unknown_parent", "invalid_parent"),
     ("empty", "invalid_content"), ("nul", "invalid_content"), ("too_long", "content_too_long"),
     ("hidden_vybe", "content_unavailable"), ("removed_vybe", "content_unavailable"),
     ("hidden_parent", "content_unavailable"), ("private_vybe", "not_found"),

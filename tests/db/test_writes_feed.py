@@ -116,7 +116,8 @@ async def test_looproom_feed(pool: asyncpg.Pool) -> None:
 @pytest.mark.parametrize("cursor", [
     "", "!!!", "bm90IGEgY3Vyc29y", base64.urlsafe_b64encode(b"2020-01-01T00:00:00|nope").decode(),
     base64.urlsafe_b64encode(f"2020-01-01T00:00:00|{uuid.uuid4()}".encode()).decode(),  # naive time
-    "x" * 500, base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+    "x" * 500, base64.urlsafe_b64encode(b"\xff\xfe").decode(), "1_" + "0" * 31, "1_" + "G" * 32,
+    f"{10**17}_{uuid.uuid4().hex}", f" 1_{uuid.uuid4().hex}",
 ])
 async def test_malformed_cursor_is_a_typed_error(pool: asyncpg.Pool, cursor: str) -> None:
     """Anything that is not one of our cursors raises invalid_cursor."""

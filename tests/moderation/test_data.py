@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import cast
 
 import pytest
 
-from moderation.scorers import LABELS, ScorerConfigError
-from moderation.scorers.base import DEFAULT_THRESHOLDS, parse_thresholds
+from moderation.scorers import LABELS
+from moderation.scorers.evaluate import main as evaluate_main
 from moderation.scorers.evaluate import prec_rec, roc_auc
 from moderation.scorers.trainset import EVAL_PATH, TRAIN_PATH, generate, load_jsonl
 
 
-def _norm(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+def _norm(text: object) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", str(text).lower()))
 
 
 def test_eval_texts_never_appear_in_training() -> None:
@@ -34,7 +35,7 @@ def test_eval_set_covers_labels_and_hard_cases() -> None:
     rows = load_jsonl(EVAL_PATH)
     assert len(rows) >= 300
     for lab in LABELS:
-        assert sum(r["labels"][lab] for r in rows) >= 10, lab
+        assert sum(cast("dict[str, int]", r["labels"])[lab] for r in rows) >= 10, lab
     cats = Counter(r["category"] for r in rows)
     for cat in ("friendly_profanity", "identity_positive", "threat", "polite_identity_hate", "sexual_harassment",
                 "self_harm_encouragement", "report_quote", "sarcasm_insult", "sarcasm_benign", "clean_wellness"):
@@ -49,9 +50,8 @@ def test_roc_auc_and_precision_recall() -> None:
     assert prec_rec([1, 0, 1, 0], [True, True, False, False]) == {"precision": 0.5, "recall": 0.5, "tp": 1, "fp": 1, "fn": 1}
 
 
-def test_threshold_parsing() -> None:
-    """--thresholds overrides the policy defaults and rejects unknown labels."""
-    th = parse_thresholds("toxicity=0.5, insult=0.7")
-    assert th["toxicity"] == 0.5 and th["insult"] == 0.7 and th["threat"] == DEFAULT_THRESHOLDS["threat"]
-    with pytest.raises(ScorerConfigError):
-        parse_thresholds("spam=0.5")
+def test_evaluate_rejects_bad_thresholds_as_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """--thresholds is parsed by the policy's parser; an unknown label is a usage error, before any scoring."""
+    with pytest.raises(SystemExit) as info:
+        evaluate_main(["--scorer", "light", "--thresholds", "spam=0.5"])
+    assert info.value.code == 2 and "spam=0.5" in capsys.readouterr().err

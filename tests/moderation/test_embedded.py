@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from moderation.scorers import LABELS, ScorerLoadError, flagged, load_scorer
+from moderation.policy import flagged
+from moderation.scorers import LABELS, ScorerLoadError, load_scorer
 from moderation.scorers.embedded import HEAD_PATH
 
 TOXIC = [
@@ -106,7 +107,7 @@ def eval_texts() -> list[str]:
     """Every text of the evaluation set."""
     from moderation.scorers.trainset import EVAL_PATH, load_jsonl
 
-    return [r["text"] for r in load_jsonl(EVAL_PATH)]
+    return [str(r["text"]) for r in load_jsonl(EVAL_PATH)]
 
 
 @pytest.fixture(scope="module")

@@ -20,17 +20,20 @@ const ACTIONS = [
 ];
 const DONE = { hide: "Hidden", remove: "Removed", restore: "Restored", dismiss: "Dismissed" };
 
-function defaultThresholds() {
+/** The flag thresholds in force, label -> threshold: data the server puts in the page from the
+ *  moderation policy (gateway/pages.py). No copy of them lives here; without it, no marks. */
+function thresholdsInForce() {
   try {
-    return JSON.parse(document.querySelector('meta[name="vybe-thresholds"]').content);
+    return JSON.parse(document.querySelector('meta[name="vybe-thresholds"]').content) || {};
   } catch {
-    return { toxicity: 0.8, severe_toxicity: 0.3, obscene: 0.8, identity_attack: 0.6, insult: 0.6,
-             threat: 0.6, sexual_explicit: 0.6 };
+    return {};
   }
 }
-const THRESHOLDS = defaultThresholds();
+const THRESHOLDS = thresholdsInForce();
 
-/** "toxicity>=0.80 (0.93)" -> ["toxicity", 0.8]; the threshold in force when it was flagged. */
+/** "toxicity>=0.80 (0.93)" -> ["toxicity", 0.8]: the threshold in force when the case was flagged,
+ *  which may differ from today's. Cases store it only in this text (moderation/policy.py `reason`
+ *  writes it; change the two together), so this is the one place that reads a reason back. */
 function parseReason(reason) {
   const m = /^([a-z_]+)>=([0-9.]+)/.exec(reason);
   return m ? [m[1], Number(m[2])] : null;
