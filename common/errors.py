@@ -54,7 +54,7 @@ CATALOG: dict[str, ErrorKind] = {k.code: k for k in (
           "`VYBE_MAX_COMMENT_CHARS`, 1,000 for a report's description)", "shorten the text"),
     _kind("invalid_value", 422, "a value the server refuses although its type fits (e.g. `block` of yourself)",
           "read `message`"),
-    _kind("invalid_parent", 422, "a reply whose `parent_id` is a comment on another vybe",
+    _kind("invalid_parent", 422, "a reply whose `parent_id` is not a comment of the vybe it replies on",
           "reply on the parent's vybe"),
     _kind("invalid_cursor", 422, "a `cursor` that no page returned", "start again without `cursor`",
           where="rest"),

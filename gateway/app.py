@@ -17,7 +17,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin
 from gateway.connection import Connection
 from gateway.context import Gateway, gateway_lifespan
 from gateway.pages import PAGE_HANDLERS
-from gateway.protocol import json_schema
+from gateway.protocol import json_schema, negotiate
 from gateway.rest import ModerationController, RestController, add_links, error_handlers
 
 if TYPE_CHECKING:
@@ -64,7 +64,9 @@ async def websocket_endpoint(scope: Any, receive: Receive, send: Send) -> None:
 
 
 async def websocket_session(gw: Gateway, scope: Any, receive: Receive, send: Send) -> None:
-    """One socket. Token in ``Authorization: Bearer`` or a first ``auth`` frame."""
+    """One socket. Token in ``Authorization: Bearer`` or a first ``auth`` frame. The format
+    follows the subprotocol: ``vybe.msgpack`` offered, MessagePack binary frames; else JSON
+    text frames (``vybe.json``, or nothing offered: echoed only when offered)."""
     if gw.draining:
         await receive()  # websocket.connect
         await send({"type": "websocket.close", "code": 1013, "reason": "draining"})
@@ -72,8 +74,9 @@ async def websocket_session(gw: Gateway, scope: Any, receive: Receive, send: Sen
     await receive()  # websocket.connect
     token = _bearer(scope)
     scope["headers"] = []  # read once; not worth ~1.3 KB per idle socket
-    conn = Connection(gw, send, receive, scope.get("extensions", {}).get("vybe.raw"))
-    await conn.run(token)
+    codec, subprotocol = negotiate(scope.get("subprotocols") or [])
+    conn = Connection(gw, send, receive, scope.get("extensions", {}).get("vybe.raw"), codec)
+    await conn.run(token, subprotocol)
 
 
 def _bearer(scope: Any) -> str | None:

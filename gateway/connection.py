@@ -2,9 +2,10 @@
 
 Each connection owns two things: the reader (this task) and a writer task that
 drains a send queue bounded in bytes, joining whatever is queued into one frame
-(a JSON array). A reader never waits on a writer: fan-out only appends to the
-queue, and a connection whose queue overflows is closed with 4008 (slow
-consumer) so that it cannot slow anyone else.
+(an array: JSON text, or MessagePack binary when the client negotiated the
+``vybe.msgpack`` subprotocol; the socket's :class:`Codec` decides). A reader never
+waits on a writer: fan-out only appends to the queue, and a connection whose queue
+overflows is closed with 4008 (slow consumer) so that it cannot slow anyone else.
 """
 
 from __future__ import annotations
@@ -16,28 +17,26 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from common.errors import ErrorCode
 from common.tasks import cancelled_meanwhile
 from db.pool import UNREACHABLE
 from gateway.auth import AuthError, Identity
 from gateway.commands import CommandError, handle, unavailable
 from gateway.hub import Unavailable
 from gateway.protocol import (
+    JSON_CODEC,
     Ack,
     Auth,
     AuthResult,
-    Pong,
     CloseCode,
+    Codec,
     DecodeFailure,
     Error,
-    ErrorCode,
     Notice,
     Ping,
-    decode_command,
-    encode,
-    frame,
-    peek_id,
+    Pong,
 )
-from gateway.wsproto import RawWebSocketProtocol, text_frame
+from gateway.wsproto import RawWebSocketProtocol, data_frame
 
 if TYPE_CHECKING:
     from gateway.context import Gateway
@@ -72,12 +71,14 @@ class Connection:
     FLOOD_LIMIT = 50
     # Tens of thousands of these live for hours: slots instead of a __dict__ (~1 KB each).
     __slots__ = ("_bucket", "_close", "_queue", "_queued", "_raw", "_reader", "_receive", "_refusals", "_send",
-                 "_sending", "_timer", "_writer", "blocked", "channels", "gw", "identity", "is_moderator",
+                 "_sending", "_timer", "_writer", "blocked", "channels", "codec", "gw", "identity", "is_moderator",
                  "resuming", "user_id")
 
-    def __init__(self, gw: Gateway, send: Any, receive: Any, raw: RawWebSocketProtocol | None = None) -> None:
+    def __init__(self, gw: Gateway, send: Any, receive: Any, raw: RawWebSocketProtocol | None = None,
+                 codec: Codec = JSON_CODEC) -> None:
         self.gw = gw
         self._send, self._receive, self._raw = send, receive, raw
+        self.codec = codec
         self.identity: Identity | None = None
         self.user_id = ""
         self.is_moderator = False
@@ -97,16 +98,18 @@ class Connection:
     # -- the send side (called by the hub and by handlers) -------------------
 
     def deliver(self, element: bytes, frame_bytes: bytes) -> None:
-        """Fan-out entry: ``frame_bytes`` is ``[element]`` as a ready WebSocket frame, the same
-        object for every socket. Written at once when nothing is queued ahead of it."""
+        """Fan-out entry: ``frame_bytes`` is ``element`` (of this socket's codec) as a ready
+        WebSocket frame, the same object for every socket of the format. Written at once
+        when nothing is queued ahead of it."""
         if (not self._queue and not self._sending and self._close is None and self._raw is not None
                 and self._raw.write_frame(frame_bytes)):
             self.gw.frames_out += 1
             self.gw.bytes_out += len(frame_bytes)
             return
-        self.enqueue(element)
+        self.push(element)
 
-    def enqueue(self, element: bytes) -> None:
+    def push(self, element: bytes) -> None:
+        """Queue an element of this socket's codec (one or more encoded messages)."""
         if self._close is not None:
             return
         self._queued += len(element)
@@ -119,10 +122,15 @@ class Connection:
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain(), name="ws-writer")
 
+    def enqueue(self, element: bytes) -> None:
+        """Queue a JSON element, whatever this socket's format (for code that writes to every
+        socket, e.g. the drain's notice); a MessagePack socket transcodes it."""
+        self.push(self.codec.from_json(element))
+
     def reply(self, message: object) -> None:
         if isinstance(message, Error):
             self.gw.metrics.errors.labels(message.code).inc()
-        self.enqueue(encode(message))
+        self.push(self.codec.encode(message))
 
     def close(self, code: int, reason: str) -> None:
         """Ask the connection to close (from any task); idempotent."""
@@ -136,17 +144,19 @@ class Connection:
 
         Exists only while there is a backlog, so an idle connection holds no writer task.
         """
+        codec = self.codec
         try:
             while self._queue:
                 items = list(self._queue)
                 self._queue.clear()
                 self._queued = 0
-                data = frame(items)
+                data = codec.payload(codec.join(items))
                 self._sending = True
                 try:
-                    if self._raw is None or not self._raw.write_frame(text_frame(data)):
+                    if self._raw is None or not self._raw.write_frame(data_frame(data, codec.binary)):
                         # Paused transport: uvicorn's send waits until it drains.
-                        await self._send({"type": "websocket.send", "text": data.decode()})
+                        await self._send({"type": "websocket.send", "bytes": data} if codec.binary
+                                         else {"type": "websocket.send", "text": data.decode()})
                 except OSError:  # uvicorn's ClientDisconnected: the peer is gone
                     self.close(1006, "peer gone")
                     return
@@ -159,9 +169,10 @@ class Connection:
 
     # -- the receive side ----------------------------------------------------
 
-    async def run(self, header_token: str | None) -> None:
-        """Serve the socket until it closes; always releases what it holds."""
-        await self._send({"type": "websocket.accept"})
+    async def run(self, header_token: str | None, subprotocol: str | None = None) -> None:
+        """Accept (echoing the negotiated ``subprotocol``, if any) and serve the socket until it
+        closes; always releases what it holds."""
+        await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
         self._reader = asyncio.current_task()
         self.gw.connections.add(self)
         self.gw.metrics.connections.inc()
@@ -191,6 +202,7 @@ class Connection:
             self.reply(Ack("", _auth_result(identity)))  # the same answer as an `auth` frame's
         else:
             self._set_timer(self.gw.settings.auth_timeout_s, self._auth_deadline)
+        field = "bytes" if self.codec.binary else "text"  # the frame kind this socket reads
         while self._close is None:
             message = await self._receive()
             kind = message["type"]
@@ -199,21 +211,21 @@ class Connection:
                 return
             if kind != "websocket.receive":
                 continue
-            text = message.get("text")
-            if text is None:
-                self.reply(Error(None, ErrorCode.BINARY_UNSUPPORTED, "binary frames are not supported; send JSON text"))
+            data = message.get(field)
+            if data is None:
+                self.reply(self.codec.wrong_frame())
                 continue
-            await self._on_frame(text)
+            await self._on_frame(data)
 
     def _auth_deadline(self) -> None:
         if self.identity is None:
             self.close(CloseCode.AUTH_TIMEOUT, "no auth frame in time")
 
-    async def _on_frame(self, text: str) -> None:
+    async def _on_frame(self, data: str | bytes) -> None:
         self.gw.commands_in += 1
-        if len(text) > self.gw.settings.frame_limit or len(text.encode()) > self.gw.settings.frame_limit:
-            self.reply(Error(None, ErrorCode.FRAME_TOO_LARGE,
-                             f"frame over {self.gw.settings.frame_limit} bytes"))
+        limit = self.gw.settings.frame_limit
+        if len(data) > limit or (isinstance(data, str) and len(data.encode()) > limit):
+            self.reply(Error(None, ErrorCode.FRAME_TOO_LARGE, f"frame over {limit} bytes"))
             return
         wait = self._bucket.take()
         if wait:
@@ -221,11 +233,12 @@ class Connection:
             if self._refusals >= self.FLOOD_LIMIT:
                 self.close(CloseCode.FLOOD, "flood: too many commands after rate-limit errors")
                 return
-            self.reply(Error(peek_id(text), ErrorCode.RATE_LIMITED, "too many commands; slow down", round(wait, 3)))
+            self.reply(Error(self.codec.peek_id(data), ErrorCode.RATE_LIMITED, "too many commands; slow down",
+                             round(wait, 3)))
             return
         self._refusals = 0
         try:
-            cmd = decode_command(text)
+            cmd = self.codec.decode(data)
         except DecodeFailure as err:
             self.reply(err.error)
             return
@@ -254,8 +267,8 @@ class Connection:
             return
         if result is not None:
             self.reply(Ack(cmd.id, result.ack))
-            for element in result.after:
-                self.enqueue(element)
+            for element in result.after:  # the hub's, in this socket's codec
+                self.push(element)
             if result.finish is not None:
                 result.finish()
 

@@ -26,6 +26,7 @@ from common.errors import ErrorBody, ErrorCode
 from db import moderation as mdb
 from db import writes
 from db.pool import UNREACHABLE
+from db.writes.feed import CURSOR_PATTERN
 from gateway import protocol as p
 from gateway.auth import AuthError, Identity
 from gateway.commands import CommandError, handle, unavailable
@@ -79,7 +80,9 @@ def _validation_error(exc: ValidationException) -> Response[ErrorBody]:
     if not extra:  # the body is not JSON at all
         return _error_response(ErrorCode.MALFORMED, detail, 400)
     found = "; ".join(f"{e.get('key', '?')}: {e.get('message', '')}" for e in extra)
-    codes = [p.invalid_code(str(e.get("message", "")), str(e.get("key", ""))) for e in extra]
+    codes = [ErrorCode.INVALID_CURSOR if e.get("key") == "cursor" else p.invalid_code(str(e.get("message", "")),
+                                                                                     str(e.get("key", "")))
+             for e in extra]
     code = codes[0] if len(set(codes)) == 1 else ErrorCode.INVALID
     return _error_response(code, f"{detail}: {found}" if found else detail, errors.status(code))
 
@@ -120,7 +123,9 @@ _WRITE = (ErrorCode.INVALID_CONTENT, ErrorCode.CONTENT_TOO_LONG, ErrorCode.INVAL
 _MODERATE = (ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT)
 
 Limit = Annotated[int, Parameter(ge=1, le=100, description="Page size, 1 to 100.")]
-Cursor = Annotated[str | None, Parameter(description="`next_cursor` of the previous page.")]
+Cursor = Annotated[str | None, Parameter(
+    description="`next_cursor` of the previous page; empty or absent: the first page.",
+    pattern=f"^$|{CURSOR_PATTERN}")]
 
 
 class Actor(msgspec.Struct):
@@ -180,7 +185,7 @@ class RestController(Controller):
         actor = await _actor(request)
         try:
             return await writes.feed_page(
-                state.gateway.pool, actor.user_id, limit=limit, cursor=cursor, looproom_id=looproom_id,
+                state.gateway.pool, actor.user_id, limit=limit, cursor=cursor or None, looproom_id=looproom_id,
                 viewer_is_moderator=actor.is_moderator, premoderation=state.gateway.settings.premoderation,
             )
         except writes.WriteError as err:
@@ -195,7 +200,7 @@ class RestController(Controller):
             gw = state.gateway
             opts = {"viewer_is_moderator": actor.is_moderator, "premoderation": gw.settings.premoderation}
             vybe = await writes.get_vybe(gw.pool, vybe_id, viewer_id=actor.user_id, **opts)
-            comments = await writes.vybe_comments(gw.pool, vybe_id, actor.user_id, cursor=cursor, **opts)
+            comments = await writes.vybe_comments(gw.pool, vybe_id, actor.user_id, cursor=cursor or None, **opts)
             return writes.VybeDetail(vybe=vybe, comments=comments)
         except writes.WriteError as err:
             raise ApiError(err.code, err.message) from err
@@ -288,15 +293,16 @@ def _link(operation_id: str, description: str, parameters: dict[str, str] | None
 _LINKS: dict[tuple[str, str, str], dict[str, Link]] = {
     ("/api/vybes", "post", "201"): {
         "GetVybe": _link("getVybe", "Read it with its comments", {"vybe_id": "$response.body#/id"}),
-        "Comment": _link("postComment", "Comment on it", {"vybe_id": "$response.body#/id"}),
+        "Comment": _link("postComment", "Comment on it", {"vybe_id": "$response.body#/id"},
+                         {"content": "Me too", "parent_id": None}),
         "Share": _link("shareVybe", "Share it", {"vybe_id": "$response.body#/id"}),
         "React": _link("react", "React to it", body={"target_type": "SHARED_VYBE", "target_id": "$response.body#/id",
                                                       "reaction": "HEART"}),
         "Report": _link("report", "Report it", body={"target_type": "SHARED_VYBE", "target_id": "$response.body#/id"}),
-        "Delete": _link("deleteVybe", "Delete it", {"vybe_id": "$response.body#/id"}),
     },
     ("/api/vybes/{vybe_id}/comments", "post", "201"): {
-        "Delete": _link("deleteComment", "Delete it", {"comment_id": "$response.body#/id"}),
+        "Reply": _link("postComment", "Reply to it", {"vybe_id": "$response.body#/shared_vybe_id"},
+                       {"content": "Thank you", "parent_id": "$response.body#/id"}),
         "React": _link("react", "React to it", body={"target_type": "COMMENT", "target_id": "$response.body#/id",
                                                       "reaction": "HEART"}),
     },

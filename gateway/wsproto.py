@@ -2,11 +2,11 @@
 
 Fan-out sends the same event to thousands of sockets. Going through ASGI costs
 a task wake-up, a coroutine, a str round trip and a re-framing per socket; the
-bytes of a server frame (unmasked, RFC 6455) are identical for every socket, so
-the hub builds them once per event and each socket whose queue is empty and
-whose transport is writable gets them with one ``transport.write``. Anything
-else (a paused transport, a backlog, closing) falls back to the ASGI path,
-which keeps its ordering and flow control.
+bytes of a server frame (unmasked, RFC 6455) are identical for every socket of
+one wire format, so the hub builds them once per event and format, and each
+socket whose queue is empty and whose transport is writable gets them with one
+``transport.write``. Anything else (a paused transport, a backlog, closing)
+falls back to the ASGI path, which keeps its ordering and flow control.
 
 The protocol exposes itself to the app as ``scope["extensions"]["vybe.raw"]``.
 """
@@ -28,6 +28,21 @@ def text_frame(payload: bytes) -> bytes:
     if n < 1 << 16:
         return struct.pack("!BBH", 0x81, 126, n) + payload
     return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """One complete, unmasked, final binary frame carrying ``payload``."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x82, n)) + payload
+    if n < 1 << 16:
+        return struct.pack("!BBH", 0x82, 126, n) + payload
+    return struct.pack("!BBQ", 0x82, 127, n) + payload
+
+
+def data_frame(payload: bytes, binary: bool) -> bytes:
+    """A binary frame or a text frame (``payload`` is then UTF-8) carrying ``payload``."""
+    return binary_frame(payload) if binary else text_frame(payload)
 
 
 class _Signal:

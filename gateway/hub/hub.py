@@ -1,9 +1,11 @@
 """The orchestrator: channel registry, per-viewer filtering, resume merge, recovery.
 
 One upstream subscription per channel per process. Each live event is turned into
-its client bytes once (``_element``) and the same bytes are queued to every
-permitted subscriber. Subscribers are the sockets (``gateway.connection``); the hub
-only needs the small :class:`Subscriber` protocol from them.
+its client bytes once per wire format (``_element``: JSON; transcoded from it once
+for MessagePack, only while a channel has MessagePack subscribers) and the same
+bytes are queued to every permitted subscriber of that format. Subscribers are the
+sockets (``gateway.connection``); the hub only needs the small :class:`Subscriber`
+protocol from them.
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
-from gateway.hub.base import Backend, Unavailable
-from gateway.protocol import Notice, encode
-from gateway.wsproto import text_frame
 from common.bus import Meta, make_offset, parse_offset, split_message, stream_id_key
+from gateway.hub.base import Backend, Unavailable
+from gateway.protocol import JSON_CODEC, MSGPACK_CODEC, Codec, Notice
+from gateway.wsproto import data_frame
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram
@@ -38,29 +40,61 @@ class Subscriber(Protocol):
     user_id: str
     is_moderator: bool
     blocked: frozenset[str]
+    codec: Codec
+    """The socket's wire format: every element the hub hands it is encoded in it."""
     resuming: dict[str, list[tuple[Key, bytes]] | Key]
     """Per channel being resumed: live events held until the missed ones are queued; after
     that, until live delivery passes it, the offset the resume ended at (a floor)."""
 
-    def enqueue(self, element: bytes) -> None:
-        """Queue one encoded message; never blocks (overflow closes the socket)."""
+    def push(self, element: bytes) -> None:
+        """Queue an element of ``codec`` (one or more messages); never blocks (overflow closes
+        the socket)."""
 
     def deliver(self, element: bytes, frame_bytes: bytes) -> None:
-        """Like enqueue; ``frame_bytes`` is the ready WebSocket frame of ``[element]``."""
+        """Like push; ``frame_bytes`` is the ready WebSocket frame of ``element``."""
 
 
 class _Channel:
-    __slots__ = ("epoch", "last", "name", "pending", "recovering", "subscribers")
+    __slots__ = ("binary", "epoch", "last", "name", "pending", "recovering", "subscribers")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.subscribers: dict[Subscriber, None] = {}
+        # Grouped by wire format, so each group's loop hands all its sockets the same bytes.
+        self.subscribers: dict[Subscriber, None] = {}  # JSON
+        self.binary: dict[Subscriber, None] | None = None  # MessagePack, while there are any
         self.epoch: str | None = None
         self.last: Key | None = None
         self.recovering: list[tuple[str, str, bytes]] | None = None
         # Set while the upstream subscription is being confirmed (one per user channel:
         # an asyncio.Event each would cost ~0.7 KB per connected user).
         self.pending: asyncio.Future[None] | None = None
+
+    def add(self, sub: Subscriber) -> None:
+        if not sub.codec.binary:
+            self.subscribers[sub] = None
+        elif self.binary is None:
+            self.binary = {sub: None}
+        else:
+            self.binary[sub] = None
+
+    def discard(self, sub: Subscriber) -> None:
+        self.subscribers.pop(sub, None)
+        if self.binary is not None:
+            self.binary.pop(sub, None)
+            if not self.binary:
+                self.binary = None
+
+    def groups(self) -> Iterator[tuple[Codec, dict[Subscriber, None]]]:
+        yield JSON_CODEC, self.subscribers
+        if self.binary:
+            yield MSGPACK_CODEC, self.binary
+
+    def everyone(self) -> Iterator[Subscriber]:
+        for _, subs in self.groups():
+            yield from subs
+
+    def occupied(self) -> bool:
+        return bool(self.subscribers or self.binary)
 
 
 class Resume(msgspec.Struct):
@@ -92,7 +126,7 @@ class Hub:
     def local_viewers(self, channel: str) -> int:
         """Distinct users on this node subscribed to ``channel``."""
         state = self._channels.get(channel)
-        return len({sub.user_id for sub in state.subscribers}) if state else 0
+        return len({sub.user_id for sub in state.everyone()}) if state is not None else 0
 
     # -- subscriptions -------------------------------------------------------
 
@@ -103,11 +137,11 @@ class Hub:
         """
         state = await self._ensure(channel)
         if since is None:
-            state.subscribers[sub] = None
+            state.add(sub)
             return Resume(None)
         parsed = parse_offset(since)
         sub.resuming[channel] = []
-        state.subscribers[sub] = None
+        state.add(sub)
         entries = None
         if parsed is not None:
             entries = await self.backend.history(channel, parsed[0], parsed[1])
@@ -118,7 +152,7 @@ class Hub:
         for entry in entries:
             meta, body = split_message(entry.message)
             if _permitted(sub, meta):
-                missed.append(_element(channel, make_offset(entry.epoch, entry.stream_id), body))
+                missed.append(sub.codec.from_json(_element(channel, make_offset(entry.epoch, entry.stream_id), body)))
             last = max(last, stream_id_key(entry.stream_id))
         return Resume(True, missed, last)
 
@@ -133,7 +167,7 @@ class Hub:
         last = after
         for key, element in held if isinstance(held, list) else ():
             if after is None or key > after:
-                sub.enqueue(element)
+                sub.push(element)
                 last = key
         state = self._channels.get(channel)
         if last is not None and last == after and state is not None and (state.last is None or state.last < last):
@@ -143,9 +177,9 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             return
-        state.subscribers.pop(sub, None)
+        state.discard(sub)
         sub.resuming.pop(channel, None)
-        if not state.subscribers:
+        if not state.occupied():
             del self._channels[channel]
             await self.backend.unsubscribe(channel)
 
@@ -164,7 +198,7 @@ class Hub:
             try:
                 await asyncio.wait_for(self.backend.subscribe(channel), SUBSCRIBE_TIMEOUT_S)
             except BaseException as err:
-                if not state.subscribers:
+                if not state.occupied():
                     self._channels.pop(channel, None)
                     with contextlib.suppress(*self.backend.transient_errors):
                         await self.backend.unsubscribe(channel)
@@ -239,18 +273,28 @@ class Hub:
         self._fan(state, events)
 
     def _fan(self, state: _Channel, events: list[tuple[Key, Meta, bytes]]) -> None:
+        if not events:
+            return
+        if state.subscribers:
+            self._fan_group(state.name, state.subscribers, JSON_CODEC, events)
+        if state.binary:  # transcoded once per event, shared by every MessagePack socket
+            self._fan_group(state.name, state.binary, MSGPACK_CODEC,
+                            [(key, meta, MSGPACK_CODEC.from_json(element)) for key, meta, element in events])
+
+    def _fan_group(self, name: str, subs: dict[Subscriber, None], codec: Codec,
+                   events: list[tuple[Key, Meta, bytes]]) -> None:
         if len(events) == 1 or any(m.o is not None or m.m or m.b is not None for _, m, _ in events):
             for event in events:  # personal, moderator-only or control events: one at a time
-                self._fan_one(state, *event)
-        elif events:
-            self._fan_many(state, events)
+                self._fan_one(name, subs, codec, *event)
+        else:
+            self._fan_many(name, subs, codec, events)
 
-    def _fan_one(self, state: _Channel, key: Key, meta: Meta, element: bytes) -> None:
-        ready = text_frame(b"[" + element + b"]")  # built once, written to every socket as is
+    def _fan_one(self, name: str, subs: dict[Subscriber, None], codec: Codec,
+                 key: Key, meta: Meta, element: bytes) -> None:
+        ready = _ready(codec, element)  # built once, written to every socket as is
         only, mods, author = meta.o, meta.m, meta.a
-        name = state.name
         count = 0
-        for sub in state.subscribers:
+        for sub in subs:
             if (only is not None and only != sub.user_id) or (mods and not sub.is_moderator) \
                     or (author is not None and author in sub.blocked):
                 continue
@@ -270,15 +314,16 @@ class Hub:
             count += 1
         self.deliveries += count
 
-    def _fan_many(self, state: _Channel, events: list[tuple[Key, Meta, bytes]]) -> None:
+    def _fan_many(self, name: str, subs: dict[Subscriber, None], codec: Codec,
+                  events: list[tuple[Key, Meta, bytes]]) -> None:
         """Several public events: one frame for all, the same bytes for every socket
-        that blocked none of their authors (``element`` is then the comma-joined run,
-        which the send queue splices into a JSON array like any other element)."""
-        joined = b",".join(element for _, _, element in events)
-        ready = text_frame(b"[" + joined + b"]")
+        that blocked none of their authors (``element`` is then the run, joined by the
+        codec, which the send queue splices into a frame like any other element)."""
+        joined = codec.join([element for _, _, element in events])
+        ready = _ready(codec, joined)
+        n, count = len(events), 0
         authors = frozenset(meta.a for _, meta, _ in events if meta.a is not None)
-        name, n, count = state.name, len(events), 0
-        for sub in state.subscribers:
+        for sub in subs:
             if sub.resuming and name in sub.resuming:
                 held = sub.resuming[name]
                 if isinstance(held, list):
@@ -287,30 +332,25 @@ class Hub:
                     continue
                 if events[-1][0] > held:
                     del sub.resuming[name]
-                mine = [element for key, meta, element in events
-                        if key > held and (meta.a is None or meta.a not in sub.blocked)]
-                if mine:
-                    part = b",".join(mine)
-                    sub.deliver(part, text_frame(b"[" + part + b"]"))
-                    count += len(mine)
+                count += _deliver_part(sub, codec, [element for key, meta, element in events
+                                                    if key > held and (meta.a is None or meta.a not in sub.blocked)])
             elif sub.blocked and not sub.blocked.isdisjoint(authors):
-                mine = [element for _, meta, element in events if meta.a not in sub.blocked]
-                if mine:
-                    part = b",".join(mine)
-                    sub.deliver(part, text_frame(b"[" + part + b"]"))
-                    count += len(mine)
+                count += _deliver_part(sub, codec, [element for _, meta, element in events
+                                                    if meta.a not in sub.blocked])
             else:
                 sub.deliver(joined, ready)
                 count += n
         self.deliveries += count
 
     def _gap(self, state: _Channel, why: str) -> None:
-        notice = encode(Notice("gap", f"events on {state.name} may have been missed ({why}); "
-                                      "resubscribe with your last offset or refetch", {"channel": state.name}))
-        for sub in state.subscribers:
-            if sub.resuming and not isinstance(sub.resuming.get(state.name, []), list):
-                del sub.resuming[state.name]  # a floor of the old epoch means nothing now
-            sub.enqueue(notice)
+        notice = Notice("gap", f"events on {state.name} may have been missed ({why}); "
+                               "resubscribe with your last offset or refetch", {"channel": state.name})
+        for codec, subs in state.groups():
+            element = codec.encode(notice)
+            for sub in subs:
+                if sub.resuming and not isinstance(sub.resuming.get(state.name, []), list):
+                    del sub.resuming[state.name]  # a floor of the old epoch means nothing now
+                sub.push(element)
 
     async def _on_reconnect(self, channels: Iterable[str]) -> None:
         """After Redis came back: backfill each channel from its history. When history cannot
@@ -346,6 +386,19 @@ def _permitted(sub: Subscriber, meta: Meta) -> bool:
     if meta.m and not sub.is_moderator:
         return False
     return meta.a is None or meta.a not in sub.blocked
+
+
+def _ready(codec: Codec, element: bytes) -> bytes:
+    """The WebSocket frame of ``element``."""
+    return data_frame(codec.payload(element), codec.binary)
+
+
+def _deliver_part(sub: Subscriber, codec: Codec, mine: list[bytes]) -> int:
+    """Deliver the events of a run that this socket may see, in a frame of their own."""
+    if mine:
+        part = codec.join(mine)
+        sub.deliver(part, _ready(codec, part))
+    return len(mine)
 
 
 def _element(channel: str, offset: str, body: bytes) -> bytes:

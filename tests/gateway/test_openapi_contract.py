@@ -33,7 +33,7 @@ async def test_schemathesis_finds_no_failure(role: str, start_gateway, tmp_path:
         "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
         "--max-examples", os.environ.get("VYBE_SCHEMATHESIS_EXAMPLES", "25"),
         "--workers", "1", "--seed", "1", "--request-timeout", "10",
-        "--report", "junit", "--report-dir", str(tmp_path),
+        "--report", "junit,vcr", "--report-dir", str(os.environ.get("VYBE_SCHEMATHESIS_REPORTS", tmp_path)),
         "--suppress-health-check", "too_slow",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""},
