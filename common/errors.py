@@ -54,7 +54,7 @@ CATALOG: dict[str, ErrorKind] = {k.code: k for k in (
           "`VYBE_MAX_COMMENT_CHARS`, 1,000 for a report's description)", "shorten the text"),
     _kind("invalid_value", 422, "a value the server refuses although its type fits (e.g. `block` of yourself)",
           "read `message`"),
-    _kind("invalid_parent", 422, "a reply whose `parent_id` is not a comment of the vybe it replies on",
+    _kind("invalid_parent", 422, "a reply whose `parent_id` is a comment on another vybe",
           "reply on the parent's vybe"),
     _kind("invalid_cursor", 422, "a `cursor` that no page returned", "start again without `cursor`",
           where="rest"),
@@ -75,9 +75,11 @@ CATALOG: dict[str, ErrorKind] = {k.code: k for k in (
     _kind("unknown_channel", 400, "not a channel name", "see Channels", where="socket"),
     _kind("too_many_subscriptions", 409, "over `VYBE_MAX_SUBSCRIPTIONS`", "unsubscribe first", where="socket"),
     _kind("not_subscribed", 409, "`unsubscribe` of a channel you do not hold", "nothing to do", where="socket"),
-    _kind("content_unavailable", 409, "the target is hidden or removed by moderation", "do not retry"),
-    _kind("conflict", 409, "a request id reused for another command; a stale case `version`; a case claimed by "
-          "another moderator", "reload, then retry with a new id or version"),
+    _kind("content_unavailable", 409, "the target, or the comment you reply to, is hidden or removed by moderation, "
+          "or (a parent comment) deleted", "reload; do not retry"),
+    _kind("conflict", 409, "a request id reused for another command; a retry (same id) of a vybe or comment "
+          "deleted since; a stale case `version`; a case claimed by another moderator",
+          "reload, then retry with a new id or version"),
     _kind("unavailable", 503, "PostgreSQL or Redis is unreachable (a restart, a failover): nothing was stored "
           "(for `auth`: nothing was set up); the socket stays open", "retry with the same `id` after "
           "`retry_after`", retry=True),

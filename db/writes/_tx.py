@@ -68,8 +68,12 @@ async def idempotent(
     result_type: type[T],
     body: Callable[[asyncpg.Connection], Awaitable[T]],
     announce: Announcement | None = None,
+    exists: LiteralString | None = None,
 ) -> T:
     """``body`` in a transaction; with a request id, at most once per (user, request id) in 24 h.
+
+    ``exists`` (SQL, ``$1`` the result's ``id``) says whether what the first run created is still
+    there: a retry after it was deleted gets :class:`Conflict`, not a stale copy.
 
     The key row is inserted first in the same transaction: a concurrent retry
     blocks on it until the first commits (then returns its stored result) or
@@ -88,6 +92,8 @@ async def idempotent(
             if row is None or row["operation"] != operation:
                 raise Conflict(f"request id {request_id!r} was used for another operation")
             stored = msgspec.convert(row["result"], result_type)
+            if exists is not None and not await conn.fetchval(exists, getattr(stored, "id", None)):
+                raise Conflict(f"request id {request_id!r} created {getattr(stored, 'id', '?')}, deleted since")
             if "replayed" in getattr(result_type, "__struct_fields__", ()):
                 stored = msgspec.structs.replace(stored, replayed=True)  # type: ignore[type-var]
             return stored

@@ -84,7 +84,8 @@ async def post_vybe(
         return Vybe(**row_dict(row))
 
     return await idempotent(pool, user_id=user_id, request_id=validate.request_id(request_id),
-                            operation="post_vybe", result_type=Vybe, body=body, announce=announce)
+                            operation="post_vybe", result_type=Vybe, body=body, announce=announce,
+                            exists="SELECT EXISTS (SELECT 1 FROM shared_vybes WHERE id = $1)")
 
 
 async def lock_visible_vybe(conn: asyncpg.Connection, vybe_id: uuid.UUID, actor: str) -> asyncpg.Record:
@@ -118,15 +119,15 @@ async def comment(
 
     async def body(conn: asyncpg.Connection) -> Comment:
         vybe = await lock_visible_vybe(conn, vid, user)
-        # A body field naming nothing makes the request invalid (422); the vybe the path names exists.
+        # A parent that is gone is unavailable (409), as a hidden one is: the vybe the path names exists.
         try:
             parent = validate.optional_object_id(parent_id, "parent comment")
         except NotFound as err:
-            raise Invalid(f"parent_id {parent_id!r} is not a comment of this vybe", "invalid_parent") from err
+            raise Unavailable(f"parent comment {parent_id!r} does not exist (deleted?)") from err
         if parent is not None:
             prow = await conn.fetchrow(_PARENT, parent)
-            if prow is None:
-                raise Invalid(f"parent_id {parent} is not a comment of this vybe", "invalid_parent")
+            if prow is None:  # deleted meanwhile, or never there: reload the thread
+                raise Unavailable(f"parent comment {parent} does not exist (deleted?)")
             if prow["shared_vybe_id"] != vid:
                 raise Invalid("a reply's parent must be a comment on the same vybe", "invalid_parent")
             if hides(prow["moderation_state"]):
@@ -141,7 +142,8 @@ async def comment(
         return Comment(**row_dict(row), vybe_author_id=vybe["user_id"], comment_count=count)
 
     return await idempotent(pool, user_id=user, request_id=validate.request_id(request_id),
-                            operation="comment", result_type=Comment, body=body, announce=announce)
+                            operation="comment", result_type=Comment, body=body, announce=announce,
+                            exists="SELECT EXISTS (SELECT 1 FROM comments WHERE id = $1)")
 
 
 async def share(

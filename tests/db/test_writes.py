@@ -107,7 +107,7 @@ async def test_comment_and_reply_count_on_the_vybe(pool: asyncpg.Pool) -> None:
 
 
 @pytest.mark.parametrize(("case", "code"), [
-    ("reply_to_other_vybe", "invalid_parent"), ("unknown_vybe", "not_found"), ("unknown_parent", "invalid_parent"),
+    ("reply_to_other_vybe", "invalid_parent"), ("unknown_vybe", "not_found"), ("unknown_parent", "content_unavailable"),
     ("empty", "invalid_content"), ("nul", "invalid_content"), ("too_long", "content_too_long"),
     ("hidden_vybe", "content_unavailable"), ("removed_vybe", "content_unavailable"),
     ("hidden_parent", "content_unavailable"), ("private_vybe", "not_found"),
@@ -313,6 +313,22 @@ async def test_same_request_id_applies_once(pool: asyncpg.Pool) -> None:
     counts = await pool.fetchrow("SELECT comment_count, share_count FROM shared_vybes WHERE id = $1", v1.id)
     assert (counts["comment_count"], counts["share_count"]) == (1, 1)
     assert await pool.fetchval("SELECT vibes_shared FROM user_profiles WHERE user_id = 'ann'") == 1
+
+
+async def test_a_retry_after_the_content_was_deleted_is_a_conflict(pool: asyncpg.Pool) -> None:
+    """A retry (same request id) of a vybe or comment deleted since gets conflict, not a stale copy,
+    and creates nothing again."""
+    await users(pool, "ann", "bob")
+    v = await post_vybe(pool, "ann", content="soon gone", request_id="r-v")
+    c = await comment(pool, "bob", vybe_id=v.id, content="gone too", request_id="r-c")
+    await delete_comment(pool, "bob", c.id)
+    with pytest.raises(Conflict):
+        await comment(pool, "bob", vybe_id=v.id, content="gone too", request_id="r-c")
+    await delete_vybe(pool, "ann", v.id)
+    with pytest.raises(Conflict):
+        await post_vybe(pool, "ann", content="soon gone", request_id="r-v")
+    assert await pool.fetchval("SELECT count(*) FROM shared_vybes") == 0
+    assert await pool.fetchval("SELECT count(*) FROM comments") == 0
 
 
 async def test_concurrent_retries_apply_once(pool: asyncpg.Pool) -> None:
