@@ -17,7 +17,8 @@ from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin
 from gateway.connection import Connection
 from gateway.context import Gateway, gateway_lifespan
 from gateway.pages import PAGE_HANDLERS
-from gateway.protocol import json_schema, negotiate
+from gateway.codec import negotiate
+from gateway.protocol import json_schema
 from gateway.rest import ModerationController, RestController, add_links, error_handlers
 
 if TYPE_CHECKING:

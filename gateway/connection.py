@@ -23,13 +23,12 @@ from db.pool import UNREACHABLE
 from gateway.auth import AuthError, Identity
 from gateway.commands import CommandError, handle, unavailable
 from gateway.hub import Unavailable
+from gateway.codec import JSON_CODEC, Codec
 from gateway.protocol import (
-    JSON_CODEC,
     Ack,
     Auth,
     AuthResult,
     CloseCode,
-    Codec,
     DecodeFailure,
     Error,
     Notice,

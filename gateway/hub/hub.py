@@ -21,7 +21,8 @@ import msgspec
 
 from common.bus import Meta, make_offset, parse_offset, split_message, stream_id_key
 from gateway.hub.base import Backend, Unavailable
-from gateway.protocol import JSON_CODEC, MSGPACK_CODEC, Codec, Notice
+from gateway.codec import JSON_CODEC, MSGPACK_CODEC, Codec
+from gateway.protocol import Notice
 from gateway.wsproto import data_frame
 
 if TYPE_CHECKING:

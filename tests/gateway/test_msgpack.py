@@ -15,7 +15,8 @@ from common.bus import Meta, encode_message
 from gateway.hub import hub as hub_module
 from gateway.hub.base import Backend, HistoryEntry
 from gateway.hub.hub import Hub
-from gateway.protocol import JSON_CODEC, MSGPACK_CODEC, Codec, MsgpackCodec, Notice
+from gateway.codec import JSON_CODEC, MSGPACK_CODEC, Codec, MsgpackCodec
+from gateway.protocol import Notice
 
 pytestmark = pytest.mark.anyio
 

@@ -31,7 +31,7 @@ async def test_schemathesis_finds_no_failure(role: str, start_gateway, tmp_path:
         str(SCHEMATHESIS), "run", f"{live.http}/schema/openapi.json",
         "--header", f"Authorization: Bearer {token}",
         "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
-        "--max-examples", os.environ.get("VYBE_SCHEMATHESIS_EXAMPLES", "25"),
+        "--max-examples", os.environ.get("VYBE_SCHEMATHESIS_EXAMPLES", "50"),
         "--workers", "1", "--seed", "1", "--request-timeout", "10",
         "--report", "junit,vcr", "--report-dir", str(os.environ.get("VYBE_SCHEMATHESIS_REPORTS", tmp_path)),
         "--suppress-health-check", "too_slow",
