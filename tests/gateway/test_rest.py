@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -90,3 +92,49 @@ async def test_operations_endpoints(live, connect) -> None:
         assert "/api/feed" in schema["paths"] and "/api/mod/cases/{case_id}/resolve" in schema["paths"]
         plain = await http.get("/ws")
         assert plain.status_code == 426
+
+
+async def test_every_refusal_has_the_error_envelope_and_its_catalog_status(live) -> None:
+    """Litestar's own refusals (bad query parameter, unknown path, wrong method, a body that is not
+    JSON, a wrong type) answer {code, message} with the status of the code in the catalog."""
+    from common.errors import status  # noqa: PLC0415
+
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        cases = [
+            (await http.get("/api/feed?limit=abc", headers=_auth(live, "r")), "invalid"),
+            (await http.get("/api/feed?limit=0", headers=_auth(live, "r")), "invalid"),
+            (await http.get("/api/feed?cursor=garbage", headers=_auth(live, "r")), "invalid_cursor"),
+            (await http.get("/api/nowhere", headers=_auth(live, "r")), "not_found"),
+            (await http.patch("/api/vybes", headers=_auth(live, "r")), "method_not_allowed"),
+            (await http.post("/api/vybes", content=b"{", headers=_auth(live, "r")), "malformed"),
+            (await http.post("/api/vybes", json={"content": "x", "is_anonymous": 0}, headers=_auth(live, "r")),
+             "invalid"),
+            (await http.post("/api/vybes", json={"content": " \t"}, headers=_auth(live, "r")), "invalid_content"),
+            (await http.post("/api/vybes", json={"content": "x" * 5001}, headers=_auth(live, "r")),
+             "content_too_long"),
+            (await http.post("/api/vybes", json={"content": "x"}), "auth_required"),
+        ]
+        for response, code in cases:
+            body = response.json()
+            assert set(body) >= {"code", "message"} and body["code"] == code, (response.request.url, body)
+            assert response.status_code == status(code), (response.request.url, response.status_code, code)
+        options = await http.options("/api/vybes/00000000-0000-0000-0000-000000000000")
+        assert options.headers["allow"] == "DELETE, GET, OPTIONS"
+        assert (await http.get("/api/feed?cursor=", headers=_auth(live, "r"))).status_code == 200  # first page
+
+
+async def test_api_docs_load_nothing_from_outside(live) -> None:
+    """/schema is served from the package (no CDN): the page's script is ours and answers."""
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        page = (await http.get("/schema")).text
+        scripts = re.findall(r"src=\"([^\"]+)\"", page)
+        assert scripts and all(src.startswith("/") for src in scripts), scripts
+        assert "fonts.googleapis" not in page
+        for src in scripts:
+            assert (await http.get(src)).status_code == 200, src
+        openapi = (await http.get("/schema/openapi.json")).json()
+        post = openapi["paths"]["/api/vybes"]["post"]
+        assert post["requestBody"]["content"]["application/json"]["schema"]
+        assert {"201", "401", "409", "422", "503"} <= set(post["responses"])
+        protocol = (await http.get("/schema/protocol.json")).json()
+        assert {"ClientCommand", "ServerFrame", "ServerMessage"} <= set(protocol["$defs"])
