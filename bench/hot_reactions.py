@@ -40,18 +40,19 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from db.counters import check_counters  # noqa: E402
-from db.migrate import migrate  # noqa: E402
-from common.tasks import cancel_and_wait  # noqa: E402
-from db.outbox import Relay  # noqa: E402
-from db.pool import create_pool  # noqa: E402
-from db.writes import ReactionWriter, WriteError, post_vybe, upsert_user  # noqa: E402
-from common.bus import Publisher  # noqa: E402
-from common.events import reactions_changed  # noqa: E402
+from common.bus import Publisher
+from common.events import reactions_changed
+from common.tasks import cancel_and_wait
+from db.counters import check_counters
+from db.migrate import migrate
+from db.outbox import Relay
+from db.pool import create_pool
+from db.writes import ReactionWriter, WriteError, post_vybe, upsert_user
 
 TYPES = ["HEART", "CLAP", "FIRE", "PEACE", "INSPIRE", "STRENGTH", "GRATITUDE", "MINDFUL"]
 _NAIVE_INSERT = """
-INSERT INTO reactions (user_id, type, reactable_type, reactable_id) VALUES ($1, $2::text::reaction_type, 'SHARED_VYBE', $3)
+INSERT INTO reactions (user_id, type, reactable_type, reactable_id)
+VALUES ($1, $2::text::reaction_type, 'SHARED_VYBE', $3)
 ON CONFLICT ON CONSTRAINT reactions_unique_key DO NOTHING RETURNING true
 """
 _NAIVE_DELETE = """
@@ -118,7 +119,8 @@ async def _reset(pool: asyncpg.Pool, vybe_id: object) -> None:
 
 async def _exact(pool: asyncpg.Pool, vybe_id: object, full: bool) -> bool:
     stored, rows = await pool.fetchrow(
-        "SELECT reaction_count, (SELECT count(*) FROM reactions WHERE reactable_id = $1) FROM shared_vybes WHERE id = $1",
+        "SELECT reaction_count, (SELECT count(*) FROM reactions WHERE reactable_id = $1)"
+        " FROM shared_vybes WHERE id = $1",
         vybe_id)
     return stored == rows and (not full or await check_counters(pool) == [])
 
@@ -271,7 +273,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, object]:
     if args.loop == "uvloop":
         try:
-            import uvloop  # noqa: PLC0415 - optional, as in the gateway
+            import uvloop  # optional, as in the gateway
         except ImportError:
             args.loop = "asyncio"
         else:

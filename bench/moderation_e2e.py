@@ -27,24 +27,27 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from db.migrate import migrate  # noqa: E402
-from common.settings import load_settings  # noqa: E402
-from gateway.auth import mint_token  # noqa: E402
-from moderation.scorers.trainset import EVAL_PATH, load_jsonl  # noqa: E402
+from common.settings import load_settings
+from db.migrate import migrate
+from gateway.auth import mint_token
+from moderation.scorers.trainset import EVAL_PATH, load_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 SECRET = "e2e-bench-secret-" + "x" * 32
 PER_CONNECTION_RATE = 10.0
@@ -131,7 +134,8 @@ def process(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[su
                 proc.wait()
 
 
-def service_env(args: argparse.Namespace, dsn: str, prefix: str, port: int, batch: int, block_ms: int) -> dict[str, str]:
+def service_env(args: argparse.Namespace, dsn: str, prefix: str, port: int, batch: int,
+                block_ms: int) -> dict[str, str]:
     """Environment of the gateway and worker subprocesses."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.update(VYBE_DATABASE_URL=dsn, VYBE_REDIS_URL=args.redis, VYBE_REDIS_PREFIX=prefix,
@@ -209,7 +213,7 @@ async def run_phase(posters: list[ClientConnection], phase_of: list[Phase], rate
                            for i, ws in enumerate(posters)))
     phase.send_s = time.perf_counter() - t0
     deadline = time.perf_counter() + drain_s
-    while time.perf_counter() < deadline and _pending(phase):
+    while time.perf_counter() < deadline and _pending(phase):  # noqa: ASYNC110 - bounded poll of many posts' state
         await asyncio.sleep(0.05)
     return phase, wall0, time.time()
 

@@ -22,17 +22,19 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from moderation.scorers import LABELS, ScorerError, load_scorer  # noqa: E402
-from moderation.scorers.trainset import EVAL_PATH, load_jsonl  # noqa: E402
+from moderation.scorers import LABELS, ScorerError, load_scorer  # noqa: E402 - after sys.path and the offline env
+from moderation.scorers.trainset import EVAL_PATH, load_jsonl  # noqa: E402 - after sys.path and the offline env
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 
 def corpora() -> tuple[list[str], list[str], list[str]]:
@@ -72,7 +74,7 @@ def bench_embedded_backends(evals: list[str], short: list[str], n: dict[str, int
     for _ in range(rounds):
         for key, scorer in scorers.items():
             rounds_out[key].append(rate(scorer.score, short[:n["batched"]], 64))
-    speedups = [round(o / t, 2) for o, t in zip(rounds_out["onnx"], rounds_out["torch"])]
+    speedups = [round(o / t, 2) for o, t in zip(rounds_out["onnx"], rounds_out["torch"], strict=True)]
     med = {k: sorted(v)[len(v) // 2] for k, v in rounds_out.items()}
     return {"short_batch64_rounds": rounds_out, "short_batch64_median": med,
             "speedup_per_round": speedups, "speedup_median": sorted(speedups)[len(speedups) // 2],
@@ -83,7 +85,7 @@ def bench_embedded_backends(evals: list[str], short: list[str], n: dict[str, int
 
 def max_diff(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
     """Largest absolute per-label difference between two score lists."""
-    return round(max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in LABELS), 5)
+    return round(max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True) for k in LABELS), 5)
 
 
 def bench_detoxify(evals: list[str], short: list[str], long_: list[str], n: dict[str, int]) -> dict[str, Any]:
@@ -95,7 +97,8 @@ def bench_detoxify(evals: list[str], short: list[str], long_: list[str], n: dict
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, hf_dir = write_bert_base(Path(tmp))
-        modes = {"fp32": (False, False), "int8": (True, False), "length_sorted": (False, True), "int8+sorted": (True, True)}
+        modes = {"fp32": (False, False), "int8": (True, False), "length_sorted": (False, True),
+                 "int8+sorted": (True, True)}
         out: dict[str, Any] = {"config": "BertConfig() defaults: 12 layers, hidden 768, vocab 30522, random init"}
         ref: list[dict[str, float]] = []
         for mode, (quant, sort) in modes.items():

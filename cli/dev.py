@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -27,6 +27,9 @@ from common.settings import Settings, SettingsError
 from db.embedded import data_path, embedded_postgres, embedded_redis, require
 from db.migrate import migrate
 from gateway.auth import mint_token
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _dev_secret(settings: Settings, data_dir: Path) -> str:

@@ -12,12 +12,13 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from common.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     import asyncpg
 
 log = logging.getLogger("vybe")

@@ -18,7 +18,6 @@ persistence), which tells a resuming client that its offset means nothing now.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import msgspec
@@ -26,6 +25,8 @@ import msgspec
 from common.outbox import EVENT_SEPARATOR
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import redis.asyncio as aioredis
     from redis.commands.core import AsyncScript
 
@@ -222,7 +223,8 @@ class Publisher:
         message = encode_message(event, data, meta)
         k = self.keys
         epoch, sid = await self._script(
-            keys=[k.stream(channel), k.pubsub(channel), k.epoch(channel)], args=[self.history_len, message, self.history_ttl_s]
+            keys=[k.stream(channel), k.pubsub(channel), k.epoch(channel)],
+            args=[self.history_len, message, self.history_ttl_s],
         )
         return make_offset(_text(epoch), _text(sid))
 

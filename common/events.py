@@ -8,14 +8,15 @@ library does not depend on the database package.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from common.bus import Event, Meta, event
 from common.visibility import LIVE_PRIVACY, hides_author
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def content_view(row: Any) -> dict[str, Any]:

@@ -9,10 +9,13 @@ variable, which the CLI prints before exiting with status 2.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 PREFIX = "VYBE_"
 

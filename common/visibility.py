@@ -136,7 +136,7 @@ def shown_author(author_id: str | None, *, is_anonymous: bool, privacy_level: st
 
 
 __all__ = [
-    "ANONYMOUS_PRIVACY", "HIDING_STATES", "HIDING_STATES_SQL", "LIVE_PRIVACY", "LIVE_PRIVACY_SQL", "PENDING", "REACHES_SQL",
-    "SEE_ROW_SQL", "SEE_VYBE_SQL", "Viewer", "hides", "hides_author", "hides_author_sql", "may_follow", "may_see",
-    "reaches", "shown_author",
+    "ANONYMOUS_PRIVACY", "HIDING_STATES", "HIDING_STATES_SQL", "LIVE_PRIVACY", "LIVE_PRIVACY_SQL", "PENDING",
+    "REACHES_SQL", "SEE_ROW_SQL", "SEE_VYBE_SQL", "Viewer", "hides", "hides_author", "hides_author_sql", "may_follow",
+    "may_see", "reaches", "shown_author",
 ]

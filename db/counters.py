@@ -9,7 +9,7 @@ the rows whose stored value differs from the count of the rows it summarizes
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, LiteralString
 
 import asyncpg
 import msgspec
@@ -17,8 +17,6 @@ import msgspec
 from db.pool import create_pool
 
 if TYPE_CHECKING:
-    from typing import LiteralString
-
     from common.settings import Settings
 
 

@@ -13,7 +13,6 @@ import datetime as dt
 import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
-import asyncpg
 import msgspec
 
 from common.visibility import hides_author_sql
@@ -22,6 +21,8 @@ from db.writes.errors import Conflict, Forbidden, NotFound, WriteError
 
 if TYPE_CHECKING:
     from typing import LiteralString
+
+    import asyncpg
 
     from db.outbox import Announcement
 
@@ -136,7 +137,7 @@ async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, s
 async def open_case(conn: asyncpg.Connection, target_type: str, target_id: str, reasons: list[str],
                     scores: dict[str, float] | None, *, model_flagged: bool = False) -> uuid.UUID:
     """Open the target's case, or reopen it with the new reasons; returns its id."""
-    return await conn.fetchval(  # type: ignore[no-any-return]
+    case_id: uuid.UUID = await conn.fetchval(
         """INSERT INTO moderation_cases (target_type, target_id, reasons, scores, model_flagged)
            VALUES ($1, $2, $3, $4, $5)
            ON CONFLICT ON CONSTRAINT moderation_cases_one_per_target DO UPDATE
@@ -150,6 +151,7 @@ async def open_case(conn: asyncpg.Connection, target_type: str, target_id: str, 
            RETURNING id""",
         target_type, target_id, reasons, scores, model_flagged,
     )
+    return case_id
 
 
 async def on_user_report(conn: asyncpg.Connection, target_type: str, target_id: str,
@@ -163,10 +165,11 @@ async def on_user_report(conn: asyncpg.Connection, target_type: str, target_id: 
         "SELECT count(*) FROM reports WHERE reported_type = $1 AND reported_id = $2 AND reporter_id <> $3",
         target_type, target_id, SYSTEM_REPORTER)
     if reporters < threshold:
-        return await conn.fetchval(  # type: ignore[no-any-return]
+        bumped: uuid.UUID | None = await conn.fetchval(
             """UPDATE moderation_cases SET version = version + 1, updated_at = now()
                 WHERE target_type = $1 AND target_id = $2 AND state = 'open' RETURNING id""",
             target_type, target_id)
+        return bumped
     if target_type in _TABLE:
         await conn.execute(
             f"UPDATE {_TABLE[target_type]} SET moderation_state = 'flagged', updated_at = now() "
@@ -324,7 +327,8 @@ async def unscored(pool: asyncpg.Pool, older_than_s: float, limit: int = 500) ->
     rows = await pool.fetch(
         """SELECT 'vybe' AS kind, id FROM shared_vybes v
             WHERE moderation_state = 'pending' AND created_at < now() - make_interval(secs => $1)
-              AND NOT EXISTS (SELECT 1 FROM moderation_scores s WHERE s.target_type = 'shared_vybe' AND s.target_id = v.id)
+              AND NOT EXISTS (SELECT 1 FROM moderation_scores s
+                               WHERE s.target_type = 'shared_vybe' AND s.target_id = v.id)
            UNION ALL
            SELECT 'comment', id FROM comments c
             WHERE moderation_state = 'pending' AND created_at < now() - make_interval(secs => $1)

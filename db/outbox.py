@@ -20,14 +20,14 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-import asyncpg
-
 from common.outbox import EVENT_SEPARATOR
 from common.tasks import backoff, cancelled_meanwhile
 from db.pool import UNREACHABLE
 
 if TYPE_CHECKING:
     from typing import LiteralString
+
+    import asyncpg
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ class Announcement:
     idempotent retry) announces nothing: its events went out the first time.
     """
 
-    def __init__(self, build: Callable[[asyncpg.Connection, Any], Iterable[Announced] | Awaitable[Iterable[Announced]]]):
+    def __init__(self, build: Callable[[asyncpg.Connection, Any],
+                                       Iterable[Announced] | Awaitable[Iterable[Announced]]]):
         self.build = build
         self.rows: list[Row] = []
 
@@ -170,9 +171,8 @@ class Relay:
             await self._wake.wait()
             self._wake.clear()
             rows, self._queue = self._queue, []
-            if rows:
-                if await self._publish(rows, [r.seq == 1 for r in rows]) < len(rows):
-                    self._urgent.set()  # a held row: its predecessor is in the outbox, or Redis lost its place
+            if rows and await self._publish(rows, [r.seq == 1 for r in rows]) < len(rows):
+                self._urgent.set()  # a held row: its predecessor is in the outbox, or Redis lost its place
             self.backlog = len(self._queue)
 
     async def run_catch_up(self) -> None:

@@ -37,7 +37,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10,
                       command_timeout: float | None = 15.0) -> asyncpg.Pool:
     """A pool with our codecs; ``dsn`` may be any libpq URL, Unix sockets included."""
-    pool = await asyncpg.create_pool(
+    return await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection,
         # Statements are prepared per connection; keep the cache but let
         # PgBouncer-style poolers work by naming nothing globally.
@@ -47,8 +47,6 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10,
         timeout=5,
         command_timeout=command_timeout,
     )
-    assert pool is not None  # create_pool returns None only when not awaited
-    return pool
 
 
 async def pool_from_settings(settings: Settings) -> asyncpg.Pool:

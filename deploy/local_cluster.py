@@ -31,9 +31,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -316,7 +319,7 @@ class LocalCluster:
         if self._own_tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def __enter__(self) -> LocalCluster:  # noqa: PYI034
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

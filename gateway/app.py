@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.handlers import asgi
 from litestar.openapi import OpenAPIConfig
-from litestar.routes import HTTPRoute
-from litestar.openapi.spec import Components, SecurityScheme
 from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.routes import HTTPRoute
+from litestar.types import Receive, Send
 
+from gateway.codec import negotiate
 from gateway.connection import Connection
 from gateway.context import Gateway, gateway_lifespan
 from gateway.pages import PAGE_HANDLERS
-from gateway.codec import negotiate
 from gateway.protocol import json_schema
 from gateway.rest import ModerationController, RestController, add_links, error_handlers
 
 if TYPE_CHECKING:
-    from litestar.types import Receive, Send
+    from collections.abc import AsyncIterator
 
     from common.settings import Settings
 
@@ -114,7 +114,8 @@ def protocol_schema() -> dict[str, object]:
 @get("/metrics", tags=["operations"], media_type="text/plain; version=0.0.4")
 async def metrics(state: State) -> bytes:
     """Prometheus metrics of this node."""
-    return state.gateway.metrics.render()  # type: ignore[no-any-return]
+    gw: Gateway = state.gateway
+    return gw.metrics.render()
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -161,8 +162,8 @@ def create_app(settings: Settings) -> Litestar:
 
     app = Litestar(
         before_request=answer_options,
-        route_handlers=[websocket_endpoint, healthz, readyz, metrics, protocol_schema, RestController, ModerationController,
-                        *PAGE_HANDLERS],
+        route_handlers=[websocket_endpoint, healthz, readyz, metrics, protocol_schema, RestController,
+                        ModerationController, *PAGE_HANDLERS],
         lifespan=[lifespan],
         exception_handlers=error_handlers(),
         openapi_config=openapi_config(),

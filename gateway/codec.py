@@ -25,7 +25,6 @@ from gateway.protocol import (
     peek_id,
 )
 
-
 # -- wire formats: JSON text frames, or MessagePack binary frames ----------------
 # A client picks one with the WebSocket subprotocol; the messages are the same structs
 # either way. The hub builds events as JSON elements and transcodes each once per

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import msgspec
 from redis.exceptions import RedisError
 
+from common import events
+from common.bus import job
+from common.errors import ErrorCode
+from common.visibility import Viewer, may_follow
 from db import writes
 from db.outbox import Announcement
 from db.pool import UNREACHABLE
 from gateway import protocol as p
 from gateway.hub import Unavailable
-from common import events
-from common.errors import ErrorCode
-from common.bus import job
-from common.visibility import Viewer, may_follow
 
 if TYPE_CHECKING:
     from gateway.connection import Connection

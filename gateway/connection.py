@@ -14,16 +14,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from common.errors import ErrorCode
 from common.tasks import cancelled_meanwhile
 from db.pool import UNREACHABLE
 from gateway.auth import AuthError, Identity
+from gateway.codec import JSON_CODEC, Codec
 from gateway.commands import CommandError, handle, unavailable
 from gateway.hub import Unavailable
-from gateway.codec import JSON_CODEC, Codec
 from gateway.protocol import (
     Ack,
     Auth,
@@ -38,6 +37,8 @@ from gateway.protocol import (
 from gateway.wsproto import RawWebSocketProtocol, data_frame
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gateway.context import Gateway
 
 log = logging.getLogger(__name__)

@@ -12,13 +12,14 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from common.bus import Keys, Publisher
+from common.events import reactions_changed
 from common.tasks import Supervisor
 from db import outbox, writes
 from db.pool import UNREACHABLE, create_pool
@@ -30,10 +31,10 @@ from gateway.metrics import Metrics
 from gateway.moderation import Desk
 from gateway.presence import Presence
 from gateway.protocol import CloseCode, Notice, encode
-from common.bus import Keys, Publisher
-from common.events import reactions_changed
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from common.settings import Settings
     from gateway.connection import Connection
 

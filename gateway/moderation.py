@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from common import events
 from db import moderation as mdb
 from db.outbox import Announcement
 from gateway import protocol as p
-from common import events
-from common.bus import Event
 
 if TYPE_CHECKING:
     import asyncpg
 
+    from common.bus import Event
     from db.writes import ReportResult
     from gateway.context import Gateway
 

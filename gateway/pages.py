@@ -11,13 +11,16 @@ import functools
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import MediaType, Response, get
 from litestar.datastructures import State
 from litestar.static_files import create_static_files_router
 
 from moderation.policy import DEFAULT_FLAG, PolicyError, parse_thresholds
+
+if TYPE_CHECKING:
+    from litestar.types import ControllerRouterHandler
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -65,6 +68,6 @@ static_files = create_static_files_router(
     cache_control=None, send_as_attachment=False,
 )
 
-PAGE_HANDLERS = [feed_page, mod_page, static_files]
+PAGE_HANDLERS: list[ControllerRouterHandler] = [feed_page, mod_page, static_files]
 
 __all__ = ["PAGE_HANDLERS", "STATIC_DIR"]

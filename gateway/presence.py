@@ -11,6 +11,7 @@ per change no matter how many nodes notice it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -109,8 +110,6 @@ class Presence:
                 await self.tick()
             except (RedisError, OSError) as err:
                 log.warning("presence update failed: %s", err)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), self.interval)
-            except TimeoutError:
-                pass
             self._dirty.clear()

@@ -11,7 +11,7 @@ declares the codes it can answer with.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, TypeVar, cast
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
@@ -30,9 +30,7 @@ from db.writes.feed import CURSOR_PATTERN
 from gateway import protocol as p
 from gateway.auth import AuthError, Identity
 from gateway.commands import CommandError, handle, unavailable
-
-if TYPE_CHECKING:
-    from gateway.context import Gateway
+from gateway.context import Gateway
 
 
 class ApiError(HTTPException):
@@ -151,10 +149,15 @@ async def _actor(request: Request[Any, Any, Any]) -> Actor:
     return Actor(gw, identity.user_id, identity.is_moderator, frozenset(blocked))
 
 
-async def _run(request: Request[Any, Any, Any], cmd: Any) -> Any:
+_Ack = TypeVar("_Ack")
+
+
+async def _run(request: Request[Any, Any, Any], cmd: Any, ack: type[_Ack]) -> _Ack:
+    """Run ``cmd`` as the caller. ``ack`` names the type of its ack (``protocol.ack_results``)
+    for the type checker; the command handlers return it untyped."""
     actor = await _actor(request)
     try:
-        return (await handle(actor, cmd)).ack
+        return cast("_Ack", (await handle(actor, cmd)).ack)
     except CommandError as err:
         raise ApiError(err.code, err.message, err.retry_after) from err
 
@@ -175,8 +178,8 @@ def _command(kind: type[Any], body: object, **path: str) -> Any:
 
 class RestController(Controller):
     path = "/api"
-    tags = ["api"]
-    security = [{"BearerToken": []}]
+    tags = ("api",)
+    security = ({"BearerToken": []},)
 
     @get("/feed", operation_id="getFeed", responses=responses(ErrorCode.INVALID_CURSOR, ErrorCode.NOT_FOUND))
     async def feed(self, request: Request[Any, Any, Any], state: State, cursor: FromQuery[Cursor] = None,
@@ -191,7 +194,8 @@ class RestController(Controller):
         except writes.WriteError as err:
             raise ApiError(err.code, err.message) from err
 
-    @get("/vybes/{vybe_id:str}", responses=responses(ErrorCode.NOT_FOUND, ErrorCode.INVALID_CURSOR), operation_id="getVybe")
+    @get("/vybes/{vybe_id:str}", responses=responses(ErrorCode.NOT_FOUND, ErrorCode.INVALID_CURSOR),
+         operation_id="getVybe")
     async def vybe(self, request: Request[Any, Any, Any], state: State, vybe_id: FromPath[str],
                    cursor: FromQuery[Cursor] = None) -> writes.VybeDetail:
         """One vybe with a page of its comments (oldest first)."""
@@ -206,37 +210,44 @@ class RestController(Controller):
             raise ApiError(err.code, err.message) from err
 
     @post("/vybes", status_code=201, operation_id="postVybe", responses=responses(*_WRITE))
-    async def post_vybe(self, request: Request[Any, Any, Any], data: JSONBody[SkipValidation[p.PostVybeBody]]) -> writes.Vybe:
+    async def post_vybe(self, request: Request[Any, Any, Any],
+                        data: JSONBody[SkipValidation[p.PostVybeBody]]) -> writes.Vybe:
         """Share a vybe (the socket's ``post_vybe``)."""
-        return await _run(request, _command(p.PostVybe, data))  # type: ignore[no-any-return]
+        return await _run(request, _command(p.PostVybe, data), writes.Vybe)
 
-    @post("/vybes/{vybe_id:str}/comments", status_code=201, operation_id="postComment", responses=responses(*_WRITE, ErrorCode.INVALID_PARENT))
-    async def comment(self, request: Request[Any, Any, Any], vybe_id: FromPath[str], data: JSONBody[SkipValidation[p.CommentBody]]) -> writes.CommentView:
+    @post("/vybes/{vybe_id:str}/comments", status_code=201, operation_id="postComment",
+          responses=responses(*_WRITE, ErrorCode.INVALID_PARENT))
+    async def comment(self, request: Request[Any, Any, Any], vybe_id: FromPath[str],
+                      data: JSONBody[SkipValidation[p.CommentBody]]) -> writes.CommentView:
         """Comment on a vybe, or reply to one of its comments (``parent_id``)."""
-        return await _run(request, _command(p.CommentCmd, data, vybe_id=vybe_id))  # type: ignore[no-any-return]
+        return await _run(request, _command(p.CommentCmd, data, vybe_id=vybe_id), writes.CommentView)
 
     @post("/vybes/{vybe_id:str}/share", status_code=200, operation_id="shareVybe", responses=responses(*_WRITE))
     async def share(self, request: Request[Any, Any, Any], vybe_id: FromPath[str],
                     data: JSONBody[SkipValidation[p.Request | None]] = None) -> writes.ShareView:
         """Share a vybe (the body is optional: ``{"id": ...}`` makes a retry safe)."""
-        return await _run(request, _command(p.Share, data, vybe_id=vybe_id))  # type: ignore[no-any-return]
+        return await _run(request, _command(p.Share, data, vybe_id=vybe_id), writes.ShareView)
 
     @post("/reactions", status_code=200, operation_id="react", responses=responses(*_WRITE))
-    async def react(self, request: Request[Any, Any, Any], data: JSONBody[SkipValidation[p.ReactBody]]) -> writes.ReactionView:
+    async def react(self, request: Request[Any, Any, Any],
+                    data: JSONBody[SkipValidation[p.ReactBody]]) -> writes.ReactionView:
         """Add a reaction (idempotent by user, target and reaction)."""
-        return await _run(request, _command(p.React, data))  # type: ignore[no-any-return]
+        return await _run(request, _command(p.React, data), writes.ReactionView)
 
     @post("/reactions/remove", status_code=200, operation_id="unreact", responses=responses(*_WRITE))
-    async def unreact(self, request: Request[Any, Any, Any], data: JSONBody[SkipValidation[p.ReactBody]]) -> writes.ReactionView:
+    async def unreact(self, request: Request[Any, Any, Any],
+                      data: JSONBody[SkipValidation[p.ReactBody]]) -> writes.ReactionView:
         """Remove a reaction (idempotent)."""
-        return await _run(request, _command(p.Unreact, data))  # type: ignore[no-any-return]
+        return await _run(request, _command(p.Unreact, data), writes.ReactionView)
 
     @post("/reports", status_code=200, operation_id="report", responses=responses(*_WRITE))
-    async def report(self, request: Request[Any, Any, Any], data: JSONBody[SkipValidation[p.ReportBody]]) -> writes.ReportResult:
+    async def report(self, request: Request[Any, Any, Any],
+                     data: JSONBody[SkipValidation[p.ReportBody]]) -> writes.ReportResult:
         """Report a vybe, a comment or a user (a repeat by you returns your first report)."""
-        return await _run(request, _command(p.ReportCmd, data))  # type: ignore[no-any-return]
+        return await _run(request, _command(p.ReportCmd, data), writes.ReportResult)
 
-    @delete("/vybes/{vybe_id:str}", status_code=204, operation_id="deleteVybe", responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
+    @delete("/vybes/{vybe_id:str}", status_code=204, operation_id="deleteVybe",
+            responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
     async def delete_vybe(self, request: Request[Any, Any, Any], state: State, vybe_id: FromPath[str]) -> None:
         """Delete your vybe with its comments and reactions."""
         actor = await _actor(request)
@@ -260,8 +271,8 @@ class ModerationController(Controller):
     """The moderator queue and actions (MODERATOR and ADMIN only)."""
 
     path = "/api/mod"
-    tags = ["moderation"]
-    security = [{"BearerToken": []}]
+    tags = ("moderation",)
+    security = ({"BearerToken": []},)
 
     @get("/queue", operation_id="getQueue", responses=responses(ErrorCode.FORBIDDEN))
     async def queue(self, request: Request[Any, Any, Any], state: State,
@@ -273,14 +284,16 @@ class ModerationController(Controller):
         return await mdb.open_queue(state.gateway.pool, limit)
 
     @post("/cases/{case_id:str}/claim", status_code=200, operation_id="claimCase", responses=responses(*_MODERATE))
-    async def claim(self, request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[SkipValidation[p.ClaimBody]]) -> mdb.CaseView:
+    async def claim(self, request: Request[Any, Any, Any], case_id: FromPath[str],
+                    data: JSONBody[SkipValidation[p.ClaimBody]]) -> mdb.CaseView:
         """Claim (``{"version": n}``) or release (``{"version": n, "release": true}``) a case."""
-        return await _run(request, _command(p.Claim, data, case_id=case_id))  # type: ignore[no-any-return]
+        return await _run(request, _command(p.Claim, data, case_id=case_id), mdb.CaseView)
 
     @post("/cases/{case_id:str}/resolve", status_code=200, operation_id="resolveCase", responses=responses(*_MODERATE))
-    async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[SkipValidation[p.ResolveBody]]) -> mdb.CaseView:
+    async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str],
+                      data: JSONBody[SkipValidation[p.ResolveBody]]) -> mdb.CaseView:
         """Resolve: ``{"version": n, "action": "remove|hide|restore|dismiss", "note": "..."}``."""
-        return await _run(request, _command(p.Resolve, data, case_id=case_id))  # type: ignore[no-any-return]
+        return await _run(request, _command(p.Resolve, data, case_id=case_id), mdb.CaseView)
 
 
 def _link(operation_id: str, description: str, parameters: dict[str, str] | None = None,

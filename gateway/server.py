@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import socket
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -13,6 +12,7 @@ from gateway.app import create_asgi
 from gateway.wsproto import RawWebSocketProtocol
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Iterator
 
     from common.settings import Settings

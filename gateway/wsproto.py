@@ -114,6 +114,7 @@ class RawWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._request: Any = None
+        # Lighter stand-ins for uvicorn's asyncio.Queue and asyncio.Event, with the methods it calls.
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Signal()  # type: ignore[assignment]
 
@@ -130,7 +131,7 @@ class RawWebSocketProtocol(WebSocketsSansIOProtocol):
             # The handshake is over and the app has read what it needs: drop the
             # request and response headers (~3 KB; websockets' parser keeps the
             # request object alive for the life of the connection).
-            self.response = None  # type: ignore[assignment]
+            self.response = None  # type: ignore[assignment]  # websockets types it as always set
             self.scope["headers"] = []
             request, self._request = self._request, None
             if request is not None:

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--posters", type=int, default=5, help="posters: vybes and comments (default 5)")
     g.add_argument("--reactors", type=int, default=10, help="reactors: react/unreact with hot-spot skew (default 10)")
     g.add_argument("--moderators", type=int, default=1, help="moderators on mod:flagged (default 1)")
-    g.add_argument("--reader-vybes", type=int, default=2, help="hot vybe channels each reader subscribes to (default 2)")
+    g.add_argument("--reader-vybes", type=int, default=2,
+                   help="hot vybe channels each reader subscribes to (default 2)")
     g.add_argument("--reader-looprooms", type=int, default=1,
                    help="looproom channels each reader subscribes to (default 1)")
     g.add_argument("--looprooms", type=int, default=5, help="distinct looproom channels in the run (default 5)")
@@ -109,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local source addresses 127.0.0.2.. for loopback targets, so the ephemeral port range "
                         "(and TIME_WAIT) is per address (default 8; 0: let the kernel pick)")
     g.add_argument("--connect-concurrency", type=int, default=200, help="handshakes in flight (default 200)")
-    g.add_argument("--connect-timeout", type=float, default=30.0, help="seconds for a handshake + auth ack (default 30)")
+    g.add_argument("--connect-timeout", type=float, default=30.0,
+                   help="seconds for a handshake + auth ack (default 30)")
     g.add_argument("--run-id", default=None, help="prefix of the simulated user ids (default: time and pid)")
     return p
 

@@ -63,7 +63,8 @@ class Display:
         t.add_row("errors", ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "none")
         led = run.ledger
         t.add_row("writes", f"vybes {led.vybes_posted} (toxic {led.toxic_vybes}), comments {led.comments_posted} "
-                            f"(toxic {led.toxic_comments}), reactions +{led.reactions_applied}/-{led.unreactions_applied}")
+                            f"(toxic {led.toxic_comments}), "
+                            f"reactions +{led.reactions_applied}/-{led.unreactions_applied}")
         t.add_row("moderation", f"flagged {len(led.flagged)} of {len(led.toxic)} toxic, claims {led.claims}, "
                                 f"resolved {led.resolves}")
         t.add_row("resumes", f"{s.resumes} (recovered {s.resumes_recovered}, not {s.resumes_not_recovered})")
@@ -166,7 +167,8 @@ def summary_text(r: dict[str, Any]) -> str:
          f"reconnects {c['reconnects']}, closes {c['closes_by_code'] or '{}'}"),
         (f"  deliveries    {r['deliveries']['total']} ({r['deliveries']['per_s_steady']}/s steady, "
          f"peak {r['deliveries']['per_s_peak']}/s)"),
-        f"  latency       p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms",
+        (f"  latency       p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms, "
+         f"max {lat['max_ms']} ms"),
         "  acks          " + ", ".join(f"{k} p99 {v['p99_ms']} ms" for k, v in r["ack_latency_ms"].items()),
         f"  errors        {e['total']} of {r['commands']['total']} commands ({e['rate']:.4%}) {e['by_code'] or ''}",
         (f"  resumes       {r['resume']['resubscribes_with_since']} (recovered {r['resume']['recovered']}, "

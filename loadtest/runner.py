@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import json
@@ -12,13 +11,16 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from loadtest.stats import Stats, cpu_s
 from loadtest.texts import FRIENDLY, VYBE_TYPES
 from loadtest.tokens import mint_token
 from loadtest.users import ROLES, Ledger, Moderator, Poster, Reactor, Reader, User
+
+if TYPE_CHECKING:
+    import argparse
 
 
 class RunError(Exception):
@@ -92,7 +94,7 @@ class Run:
             self.users.extend(mods)
             self.phase = "connecting moderators"
             ok = await asyncio.gather(*(m.connect() for m in mods))
-            for m, good in zip(mods, ok):
+            for m, good in zip(mods, ok, strict=True):
                 if not good:
                     self._retry_later(m)
                 m.task = asyncio.create_task(m.behave())
@@ -184,7 +186,8 @@ class Run:
         keyed = [((j + 0.5) / len(g), k, u) for k, g in enumerate(groups) for j, u in enumerate(g)]
         keyed.sort(key=lambda x: (x[0], x[1]))
         out = [u for _, _, u in keyed]
-        assert len(out) == total
+        if len(out) != total:
+            raise RuntimeError(f"interleaving {total} users gave {len(out)}")
         return out
 
     async def _start_user(self, u: User, at: float) -> None:
@@ -207,10 +210,10 @@ class Run:
         readers = [u for u in self.users if isinstance(u, Reader)]
         while not self.writes_done:
             await asyncio.sleep(1.0)
-            live = [u for u in readers if u.conn is not None and u.conn.alive]
-            for u in rnd.sample(live, min(len(live), int(self.args.churn))):
+            live = [(u, u.conn) for u in readers if u.conn is not None and u.conn.alive]
+            for u, conn in rnd.sample(live, min(len(live), int(self.args.churn))):
                 u.churned = True
-                u.conn.abort()  # type: ignore[union-attr]
+                conn.abort()
 
     async def _drain(self) -> None:
         """Let the behaviours stop, then wait for the answers to every write."""
@@ -219,8 +222,11 @@ class Run:
             if u.task is not None and not isinstance(u, Moderator):
                 u.task.cancel()
         deadline = time.time() + self.args.drain_timeout
-        while time.time() < deadline and any(p.retry for u in self.users for p in u.pending.values()
-                                             if not isinstance(u, Moderator)):
+
+        def unanswered() -> bool:
+            return any(p.retry for u in self.users for p in u.pending.values() if not isinstance(u, Moderator))
+
+        while time.time() < deadline and unanswered():  # noqa: ASYNC110 - bounded poll of every user's writes
             await asyncio.sleep(0.1)
 
     async def _wait_moderation(self) -> None:
@@ -230,18 +236,18 @@ class Run:
         self.phase = "waiting for moderation"
         led = self.ledger
         deadline = time.time() + a.moderation_timeout
-        while time.time() < deadline and any(t not in led.flagged for t in led.toxic):
+        while time.time() < deadline and any(t not in led.flagged for t in led.toxic):  # noqa: ASYNC110 - bounded poll of the flags seen
             await asyncio.sleep(0.2)
         # Let the moderators finish what they claimed (bounded).
         end = time.time() + min(10.0, a.moderation_timeout)
         mods = [u for u in self.users if isinstance(u, Moderator)]
-        while time.time() < end and any(m.busy or not m.queue.empty() for m in mods):
+        while time.time() < end and any(m.busy or not m.queue.empty() for m in mods):  # noqa: ASYNC110 - bounded poll of every moderator
             await asyncio.sleep(0.1)
 
     async def _check_counters(self) -> None:
         a = self.args
         led = self.ledger
-        for u in self.users + [self.seeder]:
+        for u in [*self.users, self.seeder]:
             for p in u.pending.values():
                 if p.vybe is not None and p.vybe in led.vybes:
                     led.vybes[p.vybe].uncertain = True
@@ -303,7 +309,8 @@ class Run:
             self.peak_open = max(self.peak_open, open_)
             stats.timeline.append({
                 "t": round(now - stats.t0, 1), "phase": self.phase, "open": open_,
-                "delivered_per_s": round((stats.delivered - last_del) / dt), "commands_per_s": round((cmds - last_cmd) / dt),
+                "delivered_per_s": round((stats.delivered - last_del) / dt),
+                "commands_per_s": round((cmds - last_cmd) / dt),
                 "errors": errs - last_err, "p50_ms": _r(h.quantile_ms(0.5)) if h else None,
                 "p99_ms": _r(h.quantile_ms(0.99)) if h else None, "generator_cpu_pct": round(pct, 1),
             })
@@ -400,7 +407,8 @@ class Run:
                 "source_addresses": self.sources, "bottleneck": gen_bound,
                 "note": ("the load generator used more than 90% of its core: figures measure the generator, "
                          "not the gateway; run more generator processes (--cpu) or fewer users")
-                if gen_bound else f"generator CPU averaged {cpu_mean}% of one core (max {cpu_max}%): not the bottleneck",
+                if gen_bound
+                else f"generator CPU averaged {cpu_mean}% of one core (max {cpu_max}%): not the bottleneck",
             },
             "slo": slo,
             "timeline": s.timeline,

@@ -12,6 +12,7 @@ an ack, error or notice, and every frame of the few active users, are decoded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -20,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from loadtest.stats import Stats
 from loadtest.texts import FRIENDLY, REACTIONS, TOXIC, VYBE_TYPES
 from loadtest.wsclient import WsClient, client_frame, handshake
 
 if TYPE_CHECKING:
     from loadtest.runner import Run
+    from loadtest.stats import Stats
 
 _EV = b'{"type":"event","channel":"'
 _EV_LEN = len(_EV)
@@ -369,10 +370,8 @@ class User:
         """Sleep an exponential interval (Poisson arrivals at ``rate``/s); False when writes stop."""
         await asyncio.sleep(self.rnd.expovariate(rate) if rate > 0 else 3600)
         while not self.up.is_set() and not self.run.writes_done:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.up.wait(), 1.0)
-            except TimeoutError:
-                pass
         return not self.run.writes_done
 
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import os
 import time
+from typing import cast
 
 _HANDSHAKE = (
     "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -55,9 +56,10 @@ class WsClient(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream connection: asyncio types the argument as the base class.
+        self.transport = cast("asyncio.Transport", transport)
         self.alive = True
-        transport.write(self.request)  # type: ignore[attr-defined]
+        self.transport.write(self.request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.alive

@@ -14,10 +14,12 @@ threshold is crossed: use it for high-precision labels only).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 Action = Literal["approve", "flag", "hide", "shadow"]
 
@@ -83,8 +85,11 @@ class Decision(msgspec.Struct, frozen=True):
     hide_labels: list[str] = msgspec.field(default_factory=list)
 
 
+Mode = Literal["off", "shadow", "flag", "hide"]
+
+
 class Policy(msgspec.Struct, frozen=True):
-    mode: Literal["off", "shadow", "flag", "hide"] = "flag"
+    mode: Mode = "flag"
     flag: dict[str, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_FLAG))
     hide: dict[str, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_HIDE))
 
@@ -92,7 +97,8 @@ class Policy(msgspec.Struct, frozen=True):
     def from_settings(cls, mode: str, thresholds: str) -> Policy:
         """``thresholds`` is ``label=flag[:hide],...`` (:func:`parse_thresholds`)."""
         flag, hide = parse_thresholds(thresholds)
-        return cls(mode=mode, flag=flag, hide=hide)  # type: ignore[arg-type]
+        # A plain str here: Settings checked it against the modes (VYBE_MODERATION_MODE).
+        return cls(mode=cast("Mode", mode), flag=flag, hide=hide)
 
     def decide(self, scores: dict[str, float]) -> Decision:
         reasons = [reason(label, self.flag[label], scores.get(label, 0.0)) for label in flagged(scores, self.flag)]

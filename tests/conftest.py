@@ -12,9 +12,9 @@ import asyncio
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -25,6 +25,9 @@ from common.settings import Settings, load_settings
 from db.embedded import EmbeddedUnavailable, embedded_postgres, embedded_redis, require
 from db.migrate import migrate
 from db.pool import create_pool
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 # Tables a test may write; everything else (enums, schema_migrations, the system
 # moderation account) is schema and stays.

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
+from common import events
+from common.bus import Event, Keys, Publisher
 from common.tasks import Supervisor, backoff, cancelled_meanwhile
 from db import moderation as mdb
 from db import outbox, writes
 from db.outbox import Announcement
 from db.pool import UNREACHABLE
 from db.writes._tx import in_transaction
-from common import events
-from common.bus import Event, Keys, Publisher
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -147,7 +147,8 @@ class Worker:
                                                          "action": "hide", "by": "model"}))
             if action in ("flag", "hide"):
                 case_id = await conn.fetchval(
-                    "SELECT id FROM moderation_cases WHERE target_type = $1 AND target_id = $2", item.kind, str(item.id))
+                    "SELECT id FROM moderation_cases WHERE target_type = $1 AND target_id = $2",
+                    item.kind, str(item.id))
                 out += [events.case_changed("report.flagged", v) for v in await mdb.case_views(conn, [case_id])]
             if self.settings.premoderation and item.kind == "shared_vybe" and action != "hide":
                 with contextlib.suppress(writes.NotFound):  # deleted by its author since

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
-from db.pool import create_pool
 from common.settings import SettingsError
+from db.pool import create_pool
 from moderation.policy import Policy, PolicyError
 from moderation.scorers import ScorerError, load_scorer
 from workers.consumer import Worker

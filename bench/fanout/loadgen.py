@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 # The client side of the handshake and frames lives in the installed package (vybe
 # loadtest sends the same); this module keeps only the counting client below.
 from loadtest.wsclient import client_frame, handshake
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["Client", "Generator", "Stats", "Window", "client_frame", "percentiles"]
 

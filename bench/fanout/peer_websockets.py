@@ -9,7 +9,6 @@ like uvicorn does by default when uvloop is installed.
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import uvloop

@@ -27,9 +27,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -37,6 +36,9 @@ if __package__ in (None, ""):  # run as a script: python bench/fanout/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.fanout.loadgen import Generator, percentiles
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent
@@ -103,15 +105,18 @@ class Server:
     async def publish(self, data: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def _spawn(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(self.logfile, "wb") as out:
+            return subprocess.Popen(["taskset", "-c", str(self.ctx.server_core), *cmd], cwd=ROOT, env=env,
+                                    stdout=out, stderr=subprocess.STDOUT)
+
     async def start(self) -> None:
         cmd, extra = self.command()
         env = {**os.environ, **extra, "PYTHONPATH": str(ROOT)}
         if self.ctx.args.server_gc:  # what-if experiment: GC thresholds of the server process
             env["PYTHONPATH"] = f"{Path(__file__).parent / '_gc_tuning'}:{ROOT}"
             env["BENCH_GC"] = self.ctx.args.server_gc
-        with open(self.logfile, "wb") as out:
-            self.proc = subprocess.Popen(["taskset", "-c", str(self.ctx.server_core), *cmd], cwd=ROOT, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
+        self.proc = await asyncio.to_thread(self._spawn, cmd, env)  # open() and fork/exec off the loop
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -148,9 +153,9 @@ class VybeServer(Server):
 
     def __init__(self, ctx: Context, port: int) -> None:
         super().__init__(ctx, port)
-        from common.settings import load_settings  # noqa: PLC0415
-        from gateway.auth import mint_token  # noqa: PLC0415
-        from common.bus import Publisher  # noqa: PLC0415
+        from common.bus import Publisher
+        from common.settings import load_settings
+        from gateway.auth import mint_token
 
         self.settings = load_settings({}, jwt_secret=ctx.jwt_secret)
         self._mint = mint_token
@@ -167,7 +172,7 @@ class VybeServer(Server):
         return [str(VENV / "vybe"), "gateway"], env
 
     def init_for(self, i: int) -> list[bytes]:
-        from bench.fanout.loadgen import client_frame  # noqa: PLC0415
+        from bench.fanout.loadgen import client_frame
 
         token = self._mint(self.settings, f"bench-{i}", ttl_s=6 * 3600)
         auth = _enc.encode({"type": "auth", "id": "1", "token": token})
@@ -182,7 +187,7 @@ class LitestarServer(Server):
 
     def __init__(self, ctx: Context, port: int) -> None:
         super().__init__(ctx, port)
-        from litestar.channels.backends.redis import RedisChannelsPubSubBackend  # noqa: PLC0415
+        from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 
         self.backend = RedisChannelsPubSubBackend(redis=ctx.redis)
         self.channel = f"{ctx.prefix}feed"
@@ -229,7 +234,7 @@ SERVER_CLASSES: dict[str, type[Server]] = {"vybe": VybeServer, "litestar": Lites
 
 class Context:
     def __init__(self, args: argparse.Namespace) -> None:
-        import redis.asyncio as aioredis  # noqa: PLC0415
+        import redis.asyncio as aioredis
 
         self.args = args
         self.run_id = f"{int(time.time())}{os.getpid()}"
@@ -250,9 +255,9 @@ class Context:
 
 async def prepare_database(url: str) -> None:
     """Create the scratch database if needed and apply migrations (recreate it if they fail)."""
-    import asyncpg  # noqa: PLC0415
+    import asyncpg
 
-    from db.migrate import migrate  # noqa: PLC0415
+    from db.migrate import migrate
 
     name = url.rsplit("/", 1)[1].split("?")[0]
     admin_url = url.rsplit("/", 1)[0] + "/postgres"
@@ -345,7 +350,7 @@ async def step(server: Server, gen: Generator, ctx: Context, n: int, rate: float
     closes0 = dict(gen.stats.close_codes)
     w = gen.stats.reset(time.time())
     c0, g0, t0 = proc_cpu_s(pid), self_cpu_s(), time.monotonic()
-    published, elapsed = await publish_at(rate, seconds, lambda i: server.publish(ctx.data(i)))
+    published, _ = await publish_at(rate, seconds, lambda i: server.publish(ctx.data(i)))
     c1, g1, t1 = proc_cpu_s(pid), self_cpu_s(), time.monotonic()
     expected = published * alive0
     await wait_count(w, expected, timeout=max(5.0, seconds), quiet=1.0)
@@ -363,7 +368,8 @@ async def step(server: Server, gen: Generator, ctx: Context, n: int, rate: float
     result = {
         "rate_eps": rate, "published": published, "offered_eps": round(published / span, 2),
         "expected_deliveries_per_s": round(expected / span), "delivered_per_s": round(received / delivered_span),
-        "expected": expected, "received": received, "loss": loss, "loss_ratio": round(loss / expected, 5) if expected else 0,
+        "expected": expected, "received": received, "loss": loss,
+        "loss_ratio": round(loss / expected, 5) if expected else 0,
         **pct, "server_cpu_pct": round(server_cpu, 1), "gen_cpu_pct": round(gen_cpu, 1),
         "server_rss_kb": proc_rss_kb(pid), "sockets_alive": gen.alive(), "sockets_closed_by_server": closes,
         "drain_s": round(t2 - t1, 2),
@@ -531,8 +537,8 @@ def summarize(results: list[dict[str, Any]], servers: list[str], sizes: list[int
                 continue
             theirs = row[peer]
 
-            def ratio(key: str, d: dict[str, Any] = theirs) -> float | None:
-                a, b = mine.get(key), d.get(key)
+            def ratio(key: str, m: dict[str, Any] = mine, d: dict[str, Any] = theirs) -> float | None:
+                a, b = m.get(key), d.get(key)
                 return round(a / b, 2) if a and b else None
 
             row[f"vybe_over_{peer}"] = {
@@ -583,7 +589,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "fanout", "run_id": ctx.run_id, "started": started, "duration_s": round(time.time() - started, 1),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "server_core": args.server_core,
                     "generator_core": args.generator_core},
-        "params": {"server_gc": args.server_gc or "default", "servers": servers, "sockets": sizes, "seconds_per_step": args.seconds, "probes": args.probes,
+        "params": {"server_gc": args.server_gc or "default", "servers": servers, "sockets": sizes,
+                   "seconds_per_step": args.seconds, "probes": args.probes,
                    "event_bytes": len(peer_message(ctx.data(123456))), "rates": args.rates or "auto",
                    "source_addresses": ctx.sources},
         "generator_note": ("generator CPU exceeded 90% in some step: those steps measure the generator, "
@@ -623,7 +630,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", default="/tmp/bench-fanout", help="server logs go here")
     p.add_argument("--py-spy", default="", help="path to a py-spy binary: profile the servers in --profile-servers")
     p.add_argument("--profile-servers", default="vybe", help="servers to profile with --py-spy (default vybe)")
-    p.add_argument("--server-gc", default="", help="what-if: server GC thresholds 'a,b,c' or 'off' (default: untouched)")
+    p.add_argument("--server-gc", default="",
+                   help="what-if: server GC thresholds 'a,b,c' or 'off' (default: untouched)")
     p.add_argument("--resummarize", default="", help="recompute the summary of a saved JSON report and print it")
     p.add_argument("--output", default="", help="also write the JSON report to this file")
     args = p.parse_args(argv)
@@ -638,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resummarize:
         print(json.dumps(resummarize(args.resummarize), indent=2))
         return 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # Both this process and the servers (which inherit it) hold one fd per socket.
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with contextlib.suppress(OSError):
@@ -647,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     if need > hard:
         log(f"warning: RLIMIT_NOFILE hard limit {hard} < {need}: raise it (ulimit -Hn) for this many sockets")
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         report = uvloop.run(amain(args))
     except ImportError:

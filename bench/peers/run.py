@@ -240,11 +240,14 @@ def table(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
             a, b = mine.get("kept_up_deliveries_per_s"), r.get("kept_up_deliveries_per_s")
             row["ours_over_theirs"] = round(a / b, 2) if a and b else None
             row["goal"] = GOALS.get(r["server"])
-            row["goal_met"] = (row["ours_over_theirs"] >= row["goal"]) if row["ours_over_theirs"] and row["goal"] else None
+            ratio, goal = row["ours_over_theirs"], row["goal"]
+            row["goal_met"] = (ratio >= goal) if ratio and goal else None
             prev = PREVIOUS.get(r["server"])
-            row["previously_measured_10k"] = {"deliveries_per_s": prev[0], "p99_ms_half_load": prev[1]} if prev else None
+            row["previously_measured_10k"] = (
+                {"deliveries_per_s": prev[0], "p99_ms_half_load": prev[1]} if prev else None)
         rows.append(row)
-    head = f"{'server':<16}{'N':>7}{'deliv/s/core':>14}{'p99@half ms':>13}{'1-event p99':>13}{'RSS/conn KB':>13}{'ours/x':>8}{'goal':>6}"
+    head = (f"{'server':<16}{'N':>7}{'deliv/s/core':>14}{'p99@half ms':>13}{'1-event p99':>13}{'RSS/conn KB':>13}"
+            f"{'ours/x':>8}{'goal':>6}")
     lines = [head, "-" * len(head)]
     for row in rows:
         lines.append(f"{row['server']:<16}{row['sockets']:>7}{_s(row['deliveries_per_s_per_core']):>14}"
@@ -315,7 +318,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {args.generator_core})

@@ -14,8 +14,8 @@ from db.writes.reports import report
 from db.writes.types import (
     BlockList,
     Comment,
-    CommentView,
     CommentPage,
+    CommentView,
     Deleted,
     Page,
     ReactionResult,
@@ -32,9 +32,9 @@ from db.writes.users import block, unblock, upsert_user
 from db.writes.writer import ReactionWriter
 
 __all__ = [
-    "BlockList", "Comment", "CommentView", "ReactionView", "ShareView", "VybeDetail", "public", "CommentPage", "Conflict", "Deleted", "Forbidden", "Invalid", "NotFound", "Page",
-    "ReactionResult", "ReactionWriter", "ReportResult", "ShareResult", "Unavailable", "User", "Vybe",
-    "WriteError", "WriterClosed", "block", "comment", "decode_cursor", "delete_comment", "delete_vybe",
-    "encode_cursor", "feed_page", "get_vybe", "post_vybe", "react", "report", "share", "unblock",
-    "unreact", "upsert_user", "vybe_comments",
+    "BlockList", "Comment", "CommentPage", "CommentView", "Conflict", "Deleted", "Forbidden", "Invalid", "NotFound",
+    "Page", "ReactionResult", "ReactionView", "ReactionWriter", "ReportResult", "ShareResult", "ShareView",
+    "Unavailable", "User", "Vybe", "VybeDetail", "WriteError", "WriterClosed", "block", "comment", "decode_cursor",
+    "delete_comment", "delete_vybe", "encode_cursor", "feed_page", "get_vybe", "post_vybe", "public", "react",
+    "report", "share", "unblock", "unreact", "upsert_user", "vybe_comments",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
@@ -13,6 +12,7 @@ import msgspec
 from db.writes.errors import Conflict, Invalid, NotFound
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from typing import LiteralString
 
     from db.outbox import Announcement
@@ -94,8 +94,8 @@ async def idempotent(
             stored = msgspec.convert(row["result"], result_type)
             if exists is not None and not await conn.fetchval(exists, getattr(stored, "id", None)):
                 raise Conflict(f"request id {request_id!r} created {getattr(stored, 'id', '?')}, deleted since")
-            if "replayed" in getattr(result_type, "__struct_fields__", ()):
-                stored = msgspec.structs.replace(stored, replayed=True)  # type: ignore[type-var]
+            if isinstance(stored, msgspec.Struct) and "replayed" in stored.__struct_fields__:
+                stored = msgspec.structs.replace(stored, replayed=True)
             return stored
         result = await body(conn)
         await conn.execute(_STORE, user_id, request_id, msgspec.to_builtins(result))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -14,6 +13,7 @@ from db.writes.errors import Forbidden, Invalid, NotFound, Unavailable
 from db.writes.types import PRIVACY_LEVELS, VYBE_TYPES, Comment, Deleted, ShareResult, Vybe
 
 if TYPE_CHECKING:
+    import uuid
     from typing import LiteralString
 
     from db.outbox import Announcement

@@ -13,8 +13,6 @@ import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
 from common.visibility import SEE_ROW_SQL, SEE_VYBE_SQL, shown_author
 from db.writes import validate
 from db.writes.content import COMMENT_COLUMNS, VYBE_COLUMNS
@@ -23,6 +21,8 @@ from db.writes.types import Comment, CommentPage, Page, Vybe
 
 if TYPE_CHECKING:
     from typing import LiteralString
+
+    import asyncpg
 
 MAX_LIMIT = 100
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -13,6 +12,7 @@ from db.writes.errors import NotFound
 from db.writes.types import REPORT_TARGETS, REPORT_TYPES, ReportResult
 
 if TYPE_CHECKING:
+    import uuid
     from typing import LiteralString
 
     from db.outbox import Announcement

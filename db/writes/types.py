@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -16,13 +16,13 @@ Role = Literal["MEMBER", "CREATOR", "MODERATOR", "ADMIN"]
 ReportTarget = Literal["shared_vybe", "comment", "user"]
 ReportType = Literal["SPAM", "HARASSMENT", "INAPPROPRIATE_CONTENT", "SAFETY_CONCERN", "COPYRIGHT", "OTHER"]
 
-REACTION_TYPES: frozenset[str] = frozenset(ReactionType.__args__)  # type: ignore[attr-defined]
-REACTABLE_TYPES: frozenset[str] = frozenset(ReactableType.__args__)  # type: ignore[attr-defined]
-VYBE_TYPES: frozenset[str] = frozenset(VybeType.__args__)  # type: ignore[attr-defined]
-PRIVACY_LEVELS: frozenset[str] = frozenset(PrivacyLevel.__args__)  # type: ignore[attr-defined]
-ROLES: frozenset[str] = frozenset(Role.__args__)  # type: ignore[attr-defined]
-REPORT_TARGETS: frozenset[str] = frozenset(ReportTarget.__args__)  # type: ignore[attr-defined]
-REPORT_TYPES: frozenset[str] = frozenset(ReportType.__args__)  # type: ignore[attr-defined]
+REACTION_TYPES: frozenset[str] = frozenset(get_args(ReactionType))
+REACTABLE_TYPES: frozenset[str] = frozenset(get_args(ReactableType))
+VYBE_TYPES: frozenset[str] = frozenset(get_args(VybeType))
+PRIVACY_LEVELS: frozenset[str] = frozenset(get_args(PrivacyLevel))
+ROLES: frozenset[str] = frozenset(get_args(Role))
+REPORT_TARGETS: frozenset[str] = frozenset(get_args(ReportTarget))
+REPORT_TYPES: frozenset[str] = frozenset(get_args(ReportType))
 
 
 class User(msgspec.Struct, frozen=True, kw_only=True):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import asyncpg
-
 from db.writes import validate
 from db.writes._tx import in_transaction
 from db.writes.errors import Invalid, NotFound
@@ -13,6 +11,8 @@ from db.writes.types import ROLES, User
 
 if TYPE_CHECKING:
     from typing import LiteralString
+
+    import asyncpg
 
     from db.outbox import Announcement
 
@@ -33,7 +33,8 @@ UPDATE users SET blocked_users = CASE WHEN $2 = ANY (blocked_users) THEN blocked
                                       ELSE array_append(blocked_users, $2) END
  WHERE id = $1 RETURNING blocked_users
 """
-_UNBLOCK: LiteralString = "UPDATE users SET blocked_users = array_remove(blocked_users, $2) WHERE id = $1 RETURNING blocked_users"
+_UNBLOCK: LiteralString = (
+    "UPDATE users SET blocked_users = array_remove(blocked_users, $2) WHERE id = $1 RETURNING blocked_users")
 _EXISTS: LiteralString = "SELECT true FROM users WHERE id = $1"
 
 

@@ -214,7 +214,8 @@ class ReactionWriter:
             else:
                 op.future.set_result(outcome)
 
-    async def _commit_with_retries(self, batch: list[_Op]) -> tuple[list[ReactionResult | WriteError], list[outbox.Row]]:
+    async def _commit_with_retries(
+            self, batch: list[_Op]) -> tuple[list[ReactionResult | WriteError], list[outbox.Row]]:
         for attempt in range(self._retries):
             try:
                 return await self._commit_once(batch)

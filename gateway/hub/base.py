@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from common.bus import Meta
+if TYPE_CHECKING:
+    from common.bus import Meta
 
 
 class Unavailable(Exception):

@@ -14,18 +14,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from common.bus import Meta, make_offset, parse_offset, split_message, stream_id_key
-from gateway.hub.base import Backend, Unavailable
 from gateway.codec import JSON_CODEC, MSGPACK_CODEC, Codec
+from gateway.hub.base import Backend, Unavailable
 from gateway.protocol import Notice
 from gateway.wsproto import data_frame
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
     from prometheus_client import Histogram
 
 log = logging.getLogger(__name__)

@@ -6,18 +6,19 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.bus import Keys, Meta, Publisher, stream_id_key
 from common.tasks import backoff, cancel_and_wait, cancelled_meanwhile
 from gateway.hub.base import Backend, HistoryEntry
-from common.bus import Keys, Meta, Publisher, stream_id_key
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import redis.asyncio as aioredis
     from redis.asyncio.client import PubSub
 
@@ -66,7 +67,7 @@ class RedisBackend(Backend):
             await cancel_and_wait(self._task)
             self._task = None
         if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()
             self._pubsub = None
         for fut in self._pending.values():
             fut.cancel()
@@ -77,10 +78,8 @@ class RedisBackend(Backend):
         if fut is None:
             fut = self._pending[channel] = asyncio.get_running_loop().create_future()
             if self._up.is_set() and self._pubsub is not None:
-                try:
+                with contextlib.suppress(*_REDIS_DOWN):  # the reader loop reconnects and resubscribes everything
                     await self._pubsub.subscribe(self.keys.pubsub(channel))
-                except _REDIS_DOWN:
-                    pass  # the reader loop reconnects and resubscribes everything
         await asyncio.shield(fut)
 
     async def unsubscribe(self, channel: str) -> None:
@@ -89,10 +88,8 @@ class RedisBackend(Backend):
         if pending is not None and not pending.done():
             pending.cancel()
         if self._up.is_set() and self._pubsub is not None:
-            try:
+            with contextlib.suppress(*_REDIS_DOWN):
                 await self._pubsub.unsubscribe(self.keys.pubsub(channel))
-            except _REDIS_DOWN:
-                pass
 
     async def probe(self, timeout: float = 2.0) -> bool:
         """Publish a nonce on the control channel and wait to receive it: pub/sub really delivers."""
@@ -181,7 +178,7 @@ class RedisBackend(Backend):
     async def _resubscribe(self) -> None:
         if self._pubsub is not None:
             with contextlib.suppress(*self.transient_errors):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._pubsub.aclose()
         self._pubsub = self.redis.pubsub()
         names = [self.keys.pubsub(c) for c in self._channels] + [self.keys.pubsub(_CONTROL)]
         await self._pubsub.subscribe(*names)

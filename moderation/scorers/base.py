@@ -8,9 +8,11 @@ thresholds the heads are calibrated to live in ``moderation.policy``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 LABELS: tuple[str, ...] = (
     "toxicity",

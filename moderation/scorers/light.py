@@ -10,12 +10,14 @@ scorer on paraphrased threats and polite hate (see README.md).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import DATA_DIR, LABELS, ScorerConfigError, ScorerLoadError, calibrated, clamp01
 from .text import lexical_features
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 LIGHT_HEAD_PATH: Path = DATA_DIR / "light_head.json"
 
@@ -25,7 +27,7 @@ def load_light_head(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ScorerConfigError(f"light head file not found: {path} (run python -m moderation.scorers.train)")
     try:
-        head = json.loads(path.read_text(encoding="utf-8"))
+        head: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         if tuple(head["labels"]) != LABELS:
             raise ScorerLoadError(f"light head {path} has labels {head['labels']}, expected {LABELS}")
         n = len(LABELS)
@@ -68,5 +70,5 @@ class LightScorer:
         out = []
         for text in texts:
             z = self.raw_logits(text)
-            out.append({lab: clamp01(calibrated(zj, cal)) for lab, zj, cal in zip(LABELS, z, self._calib)})
+            out.append({lab: clamp01(calibrated(zj, cal)) for lab, zj, cal in zip(LABELS, z, self._calib, strict=True)})
         return out

@@ -28,11 +28,13 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import ScorerLoadError, ScorerUnavailableError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ PROBE_TOLERANCE = 1e-4
 def import_onnxruntime() -> Any:
     """Import onnxruntime (and numpy), or raise ScorerUnavailableError."""
     try:
-        import numpy  # noqa: F401
+        import numpy  # noqa: F401 - only checks that the extra is installed
         import onnxruntime
     except ImportError as exc:
         raise ScorerUnavailableError(f"the ONNX path of the embedded scorer needs onnxruntime: {exc}") from exc
@@ -80,7 +82,9 @@ def pooled_module(torch: Any, model: Any) -> Any:
     The same computation as ``MiniLMEncoder._encode_batch``; returned in eval mode.
     """
 
-    class Pooled(torch.nn.Module):
+    from torch import nn  # typed, unlike the ``torch`` argument; the caller has loaded it already
+
+    class Pooled(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model

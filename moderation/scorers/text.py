@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 
@@ -23,8 +24,8 @@ def normalise(text: str) -> str:
 def words(text: str) -> list[str]:
     """Word tokens after normalisation, with leetspeak folded and masking stars removed."""
     out = []
-    for tok in _WORD_RE.findall(normalise(text)):
-        tok = tok.strip("'!")
+    for raw in _WORD_RE.findall(normalise(text)):
+        tok = raw.strip("'!")
         if not tok:
             continue
         if not tok.isdigit():
@@ -41,7 +42,7 @@ def lexical_features(text: str) -> list[str]:
     """
     toks = words(text)
     feats = [f"w:{t}" for t in toks]
-    feats += [f"b:{a}_{b}" for a, b in zip(toks, toks[1:])]
+    feats += [f"b:{a}_{b}" for a, b in itertools.pairwise(toks)]
     for t in toks:
         padded = f"<{t}>"
         if len(padded) >= 5:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import random
 import re
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._templates import CODES, GROUPS, PREFIXES, SLOTS, SUFFIXES
 from .base import DATA_DIR, LABELS
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _SLOT_RE = re.compile(r"\{(\w+)\}")
 TRAIN_PATH: Path = DATA_DIR / "train.jsonl"
@@ -89,8 +92,8 @@ def load_jsonl(path: Path) -> list[dict[str, object]]:
     """Rows of a JSON-lines file (blank lines and ``//`` comments skipped)."""
     rows = []
     with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
+        for raw in fh:
+            line = raw.strip()
             if line and not line.startswith("//"):
                 rows.append(json.loads(line))
     return rows

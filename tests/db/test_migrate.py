@@ -7,14 +7,17 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from db.migrate import Migration, MigrationError, discover, migrate
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -63,8 +66,9 @@ async def test_two_cli_processes_at_once(empty_db: str) -> None:
     """`vybe migrate` started twice at the same moment: both exit 0."""
     env = {**os.environ, "VYBE_DATABASE_URL": empty_db}
     cmd = [sys.executable, "-m", "cli", "migrate"]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-    outs = [p.communicate(timeout=60) for p in procs]
+    procs = [await asyncio.create_subprocess_exec(*cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    outs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), timeout=60)
     assert [p.returncode for p in procs] == [0, 0], outs
     conn = await asyncpg.connect(empty_db)
     try:
@@ -80,7 +84,7 @@ async def test_database_ahead_of_code_is_refused(empty_db: str) -> None:
         await migrate(conn)
         newer = [*discover(), Migration(len(discover()) + 1, "future", "SELECT 1")]
         await migrate(conn, newer)
-        with pytest.raises(MigrationError, match="database is at migration .* only up to"):
+        with pytest.raises(MigrationError, match=r"database is at migration .* only up to"):
             await migrate(conn)
     finally:
         await conn.close()

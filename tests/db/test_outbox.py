@@ -9,9 +9,9 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from common.bus import JOBS_CHANNEL, Event, Keys, Publisher, event, job
 from common.outbox import EVENT_SEPARATOR
 from db import outbox
-from common.bus import JOBS_CHANNEL, Event, Keys, Publisher, event, job
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +52,8 @@ async def test_sequence_follows_commit_order_under_concurrency(pool: asyncpg.Poo
             [row] = await outbox.write(conn, [_n("feed", n)])
             # Every lower sequence committed before this one got its number (seen from outside).
             async with looking:
-                seen_before[row.seq or 0] = await observer.fetchval("SELECT count(*) FROM outbox WHERE channel = 'feed'")
+                seen_before[row.seq or 0] = await observer.fetchval(
+                    "SELECT count(*) FROM outbox WHERE channel = 'feed'")
             await asyncio.sleep(0.001 * (n % 3))
         return row.seq or 0
 
@@ -137,9 +138,9 @@ def test_a_group_commit_is_announced_once_per_target() -> None:
     author; a lone reaction names its reactor (so blocks apply), a sum does not."""
     import uuid
 
-    from db.writes.types import ReactionResult
     from common.bus import split_message
     from common.events import reactions_changed
+    from db.writes.types import ReactionResult
 
     vybe = uuid.uuid4()
 

@@ -7,8 +7,6 @@ they send is captured and EXPLAINed with its own parameters.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +15,9 @@ import pytest
 from db import moderation as mdb
 
 if TYPE_CHECKING:
+    import uuid
+    from collections.abc import AsyncIterator, Iterator
+
     import asyncpg
 
 pytestmark = pytest.mark.anyio

@@ -7,7 +7,6 @@ import uuid
 
 import asyncpg
 import pytest
-from test_writes_support import looproom, set_state, snapshot, users, wait_for_lock_waiter, wrong_counters
 
 from db.counters import check_counters
 from db.writes import (
@@ -21,6 +20,7 @@ from db.writes import (
     react,
     unreact,
 )
+from test_writes_support import looproom, set_state, snapshot, users, wait_for_lock_waiter, wrong_counters
 
 pytestmark = pytest.mark.anyio
 V = "SHARED_VYBE"
@@ -52,7 +52,8 @@ async def test_reactions_on_comments_and_looprooms_count_for_their_author(pool: 
     rl = await react(pool, "ann", target_type="LOOPROOM", target_id=room, reaction_type="PEACE")  # type: ignore[arg-type]
     assert (rc.target_author_id, rc.reaction_count, rl.target_author_id, rl.reaction_count) == ("bob", 1, "cat", 1)
     assert (rc.vybe_id, rl.vybe_id) == (v.id, None)  # the channel a comment's reaction goes to
-    assert dict(await pool.fetch("SELECT user_id, positive_reactions FROM user_profiles")) == {"ann": 0, "bob": 1, "cat": 1}
+    positive = dict(await pool.fetch("SELECT user_id, positive_reactions FROM user_profiles"))
+    assert positive == {"ann": 0, "bob": 1, "cat": 1}
     assert await wrong_counters(pool) == {}
 
 
@@ -65,7 +66,8 @@ async def test_reactions_on_comments_and_looprooms_count_for_their_author(pool: 
     ({"user": "ghost"}, "not_found"),
     ({"private": True}, "not_found"),
 ])
-async def test_bad_reaction_is_refused_and_nothing_stored(pool: asyncpg.Pool, kwargs: dict[str, object], code: str) -> None:
+async def test_bad_reaction_is_refused_and_nothing_stored(pool: asyncpg.Pool, kwargs: dict[str, object],
+                                                          code: str) -> None:
     """Bad values, unknown targets or users, and others' private vybes raise their code; nothing is stored."""
     await users(pool, "ann", "bob")
     v = await post_vybe(pool, "ann", content="x", privacy_level="PRIVATE" if kwargs.pop("private", False) else "PUBLIC")

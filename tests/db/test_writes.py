@@ -9,7 +9,6 @@ import uuid
 import asyncpg
 import msgspec
 import pytest
-from test_writes_support import looproom, set_state, snapshot, users, wrong_counters
 
 from db.counters import check_counters
 from db.writes import (
@@ -30,6 +29,7 @@ from db.writes import (
     unblock,
     upsert_user,
 )
+from test_writes_support import looproom, set_state, snapshot, users, wrong_counters
 
 pytestmark = pytest.mark.anyio
 
@@ -40,10 +40,12 @@ async def test_post_vybe_returns_the_stored_row_and_counts_vibes_shared(pool: as
     room = await looproom(pool, "ann")
     v = await post_vybe(pool, "ann", content="  grateful today  ", type="GRATITUDE", privacy_level="PUBLIC",
                         looproom_id=str(room), loopchain_id="chain-1")
-    row = await pool.fetchrow("SELECT content, type::text, looproom_id, loopchain_id FROM shared_vybes WHERE id = $1", v.id)
+    row = await pool.fetchrow(
+        "SELECT content, type::text, looproom_id, loopchain_id FROM shared_vybes WHERE id = $1", v.id)
     assert (row["content"], row["type"], row["looproom_id"], row["loopchain_id"]) == (
         "  grateful today  ", "GRATITUDE", room, "chain-1")
-    assert (v.user_id, v.type, v.looproom_id, v.moderation_state, v.reaction_count) == ("ann", "GRATITUDE", room, "pending", 0)
+    assert (v.user_id, v.type, v.looproom_id, v.moderation_state, v.reaction_count) == (
+        "ann", "GRATITUDE", room, "pending", 0)
     await post_vybe(pool, "ann", content="second")
     assert await pool.fetchval("SELECT vibes_shared FROM user_profiles WHERE user_id = 'ann'") == 2
 
@@ -198,7 +200,8 @@ async def test_report_once_per_reporter_counts_distinct_reporters(pool: asyncpg.
     ({"target_type": "user", "target_id": "ann", "description": "d" * 1001}, "content_too_long"),
     ({"target_type": "user", "target_id": "ann", "description": "\x00"}, "invalid_content"),
 ])
-async def test_bad_report_is_refused_and_nothing_stored(pool: asyncpg.Pool, kwargs: dict[str, object], code: str) -> None:
+async def test_bad_report_is_refused_and_nothing_stored(pool: asyncpg.Pool, kwargs: dict[str, object],
+                                                        code: str) -> None:
     """Reports of unknown targets or with bad values raise their code and store nothing."""
     await users(pool, "ann", "bob")
     before = await snapshot(pool)
@@ -227,7 +230,7 @@ async def _busy_vybe(pool: asyncpg.Pool) -> tuple[object, object, object]:
 
 async def test_delete_vybe_own_only_and_every_counter_stays_exact(pool: asyncpg.Pool) -> None:
     """Deleting a vybe removes its comments, shares and all reactions on them, and fixes every author's counters."""
-    vid, c1, c2 = await _busy_vybe(pool)
+    vid, _, _ = await _busy_vybe(pool)
     before = await snapshot(pool)
     with pytest.raises(Forbidden):
         await delete_vybe(pool, "bob", vid)
@@ -248,7 +251,7 @@ async def test_delete_vybe_own_only_and_every_counter_stays_exact(pool: asyncpg.
 
 async def test_delete_comment_removes_replies_and_their_reactions(pool: asyncpg.Pool) -> None:
     """Deleting a comment deletes its replies (cascade) and the reactions on both; counters stay exact."""
-    vid, c1, c2 = await _busy_vybe(pool)
+    vid, c1, _ = await _busy_vybe(pool)
     with pytest.raises(Forbidden):
         await delete_comment(pool, "ann", c1)
     gone = await delete_comment(pool, "bob", c1)
@@ -263,7 +266,7 @@ async def test_delete_comment_removes_replies_and_their_reactions(pool: asyncpg.
 
 async def test_counter_keys_cannot_be_moved_by_update(pool: asyncpg.Pool) -> None:
     """Admin SQL moving a reaction or comment to another target is refused (counters would silently drift)."""
-    vid, c1, _ = await _busy_vybe(pool)
+    _, c1, _ = await _busy_vybe(pool)
     other = await post_vybe(pool, "bob", content="elsewhere")
     with pytest.raises(asyncpg.FeatureNotSupportedError):
         await pool.execute("UPDATE comments SET shared_vybe_id = $1 WHERE id = $2", other.id, c1)

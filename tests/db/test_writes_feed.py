@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import uuid
+from typing import TYPE_CHECKING
 
-import asyncpg
 import pytest
-from test_writes_support import looproom, set_state, users
 
 from db.writes import Invalid, NotFound, comment, feed_page, get_vybe, post_vybe, vybe_comments
 from db.writes.feed import encode_cursor
+from test_writes_support import looproom, set_state, users
+
+if TYPE_CHECKING:
+    import asyncpg
 
 pytestmark = pytest.mark.anyio
 
@@ -53,7 +56,7 @@ async def test_anonymous_vybes_never_expose_the_author_except_to_moderators(pool
 
 async def test_blocked_users_content_is_excluded(pool: asyncpg.Pool) -> None:
     """A viewer never sees vybes (anonymous ones included) or comments by users they blocked."""
-    from db.writes import block  # noqa: PLC0415
+    from db.writes import block
 
     await users(pool, "ann", "bob", "cat")
     v = await post_vybe(pool, "ann", content="ann's")

@@ -19,24 +19,30 @@ TABLES = ("users", "user_profiles", "looprooms", "shared_vybes", "comments", "sh
 
 EXACT_SQL = """
 SELECT 'vybe.reaction_count' AS what, count(*) FROM shared_vybes v
- WHERE v.reaction_count <> (SELECT count(*) FROM reactions r WHERE r.reactable_type = 'SHARED_VYBE' AND r.reactable_id = v.id)
+ WHERE v.reaction_count <> (SELECT count(*) FROM reactions r
+                             WHERE r.reactable_type = 'SHARED_VYBE' AND r.reactable_id = v.id)
 UNION ALL SELECT 'vybe.comment_count', count(*) FROM shared_vybes v
  WHERE v.comment_count <> (SELECT count(*) FROM comments c WHERE c.shared_vybe_id = v.id)
 UNION ALL SELECT 'vybe.share_count', count(*) FROM shared_vybes v
  WHERE v.share_count <> (SELECT count(*) FROM shares s WHERE s.shared_vybe_id = v.id)
 UNION ALL SELECT 'vybe.report_count', count(*) FROM shared_vybes v
- WHERE v.report_count <> (SELECT count(*) FROM reports p WHERE p.reported_type = 'shared_vybe' AND p.reported_id = v.id::text)
+ WHERE v.report_count <> (SELECT count(*) FROM reports p
+                           WHERE p.reported_type = 'shared_vybe' AND p.reported_id = v.id::text)
 UNION ALL SELECT 'comment.reaction_count', count(*) FROM comments c
- WHERE c.reaction_count <> (SELECT count(*) FROM reactions r WHERE r.reactable_type = 'COMMENT' AND r.reactable_id = c.id)
+ WHERE c.reaction_count <> (SELECT count(*) FROM reactions r
+                             WHERE r.reactable_type = 'COMMENT' AND r.reactable_id = c.id)
 UNION ALL SELECT 'comment.report_count', count(*) FROM comments c
- WHERE c.report_count <> (SELECT count(*) FROM reports p WHERE p.reported_type = 'comment' AND p.reported_id = c.id::text)
+ WHERE c.report_count <> (SELECT count(*) FROM reports p
+                           WHERE p.reported_type = 'comment' AND p.reported_id = c.id::text)
 UNION ALL SELECT 'looproom.reaction_count', count(*) FROM looprooms l
- WHERE l.reaction_count <> (SELECT count(*) FROM reactions r WHERE r.reactable_type = 'LOOPROOM' AND r.reactable_id = l.id)
+ WHERE l.reaction_count <> (SELECT count(*) FROM reactions r
+                             WHERE r.reactable_type = 'LOOPROOM' AND r.reactable_id = l.id)
 UNION ALL SELECT 'profile.vibes_shared', count(*) FROM user_profiles p
  WHERE p.vibes_shared <> (SELECT count(*) FROM shared_vybes v WHERE v.user_id = p.user_id)
 UNION ALL SELECT 'profile.positive_reactions', count(*) FROM user_profiles p
  WHERE p.positive_reactions <> (
-       (SELECT count(*) FROM reactions r JOIN shared_vybes v ON r.reactable_type = 'SHARED_VYBE' AND v.id = r.reactable_id
+       (SELECT count(*) FROM reactions r
+          JOIN shared_vybes v ON r.reactable_type = 'SHARED_VYBE' AND v.id = r.reactable_id
          WHERE v.user_id = p.user_id)
      + (SELECT count(*) FROM reactions r JOIN comments c ON r.reactable_type = 'COMMENT' AND c.id = r.reactable_id
          WHERE c.user_id = p.user_id)
@@ -60,7 +66,7 @@ async def snapshot(pool: asyncpg.Pool) -> dict[str, object]:
     """Row counts of every table and every counter value: equal snapshots, nothing was stored."""
     state: dict[str, object] = {}
     for table in TABLES:
-        state[table] = await pool.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608 - fixed names
+        state[table] = await pool.fetchval(f"SELECT count(*) FROM {table}")  # fixed names: TABLES
     state["vybes"] = await pool.fetch(
         "SELECT id, reaction_count, comment_count, share_count, report_count FROM shared_vybes ORDER BY id")
     state["comments"] = await pool.fetch("SELECT id, reaction_count, report_count FROM comments ORDER BY id")
@@ -83,7 +89,7 @@ async def looproom(pool: asyncpg.Pool, creator: str, slug: str = "room") -> obje
 
 async def set_state(pool: asyncpg.Pool, table: str, row_id: object, state: str) -> None:
     assert table in ("shared_vybes", "comments")
-    await pool.execute(f"UPDATE {table} SET moderation_state = $2 WHERE id = $1", row_id, state)  # noqa: S608
+    await pool.execute(f"UPDATE {table} SET moderation_state = $2 WHERE id = $1", row_id, state)
 
 
 async def wait_for_lock_waiter(pool: asyncpg.Pool, timeout: float = 5.0) -> int:

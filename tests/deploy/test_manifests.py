@@ -6,16 +6,18 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
 import yaml
+
+from cli.main import build_parser
+from common.settings import Settings, load_settings
 from deploy_support import DEPLOY, ROOT, load_local_cluster, nginx_binary
 
-from common.settings import Settings, load_settings
-from cli.main import build_parser
+if TYPE_CHECKING:
+    from pathlib import Path
 
 K8S = DEPLOY / "k8s"
 SETTINGS = {f.name for f in msgspec.structs.fields(Settings)}

@@ -7,13 +7,16 @@ import asyncio
 import signal
 import socket
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+
 from deploy_support import Peer, load_local_cluster, nginx_binary
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = [
     pytest.mark.anyio,

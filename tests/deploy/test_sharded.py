@@ -10,18 +10,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 import redis.asyncio as aioredis
-from deploy_support import ROOT, load_local_cluster
 
-from db.embedded import embedded_redis
-from gateway.hub.redis_sharded import ShardedPubSubUnsupported, ShardedRedisBackend
 from common.bus import Keys, Publisher
+from db.embedded import embedded_redis
+from deploy_support import ROOT, load_local_cluster
+from gateway.hub.redis_sharded import ShardedPubSubUnsupported, ShardedRedisBackend
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 pytestmark = pytest.mark.anyio
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
@@ -225,7 +227,8 @@ def redis_cluster() -> Iterator[list[int]]:
                               capture_output=True, text=True, timeout=30, check=False)
         assert made.returncode == 0, made.stdout + made.stderr
         for _ in range(200):
-            info = subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True, text=True, check=False)
+            info = subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"],
+                                  capture_output=True, text=True, check=False)
             if "cluster_state:ok" in info.stdout:
                 break
             time.sleep(0.05)

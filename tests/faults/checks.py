@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncpg
 import redis.asyncio as aioredis
 
-from db.counters import Drift, check_counters
 from common.bus import Keys
+from db.counters import Drift, check_counters
 
 if TYPE_CHECKING:
     from load import Client, Outcome

@@ -17,18 +17,20 @@ import secrets
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
+
+from common.settings import load_settings
+from db.migrate import migrate
+from gateway.auth import mint_token
 from load import Client, Load, Writer
 from services import PostgresProc, Proc, RedisProc, free_port
 
-from db.migrate import migrate
-from common.settings import load_settings
-from gateway.auth import mint_token
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Generator, Iterator
 
 JWT_SECRET = "fault-suite-secret-" + "x" * 32
 

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 import redis
+
 from checks import HistoryEvent, case_version_problems, delivery, read_history
 from load import Client, Lost
 from scenario import Window, assert_none, loss_problems, ready_problems, run_under_load
-from services import PostgresProc, RedisProc
 
 if TYPE_CHECKING:
     from conftest import Rig
+    from services import PostgresProc, RedisProc
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -59,7 +60,7 @@ async def test_gateway_serves_and_reports_readiness(rig: Rig) -> None:
     await reader.subscribe("feed")
     vybe = await writer.ok("post_vybe", content="hello")
     deadline = time.monotonic() + 5
-    while not reader.received("feed") and time.monotonic() < deadline:
+    while not reader.received("feed") and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll of a socket
         await asyncio.sleep(0.05)
     assert [e["data"]["id"] for e in reader.received("feed")] == [vybe["id"]]
     history = await read_history(rig.redis.url, rig.prefix, "feed")

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from load import Outcome
+
 from scenario import Run, Window, assert_none, few, loss_problems, ready_problems, run_under_load
 
 if TYPE_CHECKING:
     from conftest import Rig
+    from load import Outcome
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
+
 from checks import case_version_problems, counter_drift, feed_vs_rows, read_history, settle, unanswered
 from load import call_with_retry
 from scenario import wait_until

@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+
 from scenario import Run, Window, assert_none, loss_problems, ready_problems, run_under_load
 
 if TYPE_CHECKING:

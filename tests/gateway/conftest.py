@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
-import uvicorn
 import websockets
 
-from common.settings import Settings
 from gateway.auth import mint_token
 from gateway.server import DrainingServer, gateway_of, uvicorn_config
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    import uvicorn
+
+    from common.settings import Settings
 
 
 class Live:
@@ -56,9 +61,9 @@ async def start_gateway(settings: Settings, pool: Any) -> AsyncIterator[Callable
         return Live(s, server, port)
 
     yield start
-    for server, task in servers:
+    for server, _ in servers:
         server.should_exit = True
-    for server, task in servers:
+    for _, task in servers:
         await asyncio.wait_for(task, timeout=20)
 
 
@@ -115,10 +120,8 @@ class Client:
             if left <= 0:
                 raise AssertionError(f"timed out; got {self.messages}")
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
-            except asyncio.TimeoutError:
-                pass
 
     async def reply(self, cid: str, timeout: float = 5.0, start: int = 0) -> dict[str, Any]:
         return await self.wait_for(lambda m: m.get("id") == cid and m["type"] in ("ack", "error"), timeout, start)

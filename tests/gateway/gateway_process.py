@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import httpx
 
-from common.settings import Settings
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from common.settings import Settings
 
 
 def free_port() -> int:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
+
+from common.bus import Publisher
+from db.embedded import embedded_redis
 from gateway_process import free_port, gateway_env, wait_ready
 from rooms import viewer_count_is, viewers_on_two_nodes
 
-from db.embedded import embedded_redis
-from common.bus import Publisher
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -108,9 +110,9 @@ async def test_two_gateway_processes_share_events(live, connect, settings) -> No
     """A post on one gateway process reaches a subscriber on another, both ways."""
     port = free_port()
     env = gateway_env(settings, port, VYBE_PRESENCE_INTERVAL_S="0.2")
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "gateway"], env=env)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cli", "gateway", env=env)
     try:
-        await wait_ready(port, lambda: proc.poll() is None)
+        await wait_ready(port, lambda: proc.returncode is None)
         other = type(live)(live.settings, live.server, port)
         a = await connect(live, live.token("on-a"))
         b = await connect(other, live.token("on-b"))
@@ -123,7 +125,7 @@ async def test_two_gateway_processes_share_events(live, connect, settings) -> No
     finally:
         proc.terminate()
         # uvicorn re-raises the captured SIGTERM after a graceful shutdown.
-        assert proc.wait(timeout=20) in (0, -15)
+        assert await asyncio.wait_for(proc.wait(), timeout=20) in (0, -15)
 
 
 async def test_slow_consumer_is_closed_without_slowing_others(start_gateway, connect) -> None:

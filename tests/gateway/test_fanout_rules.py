@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
@@ -66,13 +65,14 @@ async def test_blocked_authors_are_filtered_and_blocks_propagate(live, connect) 
     await bob2.wait_for(lambda m: m.get("event") == "blocks.changed" and m["data"]["blocked"] == [])
     await alice.ok("post_vybe", content="from alice after unblock")
     for c in (bob1, bob2):
-        await c.wait_for(lambda m: m.get("event") == "vybe.created" and m["data"]["content"] == "from alice after unblock")
+        await c.wait_for(
+            lambda m: m.get("event") == "vybe.created" and m["data"]["content"] == "from alice after unblock")
     assert (await bob1.call("block", user_id="bob"))["code"] == "invalid_value"
 
 
 async def test_blocked_users_rest_feed_excludes_them(live, connect) -> None:
     """The REST feed honours blocks and privacy like the socket does."""
-    import httpx  # noqa: PLC0415
+    import httpx
 
     alice = await connect(live, live.token("alice"))
     bob = await connect(live, live.token("bob"))

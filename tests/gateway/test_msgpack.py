@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
 import websockets
 
 from common.bus import Meta, encode_message
+from gateway.codec import JSON_CODEC, MSGPACK_CODEC, Codec, MsgpackCodec
 from gateway.hub import hub as hub_module
 from gateway.hub.base import Backend, HistoryEntry
 from gateway.hub.hub import Hub
-from gateway.codec import JSON_CODEC, MSGPACK_CODEC, Codec, MsgpackCodec
 from gateway.protocol import Notice
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 pytestmark = pytest.mark.anyio
 

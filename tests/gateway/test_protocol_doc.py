@@ -41,14 +41,15 @@ def _blocks() -> list[str]:
 
 def test_every_command_error_and_close_code_has_an_example() -> None:
     """The document shows each command and each close code we send, and its error table is the catalog."""
-    from common.errors import CATALOG, ErrorCode, markdown_table  # noqa: PLC0415
-    from gateway.protocol import COMMAND_TYPES, CloseCode  # noqa: PLC0415
+    from common.errors import CATALOG, ErrorCode, markdown_table
+    from gateway.protocol import COMMAND_TYPES, CloseCode
 
     text = "\n".join(_blocks())
     for cmd in COMMAND_TYPES:
         assert f'"type":"{cmd}"' in text, f"no example of {cmd}"
     doc = DOC.read_text()
-    assert markdown_table() in doc, "docs/protocol.md's error table differs from common/errors.py: paste markdown_table()"
+    assert markdown_table() in doc, (
+        "docs/protocol.md's error table differs from common/errors.py: paste markdown_table()")
     named = {code for name, code in vars(ErrorCode).items() if not name.startswith("_")}
     assert named == set(CATALOG), "ErrorCode and the catalog name different codes"
     for name, code in vars(CloseCode).items():
@@ -167,7 +168,8 @@ class Replay:
                     continue
                 _, kind, objections = sent[-1]
                 if message["type"] == "ack":
-                    assert not objections, f"{name}: {kind} {message['id']} was acked, yet the schema refuses it: {objections}"
+                    assert not objections, (
+                        f"{name}: {kind} {message['id']} was acked, yet the schema refuses it: {objections}")
                     result = self.schema.document["ack_results"][kind]
                     assert not (bad := self.schema.errors(result, message["result"])), f"{kind} result {message}: {bad}"
                 elif message["type"] == "error" and message["code"] in _REFUSED:

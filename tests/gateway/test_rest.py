@@ -19,7 +19,8 @@ async def test_rest_writes_publish_like_the_socket(live, connect) -> None:
     watcher = await connect(live, live.token("watcher"))
     await watcher.ok("subscribe", channel="feed")
     async with httpx.AsyncClient(base_url=live.http) as http:
-        r = await http.post("/api/vybes", json={"content": "posted over REST", "id": "req-1"}, headers=_auth(live, "rest"))
+        r = await http.post("/api/vybes", json={"content": "posted over REST", "id": "req-1"},
+                            headers=_auth(live, "rest"))
         assert r.status_code == 201, r.text
         vybe = r.json()
         again = await http.post("/api/vybes", json={"content": "posted over REST", "id": "req-1"},
@@ -79,8 +80,8 @@ async def test_operations_endpoints(live, connect) -> None:
     async with httpx.AsyncClient(base_url=live.http) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = (await http.get("/readyz")).json()
-        tasks = {name: True for name in ("reaction-writer", "outbox-publisher", "outbox-relay", "outbox-deleter",
-                                         "presence")}
+        tasks = dict.fromkeys(
+            ("reaction-writer", "outbox-publisher", "outbox-relay", "outbox-deleter", "presence"), True)
         assert ready == {"ready": True, "draining": False, "postgres": True, "redis": True, "pubsub": True,
                          "tasks": tasks}
         metrics = (await http.get("/metrics")).text
@@ -97,7 +98,7 @@ async def test_operations_endpoints(live, connect) -> None:
 async def test_every_refusal_has_the_error_envelope_and_its_catalog_status(live) -> None:
     """Litestar's own refusals (bad query parameter, unknown path, wrong method, a body that is not
     JSON, a wrong type) answer {code, message} with the status of the code in the catalog."""
-    from common.errors import status  # noqa: PLC0415
+    from common.errors import status
 
     async with httpx.AsyncClient(base_url=live.http) as http:
         cases = [

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import websockets
-from gateway_process import free_port, gateway_env, wait_ready
-from rooms import viewer_count_is, viewers_on_two_nodes
 
 from gateway.auth import mint_token
+from gateway_process import free_port, gateway_env, wait_ready
+from rooms import viewer_count_is, viewers_on_two_nodes
 
 pytestmark = pytest.mark.anyio
 

@@ -15,8 +15,7 @@ import dataclasses
 import inspect
 import logging
 import re
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvicorn
@@ -29,6 +28,9 @@ from websockets.server import ServerProtocol
 
 from gateway import wsproto
 from gateway.wsproto import RawWebSocketProtocol
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 Base = impl.WebSocketsSansIOProtocol
 _SOURCE = inspect.getsource(Base)
@@ -68,7 +70,8 @@ def protocol() -> Iterator[RawWebSocketProtocol]:
 
 
 def test_the_base_class_is_where_wsproto_imports_it() -> None:
-    """The parent is an asyncio.Protocol at uvicorn.protocols.websockets.websockets_sansio_impl, and ours subclasses it."""
+    """The parent is an asyncio.Protocol at uvicorn.protocols.websockets.websockets_sansio_impl, and ours
+    subclasses it."""
     assert issubclass(Base, asyncio.Protocol), _recheck("the base class", "the import of WebSocketsSansIOProtocol")
     assert RawWebSocketProtocol.__mro__[1] is Base, _recheck("the base class", "class RawWebSocketProtocol")
     for http_impl in ("h11_impl", "httptools_impl"):
@@ -80,7 +83,8 @@ def test_the_base_class_is_where_wsproto_imports_it() -> None:
 
 
 def test_constructor_signature() -> None:
-    """RawWebSocketProtocol.__init__ forwards *args/**kwargs: the parent must take (config, server_state, app_state, _loop)."""
+    """RawWebSocketProtocol.__init__ forwards *args/**kwargs: the parent must take
+    (config, server_state, app_state, _loop)."""
     assert _params(Base.__init__) == ["self", "config", "server_state", "app_state", "_loop"], _recheck(
         "WebSocketsSansIOProtocol.__init__'s parameters", "RawWebSocketProtocol.__init__")
 

@@ -54,7 +54,8 @@ def _write_hf_dir(config: Any, vocab_file: Path | None, words: list[str] | None,
     config.save_pretrained(str(out))
 
 
-def write_tiny(root: Path, classes: list[str] | None = None, max_positions: int = 64, seed: int = 0) -> tuple[Path, Path]:
+def write_tiny(root: Path, classes: list[str] | None = None, max_positions: int = 64,
+               seed: int = 0) -> tuple[Path, Path]:
     """(checkpoint path, HF dir) of a tiny random BERT classifier in Detoxify format."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification

@@ -47,7 +47,8 @@ def test_roc_auc_and_precision_recall() -> None:
     assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
     assert roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
     assert roc_auc([1, 1], [0.2, 0.3]) is None
-    assert prec_rec([1, 0, 1, 0], [True, True, False, False]) == {"precision": 0.5, "recall": 0.5, "tp": 1, "fp": 1, "fn": 1}
+    assert prec_rec([1, 0, 1, 0], [True, True, False, False]) == {
+        "precision": 0.5, "recall": 0.5, "tp": 1, "fp": 1, "fn": 1}
 
 
 def test_evaluate_rejects_bad_thresholds_as_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

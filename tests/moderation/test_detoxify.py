@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-
-from moderation.scorers import LABELS, ScorerConfigError, ScorerLoadError, load_scorer
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
 
 from detox_fixtures import (
     ORIGINAL_CLASSES,
@@ -18,9 +13,16 @@ from detox_fixtures import (
     save_checkpoint,
     write_tiny,
 )
-
+from moderation.scorers import LABELS, ScorerConfigError, ScorerLoadError, load_scorer
 from moderation.scorers.detox import DetoxifyScorer, load_detoxify
 from moderation.scorers.trainset import EVAL_PATH, load_jsonl
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# None of the imports above loads torch: the module is skipped here when it is missing.
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
 
 
 def test_tiny_checkpoint_loads_offline_and_scores(tiny_detox: tuple[Path, Path]) -> None:
@@ -54,7 +56,7 @@ def test_checkpoint_with_mismatched_keys_is_refused(tiny_detox: tuple[Path, Path
     partial = dict(state)
     partial.pop("classifier.weight")
     bad2 = save_checkpoint(None, ORIGINAL_CLASSES, tmp_path / "partial.ckpt", state_dict=partial)
-    with pytest.raises(ScorerLoadError, match="classifier.weight"):
+    with pytest.raises(ScorerLoadError, match=r"classifier\.weight"):
         load_scorer("detoxify", detoxify_checkpoint=str(bad2), detoxify_hf_dir=str(hf_dir))
 
 
@@ -99,7 +101,7 @@ def test_fast_int8_path_agrees_with_fp32_on_eval_set(tiny_detox: tuple[Path, Pat
     fast = DetoxifyScorer(*tiny_detox, fast=True)
     assert fast.quantize and fast.sort_by_length
     got = fast.score(texts)
-    diff = max(abs(a[k] - b[k]) for a, b in zip(ref, got) for k in LABELS)
+    diff = max(abs(a[k] - b[k]) for a, b in zip(ref, got, strict=True) for k in LABELS)
     assert diff < 0.01
 
 

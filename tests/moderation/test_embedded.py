@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from moderation.policy import flagged
 from moderation.scorers import LABELS, ScorerLoadError, load_scorer
 from moderation.scorers.embedded import HEAD_PATH
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 TOXIC = [
     "you are a worthless pathetic idiot and everyone hates you",
@@ -56,7 +58,7 @@ def test_clearly_toxic_ranks_above_clearly_benign(embedded_scorer: Any) -> None:
 
 def test_friendly_profanity_is_not_flagged(embedded_scorer: Any) -> None:
     """Profanity celebrating a workout stays under every policy threshold."""
-    for text, s in zip(FRIENDLY_PROFANITY, embedded_scorer.score(FRIENDLY_PROFANITY)):
+    for text, s in zip(FRIENDLY_PROFANITY, embedded_scorer.score(FRIENDLY_PROFANITY), strict=True):
         assert flagged(s) == [], (text, s)
 
 
@@ -74,7 +76,7 @@ def test_batch_and_single_scoring_agree(embedded_scorer: Any) -> None:
     """Scoring a batch gives the same numbers as scoring each text alone."""
     texts = TOXIC[:3] + BENIGN[:3] + ["a much longer post " * 20]
     batch = embedded_scorer.score(texts)
-    for text, b in zip(texts, batch):
+    for text, b in zip(texts, batch, strict=True):
         single = embedded_scorer.score([text])[0]
         assert all(abs(b[k] - single[k]) < 1e-3 for k in LABELS), text
 

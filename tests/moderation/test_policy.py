@@ -36,7 +36,7 @@ def test_bad_threshold_settings_are_refused(spec: str) -> None:
 def test_decision_reasons_name_the_threshold_in_force() -> None:
     """Reasons follow the thresholds' order as ``label>=threshold (score)``, the format the console
     reads the threshold in force back from (mod.js parseReason); hide needs the hide threshold too."""
-    scores = {label: 0.0 for label in LABELS} | {"insult": 0.99, "toxicity": 0.85}
+    scores = dict.fromkeys(LABELS, 0.0) | {"insult": 0.99, "toxicity": 0.85}
     decision = Policy(mode="hide").decide(scores)
     assert decision.action == "hide" and decision.hide_labels == ["insult"] == flagged(scores, DEFAULT_HIDE)
     assert decision.reasons == ["toxicity>=0.80 (0.85)", "insult>=0.60 (0.99)"]
@@ -45,5 +45,5 @@ def test_decision_reasons_name_the_threshold_in_force() -> None:
     assert reason("threat", 0.6, 0.612) == "threat>=0.60 (0.61)"
     assert Policy(mode="flag").decide(scores).action == "flag"
     assert Policy(mode="shadow").decide(scores).action == "shadow"
-    assert Policy().decide({label: 0.1 for label in LABELS}) == Policy().decide({})
+    assert Policy().decide(dict.fromkeys(LABELS, 0.1)) == Policy().decide({})
     assert flagged({"toxicity": 0.8}) == ["toxicity"] and flagged({"toxicity": 0.79}) == []

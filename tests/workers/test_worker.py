@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 
 import msgspec
 import pytest
 
-from db import writes
 from common.bus import Keys
+from db import writes
 from moderation.policy import Policy
 from moderation.scorers import load_scorer
 from workers.consumer import GROUP, Worker
@@ -47,7 +46,8 @@ async def test_flag_opens_case_files_system_report_and_notifies_moderators(setti
     await w.ensure_group()
     vybe = await _post(pool, redis, settings, "you are worthless", is_anonymous=True)
     assert await w.step() == 1
-    row = await pool.fetchrow("SELECT moderation_state::text AS s, report_count FROM shared_vybes WHERE id = $1", vybe.id)
+    row = await pool.fetchrow(
+        "SELECT moderation_state::text AS s, report_count FROM shared_vybes WHERE id = $1", vybe.id)
     assert (row["s"], row["report_count"]) == ("flagged", 1)
     assert await pool.fetchval("SELECT count(*) FROM moderation_scores") == 1
     assert await pool.fetchval("SELECT reporter_id FROM reports") == "system:moderation"
@@ -176,7 +176,7 @@ async def test_sigkill_mid_batch_loses_nothing(settings, pool, redis) -> None:
     env = {**os.environ, "VYBE_DATABASE_URL": settings.database_url, "VYBE_REDIS_URL": settings.redis_url,
            "VYBE_REDIS_PREFIX": settings.redis_prefix, "VYBE_SCORER": "light", "VYBE_MODERATION_THRESHOLDS": NEVER,
            "VYBE_WORKER_BATCH": "16", "VYBE_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cli", "worker", env=env)
     try:
         for _ in range(400):
             done = await pool.fetchval("SELECT count(*) FROM moderation_scores")
@@ -185,7 +185,7 @@ async def test_sigkill_mid_batch_loses_nothing(settings, pool, redis) -> None:
             await asyncio.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
-        proc.wait(timeout=10)
+        await asyncio.wait_for(proc.wait(), timeout=10)
     killed_at = await pool.fetchval("SELECT count(*) FROM moderation_scores")
     assert 0 < killed_at < n, "the kill should land mid-stream"
     for _ in range(200):
