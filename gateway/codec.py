@@ -13,16 +13,14 @@ import msgspec
 
 from common.errors import ErrorCode
 from gateway.protocol import (
-    COMMAND_TYPES,
-    HUMAN,
     ClientCommand,
     DecodeFailure,
     Error,
     IdOnly,
     decode_command,
     encode,
-    invalid_code,
     peek_id,
+    refusal,
 )
 
 # -- wire formats: JSON text frames, or MessagePack binary frames ----------------
@@ -158,13 +156,7 @@ def _classify_msgpack(data: bytes, message: str) -> Error:
         raw = _msgpack_probe.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return Error(None, ErrorCode.MALFORMED, "frame must be a MessagePack map with string keys and a `type` field")
-    raw_id = raw.get("id")
-    cid = raw_id if isinstance(raw_id, str) and len(raw_id) <= 64 else None
-    kind = raw.get("type")
-    if not isinstance(kind, str) or kind not in COMMAND_TYPES:
-        return Error(cid, ErrorCode.UNKNOWN_TYPE, f"unknown command type {kind!r}; see docs/protocol.md")
-    code = invalid_code(message)
-    return Error(cid, code, f"invalid {kind}: {HUMAN.get(code, message)}")
+    return refusal(raw, message)
 
 
 def msgpack_array_header(count: int) -> bytes:

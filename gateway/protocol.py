@@ -307,21 +307,27 @@ def _is_text(value: str) -> bool:
 
 
 def _classify(frame: str | bytes, message: str) -> Error:
-    # Echo the client's id when the frame had one, so it can match the error.
     try:
         raw = _probe.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return Error(None, ErrorCode.MALFORMED, "frame must be a JSON object with a `type` field")
+    return refusal(raw, message)
+
+
+def refusal(raw: dict[str, object], message: str) -> Error:
+    """The error for a frame that decoded to a map but is no valid command (either format):
+    an unknown ``type``, or the field that failed (``message``, msgspec's). Echoes the client's
+    id when the frame had one, so it can match the error."""
     raw_id = raw.get("id")
     cid = raw_id if isinstance(raw_id, str) and len(raw_id) <= 64 else None
     kind = raw.get("type")
     if not isinstance(kind, str) or kind not in COMMAND_TYPES:
         return Error(cid, ErrorCode.UNKNOWN_TYPE, f"unknown command type {kind!r}; see docs/protocol.md")
     code = invalid_code(message)
-    return Error(cid, code, f"invalid {kind}: {HUMAN.get(code, message)}")
+    return Error(cid, code, f"invalid {kind}: {_HUMAN.get(code, message)}")
 
 
-HUMAN = {ErrorCode.INVALID_CONTENT: "text must hold a character that is not white space, and no NUL",
+_HUMAN = {ErrorCode.INVALID_CONTENT: "text must hold a character that is not white space, and no NUL",
           ErrorCode.CONTENT_TOO_LONG: "text is over its length limit (code points)"}
 
 
