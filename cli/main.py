@@ -62,8 +62,10 @@ def _cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.auth import Verifier
     from gateway.server import serve
 
+    Verifier(settings)  # the key settings, checked before anything starts: one line and exit 2, not a traceback
     return serve(settings)
 
 

@@ -56,3 +56,15 @@ def test_process_stops_with_one_line(env: dict[str, str], variable: str) -> None
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and variable in lines[0], proc.stderr
+
+
+def test_gateway_with_a_short_jwt_secret_stops_with_one_line() -> None:
+    """`vybe gateway` checks its key settings before starting anything: one line and exit 2, not a
+    traceback from inside the server's startup."""
+    env = {"PATH": "/usr/bin:/bin", "VYBE_JWT_SECRET": "short", "VYBE_DATABASE_URL": "postgresql://127.0.0.1:1/x",
+           "VYBE_REDIS_URL": "redis://127.0.0.1:1/0"}
+    proc = subprocess.run([sys.executable, "-m", "cli", "gateway"], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "VYBE_JWT_SECRET" in lines[0], proc.stderr
