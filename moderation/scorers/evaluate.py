@@ -75,7 +75,29 @@ def metrics(rows: list[dict[str, Any]], scores: list[dict[str, float]],
                **prec_rec(y_any, flags)}
     aucs = [v["roc_auc"] for v in per_label.values() if v["roc_auc"] is not None]
     overall["mean_label_roc_auc"] = _r(sum(aucs) / len(aucs))
-    return {"overall": overall, "per_label": per_label, "flag_rate_by_category": _by_category(rows, flags)}
+    benign = [f for f, y in zip(flags, y_any, strict=True) if not y]
+    overall["benign_flag_rate"] = _r(sum(benign) / len(benign)) if benign else None
+    report = {"overall": overall, "per_label": per_label, "flag_rate_by_category": _by_category(rows, flags)}
+    if any("source" in r for r in rows):
+        report["by_source"] = {
+            src: {"n": len(idx), "roc_auc": _r(roc_auc([y_any[i] for i in idx], [s_any[i] for i in idx])),
+                  **prec_rec([y_any[i] for i in idx], [flags[i] for i in idx])}
+            for src, idx in _indices(rows, "source").items()}
+    return report
+
+
+def _indices(rows: list[dict[str, Any]], key: str) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        out[str(r.get(key, "?"))].append(i)
+    return dict(sorted(out.items()))
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    """One JSONL file, or every ``*.jsonl`` of a directory (in name order: one file per source)."""
+    if path.is_dir():
+        return [row for f in sorted(path.glob("*.jsonl")) for row in load_jsonl(f)]
+    return load_jsonl(path)
 
 
 def _by_category(rows: list[dict[str, Any]], flags: list[bool]) -> dict[str, float]:
@@ -122,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description="Evaluate a toxicity scorer on the held-out set.")
     ap.add_argument("--scorer", default="embedded", choices=("embedded", "light", "detoxify"))
-    ap.add_argument("--data", type=Path, default=EVAL_PATH, help="JSONL with text, labels, category")
+    ap.add_argument("--data", type=Path, default=EVAL_PATH,
+                    help="JSONL with text, labels, category (a directory: all its *.jsonl, e.g. "
+                         "moderation/data/independent, the set written apart from the training data)")
     ap.add_argument("--thresholds", default=None,
                     help="flag thresholds over the policy defaults, as VYBE_MODERATION_THRESHOLDS: "
                          "toxicity=0.8,insult=0.6")
@@ -137,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(err))
     scorer = load_scorer(args.scorer, detoxify_checkpoint=args.detoxify_checkpoint,
                          detoxify_hf_dir=args.detoxify_hf_dir, detoxify_fast=args.fast)
-    print(json.dumps(evaluate(scorer, load_jsonl(args.data), thresholds, args.errors), indent=2, ensure_ascii=False))
+    print(json.dumps(evaluate(scorer, load_rows(args.data), thresholds, args.errors), indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""The independent evaluation set (moderation/data/independent/): well formed, frozen, unseen in training."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from pathlib import Path
+
+from moderation.scorers import LABELS
+from moderation.scorers.evaluate import load_rows
+from moderation.scorers.trainset import DATA_DIR, EVAL_PATH, TRAIN_PATH, load_jsonl
+
+INDEPENDENT = DATA_DIR / "independent"
+
+
+def _norm(text: object) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", str(text).lower()))
+
+
+def _frozen() -> dict[str, str]:
+    lines = (INDEPENDENT / "SHA256SUMS").read_text().splitlines()
+    return {name: digest for digest, name in (line.split() for line in lines if line.strip())}
+
+
+def test_the_set_is_frozen() -> None:
+    """Every file of the set is listed in SHA256SUMS with its digest: nothing was edited after it was
+    frozen (a changed set needs new sums and a note saying why, before any training)."""
+    files = sorted(p.name for p in INDEPENDENT.glob("*.jsonl"))
+    assert files and files == sorted(_frozen())
+    for name, digest in _frozen().items():
+        assert hashlib.sha256((INDEPENDENT / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_rows_are_well_formed_and_split_by_source() -> None:
+    """Each row has the text, a category, its file's source, every label as 0/1, and `care` (a
+    self-harm disclosure: harmless for the abuse labels)."""
+    rows = load_rows(INDEPENDENT)
+    assert len(rows) >= 450
+    for path in INDEPENDENT.glob("*.jsonl"):
+        assert {r["source"] for r in load_jsonl(path)} == {path.stem}
+    for r in rows:
+        labels = r["labels"]
+        assert isinstance(labels, dict) and set(labels) == set(LABELS), r
+        assert all(v in (0, 1) for v in labels.values()) and r["care"] in (0, 1), r
+        assert isinstance(r["text"], str) and r["text"].strip(), r
+        if r["care"]:
+            assert not any(labels.values()), r
+    texts = Counter(_norm(r["text"]) for r in rows)
+    assert [t for t, n in texts.items() if n > 1] == []
+    toxic = sum(1 for r in rows if any(r["labels"].values()))  # type: ignore[union-attr]
+    assert 0.3 < toxic / len(rows) < 0.6
+
+
+def test_no_text_of_the_set_is_in_the_training_data_or_the_old_eval_set() -> None:
+    """Written apart: no text (normalised) of the set appears in train.jsonl or eval.jsonl."""
+    seen = {_norm(r["text"]) for path in (TRAIN_PATH, EVAL_PATH) for r in load_jsonl(Path(path))}
+    assert [r["text"] for r in load_rows(INDEPENDENT) if _norm(r["text"]) in seen] == []
