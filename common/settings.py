@@ -91,8 +91,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Where the embedded scorer keeps its one-time ONNX export; unset: ~/.cache/vybe/models."""
     detoxify_checkpoint: str | None = None
     detoxify_hf_dir: str | None = None
-    moderation_mode: str = "flag"
-    """off | shadow | flag | hide."""
+    moderation_mode: str = "auto"
+    """auto | off | shadow | flag | hide. auto: flag, except with the light fallback scorer, which only
+    records its scores (shadow): it flags most short friendly messages (moderation/data/independent)."""
     moderation_thresholds: str = ""
     """Overrides, ``label=flag[:hide],...``; e.g. ``toxicity=0.8:0.97,threat=0.6``."""
     premoderation: bool = False
@@ -114,7 +115,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _check_choice("VYBE_SCORER", self.scorer, ("embedded", "light", "detoxify"))
         _check_choice("VYBE_PUBSUB", self.pubsub, ("classic", "sharded"))
         _check_choice("VYBE_EMBEDDED_BACKEND", self.embedded_backend, ("auto", "onnx", "torch"))
-        _check_choice("VYBE_MODERATION_MODE", self.moderation_mode, ("off", "shadow", "flag", "hide"))
+        _check_choice("VYBE_MODERATION_MODE", self.moderation_mode, ("auto", "off", "shadow", "flag", "hide"))
         if not 0 < self.port < 65536:
             raise SettingsError("VYBE_PORT", f"{self.port} is not a TCP port (1-65535)")
         algorithms = self.algorithms

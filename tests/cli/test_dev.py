@@ -28,7 +28,8 @@ def test_dev_brings_everything_up_and_stops_cleanly(tmp_path: Path) -> None:
     """With no service variables, `vybe dev` is ready (PostgreSQL and Redis) within 10 s and prints a token."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VYBE_")}
-    env.update({"VYBE_DATA_DIR": str(tmp_path / "data"), "VYBE_PORT": str(port), "VYBE_SCORER": "light"})
+    env.update({"VYBE_DATA_DIR": str(tmp_path / "data"), "VYBE_PORT": str(port), "VYBE_SCORER": "light",
+                "VYBE_MODERATION_MODE": "flag"})
     proc = subprocess.Popen([sys.executable, "-m", "cli", "dev"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     started = time.monotonic()

@@ -29,7 +29,8 @@ def cluster(services: tuple[str, str]) -> Iterator[Any]:
     """Two gateways behind nginx and two workers, on this session's PostgreSQL and Redis."""
     admin_dsn, redis_url = services
     lc = load_local_cluster().LocalCluster(admin_dsn, redis_url, gateways=2, workers=2, extra_env={
-        "VYBE_SCORER": "light", "VYBE_PRESENCE_INTERVAL_S": "0.2", "VYBE_WORKER_CLAIM_IDLE_MS": "1000",
+        "VYBE_SCORER": "light", "VYBE_MODERATION_MODE": "flag", "VYBE_PRESENCE_INTERVAL_S": "0.2",
+        "VYBE_WORKER_CLAIM_IDLE_MS": "1000",
         "VYBE_RATE_PER_S": "1000", "VYBE_RATE_BURST": "1000",
     })
     lc.start()

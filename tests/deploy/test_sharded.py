@@ -109,7 +109,8 @@ async def test_sharded_gateways_deliver_across_nodes(services, redis7, peers) ->
     """Two VYBE_PUBSUB=sharded gateways on one Redis 7: posts cross nodes both ways over shard channels."""
     admin_dsn, _ = services
     lc = load_local_cluster().LocalCluster(admin_dsn, redis7, gateways=2, workers=0, pubsub="sharded",
-                                           nginx=False, extra_env={"VYBE_SCORER": "light"})
+                                           nginx=False,
+                                           extra_env={"VYBE_SCORER": "light", "VYBE_MODERATION_MODE": "flag"})
     await asyncio.to_thread(lc.start)
     try:
         a, b = lc.gateways

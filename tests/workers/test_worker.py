@@ -174,7 +174,8 @@ async def test_sigkill_mid_batch_loses_nothing(settings, pool, redis) -> None:
         v = await writes.post_vybe(pool, "bulk", content=f"item {i}")
         await redis.xadd(keys.jobs, {"kind": "vybe", "id": str(v.id)})
     env = {**os.environ, "VYBE_DATABASE_URL": settings.database_url, "VYBE_REDIS_URL": settings.redis_url,
-           "VYBE_REDIS_PREFIX": settings.redis_prefix, "VYBE_SCORER": "light", "VYBE_MODERATION_THRESHOLDS": NEVER,
+           "VYBE_REDIS_PREFIX": settings.redis_prefix, "VYBE_SCORER": "light", "VYBE_MODERATION_MODE": "flag",
+           "VYBE_MODERATION_THRESHOLDS": NEVER,
            "VYBE_WORKER_BATCH": "16", "VYBE_LOG_LEVEL": "WARNING"}
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cli", "worker", env=env)
     try:
@@ -198,3 +199,19 @@ async def test_sigkill_mid_batch_loses_nothing(settings, pool, redis) -> None:
         "SELECT count(*) FROM shared_vybes WHERE moderation_state <> 'approved'") == 0
     assert await pool.fetchval(
         "SELECT count(*) FROM (SELECT target_id FROM moderation_scores GROUP BY 1 HAVING count(*) > 1) d") == 0
+
+
+def test_auto_mode_lets_the_light_fallback_only_record() -> None:
+    """VYBE_MODERATION_MODE=auto (the default) flags with the embedded scorer, but the light fallback
+    only records its scores (shadow); an explicit mode is kept as set."""
+    from common.settings import load_settings
+    from moderation.scorers import load_scorer
+    from workers.main import build_policy
+
+    light = load_scorer("light")
+    assert build_policy(load_settings({}), light).mode == "shadow"
+    assert build_policy(load_settings({"VYBE_MODERATION_MODE": "flag"}), light).mode == "flag"
+    embedded = type("Embedded", (), {"name": "vybe-minilm-lr"})()
+    assert build_policy(load_settings({}), embedded).mode == "flag"  # type: ignore[arg-type]
+    shadowed = build_policy(load_settings({}), light).decide({"toxicity": 0.99})
+    assert shadowed.action == "shadow" and shadowed.reasons
