@@ -240,3 +240,13 @@ async def test_example_replays(index: int, start_gateway, connect) -> None:
         replay.check_schema()
     except AssertionError as err:
         raise AssertionError(f"docs/protocol.md example {index} vs /schema/protocol.json: {err}") from None
+
+
+def test_the_event_names_are_the_documented_ones() -> None:
+    """gateway.protocol.EVENT_NAMES and the doc's "Event data" table name the same events."""
+    from gateway.protocol import EVENT_NAMES
+
+    table = DOC.read_text().split("## Event data", 1)[1].split("\n## ", 1)[0]
+    documented = {name for row in table.splitlines() if row.startswith("| `")
+                  for name in re.findall(r"`([a-z]+\.[a-z_]+)`", row.split("|")[1])}
+    assert documented == set(EVENT_NAMES)
