@@ -81,6 +81,7 @@ def _banner(settings: Settings, dsn: str, redis_url: str, secret: str, applied: 
     s = replace(settings, jwt_secret=secret)
     base = f"http://{settings.host}:{settings.port}"
     member = mint_token(s, "dev-member", role="MEMBER", name="Dev Member", ttl_s=86400)
+    member2 = mint_token(s, "dev-member-2", role="MEMBER", name="Second Member", ttl_s=86400)
     moderator = mint_token(s, "dev-moderator", role="MODERATOR", name="Dev Moderator", ttl_s=86400)
     print(f"""
 Vybe Live (dev) up in {took:.1f}s; migrations applied: {applied or 'none needed'}
@@ -90,6 +91,8 @@ Vybe Live (dev) up in {took:.1f}s; migrations applied: {applied or 'none needed'
   WebSocket   ws://{settings.host}:{settings.port}/ws
   Member token     {member}
   Moderator token  {moderator}
+  Member feed       {base}/#token={member}
+  Second member     {base}/#token={member2}   (another window: see each other live)
   Moderator console {base}/mod#token={moderator}
 Ctrl-C stops everything.
 """, flush=True)

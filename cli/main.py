@@ -88,6 +88,12 @@ def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
         return 2 if isinstance(err, EmbeddedUnavailable) else 1
 
 
+def _cmd_moderation(settings: Settings, args: argparse.Namespace) -> int:
+    from cli import moderation
+
+    return moderation.run(settings, args)
+
+
 def _cmd_check_counters(settings: Settings, args: argparse.Namespace) -> int:
     from db.counters import check_counters_command
 
@@ -112,12 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
     check = db.add_parser("check-counters", help="recompute every counter from its rows; report drift")
     check.add_argument("--repair", action="store_true", help="fix the drift, in one transaction")
+    from cli import moderation
+
+    moderation.add_parser(sub)
     return parser
 
 
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "dev": _cmd_dev, "gateway": _cmd_gateway, "worker": _cmd_worker,
     "migrate": _cmd_migrate, "token": _cmd_token, "check-counters": _cmd_check_counters,
+    "moderation": _cmd_moderation,
 }
 
 

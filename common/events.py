@@ -25,6 +25,7 @@ def content_view(row: Any) -> dict[str, Any]:
     data.pop("vybe_author_id", None)
     if hides_author(bool(data.get("is_anonymous")), data.get("privacy_level")):
         data["user_id"] = None
+        data.pop("author_name", None)
     return data
 
 
@@ -99,10 +100,27 @@ def reactions_changed(applied: Sequence[tuple[str, bool, Any]]) -> list[Event]:
 def _reaction_data(result: Any, ops: list[tuple[str, bool, Any]]) -> tuple[dict[str, Any], Meta | None]:
     single = ops[0] if len(ops) == 1 else None
     added = sum(1 for op in ops if op[1])
+    by_type: dict[str, int] = {}
+    for op in ops:
+        by_type[op[2].reaction_type] = by_type.get(op[2].reaction_type, 0) + (1 if op[1] else -1)
     data = {"target_type": result.target_type, "target_id": str(result.target_id),
             "reaction_count": result.reaction_count, "added": added, "removed": len(ops) - added,
+            "by_type": {k: v for k, v in by_type.items() if v},
             "user_id": single[0] if single else None, "reaction": single[2].reaction_type if single else None}
     return data, Meta(a=single[0]) if single else None
+
+
+def deleted(result: Any) -> list[Event]:
+    """``vybe.deleted`` (feed, its channel, its looproom) or ``comment.deleted`` (its vybe's channel) after
+    an author deleted their own content; ``ids`` lists every comment that went with it."""
+    data = {"id": str(result.id), "target_type": result.kind, "ids": [str(i) for i in result.comment_ids]}
+    if result.kind == "shared_vybe":
+        meta = vybe_meta(result.author_id, result.privacy_level)
+        out = [event("feed", "vybe.deleted", data, meta), event(f"vybe:{result.id}", "vybe.deleted", data, meta)]
+        if result.looproom_id:
+            out.append(event(f"looproom:{result.looproom_id}", "vybe.deleted", data, meta))
+        return out
+    return [event(f"vybe:{result.vybe_id}", "comment.deleted", data, Meta(a=result.author_id))]
 
 
 def blocks_changed(user_id: str, blocked: list[str]) -> list[Event]:
@@ -121,6 +139,17 @@ def visibility(kind: str, target_id: str, vybe_id: str | None, looproom_id: str 
     return [event(f"vybe:{vybe_id}", "comment." + name, data)] if vybe_id else []
 
 
+EXCERPT_CHARS = 80
+
+
+def excerpt(text: str | None, limit: int = EXCERPT_CHARS) -> str | None:
+    """The start of a text, to name it in a notice ("your vybe 'Morning run...'")."""
+    if text is None:
+        return None
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
+
+
 def outcome(user_id: str, data: dict[str, Any], name: str = "moderation.outcome") -> Event:
     """A moderation outcome told to one user (the author, or a reporter)."""
     return event(f"user:{user_id}", name, data, Meta(o=user_id))
@@ -129,3 +158,17 @@ def outcome(user_id: str, data: dict[str, Any], name: str = "moderation.outcome"
 def case_changed(name: str, case: Any) -> Event:
     """A case change on mod:flagged (moderators only; the author is shown even when anonymous)."""
     return event("mod:flagged", name, msgspec.to_builtins(case), Meta(m=True))
+
+
+def care_opened(care: Any, message: str, resources: list[dict[str, str]]) -> list[Event]:
+    """A self-harm disclosure: a caring notice to its author (``care.notice``, on their own channel) and
+    the care case to moderators (``care.opened`` on mod:flagged). Nothing is hidden."""
+    notice = {"target_type": care.target_type, "target_id": care.target_id, "message": message,
+              "resources": resources}
+    return [event(f"user:{care.author_id}", "care.notice", notice, Meta(o=care.author_id)),
+            event("mod:flagged", "care.opened", msgspec.to_builtins(care), Meta(m=True))]
+
+
+def care_closed(care: Any) -> list[Event]:
+    """A care case closed by a moderator (``care.closed`` on mod:flagged)."""
+    return [event("mod:flagged", "care.closed", msgspec.to_builtins(care), Meta(m=True))]

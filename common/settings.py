@@ -92,10 +92,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     detoxify_checkpoint: str | None = None
     detoxify_hf_dir: str | None = None
     moderation_mode: str = "auto"
-    """auto | off | shadow | flag | hide. auto: flag, except with the light fallback scorer, which only
-    records its scores (shadow): it flags most short friendly messages (moderation/data/independent)."""
+    """auto | off | shadow | flag | hide. auto: the mode this release recommends for the scorer, today
+    ``flag`` for every scorer (workers.main.resolve_mode)."""
     moderation_thresholds: str = ""
     """Overrides, ``label=flag[:hide],...``; e.g. ``toxicity=0.8:0.97,threat=0.6``."""
+    care_threshold: float = 0.5
+    """``self_harm_risk`` score at which a post reads as its author's own self-harm disclosure: the author
+    gets the care message and the post a care case for moderators; it is never hidden for it.
+    Above 1 turns the care route off."""
+    care_message: str = (
+        "It sounds like things are really hard right now. You are not alone, and you don't have to carry "
+        "this by yourself. If you are in danger, please call your local emergency number now.")
+    """The caring notice sent to the author (``care.notice``), in the app's own words."""
+    care_resources: str = (
+        "Find a helpline in your country|https://findahelpline.com;"
+        "International Association for Suicide Prevention|https://www.iasp.info/crisis-centres-helplines/")
+    """Resources listed with the notice: ``title|url`` items separated by ``;``."""
+    model_poll_s: float = 5.0
+    """How often a worker checks which model is active (a promoted model is picked up without a restart)."""
+    rescore_window_s: float = 86_400.0
+    """On promotion, items scored this recently (and every open case) are rescored by the new model."""
     premoderation: bool = False
     """Hold new vybes out of the feed until scored."""
     report_flag_threshold: int = 3
@@ -125,6 +141,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name, most in (("max_vybe_chars", 5000), ("max_comment_chars", 2000)):
             if not 1 <= getattr(self, name) <= most:
                 raise SettingsError(PREFIX + name.upper(), f"must be 1 to {most} (the database's limit)")
+        if not self.care_threshold >= 0.0:
+            raise SettingsError("VYBE_CARE_THRESHOLD", "must be 0 or more (above 1: the care route is off)")
+        try:
+            self.care_links  # noqa: B018 - parses the setting, raising ValueError
+        except ValueError as err:
+            raise SettingsError("VYBE_CARE_RESOURCES", str(err)) from err
+        if self.model_poll_s <= 0 or self.rescore_window_s < 0:
+            raise SettingsError("VYBE_MODEL_POLL_S", "the poll interval must be positive, the rescore window >= 0")
         if self.max_frame_bytes < 0:
             raise SettingsError("VYBE_MAX_FRAME_BYTES", "must be 0 (follow the content limits) or positive")
         for name in ("rate_burst", "max_subscriptions", "send_queue_bytes",
@@ -136,6 +160,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def frame_limit(self) -> int:
         """The largest client frame accepted (``max_frame_bytes``, or what the content limits need)."""
         return self.max_frame_bytes or 12 * max(self.max_vybe_chars, self.max_comment_chars) + 4096
+
+    @property
+    def care_links(self) -> list[dict[str, str]]:
+        """``care_resources`` as ``[{"title", "url"}]``; ValueError on an item without both."""
+        links = []
+        for item in filter(None, (x.strip() for x in self.care_resources.split(";"))):
+            title, sep, url = item.partition("|")
+            if not sep or not title.strip() or not url.strip().startswith(("https://", "http://", "tel:")):
+                raise ValueError(f"{item!r}: expected title|url (https://, http:// or tel:)")
+            links.append({"title": title.strip(), "url": url.strip()})
+        return links
 
     @property
     def algorithms(self) -> tuple[str, ...]:

@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from common.events import excerpt
 from common.visibility import hides_author_sql
+from db import learning
 from db.writes._tx import in_transaction
 from db.writes.errors import Conflict, Forbidden, NotFound, WriteError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import LiteralString
 
     import asyncpg
@@ -75,6 +78,18 @@ class CaseView(msgspec.Struct, frozen=True):
     note: str | None
     opened_at: dt.datetime
     vybe_id: uuid.UUID | None = None
+    model_cleared_by: str | None = None
+    """A newer model version that scores this content below every threshold (the case stays open)."""
+    message: str | None = None
+    """What the deciding moderator told the author (``note`` is internal)."""
+    appeal_statement: str | None = None
+    """The author's appeal, once: the case is open again as an appeal until ``appeal_outcome`` is set."""
+    appealed_at: dt.datetime | None = None
+    appeal_of: str | None = None
+    """The moderator whose action is appealed (None: the model's); another moderator decides."""
+    appeal_outcome: str | None = None
+    """``granted`` (restored or dismissed) or ``denied`` (hidden or removed again)."""
+    resolved_at: dt.datetime | None = None
 
 
 _ITEMS = """
@@ -145,6 +160,8 @@ async def open_case(conn: asyncpg.Connection, target_type: str, target_id: str, 
                   reasons = ARRAY(SELECT DISTINCT unnest(moderation_cases.reasons || EXCLUDED.reasons)),
                   scores = coalesce(EXCLUDED.scores, moderation_cases.scores),
                   model_flagged = moderation_cases.model_flagged OR EXCLUDED.model_flagged,
+                  model_cleared_by = CASE WHEN EXCLUDED.model_flagged THEN NULL
+                                          ELSE moderation_cases.model_cleared_by END,
                   opened_at = CASE WHEN moderation_cases.state = 'resolved' THEN now()
                                    ELSE moderation_cases.opened_at END,
                   updated_at = now()
@@ -217,13 +234,18 @@ def _view(r: asyncpg.Record, reporters: list[Reporter]) -> CaseView:
         moderation_state=r["content_state"], scores=r["scores"], reasons=list(r["reasons"]),
         report_count=r["report_count"], reporters=reporters, claimed_by=r["claimed_by"],
         claim_expires_at=r["claim_expires_at"], resolution=r["resolution"], resolved_by=r["resolved_by"],
-        note=r["note"], opened_at=r["opened_at"], vybe_id=r["vybe_id"],
+        note=r["note"], opened_at=r["opened_at"], vybe_id=r["vybe_id"], model_cleared_by=r["model_cleared_by"],
+        message=r["message"], appeal_statement=r["appeal_statement"], appealed_at=r["appealed_at"],
+        appeal_of=r["appeal_of"], appeal_outcome=r["appeal_outcome"], resolved_at=r["resolved_at"],
     )
 
 
-async def open_queue(pool: asyncpg.Pool, limit: int = 100) -> list[CaseView]:
-    """Open cases, oldest first (the moderator's queue)."""
-    ids = await pool.fetch("SELECT id FROM moderation_cases WHERE state = 'open' ORDER BY opened_at LIMIT $1", limit)
+async def open_queue(pool: asyncpg.Pool, limit: int = 100, appeals: bool | None = None) -> list[CaseView]:
+    """Open cases, oldest first (the moderator's queue); ``appeals``: only appeals (True), none (False)."""
+    ids = await pool.fetch(
+        """SELECT id FROM moderation_cases
+            WHERE state = 'open' AND ($2::boolean IS NULL OR (appeal_statement IS NOT NULL) = $2)
+            ORDER BY opened_at LIMIT $1""", limit, appeals)
     return await case_views(pool, [r["id"] for r in ids])
 
 
@@ -280,8 +302,14 @@ class Resolved(msgspec.Struct, frozen=True):
 
 
 async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, note: str | None,
-                  moderator: str, announce: Announcement | None = None) -> Resolved:
-    """Apply a resolution; returns the case, the reporters to tell and the vybe's looproom."""
+                  moderator: str, announce: Announcement | None = None,
+                  labels: Sequence[str] | None = None, message: str | None = None) -> Resolved:
+    """Apply a resolution; returns the case, the reporters to tell and the vybe's looproom.
+
+    ``note`` is internal (the case and the audit log); ``message`` is for the author. On an appeal
+    the moderator whose action is appealed may not decide, and the decision is the appeal's outcome.
+    The decision is also a label for the model (``db.learning.record_decision``): ``labels`` are the
+    abuse labels the moderator says apply (None: the ones the model flagged)."""
     if action not in _STATE_AFTER:
         raise WriteError(f"unknown action {action!r}", "invalid")
 
@@ -290,6 +318,10 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
         kind = row["target_type"]
         if kind == "user" and action in ("hide", "remove"):
             raise Forbidden("users are not hidden from the feed here; dismiss, or act on their content")
+        appeal = row["appeal_statement"] is not None and row["appeal_outcome"] is None
+        if appeal and row["appeal_of"] == moderator:
+            raise Forbidden("you took the action under appeal: another moderator decides it")
+        await learning.record_decision(conn, row, action, labels, moderator)
         looproom = None
         if kind in _TABLE:
             await conn.execute(
@@ -303,14 +335,196 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
                       action_taken = $6, updated_at = now()
                 WHERE reported_type = $1 AND reported_id = $2 AND status IN ('PENDING', 'REVIEWED')
             RETURNING reporter_id""", kind, row["target_id"], _REPORT_STATUS[action], moderator, note, action)
+        outcome = ("denied" if action in ("hide", "remove") else "granted") if appeal else row["appeal_outcome"]
         await conn.execute(
             """UPDATE moderation_cases SET state = 'resolved', resolution = $2, resolved_by = $3, resolved_at = now(),
-                      note = $4, claimed_by = NULL, claim_expires_at = NULL, version = version + 1, updated_at = now()
-                WHERE id = $1""", row["id"], action, moderator, note)
+                      note = $4, message = $5, appeal_outcome = $6, claimed_by = NULL, claim_expires_at = NULL,
+                      version = version + 1, updated_at = now()
+                WHERE id = $1""", row["id"], action, moderator, note, message, outcome)
         await _audit(conn, moderator, action, row, note)
         view = (await case_views(conn, [row["id"]]))[0]
         people = [r["reporter_id"] for r in reporters if r["reporter_id"] != SYSTEM_REPORTER]
         return Resolved(view, people, looproom)
+
+    return await in_transaction(pool, body, announce)
+
+
+async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
+                 announce: Announcement | None = None) -> Resolved:
+    """Undo a resolution: the case is open again (unclaimed, a new version), its content back under
+    review (``flagged``: visible, as before a decision) and the decision no longer a label. An appeal
+    decided by it is undecided again. The author is not told: the content is simply reviewed again."""
+
+    async def body(conn: asyncpg.Connection) -> Resolved:
+        row = await _locked_case(conn, case_id, version, moderator)
+        if row["state"] != "resolved":
+            raise Conflict("case is open already")
+        kind, looproom = row["target_type"], None
+        if kind in _TABLE:
+            await conn.execute(
+                f"UPDATE {_TABLE[kind]} SET moderation_state = 'flagged', updated_at = now() WHERE id = $1::uuid",
+                row["target_id"])
+        if kind == "shared_vybe":
+            looproom = await conn.fetchval(
+                "SELECT looproom_id::text FROM shared_vybes WHERE id = $1::uuid", row["target_id"])
+        await conn.execute("DELETE FROM moderation_labels WHERE case_id = $1", row["id"])
+        await conn.execute(
+            """UPDATE reports SET status = 'PENDING', updated_at = now()
+                WHERE reported_type = $1 AND reported_id = $2 AND status IN ('RESOLVED', 'DISMISSED')""",
+            kind, row["target_id"])
+        await conn.execute(
+            """UPDATE moderation_cases SET state = 'open', resolution = NULL, resolved_by = NULL, resolved_at = NULL,
+                      appeal_outcome = NULL, claimed_by = NULL, claim_expires_at = NULL, version = version + 1,
+                      updated_at = now()
+                WHERE id = $1""", row["id"])
+        await _audit(conn, moderator, "reopen", row, f"was {row['resolution']}")
+        return Resolved((await case_views(conn, [row["id"]]))[0], [], looproom)
+
+    return await in_transaction(pool, body, announce)
+
+
+async def recently_resolved(pool: asyncpg.Pool, limit: int = 50) -> list[CaseView]:
+    """Resolved cases, most recent first (to review, and to reopen)."""
+    ids = await pool.fetch(
+        "SELECT id FROM moderation_cases WHERE state = 'resolved' ORDER BY resolved_at DESC NULLS LAST LIMIT $1",
+        limit)
+    return await case_views(pool, [r["id"] for r in ids])
+
+
+class PastCase(msgspec.Struct, frozen=True):
+    """One earlier case about the same author."""
+
+    case_id: uuid.UUID
+    target_type: str
+    target_id: str
+    excerpt: str | None
+    state: str
+    resolution: str | None
+    reasons: list[str]
+    opened_at: dt.datetime
+    resolved_at: dt.datetime | None
+
+
+class ReporterRecord(msgspec.Struct, frozen=True):
+    """How often a reporter's past reports were upheld (hidden or removed) by moderators."""
+
+    reporter_id: str
+    reports: int
+    """Their reports on decided cases, this one excluded."""
+    upheld: int
+    accuracy: float | None
+
+
+class ParentVybe(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    text: str
+    author_id: str
+    moderation_state: str
+
+
+class CaseContext(msgspec.Struct, frozen=True):
+    """What a moderator needs around a case: the vybe a comment answers, the author's record, and how
+    reliable each reporter has been."""
+
+    case_id: uuid.UUID
+    parent: ParentVybe | None
+    author_history: list[PastCase]
+    reporters: list[ReporterRecord]
+
+
+async def case_context(pool: asyncpg.Pool, case_id: str, history: int = 20) -> CaseContext:
+    try:
+        cid = uuid.UUID(case_id)
+    except ValueError as err:
+        raise NotFound("no such case") from err
+    views = await case_views(pool, [cid])
+    if not views:
+        raise NotFound("no such case")
+    view = views[0]
+    parent = None
+    if view.vybe_id is not None:
+        row = await pool.fetchrow(
+            "SELECT id, content, user_id, moderation_state::text AS s FROM shared_vybes WHERE id = $1", view.vybe_id)
+        if row is not None:
+            parent = ParentVybe(row["id"], row["content"], row["user_id"], row["s"])
+    past: list[PastCase] = []
+    if view.author_id is not None:
+        rows = await pool.fetch(
+            """SELECT c.id, c.target_type, c.target_id, coalesce(v.content, cm.content) AS text, c.state, c.resolution,
+                      c.reasons, c.opened_at, c.resolved_at
+                 FROM moderation_cases c
+                 LEFT JOIN shared_vybes v ON v.id = (CASE WHEN c.target_type = 'shared_vybe' THEN c.target_id::uuid END)
+                 LEFT JOIN comments cm ON cm.id = (CASE WHEN c.target_type = 'comment' THEN c.target_id::uuid END)
+                WHERE c.id <> $1 AND coalesce(v.user_id, cm.user_id, CASE WHEN c.target_type = 'user'
+                                                                          THEN c.target_id END) = $2
+                ORDER BY c.opened_at DESC LIMIT $3""", cid, view.author_id, history)
+        past = [PastCase(r["id"], r["target_type"], r["target_id"], excerpt(r["text"], 120), r["state"],
+                         r["resolution"], list(r["reasons"]), r["opened_at"], r["resolved_at"]) for r in rows]
+    people = [r.reporter_id for r in view.reporters if r.reporter_id != SYSTEM_REPORTER]
+    records = await pool.fetch(
+        """SELECT r.reporter_id, count(*) AS n, count(*) FILTER (WHERE c.resolution IN ('hide', 'remove')) AS upheld
+             FROM reports r JOIN moderation_cases c ON c.target_type = r.reported_type AND c.target_id = r.reported_id
+            WHERE r.reporter_id = ANY($1::text[]) AND c.state = 'resolved' AND c.id <> $2
+            GROUP BY r.reporter_id""", people, cid)
+    by_id = {r["reporter_id"]: (r["n"], r["upheld"]) for r in records}
+    reporters = [ReporterRecord(p, by_id.get(p, (0, 0))[0], by_id.get(p, (0, 0))[1],
+                                round(by_id[p][1] / by_id[p][0], 4) if by_id.get(p, (0, 0))[0] else None)
+                 for p in people]
+    return CaseContext(cid, parent, past, reporters)
+
+
+class AppealView(msgspec.Struct, frozen=True):
+    """What the author sees of their appeal."""
+
+    target_type: str
+    target_id: str
+    state: str
+    """``open`` until a moderator decides; the outcome comes as ``moderation.outcome`` with ``appeal``."""
+    appealed_at: dt.datetime
+
+
+_CONTENT_OF: dict[str, LiteralString] = {
+    "shared_vybe": "SELECT user_id, moderation_state::text AS state FROM shared_vybes WHERE id = $1",
+    "comment": "SELECT user_id, moderation_state::text AS state FROM comments WHERE id = $1",
+}
+
+
+async def appeal(pool: asyncpg.Pool, user_id: str, target_type: str, target_id: str, statement: str,
+                 announce: Announcement | None = None) -> tuple[AppealView, CaseView]:
+    """The author appeals the hiding or removal of their vybe or comment, once: the case reopens as an
+    appeal (unclaimed, a new version) for a moderator other than the one who acted."""
+    kind = target_type.lower()
+    try:
+        tid = uuid.UUID(target_id)
+    except ValueError as err:
+        raise NotFound("no such vybe or comment of yours") from err
+    if kind not in _CONTENT_OF:
+        raise WriteError("only a vybe or a comment can be appealed", "invalid_value")
+
+    async def body(conn: asyncpg.Connection) -> tuple[AppealView, CaseView]:
+        await conn.execute(_LOCK_TARGET[kind], str(tid))
+        content = await conn.fetchrow(_CONTENT_OF[kind], tid)
+        if content is None or content["user_id"] != user_id:
+            raise NotFound("no such vybe or comment of yours")
+        if content["state"] not in ("hidden", "removed"):
+            raise WriteError(f"only hidden or removed content can be appealed (this is {content['state']})",
+                             "invalid_value")
+        case = await conn.fetchrow(
+            "SELECT * FROM moderation_cases WHERE target_type = $1 AND target_id = $2 FOR UPDATE", kind, str(tid))
+        if case is None:  # hidden before cases existed: give the appeal one
+            await open_case(conn, kind, str(tid), [], None)
+            case = await conn.fetchrow(
+                "SELECT * FROM moderation_cases WHERE target_type = $1 AND target_id = $2 FOR UPDATE", kind, str(tid))
+        if case["appeal_statement"] is not None:
+            raise Conflict("this has been appealed once already")
+        appeal_of = case["resolved_by"] if case["state"] == "resolved" else None
+        appealed_at = await conn.fetchval(
+            """UPDATE moderation_cases SET state = 'open', appeal_statement = $2, appealed_at = now(), appeal_of = $3,
+                      claimed_by = NULL, claim_expires_at = NULL, version = version + 1, updated_at = now()
+                WHERE id = $1 RETURNING appealed_at""", case["id"], statement, appeal_of)
+        await _audit(conn, user_id, "appeal", case, statement)
+        view = (await case_views(conn, [case["id"]]))[0]
+        return AppealView(kind, str(tid), "open", appealed_at), view
 
     return await in_transaction(pool, body, announce)
 

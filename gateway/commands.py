@@ -74,7 +74,9 @@ async def handle(conn: Caller, cmd: Any) -> Result:
                 return await _report(conn, cmd)
             case p.Block() | p.Unblock():
                 return await _block(conn, cmd)
-            case p.Claim() | p.Resolve():
+            case p.AppealCmd():
+                return Result(await conn.gw.desk.appeal(conn, cmd))
+            case p.Claim() | p.Resolve() | p.Reopen():
                 return await _moderate(conn, cmd)
     except writes.WriteError as err:
         raise CommandError(err.code, err.message, err.retry_after) from err
@@ -215,7 +217,7 @@ async def _block(conn: Caller, cmd: p.Block | p.Unblock) -> Result:
     return Result(writes.BlockList(blocked=blocked))
 
 
-async def _moderate(conn: Caller, cmd: p.Claim | p.Resolve) -> Result:
+async def _moderate(conn: Caller, cmd: p.Claim | p.Resolve | p.Reopen) -> Result:
     if not conn.is_moderator:
         raise CommandError(ErrorCode.FORBIDDEN, f"{type(cmd).__name__.lower()} is for MODERATOR and ADMIN roles")
     return Result(await conn.gw.desk.act(conn, cmd))

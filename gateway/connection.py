@@ -199,7 +199,7 @@ class Connection:
                 self.reply(Error(None, err.code, err.message, err.retry_after))
                 self.close(CloseCode.TRY_AGAIN, "backend unavailable; retry")
                 return
-            self.reply(Ack("", _auth_result(identity)))  # the same answer as an `auth` frame's
+            self.reply(Ack("", _auth_result(identity, self.blocked)))  # the same answer as an `auth` frame's
         else:
             self._set_timer(self.gw.settings.auth_timeout_s, self._auth_deadline)
         field = "bytes" if self.codec.binary else "text"  # the frame kind this socket reads
@@ -283,7 +283,7 @@ class Connection:
         except CommandError as err:  # a backend is down: the socket stays, the client retries `auth`
             self.reply(Error(cmd.id, err.code, err.message, err.retry_after))
             return
-        self.reply(Ack(cmd.id, _auth_result(identity)))
+        self.reply(Ack(cmd.id, _auth_result(identity, self.blocked)))
 
     async def _authenticate(self, token: str, cid: str | None) -> Identity:
         """Verify; on the first success, load the user and join their personal channel.
@@ -362,5 +362,6 @@ class Connection:
             pass  # already gone
 
 
-def _auth_result(identity: Identity) -> AuthResult:
-    return AuthResult(user_id=identity.user_id, role=identity.role, expires_at=identity.expires_at)
+def _auth_result(identity: Identity, blocked: frozenset[str]) -> AuthResult:
+    return AuthResult(user_id=identity.user_id, role=identity.role, expires_at=identity.expires_at,
+                      blocked=sorted(blocked))

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from common.bus import Keys, Publisher
 from common.events import reactions_changed
 from common.tasks import Supervisor
-from db import outbox, writes
+from db import learning, outbox, writes
 from db.pool import UNREACHABLE, create_pool
 from gateway.auth import Identity, Verifier
 from gateway.hub import Hub
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from gateway.connection import Connection
 
 log = logging.getLogger(__name__)
+FLAG_STATS_WINDOW_S = 30 * 86_400.0
 
 
 class Gateway:
@@ -69,6 +70,8 @@ class Gateway:
         self.bytes_out = 0
         self.commands_in = 0
         self.desk = Desk(self)
+        self.flag_stats: learning.Stats | None = None
+        """Flag precision and recall by moderators' decisions (30 days), refreshed every minute for /metrics."""
         self.presence = Presence(self, settings.presence_interval_s)
         self.metrics.bind(self)
 
@@ -98,6 +101,19 @@ class Gateway:
         sup.add("outbox-relay", self.relay.run_catch_up)
         sup.add("outbox-deleter", self.relay.run_deleter)
         sup.add("presence", self.presence.run)
+        sup.add("flag-stats", self._refresh_flag_stats)
+
+    async def refresh_flag_stats(self) -> None:
+        """Read the model's flag precision and recall (30 days) for /metrics."""
+        self.flag_stats = await learning.label_stats(self.pool, FLAG_STATS_WINDOW_S)
+
+    async def _refresh_flag_stats(self) -> None:
+        while True:
+            try:
+                await self.refresh_flag_stats()
+            except (*UNREACHABLE, asyncpg.PostgresError) as err:
+                log.debug("flag stats not refreshed: %s", err)
+            await asyncio.sleep(60.0)
 
     async def ready(self) -> dict[str, Any]:
         """Readiness of each dependency, with a real round trip to each, and of each background loop."""

@@ -64,3 +64,26 @@ class _HotPathCounters(Collector):
                                   value=gw.relay.relayed)
         yield GaugeMetricFamily("vybe_outbox_backlog", "Outbox rows committed here and waiting for the fast path",
                                 value=gw.relay.backlog)
+        yield from _flag_stats(gw)
+
+
+def _flag_stats(gw: Gateway) -> Iterator[GaugeMetricFamily]:
+    """The model's flag precision and recall per label by moderators' decisions over 30 days (label
+    ``any``: a flag of any label against harmful content). The same figure on every node: read one."""
+    stats = gw.flag_stats
+    if stats is None:
+        return
+    yield GaugeMetricFamily("vybe_moderation_decisions", "Moderator decisions in the window (30 days)",
+                            value=stats.decisions)
+    precision = GaugeMetricFamily("vybe_moderation_flag_precision",
+                                  "Model flags moderators confirmed, per label (30 days)", labels=["label"])
+    recall = GaugeMetricFamily("vybe_moderation_flag_recall",
+                               "Harm moderators found that the model had flagged, per label (30 days)",
+                               labels=["label"])
+    for s in stats.labels:
+        if s.precision is not None:
+            precision.add_metric([s.label], s.precision)
+        if s.recall is not None:
+            recall.add_metric([s.label], s.recall)
+    yield precision
+    yield recall

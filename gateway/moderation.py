@@ -41,8 +41,13 @@ class Desk:
             return []
         return [events.case_changed("report.flagged", view) for view in await mdb.case_views(conn, [case_id])]
 
-    async def act(self, actor: Any, cmd: p.Claim | p.Resolve) -> mdb.CaseView:
+    async def act(self, actor: Any, cmd: p.Claim | p.Resolve | p.Reopen) -> mdb.CaseView:
         gw = self.gw
+        if isinstance(cmd, p.Reopen):
+            reopened = Announcement.of(reopen_events)
+            result = await mdb.reopen(gw.pool, cmd.case_id, cmd.version, actor.user_id, announce=reopened)
+            gw.announce(reopened)
+            return result.case
         if isinstance(cmd, p.Claim):
             name = "case.released" if cmd.release else "case.claimed"
             claimed = Announcement.of(lambda view: [events.case_changed(name, view)])
@@ -52,9 +57,27 @@ class Desk:
             return view
         resolved = Announcement.of(lambda r: resolution_events(r, cmd.action))
         result = await mdb.resolve(gw.pool, cmd.case_id, cmd.version, cmd.action, cmd.note, actor.user_id,
-                                   announce=resolved)
+                                   announce=resolved, labels=cmd.labels, message=cmd.message)
         gw.announce(resolved)
         return result.case
+
+    async def appeal(self, actor: Any, cmd: p.AppealCmd) -> mdb.AppealView:
+        """The author's appeal: the case reopens (``case.appealed`` to moderators)."""
+        appealed = Announcement.of(lambda pair: [events.case_changed("case.appealed", pair[1])])
+        view, _ = await mdb.appeal(self.gw.pool, actor.user_id, cmd.target_type, cmd.target_id, cmd.statement,
+                                   announce=appealed)
+        self.gw.announce(appealed)
+        return view
+
+
+def reopen_events(reopened: mdb.Resolved) -> list[Event]:
+    """The case to moderators; the content back in view where the resolution had taken it out."""
+    view = reopened.case
+    out = [events.case_changed("case.reopened", view)]
+    if view.target_type in ("shared_vybe", "comment"):
+        vybe_id = None if view.vybe_id is None else str(view.vybe_id)
+        out += events.visibility(view.target_type, str(view.target_id), vybe_id, reopened.looproom_id, "restored")
+    return out
 
 
 def resolution_events(resolved: mdb.Resolved, action: str) -> list[Event]:
@@ -66,8 +89,11 @@ def resolution_events(resolved: mdb.Resolved, action: str) -> list[Event]:
         vybe_id = None if view.vybe_id is None else str(view.vybe_id)
         out += events.visibility(view.target_type, target, vybe_id, resolved.looproom_id, _VISIBILITY[action])
     if view.author_id and view.target_type != "user":
-        out.append(events.outcome(view.author_id, {"target_type": view.target_type, "target_id": target,
-                                                   "action": action, "note": view.note}))
+        out.append(events.outcome(view.author_id, {
+            "target_type": view.target_type, "target_id": target, "action": action, "by": "moderator",
+            "message": view.message, "excerpt": events.excerpt(view.text),
+            "appeal": view.appeal_outcome if view.appeal_statement is not None else None,
+            "appealable": action in ("hide", "remove") and view.appeal_statement is None}))
     for reporter in resolved.reporters:
         out.append(events.outcome(reporter, {"target_type": view.target_type, "target_id": target, "outcome": action},
                                   "report.resolved"))

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from common.errors import ErrorCode
+from common.labels import AbuseLabel
 
 ReactionType = Literal["HEART", "CLAP", "FIRE", "PEACE", "INSPIRE", "STRENGTH", "GRATITUDE", "MINDFUL"]
 ReactableType = Literal["SHARED_VYBE", "COMMENT", "LOOPROOM"]
@@ -38,7 +39,7 @@ Description = Annotated[str, msgspec.Meta(max_length=1000, pattern=r"^[^\x00]*$"
 Note = Annotated[str, msgspec.Meta(max_length=2000, pattern=r"^[^\x00]*$")]
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00]*$")]
 Version = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
-TEXT_FIELDS = frozenset({"content", "description", "note"})
+TEXT_FIELDS = frozenset({"content", "description", "note", "message", "statement"})
 
 
 class Request(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
@@ -96,7 +97,35 @@ class ResolveBody(Request, kw_only=True):
     version: Version
     action: Resolution
     note: Note | None = None
-    """Shown to the author of the content in their ``moderation.outcome`` event."""
+    """Internal: kept on the case and in the audit log for other moderators. The author never sees it."""
+    message: Note | None = None
+    """Optional, for the author: sent with the outcome in their ``moderation.outcome`` event."""
+    labels: Annotated[list[AbuseLabel], msgspec.Meta(max_length=7)] | None = None
+    """For ``hide`` and ``remove``: which abuse labels apply. The decision trains the model
+    (``vybe moderation retrain``); omitted, the labels the model flagged count as confirmed, and for
+    content only members reported, the reports' types. Ignored for ``dismiss`` and ``restore``
+    (they say the content is fine)."""
+
+
+AppealTarget = Literal["SHARED_VYBE", "COMMENT", "shared_vybe", "comment"]
+Statement = Annotated[str, msgspec.Meta(max_length=1000, pattern=_TEXT)]
+
+
+class AppealBody(Request, kw_only=True):
+    """The author of a hidden or removed vybe or comment asks for another look, once."""
+
+    target_type: AppealTarget
+    target_id: str
+    statement: Statement
+    """Why the decision is wrong, in your words: 1 to 1,000 code points. The moderator who decides reads it."""
+
+
+class CloseCareBody(Request, kw_only=True):
+    """Close a care case (REST ``POST /api/mod/care/{care_id}/close``)."""
+
+    version: Version
+    note: Note | None = None
+    """What was done (kept in the audit log; the author never sees it)."""
 
 
 class Auth(Request, tag_field="type", tag="auth", kw_only=True):
@@ -148,6 +177,20 @@ class Ping(Request, tag_field="type", tag="ping", kw_only=True):
     pass
 
 
+class AppealCmd(AppealBody, tag_field="type", tag="appeal", kw_only=True):
+    pass
+
+
+class ReopenBody(Request, kw_only=True):
+    """Undo a resolution (the case's current ``version``): the case is open again."""
+
+    version: Version
+
+
+class Reopen(ReopenBody, tag_field="type", tag="reopen", kw_only=True):
+    case_id: str
+
+
 class Claim(ClaimBody, tag_field="type", tag="claim", kw_only=True):
     case_id: str
 
@@ -158,7 +201,7 @@ class Resolve(ResolveBody, tag_field="type", tag="resolve", kw_only=True):
 
 ClientCommand = (
     Auth | Subscribe | Unsubscribe | PostVybe | CommentCmd | React | Unreact | Share | ReportCmd
-    | Block | Unblock | Ping | Claim | Resolve
+    | Block | Unblock | Ping | AppealCmd | Claim | Resolve | Reopen
 )
 
 COMMAND_TYPES: frozenset[str] = frozenset(
@@ -173,6 +216,8 @@ class AuthResult(msgspec.Struct, kw_only=True):
     role: Literal["MEMBER", "CREATOR", "MODERATOR", "ADMIN"]
     expires_at: float
     """The token's ``exp`` (epoch seconds): send ``auth`` with a fresh token before it."""
+    blocked: list[str] = msgspec.field(default_factory=list)
+    """Your block list (``blocks.changed`` brings later changes)."""
 
 
 class Subscribed(msgspec.Struct, kw_only=True):
@@ -224,8 +269,9 @@ class Notice(msgspec.Struct, tag="notice", tag_field="type", omit_defaults=True)
 EVENT_NAMES = (
     "vybe.created", "vybe.shared", "vybe.hidden", "vybe.removed", "vybe.restored", "comment.created",
     "comment.hidden", "comment.removed", "comment.restored", "reactions.changed", "reaction.added",
-    "looproom.presence", "moderation.outcome", "blocks.changed", "report.flagged", "report.resolved",
-    "case.claimed", "case.released",
+    "looproom.presence", "moderation.outcome", "blocks.changed", "report.flagged", "report.resolved", "case.claimed",
+    "case.released", "case.rescored", "case.appealed", "case.reopened", "care.notice", "vybe.deleted",
+    "comment.deleted", "care.opened", "care.closed",
 )
 
 
@@ -384,6 +430,7 @@ def ack_results() -> dict[str, type[msgspec.Struct]]:
         "post_vybe": writes.Vybe, "comment": writes.CommentView, "react": writes.ReactionView,
         "unreact": writes.ReactionView, "share": writes.ShareView, "report": writes.ReportResult,
         "block": writes.BlockList, "unblock": writes.BlockList, "claim": mdb.CaseView, "resolve": mdb.CaseView,
+        "appeal": mdb.AppealView, "reopen": mdb.CaseView,
     }
 
 
@@ -394,9 +441,11 @@ def json_schema() -> dict[str, object]:
     array of ``$defs.ServerMessage``); ``ack_results`` names each command's result type.
     Served at ``/schema/protocol.json``.
     """
+    from db.learning import CareCase  # an event's data, not an ack: named so the doc can point at it
+
     results = ack_results()
     (client, server, *_), defs = msgspec.json.schema_components(
-        [ClientCommand, ServerMessage, *results.values()], ref_template="#/$defs/{name}")
+        [ClientCommand, ServerMessage, *results.values(), CareCase], ref_template="#/$defs/{name}")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "/schema/protocol.json",

@@ -21,11 +21,13 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Link, OpenAPI, OpenAPIResponse
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter, SkipValidation
 
-from common import errors
+from common import errors, events
 from common.errors import ErrorBody, ErrorCode
+from db import learning, writes
 from db import moderation as mdb
-from db import writes
+from db.outbox import Announcement
 from db.pool import UNREACHABLE
+from db.writes.errors import WriteError
 from db.writes.feed import CURSOR_PATTERN
 from gateway import protocol as p
 from gateway.auth import AuthError, Identity
@@ -246,25 +248,36 @@ class RestController(Controller):
         """Report a vybe, a comment or a user (a repeat by you returns your first report)."""
         return await _run(request, _command(p.ReportCmd, data), writes.ReportResult)
 
+    @post("/appeals", status_code=200, operation_id="appeal", responses=responses(*_WRITE))
+    async def appeal(self, request: Request[Any, Any, Any],
+                     data: JSONBody[SkipValidation[p.AppealBody]]) -> mdb.AppealView:
+        """Appeal the hiding or removal of your vybe or comment, once, with a short statement: the case
+        reopens for a moderator other than the one who acted; the outcome comes as ``moderation.outcome``."""
+        return await _run(request, _command(p.AppealCmd, data), mdb.AppealView)
+
     @delete("/vybes/{vybe_id:str}", status_code=204, operation_id="deleteVybe",
             responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
     async def delete_vybe(self, request: Request[Any, Any, Any], state: State, vybe_id: FromPath[str]) -> None:
         """Delete your vybe with its comments and reactions."""
         actor = await _actor(request)
+        gone = Announcement.of(events.deleted)
         try:
-            await writes.delete_vybe(state.gateway.pool, actor.user_id, vybe_id)
+            await writes.delete_vybe(state.gateway.pool, actor.user_id, vybe_id, gone)
         except writes.WriteError as err:
             raise ApiError(err.code, err.message) from err
+        state.gateway.announce(gone)
 
     @delete("/comments/{comment_id:str}", status_code=204, operation_id="deleteComment",
             responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
     async def delete_comment(self, request: Request[Any, Any, Any], state: State, comment_id: FromPath[str]) -> None:
         """Delete your comment with its replies."""
         actor = await _actor(request)
+        gone = Announcement.of(events.deleted)
         try:
-            await writes.delete_comment(state.gateway.pool, actor.user_id, comment_id)
+            await writes.delete_comment(state.gateway.pool, actor.user_id, comment_id, gone)
         except writes.WriteError as err:
             raise ApiError(err.code, err.message) from err
+        state.gateway.announce(gone)
 
 
 class ModerationController(Controller):
@@ -276,12 +289,13 @@ class ModerationController(Controller):
 
     @get("/queue", operation_id="getQueue", responses=responses(ErrorCode.FORBIDDEN))
     async def queue(self, request: Request[Any, Any, Any], state: State,
-                    limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100) -> list[mdb.CaseView]:
+                    limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100,
+                    appeals: FromQuery[Annotated[bool | None, Parameter(
+                        description="true: only appeals; false: no appeals; absent: every open case")]] = None,
+                    ) -> list[mdb.CaseView]:
         """Open cases, oldest first, each with everything needed to decide."""
-        actor = await _actor(request)
-        if not actor.is_moderator:
-            raise ApiError(ErrorCode.FORBIDDEN, "the moderation queue is for MODERATOR and ADMIN roles")
-        return await mdb.open_queue(state.gateway.pool, limit)
+        await _moderator(request)
+        return await mdb.open_queue(state.gateway.pool, limit, appeals)
 
     @post("/cases/{case_id:str}/claim", status_code=200, operation_id="claimCase", responses=responses(*_MODERATE))
     async def claim(self, request: Request[Any, Any, Any], case_id: FromPath[str],
@@ -292,8 +306,73 @@ class ModerationController(Controller):
     @post("/cases/{case_id:str}/resolve", status_code=200, operation_id="resolveCase", responses=responses(*_MODERATE))
     async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str],
                       data: JSONBody[SkipValidation[p.ResolveBody]]) -> mdb.CaseView:
-        """Resolve: ``{"version": n, "action": "remove|hide|restore|dismiss", "note": "..."}``."""
+        """Resolve: ``{"version": n, "action": "remove|hide|restore|dismiss", "note": "...", "labels": [...]}``.
+        The decision is a label the model learns from (``vybe moderation retrain``)."""
         return await _run(request, _command(p.Resolve, data, case_id=case_id), mdb.CaseView)
+
+    @post("/cases/{case_id:str}/reopen", status_code=200, operation_id="reopenCase", responses=responses(*_MODERATE))
+    async def reopen(self, request: Request[Any, Any, Any], case_id: FromPath[str],
+                     data: JSONBody[SkipValidation[p.ReopenBody]]) -> mdb.CaseView:
+        """Undo a resolution (``{"version": n}``): the case is open again, its content back under review."""
+        return await _run(request, _command(p.Reopen, data, case_id=case_id), mdb.CaseView)
+
+    @get("/resolved", operation_id="getResolved", responses=responses(ErrorCode.FORBIDDEN))
+    async def resolved(self, request: Request[Any, Any, Any], state: State,
+                       limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 50) -> list[mdb.CaseView]:
+        """Resolved cases, most recent first (to review and reopen)."""
+        await _moderator(request)
+        return await mdb.recently_resolved(state.gateway.pool, limit)
+
+    @get("/cases/{case_id:str}/context", operation_id="getCaseContext",
+         responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
+    async def context(self, request: Request[Any, Any, Any], state: State, case_id: FromPath[str]) -> mdb.CaseContext:
+        """Around a case: the vybe a comment answers, the author's earlier cases and their outcomes, and
+        how often each reporter's past reports were upheld."""
+        await _moderator(request)
+        try:
+            return await mdb.case_context(state.gateway.pool, case_id)
+        except WriteError as err:
+            raise ApiError(err.code, err.message, err.retry_after) from err
+
+    @get("/stats", operation_id="getModerationStats", responses=responses(ErrorCode.FORBIDDEN))
+    async def stats(self, request: Request[Any, Any, Any], state: State,
+                    window: FromQuery[Annotated[int, Parameter(ge=60, le=31_536_000)]] = 2_592_000,
+                    ) -> learning.Stats:
+        """How right the model's flags were, per label, by moderators' decisions over ``window`` seconds
+        (default 30 days): precision (flags confirmed) and recall (harm moderators found that the model
+        had flagged; harm nobody reported is not counted)."""
+        await _moderator(request)
+        return await learning.label_stats(state.gateway.pool, window)
+
+    @get("/care", operation_id="getCareQueue", responses=responses(ErrorCode.FORBIDDEN))
+    async def care(self, request: Request[Any, Any, Any], state: State,
+                   limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100) -> list[learning.CareCase]:
+        """Open care cases, oldest first: posts that read as their author's own self-harm disclosure.
+        They are not abuse and stay visible; their authors were sent the care message."""
+        await _moderator(request)
+        return await learning.care_queue(state.gateway.pool, limit)
+
+    @post("/care/{care_id:str}/close", status_code=200, operation_id="closeCareCase", responses=responses(*_MODERATE))
+    async def close_care(self, request: Request[Any, Any, Any], state: State, care_id: FromPath[str],
+                         data: JSONBody[SkipValidation[p.CloseCareBody]]) -> learning.CareCase:
+        """Close a care case (``{"version": n, "note": "reached out by DM"}``); the note stays in the audit log."""
+        actor = await _moderator(request)
+        body = _command(p.CloseCareBody, data)
+        gw = state.gateway
+        closed = Announcement.of(events.care_closed)
+        try:
+            care = await learning.close_care(gw.pool, care_id, body.version, actor.user_id, body.note, closed)
+        except WriteError as err:
+            raise ApiError(err.code, err.message, err.retry_after) from err
+        gw.announce(closed)
+        return care
+
+
+async def _moderator(request: Request[Any, Any, Any]) -> Actor:
+    actor = await _actor(request)
+    if not actor.is_moderator:
+        raise ApiError(ErrorCode.FORBIDDEN, "moderation is for MODERATOR and ADMIN roles")
+    return actor
 
 
 def _link(operation_id: str, description: str, parameters: dict[str, str] | None = None,

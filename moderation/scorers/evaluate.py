@@ -16,7 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moderation.policy import PolicyError, flagged, parse_thresholds
+from common.labels import SELF_HARM_RISK
+from moderation.policy import DEFAULT_CARE, PolicyError, flagged, parse_thresholds
 
 from . import load_scorer
 from .base import LABELS, Scorer
@@ -69,7 +70,7 @@ def metrics(rows: list[dict[str, Any]], scores: list[dict[str, float]],
         per_label[lab] = {"positives": sum(y), "roc_auc": _r(roc_auc(y, s)), "threshold": thresholds[lab],
                           **prec_rec(y, [v >= thresholds[lab] for v in s])}
     y_any = [int(any(r["labels"].values())) for r in rows]
-    s_any = [max(sc.values()) for sc in scores]
+    s_any = [max(sc.get(lab, 0.0) for lab in LABELS) for sc in scores]  # abuse labels only, not signals
     flags = [bool(flagged(sc, thresholds)) for sc in scores]
     overall = {"positives": sum(y_any), "negatives": len(rows) - sum(y_any), "roc_auc": _r(roc_auc(y_any, s_any)),
                **prec_rec(y_any, flags)}
@@ -78,12 +79,31 @@ def metrics(rows: list[dict[str, Any]], scores: list[dict[str, float]],
     benign = [f for f, y in zip(flags, y_any, strict=True) if not y]
     overall["benign_flag_rate"] = _r(sum(benign) / len(benign)) if benign else None
     report = {"overall": overall, "per_label": per_label, "flag_rate_by_category": _by_category(rows, flags)}
+    if any(r.get("care") is not None for r in rows) and any(SELF_HARM_RISK in sc for sc in scores):
+        report["care"] = care_metrics(rows, scores)
     if any("source" in r for r in rows):
         report["by_source"] = {
             src: {"n": len(idx), "roc_auc": _r(roc_auc([y_any[i] for i in idx], [s_any[i] for i in idx])),
                   **prec_rec([y_any[i] for i in idx], [flags[i] for i in idx])}
             for src, idx in _indices(rows, "source").items()}
     return report
+
+
+def care_metrics(rows: list[dict[str, Any]], scores: list[dict[str, float]],
+                 threshold: float = DEFAULT_CARE) -> dict[str, Any]:
+    """The care route: self-harm disclosures (``care`` = 1) found by ``self_harm_risk`` at the default
+    threshold, and which other texts it sends to care (by category: encouragement aimed at others must
+    stay on the abuse path)."""
+    known = [(r, sc) for r, sc in zip(rows, scores, strict=True) if r.get("care") is not None]
+    y = [int(r["care"]) for r, _ in known]
+    s = [sc.get(SELF_HARM_RISK, 0.0) for _, sc in known]
+    pred = [v >= threshold for v in s]
+    others: dict[str, int] = defaultdict(int)
+    for (r, _), p, yy in zip(known, pred, y, strict=True):
+        if p and not yy:
+            others[str(r.get("category", "?"))] += 1
+    return {"positives": sum(y), "threshold": threshold, "roc_auc": _r(roc_auc(y, s)), **prec_rec(y, pred),
+            "false_care_by_category": dict(sorted(others.items()))}
 
 
 def _indices(rows: list[dict[str, Any]], key: str) -> dict[str, list[int]]:
@@ -115,7 +135,7 @@ def worst(rows: list[dict[str, Any]], scores: list[dict[str, float]], thresholds
     misses, fps = [], []
     for r, sc in zip(rows, scores, strict=True):
         toxic, hits = any(r["labels"].values()), flagged(sc, thresholds)
-        top = max(sc, key=lambda k: sc[k])
+        top = max(LABELS, key=lambda k: sc.get(k, 0.0))
         item = [round(sc[top], 3), top, r.get("category"), r["text"]]
         if toxic and not hits:
             misses.append(item)

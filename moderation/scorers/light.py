@@ -2,8 +2,9 @@
 
 Needs nothing beyond the standard library, so it works on the base install
 (no numpy, no torch). Weights come from ``moderation/data/light_head.json``,
-trained on the same synthetic set as the embedded head by
-``python -m moderation.scorers.train``. It is much weaker than the embedded
+trained on the same set as the embedded head by ``python -m moderation.scorers.train``
+(or passed in a bundle, see ``load_scorer``). Heads with signals (``self_harm_risk``) add
+them to each score dict. It is much weaker than the embedded
 scorer on paraphrased threats and polite hate (see README.md).
 """
 
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from .base import DATA_DIR, LABELS, ScorerConfigError, ScorerLoadError, calibrated, clamp01
+from .base import DATA_DIR, LABELS, SIGNALS, ScorerConfigError, ScorerLoadError, calibrated, clamp01
 from .text import lexical_features
 
 if TYPE_CHECKING:
@@ -23,40 +24,53 @@ LIGHT_HEAD_PATH: Path = DATA_DIR / "light_head.json"
 
 
 def load_light_head(path: Path) -> dict[str, Any]:
-    """Read and validate the light head; raise a ScorerError subclass when unusable."""
+    """Read and validate the light head file; raise a ScorerError subclass when unusable."""
     if not path.is_file():
         raise ScorerConfigError(f"light head file not found: {path} (run python -m moderation.scorers.train)")
     try:
-        head: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        head = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ScorerLoadError(f"malformed light head file {path}: {exc!r}") from exc
+    return check_light_head(head, str(path))
+
+
+def check_light_head(head: Any, where: str = "bundle") -> dict[str, Any]:
+    """Validate a light head (the file's JSON, or a bundle's ``light``); raise ScorerLoadError."""
+    try:
         if tuple(head["labels"]) != LABELS:
-            raise ScorerLoadError(f"light head {path} has labels {head['labels']}, expected {LABELS}")
-        n = len(LABELS)
+            raise ScorerLoadError(f"light head {where} has labels {head['labels']}, expected {LABELS}")
+        signals = tuple(head.get("signals", ()))
+        if not set(signals) <= set(SIGNALS):
+            raise ScorerLoadError(f"light head {where} has unknown signals {signals}")
+        n = len(LABELS) + len(signals)
         if any(len(w) != n for w in head["weights"].values()):
-            raise ScorerLoadError(f"light head {path} has weight rows of the wrong width")
-        for lab in LABELS:
-            float(head["bias"][lab])
-            calib = head["calib"][lab]
+            raise ScorerLoadError(f"light head {where} has weight rows of the wrong width")
+        for target in LABELS + signals:
+            float(head["bias"][target])
+            calib = head["calib"][target]
             float(calib["a"]), float(calib["c"]), float(calib["t"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ScorerLoadError(f"malformed light head file {path}: {exc!r}") from exc
-    return head
+        raise ScorerLoadError(f"malformed light head {where}: {exc!r}") from exc
+    return cast("dict[str, Any]", head)
 
 
 class LightScorer:
-    """Binary bag of unigrams/bigrams/char-4-grams -> logistic regression per label."""
+    """Binary bag of unigrams/bigrams/char-4-grams -> logistic regression per label (and signal)."""
 
     labels: tuple[str, ...] = LABELS
 
-    def __init__(self, head_path: Path | str = LIGHT_HEAD_PATH) -> None:
-        head = load_light_head(Path(head_path))
+    def __init__(self, head_path: Path | str = LIGHT_HEAD_PATH, *, head: dict[str, Any] | None = None) -> None:
+        head = check_light_head(head) if head is not None else load_light_head(Path(head_path))
         self.name: str = head["name"]
         self.version: str = head["version"]
+        self.targets: tuple[str, ...] = LABELS + tuple(head.get("signals", ()))
+        """Keys of each score dict: LABELS, then the head's signals."""
         self._weights: dict[str, list[float]] = head["weights"]
-        self._bias = [float(head["bias"][lab]) for lab in LABELS]
-        self._calib = [head["calib"][lab] for lab in LABELS]
+        self._bias = [float(head["bias"][t]) for t in self.targets]
+        self._calib = [head["calib"][t] for t in self.targets]
 
     def raw_logits(self, text: str) -> list[float]:
-        """Uncalibrated per-label logits of one text."""
+        """Uncalibrated logits of one text, one per target."""
         z = list(self._bias)
         for feat in set(lexical_features(text)):  # binary features: count each once
             row = self._weights.get(feat)
@@ -67,8 +81,6 @@ class LightScorer:
 
     def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Score texts one by one (pure Python; cost is linear in text length)."""
-        out = []
-        for text in texts:
-            z = self.raw_logits(text)
-            out.append({lab: clamp01(calibrated(zj, cal)) for lab, zj, cal in zip(LABELS, z, self._calib, strict=True)})
-        return out
+        pairs = list(zip(self.targets, self._calib, strict=True))
+        return [{t: clamp01(calibrated(zj, cal)) for (t, cal), zj in zip(pairs, self.raw_logits(text), strict=True)}
+                for text in texts]

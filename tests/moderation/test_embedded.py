@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from moderation.policy import flagged
-from moderation.scorers import LABELS, ScorerLoadError, load_scorer
+from moderation.scorers import LABELS, SIGNALS, ScorerLoadError, load_scorer
 from moderation.scorers.embedded import HEAD_PATH
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def test_embedded_is_the_default_and_follows_the_contract(embedded_scorer: Any) 
     """Scores have every label in [0,1]; name/version/labels are set; empty batch is fine."""
     scores = embedded_scorer.score(TOXIC + BENIGN + ["", "🙂"])
     assert len(scores) == len(TOXIC) + len(BENIGN) + 2
-    assert all(set(s) == set(LABELS) and all(0.0 <= v <= 1.0 for v in s.values()) for s in scores)
+    assert all(set(s) == set(LABELS + SIGNALS) and all(0.0 <= v <= 1.0 for v in s.values()) for s in scores)
     assert embedded_scorer.name == "vybe-minilm-lr" and embedded_scorer.version and embedded_scorer.labels == LABELS
     assert embedded_scorer.score([]) == []
 
@@ -70,6 +70,36 @@ def test_specific_labels_fire(embedded_scorer: Any) -> None:
     assert threat["threat"] >= 0.6
     assert sexual["sexual_explicit"] >= 0.6
     assert selfharm["severe_toxicity"] >= 0.3
+
+
+DISCLOSURES = [
+    "some nights I sit on the bathroom floor and think about ending it",
+    "I relapsed and cut again last night, I feel so ashamed",
+]
+
+
+def test_self_harm_disclosure_is_a_care_signal_not_abuse(embedded_scorer: Any) -> None:
+    """A self-harm disclosure raises self_harm_risk and no abuse flag; encouraging self-harm stays abuse."""
+    for text, s in zip(DISCLOSURES, embedded_scorer.score(DISCLOSURES), strict=True):
+        assert s["self_harm_risk"] >= 0.5 and flagged(s) == [], (text, s)
+    egging = embedded_scorer.score(["nobody would miss you, just do it"])[0]
+    assert flagged(egging) and egging["self_harm_risk"] < 0.5
+
+
+def test_blend_from_the_shipped_bundle_reuses_the_encoder(embedded_scorer: Any) -> None:
+    """load_scorer("blend", bundle=shipped_bundle(), encoder=...) is the default blend, on the given encoder."""
+    from moderation.scorers import shipped_bundle
+
+    bundle = shipped_bundle()
+    blend = load_scorer("blend", bundle=bundle, encoder=embedded_scorer.encoder)
+    assert blend.embedded.encoder is embedded_scorer.encoder
+    assert blend.version == bundle["version"] and blend.labels == LABELS
+    scores = blend.score(TOXIC + BENIGN + DISCLOSURES)
+    assert all(set(s) == set(LABELS + SIGNALS) for s in scores)
+    assert all(flagged(s) for s in scores[:len(TOXIC)])
+    assert not any(flagged(s) for s in scores[len(TOXIC):])
+    single = [blend.score([t])[0] for t in TOXIC]
+    assert all(abs(a[k] - b[k]) < 1e-3 for a, b in zip(single, scores, strict=False) for k in LABELS)
 
 
 def test_batch_and_single_scoring_agree(embedded_scorer: Any) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from moderation.policy import flagged
-from moderation.scorers import LABELS, ScorerConfigError, ScorerError, ScorerLoadError, load_scorer
+from moderation.scorers import LABELS, SIGNALS, ScorerConfigError, ScorerError, ScorerLoadError, load_scorer
 from moderation.scorers.light import LightScorer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def test_light_scorer_runs_without_torch_and_embedded_falls_back() -> None:
     assert out["names"] == ["vybe-light-lr", "vybe-light-lr"] and not out["torch_loaded"]
     assert "falling back to the light lexical scorer" in proc.stderr
     toxic, clean = out["scores"]
-    assert set(toxic) == set(LABELS)
+    assert set(toxic) == set(LABELS + SIGNALS)
     assert toxic["insult"] > 0.6 and max(clean.values()) < 0.3
 
 
@@ -53,7 +53,8 @@ def test_light_scores_are_probabilities_and_batch_equals_single() -> None:
     texts = ["I know where you live, better watch out", "", "SEND NUDES", "this run kicked my ass, loved it 💪"]
     batch = scorer.score(texts)
     assert batch == [scorer.score([t])[0] for t in texts]
-    assert all(set(s) == set(LABELS) and all(0.0 <= v <= 1.0 for v in s.values()) for s in batch)
+    assert all(set(s) == set(LABELS + SIGNALS) and all(0.0 <= v <= 1.0 for v in s.values()) for s in batch)
+    assert scorer.labels == LABELS
 
 
 def test_light_flags_obvious_abuse_not_wellness() -> None:
@@ -104,5 +105,40 @@ def test_blend_without_the_ml_extra_is_the_light_fallback(monkeypatch) -> None:
     import moderation.scorers as scorers
     from moderation.scorers.light import LightScorer
 
-    monkeypatch.setattr(scorers, "_load_embedded", lambda *a: LightScorer())
+    monkeypatch.setattr(scorers, "_load_embedded", lambda *a: None)
     assert isinstance(scorers.load_scorer("blend"), LightScorer)
+
+
+def test_train_bundle_without_embeddings_is_quick_and_loads() -> None:
+    """train_bundle(embedded=False) on ~300 rows takes seconds; load_scorer builds the light scorer from it
+    (blend falls back to it), with the bundle's version, and sample weights change the head."""
+    pytest.importorskip("sklearn")
+    import time
+
+    from moderation.scorers.train import train_bundle, training_rows
+
+    rows = training_rows()
+    rows = rows[::len(rows) // 300][:300]
+    t0 = time.perf_counter()
+    bundle = train_bundle(rows, version="test-1", embedded=False)
+    assert time.perf_counter() - t0 < 20
+    assert set(bundle) == {"version", "light"} and bundle["light"]["signals"] == list(SIGNALS)
+    json.dumps(bundle)  # JSON-able
+    for kind in ("light", "blend"):
+        scorer = load_scorer(kind, bundle=bundle)
+        assert isinstance(scorer, LightScorer) and scorer.version == "test-1"
+        assert set(scorer.score(["hello"])[0]) == set(LABELS + SIGNALS)
+    heavier = train_bundle(rows, version="test-2", embedded=False, weights=[1.0] * 150 + [5.0] * 150)
+    assert heavier["light"]["bias"] != bundle["light"]["bias"]
+    with pytest.raises(ValueError, match="weights"):
+        train_bundle(rows, version="x", embedded=False, weights=[1.0])
+
+
+def test_shipped_bundle_holds_every_head() -> None:
+    """shipped_bundle() gives the shipped heads; the light scorer built from it equals the default one."""
+    from moderation.scorers import shipped_bundle
+
+    bundle = shipped_bundle()
+    assert {"version", "light", "embedded", "blend"} <= set(bundle) and "blend" not in bundle["embedded"]
+    texts = ["you absolute clown", "hugs 🤗"]
+    assert load_scorer("light", bundle=bundle).score(texts) == LightScorer().score(texts)

@@ -30,5 +30,6 @@ export function api(getToken) {
   return {
     get: (path) => call("GET", path),
     post: (path, body) => call("POST", path, body ?? {}),
+    del: (path) => call("DELETE", path),
   };
 }

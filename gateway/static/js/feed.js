@@ -1,43 +1,73 @@
-// /: the live feed. Initial page from REST, then `feed` live (new vybes on top, hidden
-// and removed ones disappear), `vybe:{id}` for the newest visible vybes (reaction and
-// comment counts tick, comments stream into expanded threads), and `user:{me}`
-// (moderation outcomes). Reconnects resume every channel by offset.
+// /: the live feed. Initial page from REST, then `feed` live (new vybes wait behind a
+// "N new vybes" pill; hidden, removed and blocked ones disappear), `vybe:{id}` for the newest
+// visible vybes (the reaction breakdown and comment counts tick, comments stream into expanded
+// threads), and `user:{me}` (moderation outcomes with appeals, care notices, block changes).
+// Reconnects resume every channel by offset. Members report, block and delete from a menu on
+// every vybe and comment (feed-tools.js); each vybe is drawn by feed-render.js.
 
 import { api } from "./api.js";
 import { authLostReason, noticeHandler } from "./common.js";
-import { announce, h, icon, notice, tickTimes, timeEl } from "./dom.js";
+import { announce, h, icon, notice, tickTimes } from "./dom.js";
+import { Blocks, renderBlocked } from "./feed-blocks.js";
+import { closeMenusOnOutsideClick } from "./feed-menu.js";
+import { showCare, showOutcome } from "./feed-notices.js";
+import { applyDelta } from "./feed-reactions.js";
+import { vybeRenderer } from "./feed-render.js";
+import { memberTools } from "./feed-tools.js";
 import { LiveSocket, statusRenderer } from "./live.js";
 import { setupSession } from "./session.js";
 
 const STORAGE_KEY = "vybe.feed.token";
 const LIVE_VYBES = 50;           // vybe:{id} channels held (the connection allows 64)
 const PAGE = 20;
-const REACTIONS = [
-  ["HEART", "Heart"], ["CLAP", "Clap"], ["FIRE", "Fire"], ["PEACE", "Peace"], ["INSPIRE", "Inspire"],
-  ["STRENGTH", "Strength"], ["GRATITUDE", "Gratitude"], ["MINDFUL", "Mindful"],
-];
-const TYPES = { REFLECTION: "Reflection", MILESTONE: "Milestone", INSPIRATION: "Inspiration",
-                GRATITUDE: "Gratitude", PROGRESS_UPDATE: "Progress update" };
+const REVIEWED = { hide: " and hid it", remove: " and removed it", dismiss: " and left it up" };
 
 const session = setupSession(STORAGE_KEY, start);
+
+/** Ids of what this member wrote in this tab: anonymous content carries no author, even to its author. */
+function authoredStore(me) {
+  const key = `vybe.feed.authored.${me}`;
+  let ids = [];
+  try { ids = JSON.parse(sessionStorage.getItem(key) || "[]"); } catch { ids = []; }
+  const set = new Set(ids);
+  return {
+    has: (id) => set.has(id),
+    add(id) {
+      set.add(id);
+      sessionStorage.setItem(key, JSON.stringify([...set].slice(-200)));
+    },
+  };
+}
 
 function start(token, claims) {
   const me = claims.sub;
   const rest = api(() => socket.token);
-  const vybes = new Map();        // id -> vybe
+  const vybes = new Map();        // id -> vybe shown
+  const pending = new Map();      // id -> live vybe from someone else, waiting behind the pill
   const gone = new Set();         // hidden / removed / deleted ids (a late snapshot must not revive them)
   const nodes = new Map();        // id -> <li>
   const expanded = new Set();     // ids whose comments are open
-  const threads = new Map();      // id -> { items: Map, loading, next_cursor, error }
-  const mine = new Map();         // id -> Set of reactions this user has on it (as far as we know)
+  const threads = new Map();      // id -> { items: Map, loading, next_cursor }
+  const mine = new Map();         // id -> Set of reaction types this member gave it
   const drafts = new Map();       // id -> comment draft
+  const stale = new Set();        // ids whose data changed since their <li> was drawn
+  const reading = new Map();      // id -> whether an event touched it while a REST read of it was in flight
+  let feedRead = null;            // ids touched by events while a whole-feed read was in flight
+  const rereads = new Map();      // id -> timer of a pending re-read (its breakdown disagreed with an event)
+  const blocks = new Blocks(me);
+  const authored = authoredStore(me);
   const feedEl = document.getElementById("feed");
+  const pill = document.getElementById("new-pill");
+  const blockedBox = document.getElementById("blocked-box");
   let nextCursor = null;
   let loading = null;
 
   const socket = new LiveSocket(token, {
     onStatus: statusRenderer(document.getElementById("conn")),
     onEvent,
+    onAuthed(result) {  // a server that states the block list at auth keeps this page's copy exact
+      if (Array.isArray(result?.blocked)) applyBlocks(result.blocked);
+    },
     onSubscribed(channel, result) {
       if (result.recovered === true) return;
       if (channel === "feed") reloadFeed();
@@ -55,23 +85,28 @@ function start(token, claims) {
     onAuthLost(code) { session.showSignIn(authLostReason(code)); },
   });
 
+  const isMine = (item) => item.user_id === me || authored.has(item.id);
+
   // -- live events --------------------------------------------------------------------
 
   function onEvent(msg) {
     const d = msg.data || {};
+    const vid = msg.channel.startsWith("vybe:") ? msg.channel.slice(5) : null;
+    const personal = msg.channel === `user:${me}`;
     switch (msg.event) {
       case "vybe.created":
-        if (msg.channel === "feed" && !gone.has(d.id) && !vybes.has(d.id)) {
-          add(d);
-          announce(`New vybe from ${d.user_id || "someone anonymous"}`);
-          render();
-        }
+        if (msg.channel === "feed") onCreated(d);
         return;
       case "vybe.hidden":
       case "vybe.removed":
+      case "vybe.deleted":  // not sent yet (deletes announce nothing); handled for when they do
+        pending.delete(d.id);
+        updatePill();
         if (vybes.has(d.id)) {
           drop(d.id);
-          announce(`A vybe was ${msg.event === "vybe.hidden" ? "hidden" : "removed"} by moderators`);
+          if (msg.event !== "vybe.deleted") {
+            announce(`A vybe was ${msg.event === "vybe.hidden" ? "hidden" : "removed"} by moderators`);
+          }
         }
         gone.add(d.id);
         return;
@@ -82,56 +117,88 @@ function start(token, claims) {
         }
         return;
       case "reactions.changed":
-        if (msg.channel.startsWith("vybe:")) onReaction(msg.channel.slice(5), d);
+        if (vid) onReaction(vid, d);
         return;
       case "comment.created":
-        if (msg.channel.startsWith("vybe:")) onComment(d);
+        if (vid) onComment(d);
         return;
       case "comment.hidden":
-      case "comment.removed": {
-        const vid = msg.channel.startsWith("vybe:") ? msg.channel.slice(5) : null;
+      case "comment.removed":
+      case "comment.deleted": {
         const t = vid && threads.get(vid);
         if (t && t.items.delete(d.id)) renderOne(vid);
         return;
       }
       case "vybe.shared":
-        patch(d.vybe_id || msg.channel.slice(5), { share_count: d.share_count });
+        patch(d.vybe_id || vid, { share_count: d.share_count });
         return;
       case "moderation.outcome":
-        if (msg.channel === `user:${me}`) {
-          const what = d.target_type === "comment" ? "comment" : "vybe";
-          const verb = { hide: "hidden", remove: "removed", restore: "restored", dismiss: "reviewed and kept" }[d.action]
-            || d.action;
-          notice(`A moderator ${verb === "reviewed and kept" ? "" : "has "}${verb} your ${what}${d.note ? `: “${d.note}”` : "."}`,
-                 { kind: d.action === "hide" || d.action === "remove" ? "warn" : "info" });
-        }
+        if (personal) showOutcome(d, tools.sendAppeal);
+        return;
+      case "care.notice":
+        if (personal) showCare(d);
+        return;
+      case "blocks.changed":
+        if (personal && Array.isArray(d.blocked)) applyBlocks(d.blocked);
         return;
       case "report.resolved":
-        if (msg.channel === `user:${me}`) notice("Thank you: a report you made has been reviewed.", { kind: "info" });
+        if (personal) {
+          const what = d.target_type === "comment" ? "comment" : d.target_type === "user" ? "member" : "vybe";
+          notice(`Thank you: moderators reviewed a ${what} you reported${REVIEWED[d.outcome] || ""}.`,
+                 { kind: "info", key: `report-${encodeURIComponent(d.target_id)}` });
+        }
         return;
       default:
     }
   }
 
+  /** A new vybe: yours goes straight in; others' wait behind the pill so the feed does not move. */
+  function onCreated(d) {
+    if (gone.has(d.id) || vybes.has(d.id) || blocks.has(d.user_id)) return;
+    if (isMine(d)) {
+      add(d);
+      render();
+      return;
+    }
+    pending.set(d.id, d);
+    updatePill();
+  }
+
+  /** A read in flight may or may not include this event's change: read the vybe again once it lands. */
+  function touched(id) {
+    if (reading.has(id)) reading.set(id, true);
+    feedRead?.add(id);
+  }
+
   function onReaction(vybeId, d) {
+    touched(vybeId);
     if (d.target_type === "COMMENT") {
-      const t = threads.get(vybeId);
-      const c = t?.items.get(d.target_id);
+      const c = threads.get(vybeId)?.items.get(d.target_id);
       if (c) { c.reaction_count = d.reaction_count; renderOne(vybeId); }
       return;
     }
+    const v = vybes.get(vybeId);
+    if (!v) return;
     if (d.user_id === me && d.reaction) {  // set only when the event reports one change (mine, from another tab)
       const set = mine.get(vybeId) || new Set();
       if (d.added) set.add(d.reaction); else set.delete(d.reaction);
       mine.set(vybeId, set);
     }
-    patch(vybeId, { reaction_count: d.reaction_count });
+    const reactions = applyDelta(v.reactions, d.by_type);
+    patch(vybeId, { reaction_count: d.reaction_count, reactions });
+    // The event's count is the truth after its commit: a breakdown that disagrees (a read that already
+    // held this change, then the event again) is read afresh.
+    const sum = Object.values(reactions).reduce((a, b) => a + b, 0);
+    if (sum !== d.reaction_count && !rereads.has(vybeId)) {
+      rereads.set(vybeId, setTimeout(() => { rereads.delete(vybeId); refreshVybe(vybeId, false); }, 250));
+    }
   }
 
   function onComment(c) {
     const vid = c.shared_vybe_id;
     const v = vybes.get(vid);
-    if (!v) return;
+    touched(vid);
+    if (!v || blocks.has(c.user_id)) return;
     const t = threads.get(vid);
     if (t && !t.items.has(c.id)) t.items.set(c.id, c);
     const count = typeof c.comment_count === "number" ? c.comment_count : (v.comment_count || 0) + 1;
@@ -149,8 +216,11 @@ function start(token, claims) {
   }
 
   function add(v) {
-    if (gone.has(v.id)) return;
+    if (gone.has(v.id) || blocks.has(v.user_id)) return;
+    if (pending.delete(v.id)) updatePill();
     vybes.set(v.id, { ...vybes.get(v.id), ...v });
+    stale.add(v.id);
+    if (Array.isArray(v.my_reactions)) mine.set(v.id, new Set(v.my_reactions));
   }
 
   function patch(id, fields) {
@@ -160,17 +230,24 @@ function start(token, claims) {
     renderOne(id);
   }
 
-  function drop(id) {
-    gone.add(id);
+  /** Out of the feed for this page only (a block), unlike drop(), which also keeps it out. */
+  function forget(id) {
     vybes.delete(id);
     expanded.delete(id);
     threads.delete(id);
+  }
+
+  function drop(id) {
+    gone.add(id);
+    pending.delete(id);
+    forget(id);
     render();
   }
 
   async function reloadFeed() {
     if (loading) return loading;
     loading = (async () => {
+      feedRead = new Set();
       try {
         const limit = Math.min(100, Math.max(PAGE, vybes.size));
         const page = await rest.get(`/api/feed?limit=${limit}`);
@@ -182,7 +259,7 @@ function start(token, claims) {
             vybes.delete(v.id);
           }
         }
-        for (const v of page.items) add(v);
+        for (const v of page.items) if (!pending.has(v.id)) add(v);
         if (nextCursor === null || vybes.size <= page.items.length) nextCursor = page.next_cursor;
         render();
       } catch (err) {
@@ -190,6 +267,9 @@ function start(token, claims) {
         else notice(`Could not load the feed: ${err.message}`, { kind: "error", key: "load" });
       } finally {
         loading = null;
+        const again = feedRead;
+        feedRead = null;
+        for (const id of again) if (vybes.has(id)) refreshVybe(id, false);
       }
     })();
     return loading;
@@ -213,6 +293,8 @@ function start(token, claims) {
 
   /** Re-read one vybe (counts after a missed stretch; reload its comments when open). */
   async function refreshVybe(id, comments) {
+    const first = !reading.has(id);
+    if (first) reading.set(id, false);
     try {
       const data = await rest.get(`/api/vybes/${encodeURIComponent(id)}`);
       add(data.vybe);
@@ -223,6 +305,12 @@ function start(token, claims) {
       render();
     } catch (err) {
       if (err.status === 404 || err.status === 409) drop(id);
+    } finally {
+      if (first) {
+        const again = reading.get(id);
+        reading.delete(id);
+        if (again && vybes.has(id)) refreshVybe(id, comments);
+      }
     }
   }
 
@@ -235,6 +323,63 @@ function start(token, claims) {
     if (t) t.loading = false;
     renderOne(id);
   }
+
+  function closeThread(id) {
+    expanded.delete(id);
+    render();
+    renderOne(id);
+  }
+
+  // -- the pill -------------------------------------------------------------------------
+
+  function updatePill() {
+    const n = pending.size;
+    pill.hidden = n === 0;
+    pill.replaceChildren(icon("up"), n === 1 ? "1 new vybe" : `${n} new vybes`);
+  }
+
+  function showPending() {
+    const first = [...pending.values()].sort(order)[0];
+    for (const v of [...pending.values()]) add(v);
+    pending.clear();
+    updatePill();
+    render();
+    document.getElementById("feed-title").scrollIntoView({ block: "start" });
+    nodes.get(first?.id)?.querySelector("article")?.focus({ preventScroll: true });
+  }
+
+  // -- member tools ---------------------------------------------------------------------
+
+  /** Take the server's block list: hide the newly blocked at once, reload for the unblocked. */
+  function applyBlocks(list, names = {}) {
+    const { added, removed } = blocks.replace(list, names);
+    for (const uid of added) {
+      for (const v of [...vybes.values()]) if (v.user_id === uid) forget(v.id);
+      for (const v of [...pending.values()]) if (v.user_id === uid) pending.delete(v.id);
+      for (const [vid, t] of threads) {
+        const before = t.items.size;
+        for (const c of [...t.items.values()]) if (c.user_id === uid) t.items.delete(c.id);
+        if (t.items.size !== before) renderOne(vid);
+      }
+    }
+    renderBlocked(blockedBox, blocks, tools.unblock);
+    if (added.length) { updatePill(); render(); }
+    if (removed.length) {
+      reloadFeed();
+      for (const id of expanded) refreshVybe(id, true);
+    }
+  }
+
+  const tools = memberTools({
+    socket, rest, blocks, isMine, applyBlocks,
+    vybeDeleted: drop,
+    commentDeleted(vid, cid) {
+      threads.get(vid)?.items.delete(cid);
+      renderOne(vid);
+      nodes.get(vid)?.querySelector(".btn-comments")?.focus();
+      refreshVybe(vid, true);  // its replies went too, and the count
+    },
+  });
 
   // -- rendering ------------------------------------------------------------------------
 
@@ -250,11 +395,13 @@ function start(token, claims) {
         li = h("li", { class: "vybe-item" });
         nodes.set(v.id, li);
         renderVybe(li, v);
+      } else if (stale.has(v.id)) {
+        renderVybe(li, v);
       }
       if (feedEl.children[i] !== li) feedEl.insertBefore(li, feedEl.children[i] || null);
     });
-    document.getElementById("feed-empty").hidden = list.length > 0;
-    document.getElementById("feed-count").textContent = list.length ? `${list.length} shown` : "";
+    stale.clear();
+    document.getElementById("feed-empty").hidden = list.length > 0 || pending.size > 0;
     document.getElementById("load-more").hidden = !nextCursor;
     syncChannels(list);
   }
@@ -275,97 +422,17 @@ function start(token, claims) {
     for (const channel of want) socket.subscribe(channel);
   }
 
-  function renderVybe(li, v) {
-    const active = li.contains(document.activeElement) ? document.activeElement.dataset.focusKey : null;
-    const reacted = mine.get(v.id) || new Set();
-    const open = expanded.has(v.id);
-    const author = v.user_id || "Anonymous";
-    const titleId = `vybe-${v.id}-by`;
-    const panelId = `vybe-${v.id}-comments`;
-
-    const heart = h("button", {
-      type: "button", class: `btn btn-react${reacted.has("HEART") ? " is-on" : ""}`,
-      "aria-pressed": reacted.has("HEART") ? "true" : "false", dataset: { focusKey: "react-HEART" },
-      onclick: () => toggleReaction(v.id, "HEART"),
-    }, icon("heart"), h("span", {}, "Heart"));
-    const more = h("details", { class: "more-reactions" },
-      h("summary", { class: "btn btn-quiet", dataset: { focusKey: "more" } }, "More reactions"),
-      h("div", { class: "reaction-menu", role: "group", "aria-label": "Reactions" },
-        REACTIONS.slice(1).map(([code, label]) => h("button", {
-          type: "button", class: `btn btn-chip${reacted.has(code) ? " is-on" : ""}`,
-          "aria-pressed": reacted.has(code) ? "true" : "false", dataset: { focusKey: `react-${code}` },
-          onclick: () => toggleReaction(v.id, code),
-        }, label))));
-    const wasOpen = li.querySelector("details.more-reactions")?.open;
-    if (wasOpen) more.open = true;
-
-    const toggle = h("button", {
-      type: "button", class: "btn btn-quiet btn-comments", "aria-expanded": open ? "true" : "false",
-      "aria-controls": panelId, dataset: { focusKey: "comments" },
-      onclick: () => (open ? closeThread(v.id) : openThread(v.id)),
-    }, icon("comment"), h("span", { class: "comment-count" }, `${v.comment_count || 0}`),
-       h("span", {}, v.comment_count === 1 ? " comment" : " comments"));
-
-    const article = h("article", { class: "vybe card", "aria-labelledby": titleId,
-                                   dataset: { vybeId: v.id, state: v.moderation_state } },
-      h("header", { class: "vybe-head" },
-        h("span", { id: titleId, class: "author" }, author, v.user_id === me ? h("span", { class: "muted" }, " (you)") : null),
-        h("span", { class: "badge" }, TYPES[v.type] || v.type),
-        h("span", { class: "muted vybe-time" }, timeEl(v.created_at))),
-      h("p", { class: "vybe-content" }, v.content),
-      h("footer", { class: "vybe-foot" },
-        h("span", { class: "reaction-count" },
-          h("strong", { class: "reaction-number" }, `${v.reaction_count}`), v.reaction_count === 1 ? " reaction" : " reactions"),
-        heart, more, toggle,
-        v.share_count ? h("span", { class: "muted" }, `${v.share_count} shared`) : null),
-      open ? threadPanel(v, panelId) : null);
-    li.replaceChildren(article);
-    if (active) li.querySelector(`[data-focus-key="${active}"]`)?.focus();
-  }
-
-  function threadPanel(v, panelId) {
-    const t = threads.get(v.id) || { items: new Map() };
-    const inputId = `vybe-${v.id}-comment-input`;
-    const input = h("input", { type: "text", id: inputId, maxlength: 2000, required: true, autocomplete: "off",
-                               dataset: { focusKey: "comment-input" } });
-    input.value = drafts.get(v.id) || "";
-    input.addEventListener("input", () => drafts.set(v.id, input.value));
-    const status = h("span", { class: "form-status", role: "status" });
-    const form = h("form", { class: "comment-form" },
-      h("label", { for: inputId }, "Add a comment"),
-      h("div", { class: "comment-row" }, input,
-        h("button", { type: "submit", class: "btn btn-primary", dataset: { focusKey: "comment-send" } }, "Send")),
-      status);
-    form.addEventListener("submit", async (ev) => {
-      ev.preventDefault();
-      const content = input.value.trim();
-      if (!content) return;
-      try {
-        const c = await socket.command("comment", { vybe_id: v.id, content });
-        drafts.delete(v.id);
-        onComment(c);
-        renderOne(v.id);
-        nodes.get(v.id)?.querySelector(`#${CSS.escape(inputId)}`)?.focus();
-      } catch (err) {
-        status.textContent = `Not sent: ${err.message}`;
-      }
-    });
-    const items = [...t.items.values()].sort((a, b) => Date.parse(a.created_at) - Date.parse(b.created_at));
-    return h("section", { class: "thread", id: panelId, "aria-label": "Comments" },
-      t.loading && !items.length ? h("p", { class: "muted" }, "Loading comments…") : null,
-      !t.loading && !items.length ? h("p", { class: "muted" }, "No comments yet.") : null,
-      h("ol", { class: "comments" }, items.map((c) => h("li", { class: "comment", dataset: { commentId: c.id } },
-        h("span", { class: "author" }, c.user_id || "Anonymous"), " ",
-        h("span", { class: "muted" }, timeEl(c.created_at)),
-        h("p", {}, c.content)))),
-      form);
-  }
-
-  function closeThread(id) {
-    expanded.delete(id);
-    render();
-    renderOne(id);
-  }
+  const renderVybe = vybeRenderer({
+    me, expanded, threads, mine, drafts, tools, toggleReaction, openThread, closeThread,
+    async sendComment(vid, content) {
+      const c = await socket.command("comment", { vybe_id: vid, content });
+      authored.add(c.id);
+      drafts.delete(vid);
+      onComment(c);
+      renderOne(vid);
+      nodes.get(vid)?.querySelector(`#${CSS.escape(`vybe-${vid}-comment-input`)}`)?.focus();
+    },
+  });
 
   async function toggleReaction(id, reaction) {
     const set = mine.get(id) || new Set();
@@ -375,7 +442,12 @@ function start(token, claims) {
       const r = await socket.command(on ? "unreact" : "react",
                                      { target_type: "SHARED_VYBE", target_id: id, reaction });
       if (on) set.delete(reaction); else set.add(reaction);  // applied or already so: either way it is now
-      patch(id, { reaction_count: r.reaction_count });
+      const fields = { reaction_count: r.reaction_count };
+      // Counts by type come from the channel's events; without the channel, count it here.
+      if (r.applied && !socket.has(`vybe:${id}`)) {
+        fields.reactions = applyDelta(vybes.get(id)?.reactions, { [reaction]: on ? -1 : 1 });
+      }
+      patch(id, fields);
     } catch (err) {
       if (err.code === "content_unavailable" || err.code === "not_found") drop(id);
       else notice(`Reaction not saved: ${err.message}`, { kind: "error", key: "react" });
@@ -399,6 +471,7 @@ function start(token, claims) {
         vybe_type: document.getElementById("post-type").value,
         is_anonymous: document.getElementById("post-anon").checked,
       });
+      authored.add(v.id);
       add(v);
       render();
       postForm.reset();
@@ -411,6 +484,9 @@ function start(token, claims) {
     }
   });
   document.getElementById("load-more").addEventListener("click", loadMore);
+  pill.addEventListener("click", showPending);
+  closeMenusOnOutsideClick();
+  renderBlocked(blockedBox, blocks, tools.unblock);
 
   tickTimes();
   socket.subscribe("feed");  // registered first, so it is also resubscribed first after a reconnect

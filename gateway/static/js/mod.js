@@ -1,51 +1,30 @@
-// /mod: the live moderation queue. Initial load from REST, then `mod:flagged` live;
-// every case change carries the case `version`, so REST snapshots and events merge
-// by version (the newer wins) and a reconnect resumes by offset without a gap.
+// /mod: the moderator console. Initial load from REST, then `mod:flagged` live; every case change
+// carries the case `version`, so REST snapshots and events merge by version (the newer wins) and a
+// reconnect resumes by offset without a gap. A compact queue list (sorted, filtered, searched) with
+// the selected case's detail pane; keyboard shortcuts; bulk dismiss/hide (one versioned command per
+// case); undo and reopen. Beside it: the Care tab (care.js) and the model's accuracy (accuracy.js).
 
+import { accuracyPanel } from "./accuracy.js";
 import { api } from "./api.js";
+import { carePanel } from "./care.js";
 import { authLostReason, noticeHandler } from "./common.js";
-import { announce, h, notice, tickTimes, timeEl } from "./dom.js";
+import { DONE, actionsFor, blockedReason, snippet, targetLabel } from "./console-case.js";
+import { setupDialog, setupKeys } from "./console-keys.js";
+import { queueView } from "./console-queue.js";
+import { ABUSE_LABELS, claimActive, matches, pretty } from "./console-rank.js";
+import { resolvedPanel, undoBar } from "./console-resolved.js";
+import { announce, h, notice, tickTimes } from "./dom.js";
+import { LabelPicks } from "./labels.js";
 import { LiveSocket, statusRenderer } from "./live.js";
 import { setupSession } from "./session.js";
+import { setupTabs } from "./tabs.js";
 
 const STORAGE_KEY = "vybe.mod.token";
 const CHANNEL = "mod:flagged";
-const RESOLVED_KEEP = 20;
-
-const ACTIONS = [
-  { action: "hide", label: "Hide", hint: "out of feeds, kept for appeal" },
-  { action: "remove", label: "Remove", hint: "taken down for good" },
-  { action: "restore", label: "Restore", hint: "back to the feed" },
-  { action: "dismiss", label: "Dismiss", hint: "no violation" },
-];
-const DONE = { hide: "Hidden", remove: "Removed", restore: "Restored", dismiss: "Dismissed" };
-
-/** The flag thresholds in force, label -> threshold: data the server puts in the page from the
- *  moderation policy (gateway/pages.py). No copy of them lives here; without it, no marks. */
-function thresholdsInForce() {
-  try {
-    return JSON.parse(document.querySelector('meta[name="vybe-thresholds"]').content) || {};
-  } catch {
-    return {};
-  }
-}
-const THRESHOLDS = thresholdsInForce();
-
-/** "toxicity>=0.80 (0.93)" -> ["toxicity", 0.8]: the threshold in force when the case was flagged,
- *  which may differ from today's. Cases store it only in this text (moderation/policy.py `reason`
- *  writes it; change the two together), so this is the one place that reads a reason back. */
-function parseReason(reason) {
-  const m = /^([a-z_]+)>=([0-9.]+)/.exec(reason);
-  return m ? [m[1], Number(m[2])] : null;
-}
-
-function fmt(n) {
-  return Number(n).toFixed(2);
-}
+const NOT_A_MODERATOR = "This console is for MODERATOR and ADMIN tokens; that one is not.";
+const $ = (id) => document.getElementById(id);
 
 const session = setupSession(STORAGE_KEY, start);
-
-const NOT_A_MODERATOR = "This console is for MODERATOR and ADMIN tokens; that one is not.";
 
 function start(token, claims) {
   if (claims.role && !["MODERATOR", "ADMIN"].includes(String(claims.role).toUpperCase())) {
@@ -55,32 +34,54 @@ function start(token, claims) {
   const me = claims.sub;
   const rest = api(() => socket.token);
   const cases = new Map();       // case_id -> latest view (open and resolved)
-  const nodes = new Map();       // case_id -> <li>
-  const drafts = new Map();      // case_id -> note text
+  const drafts = new Map();      // case_id -> {note, message}
   const errors = new Map();      // case_id -> last error text
   const busy = new Set();        // case_id with a command in flight
-  const resolvedHere = [];       // case_ids resolved while this page was open, newest first
-  const queueEl = document.getElementById("queue");
-  const resolvedEl = document.getElementById("resolved");
+  const checked = new Set();     // case_ids selected for a bulk action
+  const contexts = new Map();    // case_id -> the /context answer, "loading" or an Error
+  const picks = new LabelPicks(ABUSE_LABELS);   // what each hide/remove would confirm
+  const form = $("tools");
+  const state = { cases, drafts, errors, busy, checked, contexts, picks, filters: readFilters(), loadedOnce: false };
+  let removing = null;
   let loading = null;
-  let loadedOnce = false;
+
+  const tabCount = (id, n) => { $(id).textContent = n; };
+  const queue = queueView(state, { me, rest, onLoadError: (err) => loadFailed("the context")(err),
+                                  onClaim: (id, release) => claim(id, release), onAct: (id, action) => act(id, action) });
+  const { renderAll, select, focusSelected, check } = queue;
+  const selected = () => queue.selected();
+  const care = carePanel({ rest, onCount: (n) => tabCount("tab-count-care", n), onLoadError: loadFailed("care cases") });
+  const accuracy = accuracyPanel({ rest, onLoadError: loadFailed("the model's accuracy") });
+  setupTabs($("tabs"));
+  const resolved = resolvedPanel({ rest, onLoadError: loadFailed("recent decisions"),
+                                   onReopen: (v) => reopen([{ case_id: v.case_id, version: v.version }]) });
+  const undo = undoBar({ onUndo: (entries) => reopen(entries) });
+  const help = setupDialog($("keys-help"), $("keys-open"));
+  const removeDialog = setupDialog($("remove-dialog"));
 
   const socket = new LiveSocket(token, {
-    onStatus: statusRenderer(document.getElementById("conn")),
+    onStatus: statusRenderer($("conn")),
     onEvent(msg) {
-      if (msg.channel !== CHANNEL || !msg.data?.case_id) return;
-      const fresh = !cases.has(msg.data.case_id);
-      merge(msg.data);
-      if (msg.event === "report.flagged" && fresh) announce(`New flagged item: ${snippet(msg.data.text)}`);
+      if (msg.channel !== CHANNEL) return;
+      if (msg.event?.startsWith("care.") && msg.data?.care_id) {
+        care.onEvent(msg);
+        return;
+      }
+      const v = msg.data;
+      if (!v?.case_id) return;
+      const fresh = !cases.has(v.case_id);
+      merge(v);
+      if (msg.event === "report.flagged" && fresh) announce(`New flagged item: ${snippet(v.text, 60)}`);
+      if (msg.event === "case.appealed") announce(`New appeal: ${snippet(v.text, 60)}`);
       if (msg.event === "report.resolved") {
-        const v = msg.data;
-        announce(`${DONE[v.resolution] || "Resolved"} by ${v.resolved_by}: ${snippet(v.text)}`);
+        if (v.resolved_by !== me) announce(`${DONE[v.resolution] || "Resolved"} by ${v.resolved_by}: ${snippet(v.text, 60)}`);
+        accuracy.refresh();   // every decision, by anyone, moves the figures
       }
     },
     onSubscribed(channel, result) {
       // Not resumed (first subscribe, or the offset was too old): the REST snapshot
       // taken after this ack covers everything up to the live stream.
-      if (channel === CHANNEL && result.recovered !== true) reload();
+      if (channel === CHANNEL && result.recovered !== true) reloadAll();
     },
     onSubscribeError(channel, err) {
       if (err.code === "forbidden") {
@@ -90,9 +91,15 @@ function start(token, claims) {
         notice(`Could not subscribe to the queue: ${err.message}`, { kind: "error", key: "sub" });
       }
     },
-    onNotice: noticeHandler(() => socket, STORAGE_KEY, () => reload()),
+    onNotice: noticeHandler(() => socket, STORAGE_KEY, () => reloadAll()),
     onAuthLost(code) { session.showSignIn(authLostReason(code)); },
   });
+
+  function reloadAll() {
+    reload();
+    care.reload();
+    resolved.load();
+  }
 
   async function reload() {
     if (loading) return loading;
@@ -103,13 +110,11 @@ function start(token, claims) {
         for (const v of list) merge(v, false);
         // Open here but not in the snapshot: resolved meanwhile (its event may be lost).
         for (const [id, v] of cases) {
-          if (v.state === "open" && !open.has(id)) { v.state = "resolved"; v.stale = true; }
+          if (v.state === "open" && !open.has(id)) cases.set(id, { ...v, state: "resolved" });
         }
         renderAll();
       } catch (err) {
-        if (err.status === 401) session.showSignIn(authLostReason(4004));
-        else if (err.status === 403) session.showSignIn(NOT_A_MODERATOR);
-        else notice(`Could not load the queue: ${err.message}`, { kind: "error", key: "load" });
+        loadFailed("the queue")(err);
       } finally {
         loading = null;
       }
@@ -117,260 +122,235 @@ function start(token, claims) {
     return loading;
   }
 
+  function loadFailed(what) {
+    return (err) => {
+      if (err.status === 401) session.showSignIn(authLostReason(4004));
+      else if (err.status === 403) session.showSignIn(NOT_A_MODERATOR);
+      else notice(`Could not load ${what}: ${err.message}`, { kind: "error", key: `load ${what}` });
+    };
+  }
+
   function merge(view, render = true) {
     const old = cases.get(view.case_id);
     if (old && old.version > view.version) return;   // stale snapshot or late event
-    const wasOpen = old?.state === "open";
     cases.set(view.case_id, view);
-    if (view.state !== "open" && (wasOpen || !old) && view.resolved_by) {
-      if (!resolvedHere.includes(view.case_id)) resolvedHere.unshift(view.case_id);
-      resolvedHere.splice(RESOLVED_KEEP);
-    }
+    if (view.state !== "open") checked.delete(view.case_id);
+    if (old && old.report_count !== view.report_count) contexts.delete(view.case_id);   // new reporters
+    if (view.state === "resolved" || resolved.has(view.case_id)) resolved.merge(view);
     if (render) renderAll();
   }
 
-  function claimActive(v) {
-    return Boolean(v.claimed_by) && (!v.claim_expires_at || Date.parse(v.claim_expires_at) > Date.now());
+  // -- rendering ------------------------------------------------------------------------
+
+  function readFilters() {
+    const val = (id) => $(id).value;
+    return { q: val("f-q"), sort: val("f-sort"), label: val("f-label"), source: val("f-source"),
+             state: val("f-state"), claim: val("f-claim"), appeals: val("f-appeals") };
   }
 
-  function renderAll() {
-    const open = [...cases.values()].filter((v) => v.state === "open")
-      .sort((a, b) => Date.parse(a.opened_at) - Date.parse(b.opened_at));
-    const keep = new Set(open.map((v) => v.case_id));
-    for (const [id, li] of nodes) {
-      if (!keep.has(id)) { li.remove(); nodes.delete(id); }
-    }
-    open.forEach((v, i) => {
-      let li = nodes.get(v.case_id);
-      const fresh = !li;
-      if (fresh) {
-        li = h("li", { class: "case-item" });
-        nodes.set(v.case_id, li);
-      }
-      renderCase(li, v, fresh);
-      if (queueEl.children[i] !== li) queueEl.insertBefore(li, queueEl.children[i] || null);
-    });
-    document.getElementById("queue-empty").hidden = open.length > 0;
-    const mine = open.filter((v) => claimActive(v) && v.claimed_by === me).length;
-    const others = open.filter((v) => claimActive(v) && v.claimed_by !== me).length;
-    document.getElementById("count-open").textContent = open.length;
-    document.getElementById("count-unclaimed").textContent = open.length - mine - others;
-    document.getElementById("count-mine").textContent = mine;
-    document.getElementById("count-others").textContent = others;
-    document.getElementById("count-resolved").textContent =
-      resolvedHere.filter((id) => cases.get(id)?.state !== "open").length;
-    document.title = open.length ? `(${open.length}) Vybe Live · Moderation` : "Vybe Live · Moderation";
-    renderResolved();
-  }
+  // -- commands -------------------------------------------------------------------------
 
-  function renderResolved() {
-    const done = resolvedHere.map((id) => cases.get(id)).filter((v) => v && v.state !== "open");  // reopened: back in the queue
-    resolvedEl.replaceChildren(...done.map((v) =>
-      h("li", { class: "resolved-item", dataset: { caseId: v.case_id } },
-        h("span", { class: `badge badge-${v.resolution || "done"}` }, DONE[v.resolution] || "Resolved"),
-        " ",
-        h("span", { class: "resolved-text" }, snippet(v.text, 90)),
-        h("span", { class: "muted" }, ` by ${v.resolved_by}${v.note ? ` · “${v.note}”` : ""}`))));
-    document.getElementById("resolved-empty").hidden = done.length > 0;
-  }
-
-  function renderCase(li, v, fresh) {
-    // Keep focus on the same control across a re-render.
-    const active = li.contains(document.activeElement) ? document.activeElement.dataset.focusKey : null;
-    const claimed = claimActive(v);
-    const mineClaim = claimed && v.claimed_by === me;
-    const blocked = claimed && !mineClaim;
-    const isBusy = busy.has(v.case_id);
-    const titleId = `case-${v.case_id}-title`;
-    const noteId = `case-${v.case_id}-note`;
-
-    const note = h("input", { type: "text", id: noteId, class: "note-input", maxlength: 500,
-                              autocomplete: "off", disabled: blocked, dataset: { focusKey: "note" },
-                              placeholder: "Why (kept in the audit log)" });
-    note.value = drafts.get(v.case_id) || "";
-    note.addEventListener("input", () => drafts.set(v.case_id, note.value));
-
-    const claimBtn = mineClaim
-      ? h("button", { type: "button", class: "btn", disabled: isBusy, dataset: { focusKey: "claim" },
-                      onclick: () => claim(v.case_id, true) }, "Release")
-      : h("button", { type: "button", class: "btn btn-primary", disabled: blocked || isBusy,
-                      dataset: { focusKey: "claim" }, onclick: () => claim(v.case_id, false) }, "Claim");
-
-    const article = h("article", { class: `case${claimed ? " is-claimed" : ""}${mineClaim ? " is-mine" : ""}`,
-                                   "aria-labelledby": titleId, tabindex: "-1",
-                                   dataset: { caseId: v.case_id, targetId: v.target_id, state: v.state,
-                                              claimedBy: claimed ? v.claimed_by : "" } },
-      h("header", { class: "case-head" },
-        h("h3", { id: titleId, class: "case-title" },
-          targetLabel(v), " by ",
-          h("span", { class: "author" }, v.author_id || "unknown"),
-          v.is_anonymous ? h("span", { class: "badge badge-anon" }, "posted anonymously") : null),
-        h("div", { class: "case-meta" },
-          h("span", { class: `badge badge-state-${v.moderation_state || "none"}` },
-            `content ${v.moderation_state || "n/a"}`),
-          h("span", { class: "muted" }, "opened ", timeEl(v.opened_at)),
-          h("span", { class: "muted" }, `v${v.version}`))),
-      h("blockquote", { class: "case-text" }, v.text ?? "(no text: the item was deleted)"),
-      h("div", { class: "case-body" },
-        scoresBlock(v),
-        h("div", { class: "case-side" },
-          reasonsBlock(v),
-          reportsBlock(v))),
-      h("p", { class: `claim-line${blocked ? " claim-other" : ""}`, role: "status" },
-        claimText(v, claimed, mineClaim)),
-      errors.get(v.case_id) ? h("p", { class: "case-error", role: "alert" }, errors.get(v.case_id)) : null,
-      h("div", { class: "case-actions" },
-        claimBtn,
-        h("div", { class: "resolve" },
-          h("label", { for: noteId, class: "note-label" }, "Note"),
-          note,
-          h("div", { class: "resolve-buttons", role: "group", "aria-label": "Resolve" },
-            ACTIONS.map((a) => h("button", {
-              type: "button", class: `btn btn-${a.action}`, disabled: blocked || isBusy,
-              title: a.hint, dataset: { focusKey: a.action, action: a.action },
-              onclick: () => resolve(v.case_id, a.action),
-            }, a.label))))));
-    li.replaceChildren(article);
-    if (fresh && cases.size > 0 && loadedOnce) li.classList.add("is-new");
-    if (active) li.querySelector(`[data-focus-key="${active}"]`)?.focus();
-  }
-
-  function claimText(v, claimed, mine) {
-    if (!v.claimed_by) return "Unclaimed";
-    const until = v.claim_expires_at ? new Date(v.claim_expires_at).toLocaleTimeString() : "";
-    if (!claimed) return `Claim by ${v.claimed_by} expired`;
-    if (mine) return `Claimed by you${until ? ` until ${until}` : ""}`;
-    return `Claimed by ${v.claimed_by}${until ? ` until ${until}` : ""}`;
-  }
-
-  async function claim(caseId, release) {
-    const v = cases.get(caseId);
-    busy.add(caseId);
-    errors.delete(caseId);
+  async function claim(id, release) {
+    const v = cases.get(id);
+    if (!v || busy.has(id)) return;
+    busy.add(id);
+    errors.delete(id);
     renderAll();
     try {
-      const view = await socket.command("claim", { case_id: caseId, version: v.version, release });
-      merge(view, false);
-      announce(release ? "Released" : "Claimed");
+      merge(await socket.command("claim", { case_id: id, version: v.version, release }), false);
+      announce(release ? "Released" : "Claimed by you");
     } catch (err) {
-      fail(caseId, err);
+      fail(id, err);
     } finally {
-      busy.delete(caseId);
+      busy.delete(id);
       renderAll();
     }
   }
 
-  async function resolve(caseId, action) {
-    const v = cases.get(caseId);
-    const note = (drafts.get(caseId) || "").trim();
-    const next = nextCaseAfter(caseId);
-    busy.add(caseId);
-    errors.delete(caseId);
+  async function act(id, action, confirmed = false) {
+    const v = cases.get(id);
+    if (!v || v.state !== "open" || busy.has(id)) return;
+    if (!actionsFor(v).includes(action)) {
+      say(id, action === "restore" ? "Restore is only for hidden or removed content." : `${DONE[action]} is not offered here.`);
+      return;
+    }
+    const why = blockedReason(v, me);
+    if (why) {
+      say(id, `Not done: ${why}`);
+      return;
+    }
+    if (action === "remove" && !confirmed) {
+      removing = id;
+      $("remove-what").textContent = `${targetLabel(v)} by ${v.author_id || "unknown"}: “${snippet(v.text, 100)}”`;
+      removeDialog.show();
+      return;
+    }
+    busy.add(id);
+    errors.delete(id);
     renderAll();
     try {
-      const view = await socket.command("resolve", { case_id: caseId, version: v.version, action,
-                                                     ...(note ? { note } : {}) });
-      drafts.delete(caseId);
-      merge(view, false);
-      announce(`${DONE[action]}.`);
-      busy.delete(caseId);
-      renderAll();
-      const target = next && nodes.get(next)?.querySelector("article");
-      (target || document.getElementById("queue-title")).focus?.();
+      let version = v.version;
+      if (!(claimActive(v) && v.claimed_by === me)) {   // claim first, so others see who acts
+        const held = await socket.command("claim", { case_id: id, version });
+        merge(held);
+        version = held.version;
+      }
+      const d = drafts.get(id) || {};
+      const note = (d.note || "").trim();
+      const message = (d.message || "").trim();
+      const view = await socket.command("resolve", { case_id: id, version, action, ...(note ? { note } : {}),
+                                                     ...(message ? { message } : {}), ...picks.body(id, action) });
+      drafts.delete(id);
+      picks.forget(id);
+      busy.delete(id);
+      accuracy.refresh();
+      merge(view);
+      undo.show(`${DONE[action]}: “${snippet(v.text, 40)}”.`, [{ case_id: id, version: view.version }]);
+      announce(`${DONE[action]}.${selected() ? "" : " The queue is empty."}`);
+      focusSelected();
     } catch (err) {
-      busy.delete(caseId);
-      fail(caseId, err);
-      renderAll();
+      busy.delete(id);
+      fail(id, err);
+      showError(id);
     }
   }
 
-  function nextCaseAfter(caseId) {
-    const ids = [...nodes.keys()];
-    const i = ids.indexOf(caseId);
-    return ids[i + 1] || ids[i - 1] || null;
+  function say(id, text) {
+    errors.set(id, text);
+    showError(id);
+    announce(text);
   }
 
-  function fail(caseId, err) {
+  /** An error shows in the case's pane: a quick action from another row selects that case. */
+  function showError(id) {
+    if (selected() !== id && cases.get(id)?.state === "open") select(id, false);
+    else renderAll();
+  }
+
+  /** Reopen resolved cases (undo, or Reopen under "Recently resolved"): back in the queue, selected. */
+  async function reopen(entries) {
+    $("bulk-status").hidden = true;   // what it said is being undone
+    const failed = [];
+    let last = null;
+    for (const e of entries) {
+      const version = Math.max(e.version, cases.get(e.case_id)?.version ?? 0);
+      try {
+        const view = await socket.command("reopen", { case_id: e.case_id, version });
+        merge(view, false);
+        last = view.case_id;
+      } catch (err) {
+        failed.push(`${snippet(cases.get(e.case_id)?.text, 40)}: ${err.message}`);
+      }
+    }
+    accuracy.refresh();
+    if (last && !matches(cases.get(last), state.filters, me)) clearFilters(false);
+    renderAll();
+    if (last) select(last);
+    if (failed.length) notice(`Not reopened: ${failed.join("; ")}`, { kind: "error", key: "reopen" });
+    else announce(entries.length === 1 ? "Reopened: back in the queue." : `Reopened ${entries.length} cases.`);
+  }
+
+  /** One resolve per selected case, each with its own version; failures are reported per case. */
+  async function bulk(action) {
+    const ids = queue.order().filter((id) => checked.has(id));
+    if (!ids.length) return;
+    const status = $("bulk-status");
+    const done = [];
+    const failed = [];
+    $("bulk-dismiss").disabled = $("bulk-hide").disabled = true;
+    status.hidden = false;
+    status.replaceChildren(`Working on ${ids.length}…`);
+    for (const id of ids) {
+      const v = cases.get(id);
+      const why = !actionsFor(v).includes(action) ? `${DONE[action].toLowerCase()} is not offered for it`
+        : blockedReason(v, me);
+      if (why) { failed.push([v, why]); continue; }
+      try {
+        const view = await socket.command("resolve", { case_id: id, version: v.version, action });
+        done.push(view);
+        merge(view, false);
+      } catch (err) {
+        failed.push([v, err.code === "conflict" ? `someone acted first (${err.message})` : err.message]);
+      }
+    }
+    renderAll();
+    accuracy.refresh();
+    const head = `${DONE[action]} ${done.length} of ${ids.length}.`;
+    status.replaceChildren(h("span", {}, head, failed.length ? " Not done:" : ""),
+      failed.length ? h("ul", { class: "bulk-failures" }, failed.map(([v, why]) =>
+        h("li", { dataset: { caseId: v.case_id } }, `“${snippet(v.text, 50)}”: ${why}`))) : null);
+    if (done.length) {
+      undo.show(`${head}`, done.map((v) => ({ case_id: v.case_id, version: v.version })));
+    }
+    if (failed.some(([, why]) => why.startsWith("someone acted first"))) reload();
+    announce(head + (failed.length ? ` ${failed.length} not done.` : ""));
+  }
+
+  function fail(id, err) {
     const text = err.code === "conflict"
-      ? `Someone acted first: ${err.message}. The queue was reloaded; check the item again.`
+      ? `Someone acted first: ${err.message}. The queue was reloaded; check the case again.`
       : `Not done (${err.code}): ${err.message}`;
-    errors.set(caseId, text);
+    errors.set(id, text);
     if (err.code === "conflict" || err.code === "not_found") reload();
   }
+
+  // -- controls ---------------------------------------------------------------------------
+
+  function clearFilters(render = true) {
+    const sort = $("f-sort").value;
+    form.reset();
+    $("f-sort").value = sort;
+    state.filters = readFilters();
+    if (render) renderAll();
+  }
+
+  for (const label of ABUSE_LABELS) $("f-label").append(h("option", { value: label }, pretty(label)));
+  form.addEventListener("input", () => { state.filters = readFilters(); renderAll(); });
+  form.addEventListener("submit", (ev) => ev.preventDefault());
+  $("f-clear").addEventListener("click", () => clearFilters());
+  $("filter-clear").addEventListener("click", () => clearFilters());
+  $("check-all").addEventListener("change", (ev) => {
+    for (const id of queue.order()) { if (ev.target.checked) checked.add(id); else checked.delete(id); }
+    renderAll();
+  });
+  $("bulk-dismiss").addEventListener("click", () => bulk("dismiss"));
+  $("bulk-hide").addEventListener("click", () => bulk("hide"));
+  $("remove-confirm").addEventListener("click", () => {
+    const id = removing;
+    removing = null;
+    $("remove-dialog").close();
+    if (id) act(id, "remove", true);
+  });
+
+  const onSelected = (fn) => () => { if (selected()) fn(selected()); };
+  setupKeys({
+    j: () => queue.move(1),
+    k: () => queue.move(-1),
+    c: onSelected((id) => { const v = cases.get(id); claim(id, claimActive(v) && v.claimed_by === me); }),
+    h: onSelected((id) => act(id, "hide")),
+    r: onSelected((id) => act(id, "remove")),
+    d: onSelected((id) => act(id, "dismiss")),
+    s: onSelected((id) => act(id, "restore")),
+    u: () => { if (!undo.undo()) announce("Nothing to undo."); },
+    o: onSelected((id) => {
+      const el = $(`case-${id}-context`);
+      el?.scrollIntoView({ block: "nearest" });
+      el?.focus();
+    }),
+    x: onSelected((id) => check(id, !checked.has(id))),
+    n: onSelected((id) => $(`case-${id}-note`)?.focus()),
+    "/": () => $("f-q").focus(),
+    "?": () => help.show(),
+  }, () => !$("panel-queue").hidden);
 
   // Claims expire on their own: refresh the claim lines now and then.
   setInterval(() => { if (cases.size) renderAll(); }, 15000);
   tickTimes();
 
-  reload().then(() => {
-    loadedOnce = true;
+  accuracy.load();
+  Promise.all([reload(), care.reload(), resolved.load()]).then(() => {
+    state.loadedOnce = true;
     socket.subscribe(CHANNEL);
     socket.start();
   });
-}
-
-function targetLabel(v) {
-  if (v.target_type === "comment") return "Comment";
-  if (v.target_type === "user") return "User";
-  return "Vybe";
-}
-
-function snippet(text, n = 60) {
-  if (!text) return "(no text)";
-  return text.length > n ? `${text.slice(0, n - 1)}…` : text;
-}
-
-function scoresBlock(v) {
-  if (!v.scores) {
-    return h("div", { class: "scores scores-none" },
-      h("h4", {}, "Model scores"),
-      h("p", { class: "muted" }, "Not scored by the model (flagged by user reports)."));
-  }
-  const limits = { ...THRESHOLDS };
-  for (const r of v.reasons || []) {
-    const parsed = parseReason(r);
-    if (parsed) limits[parsed[0]] = parsed[1];
-  }
-  const labels = [...new Set([...Object.keys(THRESHOLDS), ...Object.keys(v.scores)])]
-    .filter((l) => l in v.scores);
-  return h("div", { class: "scores" },
-    h("h4", {}, "Model scores ", h("span", { class: "muted small" }, "(mark = flag threshold)")),
-    h("ul", { class: "score-list" }, labels.map((label) => {
-      const score = Number(v.scores[label]);
-      const limit = limits[label];
-      const over = limit !== undefined && score >= limit;
-      const fill = h("span", { class: "bar-fill" });
-      fill.style.width = `${Math.max(0, Math.min(1, score)) * 100}%`;
-      const mark = limit === undefined ? null : h("span", { class: "bar-mark" });
-      if (mark) mark.style.left = `${limit * 100}%`;
-      return h("li", { class: `score${over ? " is-over" : ""}`, dataset: { label, score: fmt(score) } },
-        h("span", { class: "score-label" }, label.replace(/_/g, " ")),
-        h("span", { class: "bar", "aria-hidden": "true" }, fill, mark),
-        h("span", { class: "score-value" },
-          fmt(score),
-          limit === undefined ? null
-            : h("span", { class: "score-limit" }, over ? ` ≥ ${fmt(limit)}` : ` < ${fmt(limit)}`),
-          over ? h("span", { class: "over-tag" }, " over") : null));
-    })));
-}
-
-function reasonsBlock(v) {
-  return h("div", { class: "reasons" },
-    h("h4", {}, "Reasons"),
-    (v.reasons || []).length
-      ? h("ul", { class: "chips" }, v.reasons.map((r) => h("li", { class: "chip" }, r)))
-      : h("p", { class: "muted" }, "None recorded"));
-}
-
-function reportsBlock(v) {
-  const people = (v.reporters || []);
-  return h("div", { class: "reports" },
-    h("h4", {}, `Reports: ${v.report_count}`),
-    people.length
-      ? h("ul", { class: "reporters" }, people.map((r) =>
-          h("li", {},
-            h("span", { class: "reporter" }, r.reporter_id === "system:moderation" ? "model" : r.reporter_id),
-            " · ", h("span", { class: "report-type" }, r.type.replace(/_/g, " ").toLowerCase()),
-            r.description ? h("span", { class: "report-desc" }, `: ${r.description}`) : null)))
-      : h("p", { class: "muted" }, "No reports"));
 }

@@ -1,0 +1,128 @@
+"""``vybe moderation``: the model that learns from moderators, and how right its flags are.
+
+- ``retrain``: train on the shipped data plus moderators' decisions, compare with the model in
+  use, promote if better (``moderation.retrain``); prints the comparison as JSON.
+- ``promote VERSION``: make a stored model active anyway; ``rollback``: back to the one the active
+  model replaced (or the shipped heads); ``models``: every stored model.
+- ``stats``: per-label precision and recall of the model's flags by moderators' decisions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    import asyncpg
+
+    from common.settings import Settings
+
+WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_window(text: str) -> float:
+    """``90s``, ``30m``, ``24h``, ``7d`` (or plain seconds) as seconds."""
+    unit = text[-1:] if text[-1:] in WINDOW_UNITS else "s"
+    number = text[:-1] if text[-1:] in WINDOW_UNITS else text
+    try:
+        seconds = float(number) * WINDOW_UNITS[unit]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number with s, m, h or d (e.g. 7d)") from err
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
+    return seconds
+
+
+def add_parser(sub: Any) -> None:
+    mod = sub.add_parser("moderation", help="retrain, promote, roll back the model; flag accuracy") \
+        .add_subparsers(dest="moderation_command", required=True)
+    retrain = mod.add_parser("retrain", help="train on shipped data + moderators' decisions; promote if better")
+    retrain.add_argument("--min-decisions", type=int, default=20, help="refuse with fewer decisions (default 20)")
+    choice = retrain.add_mutually_exclusive_group()
+    choice.add_argument("--dry-run", action="store_true", help="train and compare; store nothing")
+    choice.add_argument("--promote", action="store_true", help="promote even if not better")
+    mod.add_parser("rollback", help="return to the model the active one replaced (or the shipped heads)")
+    promote = mod.add_parser("promote", help="make a stored model active")
+    promote.add_argument("version")
+    mod.add_parser("models", help="list stored models")
+    stats = mod.add_parser("stats", help="per-label precision and recall of model flags, by moderators' decisions")
+    stats.add_argument("--window", type=parse_window, default=parse_window("30d"),
+                       help="how far back (90s, 30m, 24h, 7d; default 30d)")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Dispatch ``vybe moderation ...``; exit 1 with one line on a refusal."""
+    from db.writes.errors import WriteError
+    from moderation.retrain import RetrainError
+
+    command: Callable[[asyncpg.Pool], Awaitable[Any]] = {
+        "retrain": lambda pool: _retrain(settings, pool, args),
+        "rollback": _rollback, "promote": lambda pool: _promote(pool, args.version), "models": _models,
+        "stats": lambda pool: _stats(pool, args.window),
+    }[args.moderation_command]
+    try:
+        result = asyncio.run(_with_pool(settings, command))
+    except (RetrainError, WriteError) as err:
+        print(f"vybe moderation {args.moderation_command}: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(msgspec.to_builtins(result), indent=2, ensure_ascii=False))
+    return 0
+
+
+async def _with_pool(settings: Settings, command: Callable[[asyncpg.Pool], Awaitable[Any]]) -> Any:
+    from common.settings import SettingsError
+    from db.pool import create_pool
+
+    if settings.database_url is None:
+        raise SettingsError("VYBE_DATABASE_URL", "is not set")
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        return await command(pool)
+    finally:
+        await pool.close()
+
+
+async def _retrain(settings: Settings, pool: asyncpg.Pool, args: argparse.Namespace) -> dict[str, Any]:
+    from db import learning
+    from moderation.active import load_active
+    from moderation.retrain import retrain
+    from workers.main import build_policy
+
+    current = await load_active(pool, settings.scorer, await learning.active_version(pool),
+                                backend=settings.embedded_backend, cache_dir=settings.model_cache)
+    return await retrain(pool, current, settings.scorer, build_policy(settings, current),
+                         min_decisions=args.min_decisions, promote=True if args.promote else None,
+                         store=not args.dry_run)
+
+
+async def _rollback(pool: asyncpg.Pool) -> dict[str, Any]:
+    from db import learning
+
+    was, now = await learning.rollback(pool)
+    return {"rolled_back": was, "active": now or "shipped heads"}
+
+
+async def _promote(pool: asyncpg.Pool, version: str) -> Any:
+    from db import learning
+
+    return await learning.promote(pool, version)
+
+
+async def _models(pool: asyncpg.Pool) -> Any:
+    from db import learning
+
+    return [{k: v for k, v in msgspec.to_builtins(m).items() if k != "report"} | {"why": m.report.get("why")}
+            for m in await learning.list_models(pool)]
+
+
+async def _stats(pool: asyncpg.Pool, window_s: float) -> Any:
+    from db import learning
+
+    return await learning.label_stats(pool, window_s)
