@@ -92,8 +92,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     detoxify_checkpoint: str | None = None
     detoxify_hf_dir: str | None = None
     moderation_mode: str = "auto"
-    """auto | off | shadow | flag | hide. auto: the mode this release recommends for the scorer, today
-    ``flag`` for every scorer (workers.main.resolve_mode)."""
+    """auto | off | shadow | flag | hide. auto: flag, except with the light fallback scorer, which only
+    records its scores (shadow): it flags too many short friendly messages (moderation/data/independent)."""
     moderation_thresholds: str = ""
     """Overrides, ``label=flag[:hide],...``; e.g. ``toxicity=0.8:0.97,threat=0.6``."""
     care_threshold: float = 0.5

@@ -143,6 +143,9 @@ def _new_session(path: str, threads: int) -> Any:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # no warnings on stderr about unused initialisers etc.
+    # ORT's idle threads spin-wait after a run by default. The head math that follows (torch) then
+    # fights them for the cores: a batch of 6 short posts took 44 ms instead of 14 on 2 cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 

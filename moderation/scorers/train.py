@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from .embedded import Encoder
 
-VERSION = "2026.12.2"  # bump whenever a head changes
+VERSION = "2026.12.3"  # bump whenever a head changes
 SEED = 13
 TARGETS: tuple[str, ...] = LABELS + SIGNALS
 THRESHOLDS: dict[str, float] = {**DEFAULT_FLAG, "self_harm_risk": 0.5}
