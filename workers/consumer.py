@@ -50,6 +50,8 @@ class Worker:
         self.scorer, self.policy, self.name = scorer, policy, name
         self.model: str | None = None
         """The stored model in use (``moderation_models``); None: the heads shipped in the package."""
+        self.rescore_pending = True
+        """Set at start and by each model change, cleared when a rescoring pass finds nothing left."""
         self.keys = Keys(settings.redis_prefix)
         self.publisher = Publisher(redis, settings.redis_prefix, settings.history_len,
                                    sharded=settings.pubsub == "sharded", history_ttl_s=settings.history_ttl_s)
@@ -224,7 +226,7 @@ class Worker:
         what was scored within ``rescore_window_s``), a page at a time and only while the job stream is
         drained, so rescoring never delays new posts and nothing is enqueued twice. Items the model has
         scored drop out of the query: it is its own progress record, across crashes and restarts."""
-        if self.policy.mode == "off" or not await self._jobs_drained():
+        if not self.rescore_pending or self.policy.mode == "off" or not await self._jobs_drained():
             return 0
         async with self.pool.acquire() as conn:
             if not await conn.fetchval("SELECT pg_try_advisory_lock(7354003)"):
@@ -234,14 +236,22 @@ class Worker:
                                                          self.settings.rescore_window_s, 4 * self.settings.worker_batch)
                 for kind, item_id in todo:
                     await self.redis.xadd(self.keys.jobs, {"kind": kind, "id": str(item_id), "rescore": "1"})
+                self.rescore_pending = bool(todo)  # done when a pass finds nothing (the next change sets it)
                 return len(todo)
             finally:
                 await conn.fetchval("SELECT pg_advisory_unlock(7354003)")
 
     async def _jobs_drained(self) -> bool:
+        """Every job delivered and acknowledged. Redis 7 reports the group's ``lag``; before 7 (the
+        embedded Redis 6.2), compare the last delivered id with the stream's last id."""
         groups: Any = await self.redis.xinfo_groups(self.keys.jobs)
         mine = [g for g in groups if _s(g["name"]) == GROUP]
-        return bool(mine) and mine[0]["pending"] == 0 and mine[0].get("lag") == 0
+        if not mine or mine[0]["pending"]:
+            return False
+        if mine[0].get("lag") is not None:
+            return bool(mine[0]["lag"] == 0)
+        stream: Any = await self.redis.xinfo_stream(self.keys.jobs)
+        return _s(mine[0]["last-delivered-id"]) == _s(stream["last-generated-id"])
 
     async def sync_model(self) -> bool:
         """Load the active model if it is not the one in use; True when it changed. Loading runs in a
@@ -261,6 +271,7 @@ class Worker:
             log.error("model %s cannot be loaded (%s): keeping %s", version, err, previous)
             return False
         log.info("model %s %s is active (was %s)", self.scorer.name, self.scorer.version, previous)
+        self.rescore_pending = True
         return True
 
     async def _model_loop(self) -> None:

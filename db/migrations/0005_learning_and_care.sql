@@ -37,6 +37,9 @@ CREATE TABLE moderation_labels (
 );
 CREATE INDEX moderation_labels_decided_idx ON moderation_labels (decided_at);
 
+-- What a new model rescores: items scored within a recent window (db.learning.rescore_candidates).
+CREATE INDEX moderation_scores_created_idx ON moderation_scores (created_at);
+
 -- Set when a newer model rescored an open case's target below every threshold: moderators see
 -- it; the case is never dismissed for them.
 ALTER TABLE moderation_cases ADD COLUMN model_cleared_by text;
