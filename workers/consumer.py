@@ -146,7 +146,7 @@ class Worker:
                 if decision.care:
                     care = await learning.open_care(conn, item.kind, item.id, item.user_id,
                                                     score.get(SELF_HARM_RISK, 0.0), model[1])
-                if decision.action in ("approve", "shadow"):  # a newer model may clear an open case
+                if not decision.reasons:  # under every threshold: a newer model may clear an open case
                     cleared = await learning.mark_cleared(conn, item.kind, item.id, model[1])
                 outcomes.append(Outcome(item, decision.action, care, cleared))
             self.scored += len(outcomes)

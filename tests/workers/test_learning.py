@@ -377,3 +377,22 @@ async def test_a_running_worker_switches_models_without_a_restart(settings, pool
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_shadow_scoring_over_thresholds_does_not_clear_a_case(settings, pool, redis) -> None:
+    """In shadow mode every decision is "shadow": a score over the thresholds must not mark an open case
+    as cleared (only scores under every threshold do)."""
+    s = msgspec.structs.replace(settings, scorer="light")
+    await learning.save_model(pool, "strict", "light", _biased_bundle("strict", 50.0), {}, promote=True)
+    flagging = _worker(s, pool, redis, load_scorer("light"))
+    await flagging.ensure_group()
+    await flagging.sync_model()
+    await _post(pool, redis, s, "a post the strict model flags")
+    await flagging.step()
+    await learning.save_model(pool, "strict2", "light", _biased_bundle("strict2", 50.0), {}, promote=True)
+    shadow = _worker(s, pool, redis, load_scorer("light"), mode="shadow")
+    await shadow.sync_model()
+    assert await shadow.rescore() == 1
+    await shadow.step()
+    [case] = await mdb.open_queue(pool)
+    assert case.model_cleared_by is None
