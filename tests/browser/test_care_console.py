@@ -15,6 +15,7 @@ from db import moderation as mdb
 from db.outbox import Announcement
 from db.writes._tx import in_transaction
 from db.writes.users import upsert_user
+from seed import post_vybe as _post
 from tests.browser.conftest import CHROMIUM, PHONE, score_all
 
 if TYPE_CHECKING:
@@ -29,14 +30,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
 TOXIC = "You are a worthless idiot and everyone here hates you"
 CARE_BORDER = "rgb(21, 94, 117)"  # --care in app.css: calm, not the queue's danger red
-
-
-async def _post(live: Any, user: str, content: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=live.http) as http:
-        r = await http.post("/api/vybes", json={"content": content},
-                            headers={"Authorization": f"Bearer {live.token(user)}"})
-        assert r.status_code == 201, r.text
-        return r.json()
 
 
 async def _live(page: Any) -> None:

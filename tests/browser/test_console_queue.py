@@ -11,6 +11,7 @@ import pytest
 
 from db import moderation as mdb
 from db.writes.users import upsert_user
+from seed import post_vybe as _post
 from tests.browser.conftest import CHROMIUM, PHONE
 
 if TYPE_CHECKING:
@@ -27,14 +28,6 @@ DANGER = "rgb(159, 18, 57)"  # --danger in app.css: Remove is filled with it, Hi
 
 
 # -- seeding ------------------------------------------------------------------------------------
-
-async def _post(live: Any, user: str, content: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=live.http) as http:
-        r = await http.post("/api/vybes", json={"content": content},
-                            headers={"Authorization": f"Bearer {live.token(user)}"})
-        assert r.status_code == 201, r.text
-        return r.json()
-
 
 async def _comment(live: Any, user: str, vybe_id: str, content: str) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=live.http) as http:

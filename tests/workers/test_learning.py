@@ -226,14 +226,20 @@ async def test_promoted_model_is_picked_up_and_rescores_open_cases_without_dismi
         await learning.rollback(pool)
 
 
-async def test_resolved_cases_are_not_rescored(settings, pool, redis) -> None:
+async def _flagged_by_strict(settings, pool, redis, content: str):
+    """A light-scorer worker under a model that flags everything ("strict"), and one post it flagged."""
     s = msgspec.structs.replace(settings, scorer="light")
     await learning.save_model(pool, "strict", "light", _biased_bundle("strict", 50.0), {}, promote=True)
     w = _worker(s, pool, redis, load_scorer("light"))
     await w.ensure_group()
     await w.sync_model()
-    await _post(pool, redis, s, "another ordinary post")
+    await _post(pool, redis, s, content)
     await w.step()
+    return s, w
+
+
+async def test_resolved_cases_are_not_rescored(settings, pool, redis) -> None:
+    _, w = await _flagged_by_strict(settings, pool, redis, "another ordinary post")
     [case] = await mdb.open_queue(pool)
     await writes.upsert_user(pool, "mod", "MODERATOR")
     await mdb.resolve(pool, str(case.case_id), case.version, "dismiss", None, "mod")
@@ -382,13 +388,7 @@ async def test_a_running_worker_switches_models_without_a_restart(settings, pool
 async def test_a_shadow_scoring_over_thresholds_does_not_clear_a_case(settings, pool, redis) -> None:
     """In shadow mode every decision is "shadow": a score over the thresholds must not mark an open case
     as cleared (only scores under every threshold do)."""
-    s = msgspec.structs.replace(settings, scorer="light")
-    await learning.save_model(pool, "strict", "light", _biased_bundle("strict", 50.0), {}, promote=True)
-    flagging = _worker(s, pool, redis, load_scorer("light"))
-    await flagging.ensure_group()
-    await flagging.sync_model()
-    await _post(pool, redis, s, "a post the strict model flags")
-    await flagging.step()
+    s, _ = await _flagged_by_strict(settings, pool, redis, "a post the strict model flags")
     await learning.save_model(pool, "strict2", "light", _biased_bundle("strict2", 50.0), {}, promote=True)
     shadow = _worker(s, pool, redis, load_scorer("light"), mode="shadow")
     await shadow.sync_model()
