@@ -72,7 +72,7 @@ export function vybeRenderer(ctx) {
        h("span", {}, v.comment_count === 1 ? " comment" : " comments"));
 
     const article = h("article", { class: "vybe card", "aria-labelledby": titleId, tabindex: "-1",
-                                   dataset: { vybeId: v.id, state: v.moderation_state } },
+                                   dataset: { vybeId: v.id, state: v.moderation_state, focusKey: "article" } },
       h("header", { class: "vybe-head" },
         h("span", { id: titleId, class: "author" }, nameOf(v), you(v)),
         h("span", { class: "badge" }, TYPES[v.type] || v.type),
@@ -87,6 +87,7 @@ export function vybeRenderer(ctx) {
         v.share_count ? h("span", { class: "muted" }, `${v.share_count} shared`) : null),
       open ? threadPanel(v, panelId) : null);
     li.replaceChildren(article);
-    if (active) li.querySelector(`[data-focus-key="${active}"]`)?.focus();
+    // A redraw (a live update, a re-read) keeps focus where it was, the card itself included.
+    if (active) li.querySelector(`[data-focus-key="${active}"]`)?.focus({ preventScroll: true });
   };
 }
