@@ -94,6 +94,12 @@ def _cmd_moderation(settings: Settings, args: argparse.Namespace) -> int:
     return moderation.run(settings, args)
 
 
+def _cmd_apps(settings: Settings, args: argparse.Namespace) -> int:
+    from cli import apps
+
+    return apps.run(settings, args)
+
+
 def _cmd_check_counters(settings: Settings, args: argparse.Namespace) -> int:
     from db.counters import check_counters_command
 
@@ -121,13 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import moderation
 
     moderation.add_parser(sub)
+    from cli import apps
+
+    apps.add_parser(sub)
     return parser
 
 
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "dev": _cmd_dev, "gateway": _cmd_gateway, "worker": _cmd_worker,
     "migrate": _cmd_migrate, "token": _cmd_token, "check-counters": _cmd_check_counters,
-    "moderation": _cmd_moderation,
+    "moderation": _cmd_moderation, "apps": _cmd_apps,
 }
 
 

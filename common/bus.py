@@ -18,6 +18,7 @@ persistence), which tells a resuming client that its offset means nothing now.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import msgspec
@@ -72,6 +73,10 @@ class Meta(msgspec.Struct, omit_defaults=True, frozen=True):
     """Publish time (epoch seconds), for the publish-to-send latency metric."""
     b: list[str] | None = None
     """Control: the new block list of user ``o`` (applied by every node holding their sockets)."""
+    x: str | None = None
+    """Control from the server API, for user ``o``'s sockets on every node: ``disconnect``, or
+    ``unsubscribe`` (the channels ``c``). Not delivered as an event."""
+    c: list[str] | None = None
 
 
 class Body(msgspec.Struct, frozen=True):
@@ -198,15 +203,21 @@ return 'published'
 """
 
 
+History = Callable[[str], tuple[int, int]]
+"""A channel's (events kept, seconds kept): ``common.namespaces.Namespaces.history_of``."""
+
+
 class Publisher:
     """Write-only side of the bus: processes that hold no sockets use only this."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str, history_len: int = 1000, *,
-                 sharded: bool = False, history_ttl_s: int = 172_800) -> None:
+                 sharded: bool = False, history_ttl_s: int = 172_800, history: History | None = None) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self.history_len = history_len
         self.history_ttl_s = history_ttl_s
+        self.history: History = history or (lambda channel: (history_len, history_ttl_s))
+        """Per channel: its namespace's history length and TTL."""
         self.sharded = sharded
         """SPUBLISH instead of PUBLISH: for gateways on ``VYBE_PUBSUB=sharded`` (SSUBSCRIBE)."""
         self._script = self.script()
@@ -222,9 +233,10 @@ class Publisher:
         such as presence counts); returns the offset clients will see."""
         message = encode_message(event, data, meta)
         k = self.keys
+        length, ttl = self.history(channel)
         epoch, sid = await self._script(
             keys=[k.stream(channel), k.pubsub(channel), k.epoch(channel)],
-            args=[self.history_len, message, self.history_ttl_s],
+            args=[length, message, ttl],
         )
         return make_offset(_text(epoch), _text(sid))
 
@@ -244,14 +256,16 @@ class Publisher:
                     replies_per_row.append(len(messages))
                 elif row.seq is None:
                     messages = row.messages.encode().split(SEPARATOR)
+                    length, ttl = self.history(c)
                     for message in messages:
                         await self._script(keys=[k.stream(c), k.pubsub(c), k.epoch(c)],
-                                           args=[self.history_len, message, self.history_ttl_s], client=pipe)
+                                           args=[length, message, ttl], client=pipe)
                     replies_per_row.append(len(messages))
                 else:
+                    length, ttl = self.history(c)
                     await self._ordered(
                         keys=[k.stream(c), k.pubsub(c), k.epoch(c), k.sequence(c), k.held(c)],
-                        args=[self.history_len, row.messages, self.history_ttl_s, row.seq, "1" if start else "0"],
+                        args=[length, row.messages, ttl, row.seq, "1" if start else "0"],
                         client=pipe)
                     replies_per_row.append(None)
             replies = await pipe.execute()

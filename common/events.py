@@ -53,6 +53,17 @@ def comment_created(comment: Any) -> list[Event]:
     return out
 
 
+def publication(channel: str, publication_id: object, user_id: str, data: object) -> Event:
+    """A client publication on ``channel`` (``publication``); blockers of its author do not get it."""
+    return event(channel, "publication", {"id": str(publication_id), "user_id": user_id, "data": data},
+                 Meta(a=user_id))
+
+
+def publication_state(channel: str, publication_id: object, state: str) -> Event:
+    """``publication.hidden`` / ``removed`` / ``restored``: take a delivered publication back, or return it."""
+    return event(channel, f"publication.{state}", {"id": str(publication_id), "channel": channel})
+
+
 def vybe_shared(result: Any, user_id: str) -> list[Event]:
     data = {"vybe_id": str(result.vybe_id), "share_count": result.share_count, "user_id": user_id}
     return [event(f"vybe:{result.vybe_id}", "vybe.shared", data, Meta(a=user_id))]

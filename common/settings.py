@@ -114,6 +114,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """On promotion, items scored this recently (and every open case) are rescored by the new model."""
     premoderation: bool = False
     """Hold new vybes out of the feed until scored."""
+    namespaces: str | None = None
+    """A TOML file of channel namespaces (``common/namespaces.py``, README "For app developers"): who may
+    subscribe, whether clients may publish and how that is moderated, history, presence. Unset: the
+    built-in namespaces only."""
+    webhook_timeout_s: float = 5.0
+    """How long a webhook delivery may take before it counts as failed (and is retried)."""
+    moderate_wait_s: float = 5.0
+    """How long ``POST /api/server/moderate`` with ``wait`` waits for the score before answering ``pending``."""
     report_flag_threshold: int = 3
     """Distinct reporters that flag a target."""
     claim_lease_s: float = 300.0
@@ -149,6 +157,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VYBE_CARE_RESOURCES", str(err)) from err
         if self.model_poll_s <= 0 or self.rescore_window_s < 0:
             raise SettingsError("VYBE_MODEL_POLL_S", "the poll interval must be positive, the rescore window >= 0")
+        if self.namespaces:
+            from common import namespaces
+
+            namespaces.load(self.namespaces)  # raises SettingsError naming the file and the key
         if self.max_frame_bytes < 0:
             raise SettingsError("VYBE_MAX_FRAME_BYTES", "must be 0 (follow the content limits) or positive")
         for name in ("rate_burst", "max_subscriptions", "send_queue_bytes",
@@ -210,7 +222,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         raise SettingsError(_variable_of(str(err)), _problem_of(str(err))) from err
 
 
-_NULLABLE = {"database_url", "redis_url", "model_cache", "jwt_secret", "jwt_public_key", "jwt_issuer",
+_NULLABLE = {"namespaces", "database_url", "redis_url", "model_cache", "jwt_secret", "jwt_public_key", "jwt_issuer",
              "jwt_audience", "detoxify_checkpoint", "detoxify_hf_dir"}
 
 

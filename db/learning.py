@@ -57,9 +57,9 @@ async def record_decision(conn: asyncpg.Connection, case: asyncpg.Record, action
     a harmful text always has ``toxicity``, which means "harmful" in this label set). User cases
     carry no text and teach nothing."""
     kind = case["target_type"]
-    if kind not in ("shared_vybe", "comment"):
+    table = {"shared_vybe": "shared_vybes", "comment": "comments", "app_item": "app_items"}.get(kind)
+    if table is None:
         return
-    table = "shared_vybes" if kind == "shared_vybe" else "comments"
     text = await conn.fetchval(f"SELECT content FROM {table} WHERE id = $1::uuid", case["target_id"])
     if text is None:
         return
@@ -326,10 +326,11 @@ class CareCase(msgspec.Struct, frozen=True):
 
 
 _CARE: LiteralString = """
-SELECT k.*, coalesce(v.content, cm.content) AS text, cm.shared_vybe_id AS vybe_id
+SELECT k.*, coalesce(v.content, cm.content, ai.content) AS text, cm.shared_vybe_id AS vybe_id
   FROM care_cases k
   LEFT JOIN shared_vybes v ON k.target_type = 'shared_vybe' AND v.id = k.target_id
   LEFT JOIN comments cm ON k.target_type = 'comment' AND cm.id = k.target_id
+  LEFT JOIN app_items ai ON k.target_type = 'app_item' AND ai.id = k.target_id
 """
 
 

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from db.outbox import Announcement
 
 SYSTEM_REPORTER = "system:moderation"
-Kind = Literal["shared_vybe", "comment"]
-_TABLE = {"shared_vybe": "shared_vybes", "comment": "comments"}
+Kind = Literal["shared_vybe", "comment", "app_item"]
+_TABLE = {"shared_vybe": "shared_vybes", "comment": "comments", "app_item": "app_items"}
 # Which report type a model flag files, by the label that crossed first.
 _REPORT_TYPE = {"threat": "SAFETY_CONCERN", "severe_toxicity": "SAFETY_CONCERN", "identity_attack": "HARASSMENT",
                 "insult": "HARASSMENT", "sexual_explicit": "INAPPROPRIATE_CONTENT"}
@@ -90,6 +90,14 @@ class CaseView(msgspec.Struct, frozen=True):
     appeal_outcome: str | None = None
     """``granted`` (restored or dismissed) or ``denied`` (hidden or removed again)."""
     resolved_at: dt.datetime | None = None
+    app: str | None = None
+    """For an ``app_item``: the app it comes from (``vybe``: a publication on one of our own namespaces)."""
+    content_type: str | None = None
+    """For an ``app_item``: the app's content type (or the namespace of a client publication)."""
+    content_id: str | None = None
+    """For an ``app_item``: the app's id of the content (a publication's id)."""
+    channel: str | None = None
+    """For a client publication: the channel it was published on."""
 
 
 _ITEMS = """
@@ -100,12 +108,15 @@ UNION ALL
 SELECT 'comment', c.id, c.user_id, c.content, c.moderation_state::text, c.is_anonymous,
        v.privacy_level::text, c.shared_vybe_id, NULL::uuid
   FROM comments c JOIN shared_vybes v ON v.id = c.shared_vybe_id WHERE c.id = ANY($2::uuid[])
+UNION ALL
+SELECT 'app_item', id, user_id, content, moderation_state::text, false, 'PUBLIC', NULL::uuid, NULL::uuid
+  FROM app_items WHERE id = ANY($3::uuid[])
 """
 
 
 async def fetch_items(conn: asyncpg.Connection | asyncpg.Pool, vybes: list[uuid.UUID],
-                      comments: list[uuid.UUID]) -> list[Item]:
-    rows = await conn.fetch(_ITEMS, vybes, comments)
+                      comments: list[uuid.UUID], app_items: Sequence[uuid.UUID] = ()) -> list[Item]:
+    rows = await conn.fetch(_ITEMS, vybes, comments, list(app_items))
     return [Item(**dict(r)) for r in rows]
 
 
@@ -113,6 +124,7 @@ _TARGET_OF: LiteralString = "SELECT target_type, target_id FROM moderation_cases
 _LOCK_TARGET: dict[str, LiteralString] = {
     "shared_vybe": "SELECT 1 FROM shared_vybes WHERE id = $1::uuid FOR NO KEY UPDATE",
     "comment": "SELECT 1 FROM comments WHERE id = $1::uuid FOR NO KEY UPDATE",
+    "app_item": "SELECT 1 FROM app_items WHERE id = $1::uuid FOR NO KEY UPDATE",
     "user": "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE",
 }
 
@@ -200,14 +212,16 @@ async def on_user_report(conn: asyncpg.Connection, target_type: str, target_id: 
 # while a plain ``target_type = ... AND id = target_id::uuid`` may cast first (an index
 # condition is evaluated before the join filter).
 _CASE: LiteralString = f"""
-SELECT c.*, coalesce(v.content, cm.content) AS text, coalesce(v.user_id, cm.user_id, u.id) AS author_id,
+SELECT c.*, coalesce(v.content, cm.content, ai.content) AS text,
+       coalesce(v.user_id, cm.user_id, ai.user_id, u.id) AS author_id,
        coalesce({hides_author_sql("v")}, cm.is_anonymous, false) AS is_anonymous,
-       coalesce(v.moderation_state, cm.moderation_state)::text AS content_state,
+       coalesce(v.moderation_state, cm.moderation_state, ai.moderation_state)::text AS content_state,
        coalesce(v.report_count, cm.report_count, u.report_count, 0) AS report_count,
-       cm.shared_vybe_id AS vybe_id
+       cm.shared_vybe_id AS vybe_id, ai.app_id AS app, ai.content_type, ai.content_id, ai.channel
   FROM moderation_cases c
   LEFT JOIN shared_vybes v ON v.id = (CASE WHEN c.target_type = 'shared_vybe' THEN c.target_id::uuid END)
   LEFT JOIN comments cm ON cm.id = (CASE WHEN c.target_type = 'comment' THEN c.target_id::uuid END)
+  LEFT JOIN app_items ai ON ai.id = (CASE WHEN c.target_type = 'app_item' THEN c.target_id::uuid END)
   LEFT JOIN users u ON c.target_type = 'user' AND u.id = c.target_id
  WHERE c.id = ANY($1::uuid[])
 """
@@ -237,15 +251,20 @@ def _view(r: asyncpg.Record, reporters: list[Reporter]) -> CaseView:
         note=r["note"], opened_at=r["opened_at"], vybe_id=r["vybe_id"], model_cleared_by=r["model_cleared_by"],
         message=r["message"], appeal_statement=r["appeal_statement"], appealed_at=r["appealed_at"],
         appeal_of=r["appeal_of"], appeal_outcome=r["appeal_outcome"], resolved_at=r["resolved_at"],
+        app=r["app"], content_type=r["content_type"], content_id=r["content_id"], channel=r["channel"],
     )
 
 
-async def open_queue(pool: asyncpg.Pool, limit: int = 100, appeals: bool | None = None) -> list[CaseView]:
-    """Open cases, oldest first (the moderator's queue); ``appeals``: only appeals (True), none (False)."""
+async def open_queue(pool: asyncpg.Pool, limit: int = 100, appeals: bool | None = None,
+                     app: str | None = None) -> list[CaseView]:
+    """Open cases, oldest first (the moderator's queue); ``appeals``: only appeals (True), none (False);
+    ``app``: only that app's items (``vybe``: this app's own content, publications on its namespaces included)."""
     ids = await pool.fetch(
-        """SELECT id FROM moderation_cases
-            WHERE state = 'open' AND ($2::boolean IS NULL OR (appeal_statement IS NOT NULL) = $2)
-            ORDER BY opened_at LIMIT $1""", limit, appeals)
+        """SELECT c.id FROM moderation_cases c
+             LEFT JOIN app_items ai ON ai.id = (CASE WHEN c.target_type = 'app_item' THEN c.target_id::uuid END)
+            WHERE c.state = 'open' AND ($2::boolean IS NULL OR (c.appeal_statement IS NOT NULL) = $2)
+              AND ($3::text IS NULL OR coalesce(ai.app_id, 'vybe') = $3)
+            ORDER BY c.opened_at LIMIT $1""", limit, appeals, app)
     return await case_views(pool, [r["id"] for r in ids])
 
 
@@ -450,13 +469,15 @@ async def case_context(pool: asyncpg.Pool, case_id: str, history: int = 20) -> C
     past: list[PastCase] = []
     if view.author_id is not None:
         rows = await pool.fetch(
-            """SELECT c.id, c.target_type, c.target_id, coalesce(v.content, cm.content) AS text, c.state, c.resolution,
+            """SELECT c.id, c.target_type, c.target_id, coalesce(v.content, cm.content, ai.content) AS text, c.state,
+                      c.resolution,
                       c.reasons, c.opened_at, c.resolved_at
                  FROM moderation_cases c
                  LEFT JOIN shared_vybes v ON v.id = (CASE WHEN c.target_type = 'shared_vybe' THEN c.target_id::uuid END)
                  LEFT JOIN comments cm ON cm.id = (CASE WHEN c.target_type = 'comment' THEN c.target_id::uuid END)
-                WHERE c.id <> $1 AND coalesce(v.user_id, cm.user_id, CASE WHEN c.target_type = 'user'
-                                                                          THEN c.target_id END) = $2
+                 LEFT JOIN app_items ai ON ai.id = (CASE WHEN c.target_type = 'app_item' THEN c.target_id::uuid END)
+                WHERE c.id <> $1 AND coalesce(v.user_id, cm.user_id, ai.user_id, CASE WHEN c.target_type = 'user'
+                                                                                     THEN c.target_id END) = $2
                 ORDER BY c.opened_at DESC LIMIT $3""", cid, view.author_id, history)
         past = [PastCase(r["id"], r["target_type"], r["target_id"], excerpt(r["text"], 120), r["state"],
                          r["resolution"], list(r["reasons"]), r["opened_at"], r["resolved_at"]) for r in rows]
@@ -547,6 +568,11 @@ async def unscored(pool: asyncpg.Pool, older_than_s: float, limit: int = 500) ->
            SELECT 'comment', id FROM comments c
             WHERE moderation_state = 'pending' AND created_at < now() - make_interval(secs => $1)
               AND NOT EXISTS (SELECT 1 FROM moderation_scores s WHERE s.target_type = 'comment' AND s.target_id = c.id)
+           UNION ALL
+           SELECT 'app_item', id FROM app_items a
+            WHERE moderation_state = 'pending' AND created_at < now() - make_interval(secs => $1)
+              AND NOT EXISTS (SELECT 1 FROM moderation_scores s
+                               WHERE s.target_type = 'app_item' AND s.target_id = a.id)
            LIMIT $2""", older_than_s, limit)
     return [(r["kind"], r["id"]) for r in rows]
 

@@ -20,6 +20,7 @@ from gateway.context import Gateway, gateway_lifespan
 from gateway.pages import PAGE_HANDLERS
 from gateway.protocol import json_schema
 from gateway.rest import ModerationController, RestController, add_links, error_handlers
+from gateway.server_api import ServerController
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -123,9 +124,14 @@ def openapi_config() -> OpenAPIConfig:
     offline) and ``/schema/openapi.json``; the socket protocol's schema is ``/schema/protocol.json``."""
     return OpenAPIConfig(
         title="Vybe Live", version="0.1.0", path="/schema",
-        components=Components(security_schemes={"BearerToken": SecurityScheme(
-            type="http", scheme="bearer", bearer_format="JWT",
-            description="The same JWT as the socket's (claims: docs/protocol.md, Connecting and authenticating)")}),
+        components=Components(security_schemes={
+            "BearerToken": SecurityScheme(
+                type="http", scheme="bearer", bearer_format="JWT",
+                description="The same JWT as the socket's (claims: docs/protocol.md, Connecting and authenticating)"),
+            "ApiKey": SecurityScheme(
+                type="http", scheme="bearer", bearer_format="vk_<id>.<secret>",
+                description="An app's API key, for trusted backends (`vybe apps create`, `vybe apps key`; "
+                            "docs/server-api.md)")}),
         description="REST API of the Vybe Live gateway. The WebSocket protocol (`/ws`) is in docs/protocol.md "
                     "and its JSON Schema at `/schema/protocol.json`. Every error has the body `{code, message}` "
                     "(and `retry_after` where waiting helps); codes are listed in docs/protocol.md.",
@@ -163,7 +169,7 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         before_request=answer_options,
         route_handlers=[websocket_endpoint, healthz, readyz, metrics, protocol_schema, RestController,
-                        ModerationController, *PAGE_HANDLERS],
+                        ModerationController, ServerController, *PAGE_HANDLERS],
         lifespan=[lifespan],
         exception_handlers=error_handlers(),
         openapi_config=openapi_config(),

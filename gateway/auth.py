@@ -29,10 +29,16 @@ class Identity(msgspec.Struct, frozen=True):
     role: Role
     name: str | None
     expires_at: float
+    channels: tuple[str, ...] = ()
+    """The token's ``channels`` claim: channels (or ``<namespace>:*``) of ``claims`` namespaces it may join."""
 
     @property
     def is_moderator(self) -> bool:
         return self.role in ("MODERATOR", "ADMIN")
+
+    def lists(self, channel: str) -> bool:
+        """Whether the token's ``channels`` claim lists ``channel`` (or its ``<namespace>:*``)."""
+        return channel in self.channels or channel.partition(":")[0] + ":*" in self.channels
 
 
 class Verifier:
@@ -79,7 +85,11 @@ class Verifier:
         if role not in ROLES:
             raise AuthError(f"invalid token: unknown role {role!r}")
         name = claims.get("name")
-        return Identity(sub, role, name if isinstance(name, str) else None, float(claims["exp"]))
+        channels = claims.get("channels", [])
+        if not isinstance(channels, list) or not all(isinstance(c, str) and 0 < len(c) <= 200 for c in channels):
+            raise AuthError("invalid token: `channels` must be a list of channel names")
+        return Identity(sub, role, name if isinstance(name, str) else None, float(claims["exp"]), tuple(channels))
+
 
 
 def _read_pem(value: str) -> str:
@@ -92,7 +102,7 @@ def _read_pem(value: str) -> str:
 
 
 def mint_token(settings: Settings, user_id: str, *, role: str = "MEMBER", name: str | None = None,
-               ttl_s: int = 3600) -> str:
+               ttl_s: int = 3600, channels: list[str] | None = None) -> str:
     """A development token signed with the HS secret (production tokens come from the IdP)."""
     if not settings.jwt_secret:
         raise SettingsError("VYBE_JWT_SECRET", "is required to mint tokens (vybe dev prints one)")
@@ -100,6 +110,8 @@ def mint_token(settings: Settings, user_id: str, *, role: str = "MEMBER", name: 
     claims: dict[str, object] = {"sub": user_id, "role": role, "iat": now, "nbf": now, "exp": now + ttl_s}
     if name:
         claims["name"] = name
+    if channels:
+        claims["channels"] = channels
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
     if settings.jwt_audience:

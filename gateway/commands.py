@@ -8,7 +8,7 @@ that could still roll back.
 
 from __future__ import annotations
 
-import re
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -19,18 +19,20 @@ from common import events
 from common.bus import job
 from common.errors import ErrorCode
 from common.visibility import Viewer, may_follow
-from db import writes
+from db import apps, writes
 from db.outbox import Announcement
 from db.pool import UNREACHABLE
+from db.writes._tx import idempotent
 from gateway import protocol as p
 from gateway.hub import Unavailable
 
 if TYPE_CHECKING:
+    import asyncpg
+
+    from common.namespaces import Namespace
     from gateway.connection import Connection
     from gateway.context import Gateway
 
-_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-_CHANNEL = re.compile(rf"^(feed|mod:flagged|vybe:{_UUID}|looproom:{_UUID}|user:[^\s]{{1,128}})$")
 
 
 class Caller(Protocol):
@@ -78,6 +80,8 @@ async def handle(conn: Caller, cmd: Any) -> Result:
                 return Result(await conn.gw.desk.appeal(conn, cmd))
             case p.Claim() | p.Resolve() | p.Reopen():
                 return await _moderate(conn, cmd)
+            case p.Publish():
+                return await _publish(cast("Connection", conn), cmd)
     except writes.WriteError as err:
         raise CommandError(err.code, err.message, err.retry_after) from err
     except RedisError as err:  # e.g. a resume's history read while Redis restarts
@@ -98,17 +102,15 @@ def unavailable(what: str, retry_after: float = 1.0) -> CommandError:
 
 async def _subscribe(conn: Connection, cmd: p.Subscribe) -> Result:
     channel = cmd.channel
-    if not _CHANNEL.match(channel):
-        raise CommandError(ErrorCode.UNKNOWN_CHANNEL,
-                           "channels: feed, vybe:{id}, looproom:{id}, user:{your id}, mod:flagged")
-    await _authorize(conn, channel)
+    ns = _namespace(conn, channel)
+    await _authorize(conn, ns, channel)
     # The personal user:{id} channel is not counted against the limit.
     if channel not in conn.channels and len(conn.channels) - 1 >= conn.gw.settings.max_subscriptions:
         raise CommandError(ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                            f"at most {conn.gw.settings.max_subscriptions} subscriptions per connection")
     conn.channels.add(channel)
     resume = await conn.gw.hub.subscribe(conn, channel, cmd.since)
-    if channel.startswith("looproom:"):
+    if ns.presence:
         conn.gw.presence.touch()
     ack = p.Subscribed(channel=channel, recovered=resume.recovered, missed=len(resume.missed))
     if resume.recovered is None:
@@ -116,12 +118,23 @@ async def _subscribe(conn: Connection, cmd: p.Subscribe) -> Result:
     return Result(ack, resume.missed, lambda: conn.gw.hub.finish_resume(conn, channel, resume.after))
 
 
-async def _authorize(conn: Connection, channel: str) -> None:
-    if channel == "mod:flagged" and not conn.is_moderator:
-        raise CommandError(ErrorCode.FORBIDDEN, "mod:flagged is for MODERATOR and ADMIN roles")
-    if channel.startswith("user:") and channel != f"user:{conn.user_id}":
-        raise CommandError(ErrorCode.FORBIDDEN, "you may subscribe only to your own user channel")
-    if channel.startswith("vybe:"):
+def _namespace(conn: Connection, channel: str) -> Namespace:
+    ns = conn.gw.namespaces.of(channel)
+    if ns is None:
+        raise CommandError(ErrorCode.UNKNOWN_CHANNEL, f"not a channel here; channels: {conn.gw.namespaces.describe()}")
+    return ns
+
+
+async def _authorize(conn: Connection, ns: Namespace, channel: str) -> None:
+    """The namespace's subscribe rule (``common.namespaces.SUBSCRIBE_RULES``)."""
+    rule, rest = ns.subscribe, channel.partition(":")[2]
+    if rule == "moderators" and not conn.is_moderator:
+        raise CommandError(ErrorCode.FORBIDDEN, f"{channel} is for MODERATOR and ADMIN roles")
+    if rule == "owner" and rest != conn.user_id and not rest.startswith(conn.user_id + ":"):
+        raise CommandError(ErrorCode.FORBIDDEN, f"{ns.name}: channels are their owner's only ({ns.name}:<your id>)")
+    if rule == "claims" and (conn.identity is None or not conn.identity.lists(channel)):
+        raise CommandError(ErrorCode.FORBIDDEN, f"your token's `channels` claim does not list {channel}")
+    if rule == "visible":
         try:
             vybe = await writes.get_vybe(conn.gw.pool, channel[5:])
         except writes.NotFound as err:
@@ -142,9 +155,49 @@ async def _unsubscribe(conn: Connection, cmd: p.Unsubscribe) -> Result:
         raise CommandError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {cmd.channel}")
     conn.channels.discard(cmd.channel)
     await conn.gw.hub.unsubscribe(conn, cmd.channel)
-    if cmd.channel.startswith("looproom:"):
+    if conn.gw.namespaces.presence_channel(cmd.channel):
         conn.gw.presence.touch()
     return Result(p.Unsubscribed(channel=cmd.channel))
+
+
+async def _publish(conn: Connection, cmd: p.Publish) -> Result:
+    """A client publication: stored with its events (and, on a moderated namespace, as an app item
+    with its scoring job) in one transaction, then delivered, or held until scored."""
+    ns = _namespace(conn, cmd.channel)
+    if not ns.publish:
+        raise CommandError(ErrorCode.FORBIDDEN, f"clients may not publish on {ns.name} channels")
+    await _authorize(conn, ns, cmd.channel)
+    if len(msgspec.json.encode(cmd.data)) > ns.max_bytes:
+        raise CommandError(ErrorCode.CONTENT_TOO_LONG, f"publication data over {ns.max_bytes} bytes of JSON")
+    text = cmd.data.get(ns.text_field) if isinstance(cmd.data, dict) else None
+    if isinstance(text, str) and len(text) > ns.max_chars:
+        raise CommandError(ErrorCode.CONTENT_TOO_LONG, f"`{ns.text_field}` over {ns.max_chars} characters")
+    if isinstance(text, str) and "\x00" in text:
+        raise CommandError(ErrorCode.INVALID_CONTENT, f"`{ns.text_field}` holds NUL")
+    # Counted once valid (the connection's command limit bounds a flood of refused ones).
+    wait = conn.publish_bucket(ns.name, ns.rate_per_s, ns.rate_burst).take()
+    if wait:
+        raise CommandError(ErrorCode.RATE_LIMITED, f"at most {ns.rate_per_s:g} publications/s on {ns.name}",
+                           round(wait, 3))
+    moderated = ns.moderation != "off" and isinstance(text, str) and bool(text.strip())
+    held = moderated and ns.moderation == "before"
+    pid = uuid.uuid4()
+    result = p.Publication(channel=cmd.channel, id=str(pid), state="held" if held else "accepted")
+    publication = events.publication(cmd.channel, pid, conn.user_id, cmd.data)
+
+    async def body(db: asyncpg.Connection) -> p.Publication:
+        if moderated:
+            await apps.submit_item(db, ns.app or apps.OWN_APP, content_type=ns.name, content_id=str(pid),
+                                   user_id=conn.user_id, text=cast("str", text), channel=cmd.channel,
+                                   payload=cmd.data, held=held, item_id=pid)
+        return result
+
+    announce = Announcement.of(lambda r: [] if r.replayed else [
+        *([] if held else [publication]), *([job("app_item", pid)] if moderated else [])])
+    stored = await idempotent(conn.gw.pool, user_id=conn.user_id, request_id=cmd.id or None,
+                                     operation="publish", result_type=p.Publication, body=body, announce=announce)
+    conn.gw.announce(announce)
+    return Result(stored)
 
 
 # -- writes -------------------------------------------------------------------

@@ -70,9 +70,9 @@ class Connection:
     # Consecutive refusals after which a flooding client is disconnected.
     FLOOD_LIMIT = 50
     # Tens of thousands of these live for hours: slots instead of a __dict__ (~1 KB each).
-    __slots__ = ("_bucket", "_close", "_queue", "_queued", "_raw", "_reader", "_receive", "_refusals", "_send",
-                 "_sending", "_timer", "_writer", "blocked", "channels", "codec", "gw", "identity", "is_moderator",
-                 "resuming", "user_id")
+    __slots__ = ("_bucket", "_close", "_publish_buckets", "_queue", "_queued", "_raw", "_reader", "_receive",
+                 "_refusals", "_send", "_sending", "_timer", "_writer", "blocked", "channels", "codec", "gw",
+                 "identity", "is_moderator", "resuming", "user_id")
 
     def __init__(self, gw: Gateway, send: Any, receive: Any, raw: RawWebSocketProtocol | None = None,
                  codec: Codec = JSON_CODEC) -> None:
@@ -93,7 +93,28 @@ class Connection:
         self._reader: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None  # the one pending deadline (auth, warning or expiry)
         self._bucket = TokenBucket(gw.settings.rate_per_s, gw.settings.rate_burst)
+        self._publish_buckets: dict[str, TokenBucket] | None = None  # made at the first publish
         self._refusals = 0
+
+    def control(self, action: str, channels: list[str] | None) -> None:
+        """The server API's ``disconnect`` (close 4010) or ``unsubscribe`` (the channels dropped; the
+        personal channel stays). Its event (``session.disconnected``, ``subscriptions.revoked``) came first."""
+        if action == "disconnect":
+            self.close(CloseCode.DISCONNECTED, "disconnected by the server")
+        elif action == "unsubscribe":
+            gone = [c for c in channels or () if c in self.channels and c != f"user:{self.user_id}"]
+            self.channels.difference_update(gone)
+            if gone:
+                self.gw.spawn(self.gw.hub.drop(self, gone))
+
+    def publish_bucket(self, namespace: str, rate: float, burst: int) -> TokenBucket:
+        """This connection's publication limit on ``namespace`` (beside the command rate limit)."""
+        if self._publish_buckets is None:
+            self._publish_buckets = {}
+        bucket = self._publish_buckets.get(namespace)
+        if bucket is None:
+            bucket = self._publish_buckets[namespace] = TokenBucket(rate, burst)
+        return bucket
 
     # -- the send side (called by the hub and by handlers) -------------------
 

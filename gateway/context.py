@@ -18,13 +18,14 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from common import namespaces
 from common.bus import Keys, Publisher
 from common.events import reactions_changed
 from common.tasks import Supervisor
 from db import learning, outbox, writes
 from db.pool import UNREACHABLE, create_pool
 from gateway.auth import Identity, Verifier
-from gateway.hub import Hub
+from gateway.hub import Hub, Unavailable
 from gateway.hub.redis import RedisBackend
 from gateway.hub.redis_sharded import ShardedRedisBackend
 from gateway.metrics import Metrics
@@ -33,7 +34,7 @@ from gateway.presence import Presence
 from gateway.protocol import CloseCode, Notice, encode
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Coroutine
 
     from common.settings import Settings
     from gateway.connection import Connection
@@ -51,9 +52,13 @@ class Gateway:
         self.keys = Keys(settings.redis_prefix)
         self.metrics = Metrics()
         self.verifier = Verifier(settings)
+        self.namespaces = namespaces.load(settings.namespaces, history_len=settings.history_len,
+                                          history_ttl_s=settings.history_ttl_s)
         backend_type = ShardedRedisBackend if settings.pubsub == "sharded" else RedisBackend
-        self.backend = backend_type(redis, settings.redis_prefix, settings.history_len,
-                                    history_ttl_s=settings.history_ttl_s)
+        # The longest history any namespace keeps bounds what a resume reads.
+        longest = max([settings.history_len, *(n.history_len or 0 for n in self.namespaces)])
+        self.backend = backend_type(redis, settings.redis_prefix, longest,
+                                    history_ttl_s=settings.history_ttl_s, history=self.namespaces.history_of)
         self.publisher: Publisher = self.backend.publisher
         self.hub = Hub(self.backend)
         self.relay = outbox.Relay(pool, self.publisher.publish_rows)
@@ -64,6 +69,7 @@ class Gateway:
         # Fault tests only: die between COMMIT and publish, as a crash there would.
         self._crash_after_commit = os.environ.get("VYBE_TEST_CRASH_AFTER_COMMIT") == "1"
         self.connections: set[Connection] = set()
+        self._spawned: set[asyncio.Task[None]] = set()
         self.draining = False
         # Plain ints on the hot path; the metrics collector reads them when scraped.
         self.frames_out = 0
@@ -81,10 +87,23 @@ class Gateway:
         return user.blocked_users
 
     async def leave(self, conn: Connection) -> None:
-        if any(c.startswith("looproom:") for c in conn.channels):
+        if any(self.namespaces.presence_channel(c) for c in conn.channels):
             self.presence.touch()
         await self.hub.drop(conn, conn.channels)
         conn.channels.clear()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background (kept referenced until done; a Redis error is logged)."""
+
+        async def run() -> None:
+            try:
+                await work
+            except (*self.backend.transient_errors, Unavailable) as err:
+                log.warning("background %s failed: %s", getattr(work, "__name__", "task"), err)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
 
     def announce(self, announcement: outbox.Announcement) -> None:
         """After COMMIT: hand a write's outbox rows to the relay's fast path (never fails)."""

@@ -9,9 +9,11 @@ notices to the author and to every reporter on their ``user:{id}`` channels.
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from common import events
+from db import apps
 from db import moderation as mdb
 from db.outbox import Announcement
 from gateway import protocol as p
@@ -44,7 +46,7 @@ class Desk:
     async def act(self, actor: Any, cmd: p.Claim | p.Resolve | p.Reopen) -> mdb.CaseView:
         gw = self.gw
         if isinstance(cmd, p.Reopen):
-            reopened = Announcement.of(reopen_events)
+            reopened = Announcement(lambda conn, r: _with_app_item(conn, r, "reopen", reopen_events(r)))
             result = await mdb.reopen(gw.pool, cmd.case_id, cmd.version, actor.user_id, announce=reopened)
             gw.announce(reopened)
             return result.case
@@ -55,7 +57,7 @@ class Desk:
                                    release=cmd.release, announce=claimed)
             gw.announce(claimed)
             return view
-        resolved = Announcement.of(lambda r: resolution_events(r, cmd.action))
+        resolved = Announcement(lambda conn, r: _with_app_item(conn, r, cmd.action, resolution_events(r, cmd.action)))
         result = await mdb.resolve(gw.pool, cmd.case_id, cmd.version, cmd.action, cmd.note, actor.user_id,
                                    announce=resolved, labels=cmd.labels, message=cmd.message)
         gw.announce(resolved)
@@ -68,6 +70,16 @@ class Desk:
                                    announce=appealed)
         self.gw.announce(appealed)
         return view
+
+
+async def _with_app_item(conn: asyncpg.Connection, result: mdb.Resolved, action: str,
+                         out: list[Event]) -> list[Event]:
+    """For an app item, in the decision's transaction: its publication released, taken back or returned,
+    and the app's webhook told (``db.apps.decided_events``); a reopened one is back in view."""
+    view = result.case
+    if view.target_type != "app_item":
+        return out
+    return out + await apps.decided_events(conn, uuid.UUID(view.target_id), action)
 
 
 def reopen_events(reopened: mdb.Resolved) -> list[Event]:
@@ -88,7 +100,8 @@ def resolution_events(resolved: mdb.Resolved, action: str) -> list[Event]:
     if view.target_type in ("shared_vybe", "comment"):
         vybe_id = None if view.vybe_id is None else str(view.vybe_id)
         out += events.visibility(view.target_type, target, vybe_id, resolved.looproom_id, _VISIBILITY[action])
-    if view.author_id and view.target_type != "user":
+    if view.author_id and view.target_type != "user" and (view.target_type != "app_item" or view.channel):
+        # An app's own users (an item its backend sent) are not ours to notify: its webhook hears it.
         out.append(events.outcome(view.author_id, {
             "target_type": view.target_type, "target_id": target, "action": action, "by": "moderator",
             "message": view.message, "excerpt": events.excerpt(view.text),

@@ -1,11 +1,12 @@
-"""Live viewer counts of looprooms, summed across every gateway node.
+"""Live viewer counts of the channels whose namespace has ``presence`` (looprooms by default),
+summed across every gateway node.
 
 Each node reports its own count of distinct viewers per room it serves into a
 Redis hash, with a heartbeat in a sorted set; one Lua script writes this node's
 count, drops nodes whose heartbeat expired (a dead node's viewers disappear
 within ``3 x presence_interval_s``), sums, and says whether the total changed
 since anyone last published it, so only one ``looproom.presence`` event goes out
-per change no matter how many nodes notice it.
+per change (``<namespace>.presence``) no matter how many nodes notice it.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Presence:
         async with self._lock:
             if self._withdrawn:  # draining: withdraw() took this node's counts out
                 return
-            rooms = {c for c in self.gw.hub.channels() if c.startswith("looproom:")}
+            rooms = {c for c in self.gw.hub.channels() if self.gw.namespaces.presence_channel(c)}
             # Rooms we reported before but no longer serve get a final 0 from this node.
             # Widened first so that a round failing midway still leaves withdraw() every room.
             self._reported |= rooms
@@ -99,9 +100,10 @@ class Presence:
         keys = [k.stream(room), k.pubsub(room), k.epoch(room),
                 f"{k.prefix}p:{tag}:n", f"{k.prefix}p:{tag}:hb", f"{k.prefix}p:{tag}:last"]
         # The total is filled in by the script; -1 marks where.
-        template = encode_message("looproom.presence", {"looproom_id": room.split(":", 1)[1], "viewers": -1})
-        pub = self.gw.publisher
-        await self._script(keys=keys, args=[pub.history_len, template, pub.history_ttl_s, self.gw.node_id, count,
+        name, _, rest = room.partition(":")
+        template = encode_message(f"{name}.presence", {"channel": room, f"{name}_id": rest, "viewers": -1})
+        length, ttl = self.gw.publisher.history(room)
+        await self._script(keys=keys, args=[length, template, ttl, self.gw.node_id, count,
                                             time.time(), self.interval * 3])
 
     async def run(self) -> None:

@@ -32,7 +32,7 @@ Id = msgspec.Meta(max_length=64, pattern=r"^[^\x00]*$")
 # hold it), at most the database's limit in code points. Written so a regex engine runs it in
 # linear time. A deployment may lower the limits (VYBE_MAX_*_CHARS): that is `content_too_long`.
 # "White space" is ASCII's (as db.writes.validate.BLANK): JSON Schema's ``\s`` and Python's differ.
-_TEXT = r"^[ \t\n\r\f\v]*[^ \t\n\r\f\v\x00][^\x00]*$"
+_TEXT = TEXT_PATTERN = r"^[ \t\n\r\f\v]*[^ \t\n\r\f\v\x00][^\x00]*$"
 VybeText = Annotated[str, msgspec.Meta(max_length=5000, pattern=_TEXT)]
 CommentText = Annotated[str, msgspec.Meta(max_length=2000, pattern=_TEXT)]
 Description = Annotated[str, msgspec.Meta(max_length=1000, pattern=r"^[^\x00]*$")]
@@ -199,9 +199,32 @@ class Resolve(ResolveBody, tag_field="type", tag="resolve", kw_only=True):
     case_id: str
 
 
+class Publish(Request, tag_field="type", tag="publish", kw_only=True):
+    """Publish on a channel of a namespace that lets clients publish (``publish = true``)."""
+
+    channel: str
+    data: Any
+    """Any JSON value up to the namespace's ``max_bytes``. On a moderated namespace its ``text`` field
+    (the namespace's ``text_field``) is scored: see the namespace's ``moderation``."""
+
+
+class Publication(msgspec.Struct, kw_only=True):
+    """``publish``'s ack result."""
+
+    channel: str
+    id: str
+    """The publication's id: its ``publication`` event carries it (and ``publication.hidden`` names it)."""
+    state: Literal["accepted", "held"]
+    """``accepted``: stored, and delivered to the channel's subscribers (you too, if subscribed) as a
+    ``publication`` event; ``held``: stored, and delivered once the moderation model approves it (or
+    a moderator does): until then nobody sees it, and if it is refused you get ``moderation.outcome``."""
+    replayed: bool = False
+    """A retry (same ``id``) of a publish that was accepted before: nothing was published again."""
+
+
 ClientCommand = (
     Auth | Subscribe | Unsubscribe | PostVybe | CommentCmd | React | Unreact | Share | ReportCmd
-    | Block | Unblock | Ping | AppealCmd | Claim | Resolve | Reopen
+    | Block | Unblock | Ping | AppealCmd | Claim | Resolve | Reopen | Publish
 )
 
 COMMAND_TYPES: frozenset[str] = frozenset(
@@ -271,7 +294,8 @@ EVENT_NAMES = (
     "comment.hidden", "comment.removed", "comment.restored", "reactions.changed", "reaction.added",
     "looproom.presence", "moderation.outcome", "blocks.changed", "report.flagged", "report.resolved", "case.claimed",
     "case.released", "case.rescored", "case.appealed", "case.reopened", "care.notice", "vybe.deleted",
-    "comment.deleted", "care.opened", "care.closed",
+    "comment.deleted", "care.opened", "care.closed", "publication", "publication.hidden", "publication.removed",
+    "publication.restored", "<namespace>.presence", "session.disconnected", "subscriptions.revoked",
 )
 
 
@@ -297,6 +321,8 @@ class CloseCode:
 
     GOING_AWAY = 1001
     """Server shutting down or draining: reconnect (to another node) and resume."""
+    DISCONNECTED = 4010
+    """The app's backend disconnected this user (server API): reconnect only with a new token."""
     POLICY = 1008
     TOO_BIG = 1009
     INTERNAL = 1011
@@ -430,7 +456,7 @@ def ack_results() -> dict[str, type[msgspec.Struct]]:
         "post_vybe": writes.Vybe, "comment": writes.CommentView, "react": writes.ReactionView,
         "unreact": writes.ReactionView, "share": writes.ShareView, "report": writes.ReportResult,
         "block": writes.BlockList, "unblock": writes.BlockList, "claim": mdb.CaseView, "resolve": mdb.CaseView,
-        "appeal": mdb.AppealView, "reopen": mdb.CaseView,
+        "appeal": mdb.AppealView, "reopen": mdb.CaseView, "publish": Publication,
     }
 
 

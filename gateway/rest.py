@@ -11,6 +11,7 @@ declares the codes it can answer with.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, TypeVar, cast
 
 import msgspec
@@ -33,6 +34,8 @@ from gateway import protocol as p
 from gateway.auth import AuthError, Identity
 from gateway.commands import CommandError, handle, unavailable
 from gateway.context import Gateway
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(HTTPException):
@@ -93,7 +96,8 @@ def _unreachable(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBod
     return _error_response(err.code, err.message, errors.status(err.code), err.retry_after)
 
 
-def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return _error_response(ErrorCode.INTERNAL, "internal error", 500, 1.0)
 
 
@@ -292,10 +296,12 @@ class ModerationController(Controller):
                     limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100,
                     appeals: FromQuery[Annotated[bool | None, Parameter(
                         description="true: only appeals; false: no appeals; absent: every open case")]] = None,
+                    app: FromQuery[Annotated[str | None, Parameter(
+                        description="only this app's cases (`vybe`: this app's own content)")]] = None,
                     ) -> list[mdb.CaseView]:
         """Open cases, oldest first, each with everything needed to decide."""
         await _moderator(request)
-        return await mdb.open_queue(state.gateway.pool, limit, appeals)
+        return await mdb.open_queue(state.gateway.pool, limit, appeals, app)
 
     @post("/cases/{case_id:str}/claim", status_code=200, operation_id="claimCase", responses=responses(*_MODERATE))
     async def claim(self, request: Request[Any, Any, Any], case_id: FromPath[str],

@@ -19,17 +19,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
-from common import events
+from common import events, namespaces
 from common.bus import Event, Keys, Publisher
 from common.labels import SELF_HARM_RISK
 from common.tasks import Supervisor, backoff, cancelled_meanwhile
-from db import learning, outbox, writes
+from db import apps, learning, outbox, writes
 from db import moderation as mdb
 from db.outbox import Announcement
 from db.pool import UNREACHABLE
 from db.writes._tx import in_transaction
 from moderation import active
 from moderation.scorers import ScorerError
+from workers import webhooks
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -53,8 +54,11 @@ class Worker:
         self.rescore_pending = True
         """Set at start and by each model change, cleared when a rescoring pass finds nothing left."""
         self.keys = Keys(settings.redis_prefix)
+        self.namespaces = namespaces.load(settings.namespaces, history_len=settings.history_len,
+                                          history_ttl_s=settings.history_ttl_s)
         self.publisher = Publisher(redis, settings.redis_prefix, settings.history_len,
-                                   sharded=settings.pubsub == "sharded", history_ttl_s=settings.history_ttl_s)
+                                   sharded=settings.pubsub == "sharded", history_ttl_s=settings.history_ttl_s,
+                                   history=self.namespaces.history_of)
         self.relay = outbox.Relay(pool, self.publisher.publish_rows)
         self.supervisor = Supervisor()
         self.scored = 0
@@ -74,6 +78,7 @@ class Worker:
             await self.sync_model()  # before the first batch, so nothing is scored by a superseded model
         sup.add("models", self._model_loop)
         sup.add("sweeper", self._sweep_loop)
+        sup.add("webhooks", lambda: webhooks.run(self.pool, self.settings))
         sup.add("outbox-deleter", self.relay.run_deleter)
         attempt = 0
         try:
@@ -114,12 +119,15 @@ class Worker:
             await self.redis.hset(self.keys.jobs + ":errors", mapping={i: repr(err)[:500] for i, _ in entries})
 
     async def process(self, entries: list[Entry]) -> None:
-        vybes, comments = _ids(entries)
-        items = await mdb.fetch_items(self.pool, vybes, comments)
+        vybes, comments, app_items = _ids(entries)
+        items = await mdb.fetch_items(self.pool, vybes, comments, app_items)
         if items and self.policy.mode != "off":
             scorer = self.scorer  # the model may be swapped while this batch is scored
             scores = await asyncio.to_thread(scorer.score, [i.content for i in items])
             announce = await self._store(items, scores, (scorer.name, scorer.version))
+        elif app_items:  # moderation off: held publications go out unscored
+            announce = Announcement(self._release)
+            await in_transaction(self.pool, lambda conn: _nothing(app_items), announce)
         else:
             announce = None
         # Acknowledge after COMMIT: a crash before this line redelivers, and the
@@ -128,6 +136,12 @@ class Worker:
         await self.redis.xack(self.keys.jobs, GROUP, *[i for i, _ in entries])
         if announce is not None:
             await self.relay.publish_now(announce.rows)
+        if app_items:  # a server API request may be waiting for these scores (``wait``)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for item_id in app_items:
+                    pipe.lpush(f"{self.keys.prefix}scored:{item_id}", 1)
+                    pipe.expire(f"{self.keys.prefix}scored:{item_id}", 60)
+                await pipe.execute()
 
     async def _store(self, items: list[mdb.Item], scores: list[dict[str, float]],
                      model: tuple[str, str]) -> Announcement:
@@ -159,11 +173,22 @@ class Worker:
         """What the decisions announce, read in the same transaction (consistent case snapshots)."""
         out: list[Event] = []
         for item, action, care, cleared in outcomes:
+            app_item = await apps.item_row(conn, item.id) if item.kind == "app_item" else None
+            member = app_item is None or app_item.channel is not None  # the author is one of our members
             if care is not None:
-                out += events.care_opened(care, self.settings.care_message, self.settings.care_links)
+                care_events = events.care_opened(care, self.settings.care_message, self.settings.care_links)
+                out += care_events if member else care_events[1:]  # an app's own user: the app is told
             if cleared is not None:
                 out += [events.case_changed("case.rescored", v) for v in await mdb.case_views(conn, [cleared])]
-            if action == "hide":
+            if app_item is not None:
+                out += await apps.scored_events(conn, app_item, action, care is not None)
+            if action == "hide" and app_item is not None:
+                if member:
+                    out.append(events.outcome(item.user_id, {
+                        "target_type": item.kind, "target_id": str(item.id), "action": "hide", "by": "model",
+                        "message": None, "excerpt": events.excerpt(item.content), "appeal": None,
+                        "appealable": True}))
+            elif action == "hide":
                 out += events.visibility(item.kind, str(item.id), _str(item.vybe_id), _str(item.looproom_id), "hidden")
                 out.append(events.outcome(item.user_id, {
                     "target_type": item.kind, "target_id": str(item.id), "action": "hide", "by": "model",
@@ -176,6 +201,15 @@ class Worker:
             if self.settings.premoderation and item.kind == "shared_vybe" and action != "hide":
                 with contextlib.suppress(writes.NotFound):  # deleted by its author since
                     out += events.vybe_created(await writes.get_vybe(conn, item.id))
+        return out
+
+    async def _release(self, conn: asyncpg.Connection, item_ids: list[uuid.UUID]) -> list[Event]:
+        """With moderation off: deliver held publications unscored."""
+        out: list[Event] = []
+        for item_id in item_ids:
+            row = await apps.item_row(conn, item_id)
+            if row is not None:
+                out += await apps.release(conn, row)
         return out
 
     async def reclaim(self) -> list[Entry]:
@@ -307,16 +341,20 @@ class Outcome(NamedTuple):
     """The open case this scoring found below every threshold."""
 
 
-def _ids(entries: list[Entry]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
-    vybes: list[uuid.UUID] = []
-    comments: list[uuid.UUID] = []
+def _ids(entries: list[Entry]) -> tuple[list[uuid.UUID], list[uuid.UUID], list[uuid.UUID]]:
+    """The job ids by kind: vybes, comments, app items."""
+    by_kind: dict[bytes, list[uuid.UUID]] = {b"vybe": [], b"comment": [], b"app_item": []}
     for _, fields in entries:
         try:
             item_id = uuid.UUID(fields[b"id"].decode())
         except (KeyError, ValueError):
             continue  # malformed job: acknowledged and dropped with the batch
-        (vybes if fields.get(b"kind") == b"vybe" else comments).append(item_id)
-    return vybes, comments
+        by_kind.get(fields.get(b"kind", b""), by_kind[b"comment"]).append(item_id)
+    return by_kind[b"vybe"], by_kind[b"comment"], by_kind[b"app_item"]
+
+
+async def _nothing(value: Any) -> Any:
+    return value
 
 
 def _s(value: bytes | str) -> str:

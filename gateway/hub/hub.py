@@ -55,6 +55,9 @@ class Subscriber(Protocol):
     def deliver(self, element: bytes, frame_bytes: bytes) -> None:
         """Like push; ``frame_bytes`` is the ready WebSocket frame of ``element``."""
 
+    def control(self, action: str, channels: list[str] | None) -> None:
+        """A control event from the server API (``Meta.x``): disconnect, or drop ``channels``."""
+
 
 class _Channel:
     __slots__ = ("binary", "epoch", "last", "name", "pending", "recovering", "subscribers")
@@ -285,7 +288,7 @@ class Hub:
 
     def _fan_group(self, name: str, subs: dict[Subscriber, None], codec: Codec,
                    events: list[tuple[Key, Meta, bytes]]) -> None:
-        if len(events) == 1 or any(m.o is not None or m.m or m.b is not None for _, m, _ in events):
+        if len(events) == 1 or any(m.o is not None or m.m or m.b is not None or m.x is not None for _, m, _ in events):
             for event in events:  # personal, moderator-only or control events: one at a time
                 self._fan_one(name, subs, codec, *event)
         else:
@@ -314,6 +317,8 @@ class Hub:
                     del sub.resuming[name]
             sub.deliver(element, ready)
             count += 1
+            if meta.x is not None:  # after the event that says why, so the client reads it first
+                sub.control(meta.x, meta.c)
         self.deliveries += count
 
     def _fan_many(self, name: str, subs: dict[Subscriber, None], codec: Codec,

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.bus import Keys, Meta, Publisher, stream_id_key
+from common.bus import History, Keys, Meta, Publisher, stream_id_key
 from common.tasks import backoff, cancel_and_wait, cancelled_meanwhile
 from gateway.hub.base import Backend, HistoryEntry
 
@@ -33,10 +33,10 @@ class RedisBackend(Backend):
     transient_errors = (RedisError, OSError)
 
     def __init__(self, redis: aioredis.Redis, prefix: str, history_len: int = 1000, *,
-                 history_ttl_s: int = 172_800) -> None:
+                 history_ttl_s: int = 172_800, history: History | None = None) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
-        self.publisher = Publisher(redis, prefix, history_len, history_ttl_s=history_ttl_s)
+        self.publisher = Publisher(redis, prefix, history_len, history_ttl_s=history_ttl_s, history=history)
         self.history_len = history_len
         self.reconnects = 0
         self._channels: set[str] = set()

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
     from redis.asyncio.client import PubSub
 
+    from common.bus import History
+
 log = logging.getLogger(__name__)
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 MIN_VERSION = (7, 0, 0)
@@ -160,11 +162,13 @@ class ShardedRedisBackend(RedisBackend):
     ``redis.asyncio.cluster.RedisCluster`` (a Redis Cluster).
     """
 
-    def __init__(self, redis: Any, prefix: str, history_len: int = 1000, *, history_ttl_s: int = 172_800) -> None:
+    def __init__(self, redis: Any, prefix: str, history_len: int = 1000, *, history_ttl_s: int = 172_800,
+                 history: History | None = None) -> None:
         # The classic backend's history reads (same streams, same checks) are inherited;
         # its pub/sub state stays unused.
-        super().__init__(redis, prefix, history_len, history_ttl_s=history_ttl_s)
-        self.publisher = Publisher(redis, prefix, history_len, sharded=True, history_ttl_s=history_ttl_s)
+        super().__init__(redis, prefix, history_len, history_ttl_s=history_ttl_s, history=history)
+        self.publisher = Publisher(redis, prefix, history_len, sharded=True, history_ttl_s=history_ttl_s,
+                                   history=history)
         self.cluster = _is_cluster(redis)
         self.control_link = _SINGLE
         self._links: dict[str, _Link] = {}

@@ -24,6 +24,7 @@ import jwt
 import msgspec
 import pytest
 
+from gateway.auth import mint_token
 from moderation.policy import Policy
 from moderation.scorers import load_scorer
 from workers.consumer import Worker
@@ -98,6 +99,9 @@ class Replay:
         return value
 
     def token(self, spec: str) -> str:
+        spec, _, channels = spec.partition("|")  # $token:alice|chat:m1,chat:m2: a `channels` claim
+        if channels:
+            return mint_token(self.live.settings, spec.split(":")[1], channels=channels.split(","))
         _, user, *rest = spec.split(":")
         if rest == ["expired"]:
             now = int(time.time())
@@ -219,7 +223,10 @@ async def test_example_replays(index: int, start_gateway, connect) -> None:
     if lines[0].startswith("# settings:"):
         for item in lines.pop(0).split(":", 1)[1].split(","):
             key, value = item.strip().split("=")
-            overrides[key] = float(value) if "." in value or key.endswith("_s") else int(value)
+            if key == "namespaces":  # a file, relative to the repository
+                overrides[key] = str(DOC.parents[1] / value)
+            else:
+                overrides[key] = float(value) if "." in value or key.endswith("_s") else int(value)
     live = await start_gateway(**overrides)
     async with httpx.AsyncClient(base_url=live.http) as http:
         schema = Schema((await http.get("/schema/protocol.json")).json())
@@ -248,5 +255,5 @@ def test_the_event_names_are_the_documented_ones() -> None:
 
     table = DOC.read_text().split("## Event data", 1)[1].split("\n## ", 1)[0]
     documented = {name for row in table.splitlines() if row.startswith("| `")
-                  for name in re.findall(r"`([a-z]+\.[a-z_]+)`", row.split("|")[1])}
+                  for name in re.findall(r"`([a-z<>]+(?:\.[a-z_]+)?)`", row.split("|")[1])}
     assert documented == set(EVENT_NAMES)
