@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -63,19 +64,50 @@ def run_dev(settings: Settings, workers: int = 1) -> int:
         redis_url = settings.redis_url or stack.enter_context(embedded_redis(data_dir))
         applied = asyncio.run(_migrate(dsn))
         secret = _dev_secret(settings, data_dir)
+        keys = asyncio.run(_dev_apps(dsn, settings))
+        _write_dev_file(settings, data_dir, secret, keys)
         env = {**os.environ, "VYBE_DATABASE_URL": dsn, "VYBE_REDIS_URL": redis_url, "VYBE_JWT_SECRET": secret}
         children = [_spawn("gateway", env)] + [_spawn("worker", env) for _ in range(workers)]
         stack.callback(_stop, children)
-        _banner(settings, dsn, redis_url, secret, applied, time.monotonic() - started)
+        _banner(settings, dsn, redis_url, secret, applied, time.monotonic() - started, keys, data_dir)
         return _wait(children)
     return 0
+
+
+async def _dev_apps(dsn: str, settings: Settings) -> dict[str, str]:
+    """An app for each one the namespaces name, plus ``dev``, each with a fresh API key (a sister app's
+    example runs against ``vybe dev`` with these; earlier keys stay valid)."""
+    from common import namespaces
+    from db import apps
+    from db.pool import create_pool
+
+    wanted = ["dev", *sorted({n.app for n in namespaces.load(settings.namespaces) if n.app})]
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        keys = {}
+        for app in wanted:
+            existing = await apps.get_app(pool, app)
+            keys[app] = await apps.create_key(pool, app) if existing else (await apps.create_app(pool, app))[1]
+        return keys
+    finally:
+        await pool.close()
+
+
+def _write_dev_file(settings: Settings, data_dir: Path, secret: str, keys: dict[str, str]) -> None:
+    """``<data dir>/dev.json``: where examples find the gateway, the JWT secret and the apps' keys."""
+    path = data_dir / "dev.json"
+    path.write_text(json.dumps({
+        "http": f"http://{settings.host}:{settings.port}", "ws": f"ws://{settings.host}:{settings.port}/ws",
+        "jwt_secret": secret, "api_keys": keys}, indent=2))
+    path.chmod(0o600)
 
 
 def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "cli", role], env=env)
 
 
-def _banner(settings: Settings, dsn: str, redis_url: str, secret: str, applied: list[int], took: float) -> None:
+def _banner(settings: Settings, dsn: str, redis_url: str, secret: str, applied: list[int], took: float,
+            keys: dict[str, str], data_dir: Path) -> None:
     from msgspec.structs import replace
 
     s = replace(settings, jwt_secret=secret)
@@ -94,6 +126,8 @@ Vybe Live (dev) up in {took:.1f}s; migrations applied: {applied or 'none needed'
   Member feed       {base}/#token={member}
   Second member     {base}/#token={member2}   (another window: see each other live)
   Moderator console {base}/mod#token={moderator}
+  Server API keys   {", ".join(f"{app} {key}" for app, key in keys.items())}
+                    (also in {data_dir / "dev.json"}, where the examples read them)
 Ctrl-C stops everything.
 """, flush=True)
 

@@ -185,9 +185,9 @@ async def test_moderate_waits_for_the_decision_cases_it_under_the_app_and_signs_
 
             # The case is in the same console, under the app.
             mod = await connect(live, live.token("mia", "MODERATOR"))
-            queue = (await httpx.AsyncClient(base_url=live.http).get(
-                "/api/mod/queue", params={"app": "miel"},
-                headers={"authorization": f"Bearer {live.token('mia', 'MODERATOR')}"})).json()
+            async with httpx.AsyncClient(base_url=live.http) as console:
+                queue = (await console.get("/api/mod/queue", params={"app": "miel"}, headers={
+                    "authorization": f"Bearer {live.token('mia', 'MODERATOR')}"})).json()
             assert [(c["app"], c["content_type"], c["content_id"], c["author_id"]) for c in queue] == [
                 ("miel", "message", "msg-1", "u-77")]
 
@@ -215,8 +215,9 @@ async def test_moderate_waits_for_the_decision_cases_it_under_the_app_and_signs_
             read = (await http.get(f"/api/server/moderation/{item['item_id']}")).json()
             assert read["resolution"] == "remove"
             other_app_key = (await apps.create_app(pool, "soulseer"))[1]
-            hidden = await httpx.AsyncClient(base_url=live.http).get(
-                f"/api/server/moderation/{item['item_id']}", headers={"authorization": f"Bearer {other_app_key}"})
+            async with httpx.AsyncClient(base_url=live.http) as other:
+                hidden = await other.get(f"/api/server/moderation/{item['item_id']}",
+                                         headers={"authorization": f"Bearer {other_app_key}"})
             assert hidden.status_code == 404
     finally:
         running.cancel()

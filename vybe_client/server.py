@@ -1,0 +1,139 @@
+"""A thin client of the server API, for trusted backends (``Authorization: Bearer <api key>``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypedDict, cast
+from urllib.parse import quote
+
+import httpx
+
+from vybe_client.errors import ServerError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+
+class PublishAnswer(TypedDict):
+    id: str
+    """This publish's id (for your logs)."""
+    channels: list[str]
+    """The channels it was stored for (delivered to each, in order, even if Redis is down right now)."""
+    replayed: bool
+    """True when ``idempotency_key`` was seen before: nothing was published again."""
+
+
+class PresenceAnswer(TypedDict):
+    channel: str
+    viewers: Any
+
+
+class HistoryAnswer(TypedDict):
+    channel: str
+    events: list[dict[str, Any]]
+    recovered: bool | None
+
+
+class ModerationAnswer(TypedDict):
+    item_id: str
+    state: str
+    decision: Any
+    scores: dict[str, float]
+    case_id: str | None
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe=":@")
+
+
+class VybeServer:
+    """``async with VybeServer("http://gateway:8000", api_key) as api:`` then ``await api.publish(...)``.
+
+    Every method returns the decoded JSON answer; an error answer (``{code, message, retry_after?}``)
+    raises :class:`ServerError` with its HTTP status. Pass ``client`` to reuse an ``httpx.AsyncClient``
+    (its base URL and headers are then yours to set; it is not closed here).
+    """
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0,
+                 client: httpx.AsyncClient | None = None) -> None:
+        self._own = client is None
+        self._http = client or httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout)
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+
+    async def __aenter__(self) -> VybeServer:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._own:
+            await self._http.aclose()
+
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      params: dict[str, Any] | None = None) -> Any:
+        """One call: the decoded JSON body of a 2xx answer (None when empty), else :class:`ServerError`."""
+        try:
+            response = await self._http.request(method, path, json=json, params=params, headers=self._headers)
+        except httpx.TimeoutException as err:
+            raise ServerError(0, "timeout", str(err) or "no answer in time") from err
+        except httpx.TransportError as err:
+            raise ServerError(0, "unreachable", str(err) or type(err).__name__) from err
+        if response.is_success:
+            return response.json() if response.content else None
+        raise _error(response)
+
+    async def publish(self, channels: list[str], event: str, data: Any,
+                      idempotency_key: str | None = None) -> PublishAnswer:
+        """Publish ``event`` with ``data`` on each channel (one event, stored once per channel)."""
+        body = {"channels": list(channels), "event": event, "data": data, "idempotency_key": idempotency_key}
+        return cast("PublishAnswer", await self.request("POST", "/api/server/publish", json=body))
+
+    async def presence(self, channel: str) -> PresenceAnswer:
+        path = f"/api/server/channels/{_segment(channel)}/presence"
+        return cast("PresenceAnswer", await self.request("GET", path))
+
+    async def history(self, channel: str, since: str | None = None, limit: int = 100) -> HistoryAnswer:
+        params: dict[str, Any] = {"limit": limit}
+        if since is not None:
+            params["since"] = since
+        path = f"/api/server/channels/{_segment(channel)}/history"
+        return cast("HistoryAnswer", await self.request("GET", path, params=params))
+
+    async def disconnect(self, user_id: str) -> Any:
+        """Close every socket of ``user_id`` (on every node)."""
+        return await self.request("POST", f"/api/server/users/{_segment(user_id)}/disconnect")
+
+    async def unsubscribe(self, user_id: str, channels: list[str]) -> Any:
+        """Unsubscribe every socket of ``user_id`` from ``channels``."""
+        return await self.request("POST", f"/api/server/users/{_segment(user_id)}/unsubscribe",
+                                  json={"channels": list(channels)})
+
+    async def moderate(self, content_type: str, content_id: str, author_id: str, text: str,
+                       wait: bool = True) -> ModerationAnswer:
+        """Score ``text`` with the deployment's moderation (``wait``: answer with the decision)."""
+        body = {"content_type": content_type, "content_id": content_id, "author_id": author_id, "text": text,
+                "wait": wait}
+        return cast("ModerationAnswer", await self.request("POST", "/api/server/moderate", json=body))
+
+    async def moderation(self, item_id: str) -> ModerationAnswer:
+        return cast("ModerationAnswer", await self.request("GET", f"/api/server/moderation/{_segment(item_id)}"))
+
+
+def _error(response: httpx.Response) -> ServerError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    body = body if isinstance(body, dict) else {}
+    retry_after = body.get("retry_after")
+    if not isinstance(retry_after, int | float):
+        header = response.headers.get("Retry-After")
+        try:
+            retry_after = float(header) if header is not None else None
+        except ValueError:
+            retry_after = None
+    code = body.get("code")
+    message = body.get("message")
+    return ServerError(response.status_code, code if isinstance(code, str) else f"http_{response.status_code}",
+                       message if isinstance(message, str) else response.reason_phrase, retry_after)
