@@ -112,7 +112,7 @@ async def _subscribe(conn: Connection, cmd: p.Subscribe) -> Result:
     resume = await conn.gw.hub.subscribe(conn, channel, cmd.since)
     if ns.presence:
         conn.gw.presence.touch()
-    ack = p.Subscribed(channel=channel, recovered=resume.recovered, missed=len(resume.missed))
+    ack = p.Subscribed(channel=channel, recovered=resume.recovered, missed=len(resume.missed), offset=resume.position)
     if resume.recovered is None:
         return Result(ack)
     return Result(ack, resume.missed, lambda: conn.gw.hub.finish_resume(conn, channel, resume.after))

@@ -243,13 +243,17 @@ class AuthResult(msgspec.Struct, kw_only=True):
     """Your block list (``blocks.changed`` brings later changes)."""
 
 
-class Subscribed(msgspec.Struct, kw_only=True):
+class Subscribed(msgspec.Struct, kw_only=True, omit_defaults=True):
     channel: str
     recovered: bool | None
     """With ``since``: true when every missed event follows the ack (in order, before live ones);
     false when history no longer reaches back (refetch over REST). Without ``since``: null."""
     missed: int
     """How many missed events follow the ack."""
+    offset: str | None = None
+    """Without ``since``: the channel's newest offset as you joined (null: it has no history yet). Keep it
+    as the channel's offset until an event brings a newer one, so a reconnect before the first event
+    still resumes with ``since`` and misses nothing."""
 
 
 class Unsubscribed(msgspec.Struct, kw_only=True):

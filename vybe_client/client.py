@@ -823,6 +823,11 @@ class VybeClient:
                 self._emit("subscribe_error", name, err)
             return
         res = SubscribeResult.from_result(name, result or {})
+        position = (result or {}).get("offset")
+        if since is None and isinstance(position, str) and name not in self._offsets:
+            # The channel's newest offset as we joined: a reconnect before its first event resumes
+            # from here (an event that arrived before this ack already set a newer one).
+            self._offsets[name] = position
         if entry is not None:
             if not current:  # unsubscribed while the subscribe was in flight
                 self._spawn(self._quiet_unsubscribe(name))

@@ -59,6 +59,10 @@ class Backend(ABC):
         """Events after ``after`` in ``epoch``, in order; None when they cannot all be given
         (the epoch changed, or older events were trimmed away)."""
 
+    async def position(self, channel: str) -> str | None:
+        """The offset of ``channel``'s newest kept event (None: it has none)."""
+        return None
+
     async def current(self, channel: str) -> list[HistoryEntry]:
         """Everything ``channel``'s history holds now, oldest first (after a reset, what is new)."""
         return []

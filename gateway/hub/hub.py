@@ -107,6 +107,8 @@ class Resume(msgspec.Struct):
     """None: no ``since`` given; True: every missed event is in ``missed``; False: refetch via REST."""
     missed: list[bytes] = msgspec.field(default_factory=list)
     after: Key | None = None
+    position: str | None = None
+    """Without ``since``: the channel's newest offset when the subscription began (a resume point)."""
 
 
 class Hub:
@@ -143,7 +145,8 @@ class Hub:
         state = await self._ensure(channel)
         if since is None:
             state.add(sub)
-            return Resume(None)
+            # Read after attaching: whatever is newer reaches the socket live.
+            return Resume(None, position=await self.backend.position(channel))
         parsed = parse_offset(since)
         sub.resuming[channel] = []
         state.add(sub)

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.bus import History, Keys, Meta, Publisher, stream_id_key
+from common.bus import History, Keys, Meta, Publisher, make_offset, stream_id_key
 from common.tasks import backoff, cancel_and_wait, cancelled_meanwhile
 from gateway.hub.base import Backend, HistoryEntry
 
@@ -126,6 +126,16 @@ class RedisBackend(Backend):
             # so refuse rather than risk a silent gap.
             return None
         return [HistoryEntry(epoch, _s(sid), fields[b"m"]) for sid, fields in entries]
+
+    async def position(self, channel: str) -> str | None:
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(k.epoch(channel))
+            pipe.xrevrange(k.stream(channel), "+", "-", count=1)
+            epoch, newest = await pipe.execute()
+        if not epoch or not newest:
+            return None
+        return make_offset(_s(epoch), _s(newest[0][0]))
 
     async def current(self, channel: str) -> list[HistoryEntry]:
         k = self.keys

@@ -268,3 +268,23 @@ async def test_subscribers_waiting_on_a_stalled_subscription_all_get_unavailable
         for c in (a, b):
             await c.wait_for(lambda m: m.get("data", {}).get("n") == 1)
         await other.aclose()
+
+
+async def test_a_subscribe_ack_carries_a_resume_point_before_any_event(live, connect) -> None:
+    """Without ``since``, the ack names the channel's newest offset: a client that drops before its
+    first event resumes from there and misses nothing (no history yet: no offset)."""
+    poster = await connect(live, live.token("poster"))
+    reader = await connect(live, live.token("reader"))
+    empty = await reader.ok("subscribe", channel="looproom:44444444-4444-4444-4444-444444444444")
+    assert "offset" not in empty
+    await poster.ok("post_vybe", content="before the reader came")
+    await asyncio.sleep(0.3)
+    joined = await reader.ok("subscribe", channel="feed")
+    assert joined["recovered"] is None and joined["offset"]
+    await reader.close()
+    await poster.ok("post_vybe", content="while the reader was away")
+    again = await connect(live, live.token("reader"))
+    resumed = await again.ok("subscribe", channel="feed", since=joined["offset"])
+    assert resumed["recovered"] is True and resumed["missed"] == 1
+    missed = await again.wait_for(lambda m: m.get("event") == "vybe.created")
+    assert missed["data"]["content"] == "while the reader was away"
