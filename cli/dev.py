@@ -66,7 +66,9 @@ def run_dev(settings: Settings, workers: int = 1) -> int:
         secret = _dev_secret(settings, data_dir)
         keys = asyncio.run(_dev_apps(dsn, settings))
         _write_dev_file(settings, data_dir, secret, keys)
-        env = {**os.environ, "VYBE_DATABASE_URL": dsn, "VYBE_REDIS_URL": redis_url, "VYBE_JWT_SECRET": secret}
+        # One gateway process unless asked (VYBE_PROCESSES): a development machine runs everything.
+        env = {"VYBE_PROCESSES": "1", **os.environ, "VYBE_DATABASE_URL": dsn, "VYBE_REDIS_URL": redis_url,
+               "VYBE_JWT_SECRET": secret}
         children = [_spawn("gateway", env)] + [_spawn("worker", env) for _ in range(workers)]
         stack.callback(_stop, children)
         _banner(settings, dsn, redis_url, secret, applied, time.monotonic() - started, keys, data_dir)

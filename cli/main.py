@@ -14,6 +14,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from common.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ def _cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.server import serve
 
     Verifier(settings)  # the key settings, checked before anything starts: one line and exit 2, not a traceback
+    if args.processes is not None:
+        settings = msgspec.structs.replace(settings, processes=args.processes)
     return serve(settings)
 
 
@@ -111,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("dev", help="run everything on one machine (embedded PostgreSQL and Redis when unset)") \
         .add_argument("--workers", type=int, default=1, help="moderation workers to run (default 1)")
-    sub.add_parser("gateway", help="run one gateway node (needs VYBE_DATABASE_URL, VYBE_REDIS_URL)")
+    sub.add_parser("gateway", help="run one gateway node (needs VYBE_DATABASE_URL, VYBE_REDIS_URL)") \
+        .add_argument("--processes", type=int, default=None,
+                      help="processes sharing the port (default VYBE_PROCESSES; 0: the CPUs this process may use)")
     sub.add_parser("worker", help="run one moderation worker")
     sub.add_parser("migrate", help="apply database migrations (safe to run twice, from two nodes)")
     sub.add_parser("loadtest", help="simulate concurrent users against running gateways (see vybe loadtest --help)",

@@ -46,6 +46,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8000
     node_id: str = ""
     """Name of this gateway node in metrics and presence; empty: hostname-pid."""
+    processes: int = 0
+    """Gateway processes sharing the port (SO_REUSEPORT), each with its own hub; 0: the CPUs this process
+    may use (its affinity, capped by a cgroup CPU quota). 1: one process (one per pod)."""
+    admin_port: int = 0
+    """With several processes, process i also listens on ``admin_port + i`` (every route: scrape each
+    one's /metrics there); 0: none."""
+    process_index: int = -1
+    """Internal: set by ``vybe gateway`` on each process it starts."""
     db_pool_min: int = 2
     db_pool_max: int = 10
 
@@ -140,6 +148,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _check_choice("VYBE_PUBSUB", self.pubsub, ("classic", "sharded"))
         _check_choice("VYBE_EMBEDDED_BACKEND", self.embedded_backend, ("auto", "onnx", "torch"))
         _check_choice("VYBE_MODERATION_MODE", self.moderation_mode, ("auto", "off", "shadow", "flag", "hide"))
+        if self.processes < 0 or not 0 <= self.admin_port < 65536:
+            raise SettingsError("VYBE_PROCESSES", "processes must be 0 (the CPUs) or more; admin_port a TCP port")
         if not 0 < self.port < 65536:
             raise SettingsError("VYBE_PORT", f"{self.port} is not a TCP port (1-65535)")
         algorithms = self.algorithms

@@ -90,7 +90,7 @@ async def test_sharded_refuses_redis_6(services, tmp_path: Path) -> None:
                 await ShardedRedisBackend(client, "vx:").start()
         finally:
             await client.aclose()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VYBE_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VYBE_")} | {"VYBE_PROCESSES": "1"}
         env.update(VYBE_PUBSUB="sharded", VYBE_REDIS_URL=url, VYBE_JWT_SECRET="s" * 40,
                    VYBE_DATABASE_URL=services[0], VYBE_PORT=str(_free_port()))
         proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "cli", "gateway"],

@@ -50,6 +50,7 @@ class Rig:
     def env(self, **more: str) -> dict[str, str]:
         # Our settings only; and no tracemalloc in children (it slows them tenfold when a debugging run sets it).
         env = {k: v for k, v in os.environ.items() if not k.startswith("VYBE_") and k != "PYTHONTRACEMALLOC"}
+        env["VYBE_PROCESSES"] = "1"  # the faults are per node process
         env.update(VYBE_DATABASE_URL=self.dsn, VYBE_REDIS_URL=self.redis.url, VYBE_REDIS_PREFIX=self.prefix,
                    VYBE_JWT_SECRET=JWT_SECRET, VYBE_SCORER="light", VYBE_MODERATION_MODE="flag", VYBE_LOG_LEVEL="INFO",
                    VYBE_DB_POOL_MIN="1", VYBE_DB_POOL_MAX="8")

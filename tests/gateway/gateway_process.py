@@ -25,7 +25,7 @@ def gateway_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
     """The environment of a `vybe gateway` process on the test's services."""
     return {**os.environ, "VYBE_DATABASE_URL": settings.database_url or "", "VYBE_REDIS_URL": settings.redis_url or "",
             "VYBE_REDIS_PREFIX": settings.redis_prefix, "VYBE_JWT_SECRET": settings.jwt_secret or "",
-            "VYBE_PORT": str(port), "VYBE_LOG_LEVEL": "WARNING", **extra}
+            "VYBE_PORT": str(port), "VYBE_LOG_LEVEL": "WARNING", "VYBE_PROCESSES": "1", **extra}
 
 
 async def wait_ready(port: int, alive: Callable[[], bool] = lambda: True, timeout: float = 15.0) -> None:
