@@ -11,9 +11,9 @@ import sys
 import httpx
 import pytest
 import websockets
-from gateway_process import free_port, gateway_env, wait_ready
 
 from gateway.auth import mint_token
+from gateway_process import free_port, gateway_env, wait_ready
 
 pytestmark = pytest.mark.anyio
 
@@ -80,7 +80,7 @@ async def test_a_dead_process_is_restarted_and_a_killed_supervisor_leaves_no_orp
         assert len(now) == 2 and children[0].pid not in {c.pid for c in now}
         proc.kill()  # SIGKILL: no chance to forward anything
         await proc.wait()
-        gone, alive = psutil.wait_procs(now, timeout=20)
+        _, alive = psutil.wait_procs(now, timeout=20)
         assert not alive, "children outlived their supervisor"
     finally:
         if proc.returncode is None:
