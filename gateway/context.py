@@ -32,6 +32,7 @@ from gateway.metrics import Metrics
 from gateway.moderation import Desk
 from gateway.presence import Presence
 from gateway.protocol import CloseCode, Notice, encode
+from gateway.users import Users
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Coroutine
@@ -76,15 +77,15 @@ class Gateway:
         self.bytes_out = 0
         self.commands_in = 0
         self.desk = Desk(self)
+        self.users = Users(pool)
         self.flag_stats: learning.Stats | None = None
         """Flag precision and recall by moderators' decisions (30 days), refreshed every minute for /metrics."""
         self.presence = Presence(self, settings.presence_interval_s)
         self.metrics.bind(self)
 
     async def on_first_auth(self, identity: Identity) -> list[str]:
-        """Upsert the user on first sight; return their block list."""
-        user = await writes.upsert_user(self.pool, identity.user_id, identity.role, identity.name)
-        return user.blocked_users
+        """The user's block list, their row made or refreshed as needed (batched: ``gateway.users``)."""
+        return await self.users.on_auth(identity)
 
     async def leave(self, conn: Connection) -> None:
         if any(self.namespaces.presence_channel(c) for c in conn.channels):

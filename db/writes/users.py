@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from db.writes import validate
 from db.writes._tx import in_transaction
@@ -10,6 +10,7 @@ from db.writes.errors import Invalid, NotFound
 from db.writes.types import ROLES, User
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import LiteralString
 
     import asyncpg
@@ -52,6 +53,63 @@ async def upsert_user(pool: asyncpg.Pool, user_id: str, role: str, display_name:
                     created_at=row["created_at"])
 
     return await in_transaction(pool, body)
+
+
+ACTIVE_EVERY_S = 3600.0
+"""How stale ``last_active_at`` may get before an authentication refreshes it (a write)."""
+
+_KNOWN: LiteralString = """
+SELECT u.id, u.role::text AS role, u.blocked_users, p.display_name,
+       u.last_active_at < now() - make_interval(secs => $2) AS inactive
+  FROM users u LEFT JOIN user_profiles p ON p.user_id = u.id
+ WHERE u.id = ANY($1::text[])
+"""
+_UPSERT_USERS: LiteralString = """
+INSERT INTO users (id, role) SELECT id, role::user_role FROM unnest($1::text[], $2::text[]) AS t (id, role)
+ON CONFLICT (id) DO UPDATE SET role = EXCLUDED.role, last_active_at = now(),
+    updated_at = CASE WHEN users.role = EXCLUDED.role THEN users.updated_at ELSE now() END
+RETURNING id, blocked_users
+"""
+_UPSERT_PROFILES: LiteralString = """
+INSERT INTO user_profiles (user_id, display_name) SELECT * FROM unnest($1::text[], $2::text[])
+ON CONFLICT (user_id) DO UPDATE SET display_name = coalesce(EXCLUDED.display_name, user_profiles.display_name)
+"""
+
+
+class Seen(NamedTuple):
+    """A user as an authenticated token names them."""
+
+    id: str
+    role: str
+    name: str | None
+
+
+def seen(user_id: str, role: str, display_name: str | None) -> Seen:
+    """Validated, as :func:`upsert_user` validates (raises :class:`Invalid`)."""
+    name = None if display_name is None else validate.text(
+        display_name, limit=validate.MAX_DISPLAY_NAME_CHARS, field="display_name")
+    return Seen(validate.user_id(user_id), validate.choice(role, ROLES, "role"), name)
+
+
+async def sync_users(pool: asyncpg.Pool, users: Sequence[Seen]) -> dict[str, list[str]]:
+    """The block list of each user, for a batch of authentications: one read, and writes only for
+    users who are new, whose role or display name changed, or not seen for ``ACTIVE_EVERY_S``
+    (so a reconnect storm of known users is one SELECT per batch, no write)."""
+    latest = {u.id: u for u in users}
+    rows = {r["id"]: r for r in await pool.fetch(_KNOWN, list(latest), ACTIVE_EVERY_S)}
+    blocked = {uid: list(r["blocked_users"]) for uid, r in rows.items()}
+    stale = [u for u in latest.values()
+             if (r := rows.get(u.id)) is None or r["role"] != u.role or r["inactive"]
+             or (u.name is not None and u.name != r["display_name"])]
+    if stale:
+        async def body(conn: asyncpg.Connection) -> None:
+            ordered = sorted(stale)  # one lock order across concurrent batches
+            for r in await conn.fetch(_UPSERT_USERS, [u.id for u in ordered], [u.role for u in ordered]):
+                blocked[r["id"]] = list(r["blocked_users"])
+            await conn.execute(_UPSERT_PROFILES, [u.id for u in ordered], [u.name for u in ordered])
+
+        await in_transaction(pool, body)
+    return blocked
 
 
 async def _set_block(pool: asyncpg.Pool, sql: LiteralString, user_id: str, other_id: str,
