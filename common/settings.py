@@ -56,6 +56,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Internal: set by ``vybe gateway`` on each process it starts."""
     db_pool_min: int = 2
     db_pool_max: int = 10
+    redis_pool_max: int = 64
+    """Redis connections per gateway process (pub/sub aside); more requests wait for one (5 s at most)."""
 
     jwt_algorithms: str = "HS256"
     """Comma-separated allow-list; never ``none``."""
@@ -173,7 +175,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             namespaces.load(self.namespaces)  # raises SettingsError naming the file and the key
         if self.max_frame_bytes < 0:
             raise SettingsError("VYBE_MAX_FRAME_BYTES", "must be 0 (follow the content limits) or positive")
-        for name in ("rate_burst", "max_subscriptions", "send_queue_bytes",
+        for name in ("redis_pool_max", "rate_burst", "max_subscriptions", "send_queue_bytes",
                      "history_len", "history_ttl_s", "worker_batch", "write_batch_max", "report_flag_threshold"):
             if getattr(self, name) <= 0:
                 raise SettingsError(PREFIX + name.upper(), "must be a positive number")

@@ -109,7 +109,7 @@ async def _subscribe(conn: Connection, cmd: p.Subscribe) -> Result:
         raise CommandError(ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                            f"at most {conn.gw.settings.max_subscriptions} subscriptions per connection")
     conn.channels.add(channel)
-    resume = await conn.gw.hub.subscribe(conn, channel, cmd.since)
+    resume = await conn.gw.hub.subscribe(conn, channel, cmd.since, position=True)
     if ns.presence:
         conn.gw.presence.touch()
     ack = p.Subscribed(channel=channel, recovered=resume.recovered, missed=len(resume.missed), offset=resume.position)

@@ -165,9 +165,12 @@ async def gateway_lifespan(settings: Settings) -> AsyncIterator[Gateway]:
     if settings.database_url is None or settings.redis_url is None:
         raise RuntimeError("the gateway needs VYBE_DATABASE_URL and VYBE_REDIS_URL (vybe dev sets both)")
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
-    # Bounded waits: a Redis that stops answering must turn into a typed error, not a hang.
-    redis = aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, socket_connect_timeout=2,
-                                    socket_timeout=5)
+    # Bounded waits: a Redis that stops answering must turn into a typed error, not a hang. A bounded
+    # pool that queues: under a reconnect storm thousands of resumes wait their turn for one of
+    # VYBE_REDIS_POOL_MAX connections, instead of failing with "Too many connections".
+    redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_pool_max, timeout=5, health_check_interval=10,
+        socket_connect_timeout=2, socket_timeout=5))
     gw = Gateway(settings, pool, redis)
     try:
         await gw.backend.start()

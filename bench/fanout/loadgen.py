@@ -140,6 +140,8 @@ class Client(asyncio.Protocol):
                 if i < 0:
                     self._control(payload)
                     continue
+                if not self.ready.done():  # a resume's ack shares its frame with the missed events
+                    self._control(payload)
                 w = stats.window
                 start = w.start
                 lat = w.lat

@@ -137,16 +137,18 @@ class Hub:
 
     # -- subscriptions -------------------------------------------------------
 
-    async def subscribe(self, sub: Subscriber, channel: str, since: str | None = None) -> Resume:
+    async def subscribe(self, sub: Subscriber, channel: str, since: str | None = None, *,
+                        position: bool = False) -> Resume:
         """Attach ``sub``. With ``since``, return what it missed; live events meanwhile
         are buffered for it until :meth:`finish_resume`, which the caller runs right
-        after queueing the missed ones, so the cut-over has no gap and no duplicate.
+        after queueing the missed ones, so the cut-over has no gap and no duplicate. Without
+        ``since``, ``position`` asks for the channel's newest offset (one more read) as a resume point.
         """
         state = await self._ensure(channel)
         if since is None:
             state.add(sub)
             # Read after attaching: whatever is newer reaches the socket live.
-            return Resume(None, position=await self.backend.position(channel))
+            return Resume(None, position=await self.backend.position(channel) if position else None)
         parsed = parse_offset(since)
         sub.resuming[channel] = []
         state.add(sub)

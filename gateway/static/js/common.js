@@ -1,10 +1,11 @@
-// What both pages do with the socket's notices and status.
+// What both pages do with the socket's notices (the VybeClient's "notice" event).
 
 import { h, notice, clearNotice } from "./dom.js";
 import { claimsOf, storeToken } from "./session.js";
 
-/** token_expiring: offer to paste a fresh token; going_away: say we are moving; gap: the page refetches. */
-export function noticeHandler(getSocket, storageKey, onGap) {
+/** token_expiring: offer to paste a fresh token; going_away: say we are moving; gap: the page refetches.
+ *  `client` is the page's VybeClient (it has no getToken: the member pastes the fresh token). */
+export function noticeHandler(client, storageKey, onGap) {
   return (msg) => {
     if (msg.code === "token_expiring") {
       const at = msg.data?.expires_at ? new Date(msg.data.expires_at) : null;
@@ -19,13 +20,13 @@ export function noticeHandler(getSocket, storageKey, onGap) {
         ev.preventDefault();
         const token = input.value.trim();
         if (!token) return;
-        const mine = claimsOf(getSocket().token)?.sub;
+        const mine = claimsOf(client.token)?.sub;
         if (claimsOf(token)?.sub !== mine) {
           status.textContent = `That token is for another user; paste one for ${mine}.`;
           return;
         }
         try {
-          await getSocket().reauth(token);
+          await client.refreshToken(token);
           storeToken(storageKey, token);
           clearNotice("token");
         } catch (err) {

@@ -1,6 +1,7 @@
 // The member tools behind each vybe's and comment's actions menu: report (socket `report`),
 // block and unblock (socket; the answer is the whole block list), delete your own (REST DELETE,
-// after a confirmation), and the appeal of a moderation outcome (socket `appeal`).
+// after a confirmation), and the appeal of a moderation outcome (socket `appeal`). The socket
+// commands go through the page's VybeClient (vybe-client.js).
 
 import { announce, clearNotice, h, notice } from "./dom.js";
 import { confirmDialog, reportDialog } from "./feed-dialogs.js";
@@ -10,11 +11,11 @@ import { nameOf } from "./feed-text.js";
 const TARGET = { vybe: "SHARED_VYBE", comment: "COMMENT" };
 
 /**
- * ctx: socket, rest, blocks (feed-blocks.js), isMine(item), applyBlocks(list, names),
+ * ctx: client (a VybeClient), rest, blocks (feed-blocks.js), isMine(item), applyBlocks(list, names),
  * vybeDeleted(id), commentDeleted(vybeId, commentId).
  */
 export function memberTools(ctx) {
-  const { socket, rest, blocks } = ctx;
+  const { client, rest, blocks } = ctx;
   const title = () => document.getElementById("feed-title");
   const blockKey = (uid) => `block-${encodeURIComponent(uid)}`;
 
@@ -25,15 +26,13 @@ export function memberTools(ctx) {
   function report(kind, id, returnFocus) {
     reportDialog({
       what: kind, returnFocus,
-      send: (type, description) => socket.command("report", {
-        target_type: TARGET[kind], target_id: id, report_type: type, ...(description ? { description } : {}),
-      }),
+      send: (type, description) => client.report(TARGET[kind], id, type, description ? { description } : {}),
     });
   }
 
   async function block(uid, name) {
     try {
-      const r = await socket.command("block", { user_id: uid });
+      const r = await client.block(uid);
       ctx.applyBlocks(r.blocked, { [uid]: name });
       const undo = h("button", { type: "button", class: "btn", onclick: () => unblock(uid) }, "Undo");
       notice(`You blocked ${name}. You won't see their vybes or comments; they are not told.`,
@@ -47,7 +46,7 @@ export function memberTools(ctx) {
   async function unblock(uid) {
     const name = blocks.name(uid);
     try {
-      const r = await socket.command("unblock", { user_id: uid });
+      const r = await client.unblock(uid);
       clearNotice(blockKey(uid));
       ctx.applyBlocks(r.blocked);
       announce(`You unblocked ${name}.`);
@@ -103,9 +102,7 @@ export function memberTools(ctx) {
   }
 
   function sendAppeal(d, statement) {
-    return socket.command("appeal", {
-      target_type: d.target_type === "comment" ? "COMMENT" : "SHARED_VYBE", target_id: d.target_id, statement,
-    });
+    return client.appeal(d.target_type === "comment" ? "COMMENT" : "SHARED_VYBE", d.target_id, statement);
   }
 
   return { itemMenu, unblock, sendAppeal };

@@ -14,7 +14,7 @@ import { showCare, showOutcome } from "./feed-notices.js";
 import { applyDelta } from "./feed-reactions.js";
 import { vybeRenderer } from "./feed-render.js";
 import { memberTools } from "./feed-tools.js";
-import { LiveSocket, statusRenderer } from "./live.js";
+import { hold, pageClient, release, statusRenderer } from "./live.js";
 import { setupSession } from "./session.js";
 
 const STORAGE_KEY = "vybe.feed.token";
@@ -41,7 +41,7 @@ function authoredStore(me) {
 
 function start(token, claims) {
   const me = claims.sub;
-  const rest = api(() => socket.token);
+  const rest = api(() => client.token);
   const vybes = new Map();        // id -> vybe shown
   const pending = new Map();      // id -> live vybe from someone else, waiting behind the pill
   const gone = new Set();         // hidden / removed / deleted ids (a late snapshot must not revive them)
@@ -62,28 +62,29 @@ function start(token, claims) {
   let nextCursor = null;
   let loading = null;
 
-  const socket = new LiveSocket(token, {
-    onStatus: statusRenderer(document.getElementById("conn")),
-    onEvent,
-    onAuthed(result) {  // a server that states the block list at auth keeps this page's copy exact
-      if (Array.isArray(result?.blocked)) applyBlocks(result.blocked);
-    },
-    onSubscribed(channel, result) {
-      if (result.recovered === true) return;
-      if (channel === "feed") reloadFeed();
-      else if (channel.startsWith("vybe:")) refreshVybe(channel.slice(5), result.recovered === false);
-    },
-    onSubscribeError(channel, err) {
-      if (channel.startsWith("vybe:") && (err.code === "not_found" || err.code === "content_unavailable")) {
-        drop(channel.slice(5));
-      }
-    },
-    onNotice: noticeHandler(() => socket, STORAGE_KEY, (channel) => {
-      if (channel === "feed") reloadFeed();
-      else if (channel?.startsWith("vybe:")) refreshVybe(channel.slice(5), true);
-    }),
-    onAuthLost(code) { session.showSignIn(authLostReason(code)); },
+  // The socket is the SDK's (vybe-client.js): resumes every channel held by offset after a reconnect.
+  const client = pageClient(token);
+  client.on("status", statusRenderer(document.getElementById("conn")));
+  client.on("event", onEvent);
+  client.on("auth", ({ result }) => {  // the server states the block list at auth: this page's copy stays exact
+    if (Array.isArray(result?.blocked)) applyBlocks(result.blocked);
   });
+  client.on("subscribed", ({ channel, result }) => {
+    if (result.recovered === true) return;  // the missed events follow
+    // First subscribe, or a resume that could not replay: read what the events would have said.
+    if (channel === "feed") reloadFeed();
+    else if (channel.startsWith("vybe:")) refreshVybe(channel.slice(5), result.recovered === false);
+  });
+  client.on("subscribeError", ({ channel, error }) => {
+    if (channel.startsWith("vybe:") && (error.code === "not_found" || error.code === "content_unavailable")) {
+      drop(channel.slice(5));
+    }
+  });
+  client.on("notice", noticeHandler(client, STORAGE_KEY, (channel) => {
+    if (channel === "feed") reloadFeed();
+    else if (channel?.startsWith("vybe:")) refreshVybe(channel.slice(5), true);
+  }));
+  client.on("authLost", ({ code }) => session.showSignIn(authLostReason(code)));
 
   const isMine = (item) => item.user_id === me || authored.has(item.id);
 
@@ -371,7 +372,7 @@ function start(token, claims) {
   }
 
   const tools = memberTools({
-    socket, rest, blocks, isMine, applyBlocks,
+    client, rest, blocks, isMine, applyBlocks,
     vybeDeleted: drop,
     commentDeleted(vid, cid) {
       threads.get(vid)?.items.delete(cid);
@@ -416,16 +417,16 @@ function start(token, claims) {
   function syncChannels(list) {
     const want = new Set(list.slice(0, LIVE_VYBES).map((v) => `vybe:${v.id}`));
     for (const id of expanded) if (vybes.has(id)) want.add(`vybe:${id}`);
-    for (const channel of [...socket.channels.keys()]) {
-      if (channel.startsWith("vybe:") && !want.has(channel)) socket.unsubscribe(channel);
+    for (const channel of client.channels) {
+      if (channel.startsWith("vybe:") && !want.has(channel)) release(client, channel);
     }
-    for (const channel of want) socket.subscribe(channel);
+    for (const channel of want) hold(client, channel);
   }
 
   const renderVybe = vybeRenderer({
     me, expanded, threads, mine, drafts, tools, toggleReaction, openThread, closeThread,
     async sendComment(vid, content) {
-      const c = await socket.command("comment", { vybe_id: vid, content });
+      const c = await client.comment(vid, content);
       authored.add(c.id);
       drafts.delete(vid);
       onComment(c);
@@ -439,12 +440,12 @@ function start(token, claims) {
     mine.set(id, set);
     const on = set.has(reaction);
     try {
-      const r = await socket.command(on ? "unreact" : "react",
-                                     { target_type: "SHARED_VYBE", target_id: id, reaction });
+      const r = await (on ? client.unreact(id, reaction, { target_type: "SHARED_VYBE" })
+                          : client.react(id, reaction, { target_type: "SHARED_VYBE" }));
       if (on) set.delete(reaction); else set.add(reaction);  // applied or already so: either way it is now
       const fields = { reaction_count: r.reaction_count };
       // Counts by type come from the channel's events; without the channel, count it here.
-      if (r.applied && !socket.has(`vybe:${id}`)) {
+      if (r.applied && !client.has(`vybe:${id}`)) {
         fields.reactions = applyDelta(vybes.get(id)?.reactions, { [reaction]: on ? -1 : 1 });
       }
       patch(id, fields);
@@ -466,8 +467,7 @@ function start(token, claims) {
     button.disabled = true;
     postStatus.textContent = "Sharing…";
     try {
-      const v = await socket.command("post_vybe", {
-        content,
+      const v = await client.postVybe(content, {
         vybe_type: document.getElementById("post-type").value,
         is_anonymous: document.getElementById("post-anon").checked,
       });
@@ -489,9 +489,9 @@ function start(token, claims) {
   renderBlocked(blockedBox, blocks, tools.unblock);
 
   tickTimes();
-  socket.subscribe("feed");  // registered first, so it is also resubscribed first after a reconnect
+  hold(client, "feed");  // registered first, so it is also resubscribed first after a reconnect
   reloadFeed().then(() => {
     syncChannels(sorted());
-    socket.start();
+    client.connect();
   });
 }

@@ -15,7 +15,7 @@ import { ABUSE_LABELS, claimActive, matches, pretty } from "./console-rank.js";
 import { resolvedPanel, undoBar } from "./console-resolved.js";
 import { announce, h, notice, tickTimes } from "./dom.js";
 import { LabelPicks } from "./labels.js";
-import { LiveSocket, statusRenderer } from "./live.js";
+import { hold, pageClient, statusRenderer } from "./live.js";
 import { setupSession } from "./session.js";
 import { setupTabs } from "./tabs.js";
 
@@ -32,7 +32,7 @@ function start(token, claims) {
     return;
   }
   const me = claims.sub;
-  const rest = api(() => socket.token);
+  const rest = api(() => client.token);
   const cases = new Map();       // case_id -> latest view (open and resolved)
   const drafts = new Map();      // case_id -> {note, message}
   const errors = new Map();      // case_id -> last error text
@@ -59,41 +59,40 @@ function start(token, claims) {
   const help = setupDialog($("keys-help"), $("keys-open"));
   const removeDialog = setupDialog($("remove-dialog"));
 
-  const socket = new LiveSocket(token, {
-    onStatus: statusRenderer($("conn")),
-    onEvent(msg) {
-      if (msg.channel !== CHANNEL) return;
-      if (msg.event?.startsWith("care.") && msg.data?.care_id) {
-        care.onEvent(msg);
-        return;
-      }
-      const v = msg.data;
-      if (!v?.case_id) return;
-      const fresh = !cases.has(v.case_id);
-      merge(v);
-      if (msg.event === "report.flagged" && fresh) announce(`New flagged item: ${snippet(v.text, 60)}`);
-      if (msg.event === "case.appealed") announce(`New appeal: ${snippet(v.text, 60)}`);
-      if (msg.event === "report.resolved") {
-        if (v.resolved_by !== me) announce(`${DONE[v.resolution] || "Resolved"} by ${v.resolved_by}: ${snippet(v.text, 60)}`);
-        accuracy.refresh();   // every decision, by anyone, moves the figures
-      }
-    },
-    onSubscribed(channel, result) {
-      // Not resumed (first subscribe, or the offset was too old): the REST snapshot
-      // taken after this ack covers everything up to the live stream.
-      if (channel === CHANNEL && result.recovered !== true) reloadAll();
-    },
-    onSubscribeError(channel, err) {
-      if (err.code === "forbidden") {
-        socket.stop();
-        session.showSignIn(NOT_A_MODERATOR);
-      } else {
-        notice(`Could not subscribe to the queue: ${err.message}`, { kind: "error", key: "sub" });
-      }
-    },
-    onNotice: noticeHandler(() => socket, STORAGE_KEY, () => reloadAll()),
-    onAuthLost(code) { session.showSignIn(authLostReason(code)); },
+  // The socket is the SDK's (vybe-client.js): after a reconnect it resumes mod:flagged by offset.
+  const client = pageClient(token);
+  client.on("status", statusRenderer($("conn")));
+  client.onChannel(CHANNEL, (msg) => {
+    if (msg.event?.startsWith("care.") && msg.data?.care_id) {
+      care.onEvent(msg);
+      return;
+    }
+    const v = msg.data;
+    if (!v?.case_id) return;
+    const fresh = !cases.has(v.case_id);
+    merge(v);
+    if (msg.event === "report.flagged" && fresh) announce(`New flagged item: ${snippet(v.text, 60)}`);
+    if (msg.event === "case.appealed") announce(`New appeal: ${snippet(v.text, 60)}`);
+    if (msg.event === "report.resolved") {
+      if (v.resolved_by !== me) announce(`${DONE[v.resolution] || "Resolved"} by ${v.resolved_by}: ${snippet(v.text, 60)}`);
+      accuracy.refresh();   // every decision, by anyone, moves the figures
+    }
   });
+  client.on("subscribed", ({ channel, result }) => {
+    // Not resumed (first subscribe, or the offset was too old): the REST snapshot
+    // taken after this ack covers everything up to the live stream.
+    if (channel === CHANNEL && result.recovered !== true) reloadAll();
+  });
+  client.on("subscribeError", ({ error }) => {
+    if (error.code === "forbidden") {
+      client.close();
+      session.showSignIn(NOT_A_MODERATOR);
+    } else {
+      notice(`Could not subscribe to the queue: ${error.message}`, { kind: "error", key: "sub" });
+    }
+  });
+  client.on("notice", noticeHandler(client, STORAGE_KEY, () => reloadAll()));
+  client.on("authLost", ({ code }) => session.showSignIn(authLostReason(code)));
 
   function reloadAll() {
     reload();
@@ -157,7 +156,7 @@ function start(token, claims) {
     errors.delete(id);
     renderAll();
     try {
-      merge(await socket.command("claim", { case_id: id, version: v.version, release }), false);
+      merge(await client.claim(id, v.version, { release }), false);
       announce(release ? "Released" : "Claimed by you");
     } catch (err) {
       fail(id, err);
@@ -191,15 +190,15 @@ function start(token, claims) {
     try {
       let version = v.version;
       if (!(claimActive(v) && v.claimed_by === me)) {   // claim first, so others see who acts
-        const held = await socket.command("claim", { case_id: id, version });
+        const held = await client.claim(id, version);
         merge(held);
         version = held.version;
       }
       const d = drafts.get(id) || {};
       const note = (d.note || "").trim();
       const message = (d.message || "").trim();
-      const view = await socket.command("resolve", { case_id: id, version, action, ...(note ? { note } : {}),
-                                                     ...(message ? { message } : {}), ...picks.body(id, action) });
+      const view = await client.resolve(id, version, action, { ...(note ? { note } : {}),
+                                                               ...(message ? { message } : {}), ...picks.body(id, action) });
       drafts.delete(id);
       picks.forget(id);
       busy.delete(id);
@@ -235,7 +234,7 @@ function start(token, claims) {
     for (const e of entries) {
       const version = Math.max(e.version, cases.get(e.case_id)?.version ?? 0);
       try {
-        const view = await socket.command("reopen", { case_id: e.case_id, version });
+        const view = await client.reopen(e.case_id, version);
         merge(view, false);
         last = view.case_id;
       } catch (err) {
@@ -266,7 +265,7 @@ function start(token, claims) {
         : blockedReason(v, me);
       if (why) { failed.push([v, why]); continue; }
       try {
-        const view = await socket.command("resolve", { case_id: id, version: v.version, action });
+        const view = await client.resolve(id, v.version, action);
         done.push(view);
         merge(view, false);
       } catch (err) {
@@ -350,7 +349,7 @@ function start(token, claims) {
   accuracy.load();
   Promise.all([reload(), care.reload(), resolved.load()]).then(() => {
     state.loadedOnce = true;
-    socket.subscribe(CHANNEL);
-    socket.start();
+    hold(client, CHANNEL);
+    client.connect();
   });
 }

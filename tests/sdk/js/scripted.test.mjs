@@ -1,0 +1,171 @@
+// What a live gateway cannot be made to do on demand, against a scripted server
+// (fake-server.mjs): `gap`, `unavailable` on auth and on a command (retry_after honoured,
+// same id), `internal` retried, a re-sync's duplicate event dropped, going_away answered at
+// once, 1009 not reconnected. No gateway needed.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { authOk, fakeGateway } from "./fake-server.mjs";
+import { VybeClient, collect, mint, next, sleep } from "./support.mjs";
+
+const token = mint("fake-user", { secret: "s" });
+
+function fakeClient(url, options = {}) {
+  return new VybeClient({ url, token, backoff: { minMs: 2000, maxMs: 4000 }, commandTimeoutMs: 3000, ...options });
+}
+
+test("gap notice, and a re-sync's duplicate event is delivered once", async () => {
+  const server = await fakeGateway((conn, f) => {
+    if (f.type === "auth") authOk(conn, f);
+    if (f.type === "subscribe") {
+      conn.ack(f, { channel: f.channel, recovered: f.since ? true : null, missed: f.since ? 1 : 0 });
+      const ev = { type: "event", channel: "feed", offset: "1-1-1", event: "vybe.created", ts: 1, data: { n: 1 } };
+      conn.send(ev);
+      if (f.since) conn.send(ev, { ...ev, offset: "1-1-2", data: { n: 2 } });  // a replay overlapping the live one
+    }
+  });
+  const c = fakeClient(server.url);
+  try {
+    const events = collect(c, "event");
+    const gaps = collect(c, "gap");
+    c.connect();
+    await c.subscribe("feed");
+    await sleep(50);
+    assert.deepEqual(events.map((e) => e.data.n), [1]);
+    const gap = next(c, "gap");
+    server.conns[0].send({ type: "notice", code: "gap", message: "lost", data: { channel: "feed" } });
+    assert.equal((await gap).channel, "feed");
+    assert.equal(gaps.length, 1);
+    const recovered = next(c, "recovered");
+    await c.resync("feed");  // since = the last offset seen
+    assert.equal(server.conns[0].frames.at(-1).since, "1-1-1");
+    assert.equal((await recovered).since, "1-1-1");
+    await sleep(50);
+    assert.deepEqual(events.map((e) => e.data.n), [1, 2], "offset 1-1-1 once, then 1-1-2");
+    assert.equal(c.offset("feed"), "1-1-2");
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
+test("unavailable on auth: auth again on the same socket after retry_after", async () => {
+  let auths = 0;
+  const server = await fakeGateway((conn, f) => {
+    if (f.type !== "auth") return;
+    auths += 1;
+    if (auths === 1) conn.error(f, "unavailable", { retry_after: 0.3 });
+    else authOk(conn, f);
+  });
+  const c = fakeClient(server.url);
+  try {
+    const t0 = Date.now();
+    c.connect();
+    await c.ready();
+    assert.ok(Date.now() - t0 >= 280, `authenticated after ${Date.now() - t0} ms`);
+    assert.equal(server.conns.length, 1, "the same socket");
+    assert.equal(auths, 2);
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
+test("unavailable and internal answers: the command goes again with the same id; forbidden does not", async () => {
+  const seen = new Map();
+  const server = await fakeGateway((conn, f) => {
+    if (f.type === "auth") return authOk(conn, f);
+    const n = (seen.get(f.id) || 0) + 1;
+    seen.set(f.id, n);
+    if (f.type === "post_vybe") {
+      if (n === 1) conn.error(f, "unavailable", { retry_after: 0.2 });
+      else if (n === 2) conn.error(f, "internal", { retry_after: 0.1 });
+      else conn.ack(f, { id: "v1", content: f.content });
+    }
+    if (f.type === "block") conn.error(f, "forbidden");
+  });
+  const c = fakeClient(server.url);
+  try {
+    c.connect();
+    const t0 = Date.now();
+    const vybe = await c.postVybe("hello");
+    assert.equal(vybe.id, "v1");
+    assert.ok(Date.now() - t0 >= 150, "waited for retry_after");
+    const posts = server.conns[0].frames.filter((f) => f.type === "post_vybe");
+    assert.equal(posts.length, 3);
+    assert.equal(new Set(posts.map((f) => f.id)).size, 1, "one id for all three");
+    await assert.rejects(c.block("x"), { code: "forbidden" });
+    assert.equal(server.conns[0].frames.filter((f) => f.type === "block").length, 1);
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
+test("going_away then 1001: reconnect at once, not after the backoff", async () => {
+  const server = await fakeGateway((conn, f) => {
+    if (f.type === "auth") authOk(conn, f);
+  });
+  const c = fakeClient(server.url);  // backoff of 2 s or more
+  try {
+    const notices = collect(c, "notice");
+    c.connect();
+    await c.ready();
+    const reconnecting = next(c, "status", (s) => s.state === "reconnecting");
+    server.conns[0].send({ type: "notice", code: "going_away", message: "bye" });
+    server.conns[0].close(1001, "server shutting down");
+    const r = await reconnecting;
+    assert.equal(r.code, 1001);
+    assert.ok(r.delayMs < 400, `delay ${r.delayMs} ms`);
+    await next(c, "status", (s) => s.state === "authed", 2000);
+    assert.equal(server.conns.length, 2);
+    assert.equal(notices[0].code, "going_away");
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
+test("close 1009: no reconnect, the client reports it", async () => {
+  const server = await fakeGateway((conn, f) => {
+    if (f.type === "auth") authOk(conn, f);
+  });
+  const c = fakeClient(server.url, { backoff: { minMs: 10, maxMs: 20 } });
+  try {
+    const errors = collect(c, "error");
+    c.connect();
+    await c.ready();
+    const closed = next(c, "status", (s) => s.state === "closed");
+    server.conns[0].close(1009, "frame too large");
+    assert.equal((await closed).code, 1009);
+    await sleep(200);
+    assert.equal(server.conns.length, 1, "not reconnected");
+    assert.equal(errors.at(-1)?.error?.code, "frame_too_large");
+    await assert.rejects(c.ping(), { code: "frame_too_large" });
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
+test("token_expiring after every refresh: getToken() is asked at most once a second", async () => {
+  const server = await fakeGateway((conn, f) => {
+    if (f.type !== "auth") return;
+    authOk(conn, f);
+    conn.send({ type: "notice", code: "token_expiring", message: "soon", data: { expires_at: 0 } });
+  });
+  let calls = 0;
+  const c = fakeClient(server.url, { token: undefined, getToken: async () => { calls += 1; return token; } });
+  try {
+    const refreshed = collect(c, "auth");
+    c.connect();
+    await sleep(1600);
+    assert.ok(calls >= 2 && calls <= 3, `getToken() called ${calls} times in 1.6 s`);
+    assert.ok(refreshed.filter((a) => a.refreshed).length >= 1);
+    assert.equal(server.conns.length, 1);
+  } finally {
+    c.close();
+    server.close();
+  }
+});
