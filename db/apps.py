@@ -226,6 +226,10 @@ async def scored_events(conn: asyncpg.Connection, item: ItemRow, action: str, ca
         out += await release(conn, item)
     elif action == "hide" and item.channel is not None and not item.held:
         out.append(events.publication_state(item.channel, item.id, "hidden"))
+    elif action == "flag" and item.channel is not None and item.held:
+        # Held for a moderator: its author hears so (the ack said `held`; now they know why it waits).
+        held = {"id": str(item.id), "channel": item.channel, "waiting_for": "moderator"}
+        out.append(events.outcome(item.user_id, held, "publication.held"))
     view = await item_view(conn, item.id)
     await enqueue_webhook(conn, item.app_id, "moderation.scored", {**msgspec.to_builtins(view), "care": care})
     return out

@@ -106,7 +106,8 @@ def resolution_events(resolved: mdb.Resolved, action: str) -> list[Event]:
             "target_type": view.target_type, "target_id": target, "action": action, "by": "moderator",
             "message": view.message, "excerpt": events.excerpt(view.text),
             "appeal": view.appeal_outcome if view.appeal_statement is not None else None,
-            "appealable": action in ("hide", "remove") and view.appeal_statement is None}))
+            "appealable": action in ("hide", "remove") and view.appeal_statement is None
+                          and view.target_type != "app_item"}))
     for reporter in resolved.reporters:
         out.append(events.outcome(reporter, {"target_type": view.target_type, "target_id": target, "outcome": action},
                                   "report.resolved"))

@@ -76,6 +76,8 @@ class Worker:
         sup = self.supervisor
         with contextlib.suppress(*UNREACHABLE, asyncpg.PostgresError):
             await self.sync_model()  # before the first batch, so nothing is scored by a superseded model
+        with contextlib.suppress(RedisError, OSError):
+            await self.ensure_group()  # a fresh Redis has no group yet (the loop retries if this fails)
         sup.add("models", self._model_loop)
         sup.add("sweeper", self._sweep_loop)
         sup.add("webhooks", lambda: webhooks.run(self.pool, self.settings))
@@ -187,7 +189,7 @@ class Worker:
                     out.append(events.outcome(item.user_id, {
                         "target_type": item.kind, "target_id": str(item.id), "action": "hide", "by": "model",
                         "message": None, "excerpt": events.excerpt(item.content), "appeal": None,
-                        "appealable": True}))
+                        "appealable": False}))  # appeals are for vybes and comments
             elif action == "hide":
                 out += events.visibility(item.kind, str(item.id), _str(item.vybe_id), _str(item.looproom_id), "hidden")
                 out.append(events.outcome(item.user_id, {

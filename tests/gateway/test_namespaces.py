@@ -181,6 +181,9 @@ async def test_held_publications_go_out_when_scored_clean_or_when_a_moderator_cl
     assert case["text"] == "you creep" and case["author_id"] == "ann"
     outcome = await ann.wait_for(lambda m: m.get("event") == "moderation.outcome")
     assert outcome["data"]["target_id"] == threat["id"] and outcome["data"]["action"] == "hide"
+    assert outcome["data"]["appealable"] is False  # appeals are for vybes and comments
+    waiting = await ann.wait_for(lambda m: m.get("event") == "publication.held")
+    assert waiting["data"] == {"id": rude["id"], "channel": "chat:m1", "waiting_for": "moderator"}
     assert [m["data"]["id"] for m in bob.events("publication")] == [fine["id"]]
     # The console filters by app.
     assert {v.content_id for v in await mdb.open_queue(live.gateway.pool, app="miel")} == {rude["id"], threat["id"]}
