@@ -414,3 +414,33 @@ async def test_appeal_decided_by_another_moderator(live: Any, pool: asyncpg.Pool
     row = await _case(pool, v["id"])
     assert (row["resolution"], row["resolved_by"], row["appeal_outcome"]) == ("restore", "mod2", "granted")
     await expect(one.locator(f".resolved-item[data-case-id='{row['id']}']")).to_contain_text("appeal granted")
+
+
+async def test_sister_apps_cases_show_their_app_and_filter_by_it(live: Any, pool: asyncpg.Pool, pages: Any) -> None:
+    """A Miel message moderated as a service sits in the same queue, named as Miel's, and the App
+    filter shows one app's cases at a time."""
+    from db import apps
+
+    vybe = await _post(live, "ann", "you are all pathetic")
+    await _flag(pool, vybe["id"], ["insult>=0.60 (0.90)"], {"insult": 0.9})
+    await apps.create_app(pool, "miel", "Miel")
+    async with pool.acquire() as conn, conn.transaction():
+        item_id, _ = await apps.submit_item(conn, "miel", content_type="message", content_id="msg-9",
+                                            user_id="u-77", text="send me pics or else")
+        await conn.execute("UPDATE app_items SET moderation_state = 'flagged' WHERE id = $1", item_id)
+        await mdb.open_case(conn, "app_item", str(item_id), ["threat>=0.60 (0.80)"], {"threat": 0.8},
+                            model_flagged=True)
+    mod = await _console(pages, live)
+    miel = _row(mod, str(item_id))
+    await expect(miel).to_be_visible()
+    await expect(miel.locator(".row-facts .badge-app")).to_have_text("miel")
+    await expect(miel.locator(".row-title")).to_contain_text("Message by u-77")
+    await mod.get_by_label("App", exact=True).select_option("miel")
+    assert await _order(mod) == [str(item_id)]
+    await mod.get_by_label("App", exact=True).select_option("vybe")
+    assert await _order(mod) == [vybe["id"]]
+    await mod.get_by_label("App", exact=True).select_option("")
+    assert sorted(await _order(mod)) == sorted([vybe["id"], str(item_id)])
+    await miel.locator(".case-open").click()
+    await expect(mod.locator(".case-detail .app-ref")).to_contain_text("miel id msg-9")
+    pages.check()

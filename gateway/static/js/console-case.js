@@ -17,7 +17,18 @@ const STATE_WORDS = { flagged: "Visible to members", pending: "Visible to member
 export function targetLabel(v) {
   if (v.target_type === "comment") return "Comment";
   if (v.target_type === "user") return "Member";
+  if (v.target_type === "app_item") {   // a sister app's text, or a publication on a namespace
+    const kind = v.content_type || "item";
+    return `${kind.charAt(0).toUpperCase()}${kind.slice(1)}`;
+  }
   return "Vybe";
+}
+
+/** The badge naming a sister app's case (none for this app's own vybes and comments). */
+function appBadge(v) {
+  if (v.target_type !== "app_item") return null;
+  return h("span", { class: "badge badge-app", title: v.channel ? `published on ${v.channel}` : `${v.app} ${v.content_type} ${v.content_id}` },
+    v.app || "vybe");
 }
 
 export function snippet(text, n = 80) {
@@ -106,6 +117,7 @@ export function caseRow(v, { me, selected, checked, busy, picker, onOpen, onChec
       h("span", { class: `sev sev-${sev}`, title: "Severity: how far over the threshold, which label, how many reporters" },
         sev),
       isAppeal(v) ? h("span", { class: "badge badge-appeal" }, "appeal") : null,
+      appBadge(v),
       ["hidden", "removed"].includes(v.moderation_state)
         ? h("span", { class: `badge badge-state-${v.moderation_state}` }, v.moderation_state) : null,
       !selected && picker ? picker : h("span", { class: "row-about" }, aboutWords(v)),
@@ -151,11 +163,14 @@ export function caseDetail(v, ctx) {
     h("header", { class: "case-head" },
       h("h3", { id: `case-${id}-title`, class: "case-title", tabindex: "-1" },
         targetLabel(v), " by ", h("span", { class: "author" }, v.author_id || "unknown"),
-        v.is_anonymous ? h("span", { class: "badge badge-anon" }, "posted anonymously") : null),
+        v.is_anonymous ? h("span", { class: "badge badge-anon" }, "posted anonymously") : null, appBadge(v)),
       h("p", { class: "case-meta" },
         h("span", { class: `badge badge-state-${v.moderation_state || "none"}` },
           STATE_WORDS[v.moderation_state] || "Deleted"),
-        h("span", { class: "muted" }, "flagged ", timeEl(v.opened_at)))),
+        h("span", { class: "muted" }, "flagged ", timeEl(v.opened_at)),
+        v.target_type === "app_item"
+          ? h("span", { class: "muted app-ref" }, v.channel ? ` · on ${v.channel}` : ` · ${v.app} id ${v.content_id}`)
+          : null)),
     isAppeal(v) ? appealBlock(v, ctx.me) : null,
     parentBlock(ctx.context),
     h("blockquote", { class: "case-text" }, v.text ?? "(deleted by its author)"),

@@ -3,10 +3,10 @@
 // they show changed, so a click in progress, the focus and typed notes survive live events.
 
 import { actionsFor, blockedReason, caseDetail, caseRow } from "./console-case.js";
-import { SORTS, claimActive, flaggedLabels, isAppeal, matches } from "./console-rank.js";
+import { SORTS, appOf, claimActive, flaggedLabels, isAppeal, matches } from "./console-rank.js";
 import { h } from "./dom.js";
 
-const TEACHES = new Set(["shared_vybe", "comment"]);   // user cases carry no text to learn from
+const TEACHES = new Set(["shared_vybe", "comment", "app_item"]);   // user cases carry no text to learn from
 const $ = (id) => document.getElementById(id);
 
 /**
@@ -24,8 +24,19 @@ export function queueView(state, { me, rest, onClaim, onAct, onLoadError }) {
   let selIndex = 0;
   let detail = { key: null, el: null };
 
+  /** One option per app seen in the queue (the filter lists sister apps as their cases arrive). */
+  function syncApps(open) {
+    const select = document.getElementById("f-app");
+    if (!select) return;
+    const have = new Set([...select.options].map((o) => o.value));
+    for (const app of new Set(open.map(appOf))) {
+      if (!have.has(app)) select.append(h("option", { value: app }, app));
+    }
+  }
+
   function renderAll() {
     const open = [...cases.values()].filter((v) => v.state === "open");
+    syncApps(open);
     const shown = open.filter((v) => matches(v, state.filters, me)).sort(SORTS[state.filters.sort] || SORTS.severity);
     order = shown.map((v) => v.case_id);
     if (!order.includes(selected)) selected = order[Math.min(selIndex, order.length - 1)] ?? null;

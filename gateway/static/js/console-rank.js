@@ -103,8 +103,14 @@ export function arrived(v) {
 
 const CONTENT_STATES = { visible: ["flagged", "pending", "approved"], hidden: ["hidden"], removed: ["removed"] };
 
-/** Does case `v` pass the filters (`f`: {label, source, state, claim, appeals, q}) for moderator `me`? */
+/** The app a case comes from: a sister app's id for its items, else "vybe" (this app's own content). */
+export function appOf(v) {
+  return v.app || "vybe";
+}
+
+/** Does case `v` pass the filters (`f`: {label, source, state, claim, appeals, app, q}) for moderator `me`? */
 export function matches(v, f, me) {
+  if (f.app && appOf(v) !== f.app) return false;
   if (f.label && !flaggedLabels(v).includes(f.label)) return false;
   if (f.source && !sources(v).has(f.source)) return false;
   if (f.state && !(CONTENT_STATES[f.state] || []).includes(v.moderation_state)) return false;

@@ -144,7 +144,8 @@ function start(token, claims) {
   function readFilters() {
     const val = (id) => $(id).value;
     return { q: val("f-q"), sort: val("f-sort"), label: val("f-label"), source: val("f-source"),
-             state: val("f-state"), claim: val("f-claim"), appeals: val("f-appeals") };
+             state: val("f-state"), claim: val("f-claim"), appeals: val("f-appeals"),
+             app: val("f-app") };
   }
 
   // -- commands -------------------------------------------------------------------------
