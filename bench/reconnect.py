@@ -24,6 +24,7 @@ import json
 import os
 import resource
 import sys
+import time
 from typing import Any
 
 from bench.fanout.loadgen import Generator, client_frame
@@ -55,6 +56,19 @@ class Storm(VybeServer):
         return [frames[0], client_frame(1, sub)]
 
 
+async def settled(pid: int, quiet_cpu_s: float = 0.02, every_s: float = 0.3, most_s: float = 30.0) -> float:
+    """Seconds until the server uses less than ``quiet_cpu_s`` of CPU per ``every_s`` (idle again)."""
+    t0 = time.monotonic()
+    last = proc_cpu_s(pid)
+    while time.monotonic() - t0 < most_s:
+        await asyncio.sleep(every_s)
+        now = proc_cpu_s(pid)
+        if now - last < quiet_cpu_s:
+            break
+        last = now
+    return round(time.monotonic() - t0, 2)
+
+
 async def storm(ctx: Context, name: str, n: int, in_flight: int) -> dict[str, Any]:
     server: Server = Storm(ctx, free_port()) if name == "vybe" else SERVER_CLASSES[name](ctx, free_port())
     out: dict[str, Any] = {"server": name, "sockets": n}
@@ -75,7 +89,7 @@ async def storm(ctx: Context, name: str, n: int, in_flight: int) -> dict[str, An
         gen.close_all()
         for seq in range(4, 7):
             await server.publish(ctx.data(seq))  # missed while away
-        await asyncio.sleep(1.0)
+        out["teardown_s"] = await settled(pid)  # the server done with the dropped sockets
         again = Generator("127.0.0.1", server.port, server.path, ctx.sources)
         spy = start_py_spy(ctx, name, n, pid)  # --py-spy PATH: profile the storm
         c0 = proc_cpu_s(pid)

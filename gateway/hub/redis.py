@@ -17,7 +17,7 @@ from common.tasks import backoff, cancel_and_wait, cancelled_meanwhile
 from gateway.hub.base import Backend, HistoryEntry
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine
 
     import redis.asyncio as aioredis
     from redis.asyncio.client import PubSub
@@ -45,6 +45,11 @@ class RedisBackend(Backend):
         self._task: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
         self._probes: dict[bytes, asyncio.Future[None]] = {}
+        # Batching for reconnect storms: SUBSCRIBEs asked for in one loop turn go as one command,
+        # and resumes of one channel in one loop turn share one history read.
+        self._ops: list[tuple[bool, str]] = []  # (subscribe?, channel), in the order asked
+        self._reads: dict[str, list[tuple[str, tuple[int, int], asyncio.Future[list[HistoryEntry] | None]]]] = {}
+        self._batches: set[asyncio.Task[None]] = set()
 
     @property
     def healthy(self) -> bool:
@@ -77,19 +82,43 @@ class RedisBackend(Backend):
         fut = self._pending.get(channel)
         if fut is None:
             fut = self._pending[channel] = asyncio.get_running_loop().create_future()
-            if self._up.is_set() and self._pubsub is not None:
-                with contextlib.suppress(*_REDIS_DOWN):  # the reader loop reconnects and resubscribes everything
-                    await self._pubsub.subscribe(self.keys.pubsub(channel))
+            self._queue_op(True, channel)
         await asyncio.shield(fut)
+
+    def _queue_op(self, subscribe: bool, channel: str) -> None:
+        if not self._ops:
+            asyncio.get_running_loop().call_soon(self._send_ops)
+        self._ops.append((subscribe, channel))
+
+    def _send_ops(self) -> None:
+        """The (UN)SUBSCRIBEs asked for in this loop turn, in order, each run of one kind as one
+        command (subscriptions are confirmed one by one by the reader)."""
+        ops, self._ops = self._ops, []
+        if self._up.is_set() and self._pubsub is not None:
+            self._spawn(self._send(self._pubsub, ops))
+
+    async def _send(self, pubsub: PubSub, ops: list[tuple[bool, str]]) -> None:
+        runs: list[tuple[bool, list[str]]] = []
+        for subscribe, channel in ops:
+            if runs and runs[-1][0] == subscribe:
+                runs[-1][1].append(self.keys.pubsub(channel))
+            else:
+                runs.append((subscribe, [self.keys.pubsub(channel)]))
+        with contextlib.suppress(*_REDIS_DOWN):  # the reader loop reconnects and resubscribes everything
+            for subscribe, names in runs:
+                await (pubsub.subscribe(*names) if subscribe else pubsub.unsubscribe(*names))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
         pending = self._pending.pop(channel, None)
         if pending is not None and not pending.done():
             pending.cancel()
-        if self._up.is_set() and self._pubsub is not None:
-            with contextlib.suppress(*_REDIS_DOWN):
-                await self._pubsub.unsubscribe(self.keys.pubsub(channel))
+        self._queue_op(False, channel)
 
     async def probe(self, timeout: float = 2.0) -> bool:
         """Publish a nonce on the control channel and wait to receive it: pub/sub really delivers."""
@@ -110,6 +139,46 @@ class RedisBackend(Backend):
         return await self.publisher.publish(channel, event, data, meta)
 
     async def history(self, channel: str, epoch: str, after: tuple[int, int]) -> list[HistoryEntry] | None:
+        """Resumes of one channel asked for in one loop turn share one read (a reconnect storm is one
+        read per channel, not per socket), each answered with what lies after its own offset."""
+        fut: asyncio.Future[list[HistoryEntry] | None] = asyncio.get_running_loop().create_future()
+        waiting = self._reads.get(channel)
+        if waiting is None:
+            waiting = self._reads[channel] = []
+            asyncio.get_running_loop().call_soon(self._read_batch, channel)
+        waiting.append((epoch, after, fut))
+        return await fut
+
+    def _read_batch(self, channel: str) -> None:
+        self._spawn(self._history_batch(channel, self._reads.pop(channel, [])))
+
+    async def _history_batch(self, channel: str,
+                             waiters: list[tuple[str, tuple[int, int], asyncio.Future[list[HistoryEntry] | None]]]
+                             ) -> None:
+        try:
+            current, first, entries = await self._read_history(channel, min(after for _, after, _ in waiters))
+        except BaseException as err:  # each waiter gets the read's error (it is re-raised to each)
+            for _, _, fut in waiters:
+                if not fut.done():
+                    fut.set_exception(err)
+            if isinstance(err, asyncio.CancelledError):
+                raise
+            return
+        keyed = [(stream_id_key(e.stream_id), e) for e in entries]
+        for epoch, after, fut in waiters:
+            if fut.done():
+                continue
+            if current != epoch or (first is not None and first > after):
+                # The epoch changed, or the oldest kept event is newer than the client's: what lay
+                # between may have been trimmed. Redis 6.2 cannot say (7.0's XINFO
+                # max-deleted-entry-id could), so refuse rather than risk a silent gap.
+                fut.set_result(None)
+            else:
+                fut.set_result([HistoryEntry(epoch, e.stream_id, e.message) for key, e in keyed if key > after])
+
+    async def _read_history(self, channel: str, after: tuple[int, int]
+                            ) -> tuple[str | None, tuple[int, int] | None, list[HistoryEntry]]:
+        """(current epoch, oldest kept id, the entries after ``after``)."""
         k = self.keys
         start = f"({after[0]}-{after[1]}"
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -118,14 +187,9 @@ class RedisBackend(Backend):
             pipe.xrange(k.stream(channel), start, "+", count=self.history_len * 2)
             current, first, entries = await pipe.execute()
         current_epoch = current.decode() if current else None
-        if current_epoch != epoch:
-            return None
-        if first and stream_id_key(_s(first[0][0])) > after:
-            # The oldest kept event is newer than the client's: what lay between may have
-            # been trimmed. Redis 6.2 cannot say (7.0's XINFO max-deleted-entry-id could),
-            # so refuse rather than risk a silent gap.
-            return None
-        return [HistoryEntry(epoch, _s(sid), fields[b"m"]) for sid, fields in entries]
+        oldest = stream_id_key(_s(first[0][0])) if first else None
+        kept = [HistoryEntry(current_epoch or "", _s(sid), fields[b"m"]) for sid, fields in entries]
+        return current_epoch, oldest, kept
 
     async def position(self, channel: str) -> str | None:
         k = self.keys
