@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import msgspec
 
@@ -33,6 +33,18 @@ from common.settings import SettingsError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
+
+
+class Digest(NamedTuple):
+    """A namespace's digest delivery, as the hub needs it (``Namespaces.digest_of``)."""
+
+    event: str
+    """The digest's event name (``feed.digest``)."""
+    interval_s: float
+    items: int
+    """Newest items carried in full; ``count`` says how many arrived in all."""
+    names: tuple[bytes, ...]
+    """The coalesced events as they appear in an element (``"event":"vybe.created"``)."""
 
 SubscribeRule = Literal["open", "claims", "owner", "moderators", "visible"]
 SUBSCRIBE_RULES: dict[str, str] = {
@@ -77,6 +89,14 @@ class Namespace(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     history_ttl_s: int | None = None
     presence: bool = False
     """Report live viewer counts (``<namespace>.presence``: distinct users, all nodes)."""
+    delivery: Literal["events", "digest"] = "events"
+    """``events``: each event to each subscriber as it happens. ``digest``: the ``digest_events`` that
+    arrive within ``digest_interval_s`` go to each socket as ONE ``<namespace>.digest`` (how many, the
+    newest ``digest_items`` in full, the newest offset), so a socket's cost no longer grows with the
+    post rate (docs/capacity.md); other events (take-downs, personal ones) still go out at once."""
+    digest_interval_s: float = 1.0
+    digest_items: int = 5
+    digest_events: tuple[str, ...] = ("vybe.created", "publication")
     app: str | None = None
     """The app its publications' moderation cases belong to (shown and filtered in the console; its
     webhook hears the outcomes). None: the gateway's own app."""
@@ -133,6 +153,14 @@ class Namespaces:
         if ns is None:
             return self.history_len, self.history_ttl_s
         return (ns.history_len or self.history_len, ns.history_ttl_s or self.history_ttl_s)
+
+    def digest_of(self, channel: str) -> Digest | None:
+        """How ``channel``'s events are coalesced, when its namespace delivers digests."""
+        ns = self._table.get(channel.partition(":")[0])
+        if ns is None or ns.delivery != "digest":
+            return None
+        return Digest(f"{ns.name}.digest", ns.digest_interval_s, ns.digest_items,
+                      tuple(f'"event":"{name}"'.encode() for name in ns.digest_events))
 
     def presence_channel(self, channel: str) -> Namespace | None:
         """The namespace when ``channel`` reports viewer counts, else None."""
@@ -193,6 +221,8 @@ def _parse(where: str, name: str, body: object) -> Namespace:
         raise SettingsError(at, f"`id_pattern` is not a regular expression: {err}") from err
     if ns.app is not None and not _APP.match(ns.app):
         raise SettingsError(at, "`app` is an app id: 1-40 of a-z, 0-9, _ and -")
+    if ns.delivery == "digest" and not (0.05 <= ns.digest_interval_s <= 60 and 0 <= ns.digest_items <= 100):
+        raise SettingsError(at, "a digest needs `digest_interval_s` of 0.05-60 and `digest_items` of 0-100")
     for key in ("max_bytes", "max_chars", "rate_burst"):
         if getattr(ns, key) <= 0:
             raise SettingsError(at, f"`{key}` must be positive")

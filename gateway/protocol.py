@@ -299,7 +299,8 @@ EVENT_NAMES = (
     "looproom.presence", "moderation.outcome", "blocks.changed", "report.flagged", "report.resolved", "case.claimed",
     "case.released", "case.rescored", "case.appealed", "case.reopened", "care.notice", "vybe.deleted",
     "comment.deleted", "care.opened", "care.closed", "publication", "publication.hidden", "publication.removed",
-    "publication.restored", "publication.held", "<namespace>.presence", "session.disconnected", "subscriptions.revoked",
+    "publication.restored", "publication.held", "<namespace>.presence", "<namespace>.digest",
+    "session.disconnected", "subscriptions.revoked",
 )
 
 

@@ -63,7 +63,7 @@ FLOOD_PAUSE_S = 5.0
 _RETRIES = {"rate_limited": 5, "unavailable": 5, "internal": 1}
 """Errors a command is sent again for (same id), after ``retry_after``, at most this many times."""
 _KINDS = frozenset({"event", "notice", "recovered", "unrecovered", "gap", "status", "auth_lost",
-                    "subscribe_error", "error"})
+                    "subscribe_error", "error", "digest"})
 _DEDUP_WINDOW = 512
 """Offsets remembered per channel, so that a replay (a resubscribe with ``since``) repeats nothing."""
 
@@ -326,6 +326,8 @@ class VybeClient:
            fn: Callable[[str, CommandError], object]) -> Callable[[], None]: ...
     @overload
     def on(self, kind: Literal["error"], fn: Callable[[CommandError], object]) -> Callable[[], None]: ...
+    @overload
+    def on(self, kind: Literal["digest"], fn: Callable[[dict[str, Any]], object]) -> Callable[[], None]: ...
 
     def on(self, kind: str, fn: Callable[..., object]) -> Callable[[], None]:
         """Call ``fn`` (a function or a coroutine function) on ``kind``; returns a function that removes it.
@@ -336,7 +338,9 @@ class VybeClient:
         refetch), ``gap(channel)``, ``status(state, detail)``, ``auth_lost(close_code, reason)`` (4003 token
         refused, 4004 expired, 4010 disconnected by the app's backend; after ``get_token`` was asked once),
         ``subscribe_error(channel, CommandError)`` (a resubscribe refused: the channel is dropped),
-        ``error(CommandError)`` (an error that answers no command).
+        ``error(CommandError)`` (an error that answers no command), ``digest({channel, count, skipped,
+        offset})`` (a digest channel's coalesced frame, after its items came as events; ``skipped``
+        arrived but were not carried: refetch to show them).
         """
         if kind not in _KINDS:
             raise ValueError(f"unknown callback kind {kind!r} (one of {sorted(_KINDS)})")
@@ -854,6 +858,22 @@ class VybeClient:
     def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind == "event":
+            data = msg.get("data")
+            items = data.get("items") if isinstance(data, dict) else None
+            if str(msg.get("event", "")).endswith(".digest") and isinstance(items, list):
+                # A digest channel (delivery = "digest"): its newest items arrive as the events they
+                # are; `digest` then says how many arrived in all (`skipped` were not carried).
+                for item in items:
+                    if isinstance(item, dict):
+                        self._on_event(Event.from_message(item))
+                count = data.get("count") if isinstance(data, dict) else 0
+                count = count if isinstance(count, int) else 0
+                offset = msg.get("offset")
+                if isinstance(offset, str) and msg.get("channel") in self._channels:
+                    self._offsets[str(msg["channel"])] = offset
+                self._emit("digest", {"channel": msg.get("channel"), "count": count,
+                                      "skipped": max(0, count - len(items)), "offset": offset})
+                return
             self._on_event(Event.from_message(msg))
         elif kind == "ack":
             cid = msg.get("id")

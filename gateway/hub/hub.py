@@ -25,9 +25,11 @@ from gateway.protocol import Notice
 from gateway.wsproto import data_frame
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from prometheus_client import Histogram
+
+    from common.namespaces import Digest
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -60,10 +62,14 @@ class Subscriber(Protocol):
 
 
 class _Channel:
-    __slots__ = ("binary", "epoch", "last", "name", "pending", "recovering", "subscribers")
+    __slots__ = ("binary", "digest", "digested", "epoch", "last", "name", "pending", "recovering", "subscribers",
+                 "timer")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, digest: Digest | None = None) -> None:
         self.name = name
+        self.digest = digest
+        self.digested: list[tuple[Key, Meta, bytes, str]] = []  # waiting for the next digest
+        self.timer: asyncio.TimerHandle | None = None
         # Grouped by wire format, so each group's loop hands all its sockets the same bytes.
         self.subscribers: dict[Subscriber, None] = {}  # JSON
         self.binary: dict[Subscriber, None] | None = None  # MessagePack, while there are any
@@ -114,8 +120,11 @@ class Resume(msgspec.Struct):
 class Hub:
     """Fan-out for one gateway process."""
 
-    def __init__(self, backend: Backend, metrics: object | None = None) -> None:
+    def __init__(self, backend: Backend, metrics: object | None = None,
+                 digest_of: Callable[[str], Digest | None] | None = None) -> None:
         self.backend = backend
+        self._digest_of = digest_of or (lambda channel: None)
+        self.digests = 0
         backend.on_message = self._on_message
         backend.on_reconnect = self._on_reconnect
         self._channels: dict[str, _Channel] = {}
@@ -203,7 +212,7 @@ class Hub:
         if state is None:
             if not self.backend.healthy:
                 raise Unavailable("live events are unavailable (Redis is unreachable); retry")
-            state = self._channels[channel] = _Channel(channel)
+            state = self._channels[channel] = _Channel(channel, self._digest_of(channel))
             state.pending = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(self.backend.subscribe(channel), SUBSCRIBE_TIMEOUT_S)
@@ -279,8 +288,62 @@ class Hub:
             meta, body = split_message(message)
             if self.latency is not None and meta.t:
                 self.latency.observe(max(time.time() - meta.t, 0.0))
-            events.append((key, meta, _element(state.name, make_offset(epoch, stream_id), body)))
+            offset = make_offset(epoch, stream_id)
+            element = _element(state.name, offset, body)
+            if state.digest is not None and _coalesced(state.digest, meta, element):
+                self._fan(state, events)  # what came before it goes out first
+                events = []
+                self._hold_for_digest(state, (key, meta, element, offset))
+                continue
+            if state.digested:
+                self._flush_digest(state)  # a take-down never overtakes the item it takes down
+            events.append((key, meta, element))
         self._fan(state, events)
+
+    # -- digests ---------------------------------------------------------------
+
+    def _hold_for_digest(self, state: _Channel, event: tuple[Key, Meta, bytes, str]) -> None:
+        state.digested.append(event)
+        if state.timer is None and state.digest is not None:
+            state.timer = asyncio.get_running_loop().call_later(state.digest.interval_s, self._flush_digest, state)
+
+    def _flush_digest(self, state: _Channel) -> None:
+        """One ``<namespace>.digest`` per socket: how many items arrived, the newest in full, and the
+        newest offset (a resume point). Sockets that blocked an author get their own, without them;
+        a socket being resumed gets the items one by one, after its missed ones."""
+        if state.timer is not None:
+            state.timer.cancel()
+            state.timer = None
+        pending, state.digested = state.digested, []
+        if not pending or state.digest is None or self._channels.get(state.name) is not state:
+            return
+        digest = state.digest
+        authors = frozenset(meta.a for _, meta, _, _ in pending if meta.a is not None)
+        shared = _digest_element(state.name, digest, pending)
+        for codec, subs in state.groups():
+            element = shared if codec is JSON_CODEC else codec.from_json(shared)
+            ready = _ready(codec, element)
+            for sub in subs:
+                held = sub.resuming.get(state.name) if sub.resuming else None
+                if isinstance(held, list):
+                    held.extend((key, codec.from_json(el) if codec.binary else el) for key, _, el, _ in pending)
+                    continue
+                if held is not None:
+                    mine = [e for e in pending if e[0] > held]
+                    if not mine:
+                        continue
+                    del sub.resuming[state.name]
+                    own = _digest_element(state.name, digest, mine)
+                    sub.push(codec.from_json(own) if codec.binary else own)
+                elif sub.blocked and not sub.blocked.isdisjoint(authors):
+                    mine = [e for e in pending if e[1].a not in sub.blocked]
+                    if mine:
+                        own = _digest_element(state.name, digest, mine)
+                        sub.push(codec.from_json(own) if codec.binary else own)
+                else:
+                    sub.deliver(element, ready)
+                self.digests += 1
+                self.deliveries += len(pending)
 
     def _fan(self, state: _Channel, events: list[tuple[Key, Meta, bytes]]) -> None:
         if not events:
@@ -411,6 +474,22 @@ def _deliver_part(sub: Subscriber, codec: Codec, mine: list[bytes]) -> int:
         part = codec.join(mine)
         sub.deliver(part, _ready(codec, part))
     return len(mine)
+
+
+def _coalesced(digest: Digest, meta: Meta, element: bytes) -> bool:
+    """Whether an event of a digest channel waits for the digest (an item for everyone, named in
+    ``Digest.names``), rather than going out at once (personal, moderators', control, take-downs)."""
+    if meta.o is not None or meta.m or meta.b is not None or meta.x is not None:
+        return False
+    head = element[:160]
+    return any(name in head for name in digest.names)
+
+
+def _digest_element(channel: str, digest: Digest, events: list[tuple[Key, Meta, bytes, str]]) -> bytes:
+    items = b",".join(el for _, _, el, _ in events[-digest.items:])
+    return (b'{"type":"event","channel":' + _json.encode(channel) + b',"offset":"' + events[-1][3].encode()
+            + b'","event":"' + digest.event.encode() + b'","ts":' + _json.encode(time.time())
+            + b',"data":{"count":' + str(len(events)).encode() + b',"items":[' + items + b"]}}")
 
 
 def _element(channel: str, offset: str, body: bytes) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -231,3 +232,47 @@ async def test_presence_and_history_follow_the_namespace(start_gateway, connect,
     for i in range(300):
         await live.gateway.publisher.publish("feed", "test.n", {"n": i})
     assert await live.gateway.redis.xlen(live.gateway.keys.stream("feed")) == 300
+
+
+DIGEST = """
+[namespaces.feed]
+delivery = "digest"
+digest_interval_s = 0.4
+digest_items = 2
+"""
+
+
+async def test_a_digest_feed_sends_one_frame_per_interval_in_order_with_take_downs(
+        start_gateway, connect, tmp_path) -> None:
+    live = await start_gateway(namespaces=_write(tmp_path, DIGEST))
+    poster = await connect(live, live.token("poster"))
+    other = await connect(live, live.token("other"))
+    reader = await connect(live, live.token("reader"))
+    blocker = await connect(live, live.token("blocker"))
+    await blocker.ok("block", user_id="other")
+    for c in (reader, blocker):
+        await c.ok("subscribe", channel="feed")
+    ids = [(await poster.ok("post_vybe", content=f"v{i}"))["id"] for i in range(4)]
+    mine = await other.ok("post_vybe", content="from other")
+    digest = await reader.wait_for(lambda m: m.get("event") == "feed.digest")
+    assert digest["data"]["count"] == 5
+    assert [i["data"]["id"] for i in digest["data"]["items"]] == [ids[3], mine["id"]]
+    assert all(i["event"] == "vybe.created" and i["channel"] == "feed" for i in digest["data"]["items"])
+    assert digest["offset"] == digest["data"]["items"][-1]["offset"]
+    assert reader.events("vybe.created") == []  # nothing one by one
+    theirs = await blocker.wait_for(lambda m: m.get("event") == "feed.digest")
+    assert theirs["data"]["count"] == 4 and mine["id"] not in [i["data"]["id"] for i in theirs["data"]["items"]]
+    # A take-down never overtakes the item it takes down: the pending digest goes first.
+    fresh = await poster.ok("post_vybe", content="soon gone")
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        r = await http.delete(f"/api/vybes/{fresh['id']}", headers={"authorization": f"Bearer {live.token('poster')}"})
+        assert r.status_code in (200, 204), r.text
+    gone = await reader.wait_for(lambda m: m.get("event") == "vybe.deleted")
+    names = [m.get("event") for m in reader.messages if m.get("type") == "event"]
+    assert names.index("vybe.deleted") > max(i for i, n in enumerate(names) if n == "feed.digest")
+    last = [m for m in reader.messages if m.get("event") == "feed.digest"][-1]
+    assert fresh["id"] in [i["data"]["id"] for i in last["data"]["items"]] and gone["data"]["id"] == fresh["id"]
+    # The digest's offset is a resume point.
+    again = await connect(live, live.token("reader"))
+    resumed = await again.ok("subscribe", channel="feed", since=gone["offset"])
+    assert resumed["recovered"] is True and resumed["missed"] == 0

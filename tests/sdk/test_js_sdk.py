@@ -38,7 +38,9 @@ JS_TESTS = "tests/sdk/js/"
 NODE = shutil.which("node")
 TOKEN_WARN_S = "2"     # short tokens warn at once (jwt_leeway_s is 0): the refresh tests stay quick
 NODE_TIMEOUT_S = 60.0
-NAMESPACES_TOML = '[namespaces.chat]\nsubscribe = "open"\npublish = true\n'
+NAMESPACES_TOML = ('[namespaces.chat]\nsubscribe = "open"\npublish = true\n'
+                   '[namespaces.pulse]\nsubscribe = "open"\npublish = true\ndelivery = "digest"\n'
+                   'digest_interval_s = 0.3\ndigest_items = 2\n')
 
 
 def _node_major() -> int:

@@ -289,3 +289,25 @@ async def test_publish_to_a_chat_channel(start_gateway, tmp_path: Path) -> None:
         with pytest.raises(CommandError) as err:
             await alice.publish("feed", {"text": "not here"})
         assert err.value.code == "forbidden"
+
+
+async def test_a_digest_channel_unpacks_its_items_and_counts_the_skipped(start_gateway, tmp_path: Path) -> None:
+    namespaces = tmp_path / "namespaces.toml"
+    namespaces.write_text('[namespaces.feed]\ndelivery = "digest"\ndigest_interval_s = 0.3\ndigest_items = 2\n')
+    live = await start_gateway(namespaces=str(namespaces))
+    async with VybeClient(live.url, token=live.token("alice")) as alice, \
+            VybeClient(live.url, token=live.token("bob")) as bob:
+        digests: list[dict[str, Any]] = []
+        bob.on("digest", digests.append)
+        await bob.subscribe("feed")
+        for n in range(3):
+            await alice.post_vybe(f"vybe {n}")
+        first = await next_event(bob, "vybe.created")
+        second = await next_event(bob, "vybe.created")
+        assert [first.data["content"], second.data["content"]] == ["vybe 1", "vybe 2"]
+        for _ in range(50):
+            if digests:
+                break
+            await asyncio.sleep(0.05)
+        assert digests == [{"channel": "feed", "count": 3, "skipped": 1, "offset": second.offset}]
+        assert bob.offset("feed") == second.offset

@@ -44,6 +44,7 @@ function start(token, claims) {
   const rest = api(() => client.token);
   const vybes = new Map();        // id -> vybe shown
   const pending = new Map();      // id -> live vybe from someone else, waiting behind the pill
+  let skippedNew = 0;             // new vybes a digest counted but did not carry (shown after a re-read)
   const gone = new Set();         // hidden / removed / deleted ids (a late snapshot must not revive them)
   const nodes = new Map();        // id -> <li>
   const expanded = new Set();     // ids whose comments are open
@@ -66,6 +67,12 @@ function start(token, claims) {
   const client = pageClient(token);
   client.on("status", statusRenderer(document.getElementById("conn")));
   client.on("event", onEvent);
+  // A digest feed (the server coalesces new vybes): what it did not carry is fetched on the pill.
+  client.on("digest", ({ channel, skipped }) => {
+    if (channel !== "feed" || !skipped) return;
+    skippedNew += skipped;
+    updatePill();
+  });
   client.on("auth", ({ result }) => {  // the server states the block list at auth: this page's copy stays exact
     if (Array.isArray(result?.blocked)) applyBlocks(result.blocked);
   });
@@ -334,12 +341,17 @@ function start(token, claims) {
   // -- the pill -------------------------------------------------------------------------
 
   function updatePill() {
-    const n = pending.size;
+    const n = pending.size + skippedNew;
     pill.hidden = n === 0;
     pill.replaceChildren(icon("up"), n === 1 ? "1 new vybe" : `${n} new vybes`);
   }
 
   function showPending() {
+    if (skippedNew) {  // some new vybes were only counted: read the feed again, then show them all
+      skippedNew = 0;
+      reloadFeed().then(showPending);
+      return;
+    }
     const first = [...pending.values()].sort(order)[0];
     for (const v of [...pending.values()]) add(v);
     pending.clear();

@@ -120,6 +120,8 @@
  * - "auth": {result: AuthResult, refreshed: boolean}: each successful `auth` (refreshed: on the same socket)
  * - "subscribed": {channel, result: SubscribeResult, resumed: boolean, since: string|null}: every
  *   subscribe ack, the automatic ones after a reconnect included
+ * - "digest": {channel, count, skipped, offset}: a digest channel's coalesced frame; its items came as
+ *   events just before; `skipped` arrived but were not carried (refetch to show them)
  * - "recovered": {channel, missed, since}: a subscribe with `since` answered recovered: true
  *   (the missed events follow)
  * - "unrecovered": {channel, since, result}: a subscribe with `since` answered recovered: false,
@@ -129,7 +131,7 @@
  * - "authLost": {code, reason, error}: close 4003 / 4004; no reconnect until refreshToken() or connect()
  * - "error": {error, where}: what no promise reports (a listener that threw, getToken failing,
  *   a refresh refused, a server error without id)
- * @typedef {"event"|"notice"|"gap"|"status"|"auth"|"subscribed"|"recovered"|"unrecovered"|"subscribeError"|"authLost"|"error"} ClientEventName
+ * @typedef {"event"|"digest"|"notice"|"gap"|"status"|"auth"|"subscribed"|"recovered"|"unrecovered"|"subscribeError"|"authLost"|"error"} ClientEventName
  */
 
 const DEFAULT_TIMEOUT_MS = 20000;
@@ -650,6 +652,17 @@ export class VybeClient {
   }
 
   _onEvent(msg) {
+    if (typeof msg.event === "string" && msg.event.endsWith(".digest") && Array.isArray(msg.data?.items)) {
+      // A digest channel (delivery = "digest"): its newest items arrive as the events they are;
+      // `digest` then says how many arrived in all (`skipped`: not carried, refetch to see them).
+      for (const item of msg.data.items) this._onEvent(item);
+      const entry = this._channels.get(msg.channel);
+      if (entry && msg.offset != null) entry.offset = String(msg.offset);
+      const count = Number(msg.data.count) || 0;
+      this._emit("digest", { channel: msg.channel, count, skipped: Math.max(0, count - msg.data.items.length),
+                             offset: msg.offset ?? null });
+      return;
+    }
     const entry = this._channels.get(msg.channel);
     if (entry && msg.offset != null) {
       const offset = String(msg.offset);

@@ -48,3 +48,24 @@ test("publish to chat: reaches subscribers, and chat: channels resume like the o
   // A namespace the server does not have is still not a channel.
   await assert.rejects(a.subscribe(`nochat:${uid("room")}`), { code: "unknown_channel" });
 });
+
+test("a digest channel: its items arrive as events, then one digest with what was skipped", { skip: NO_GATEWAY }, async () => {
+  // `[namespaces.pulse]` delivers digests: every 0.3 s, the newest 2 items and how many arrived.
+  const channel = `pulse:${uid("room")}`;
+  const a = client({ token: mint(uid("alice")) });
+  const b = client({ token: mint(uid("bob")) });
+  a.connect();
+  b.connect();
+  await b.subscribe(channel);
+  const seen = [];
+  b.on("event", (m) => { if (m.channel === channel) seen.push(m.data.data.n); });
+  const digest = next(b, "digest", (d) => d.channel === channel);
+  for (let n = 0; n < 3; n += 1) await a.publish(channel, { n });
+  const d = await digest;
+  assert.equal(d.count, 3);
+  assert.equal(d.skipped, 1);
+  assert.deepEqual(seen, [1, 2]);  // the newest two, in order, as `publication` events
+  assert.equal(b.offset(channel), d.offset);
+  a.close();
+  b.close();
+});
