@@ -6,11 +6,13 @@ bert-base shape (random init, config built locally, no download) fp32 vs
 dynamic-int8 vs length-sorted vs both, with the max |score difference| between
 fp32 and the fast path on the evaluation set.
 
-The embedded scorer is measured on both encoder backends (ONNX Runtime, the
-default, and the PyTorch reference) *interleaved* over ``--rounds`` rounds, so
-load from other work on a shared machine hits both alike; the report gives
-every round, the medians, the speedup per round and the max |score
-difference| between the backends on the whole eval set.
+The embedded scorer is measured on its three encoders (ONNX Runtime int8-rowwise,
+the default of the shipped head; ONNX Runtime fp32; the PyTorch fp32 reference)
+*interleaved* over ``--rounds`` rounds, so load from other work on a shared
+machine hits them alike; the report gives every round, the medians, the
+speedups per round, the max |score difference| between the fp32 backends and
+between int8 and fp32 (same head) on the whole eval set, and the embeddings'
+cosine int8 vs fp32.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 
 def corpora() -> tuple[list[str], list[str], list[str]]:
     """(eval texts, ~10-word posts, ~70-word posts) built from the eval set."""
-    texts = [r["text"] for r in load_jsonl(EVAL_PATH)]
+    texts = [str(r["text"]) for r in load_jsonl(EVAL_PATH)]
     short = [t for t in texts if 7 <= len(t.split()) <= 13]
     words = " ".join(texts).split()
     long_ = [" ".join(words[i:i + 70]) for i in range(0, len(words) - 70, 23)]
@@ -65,21 +67,42 @@ def bench_scorer(scorer: Any, short: list[str], long_: list[str], n: dict[str, i
     }
 
 
-def bench_embedded_backends(evals: list[str], short: list[str], n: dict[str, int], rounds: int) -> dict[str, Any]:
-    """ONNX vs PyTorch encoder of the embedded scorer, interleaved rounds of batch-64 short posts."""
-    from moderation.scorers.embedded import EmbeddedScorer
+def bench_embedded_backends(evals: list[str], short: list[str], long_: list[str], n: dict[str, int],
+                            rounds: int) -> dict[str, Any]:
+    """The embedded scorer's encoders (ONNX int8, ONNX fp32, PyTorch fp32; one head), interleaved rounds of
+    batch-64 short and ~70-word posts."""
+    import numpy as np
 
-    scorers = {"onnx": EmbeddedScorer(backend="onnx"), "torch": EmbeddedScorer(backend="torch")}
-    rounds_out: dict[str, list[float]] = {k: [] for k in scorers}
+    from moderation.scorers.embedded import EmbeddedScorer, load_encoder
+
+    int8 = EmbeddedScorer(encoder=load_encoder("int8-rowwise", backend="onnx"))
+    scorers = {"onnx_int8": int8, "onnx_fp32": EmbeddedScorer(encoder=load_encoder("none", backend="onnx")),
+               "torch_fp32": EmbeddedScorer(encoder=load_encoder("none", backend="torch"))}
+    rounds_out: dict[str, dict[str, list[float]]] = {c: {k: [] for k in scorers} for c in ("short", "long70w")}
     for _ in range(rounds):
         for key, scorer in scorers.items():
-            rounds_out[key].append(rate(scorer.score, short[:n["batched"]], 64))
-    speedups = [round(o / t, 2) for o, t in zip(rounds_out["onnx"], rounds_out["torch"], strict=True)]
-    med = {k: sorted(v)[len(v) // 2] for k, v in rounds_out.items()}
-    return {"short_batch64_rounds": rounds_out, "short_batch64_median": med,
-            "speedup_per_round": speedups, "speedup_median": sorted(speedups)[len(speedups) // 2],
-            "onnx_short_unbatched": rate(scorers["onnx"].score, short[:n["single"]], 1),
-            "max_abs_diff_onnx_vs_torch_eval": max_diff(scorers["onnx"].score(evals), scorers["torch"].score(evals)),
+            rounds_out["short"][key].append(rate(scorer.score, short[:n["batched"]], 64))
+            rounds_out["long70w"][key].append(rate(scorer.score, long_[:n["long"]], 64))
+
+    def med(v: list[float]) -> float:
+        return sorted(v)[len(v) // 2]
+
+    def speedups(a: str, b: str) -> dict[str, Any]:
+        per = {c: [round(x / y, 2) for x, y in zip(r[a], r[b], strict=True)] for c, r in rounds_out.items()}
+        return {"per_round": per, "median": {c: med(v) for c, v in per.items()}}
+
+    emb = {k: np.asarray(scorers[k].encoder.encode(evals)) for k in ("onnx_int8", "onnx_fp32")}
+    a, b = emb["onnx_int8"], emb["onnx_fp32"]
+    cos = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    scores = {k: s.score(evals) for k, s in scorers.items()}
+    return {"batch64_rounds": rounds_out,
+            "batch64_median": {c: {k: med(v) for k, v in r.items()} for c, r in rounds_out.items()},
+            "speedup_int8_vs_fp32_onnx": speedups("onnx_int8", "onnx_fp32"),
+            "speedup_fp32_onnx_vs_torch": speedups("onnx_fp32", "torch_fp32"),
+            "int8_short_unbatched": rate(int8.score, short[:n["single"]], 1),
+            "max_abs_diff_fp32_onnx_vs_torch_eval": max_diff(scores["onnx_fp32"], scores["torch_fp32"]),
+            "max_abs_diff_int8_vs_fp32_eval": max_diff(scores["onnx_int8"], scores["onnx_fp32"]),
+            "cosine_int8_vs_fp32_eval": {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)},
             "eval_texts": len(evals)}
 
 
@@ -93,7 +116,7 @@ def bench_detoxify(evals: list[str], short: list[str], long_: list[str], n: dict
     from moderation.scorers.detox import DetoxifyScorer
     # Test support, not part of the package: bench runs from a checkout, which has tests/.
     sys.path.insert(0, str(ROOT / "tests" / "moderation"))
-    from detox_fixtures import write_bert_base
+    from detox_fixtures import write_bert_base  # type: ignore[import-not-found]
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, hf_dir = write_bert_base(Path(tmp))
@@ -120,10 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Benchmark the moderation scorers on CPU.")
     ap.add_argument("--quick", action="store_true", help="fewer texts (about a minute)")
     ap.add_argument("--skip-detoxify", action="store_true")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved ONNX/PyTorch rounds (default 5)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved encoder rounds (default 5)")
     args = ap.parse_args(argv)
-    n = ({"batched": 128, "single": 32, "detox": 64, "detox_single": 8, "agree": 64} if args.quick else
-         {"batched": 512, "single": 128, "detox": 128, "detox_single": 16, "agree": 10_000})
+    n = ({"batched": 128, "single": 32, "long": 64, "detox": 64, "detox_single": 8, "agree": 64} if args.quick else
+         {"batched": 512, "single": 128, "long": 128, "detox": 128, "detox_single": 16, "agree": 10_000})
     evals, short, long_ = corpora()
     short = (short * (n["batched"] // len(short) + 1))[:n["batched"]]
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -138,10 +161,12 @@ def main(argv: list[str] | None = None) -> None:
         pass
     for kind in ("light", "embedded", "blend"):
         scorer = load_scorer(kind)
-        label = f"{kind} ({scorer.name}, {getattr(scorer, 'backend', 'python')})"
+        embedded = getattr(scorer, "embedded", scorer)
+        label = (f"{kind} ({scorer.name}, {getattr(embedded, 'backend', 'python')}"
+                 f"{', ' + embedded.encoder.quantize if hasattr(embedded, 'encoder') else ''})")
         report["scorers"][label] = bench_scorer(scorer, short, long_, n)
     try:
-        report["embedded_backends"] = bench_embedded_backends(evals, short, n, args.rounds)
+        report["embedded_backends"] = bench_embedded_backends(evals, short, long_, n, args.rounds)
     except (ImportError, ScorerError) as exc:
         report["embedded_backends"] = {"skipped": str(exc)}
     if not args.skip_detoxify:

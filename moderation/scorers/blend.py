@@ -69,21 +69,25 @@ class StackedBlendScorer:
         self.embedded, self.light = embedded, light
         self.name = f"vybe-blend({embedded.name}+{light.name})"
         self.version = version
-        torch = self._torch = embedded._torch  # the embedded scorer already needs torch
+        import numpy as np  # the embedded scorer already needs it
+
         heads = [head["heads"][t] for t in self.targets]
-        self._we = torch.tensor([h["embedded"] for h in heads], dtype=torch.float32).T
-        self._wl = torch.tensor([h["light"] for h in heads], dtype=torch.float32).T
-        self._b = torch.tensor([h["b"] for h in heads], dtype=torch.float32)
-        self._a = torch.tensor([h["calib"]["a"] for h in heads], dtype=torch.float32)
-        self._c = torch.tensor([h["calib"]["c"] for h in heads], dtype=torch.float32)
-        self._lt = torch.tensor([logit(h["calib"]["t"]) for h in heads], dtype=torch.float32)
+        self._we = np.asarray([h["embedded"] for h in heads], dtype=np.float32).T
+        self._wl = np.asarray([h["light"] for h in heads], dtype=np.float32).T
+        self._b = np.asarray([h["b"] for h in heads], dtype=np.float32)
+        self._a = np.asarray([h["calib"]["a"] for h in heads], dtype=np.float32)
+        self._c = np.asarray([h["calib"]["c"] for h in heads], dtype=np.float32)
+        self._lt = np.asarray([logit(h["calib"]["t"]) for h in heads], dtype=np.float32)
 
     def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Score a batch; one dict over LABELS and the blend head's signals per text."""
         if not texts:
             return []
-        torch = self._torch
-        z_light = torch.tensor([self.light.raw_logits(t) for t in texts], dtype=torch.float32)
-        z = self.embedded.raw_logits(texts).to(torch.float32) @ self._we + z_light @ self._wl + self._b
-        probs = torch.sigmoid(self._a * (z - self._c) + self._lt).tolist()
+        import numpy as np
+
+        from .embedded import sigmoid_array
+
+        z_light = np.asarray([self.light.raw_logits(t) for t in texts], dtype=np.float32)
+        z = self.embedded.raw_logits(texts) @ self._we + z_light @ self._wl + self._b
+        probs = sigmoid_array(self._a * (z - self._c) + self._lt).tolist()
         return [{t: clamp01(p) for t, p in zip(self.targets, row, strict=True)} for row in probs]

@@ -6,13 +6,18 @@ regression per label and signal, plus their calibration) is the JSON file
 ``moderation/data/minilm_head.json`` written by ``python -m moderation.scorers.train``;
 a head without ``hidden`` is linear on the embedding (as before 2026.12.2).
 
-Two encoder backends give the same embeddings (within ~1e-6):
+Two encoder backends:
 
 - ``onnx`` (default when ``onnxruntime`` is installed): the model is exported
   once to ONNX in a cache directory and run by ONNX Runtime, batched by token
-  length; ~2.5-4x the PyTorch throughput on a 2-core CPU (see README "Speed").
+  length. The head's ``encoder.quantize`` picks the graph: ``"none"`` runs the fp32
+  export (the same embeddings as PyTorch within ~1e-6), ``"int8-rowwise"`` (heads since
+  2026.12.4) an int8 model derived from it once (``onnx_int8.py``: per-token activation
+  scales, so batch-independent; ~0.999 cosine to fp32; ~1.6x the texts/s of fp32 on a
+  shared 2-core CPU, ~2x per CPU-second; see README "Speed").
 - ``torch``: the reference fp32 PyTorch eager path (:class:`MiniLMEncoder`),
-  used when onnxruntime is missing or the export fails, and by training.
+  used when onnxruntime is missing or the export fails (heads trained on int8
+  embeddings then run on fp32 ones, with a warning).
 
 ``backend="auto"`` (the default) picks ``onnx`` and falls back to ``torch``
 with a warning. Settings ``VYBE_EMBEDDED_BACKEND`` and ``VYBE_MODEL_CACHE`` reach
@@ -42,6 +47,8 @@ from .base import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import numpy as np
+
 log = logging.getLogger(__name__)
 
 HEAD_PATH: Path = DATA_DIR / "minilm_head.json"
@@ -49,8 +56,11 @@ BACKENDS = ("auto", "onnx", "torch")
 # "ffn-int8" (dynamic int8 on the FFN up-projection only) is ~1.5x faster and
 # stays ~0.98 cosine from fp32, but dynamic quantisation scales activations over
 # the whole batch, so a text's score would depend on its batch-mates (we measured
-# differences up to 0.29 after calibration). The shipped head is therefore fp32.
-QUANT_MODES = ("none", "ffn-int8")
+# differences up to 0.29 after calibration), so it is not shipped. "int8-rowwise"
+# (onnx_int8.py, the shipped head's since 2026.12.4) quantises each token row on its
+# own, so it has no batch dependence; it exists for ONNX Runtime only.
+QUANT_MODES = ("none", "ffn-int8", "int8-rowwise")
+ROWWISE_INT8 = "int8-rowwise"
 
 
 def _import_torch() -> Any:
@@ -100,7 +110,7 @@ class MiniLMEncoder:
 
     def __init__(self, quantize: str = "none", max_length: int = 128, batch_size: int = 64) -> None:
         torch = _import_torch()
-        if quantize not in QUANT_MODES:
+        if quantize not in QUANT_MODES or quantize == ROWWISE_INT8:
             raise ScorerConfigError(f"unknown quantize mode {quantize!r}; expected one of {QUANT_MODES}")
         self._torch = torch
         self.tokenizer = load_tokenizer()
@@ -154,6 +164,8 @@ class Encoder(Protocol):
 
     backend: str
     dim: int
+    quantize: str
+    """One of QUANT_MODES: the embeddings a head trained on this encoder expects."""
 
     def encode(self, texts: Sequence[str]) -> Any:
         """``(len(texts), dim)`` L2-normalised embeddings (torch tensor or numpy array)."""
@@ -170,12 +182,17 @@ def resolve_backend(backend: str | None) -> str:
 
 def load_encoder(quantize: str = "none", max_length: int = 128, backend: str | None = None,
                  cache_dir: Path | str | None = None) -> Encoder:
-    """Build the encoder for ``backend`` (see module doc); ``auto`` falls back to PyTorch with a warning."""
+    """Build the encoder for ``backend`` and ``quantize`` (see module doc); ``auto`` falls back to the
+    fp32 PyTorch encoder with a warning."""
     chosen = resolve_backend(backend)
-    if chosen == "torch" or quantize != "none":  # the int8 experiment exists in PyTorch only
+    if quantize not in QUANT_MODES:
+        raise ScorerConfigError(f"unknown quantize mode {quantize!r}; expected one of {QUANT_MODES}")
+    if quantize == "ffn-int8":  # the torch int8 experiment exists in PyTorch only
         return MiniLMEncoder(quantize=quantize, max_length=max_length)
+    if chosen == "torch":
+        return _torch_encoder(quantize, max_length)
     try:
-        return _onnx_encoder(max_length, cache_dir)
+        return _onnx_encoder(max_length, cache_dir, quantize)
     except ScorerUnavailableError as exc:
         if chosen == "onnx":
             raise
@@ -184,25 +201,53 @@ def load_encoder(quantize: str = "none", max_length: int = 128, backend: str | N
         if chosen == "onnx":
             raise ScorerLoadError(f"ONNX encoder failed: {type(exc).__name__}: {exc}") from exc
         log.warning("ONNX encoder failed (%s: %s); using the slower PyTorch encoder", type(exc).__name__, exc)
-    return MiniLMEncoder(quantize=quantize, max_length=max_length)
+    return _torch_encoder(quantize, max_length)
 
 
-def _onnx_encoder(max_length: int, cache_dir: Path | str | None) -> Encoder:
-    """The ONNX Runtime encoder, exporting the model into ``cache_dir`` on first use."""
+def _torch_encoder(quantize: str, max_length: int) -> Encoder:
+    """The fp32 PyTorch encoder; for a head trained on int8 embeddings (ONNX only), with a warning."""
+    if quantize == ROWWISE_INT8:
+        log.warning("the head expects the int8 ONNX encoder; the fp32 PyTorch one gives embeddings within "
+                    "~0.999 cosine of it, so scores move slightly")
+    return MiniLMEncoder(max_length=max_length)
+
+
+def _onnx_encoder(max_length: int, cache_dir: Path | str | None, quantize: str = "none") -> Encoder:
+    """The ONNX Runtime encoder, exporting the model into ``cache_dir`` on first use (and for
+    ``int8-rowwise`` deriving the int8 model from that export, cached beside it)."""
     from . import onnx_encoder as oe
 
     torch = _import_torch()
     oe.import_onnxruntime()
     tokenizer = load_tokenizer()
     directory = Path(cache_dir).expanduser() if cache_dir else oe.default_cache_dir()
-    target = oe.export_path(model_dir(), directory)
+    fp32 = oe.export_path(model_dir(), directory)
+    if quantize == ROWWISE_INT8:
+        from . import onnx_int8
+
+        target = onnx_int8.int8_path(fp32)
+    else:
+        target = fp32
     if target.is_file():
         try:
-            return oe.OnnxMiniLMEncoder(target, tokenizer, max_length=max_length)
-        except Exception as exc:  # noqa: BLE001 - e.g. a truncated file: export it again below
-            log.warning("cached ONNX model %s is unusable (%s); exporting it again", target, exc)
-    oe.export_onnx(torch, load_model(), tokenizer, target)
-    return oe.OnnxMiniLMEncoder(target, tokenizer, max_length=max_length)
+            return oe.OnnxMiniLMEncoder(target, tokenizer, max_length=max_length, quantize=quantize)
+        except Exception as exc:  # noqa: BLE001 - e.g. a truncated file: build it again below
+            log.warning("cached ONNX model %s is unusable (%s); building it again", target, exc)
+    exported = False
+    if target == fp32 or not fp32.is_file():
+        oe.export_onnx(torch, load_model(), tokenizer, fp32)
+        exported = True
+    if target != fp32:
+        try:
+            onnx_int8.quantize_export(fp32, tokenizer, target)
+        except Exception as exc:
+            if exported:
+                raise
+            # e.g. a truncated fp32 export in the cache: export it again, then derive once more
+            log.warning("deriving the int8 model from %s failed (%s); exporting fp32 again", fp32, exc)
+            oe.export_onnx(torch, load_model(), tokenizer, fp32)
+            onnx_int8.quantize_export(fp32, tokenizer, target)
+    return oe.OnnxMiniLMEncoder(target, tokenizer, max_length=max_length, quantize=quantize)
 
 
 def load_head(path: Path) -> dict[str, Any]:
@@ -248,39 +293,91 @@ class EmbeddedScorer:
     def __init__(self, head_path: Path | str = HEAD_PATH, encoder: Encoder | None = None,
                  backend: str | None = None, cache_dir: Path | str | None = None, *,
                  head: dict[str, Any] | None = None) -> None:
+        _import_torch()  # the ML extra: the export, the tokenizer and the fallback encoder need it
         head = check_head(head) if head is not None else load_head(Path(head_path))
         cfg = head["encoder"]
         self.encoder = encoder or load_encoder(cfg["quantize"], int(cfg["max_length"]), backend, cache_dir)
         if self.encoder.dim != int(cfg["dim"]):
             raise ScorerLoadError(f"head expects {cfg['dim']}-d embeddings, encoder gives {self.encoder.dim}")
         self.backend = self.encoder.backend
-        torch = self._torch = _import_torch()
+        self.quantize: str = cfg["quantize"]
+        """The encoder the head was trained on (``encoder.quantize`` of the head)."""
+        if encoder is not None and getattr(encoder, "quantize", self.quantize) != self.quantize:
+            log.warning("head %s was trained on %s embeddings, the given encoder gives %s ones", head["version"],
+                        self.quantize, getattr(self.encoder, "quantize", "?"))
         self.name, self.version = head["name"], head["version"]
         self.targets: tuple[str, ...] = LABELS + tuple(head.get("signals", ()))
         """Keys of each score dict: LABELS, then the head's signals."""
-        hidden = head.get("hidden")
-        self._w1 = torch.tensor(hidden["w"], dtype=torch.float32).T if hidden else None
-        self._b1 = torch.tensor(hidden["b"], dtype=torch.float32) if hidden else None
-        heads = [head["heads"][t] for t in self.targets]
-        self._w = torch.tensor([h["w"] for h in heads], dtype=torch.float32)
-        self._b = torch.tensor([h["b"] for h in heads], dtype=torch.float32)
-        self._a = torch.tensor([h["calib"]["a"] for h in heads], dtype=torch.float32)
-        self._c = torch.tensor([h["calib"]["c"] for h in heads], dtype=torch.float32)
-        self._lt = torch.tensor([logit(h["calib"]["t"]) for h in heads], dtype=torch.float32)
+        import numpy as np  # not at module level: the base install (light scorer) reads HEAD_PATH from here
 
-    def raw_logits(self, texts: Sequence[str]) -> Any:
-        """Uncalibrated head logits, a tensor of shape (len(texts), len(self.targets))."""
+        # The head's math is numpy float32: no torch ops (and no torch thread pool) after ORT's run.
+        hidden = head.get("hidden")
+        self._w1 = np.ascontiguousarray(np.asarray(hidden["w"], dtype=np.float32).T) if hidden else None
+        self._b1 = np.asarray(hidden["b"], dtype=np.float32) if hidden else None
+        heads = [head["heads"][t] for t in self.targets]
+        self._w = np.ascontiguousarray(np.asarray([h["w"] for h in heads], dtype=np.float32).T)
+        self._b = np.asarray([h["b"] for h in heads], dtype=np.float32)
+        self._a = np.asarray([h["calib"]["a"] for h in heads], dtype=np.float32)
+        self._c = np.asarray([h["calib"]["c"] for h in heads], dtype=np.float32)
+        self._lt = np.asarray([logit(h["calib"]["t"]) for h in heads], dtype=np.float32)
+        self._session = head_session(self._w1, self._b1, self._w, self._b)
+
+    def raw_logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Uncalibrated head logits, a float32 array of shape (len(texts), len(self.targets))."""
+        import numpy as np
+
         emb = self.encoder.encode(texts)
-        if not isinstance(emb, self._torch.Tensor):  # the ONNX encoder returns numpy
-            emb = self._torch.from_numpy(emb)
-        if self._w1 is not None:
-            emb = self._torch.relu(emb @ self._w1 + self._b1)
-        return emb @ self._w.T + self._b
+        if not isinstance(emb, np.ndarray):  # the PyTorch encoder returns a tensor
+            emb = emb.numpy()
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        if self._session is not None:
+            return cast("np.ndarray", self._session.run(None, {"embedding": emb})[0])
+        if self._w1 is not None and self._b1 is not None:
+            emb = np.maximum(emb @ self._w1 + self._b1, 0.0)
+        return np.asarray(emb @ self._w + self._b, dtype=np.float32)
 
     def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Score a batch of texts; one dict over LABELS (and the signals) per text."""
         if not texts:
             return []
-        torch = self._torch
-        probs = torch.sigmoid(self._a * (self.raw_logits(texts) - self._c) + self._lt).tolist()
+        probs = sigmoid_array(self._a * (self.raw_logits(texts) - self._c) + self._lt).tolist()
         return [{t: clamp01(p) for t, p in zip(self.targets, row, strict=True)} for row in probs]
+
+
+def head_session(w1: np.ndarray | None, b1: np.ndarray | None, w: np.ndarray, b: np.ndarray) -> Any:
+    """The head's layers as a one-thread ONNX Runtime session, or None without onnxruntime (numpy then).
+
+    Not numpy: its BLAS spreads a (64 x 384) @ (384 x 256) product over every core, and on a loaded
+    2-core machine that took 6 ms a batch instead of 0.1 ms on one thread.
+    """
+    try:
+        from onnx import TensorProto, helper, numpy_helper
+
+        from .onnx_encoder import import_onnxruntime, new_session
+
+        import_onnxruntime()
+    except (ImportError, ScorerUnavailableError):
+        return None
+    consts = {"w2": w, "b2": b} | ({"w1": w1, "b1": b1} if w1 is not None and b1 is not None else {})
+    nodes, x = [], "embedding"
+    if "w1" in consts:
+        nodes += [helper.make_node("MatMul", [x, "w1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
+                  helper.make_node("Relu", ["h1"], ["h"])]
+        x = "h"
+    nodes += [helper.make_node("MatMul", [x, "w2"], ["z0"]), helper.make_node("Add", ["z0", "b2"], ["logits"])]
+    dim = (w1 if w1 is not None else w).shape[0]
+    graph = helper.make_graph(
+        nodes, "vybe-embedded-head",
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [None, dim])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, w.shape[1]])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return new_session(model.SerializeToString(), threads=1)
+
+
+def sigmoid_array(z: np.ndarray) -> np.ndarray:
+    """Element-wise logistic function without overflow (``exp`` of a non-positive number only)."""
+    import numpy as np
+
+    e = np.exp(-np.abs(z))
+    return cast("np.ndarray", np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)))

