@@ -50,7 +50,7 @@ SubscribeRule = Literal["open", "claims", "owner", "moderators", "visible"]
 SUBSCRIBE_RULES: dict[str, str] = {
     "open": "any authenticated user",
     "claims": "users whose token's `channels` claim lists the channel (or `<namespace>:*`)",
-    "owner": "the user whose id is the channel's id (`<namespace>:<user id>`)",
+    "owner": "the user whose id is the channel's id, exactly (`<namespace>:<user id>`)",
     "moderators": "MODERATOR and ADMIN roles",
     "visible": "users who may see the vybe (built-in `vybe` namespace only)",
 }

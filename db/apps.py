@@ -81,6 +81,8 @@ def _hash(secret: str) -> bytes:
 async def create_app(pool: asyncpg.Pool, app_id: str, name: str | None = None,
                      webhook_url: str | None = None) -> tuple[App, str]:
     """A new app and its first API key (the key is shown once: only its hash is kept)."""
+    if app_id == OWN_APP:
+        raise WriteError(f"{OWN_APP!r} names this gateway's own content: pick another app id", "invalid_value")
     try:
         row = await pool.fetchrow(
             "INSERT INTO apps (id, name, webhook_url, webhook_secret) VALUES ($1, $2, $3, $4) RETURNING *",
@@ -319,7 +321,12 @@ class Delivery(msgspec.Struct, frozen=True):
 
 
 async def due_webhooks(pool: asyncpg.Pool, limit: int = 20) -> list[Delivery]:
-    """Deliveries due now, claimed for a minute (so two workers do not post the same one at once)."""
+    """Deliveries due now, claimed for a minute (so two workers do not post the same one at once).
+    Those of an app whose webhook was removed since are given up (with the reason)."""
+    await pool.execute(
+        """UPDATE webhook_deliveries d SET failed_at = now(), last_error = 'the app has no webhook URL now'
+             FROM apps a
+            WHERE a.id = d.app_id AND a.webhook_url IS NULL AND d.delivered_at IS NULL AND d.failed_at IS NULL""")
     rows = await pool.fetch(
         """UPDATE webhook_deliveries d SET next_at = now() + interval '1 minute'
              FROM apps a
@@ -344,6 +351,25 @@ async def webhook_done(pool: asyncpg.Pool, delivery: Delivery, error: str | None
                   failed_at = CASE WHEN $2::int >= $5::int THEN now() END
             WHERE id = $1""",
         delivery.id, attempts, error[:500], 5.0 * 2 ** (attempts - 1), WEBHOOK_ATTEMPTS)
+
+
+KEEP_DELIVERIES_S = 7 * 86_400.0
+"""Delivered or given-up webhook deliveries are kept this long (to look into), then deleted."""
+
+
+async def prune(pool: asyncpg.Pool) -> dict[str, int]:
+    """Delete what has served its purpose: idempotency keys (clients' and apps') past their 24 h
+    retry window, and webhook deliveries finished more than ``KEEP_DELIVERIES_S`` ago."""
+    done = {}
+    for name, sql in (
+        ("idempotency_keys", "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'"),
+        ("app_requests", "DELETE FROM app_requests WHERE created_at < now() - interval '24 hours'"),
+        ("webhook_deliveries", "DELETE FROM webhook_deliveries WHERE coalesce(delivered_at, failed_at) "
+                               "< now() - make_interval(secs => $1)"),
+    ):
+        status = await (pool.execute(sql, KEEP_DELIVERIES_S) if "$1" in sql else pool.execute(sql))
+        done[name] = int(status.split()[-1])
+    return done
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:

@@ -108,8 +108,14 @@ async def _subscribe(conn: Connection, cmd: p.Subscribe) -> Result:
     if channel not in conn.channels and len(conn.channels) - 1 >= conn.gw.settings.max_subscriptions:
         raise CommandError(ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                            f"at most {conn.gw.settings.max_subscriptions} subscriptions per connection")
+    held = channel in conn.channels
     conn.channels.add(channel)
-    resume = await conn.gw.hub.subscribe(conn, channel, cmd.since, position=True)
+    try:
+        resume = await conn.gw.hub.subscribe(conn, channel, cmd.since, position=True)
+    except BaseException:
+        if not held:
+            conn.channels.discard(channel)
+        raise
     if ns.presence:
         conn.gw.presence.touch()
     ack = p.Subscribed(channel=channel, recovered=resume.recovered, missed=len(resume.missed), offset=resume.position)
@@ -130,7 +136,7 @@ async def _authorize(conn: Connection, ns: Namespace, channel: str) -> None:
     rule, rest = ns.subscribe, channel.partition(":")[2]
     if rule == "moderators" and not conn.is_moderator:
         raise CommandError(ErrorCode.FORBIDDEN, f"{channel} is for MODERATOR and ADMIN roles")
-    if rule == "owner" and rest != conn.user_id and not rest.startswith(conn.user_id + ":"):
+    if rule == "owner" and rest != conn.user_id:  # exactly: user ids may hold ':' themselves
         raise CommandError(ErrorCode.FORBIDDEN, f"{ns.name}: channels are their owner's only ({ns.name}:<your id>)")
     if rule == "claims" and (conn.identity is None or not conn.identity.lists(channel)):
         raise CommandError(ErrorCode.FORBIDDEN, f"your token's `channels` claim does not list {channel}")
@@ -180,6 +186,9 @@ async def _publish(conn: Connection, cmd: p.Publish) -> Result:
         raise CommandError(ErrorCode.RATE_LIMITED, f"at most {ns.rate_per_s:g} publications/s on {ns.name}",
                            round(wait, 3))
     moderated = ns.moderation != "off" and isinstance(text, str) and bool(text.strip())
+    if ns.moderation == "before" and not moderated:  # nothing unscored goes out here
+        raise CommandError(ErrorCode.INVALID_CONTENT,
+                           f"{ns.name} publications are scored before delivery: `data.{ns.text_field}` must be text")
     held = moderated and ns.moderation == "before"
     pid = uuid.uuid4()
     result = p.Publication(channel=cmd.channel, id=str(pid), state="held" if held else "accepted")

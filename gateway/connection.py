@@ -104,6 +104,8 @@ class Connection:
         elif action == "unsubscribe":
             gone = [c for c in channels or () if c in self.channels and c != f"user:{self.user_id}"]
             self.channels.difference_update(gone)
+            if any(self.gw.namespaces.presence_channel(c) for c in gone):
+                self.gw.presence.touch()
             if gone:
                 self.gw.spawn(self.gw.hub.drop(self, gone))
 

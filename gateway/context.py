@@ -50,6 +50,8 @@ class Gateway:
         self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.pool = pool
         self.redis = redis
+        self.waits: aioredis.Redis = redis
+        """Redis connections for blocking waits (``gateway_lifespan`` gives them their own pool)."""
         self.keys = Keys(settings.redis_prefix)
         self.metrics = Metrics()
         self.verifier = Verifier(settings)
@@ -172,6 +174,11 @@ async def gateway_lifespan(settings: Settings) -> AsyncIterator[Gateway]:
         settings.redis_url, max_connections=settings.redis_pool_max, timeout=5, health_check_interval=10,
         socket_connect_timeout=2, socket_timeout=5))
     gw = Gateway(settings, pool, redis)
+    # Blocking waits (a server API `moderate` with `wait`) get their own connections: they hold one
+    # for seconds, which must not starve publishing and resumes of the main pool.
+    gw.waits = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_pool_max, timeout=1, socket_connect_timeout=2,
+        socket_timeout=settings.moderate_wait_s + 5))
     try:
         await gw.backend.start()
         gw.start_tasks()
@@ -183,5 +190,6 @@ async def gateway_lifespan(settings: Settings) -> AsyncIterator[Gateway]:
         with contextlib.suppress(*UNREACHABLE, asyncpg.PostgresError):
             await asyncio.wait_for(gw.relay.flush(), 2.0)
         await gw.backend.close()
+        await gw.waits.aclose()
         await redis.aclose()
         await pool.close()

@@ -161,10 +161,12 @@ class Supervisor:
         self.children[i] = (proc, time.monotonic())
 
     def _signal(self, signum: int, _frame: object) -> None:
+        # Always SIGTERM to the children: a Ctrl-C in a terminal already sent them SIGINT, and a
+        # second SIGINT would make uvicorn exit at once instead of draining.
         self.stopping = signum
         for proc, _ in self.children.values():
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signum)
+                proc.send_signal(signal.SIGTERM)
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):

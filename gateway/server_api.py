@@ -32,7 +32,7 @@ from db import apps
 from db.outbox import Announcement
 from db.writes._tx import in_transaction
 from db.writes.errors import WriteError
-from gateway.protocol import TEXT_PATTERN
+from gateway.protocol import EVENT_NAMES, TEXT_PATTERN
 from gateway.rest import ApiError, responses
 
 if TYPE_CHECKING:
@@ -122,10 +122,28 @@ async def _app(request: Request[Any, Any, Any]) -> tuple[Gateway, str]:
     return gw, app_id
 
 
-def _channel(gw: Gateway, channel: str) -> str:
-    if gw.namespaces.of(channel) is None:
+def _channel(gw: Gateway, channel: str, app_id: str, *, to_user: bool = False) -> str:
+    """A channel of one of the app's namespaces (``app = "<its id>"`` in VYBE_NAMESPACES), or, to
+    publish a notification, a user's personal ``user:<id>``. Nothing else: an app never reads or
+    writes another app's channels, nor the gateway's own (feed, vybes, looprooms, moderators)."""
+    ns = gw.namespaces.of(channel)
+    if ns is None:
         raise ApiError(ErrorCode.INVALID_VALUE, f"{channel!r} is not a channel; namespaces: {gw.namespaces.describe()}")
+    if ns.app != app_id and not (to_user and ns.name == "user"):
+        mine = [n.name for n in gw.namespaces if n.app == app_id]
+        raise ApiError(ErrorCode.FORBIDDEN, f"{channel} is not one of app {app_id}'s channels "
+                                            f"(its namespaces: {', '.join(mine) or 'none'}; and user:<id> to publish)")
     return channel
+
+
+def _event_name(name: str, channels: list[str]) -> str:
+    """An app's event may not pass for the platform's: on users' personal channels none of the
+    platform's names (``docs/protocol.md``, "Event data": outcomes, care notices, notifications...),
+    and nowhere a presence count or a digest (clients act on those)."""
+    if name.endswith((".presence", ".digest")) or (
+            name in EVENT_NAMES and any(c.startswith("user:") for c in channels)):
+        raise ApiError(ErrorCode.INVALID_VALUE, f"event {name!r} is reserved for the platform's own events")
+    return name
 
 
 def _redis_down(err: Exception) -> ApiError:
@@ -140,16 +158,20 @@ class ServerController(Controller):
     security = ({"ApiKey": []},)
 
     @post("/publish", status_code=200, operation_id="serverPublish",
-          responses=responses(ErrorCode.INVALID_VALUE, ErrorCode.CONTENT_TOO_LONG, ErrorCode.CONFLICT))
+          responses=responses(ErrorCode.INVALID_VALUE, ErrorCode.CONTENT_TOO_LONG, ErrorCode.CONFLICT,
+                              ErrorCode.FORBIDDEN))
     async def publish(self, request: Request[Any, Any, Any], data: JSONBody[PublishRequest]) -> PublishResult:
         """Publish ``event`` with ``data`` on each channel, in the order given; stored before the answer, so
         an answered publish is delivered even if Redis is down at the time (it goes out when it is back)."""
         gw, app_id = await _app(request)
-        channels = list(dict.fromkeys(_channel(gw, c) for c in data.channels))
+        channels = list(dict.fromkeys(_channel(gw, c, app_id, to_user=True) for c in data.channels))
+        name = _event_name(data.event, channels)
         if len(msgspec.json.encode(data.data)) > _MAX_DATA:
             raise ApiError(ErrorCode.CONTENT_TOO_LONG, f"data over {_MAX_DATA} bytes of JSON")
         pid = str(uuid.uuid4())
-        events = [event(c, data.event, data.data, Meta()) for c in channels]
+        # On user:<id> only that user receives it (a user id may contain ':'; the channel name alone
+        # must never decide who reads a personal event).
+        events = [event(c, name, data.data, Meta(o=c[5:]) if c.startswith("user:") else Meta()) for c in channels]
 
         async def body(_conn: Any) -> dict[str, Any]:
             return {"id": pid, "channels": channels}
@@ -163,11 +185,11 @@ class ServerController(Controller):
         return PublishResult(id=result["id"], channels=result["channels"], replayed=replayed)
 
     @get("/channels/{channel:str}/presence", operation_id="serverPresence",
-         responses=responses(ErrorCode.INVALID_VALUE))
+         responses=responses(ErrorCode.INVALID_VALUE, ErrorCode.FORBIDDEN))
     async def presence(self, request: Request[Any, Any, Any], state: State, channel: FromPath[str]) -> Presence:
         """Live viewers of a channel whose namespace has ``presence = true``."""
-        gw, _ = await _app(request)
-        ns = gw.namespaces.of(_channel(gw, channel))
+        gw, app_id = await _app(request)
+        ns = gw.namespaces.of(_channel(gw, channel, app_id))
         if ns is None or not ns.presence:
             raise ApiError(ErrorCode.INVALID_VALUE, f"presence is off for {channel.partition(':')[0]} channels")
         k, tag = gw.keys, "{" + channel + "}"
@@ -182,13 +204,13 @@ class ServerController(Controller):
         return Presence(channel=channel, viewers=sum(int(v) for n, v in counts.items() if n in alive))
 
     @get("/channels/{channel:str}/history", operation_id="serverHistory",
-         responses=responses(ErrorCode.INVALID_VALUE))
+         responses=responses(ErrorCode.INVALID_VALUE, ErrorCode.FORBIDDEN))
     async def history(self, request: Request[Any, Any, Any], state: State, channel: FromPath[str],
                       since: FromQuery[str | None] = None,
                       limit: FromQuery[Annotated[int, Parameter(ge=1, le=1000)]] = 100) -> History:
         """A channel's kept events (``history_len`` of its namespace), oldest first, with their offsets."""
-        gw, _ = await _app(request)
-        _channel(gw, channel)
+        gw, app_id = await _app(request)
+        _channel(gw, channel, app_id)
         recovered: bool | None = None
         try:
             if since:
@@ -204,8 +226,8 @@ class ServerController(Controller):
         out = []
         for entry in entries[-limit:]:
             meta, raw = split_message(entry.message)
-            if meta.x is not None:
-                continue
+            if meta.x is not None or meta.o is not None or meta.m:
+                continue  # control, personal and moderators' events are not the app's to read
             body = json.loads(raw)
             out.append(HistoryEvent(channel=channel, offset=f"{entry.epoch}-{entry.stream_id}", event=body["event"],
                                     ts=body["ts"], data=body["data"]))
@@ -221,14 +243,14 @@ class ServerController(Controller):
         return Done(user_id=user_id, action="disconnect")
 
     @post("/users/{user_id:str}/unsubscribe", status_code=200, operation_id="serverUnsubscribe",
-          responses=responses(ErrorCode.INVALID_VALUE))
+          responses=responses(ErrorCode.INVALID_VALUE, ErrorCode.FORBIDDEN))
     async def unsubscribe(self, request: Request[Any, Any, Any], state: State, user_id: FromPath[str],
                           data: JSONBody[Unsubscribe]) -> Done:
         """Drop the user's subscriptions to ``channels`` on every node (``subscriptions.revoked`` on their
         ``user:`` channel says which). For a ``claims`` namespace, also stop listing the channel in the
         tokens you mint, or they can subscribe again."""
         gw, app_id = await _app(request)
-        channels = [_channel(gw, c) for c in data.channels]
+        channels = [_channel(gw, c, app_id) for c in data.channels]
         await _control(gw, user_id, "subscriptions.revoked", {"channels": channels, "by": app_id},
                        Meta(o=user_id, x="unsubscribe", c=channels))
         return Done(user_id=user_id, action="unsubscribe")
@@ -281,5 +303,5 @@ async def _scored(gw: Gateway, item_id: uuid.UUID, app_id: str) -> apps.ItemView
     key = f"{gw.keys.prefix}scored:{item_id}"
     # Redis down: answer with the stored state (pending); the webhook or a read brings the rest.
     with contextlib.suppress(RedisError, OSError):
-        await gw.redis.blpop([key], timeout=gw.settings.moderate_wait_s)
+        await gw.waits.blpop([key], timeout=gw.settings.moderate_wait_s)
     return await apps.item_view(gw.pool, item_id, app_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -52,12 +53,23 @@ async def _send(pool: asyncpg.Pool, http: httpx.AsyncClient, delivery: apps.Deli
     await apps.webhook_done(pool, delivery, error)
 
 
+PRUNE_EVERY_S = 600.0
+
+
 async def run(pool: asyncpg.Pool, settings: Settings, interval_s: float = 0.5) -> None:
-    """The worker's webhook loop (supervised beside the consumer)."""
+    """The worker's webhook loop (supervised beside the consumer); every ``PRUNE_EVERY_S`` it also
+    deletes expired idempotency keys and old deliveries (``db.apps.prune``: idempotent, so several
+    workers doing it is harmless)."""
+    next_prune = 0.0
     async with httpx.AsyncClient(follow_redirects=False) as http:
         while True:
             try:
                 sent = await deliver_once(pool, http, settings)
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    pruned = await apps.prune(pool)
+                    if any(pruned.values()):
+                        log.info("pruned %s", pruned)
             except (*UNREACHABLE, asyncpg.PostgresError) as err:
                 log.warning("webhook pass failed: %s", err)
                 sent = 0

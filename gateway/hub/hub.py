@@ -156,14 +156,26 @@ class Hub:
         state = await self._ensure(channel)
         if since is None:
             state.add(sub)
+            if not position:
+                return Resume(None)
+            if state.epoch is not None and state.last is not None:  # what this node delivered last
+                return Resume(None, position=make_offset(state.epoch, f"{state.last[0]}-{state.last[1]}"))
             # Read after attaching: whatever is newer reaches the socket live.
-            return Resume(None, position=await self.backend.position(channel) if position else None)
+            try:
+                return Resume(None, position=await self.backend.position(channel))
+            except BaseException:
+                await self._detach(sub, state)
+                raise
         parsed = parse_offset(since)
         sub.resuming[channel] = []
         state.add(sub)
         entries = None
         if parsed is not None:
-            entries = await self.backend.history(channel, parsed[0], parsed[1])
+            try:
+                entries = await self.backend.history(channel, parsed[0], parsed[1])
+            except BaseException:  # the caller answers `unavailable`: nothing stays attached
+                await self._detach(sub, state)
+                raise
         if entries is None:
             return Resume(False)
         last: Key = parsed[1] if parsed else (0, 0)
@@ -174,6 +186,12 @@ class Hub:
                 missed.append(sub.codec.from_json(_element(channel, make_offset(entry.epoch, entry.stream_id), body)))
             last = max(last, stream_id_key(entry.stream_id))
         return Resume(True, missed, last)
+
+    async def _detach(self, sub: Subscriber, state: _Channel) -> None:
+        """Undo a subscription that failed half-way (a history or position read that failed)."""
+        sub.resuming.pop(state.name, None)
+        with contextlib.suppress(*self.backend.transient_errors):
+            await self.unsubscribe(sub, state.name)
 
     def finish_resume(self, sub: Subscriber, channel: str, after: Key | None) -> None:
         """Release the live events buffered during a resume, skipping those already sent.
@@ -326,10 +344,11 @@ class Hub:
             for sub in subs:
                 held = sub.resuming.get(state.name) if sub.resuming else None
                 if isinstance(held, list):
-                    held.extend((key, codec.from_json(el) if codec.binary else el) for key, _, el, _ in pending)
+                    held.extend((key, codec.from_json(el) if codec.binary else el) for key, meta, el, _ in pending
+                                if meta.a is None or meta.a not in sub.blocked)
                     continue
                 if held is not None:
-                    mine = [e for e in pending if e[0] > held]
+                    mine = [e for e in pending if e[0] > held and (e[1].a is None or e[1].a not in sub.blocked)]
                     if not mine:
                         continue
                     del sub.resuming[state.name]
@@ -402,7 +421,8 @@ class Hub:
             if sub.resuming and name in sub.resuming:
                 held = sub.resuming[name]
                 if isinstance(held, list):
-                    held.extend((key, element) for key, _, element in events)
+                    held.extend((key, element) for key, meta, element in events
+                                if meta.a is None or meta.a not in sub.blocked)
                     count += n
                     continue
                 if events[-1][0] > held:
@@ -486,7 +506,7 @@ def _coalesced(digest: Digest, meta: Meta, element: bytes) -> bool:
 
 
 def _digest_element(channel: str, digest: Digest, events: list[tuple[Key, Meta, bytes, str]]) -> bytes:
-    items = b",".join(el for _, _, el, _ in events[-digest.items:])
+    items = b",".join(el for _, _, el, _ in events[len(events) - digest.items:]) if digest.items else b""
     return (b'{"type":"event","channel":' + _json.encode(channel) + b',"offset":"' + events[-1][3].encode()
             + b'","event":"' + digest.event.encode() + b'","ts":' + _json.encode(time.time())
             + b',"data":{"count":' + str(len(events)).encode() + b',"items":[' + items + b"]}}")

@@ -50,6 +50,7 @@ class RedisBackend(Backend):
         self._ops: list[tuple[bool, str]] = []  # (subscribe?, channel), in the order asked
         self._reads: dict[str, list[tuple[str, tuple[int, int], asyncio.Future[list[HistoryEntry] | None]]]] = {}
         self._batches: set[asyncio.Task[None]] = set()
+        self._sending = asyncio.Lock()
 
     @property
     def healthy(self) -> bool:
@@ -104,9 +105,12 @@ class RedisBackend(Backend):
                 runs[-1][1].append(self.keys.pubsub(channel))
             else:
                 runs.append((subscribe, [self.keys.pubsub(channel)]))
-        with contextlib.suppress(*_REDIS_DOWN):  # the reader loop reconnects and resubscribes everything
-            for subscribe, names in runs:
-                await (pubsub.subscribe(*names) if subscribe else pubsub.unsubscribe(*names))
+        # One batch at a time, in order (asyncio.Lock wakes waiters first come, first served): a
+        # batch paused on a full socket must not be overtaken by the next (SUB b, then UNSUB b).
+        async with self._sending:
+            with contextlib.suppress(*_REDIS_DOWN):  # the reader loop reconnects and resubscribes everything
+                for subscribe, names in runs:
+                    await (pubsub.subscribe(*names) if subscribe else pubsub.unsubscribe(*names))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -27,6 +27,7 @@ CONFIG = """
 subscribe = "open"
 presence = true
 history_len = 50
+app = "miel"
 """
 
 
@@ -42,7 +43,7 @@ async def _setup(start_gateway: Any, tmp_path: Path, **overrides: Any) -> tuple[
 async def test_keys_authenticate_rotate_and_revoke(start_gateway, tmp_path) -> None:
     live, key, http = await _setup(start_gateway, tmp_path)
     async with http, httpx.AsyncClient(base_url=live.http) as anon:
-        body = {"channels": ["feed"], "event": "ping", "data": {}}
+        body = {"channels": ["user:ann"], "event": "ping", "data": {}}
         assert (await anon.post("/api/server/publish", json=body)).json()["code"] == "auth_required"
         bad = await anon.post("/api/server/publish", json=body, headers={"authorization": "Bearer vk_nope.x"})
         assert bad.status_code == 401 and bad.json()["code"] == "auth_failed"
@@ -78,8 +79,22 @@ async def test_publish_reaches_every_channel_once_per_idempotency_key(start_gate
         assert len(ann.events("match.created")) == 1 and len(bob.events("match.created")) == 1
         refused = await http.post("/api/server/publish", json={**body, "channels": ["nope:1"]})
         assert refused.status_code == 422 and refused.json()["code"] == "invalid_value"
-        reused = await http.post("/api/server/publish", json={**body, "channels": ["feed"]})
+        reused = await http.post("/api/server/publish", json={**body, "channels": ["user:zed"]})
         assert reused.json()["replayed"] is True  # the key names the first publish, whatever the body
+        # An app reaches its own namespaces and users' personal channels, nothing else, and may not
+        # pass its events off as the platform's.
+        for channel in ("feed", "mod:flagged", "looproom:11111111-1111-1111-1111-111111111111"):
+            refused = await http.post("/api/server/publish", json={**body, "channels": [channel]})
+            assert refused.status_code == 403 and refused.json()["code"] == "forbidden", channel
+        for name in ("moderation.outcome", "care.notice", "reaction.added", "session.presence", "feed.digest"):
+            forged = await http.post("/api/server/publish", json={**body, "event": name})
+            assert forged.status_code == 422, name
+        _, other_key = await apps.create_app(live.gateway.pool, "vibeup")
+        async with httpx.AsyncClient(base_url=live.http, headers={"authorization": f"Bearer {other_key}"}) as other:
+            assert (await other.get("/api/server/channels/session:s1/history")).status_code == 403
+            assert (await other.get("/api/server/channels/feed/history")).status_code == 403
+            sent = await other.post("/api/server/publish", json={**body, "channels": ["session:s1"]})
+            assert sent.status_code == 403
 
 
 async def test_presence_history_disconnect_and_revoke(start_gateway, connect, tmp_path) -> None:
@@ -93,7 +108,7 @@ async def test_presence_history_disconnect_and_revoke(start_gateway, connect, tm
         presence = (await http.get("/api/server/channels/session:s1/presence")).json()
         assert presence == {"channel": "session:s1", "viewers": 2}
         off = await http.get("/api/server/channels/feed/presence")
-        assert off.status_code == 422
+        assert off.status_code == 403  # not the app's channel
 
         for n in range(3):
             await http.post("/api/server/publish", json={"channels": ["session:s1"], "event": "chat.note",
@@ -242,3 +257,11 @@ async def test_webhooks_retry_with_backoff_then_give_up(pool) -> None:
         assert await webhooks.deliver_once(pool, client, settings) == 1
         row = await pool.fetchrow("SELECT attempts, failed_at FROM webhook_deliveries")
         assert row["attempts"] == apps.WEBHOOK_ATTEMPTS and row["failed_at"] is not None
+    # Finished deliveries and expired idempotency keys are pruned, fresh ones kept.
+    await pool.execute("INSERT INTO app_requests (app_id, request_id, operation, result) VALUES "
+                       "('flaky', 'old', 'publish', '{}'), ('flaky', 'new', 'publish', '{}')")
+    await pool.execute("UPDATE app_requests SET created_at = now() - interval '25 hours' WHERE request_id = 'old'")
+    assert (await apps.prune(pool))["app_requests"] == 1
+    await pool.execute("UPDATE webhook_deliveries SET failed_at = now() - interval '8 days'")
+    assert (await apps.prune(pool))["webhook_deliveries"] == 1
+    assert await pool.fetchval("SELECT count(*) FROM app_requests") == 1

@@ -30,6 +30,7 @@ NAMESPACES = """
 subscribe = "open"
 publish = true
 presence = true
+app = "testapp"
 """
 
 
