@@ -35,7 +35,7 @@ def build_policy(settings: Settings, scorer: Scorer) -> Policy:
 
 def resolve_mode(mode: str, scorer: Scorer) -> str:
     """``auto`` is ``flag``, except with the light scorer: on text written apart from its training
-    data it flags 10.7 % of short friendly messages (heads 2026.12.3; 89 % before 2026.12.2; see
+    data it flags 10.7 % of short friendly messages (heads 2026.12.3 and .4; 89 % before 2026.12.2; see
     moderation/data/independent/README.md), over the 5 % a fallback may flag, and a fallback that
     floods the queue is worse than none, so it only records its scores (``shadow``)."""
     if mode != "auto":
