@@ -314,7 +314,8 @@ async def run_config(args: argparse.Namespace, dsn: str, batch: int, block_ms: i
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     """Every batching configuration against one scratch database."""
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "seconds": args.seconds,
-                              "thresholds": args.thresholds, "scorer": "VYBE_SCORER of the environment (default blend)", "runs": []}
+                              "thresholds": args.thresholds,
+                              "scorer": "VYBE_SCORER of the environment (default blend)", "runs": []}
     with tempfile.TemporaryDirectory(prefix="vybe-e2e-") as tmp:
         async with scratch_database(args.postgres) as dsn:
             for batch, block_ms in itertools.product(_ints(args.worker_batch), _ints(args.worker_block_ms)):

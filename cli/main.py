@@ -51,7 +51,9 @@ async def _connect(settings: Settings) -> asyncpg.Connection:
     if settings.database_url is None:
         raise SettingsError("VYBE_DATABASE_URL", "is not set")
     try:
-        return await asyncio.wait_for(asyncpg.connect(settings.database_url), timeout=10)
+        from db.pool import connect
+
+        return await asyncio.wait_for(connect(settings.database_url, pooler=settings.database_pooler), timeout=10)
     except (TimeoutError, OSError, asyncpg.PostgresError) as err:
         raise SettingsError("VYBE_DATABASE_URL", f"cannot connect ({type(err).__name__}: {err})") from err
 

@@ -82,7 +82,7 @@ async def _with_pool(settings: Settings, command: Callable[[asyncpg.Pool], Await
 
     if settings.database_url is None:
         raise SettingsError("VYBE_DATABASE_URL", "is not set")
-    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2, pooler=settings.database_pooler)
     try:
         return await command(pool)
     finally:

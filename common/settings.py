@@ -34,6 +34,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     database_url: str | None = None
     """PostgreSQL DSN. Unset: ``vybe dev`` starts an embedded PostgreSQL 16."""
+    database_pooler: str = "none"
+    """none | pgbouncer: VYBE_DATABASE_URL is PgBouncer (or another pooler) in transaction mode, so the pools
+    prepare nothing by name and skip the session reset (docs/pgbouncer.md)."""
     redis_url: str | None = None
     """Redis URL (redis://, rediss://, unix://). Unset: ``vybe dev`` starts an embedded Redis."""
     pubsub: str = "classic"
@@ -148,6 +151,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _check_url("VYBE_REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
         _check_choice("VYBE_SCORER", self.scorer, ("blend", "embedded", "light", "detoxify"))
         _check_choice("VYBE_PUBSUB", self.pubsub, ("classic", "sharded"))
+        _check_choice("VYBE_DATABASE_POOLER", self.database_pooler, ("none", "pgbouncer"))
         _check_choice("VYBE_EMBEDDED_BACKEND", self.embedded_backend, ("auto", "onnx", "torch"))
         _check_choice("VYBE_MODERATION_MODE", self.moderation_mode, ("auto", "off", "shadow", "flag", "hide"))
         if self.processes < 0 or not 0 <= self.admin_port < 65536:

@@ -131,7 +131,8 @@ async def check_counters_command(settings: Settings, repair: bool) -> int:
     if settings.database_url is None:
         print("VYBE_DATABASE_URL is not set")
         return 2
-    pool = await create_pool(settings.database_url, min_size=1, max_size=1, command_timeout=None)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=1, command_timeout=None,
+                             pooler=settings.database_pooler)
     try:
         async with pool.acquire() as conn:
             drift = await repair_counters(conn) if repair else await check_counters(conn)

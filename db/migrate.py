@@ -1,4 +1,4 @@
-"""Forward-only SQL migrations, serialized across nodes by an advisory lock.
+"""Forward-only SQL migrations, serialized across nodes by a transaction-scoped advisory lock.
 
 Files ``db/migrations/NNNN_name.sql`` are applied in order, each in its own
 transaction, and recorded in ``schema_migrations`` with a checksum. Two nodes may
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import asyncpg
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-# Any constant unique to this application: pg_advisory_lock takes a bigint.
+# Any constant unique to this application: pg_advisory_xact_lock takes a bigint.
 LOCK_KEY = 0x5659_4245_4D49_47  # "VYBEMIG"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -63,28 +63,32 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[int]:
-    """Apply what is missing; return the versions applied by this call."""
+    """Apply what is missing; return the versions applied by this call.
+
+    Each migration runs in its own transaction that first takes the migration lock
+    (``pg_advisory_xact_lock``: COMMIT releases it) and reads the history again, so
+    concurrent migrators apply each version once, and a transaction pooler (PgBouncer in
+    transaction mode) is no obstacle: nothing here depends on the session.
+    """
     migrations = discover() if migrations is None else migrations
-    await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
-    try:
-        await conn.execute(_CREATE_TABLE)
-        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
-        _check_history({r["version"]: (r["name"], r["checksum"]) for r in rows}, migrations)
-        done = {r["version"] for r in rows}
-        applied: list[int] = []
-        for migration in migrations:
-            if migration.version in done:
-                continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version, migration.name, migration.checksum,
-                )
-            applied.append(migration.version)
-        return applied
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+    applied: list[int] = []
+    while True:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+            await conn.execute(_CREATE_TABLE)
+            rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
+            _check_history({r["version"]: (r["name"], r["checksum"]) for r in rows}, migrations)
+            done = {r["version"] for r in rows}
+            missing = [m for m in migrations if m.version not in done]
+            if not missing:
+                return applied
+            migration = missing[0]
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                migration.version, migration.name, migration.checksum,
+            )
+        applied.append(migration.version)
 
 
 def _check_history(recorded: dict[int, tuple[str, str]], migrations: list[Migration]) -> None:

@@ -7,7 +7,8 @@ relay's loop publishes whatever is left: rows whose process died between COMMIT
 and publish, rows that met a Redis outage, rows that arrived out of order.
 Publishing is idempotent by sequence (see ``common.bus``), so relays on many
 processes may overlap safely; one pass at a time is coordinated by an advisory
-lock only to save work. Published rows are deleted in batches: one statement
+lock only to save work (transaction-scoped, one transaction per batch, so it holds
+through a transaction pooler too). Published rows are deleted in batches: one statement
 per flush, not one per event.
 """
 
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from common.outbox import EVENT_SEPARATOR
 from common.tasks import backoff, cancelled_meanwhile
-from db.pool import UNREACHABLE
+from db.pool import UNREACHABLE, try_advisory_lock
 
 if TYPE_CHECKING:
     from typing import LiteralString
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RELAY_LOCK = 7354002  # pg_try_advisory_lock key: one relay pass at a time across processes
+RELAY_LOCK = 7354002  # pg_try_advisory_xact_lock key: one relay pass at a time across processes
 
 
 class Announced(Protocol):
@@ -220,27 +221,25 @@ class Relay:
     async def catch_up(self, grace_s: float = 0.0) -> int:
         """Publish unpublished rows older than ``grace_s``, a batch at a time, until none is
         left or Redis refuses; returns rows published or found done."""
-        async with self.pool.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
-                return 0  # another process is relaying right now
-            try:
-                total = 0
-                while True:
-                    rows = [Row(*r) for r in await conn.fetch(_PENDING, grace_s, self.batch)]
-                    if not rows:
-                        return total
-                    first = dict(await conn.fetch(_FIRST_SEQ, list({r.channel for r in rows if r.seq is not None})))
-                    # A row may start a channel that Redis no longer knows (data lost, expired)
-                    # only when no earlier row of that channel is still waiting.
-                    done = await self._publish(rows, [r.seq is not None and first.get(r.channel) == r.seq
-                                                      for r in rows])
-                    self.relayed += done
-                    total += done
-                    if done < self.batch:
-                        return total
-                    await conn.execute(_DELETE, self._take_done())  # so the next batch is new rows
-            finally:
-                await conn.fetchval("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+        total = 0
+        while True:
+            # A transaction per batch, holding the lock: short, and correct through a transaction pooler.
+            async with try_advisory_lock(self.pool, RELAY_LOCK) as conn:
+                if conn is None:
+                    return total  # another process is relaying right now
+                rows = [Row(*r) for r in await conn.fetch(_PENDING, grace_s, self.batch)]
+                if not rows:
+                    return total
+                first = dict(await conn.fetch(_FIRST_SEQ, list({r.channel for r in rows if r.seq is not None})))
+                # A row may start a channel that Redis no longer knows (data lost, expired)
+                # only when no earlier row of that channel is still waiting.
+                done = await self._publish(rows, [r.seq is not None and first.get(r.channel) == r.seq
+                                                  for r in rows])
+                self.relayed += done
+                total += done
+                if done < self.batch:
+                    return total
+                await conn.execute(_DELETE, self._take_done())  # committed with the batch: the next is new rows
 
     def _take_done(self) -> list[int]:
         done, self._done = self._done, []

@@ -166,7 +166,8 @@ async def gateway_lifespan(settings: Settings) -> AsyncIterator[Gateway]:
     """Create every resource, start background tasks, and release all on exit."""
     if settings.database_url is None or settings.redis_url is None:
         raise RuntimeError("the gateway needs VYBE_DATABASE_URL and VYBE_REDIS_URL (vybe dev sets both)")
-    pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+                             pooler=settings.database_pooler)
     # Bounded waits: a Redis that stops answering must turn into a typed error, not a hang. A bounded
     # pool that queues: under a reconnect storm thousands of resumes wait their turn for one of
     # VYBE_REDIS_POOL_MAX connections, instead of failing with "Too many connections".

@@ -26,7 +26,7 @@ from common.tasks import Supervisor, backoff, cancelled_meanwhile
 from db import apps, learning, outbox, writes
 from db import moderation as mdb
 from db.outbox import Announcement
-from db.pool import UNREACHABLE
+from db.pool import UNREACHABLE, try_advisory_lock
 from db.writes._tx import in_transaction
 from moderation import active
 from moderation.scorers import ScorerError
@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 GROUP = "scorers"
+# Advisory lock keys (transaction-scoped, db.pool.try_advisory_lock): one sweeper, one rescoring pass at a time.
+SWEEP_LOCK = 7354001
+RESCORE_LOCK = 7354003
 Entry = tuple[str, dict[bytes, bytes]]
 
 
@@ -245,17 +248,14 @@ class Worker:
         """Enqueue items left unscored. The job is an outbox row of the write, so a gateway dying
         after COMMIT no longer loses it; what remains is Redis losing the job stream (a restart
         without persistence) after the relay published the job."""
-        async with self.pool.acquire() as conn:
-            # One sweeper at a time across workers; duplicates would be harmless, just wasteful.
-            if not await conn.fetchval("SELECT pg_try_advisory_lock(7354001)"):
+        # One sweeper at a time across workers; duplicates would be harmless, just wasteful.
+        async with try_advisory_lock(self.pool, SWEEP_LOCK) as conn:
+            if conn is None:
                 return 0
-            try:
-                stale = await mdb.unscored(self.pool, self.settings.sweep_after_s)
-                for kind, item_id in stale:
-                    await self.redis.xadd(self.keys.jobs, {"kind": kind, "id": str(item_id), "swept": "1"})
-                return len(stale)
-            finally:
-                await conn.fetchval("SELECT pg_advisory_unlock(7354001)")
+            stale = await mdb.unscored(conn, self.settings.sweep_after_s)
+            for kind, item_id in stale:
+                await self.redis.xadd(self.keys.jobs, {"kind": kind, "id": str(item_id), "swept": "1"})
+            return len(stale)
 
     async def rescore(self) -> int:
         """After a new model is promoted: enqueue what it should rescore (every open case's content and
@@ -264,18 +264,15 @@ class Worker:
         scored drop out of the query: it is its own progress record, across crashes and restarts."""
         if not self.rescore_pending or self.policy.mode == "off" or not await self._jobs_drained():
             return 0
-        async with self.pool.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock(7354003)"):
+        async with try_advisory_lock(self.pool, RESCORE_LOCK) as conn:
+            if conn is None:
                 return 0
-            try:
-                todo = await learning.rescore_candidates(conn, (self.scorer.name, self.scorer.version),
-                                                         self.settings.rescore_window_s, 4 * self.settings.worker_batch)
-                for kind, item_id in todo:
-                    await self.redis.xadd(self.keys.jobs, {"kind": kind, "id": str(item_id), "rescore": "1"})
-                self.rescore_pending = bool(todo)  # done when a pass finds nothing (the next change sets it)
-                return len(todo)
-            finally:
-                await conn.fetchval("SELECT pg_advisory_unlock(7354003)")
+            todo = await learning.rescore_candidates(conn, (self.scorer.name, self.scorer.version),
+                                                     self.settings.rescore_window_s, 4 * self.settings.worker_batch)
+            for kind, item_id in todo:
+                await self.redis.xadd(self.keys.jobs, {"kind": kind, "id": str(item_id), "rescore": "1"})
+            self.rescore_pending = bool(todo)  # done when a pass finds nothing (the next change sets it)
+            return len(todo)
 
     async def _jobs_drained(self) -> bool:
         """Every job delivered and acknowledged. Redis 7 reports the group's ``lag``; before 7 (the

@@ -59,7 +59,7 @@ async def _main(settings: Settings) -> None:
         raise SettingsError("VYBE_SCORER", str(err)) from err
     policy = build_policy(settings, scorer)
     log.info("scorer %s %s, mode %s", scorer.name, scorer.version, policy.mode)
-    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4, pooler=settings.database_pooler)
     redis = aioredis.Redis.from_url(settings.redis_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
