@@ -20,7 +20,7 @@ import msgspec
 
 from common.bus import Meta, make_offset, parse_offset, split_message, stream_id_key
 from gateway.codec import JSON_CODEC, MSGPACK_CODEC, Codec
-from gateway.hub.base import Backend, Unavailable
+from gateway.hub.base import Backend, HistoryEntry, Unavailable
 from gateway.protocol import Notice
 from gateway.wsproto import data_frame
 
@@ -62,11 +62,12 @@ class Subscriber(Protocol):
 
 
 class _Channel:
-    __slots__ = ("binary", "digest", "digested", "epoch", "last", "name", "pending", "recovering", "subscribers",
-                 "timer")
+    __slots__ = ("binary", "digest", "digested", "epoch", "last", "name", "opened_ms", "pending", "recovering",
+                 "subscribers", "timer")
 
     def __init__(self, name: str, digest: Digest | None = None) -> None:
         self.name = name
+        self.opened_ms = int(time.time() * 1000) - 1000  # when this node joined it, less a second
         self.digest = digest
         self.digested: list[tuple[Key, Meta, bytes, str]] = []  # waiting for the next digest
         self.timer: asyncio.TimerHandle | None = None
@@ -455,11 +456,17 @@ class Hub:
             state = self._channels.get(name)
             if state is None:
                 continue
-            if state.epoch is None or state.last is None:
-                continue  # nothing delivered yet, so nothing to have missed
             state.recovering = []
             try:
-                entries = await self.backend.history(name, state.epoch, state.last)
+                entries: list[HistoryEntry] | None
+                if state.epoch is None or state.last is None:
+                    # Nothing delivered here yet, but events may have been published while we were
+                    # away (an outbox relay can beat our resubscription): those Redis stamped after
+                    # this node joined the channel (a second's margin for clock skew; more is harmless).
+                    entries = [e for e in await self.backend.current(name)
+                               if stream_id_key(e.stream_id)[0] >= state.opened_ms]
+                else:
+                    entries = await self.backend.history(name, state.epoch, state.last)
                 if entries is None:
                     self._gap(state, "the connection to Redis was lost and history could not fill it")
                     state.epoch = state.last = None
