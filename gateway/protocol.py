@@ -61,7 +61,7 @@ class PostVybeBody(Request, kw_only=True):
     PUBLIC with your id withheld from everyone else, as ``is_anonymous: true`` is."""
     is_anonymous: bool = False
     looproom_id: str | None = None
-    loopchain_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    loopchain_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00]*$")] | None = None
 
 
 class CommentBody(Request, kw_only=True):

@@ -297,7 +297,8 @@ class ModerationController(Controller):
                     appeals: FromQuery[Annotated[bool | None, Parameter(
                         description="true: only appeals; false: no appeals; absent: every open case")]] = None,
                     app: FromQuery[Annotated[str | None, Parameter(
-                        description="only this app's cases (`vybe`: this app's own content)")]] = None,
+                        description="only this app's cases (`vybe`: this app's own content)",
+                        pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]] = None,
                     ) -> list[mdb.CaseView]:
         """Open cases, oldest first, each with everything needed to decide."""
         await _moderator(request)

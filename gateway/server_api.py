@@ -18,12 +18,12 @@ import contextlib
 import json
 import time
 import uuid
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, SkipValidation
 from redis.exceptions import RedisError
 
 from common.bus import Meta, event, job, parse_offset, split_message
@@ -32,19 +32,19 @@ from db import apps
 from db.outbox import Announcement
 from db.writes._tx import in_transaction
 from db.writes.errors import WriteError
-from gateway.protocol import EVENT_NAMES, TEXT_PATTERN
+from gateway.protocol import EVENT_NAMES, TEXT_PATTERN, invalid_code
 from gateway.rest import ApiError, responses
 
 if TYPE_CHECKING:
     from gateway.context import Gateway
 
 EventName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
-ChannelList = Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=200)]],
-                        msgspec.Meta(min_length=1, max_length=100)]
+ChannelList = Annotated[list[str], msgspec.Meta(min_length=1, max_length=100)]
+"""Channel names are checked against the app's namespaces (anything else: ``forbidden``)."""
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00]*$")]
 
 
-class PublishRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class PublishRequest(msgspec.Struct, kw_only=True):
     channels: ChannelList
     """Up to 100 channels of any namespace (``user:<id>`` reaches one user's sockets)."""
     event: EventName
@@ -84,7 +84,7 @@ class History(msgspec.Struct, kw_only=True):
     """With ``since``: false when history no longer reaches back to it (events may be missing)."""
 
 
-class Unsubscribe(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class Unsubscribe(msgspec.Struct, kw_only=True):
     channels: ChannelList
 
 
@@ -93,7 +93,7 @@ class Done(msgspec.Struct, kw_only=True):
     action: str
 
 
-class ModerateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class ModerateRequest(msgspec.Struct, kw_only=True):
     content_type: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
     """Your kind of content (``message``, ``post``, ``bio``...): shown to moderators, filterable."""
     content_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
@@ -122,14 +122,26 @@ async def _app(request: Request[Any, Any, Any]) -> tuple[Gateway, str]:
     return gw, app_id
 
 
+_T = TypeVar("_T")
+
+
+def _body(kind: type[_T], raw: object) -> _T:
+    """The body, decoded as strictly as the socket decodes frames, after the key was checked (a request
+    without a key is ``auth_required`` whatever its body)."""
+    if isinstance(raw, kind):
+        return raw
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as err:
+        raise ApiError(invalid_code(str(err)), str(err)) from err
+
+
 def _channel(gw: Gateway, channel: str, app_id: str, *, to_user: bool = False) -> str:
     """A channel of one of the app's namespaces (``app = "<its id>"`` in VYBE_NAMESPACES), or, to
     publish a notification, a user's personal ``user:<id>``. Nothing else: an app never reads or
     writes another app's channels, nor the gateway's own (feed, vybes, looprooms, moderators)."""
     ns = gw.namespaces.of(channel)
-    if ns is None:
-        raise ApiError(ErrorCode.INVALID_VALUE, f"{channel!r} is not a channel; namespaces: {gw.namespaces.describe()}")
-    if ns.app != app_id and not (to_user and ns.name == "user"):
+    if ns is None or (ns.app != app_id and not (to_user and ns.name == "user")):
         mine = [n.name for n in gw.namespaces if n.app == app_id]
         raise ApiError(ErrorCode.FORBIDDEN, f"{channel} is not one of app {app_id}'s channels "
                                             f"(its namespaces: {', '.join(mine) or 'none'}; and user:<id> to publish)")
@@ -142,7 +154,7 @@ def _event_name(name: str, channels: list[str]) -> str:
     and nowhere a presence count or a digest (clients act on those)."""
     if name.endswith((".presence", ".digest")) or (
             name in EVENT_NAMES and any(c.startswith("user:") for c in channels)):
-        raise ApiError(ErrorCode.INVALID_VALUE, f"event {name!r} is reserved for the platform's own events")
+        raise ApiError(ErrorCode.FORBIDDEN, f"event {name!r} is reserved for the platform's own events")
     return name
 
 
@@ -160,10 +172,12 @@ class ServerController(Controller):
     @post("/publish", status_code=200, operation_id="serverPublish",
           responses=responses(ErrorCode.INVALID_VALUE, ErrorCode.CONTENT_TOO_LONG, ErrorCode.CONFLICT,
                               ErrorCode.FORBIDDEN))
-    async def publish(self, request: Request[Any, Any, Any], data: JSONBody[PublishRequest]) -> PublishResult:
+    async def publish(self, request: Request[Any, Any, Any],
+                      data: JSONBody[SkipValidation[PublishRequest]]) -> PublishResult:
         """Publish ``event`` with ``data`` on each channel, in the order given; stored before the answer, so
         an answered publish is delivered even if Redis is down at the time (it goes out when it is back)."""
         gw, app_id = await _app(request)
+        data = _body(PublishRequest, data)
         channels = list(dict.fromkeys(_channel(gw, c, app_id, to_user=True) for c in data.channels))
         name = _event_name(data.event, channels)
         if len(msgspec.json.encode(data.data)) > _MAX_DATA:
@@ -245,11 +259,12 @@ class ServerController(Controller):
     @post("/users/{user_id:str}/unsubscribe", status_code=200, operation_id="serverUnsubscribe",
           responses=responses(ErrorCode.INVALID_VALUE, ErrorCode.FORBIDDEN))
     async def unsubscribe(self, request: Request[Any, Any, Any], state: State, user_id: FromPath[str],
-                          data: JSONBody[Unsubscribe]) -> Done:
+                          data: JSONBody[SkipValidation[Unsubscribe]]) -> Done:
         """Drop the user's subscriptions to ``channels`` on every node (``subscriptions.revoked`` on their
         ``user:`` channel says which). For a ``claims`` namespace, also stop listing the channel in the
         tokens you mint, or they can subscribe again."""
         gw, app_id = await _app(request)
+        data = _body(Unsubscribe, data)
         channels = [_channel(gw, c, app_id) for c in data.channels]
         await _control(gw, user_id, "subscriptions.revoked", {"channels": channels, "by": app_id},
                        Meta(o=user_id, x="unsubscribe", c=channels))
@@ -258,11 +273,12 @@ class ServerController(Controller):
     @post("/moderate", status_code=202, operation_id="serverModerate",
           responses=responses(ErrorCode.CONFLICT, ErrorCode.INVALID_CONTENT, ErrorCode.CONTENT_TOO_LONG))
     async def moderate(self, request: Request[Any, Any, Any],
-                       data: JSONBody[ModerateRequest]) -> Response[apps.ItemView]:
+                       data: JSONBody[SkipValidation[ModerateRequest]]) -> Response[apps.ItemView]:
         """Moderate a text: scored by the moderation workers, flagged or hidden by the same policy as our own
         content, cased in the moderator console under your app. 200 with the decision when ``wait`` and it
         came in time; else 202 with ``state: pending``."""
         gw, app_id = await _app(request)
+        data = _body(ModerateRequest, data)
 
         async def body(conn: Any) -> tuple[uuid.UUID, bool]:
             return await apps.submit_item(conn, app_id, content_type=data.content_type, content_id=data.content_id,

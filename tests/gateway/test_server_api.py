@@ -78,7 +78,10 @@ async def test_publish_reaches_every_channel_once_per_idempotency_key(start_gate
         await asyncio.sleep(0.3)
         assert len(ann.events("match.created")) == 1 and len(bob.events("match.created")) == 1
         refused = await http.post("/api/server/publish", json={**body, "channels": ["nope:1"]})
-        assert refused.status_code == 422 and refused.json()["code"] == "invalid_value"
+        assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+        async with httpx.AsyncClient(base_url=live.http) as nobody:
+            anonymous = await nobody.post("/api/server/publish", json={"channels": [""]})
+        assert anonymous.status_code == 401  # no key: auth_required, whatever the body
         reused = await http.post("/api/server/publish", json={**body, "channels": ["user:zed"]})
         assert reused.json()["replayed"] is True  # the key names the first publish, whatever the body
         # An app reaches its own namespaces and users' personal channels, nothing else, and may not
@@ -88,7 +91,7 @@ async def test_publish_reaches_every_channel_once_per_idempotency_key(start_gate
             assert refused.status_code == 403 and refused.json()["code"] == "forbidden", channel
         for name in ("moderation.outcome", "care.notice", "reaction.added", "session.presence", "feed.digest"):
             forged = await http.post("/api/server/publish", json={**body, "event": name})
-            assert forged.status_code == 422, name
+            assert forged.status_code == 403, name
         _, other_key = await apps.create_app(live.gateway.pool, "vibeup")
         async with httpx.AsyncClient(base_url=live.http, headers={"authorization": f"Bearer {other_key}"}) as other:
             assert (await other.get("/api/server/channels/session:s1/history")).status_code == 403
