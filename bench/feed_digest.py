@@ -98,11 +98,7 @@ async def amain(args: argparse.Namespace, n: int, rates: list[float], seconds: f
         digest = await run_mode(ctx, "digest", f.name, n, rates, seconds)
     finally:
         await asyncio.to_thread(os.unlink, f.name)
-    with contextlib.suppress(Exception):
-        keys = [k async for k in ctx.redis.scan_iter(match=f"{ctx.prefix}*", count=1000)]
-        if keys:
-            await ctx.redis.delete(*keys)
-    await ctx.redis.aclose()
+    await ctx.close()
     ratios = {}
     for e, d in zip(events.get("steps", []), digest.get("steps", []), strict=False):
         if d["server_cpu_pct"]:

@@ -122,11 +122,7 @@ async def amain(args: argparse.Namespace, servers: list[str], sizes: list[int], 
     if "vybe" in servers:
         await prepare_database(args.database_url)
     results = [await storm(ctx, name, n, in_flight or n) for n in sizes for name in servers]
-    with contextlib.suppress(Exception):
-        keys = [k async for k in ctx.redis.scan_iter(match=f"{ctx.prefix}*", count=1000)]
-        if keys:
-            await ctx.redis.delete(*keys)
-    await ctx.redis.aclose()
+    await ctx.close()
     ratios = {}
     for n in sizes:
         by = {r["server"]: r for r in results if r["sockets"] == n}

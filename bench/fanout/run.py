@@ -252,6 +252,14 @@ class Context:
     def data(self, seq: int) -> dict[str, Any]:
         return {"seq": seq, "pad": self.pad}
 
+    async def close(self) -> None:
+        """Delete this run's scratch keys (its own prefix) and close the Redis client."""
+        with contextlib.suppress(Exception):
+            keys = [k async for k in self.redis.scan_iter(match=f"{self.prefix}*", count=1000)]
+            if keys:
+                await self.redis.delete(*keys)
+        await self.redis.aclose()
+
 
 async def prepare_database(url: str) -> None:
     """Create the scratch database if needed and apply migrations (recreate it if they fail)."""
@@ -578,12 +586,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         rates = [float(x) for x in args.rates.split(",")] if args.rates else default_rates(n, args.quick)
         for name in servers:
             results.append(await bench_server(ctx, name, n, rates))
-    # Scratch keys of this run.
-    with contextlib.suppress(Exception):
-        keys = [k async for k in ctx.redis.scan_iter(match=f"{ctx.prefix}*", count=1000)]
-        if keys:
-            await ctx.redis.delete(*keys)
-    await ctx.redis.aclose()
+    await ctx.close()
     gen_cpu_max = max((s["gen_cpu_pct"] for r in results for s in r.get("steps", [])), default=0)
     return {
         "benchmark": "fanout", "run_id": ctx.run_id, "started": started, "duration_s": round(time.time() - started, 1),
