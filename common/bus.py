@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import msgspec
 
 from common.outbox import EVENT_SEPARATOR
+from common.redisconn import Script
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    import redis.asyncio as aioredis
-    from redis.commands.core import AsyncScript
+    from common.redisconn import Client
 
 # The publish step every publishing script ends with. KEYS[1..3]: the channel's
 # stream, pub/sub channel and epoch key; ARGV[1]: history length; ARGV[3]: seconds
@@ -210,7 +210,7 @@ History = Callable[[str], tuple[int, int]]
 class Publisher:
     """Write-only side of the bus: processes that hold no sockets use only this."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, history_len: int = 1000, *,
+    def __init__(self, redis: Client, prefix: str, history_len: int = 1000, *,
                  sharded: bool = False, history_ttl_s: int = 172_800, history: History | None = None) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
@@ -222,11 +222,11 @@ class Publisher:
         """SPUBLISH instead of PUBLISH: for gateways on ``VYBE_PUBSUB=sharded`` (SSUBSCRIBE)."""
         self._script = self.script()
         step = _PUBLISH_STEP.format(command="SPUBLISH" if sharded else "PUBLISH").replace("return {{epoch, id}}", "")
-        self._ordered = redis.register_script(_ORDERED.replace("{step}", step.replace("{{", "{").replace("}}", "}")))
+        self._ordered = Script(redis, _ORDERED.replace("{step}", step.replace("{{", "{").replace("}}", "}")))
 
-    def script(self, before: str = "") -> AsyncScript:
-        """A registered publishing script (see :func:`publishing_script`) in this bus's mode."""
-        return self.redis.register_script(publishing_script(before, sharded=self.sharded))
+    def script(self, before: str = "") -> Script:
+        """A publishing script (see :func:`publishing_script`) in this bus's mode."""
+        return Script(self.redis, publishing_script(before, sharded=self.sharded))
 
     async def publish(self, channel: str, event: str, data: object, meta: Meta | None = None) -> str:
         """Append to history and broadcast at once (no outbox: for what no write announces,

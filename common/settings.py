@@ -39,8 +39,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     prepare nothing by name and skip the session reset (docs/pgbouncer.md)."""
     redis_url: str | None = None
     """Redis URL (redis://, rediss://, unix://). Unset: ``vybe dev`` starts an embedded Redis."""
+    redis_cluster: str = "auto"
+    """auto | yes | no: whether VYBE_REDIS_URL names a Redis Cluster (auto: ask it, ``INFO cluster``).
+    On a cluster every process uses cluster clients and pub/sub is sharded (common/redisconn.py)."""
     pubsub: str = "classic"
-    """classic (PUBLISH/SUBSCRIBE, any Redis) | sharded (SPUBLISH/SSUBSCRIBE, Redis >= 7 / Cluster)."""
+    """classic (PUBLISH/SUBSCRIBE, any Redis) | sharded (SPUBLISH/SSUBSCRIBE, Redis >= 7; always on a Cluster)."""
     redis_prefix: str = "vybe:"
     """Prefix of every Redis key and pub/sub channel (several deployments or test runs can share one Redis)."""
     data_dir: str = ".vybe"
@@ -151,6 +154,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _check_url("VYBE_REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
         _check_choice("VYBE_SCORER", self.scorer, ("blend", "embedded", "light", "detoxify"))
         _check_choice("VYBE_PUBSUB", self.pubsub, ("classic", "sharded"))
+        _check_choice("VYBE_REDIS_CLUSTER", self.redis_cluster, ("auto", "yes", "no"))
         _check_choice("VYBE_DATABASE_POOLER", self.database_pooler, ("none", "pgbouncer"))
         _check_choice("VYBE_EMBEDDED_BACKEND", self.embedded_backend, ("auto", "onnx", "torch"))
         _check_choice("VYBE_MODERATION_MODE", self.moderation_mode, ("auto", "off", "shadow", "flag", "hide"))

@@ -15,10 +15,9 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from common import namespaces
+from common import namespaces, redisconn
 from common.bus import Keys, Publisher
 from common.events import reactions_changed
 from common.tasks import Supervisor
@@ -45,19 +44,19 @@ FLAG_STATS_WINDOW_S = 30 * 86_400.0
 
 
 class Gateway:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: redisconn.Client) -> None:
         self.settings = settings
         self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.pool = pool
         self.redis = redis
-        self.waits: aioredis.Redis = redis
+        self.waits: redisconn.Client = redis
         """Redis connections for blocking waits (``gateway_lifespan`` gives them their own pool)."""
         self.keys = Keys(settings.redis_prefix)
         self.metrics = Metrics()
         self.verifier = Verifier(settings)
         self.namespaces = namespaces.load(settings.namespaces, history_len=settings.history_len,
                                           history_ttl_s=settings.history_ttl_s)
-        backend_type = ShardedRedisBackend if settings.pubsub == "sharded" else RedisBackend
+        backend_type = ShardedRedisBackend if redisconn.sharded_pubsub(settings, redis) else RedisBackend
         # The longest history any namespace keeps bounds what a resume reads.
         longest = max([settings.history_len, *(n.history_len or 0 for n in self.namespaces)])
         self.backend = backend_type(redis, settings.redis_prefix, longest,
@@ -171,15 +170,13 @@ async def gateway_lifespan(settings: Settings) -> AsyncIterator[Gateway]:
     # Bounded waits: a Redis that stops answering must turn into a typed error, not a hang. A bounded
     # pool that queues: under a reconnect storm thousands of resumes wait their turn for one of
     # VYBE_REDIS_POOL_MAX connections, instead of failing with "Too many connections".
-    redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=settings.redis_pool_max, timeout=5, health_check_interval=10,
-        socket_connect_timeout=2, socket_timeout=5))
+    # On a Redis Cluster: cluster clients and sharded pub/sub (common/redisconn.py).
+    redis = await redisconn.connect_for(settings, max_connections=settings.redis_pool_max)
     gw = Gateway(settings, pool, redis)
     # Blocking waits (a server API `moderate` with `wait`) get their own connections: they hold one
     # for seconds, which must not starve publishing and resumes of the main pool.
-    gw.waits = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=settings.redis_pool_max, timeout=1, socket_connect_timeout=2,
-        socket_timeout=settings.moderate_wait_s + 5))
+    gw.waits = await redisconn.connect_for(settings, max_connections=settings.redis_pool_max, wait_s=1,
+                                           socket_timeout=settings.moderate_wait_s + 5, health_check_interval=0)
     try:
         await gw.backend.start()
         gw.start_tasks()

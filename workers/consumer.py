@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
-from common import events, namespaces
+from common import events, namespaces, redisconn
 from common.bus import Event, Keys, Publisher
 from common.labels import SELF_HARM_RISK
 from common.tasks import Supervisor, backoff, cancelled_meanwhile
@@ -33,8 +33,6 @@ from moderation.scorers import ScorerError
 from workers import webhooks
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
     from common.settings import Settings
     from moderation.policy import Policy
     from moderation.scorers import Scorer
@@ -48,7 +46,7 @@ Entry = tuple[str, dict[bytes, bytes]]
 
 
 class Worker:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis, scorer: Scorer,
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: redisconn.Client, scorer: Scorer,
                  policy: Policy, name: str) -> None:
         self.settings, self.pool, self.redis = settings, pool, redis
         self.scorer, self.policy, self.name = scorer, policy, name
@@ -60,8 +58,8 @@ class Worker:
         self.namespaces = namespaces.load(settings.namespaces, history_len=settings.history_len,
                                           history_ttl_s=settings.history_ttl_s)
         self.publisher = Publisher(redis, settings.redis_prefix, settings.history_len,
-                                   sharded=settings.pubsub == "sharded", history_ttl_s=settings.history_ttl_s,
-                                   history=self.namespaces.history_of)
+                                   sharded=redisconn.sharded_pubsub(settings, redis),
+                                   history_ttl_s=settings.history_ttl_s, history=self.namespaces.history_of)
         self.relay = outbox.Relay(pool, self.publisher.publish_rows)
         self.supervisor = Supervisor()
         self.scored = 0

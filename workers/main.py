@@ -9,8 +9,7 @@ import signal
 import socket
 from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
-
+from common import redisconn
 from common.settings import SettingsError
 from db.pool import create_pool
 from moderation.policy import Policy, PolicyError
@@ -60,7 +59,7 @@ async def _main(settings: Settings) -> None:
     policy = build_policy(settings, scorer)
     log.info("scorer %s %s, mode %s", scorer.name, scorer.version, policy.mode)
     pool = await create_pool(settings.database_url, min_size=1, max_size=4, pooler=settings.database_pooler)
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    redis = await redisconn.connect_for(settings, max_connections=16)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

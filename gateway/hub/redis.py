@@ -19,8 +19,9 @@ from gateway.hub.base import Backend, HistoryEntry
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
-    import redis.asyncio as aioredis
     from redis.asyncio.client import PubSub
+
+    from common.redisconn import Client
 
 log = logging.getLogger(__name__)
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -32,7 +33,7 @@ class RedisBackend(Backend):
 
     transient_errors = (RedisError, OSError)
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, history_len: int = 1000, *,
+    def __init__(self, redis: Client, prefix: str, history_len: int = 1000, *,
                  history_ttl_s: int = 172_800, history: History | None = None) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
@@ -278,7 +279,7 @@ class RedisBackend(Backend):
 
 async def read_with_reconnect(read: Callable[[], Awaitable[None]], resubscribe: Callable[[], Awaitable[None]],
                               down: Callable[[], None], label: str) -> None:
-    """Run ``read`` for ever. When it fails for any reason: ``down()``, then
+    """Run ``read`` until it returns (its link retired). When it fails for any reason: ``down()``, then
     ``resubscribe()`` with capped jittered backoff (0.1 s doubling to 2 s) until it
     succeeds, and read again. ``read`` only ever runs on a connection that
     ``resubscribe`` completed, so a half-made connection cannot end the loop.
@@ -286,6 +287,7 @@ async def read_with_reconnect(read: Callable[[], Awaitable[None]], resubscribe: 
     while True:
         try:
             await read()
+            return
         except Exception as err:  # noqa: BLE001 - any failure of the link means: reconnect
             cancelled_meanwhile(err)
             down()

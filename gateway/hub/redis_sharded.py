@@ -29,18 +29,21 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.bus import Publisher
+from common.redisconn import is_cluster
 from common.settings import SettingsError
 from common.tasks import cancel_and_wait
 from gateway.hub.redis import _CONTROL, RedisBackend, read_with_reconnect
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     import redis.asyncio as aioredis
     from redis.asyncio.client import PubSub
 
@@ -64,10 +67,6 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
 
 
-def _is_cluster(client: Any) -> bool:
-    return hasattr(client, "get_node_from_key") and hasattr(client, "nodes_manager")
-
-
 class _Link:
     """One pub/sub connection to one Redis node, with its own reader task."""
 
@@ -80,6 +79,8 @@ class _Link:
         self.pubsub: PubSub | None = None
         self.up = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.retired = False
+        """No channel of ours is on this node any more (a failover moved them): the reader ends."""
 
     async def open(self, first: list[str]) -> None:
         """Connect and subscribe; when the node does not answer, the reader retries with backoff."""
@@ -120,8 +121,26 @@ class _Link:
         await read_with_reconnect(self._read, self._resubscribe, self.up.clear,
                                   f"redis sharded pub/sub link {self.name}")
 
+    def restart(self) -> None:
+        """Subscribe everything again on a fresh connection, then backfill (channels moved here)."""
+        if self.task is None:
+            self.pubsub = None  # the reader finds no connection: its reconnect subscribes and backfills
+            self.task = asyncio.create_task(self._run(), name=f"redis-spubsub-{self.name}")
+        elif self.up.is_set() and self.pubsub is not None:
+            # Closing the connection under the reader sends it down the reconnect path. (A link
+            # that is down already resubscribes its channels, the new ones with them.)
+            self.backend.spawn(self.pubsub.aclose(), f"redis-spubsub-cycle-{self.name}")
+
+    async def retire(self) -> None:
+        self.retired = True
+        if self.backend._links.get(self.name) is self:
+            del self.backend._links[self.name]
+        if self.owned:
+            with contextlib.suppress(*_REDIS_DOWN):
+                await self.client.aclose()
+
     async def _read(self) -> None:
-        while True:
+        while not self.retired:
             pubsub = self.pubsub
             if pubsub is None:
                 raise RedisConnectionError("no pub/sub connection")
@@ -130,6 +149,11 @@ class _Link:
                 self.backend._dispatch(self, msg)
 
     async def _resubscribe(self) -> None:
+        if self.backend.cluster:
+            # A failover (or a resharding) may have given our channels to another node.
+            await self.backend.rehome(self)
+            if self.retired:
+                return
         if self.pubsub is not None:
             with contextlib.suppress(*_REDIS_DOWN):
                 await self.pubsub.aclose()
@@ -169,7 +193,7 @@ class ShardedRedisBackend(RedisBackend):
         super().__init__(redis, prefix, history_len, history_ttl_s=history_ttl_s, history=history)
         self.publisher = Publisher(redis, prefix, history_len, sharded=True, history_ttl_s=history_ttl_s,
                                    history=history)
-        self.cluster = _is_cluster(redis)
+        self.cluster = is_cluster(redis)
         self.control_link = _SINGLE
         self._links: dict[str, _Link] = {}
         self._link_of: dict[str, _Link] = {}  # channel -> the link it is subscribed on
@@ -227,9 +251,7 @@ class ShardedRedisBackend(RedisBackend):
         nonce = secrets.token_hex(8).encode()
         fut = self._probes[nonce] = asyncio.get_running_loop().create_future()
         try:
-            # redis-py leaves RedisCluster.execute_command unannotated.
-            await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "SPUBLISH", self.keys.pubsub(_CONTROL), nonce)
+            await self.redis.execute_command("SPUBLISH", self.keys.pubsub(_CONTROL), nonce)
             await asyncio.wait_for(fut, timeout)
             return True
         except (TimeoutError, *_REDIS_DOWN):
@@ -251,7 +273,7 @@ class ShardedRedisBackend(RedisBackend):
         link = self._links.get(name)
         if link is None:
             if node is None:
-                link = _Link(self, name, self.redis, owned=False)
+                link = _Link(self, name, cast("aioredis.Redis", self.redis), owned=False)  # one server
             else:
                 import redis.asyncio as aioredis
 
@@ -262,6 +284,38 @@ class ShardedRedisBackend(RedisBackend):
                 link = _Link(self, name, client, owned=True)
             self._links[name] = link
         return link
+
+    def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def rehome(self, link: _Link) -> None:
+        """Cluster, before a link reconnects: refresh the slot map, and hand each of its channels
+        that another node owns now (a replica promoted by a failover, a slot migrated) to that
+        node's link, which subscribes them afresh and backfills them from history. A link left
+        with no channel retires (its node is dead or a replica now)."""
+        cluster: Any = self.redis
+        await cluster.nodes_manager.initialize()
+        moved: dict[str, _Link] = {}
+        for channel in list(link.channels):
+            target = self._link_for(self.keys.pubsub(channel))
+            if target is not link:
+                link.channels.discard(channel)
+                target.channels.add(channel)
+                self._link_of[channel] = target
+                moved[target.name] = target
+        if self.control_link == link.name:
+            target = self._link_for(self.keys.pubsub(_CONTROL))
+            if target is not link:
+                self.control_link = target.name
+                moved[target.name] = target
+        for target in moved.values():
+            target.restart()
+        if moved:
+            log.info("redis cluster: channels of %s moved to %s", link.name, sorted(moved))
+        if not link.channels and self.control_link != link.name:
+            await link.retire()
 
     # -- subscriptions -------------------------------------------------------
 
@@ -302,9 +356,7 @@ class ShardedRedisBackend(RedisBackend):
             if channel in link.channels and self._link_of.get(channel) is link and channel not in self._moving:
                 # Not ours: the server dropped it (its slot moved to another shard).
                 self._moving.add(channel)
-                task = asyncio.create_task(self._move(channel, link), name=f"redis-spubsub-move-{channel}")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self.spawn(self._move(channel, link), f"redis-spubsub-move-{channel}")
 
     async def _move(self, channel: str, old: _Link) -> None:
         """Resubscribe a channel whose slot moved, on its new owner, then backfill it."""

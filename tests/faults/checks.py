@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
-import redis.asyncio as aioredis
 
+from common import redisconn
 from common.bus import Keys
 from db.counters import Drift, check_counters
 
@@ -82,7 +82,7 @@ class HistoryEvent:
 async def read_history(redis_url: str, prefix: str, channel: str) -> list[HistoryEvent]:
     """Every event kept in ``channel``'s history, oldest first (empty when Redis has none)."""
     keys = Keys(prefix)
-    client = aioredis.Redis.from_url(redis_url)
+    client = await redisconn.connect(redis_url)  # one server or a cluster
     try:
         epoch = cast("bytes | None", await client.get(keys.epoch(channel)))
         entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", await client.xrange(keys.stream(channel), "-", "+"))

@@ -27,7 +27,7 @@ from common.settings import load_settings
 from db.migrate import migrate
 from gateway.auth import mint_token
 from load import Client, Load, Writer
-from services import PostgresProc, Proc, RedisProc, free_port
+from services import PostgresProc, Proc, RedisClusterProc, RedisProc, free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Generator, Iterator
@@ -38,7 +38,7 @@ JWT_SECRET = "fault-suite-secret-" + "x" * 32
 class Rig:
     """One test's system: its Redis, its PostgreSQL, a database, a key prefix, and the processes it started."""
 
-    def __init__(self, tmp: Path, redis: RedisProc, pg: PostgresProc, database: str) -> None:
+    def __init__(self, tmp: Path, redis: RedisProc | RedisClusterProc, pg: PostgresProc, database: str) -> None:
         self.tmp, self.redis, self.pg = tmp, redis, pg
         self.dsn = pg.dsn_for(database)
         self.prefix = f"vf{secrets.token_hex(3)}:"
@@ -46,6 +46,8 @@ class Rig:
         self.workers: list[Proc] = []
         self.clients: list[Client] = []
         self._settings = load_settings({}, jwt_secret=JWT_SECRET)
+        self.extra_env: dict[str, str] = {}
+        """Settings every process of this rig gets."""
 
     def env(self, **more: str) -> dict[str, str]:
         # Our settings only; and no tracemalloc in children (it slows them tenfold when a debugging run sets it).
@@ -54,6 +56,7 @@ class Rig:
         env.update(VYBE_DATABASE_URL=self.dsn, VYBE_REDIS_URL=self.redis.url, VYBE_REDIS_PREFIX=self.prefix,
                    VYBE_JWT_SECRET=JWT_SECRET, VYBE_SCORER="light", VYBE_MODERATION_MODE="flag", VYBE_LOG_LEVEL="INFO",
                    VYBE_DB_POOL_MIN="1", VYBE_DB_POOL_MAX="8")
+        env.update(self.extra_env)
         env.update(more)
         return env
 
@@ -160,11 +163,37 @@ def pg_proc(fault_dir: Path) -> Iterator[PostgresProc]:
 
 
 @pytest.fixture
+def redis_cluster(fault_dir: Path) -> Iterator[RedisClusterProc]:
+    """Three masters and three replicas (this test's own)."""
+    cluster = RedisClusterProc(fault_dir / "rcluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.kill()
+
+
+@pytest.fixture
 async def rig(request: pytest.FixtureRequest, fault_dir: Path, redis_proc: RedisProc,
               pg_proc: PostgresProc) -> AsyncIterator[Rig]:
     """A fresh migrated database and key prefix on this test's own services; processes stopped after."""
+    async for rig in _rig(request, fault_dir, redis_proc, pg_proc):
+        yield rig
+
+
+@pytest.fixture
+async def cluster_rig(request: pytest.FixtureRequest, fault_dir: Path, redis_cluster: RedisClusterProc,
+                      pg_proc: PostgresProc) -> AsyncIterator[Rig]:
+    """As ``rig``, on a Redis Cluster: every process finds out from VYBE_REDIS_URL (any node of it)."""
+    async for rig in _rig(request, fault_dir, redis_cluster, pg_proc):
+        rig.extra_env["VYBE_SWEEP_AFTER_S"] = "5"  # a job lost with a master is re-enqueued soon
+        yield rig
+
+
+async def _rig(request: pytest.FixtureRequest, fault_dir: Path, redis: RedisProc | RedisClusterProc,
+               pg_proc: PostgresProc) -> AsyncIterator[Rig]:
     pg_proc.create_database("vybe_faults")
-    rig = Rig(fault_dir, redis_proc, pg_proc, "vybe_faults")
+    rig = Rig(fault_dir, redis, pg_proc, "vybe_faults")
     conn = await asyncpg.connect(rig.dsn)
     try:
         await migrate(conn)

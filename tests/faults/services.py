@@ -89,11 +89,13 @@ def redis_binary() -> str:
 class RedisProc:
     """A redis-server with an fsync-always AOF in ``directory``; restarts keep its port."""
 
-    def __init__(self, directory: Path, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, binary: str | None = None,
+                 extra: list[str] | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.binary = binary or redis_binary()
+        self.extra = extra or []
         self.log = self.dir / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -104,7 +106,7 @@ class RedisProc:
     def start(self, timeout: float = 10.0) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
-                "--logfile", str(self.log)]
+                "--logfile", str(self.log), *self.extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -161,6 +163,125 @@ class RedisProc:
             return int(client.client_kill_filter(_type="pubsub"))
         finally:
             client.close()
+
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisClusterProc:
+    """A Redis Cluster of ``masters`` masters, each with one replica (Redis >= 7, the machine's),
+    joined by ``redis-cli --cluster create``. A master that stops answering for
+    ``node_timeout_ms`` is replaced by its replica (the cluster's own failover)."""
+
+    def __init__(self, directory: Path, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+        self.binary = redis_binary()
+        self.cli = str(Path(self.binary).with_name("redis-cli"))
+        extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms)]
+        self.nodes: list[RedisProc] = []
+        for i in range(masters * 2):
+            d = directory / f"node{i}"
+            self.nodes.append(RedisProc(d, cluster_port(), self.binary,
+                                        [*extra, "--cluster-config-file", str(d / "nodes.conf")]))
+        self.killed: list[int] = []
+
+    @property
+    def url(self) -> str:
+        """The first node that is still running (any node leads a client to the others)."""
+        return next(n.url for n in self.nodes if n.port not in self.killed)
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        made = subprocess.run([self.cli, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                               "--cluster-replicas", "1", "--cluster-yes"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        if made.returncode != 0:
+            raise ServiceError(f"redis-cli --cluster create failed:\n{made.stdout}{made.stderr}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            time.sleep(0.1)
+        raise ServiceError(f"the Redis Cluster did not become healthy:\n{self.describe()}")
+
+    def _client(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=1)
+
+    def healthy(self) -> bool:
+        """Every live node says cluster_state:ok and every live replica's link to its master is up."""
+        for node in self.nodes:
+            if node.port in self.killed:
+                continue
+            client = self._client(node.port)
+            try:
+                if client.cluster("info").get("cluster_state") != "ok":  # type: ignore[no-untyped-call]
+                    return False
+                info = client.info("replication")
+                if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                    return False
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+        return True
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that owns ``key``'s slot now."""
+        client = self._client(next(n.port for n in self.nodes if n.port not in self.killed))
+        try:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return int(master[1])
+        finally:
+            client.close()
+        raise ServiceError(f"no master owns the slot of {key}")
+
+    def kill_master_of(self, key: str) -> int:
+        """SIGKILL the master that owns ``key``'s slot (a machine lost); returns its port."""
+        port = self.master_of(key)
+        next(n for n in self.nodes if n.port == port).kill()
+        self.killed.append(port)
+        return port
+
+    def wait_failover(self, key: str, timeout: float = 30.0) -> int:
+        """Wait until a live node owns ``key``'s slot and the cluster is ok; returns the new master's port."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError, StopIteration, ServiceError):
+                port = self.master_of(key)
+                if port not in self.killed and self._state_ok():
+                    return port
+            time.sleep(0.1)
+        raise ServiceError(f"no failover within {timeout} s:\n{self.describe()}")
+
+    def _state_ok(self) -> bool:
+        client = self._client(next(n.port for n in self.nodes if n.port not in self.killed))
+        try:
+            return bool(client.cluster("info").get("cluster_state") == "ok")  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+
+    def describe(self) -> str:
+        out = subprocess.run([self.cli, "-p", str(self.nodes[0].port), "cluster", "nodes"],
+                             capture_output=True, text=True, check=False)
+        return out.stdout + "".join(f"\n--- node {n.port}\n{_tail(n.log, 8)}" for n in self.nodes)
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
 
 
 # -- PostgreSQL -----------------------------------------------------------------

@@ -44,6 +44,8 @@ function start(token, claims) {
   const state = { cases, drafts, errors, busy, checked, contexts, picks, filters: readFilters(), loadedOnce: false };
   let removing = null;
   let loading = null;
+  let tick = 0;                  // counts accepted case updates
+  const touched = new Map();     // case_id -> tick of its latest accepted update
 
   const tabCount = (id, n) => { $(id).textContent = n; };
   const queue = queueView(state, { me, rest, onLoadError: (err) => loadFailed("the context")(err),
@@ -104,12 +106,16 @@ function start(token, claims) {
     if (loading) return loading;
     loading = (async () => {
       try {
+        const asked = tick;
         const list = await rest.get("/api/mod/queue?limit=500");
         const open = new Set(list.map((v) => v.case_id));
         for (const v of list) merge(v, false);
-        // Open here but not in the snapshot: resolved meanwhile (its event may be lost).
+        // Open here but not in the snapshot: resolved meanwhile (its event may be lost) -- unless
+        // an event updated it while the snapshot was in flight (then it is newer than the snapshot).
         for (const [id, v] of cases) {
-          if (v.state === "open" && !open.has(id)) cases.set(id, { ...v, state: "resolved" });
+          if (v.state === "open" && !open.has(id) && (touched.get(id) ?? 0) <= asked) {
+            cases.set(id, { ...v, state: "resolved" });
+          }
         }
         renderAll();
       } catch (err) {
@@ -133,6 +139,7 @@ function start(token, claims) {
     const old = cases.get(view.case_id);
     if (old && old.version > view.version) return;   // stale snapshot or late event
     cases.set(view.case_id, view);
+    touched.set(view.case_id, ++tick);
     if (view.state !== "open") checked.delete(view.case_id);
     if (old && old.report_count !== view.report_count) contexts.delete(view.case_id);   // new reporters
     if (view.state === "resolved" || resolved.has(view.case_id)) resolved.merge(view);
