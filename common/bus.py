@@ -17,11 +17,16 @@ persistence), which tells a resuming client that its offset means nothing now.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from common.outbox import EVENT_SEPARATOR
 from common.redisconn import Script
@@ -30,6 +35,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from common.redisconn import Client
+
+log = logging.getLogger(__name__)
 
 # The publish step every publishing script ends with. KEYS[1..3]: the channel's
 # stream, pub/sub channel and epoch key; ARGV[1]: history length; ARGV[3]: seconds
@@ -211,8 +218,12 @@ class Publisher:
     """Write-only side of the bus: processes that hold no sockets use only this."""
 
     def __init__(self, redis: Client, prefix: str, history_len: int = 1000, *,
-                 sharded: bool = False, history_ttl_s: int = 172_800, history: History | None = None) -> None:
+                 sharded: bool = False, history_ttl_s: int = 172_800, history: History | None = None,
+                 replica_wait_ms: int = 100) -> None:
         self.redis = redis
+        self.replica_wait_ms = replica_wait_ms
+        """Cluster: how long :meth:`publish_rows` waits for a replica of each master it wrote to (0: not at all)."""
+        self._unreplicated_logged = 0.0
         self.keys = Keys(prefix)
         self.history_len = history_len
         self.history_ttl_s = history_ttl_s
@@ -269,12 +280,40 @@ class Publisher:
                         client=pipe)
                     replies_per_row.append(None)
             replies = await pipe.execute()
+        if self.replica_wait_ms and isinstance(self.redis, RedisCluster):
+            await self._replicated(self.redis, {k.jobs if r.channel == JOBS_CHANNEL else k.stream(r.channel)
+                                                for r in rows})
         out: list[str] = []
         i = 0
         for n in replies_per_row:
             out.append("published" if n is not None else _text(replies[i]))
             i += 1 if n is None else n
         return out
+
+
+    async def _replicated(self, cluster: RedisCluster, keys: set[str]) -> None:
+        """Wait (``WAIT 1``, up to ``replica_wait_ms``) until a replica of each master written to
+        holds what was just published, before the relay deletes the outbox rows: a master lost
+        right after then cannot take an announced event with it (its replica is promoted with
+        it). A master with no replica, or one that does not answer in time, is logged and the
+        topology refreshed; publishing goes on (a lagging replica must not stop delivery)."""
+        nodes: dict[str, Any] = {}
+        for key in keys:
+            holders = cluster.nodes_manager.slots_cache.get(cluster.keyslot(key)) or []
+            if len(holders) > 1:  # a master with at least one replica
+                nodes[holders[0].name] = holders[0]
+        if not nodes:
+            return
+        acks = await asyncio.gather(*(cluster.execute_command("WAIT", 1, self.replica_wait_ms, target_nodes=node)
+                                      for node in nodes.values()), return_exceptions=True)
+        short = [name for name, ack in zip(nodes, acks, strict=True) if not isinstance(ack, int) or ack < 1]
+        if short and time.monotonic() - self._unreplicated_logged > 10:
+            self._unreplicated_logged = time.monotonic()
+            log.warning("redis cluster: no replica of %s acknowledged within %d ms; published anyway (a loss of "
+                        "that master now would lose the newest events of its channels' history)",
+                        short, self.replica_wait_ms)
+            with contextlib.suppress(RedisError, OSError):  # a replica that died leaves the slot map
+                await cluster.nodes_manager.initialize()
 
 
 class OutboxRow(Protocol):

@@ -62,6 +62,7 @@ class Gateway:
         self.backend = backend_type(redis, settings.redis_prefix, longest,
                                     history_ttl_s=settings.history_ttl_s, history=self.namespaces.history_of)
         self.publisher: Publisher = self.backend.publisher
+        self.publisher.replica_wait_ms = settings.redis_replica_wait_ms
         self.hub = Hub(self.backend, digest_of=self.namespaces.digest_of)
         self.relay = outbox.Relay(pool, self.publisher.publish_rows)
         self.supervisor = Supervisor()

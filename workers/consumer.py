@@ -59,7 +59,8 @@ class Worker:
                                           history_ttl_s=settings.history_ttl_s)
         self.publisher = Publisher(redis, settings.redis_prefix, settings.history_len,
                                    sharded=redisconn.sharded_pubsub(settings, redis),
-                                   history_ttl_s=settings.history_ttl_s, history=self.namespaces.history_of)
+                                   history_ttl_s=settings.history_ttl_s, history=self.namespaces.history_of,
+                                   replica_wait_ms=settings.redis_replica_wait_ms)
         self.relay = outbox.Relay(pool, self.publisher.publish_rows)
         self.supervisor = Supervisor()
         self.scored = 0

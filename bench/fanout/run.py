@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent
-SERVERS = ("vybe", "litestar", "websockets")
+SERVERS = ("vybe", "socketify", "litestar", "websockets")
 EVENT_BYTES = 200
 _enc = msgspec.json.Encoder()
 
@@ -219,14 +219,29 @@ class WebsocketsServer(Server):
         await self.ctx.redis.publish(self.channel, peer_message(data))
 
 
+class SocketifyServer(WebsocketsServer):
+    """socketify.py (uWebSockets): Redis pub/sub relayed with uWebSockets' native publish."""
+
+    name = "socketify"
+
+    def __init__(self, ctx: Context, port: int) -> None:
+        super().__init__(ctx, port)
+        self.channel = f"{ctx.prefix}sockfeed"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return ([str(VENV / "python"), "-m", "bench.fanout.peer_socketify"],
+                {"BENCH_CHANNEL": self.channel, "BENCH_REDIS_URL": self.ctx.redis_url,
+                 "BENCH_PORT": str(self.port)})
+
+
 def peer_message(data: dict[str, Any]) -> bytes:
     """The same client-visible bytes our gateway sends for one event (offset faked)."""
     return _enc.encode({"type": "event", "channel": "feed", "offset": "1700000000000000-1700000000000-0",
                         "event": "bench.tick", "ts": time.time(), "data": data})
 
 
-SERVER_CLASSES: dict[str, type[Server]] = {"vybe": VybeServer, "litestar": LitestarServer,
-                                           "websockets": WebsocketsServer}
+SERVER_CLASSES: dict[str, type[Server]] = {"vybe": VybeServer, "socketify": SocketifyServer,
+                                           "litestar": LitestarServer, "websockets": WebsocketsServer}
 
 
 # -- context, database -----------------------------------------------------------
@@ -622,7 +637,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                 "deliveries/s targets divided by N)")
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per rate step (default 5)")
     p.add_argument("--probes", type=int, default=20, help="one-event-to-all-sockets repeats (default 20)")
-    p.add_argument("--servers", default=",".join(SERVERS), help="vybe,litestar,websockets")
+    p.add_argument("--servers", default=",".join(SERVERS), help="vybe,socketify,litestar,websockets")
     p.add_argument("--quick", action="store_true", help="1000 sockets, 3 rates, 5 s each, 10 probes")
     p.add_argument("--sources", type=int, default=8, help="client source addresses 127.0.0.2.. (default 8)")
     p.add_argument("--server-core", type=int, default=0)

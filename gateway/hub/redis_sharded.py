@@ -31,6 +31,7 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any, cast
 
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -162,7 +163,12 @@ class _Link:
         names = [keys.pubsub(c) for c in self.channels]
         if self.name == self.backend.control_link:
             names.append(keys.pubsub(_CONTROL))
-        await self.pubsub.ssubscribe(*names)
+        # One SSUBSCRIBE per hash slot: a cluster refuses shard channels of several slots in one.
+        by_slot: dict[int, list[str]] = {}
+        for name in names:
+            by_slot.setdefault(key_slot(name.encode()), []).append(name)
+        for group in by_slot.values():
+            await self.pubsub.ssubscribe(*group)
         # Every confirmation before telling the hub: history read after this point
         # overlaps live delivery, so nothing falls between the two.
         confirmed = 0

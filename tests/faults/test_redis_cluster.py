@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
 from checks import read_history
-from scenario import Window, assert_none, loss_problems, ready_problems, run_under_load
+from db import apps
+from db.pool import create_pool
+from scenario import Window, assert_none, loss_problems, ready_problems, run_under_load, wait_until
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from conftest import Rig
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -55,9 +60,67 @@ async def test_cluster_master_killed_loses_nothing(cluster_rig: Rig, victim: str
     # included (its sweeper re-enqueues what stays unscored for VYBE_SWEEP_AFTER_S = 5 s).
     unscored_sql = ("SELECT count(*) FROM shared_vybes v WHERE NOT EXISTS (SELECT 1 FROM moderation_scores s "
                     "WHERE s.target_type = 'shared_vybe' AND s.target_id = v.id)")
-    deadline = time.monotonic() + 30
-    while (unscored := await rig.fetchval(unscored_sql)) and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-    if unscored:
+
+    async def all_scored() -> bool:
+        return not await rig.fetchval(unscored_sql)
+
+    if await wait_until(all_scored, 30, 0.5) is None:
+        unscored = await rig.fetchval(unscored_sql)
         problems.append(f"{unscored} vybes still unscored 30 s after the load ended")
     assert_none(problems)
+
+
+@pytest.mark.timeout(180)
+async def test_cluster_runs_the_whole_flow(cluster_rig: Rig) -> None:
+    """On the cluster, with no fault: a post reaches feed readers on the other gateway and a
+    moderator on `mod:flagged` (scored by the worker, flagged); viewer counts sum across the
+    gateways (the presence script's keys share one slot); the server API publishes once per
+    idempotency key and `moderate` with `wait` answers with the decision (a blocking wait)."""
+    rig = cluster_rig
+    gw0, gw1 = await rig.start(gateways=2, workers=1)
+    writer = await rig.client("writer", gw0)
+    reader = await rig.client("reader", gw1)
+    mod = await rig.client("mod", gw1, role="MODERATOR")
+    await reader.subscribe("feed")
+    await reader.subscribe("user:reader")
+    await mod.subscribe("mod:flagged")
+    toxic = await writer.ok("post_vybe", content="you are a worthless idiot and everyone hates you")
+    pool = await create_pool(rig.dsn, min_size=1, max_size=2)
+    try:
+        _, key = await apps.create_app(pool, "miel")
+        room = await pool.fetchval("INSERT INTO looprooms (title, slug, creator_id, status) "
+                                   "VALUES ('Room', 'room', 'writer', 'PUBLISHED') RETURNING id")
+    finally:
+        await pool.close()
+    viewers = [await rig.client(f"viewer{i}", gw) for i, gw in enumerate((gw0, gw1, gw1))]
+    for v in viewers:
+        await v.subscribe(f"looproom:{room}")
+
+    async with httpx.AsyncClient(base_url=gw0.http, headers={"authorization": f"Bearer {key}"}, timeout=15) as http:
+        body = {"channels": ["user:reader"], "event": "match.created", "data": {"match_id": "m-1"},
+                "idempotency_key": "m-1"}
+        assert (await http.post("/api/server/publish", json=body)).status_code == 200
+        assert (await http.post("/api/server/publish", json=body)).json()["replayed"] is True
+        moderated = await http.post("/api/server/moderate", json={
+            "content_type": "message", "content_id": "c-1", "author_id": "u-1", "wait": True,
+            "text": "you are a worthless idiot and everyone hates you"})
+    assert moderated.status_code == 200 and moderated.json()["decision"] is not None, moderated.text
+
+    def has(client: Any, channel: str, pred: Callable[[dict[str, Any]], bool]) -> bool:
+        return any(pred(m) for m in client.received(channel))
+
+    checks: dict[str, Callable[[], bool]] = {
+        "feed reader got the post": lambda: has(reader, "feed", lambda m: m["data"].get("id") == toxic["id"]),
+        "moderator got the flag": lambda: has(mod, "mod:flagged", lambda m: m["event"] == "report.flagged"),
+        "viewer counts summed to 3": lambda: all(
+            has(v, f"looproom:{room}", lambda m: m["event"] == "looproom.presence" and m["data"]["viewers"] == 3)
+            for v in viewers),
+    }
+
+    async def all_seen() -> bool:
+        return all(c() for c in checks.values())
+
+    await wait_until(all_seen, 20, 0.2)
+    assert_none([f"not within 20 s: {name}" for name, c in checks.items() if not c()])
+    matches = [m for m in reader.received("user:reader") if m["event"] == "match.created"]
+    assert len(matches) == 1, matches

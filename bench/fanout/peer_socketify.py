@@ -1,0 +1,57 @@
+"""Reference peer: socketify.py (uWebSockets in C++, driven from Python), fanning out with
+uWebSockets' own pub/sub (``app.publish``: one call, the library writes to every subscriber
+underneath), fed by Redis pub/sub.
+
+    python -m bench.fanout.peer_socketify  (env BENCH_PORT, BENCH_CHANNEL, BENCH_REDIS_URL)
+
+Pings every 20 s like the others (uWebSockets' idle timeout of 40 s with automatic pings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from redis.asyncio import Redis
+from socketify import App, CompressOptions, OpCode
+
+CHANNEL = os.environ.get("BENCH_CHANNEL", "feed")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+PORT = int(os.environ.get("BENCH_PORT", "8767"))
+TOPIC = "feed"
+# The loop holds only weak references to tasks: keep the relay's here, or it may be collected.
+_TASKS: set[asyncio.Future[Any]] = set()
+
+
+def on_open(ws: Any) -> None:
+    ws.subscribe(TOPIC)
+
+
+async def relay(app: App) -> None:
+    redis = Redis.from_url(REDIS_URL)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(CHANNEL)
+    while True:
+        msg = await pubsub.get_message(timeout=1.0)
+        if msg is not None:
+            app.publish(TOPIC, msg["data"], OpCode.TEXT)
+
+
+def main() -> None:
+    app = App()
+    app.ws("/*", {
+        "compression": CompressOptions.DISABLED,
+        "max_payload_length": 16 * 1024,
+        "idle_timeout": 40,
+        "send_pings_automatically": True,
+        "max_backpressure": 1024 * 1024,
+        "open": on_open,
+    })
+    app.listen(PORT, lambda config: None)
+    _TASKS.add(app.loop.ensure_future(relay(app)))
+    app.run()
+
+
+if __name__ == "__main__":
+    main()
