@@ -183,6 +183,13 @@ class Connection:
                 except OSError:  # uvicorn's ClientDisconnected: the peer is gone
                     self.close(1006, "peer gone")
                     return
+                except RuntimeError:
+                    # uvicorn refuses a send after the close it sent itself (a keepalive ping
+                    # timeout closes with 1011 under the app): the socket is done, not the process.
+                    if self._raw is None or not self._raw.close_sent:
+                        raise
+                    self.close(1006, "closed by the server's keepalive")
+                    return
                 finally:
                     self._sending = False
                 self.gw.frames_out += 1

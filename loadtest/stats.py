@@ -92,6 +92,9 @@ class Stats:
     def __init__(self) -> None:
         self.t0 = time.time()
         self.delivered = 0
+        """Items delivered (an event, or each item a digest counts)."""
+        self.digests = 0
+        """Coalesced frames (``<namespace>.digest``) received."""
         self.latency = Hist()
         self.per_sec: list[Hist] = []  # index: whole seconds since t0
         self.acks: dict[str, Hist] = {}

@@ -35,6 +35,7 @@ _TS = b'"ts":'
 _ACK = b'"type":"ack"'
 _ERR = b'"type":"error"'
 _NOTICE = b'"type":"notice"'
+_DIGEST = b'.digest","ts":'
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 _RETRY_CODES = {"rate_limited", "unavailable"}
@@ -288,7 +289,7 @@ class User:
 
     def frame(self, p: bytes, now: float) -> None:
         stats = self.stats
-        if self.fast and _ACK not in p and _ERR not in p and _NOTICE not in p:
+        if self.fast and _ACK not in p and _ERR not in p and _NOTICE not in p and _DIGEST not in p:
             lat_h = stats.latency
             sec_h = stats.sec_hist(now)
             offsets = self.offsets
@@ -318,7 +319,9 @@ class User:
             msgs = [msgs]
         for m in msgs:
             t = m.get("type")
-            if t == "event":
+            if t == "event" and str(m.get("event", "")).endswith(".digest"):
+                self._digest(m, now)
+            elif t == "event":
                 lat = now - float(m.get("ts") or now)
                 stats.latency.add(lat)
                 stats.sec_hist(now).add(lat)
@@ -334,6 +337,21 @@ class User:
                 stats.notices[code] = stats.notices.get(code, 0) + 1
                 if code == "gap":
                     pass  # the next resubscribe with our offset answers recovered:false
+
+    def _digest(self, m: dict[str, Any], now: float) -> None:
+        """A ``<namespace>.digest`` (coalesced delivery): it delivers ``count`` items; the latency
+        is each included item's, from its own ``ts`` (when it was published) to now, so it
+        includes the wait for the digest."""
+        data = m.get("data") or {}
+        for item in data.get("items") or ():
+            lat = now - float(item.get("ts") or now)
+            self.stats.latency.add(lat)
+            self.stats.sec_hist(now).add(lat)
+        self.stats.delivered += int(data.get("count") or 0)
+        self.stats.digests += 1
+        off = m.get("offset")
+        if off:
+            self.offsets[m["channel"].encode()] = off.encode()
 
     def _answer(self, m: dict[str, Any], now: float) -> None:
         cid = str(m.get("id") or "")

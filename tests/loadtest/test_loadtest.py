@@ -72,6 +72,28 @@ async def test_short_run_reports_and_passes_correctness(start_gateway, tmp_path:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+async def test_digest_feed_counts_every_vybe_and_measures_latency_per_item(start_gateway, tmp_path: Path) -> None:
+    """On a digest feed, readers get `feed.digest` frames: the report counts the vybes they carry
+    (not the frames), and the latency is each included vybe's, from its publication."""
+    config = tmp_path / "ns.toml"
+    config.write_text('[namespaces.feed]\ndelivery = "digest"\ndigest_interval_s = 0.5\ndigest_items = 50\n')
+    live = await start_gateway(namespaces=str(config))
+    args = parse_args([
+        "--url", live.url, "--jwt-secret", live.settings.jwt_secret, "--readers", "10", "--posters", "2",
+        "--reactors", "0", "--moderators", "0", "--ramp-up", "0.5", "--duration", "4", "--post-rate", "3",
+        "--reader-vybes", "0", "--reader-looprooms", "0", "--sources", "0", "--skip-moderation-check",
+        "--progress", "none",
+    ])
+    report = await run_async(args)
+    d = report["deliveries"]
+    posted = report["writes"]["vybes"]
+    assert posted >= 8 and d["digests"] > 0, (posted, d)
+    # Every reader receives every vybe posted while it listened (all 10 were subscribed before the posts).
+    assert d["total"] >= 10 * posted * 0.9 and d["total"] > 2 * d["digests"], (posted, d)
+    # An item waits for its digest: up to the 0.5 s interval, never more than a few of them.
+    assert 0 < report["latency_ms"]["p50_ms"] < 2000 and report["latency_ms"]["max_ms"] < 5000, report["latency_ms"]
+
+
 async def test_missed_slo_exits_non_zero(start_gateway) -> None:
     """An impossible p99 SLO makes the command exit 1 (so it can gate a deploy)."""
     live = await start_gateway()
