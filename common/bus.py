@@ -17,16 +17,13 @@ persistence), which tells a resuming client that its offset means nothing now.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 import msgspec
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from common.outbox import EVENT_SEPARATOR
 from common.redisconn import Script
@@ -224,6 +221,8 @@ class Publisher:
         self.replica_wait_ms = replica_wait_ms
         """Cluster: how long :meth:`publish_rows` waits for a replica of each master it wrote to (0: not at all)."""
         self._unreplicated_logged = 0.0
+        self._replicas_seen: dict[str, tuple[float, int]] = {}
+        """Per cluster master: when its replicas were counted, and how many were connected."""
         self.keys = Keys(prefix)
         self.history_len = history_len
         self.history_ttl_s = history_ttl_s
@@ -256,6 +255,7 @@ class Publisher:
         jobs onto the job stream. Returns, per row, published / duplicate / held."""
         k = self.keys
         replies_per_row: list[int | None] = []  # None: one reply that is the row's outcome
+        waits = await self._replicas_to_wait_for(rows)
         async with self.redis.pipeline(transaction=False) as pipe:
             for row, start in zip(rows, starts, strict=True):
                 c = row.channel
@@ -279,10 +279,18 @@ class Publisher:
                         args=[length, row.messages, ttl, row.seq, "1" if start else "0"],
                         client=pipe)
                     replies_per_row.append(None)
-            replies = await pipe.execute()
-        if self.replica_wait_ms and isinstance(self.redis, RedisCluster):
-            await self._replicated(self.redis, {k.jobs if r.channel == JOBS_CHANNEL else k.stream(r.channel)
-                                                for r in rows})
+            # Cluster: WAIT 1 on each master written to, last in the same pipeline, so it goes on
+            # the connection that carried the writes (WAIT counts only its own connection's). The
+            # relay deletes the outbox rows after this: a master lost then cannot take an event
+            # along, as its replica, promoted in its place, holds it.
+            for node in waits:
+                pipe.execute_command("WAIT", 1, self.replica_wait_ms, target_nodes=node)
+            replies = await pipe.execute(raise_on_error=False)
+        if waits:
+            replies, acks = replies[:-len(waits)], replies[-len(waits):]
+            await self._check_replicated(waits, acks)
+        if failed := next((r for r in replies if isinstance(r, Exception)), None):
+            raise failed
         out: list[str] = []
         i = 0
         for n in replies_per_row:
@@ -291,29 +299,50 @@ class Publisher:
         return out
 
 
-    async def _replicated(self, cluster: RedisCluster, keys: set[str]) -> None:
-        """Wait (``WAIT 1``, up to ``replica_wait_ms``) until a replica of each master written to
-        holds what was just published, before the relay deletes the outbox rows: a master lost
-        right after then cannot take an announced event with it (its replica is promoted with
-        it). A master with no replica, or one that does not answer in time, is logged and the
-        topology refreshed; publishing goes on (a lagging replica must not stop delivery)."""
-        nodes: dict[str, Any] = {}
-        for key in keys:
-            holders = cluster.nodes_manager.slots_cache.get(cluster.keyslot(key)) or []
-            if len(holders) > 1:  # a master with at least one replica
-                nodes[holders[0].name] = holders[0]
-        if not nodes:
+    async def _replicas_to_wait_for(self, rows: Sequence[OutboxRow]) -> list[Any]:
+        """Cluster: the masters that ``rows`` write to and that have a replica connected (asked with
+        INFO replication at most every 30 s per master: the client's slot map does not say, and a
+        WAIT on a master with no replica would only wait out its timeout)."""
+        cluster = self.redis
+        if not self.replica_wait_ms or not isinstance(cluster, RedisCluster):
+            return []
+        k = self.keys
+        out: list[Any] = []
+        try:
+            if not cluster.nodes_manager.slots_cache:
+                await cluster.initialize()
+            masters = {node.name: node for node in (
+                cluster.get_node_from_key(k.jobs if r.channel == JOBS_CHANNEL else k.stream(r.channel))
+                for r in rows) if node is not None}
+            now = time.monotonic()
+            for name, node in masters.items():
+                seen = self._replicas_seen.get(name)
+                if seen is None or now - seen[0] > 30:
+                    info = await cluster.execute_command("INFO", "replication", target_nodes=node)
+                    if isinstance(info, dict) and name in info and isinstance(info[name], dict):
+                        info = info[name]
+                    seen = self._replicas_seen[name] = (now, int(info.get("connected_slaves", 0)))
+                if seen[1] > 0:
+                    out.append(node)
+        except Exception as err:  # noqa: BLE001 - not knowing means not waiting; publishing goes on
+            log.warning("redis cluster: cannot tell which masters have replicas (%s: %s)", type(err).__name__, err)
+        return out
+
+    async def _check_replicated(self, nodes: list[Any], acks: list[Any]) -> None:
+        """Log (at most every 10 s) the masters no replica of which acknowledged in time, and
+        refresh the slot map (a replica that died leaves it). Never raises: the rows were
+        published, and publishing them again would duplicate what has no sequence (jobs)."""
+        short = [node.name for node, ack in zip(nodes, acks, strict=True) if not isinstance(ack, int) or ack < 1]
+        if not short or time.monotonic() - self._unreplicated_logged < 10:
             return
-        acks = await asyncio.gather(*(cluster.execute_command("WAIT", 1, self.replica_wait_ms, target_nodes=node)
-                                      for node in nodes.values()), return_exceptions=True)
-        short = [name for name, ack in zip(nodes, acks, strict=True) if not isinstance(ack, int) or ack < 1]
-        if short and time.monotonic() - self._unreplicated_logged > 10:
-            self._unreplicated_logged = time.monotonic()
-            log.warning("redis cluster: no replica of %s acknowledged within %d ms; published anyway (a loss of "
-                        "that master now would lose the newest events of its channels' history)",
-                        short, self.replica_wait_ms)
-            with contextlib.suppress(RedisError, OSError):  # a replica that died leaves the slot map
-                await cluster.nodes_manager.initialize()
+        self._unreplicated_logged = time.monotonic()
+        log.warning("redis cluster: no replica of %s acknowledged within %d ms; published anyway (a loss of "
+                    "that master now would lose the newest events of its channels' history)",
+                    short, self.replica_wait_ms)
+        try:
+            await cast("RedisCluster", self.redis).nodes_manager.initialize()
+        except Exception as err:  # noqa: BLE001 - RedisClusterException is not a RedisError
+            log.warning("redis cluster: refreshing the slot map failed: %s", err)
 
 
 class OutboxRow(Protocol):

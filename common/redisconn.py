@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 Client: TypeAlias = aioredis.Redis | RedisCluster
 """What :func:`connect` returns (both speak the same commands; pub/sub differs)."""
+
+
+REDIS_DOWN: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+"""What a Redis that is down, restarting or failing over raises (a cluster's RedisClusterException, e.g.
+a slot not served mid-failover, is no RedisError)."""
 
 
 def is_cluster(client: object) -> bool:
@@ -78,7 +83,7 @@ async def connect(url: str, *, cluster: str = "auto", max_connections: int = 64,
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=wait_s, socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout, health_check_interval=health_check_interval)
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
 
 
 async def connect_for(settings: Settings, **options: Any) -> Client:

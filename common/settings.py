@@ -63,10 +63,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_min: int = 2
     db_pool_max: int = 10
     redis_pool_max: int = 64
+    """Redis connections per gateway process (pub/sub aside); more requests wait for one (5 s at most; on a
+    Redis Cluster: per node, and a request finding none free fails at once as Redis unavailable)."""
     redis_replica_wait_ms: int = 100
     """Redis Cluster: before the outbox forgets an event, wait up to this long for a replica of its master
     to hold it (WAIT 1), so a master lost then cannot take it along. 0: do not wait."""
-    """Redis connections per gateway process (pub/sub aside); more requests wait for one (5 s at most)."""
 
     jwt_algorithms: str = "HS256"
     """Comma-separated allow-list; never ``none``."""

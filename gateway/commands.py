@@ -13,11 +13,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import msgspec
-from redis.exceptions import RedisError
 
 from common import events
 from common.bus import job
 from common.errors import ErrorCode
+from common.redisconn import REDIS_DOWN
 from common.visibility import Viewer, may_follow
 from db import apps, writes
 from db.outbox import Announcement
@@ -84,7 +84,7 @@ async def handle(conn: Caller, cmd: Any) -> Result:
                 return await _publish(cast("Connection", conn), cmd)
     except writes.WriteError as err:
         raise CommandError(err.code, err.message, err.retry_after) from err
-    except RedisError as err:  # e.g. a resume's history read while Redis restarts
+    except REDIS_DOWN as err:  # e.g. a resume's history read while Redis restarts
         raise unavailable("Redis") from err
     except UNREACHABLE as err:
         raise unavailable("PostgreSQL") from err

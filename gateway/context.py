@@ -15,7 +15,6 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from common import namespaces, redisconn
 from common.bus import Keys, Publisher
@@ -142,7 +141,7 @@ class Gateway:
         status: dict[str, Any] = {"postgres": False, "redis": False, "pubsub": await self.backend.probe()}
         with contextlib.suppress(*UNREACHABLE, asyncpg.PostgresError):
             status["postgres"] = await asyncio.wait_for(self.pool.fetchval("SELECT true"), 2.0) is True
-        with contextlib.suppress(OSError, RedisError, asyncio.TimeoutError):
+        with contextlib.suppress(*redisconn.REDIS_DOWN, asyncio.TimeoutError):
             status["redis"] = bool(await asyncio.wait_for(self.redis.ping(), 2.0))
         status["tasks"] = self.supervisor.status()
         return status

@@ -17,9 +17,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
 from common.bus import encode_message
+from common.redisconn import REDIS_DOWN
 
 if TYPE_CHECKING:
     from gateway.context import Gateway
@@ -91,7 +90,7 @@ class Presence:
                 rooms, self._reported = sorted(self._reported), set()
                 for room in rooms:
                     await self._report(room, 0)
-        except (RedisError, OSError, TimeoutError) as err:
+        except REDIS_DOWN as err:  # TimeoutError is an OSError
             log.warning("presence withdraw failed, counts expire within %.0f s: %s: %s",
                         self.interval * 3, type(err).__name__, err)
 
@@ -110,7 +109,7 @@ class Presence:
         while True:
             try:
                 await self.tick()
-            except (RedisError, OSError) as err:
+            except REDIS_DOWN as err:
                 log.warning("presence update failed: %s", err)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), self.interval)

@@ -24,10 +24,10 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter, SkipValidation
-from redis.exceptions import RedisError
 
 from common.bus import Meta, event, job, parse_offset, split_message
 from common.errors import ErrorCode
+from common.redisconn import REDIS_DOWN
 from db import apps
 from db.outbox import Announcement
 from db.writes._tx import in_transaction
@@ -212,7 +212,7 @@ class ServerController(Controller):
                 pipe.hgetall(f"{k.prefix}p:{tag}:n")
                 pipe.zrangebyscore(f"{k.prefix}p:{tag}:hb", time.time(), "+inf")
                 counts, live = await pipe.execute()
-        except (RedisError, OSError) as err:
+        except REDIS_DOWN as err:
             raise _redis_down(err) from err
         alive = set(live)
         return Presence(channel=channel, viewers=sum(int(v) for n, v in counts.items() if n in alive))
@@ -235,7 +235,7 @@ class ServerController(Controller):
                     entries = await gw.backend.current(channel)
             else:
                 entries = await gw.backend.current(channel)
-        except (RedisError, OSError) as err:
+        except REDIS_DOWN as err:
             raise _redis_down(err) from err
         out = []
         for entry in entries[-limit:]:
@@ -309,7 +309,7 @@ class ServerController(Controller):
 async def _control(gw: Gateway, user_id: str, name: str, data: object, meta: Meta) -> None:
     try:
         await gw.publisher.publish(f"user:{user_id}", name, data, meta)
-    except (RedisError, OSError) as err:
+    except REDIS_DOWN as err:
         raise _redis_down(err) from err
 
 
@@ -318,6 +318,6 @@ async def _scored(gw: Gateway, item_id: uuid.UUID, app_id: str) -> apps.ItemView
     stands after ``VYBE_MODERATE_WAIT_S``."""
     key = f"{gw.keys.prefix}scored:{item_id}"
     # Redis down: answer with the stored state (pending); the webhook or a read brings the rest.
-    with contextlib.suppress(RedisError, OSError):
+    with contextlib.suppress(*REDIS_DOWN):
         await gw.waits.blpop([key], timeout=gw.settings.moderate_wait_s)
     return await apps.item_view(gw.pool, item_id, app_id)

@@ -17,11 +17,12 @@ import uuid
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from common import events, namespaces, redisconn
 from common.bus import Event, Keys, Publisher
 from common.labels import SELF_HARM_RISK
+from common.redisconn import REDIS_DOWN
 from common.tasks import Supervisor, backoff, cancelled_meanwhile
 from db import apps, learning, outbox, writes
 from db import moderation as mdb
@@ -78,7 +79,7 @@ class Worker:
         sup = self.supervisor
         with contextlib.suppress(*UNREACHABLE, asyncpg.PostgresError):
             await self.sync_model()  # before the first batch, so nothing is scored by a superseded model
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*REDIS_DOWN):
             await self.ensure_group()  # a fresh Redis has no group yet (the loop retries if this fails)
         sup.add("models", self._model_loop)
         sup.add("sweeper", self._sweep_loop)
@@ -98,7 +99,7 @@ class Worker:
                     log.warning("worker step failed (%s: %s); retrying", type(err).__name__, err)
                     await asyncio.sleep(backoff(attempt))
         finally:
-            with contextlib.suppress(*UNREACHABLE, RedisError, asyncpg.PostgresError):
+            with contextlib.suppress(*UNREACHABLE, *REDIS_DOWN, asyncpg.PostgresError):
                 await asyncio.wait_for(self.relay.flush(), 2.0)
             await sup.stop()
 
@@ -118,7 +119,7 @@ class Worker:
     async def _attempt(self, entries: list[Entry]) -> None:
         try:
             await self.process(entries)
-        except (asyncpg.PostgresError, RedisError, OSError, ValueError, RuntimeError) as err:
+        except (asyncpg.PostgresError, *REDIS_DOWN, ValueError, RuntimeError) as err:
             log.warning("batch of %d failed: %s", len(entries), err)
             await self.redis.hset(self.keys.jobs + ":errors", mapping={i: repr(err)[:500] for i, _ in entries})
 
@@ -325,7 +326,7 @@ class Worker:
                 rescored = await self.rescore()
                 if rescored:
                     log.info("enqueued %d items for rescoring by %s", rescored, self.scorer.version)
-            except (*UNREACHABLE, RedisError, asyncpg.PostgresError) as err:
+            except (*UNREACHABLE, *REDIS_DOWN, asyncpg.PostgresError) as err:
                 log.warning("sweep failed: %s", err)
             await asyncio.sleep(interval)
 

@@ -9,7 +9,6 @@ Pings every 20 s like the others (uWebSockets' idle timeout of 40 s with automat
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
@@ -21,7 +20,7 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PORT = int(os.environ.get("BENCH_PORT", "8767"))
 TOPIC = "feed"
 # The loop holds only weak references to tasks: keep the relay's here, or it may be collected.
-_TASKS: set[asyncio.Future[Any]] = set()
+_TASKS: set[Any] = set()
 
 
 def on_open(ws: Any) -> None:

@@ -9,7 +9,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.bus import History, Keys, Meta, Publisher, make_offset, stream_id_key
@@ -31,7 +31,8 @@ _CONTROL = "_control"  # a channel of our own: keeps the connection subscribed, 
 class RedisBackend(Backend):
     """One pub/sub connection per process; reconnects with capped exponential backoff."""
 
-    transient_errors = (RedisError, OSError)
+    # RedisClusterException (a cluster whose slots are not all served, mid-failover) is no RedisError.
+    transient_errors = (RedisError, RedisClusterException, OSError)
 
     def __init__(self, redis: Client, prefix: str, history_len: int = 1000, *,
                  history_ttl_s: int = 172_800, history: History | None = None) -> None:

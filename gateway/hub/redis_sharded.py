@@ -33,13 +33,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.bus import Publisher
 from common.redisconn import is_cluster
 from common.settings import SettingsError
-from common.tasks import cancel_and_wait
+from common.tasks import cancel_and_wait, cancelled_meanwhile
 from gateway.hub.redis import _CONTROL, RedisBackend, read_with_reconnect
 
 if TYPE_CHECKING:
@@ -69,7 +68,12 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 class _Link:
-    """One pub/sub connection to one Redis node, with its own reader task."""
+    """One pub/sub connection to one Redis node, with its own reader task.
+
+    ``channels`` is what the link must be subscribed to. The reader connects, subscribes all of
+    them (again until nothing was added meanwhile), waits for each confirmation, and only then
+    reads; after a reconnect it tells the hub, which backfills from history.
+    """
 
     def __init__(self, backend: ShardedRedisBackend, name: str, client: aioredis.Redis, owned: bool) -> None:
         self.backend = backend
@@ -77,33 +81,25 @@ class _Link:
         self.client = client
         self.owned = owned  # we made the client (a cluster node): close it with the link
         self.channels: set[str] = set()
+        self.moved: set[str] = set()
+        """Channels handed over from another link: backfilled once subscribed here."""
         self.pubsub: PubSub | None = None
         self.up = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.retired = False
         """No channel of ours is on this node any more (a failover moved them): the reader ends."""
 
-    async def open(self, first: list[str]) -> None:
-        """Connect and subscribe; when the node does not answer, the reader retries with backoff."""
-        self.pubsub = self.client.pubsub()
-        try:
-            await self.pubsub.ssubscribe(*first)
-            self.up.set()
-        except _REDIS_DOWN as err:
-            log.warning("redis sharded pub/sub link %s not up (%s); retrying", self.name, err)
-            with contextlib.suppress(*_REDIS_DOWN):
-                await self.pubsub.aclose()
-            self.pubsub = None
-        self.task = asyncio.create_task(self._run(), name=f"redis-spubsub-{self.name}")
+    def start(self) -> None:
+        """Start the reader (idempotent): it connects and subscribes ``channels`` at once, and
+        retries with backoff while the node does not answer."""
+        if self.task is None:
+            self.task = asyncio.create_task(self._run(), name=f"redis-spubsub-{self.name}")
 
     async def close(self) -> None:
         if self.task is not None:
             await cancel_and_wait(self.task)
             self.task = None
-        if self.pubsub is not None:
-            with contextlib.suppress(*_REDIS_DOWN):
-                await self.pubsub.aclose()
-            self.pubsub = None
+        await self._drop_connection()
         if self.owned:
             with contextlib.suppress(*_REDIS_DOWN):
                 await self.client.aclose()
@@ -112,38 +108,53 @@ class _Link:
         if self.up.is_set() and self.pubsub is not None:
             with contextlib.suppress(*_REDIS_DOWN):  # the reader reconnects and resubscribes everything
                 await self.pubsub.ssubscribe(name)
+        # Not up: the reader's (re)subscription takes it (it is in ``channels`` already).
 
     async def sunsubscribe(self, name: str) -> None:
         if self.up.is_set() and self.pubsub is not None:
             with contextlib.suppress(*_REDIS_DOWN):
                 await self.pubsub.sunsubscribe(name)
 
-    async def _run(self) -> None:
-        await read_with_reconnect(self._read, self._resubscribe, self.up.clear,
-                                  f"redis sharded pub/sub link {self.name}")
-
-    def restart(self) -> None:
-        """Subscribe everything again on a fresh connection, then backfill (channels moved here)."""
+    def restart(self, moved: set[str]) -> None:
+        """Channels ``moved`` here from another link: subscribe them (on a fresh connection if the
+        link is up; else its (re)subscription takes them), then backfill them."""
+        self.moved |= moved
         if self.task is None:
-            self.pubsub = None  # the reader finds no connection: its reconnect subscribes and backfills
-            self.task = asyncio.create_task(self._run(), name=f"redis-spubsub-{self.name}")
+            self.start()
         elif self.up.is_set() and self.pubsub is not None:
-            # Closing the connection under the reader sends it down the reconnect path. (A link
-            # that is down already resubscribes its channels, the new ones with them.)
-            self.backend.spawn(self.pubsub.aclose(), f"redis-spubsub-cycle-{self.name}")
+            # Closing the connection under the reader sends it down the reconnect path, which
+            # subscribes every channel again and backfills them.
+            self.backend.spawn(self._drop_connection(), f"redis-spubsub-cycle-{self.name}")
 
     async def retire(self) -> None:
         self.retired = True
         if self.backend._links.get(self.name) is self:
             del self.backend._links[self.name]
+        await self._drop_connection()
         if self.owned:
             with contextlib.suppress(*_REDIS_DOWN):
                 await self.client.aclose()
 
+    async def _drop_connection(self) -> None:
+        pubsub, self.pubsub = self.pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(*_REDIS_DOWN):
+                await pubsub.aclose()
+
+    async def _run(self) -> None:
+        label = f"redis sharded pub/sub link {self.name}"
+        try:
+            await self._subscribe_all(first=True)
+        except Exception as err:  # noqa: BLE001 - the reconnect loop below retries any failure
+            cancelled_meanwhile(err)
+            self.up.clear()
+            log.warning("%s not up (%s: %s); retrying", label, type(err).__name__, err)
+        await read_with_reconnect(self._read, self._resubscribe, self.up.clear, label)
+
     async def _read(self) -> None:
         while not self.retired:
             pubsub = self.pubsub
-            if pubsub is None:
+            if pubsub is None or not self.up.is_set():
                 raise RedisConnectionError("no pub/sub connection")
             msg = await pubsub.get_message(timeout=5.0)
             if msg is not None:
@@ -155,34 +166,49 @@ class _Link:
             await self.backend.rehome(self)
             if self.retired:
                 return
-        if self.pubsub is not None:
-            with contextlib.suppress(*_REDIS_DOWN):
-                await self.pubsub.aclose()
-        self.pubsub = self.client.pubsub()
+        await self._subscribe_all(first=False)
+
+    def _wanted(self) -> set[str]:
         keys = self.backend.keys
-        names = [keys.pubsub(c) for c in self.channels]
+        names = {keys.pubsub(c) for c in self.channels}
         if self.name == self.backend.control_link:
-            names.append(keys.pubsub(_CONTROL))
-        # One SSUBSCRIBE per hash slot: a cluster refuses shard channels of several slots in one.
-        by_slot: dict[int, list[str]] = {}
-        for name in names:
-            by_slot.setdefault(key_slot(name.encode()), []).append(name)
-        for group in by_slot.values():
-            await self.pubsub.ssubscribe(*group)
-        # Every confirmation before telling the hub: history read after this point
-        # overlaps live delivery, so nothing falls between the two.
-        confirmed = 0
-        while confirmed < len(names):
-            msg = await self.pubsub.get_message(timeout=5.0)
-            if msg is None:
-                raise RedisTimeoutError("no ssubscribe confirmation")
-            if _s(msg["type"]) == "ssubscribe":
-                confirmed += 1
-            self.backend._dispatch(self, msg)
-        self.backend.reconnects += 1
+            names.add(keys.pubsub(_CONTROL))
+        return names
+
+    async def _subscribe_all(self, first: bool) -> None:
+        await self._drop_connection()
+        pubsub = self.pubsub = self.client.pubsub()
+        done: set[str] = set()
+        # Until nothing was added meanwhile (a subscribe, a channel moved here while we waited).
+        while todo := self._wanted() - done:
+            if self.backend.cluster:  # a cluster refuses shard channels of several slots in one SSUBSCRIBE
+                by_slot: dict[int, list[str]] = {}
+                for name in todo:
+                    by_slot.setdefault(key_slot(name.encode()), []).append(name)
+                groups = list(by_slot.values())
+            else:
+                groups = [sorted(todo)]
+            for group in groups:
+                await pubsub.ssubscribe(*group)
+            # Every confirmation before telling the hub: history read after this point
+            # overlaps live delivery, so nothing falls between the two.
+            confirmed = 0
+            while confirmed < len(todo):
+                msg = await pubsub.get_message(timeout=5.0)
+                if msg is None:
+                    raise RedisTimeoutError("no ssubscribe confirmation")
+                if _s(msg["type"]) == "ssubscribe":
+                    confirmed += 1
+                self.backend._dispatch(self, msg)
+            done |= todo
         self.up.set()
-        log.info("redis sharded pub/sub link %s back; %d channels resubscribed", self.name, len(self.channels))
-        await self.backend.on_reconnect(list(self.channels))
+        backfill = [c for c in self.channels if not first or c in self.moved]
+        self.moved.clear()
+        if not first:
+            self.backend.reconnects += 1
+            log.info("redis sharded pub/sub link %s back; %d channels resubscribed", self.name, len(self.channels))
+        if backfill:
+            await self.backend.on_reconnect(backfill)
 
 
 class ShardedRedisBackend(RedisBackend):
@@ -232,10 +258,12 @@ class ShardedRedisBackend(RedisBackend):
                 f"{'.'.join(map(str, version))}: upgrade Redis or set VYBE_PUBSUB=classic")
         control = self.keys.pubsub(_CONTROL)
         # A subscription to a private control channel keeps the (first) connection open
-        # and proves the round trip (readiness).
+        # and proves the round trip (readiness). A Redis down now: the link keeps trying.
         link = self._link_for(control)
         self.control_link = link.name
-        await link.open([control])
+        link.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(link.up.wait(), 5.0)
         self._started = True
 
     async def close(self) -> None:
@@ -304,6 +332,7 @@ class ShardedRedisBackend(RedisBackend):
         cluster: Any = self.redis
         await cluster.nodes_manager.initialize()
         moved: dict[str, _Link] = {}
+        moving: set[str] = set()
         for channel in list(link.channels):
             target = self._link_for(self.keys.pubsub(channel))
             if target is not link:
@@ -311,13 +340,14 @@ class ShardedRedisBackend(RedisBackend):
                 target.channels.add(channel)
                 self._link_of[channel] = target
                 moved[target.name] = target
+                moving.add(channel)
         if self.control_link == link.name:
             target = self._link_for(self.keys.pubsub(_CONTROL))
             if target is not link:
                 self.control_link = target.name
                 moved[target.name] = target
         for target in moved.values():
-            target.restart()
+            target.restart(target.channels & moving)
         if moved:
             log.info("redis cluster: channels of %s moved to %s", link.name, sorted(moved))
         if not link.channels and self.control_link != link.name:
@@ -334,7 +364,7 @@ class ShardedRedisBackend(RedisBackend):
             link.channels.add(channel)
             self._link_of[channel] = link
             if link.task is None:
-                await link.open([name])
+                link.start()
             else:
                 await link.ssubscribe(name)
         await asyncio.shield(fut)
@@ -367,31 +397,25 @@ class ShardedRedisBackend(RedisBackend):
     async def _move(self, channel: str, old: _Link) -> None:
         """Resubscribe a channel whose slot moved, on its new owner, then backfill it."""
         name = self.keys.pubsub(channel)
+        delay, tries = 0.1, 0
         try:
-            delay = 0.1
-            while self._link_of.get(channel) is old:
+            while self._link_of.get(channel) is old and channel in old.channels:
                 try:
                     if self.cluster:
-                        cluster: Any = self.redis
-                        await cluster.nodes_manager.initialize()
-                    old.channels.discard(channel)
+                        await cast("Any", self.redis).nodes_manager.initialize()
                     link = self._link_for(name)
-                    link.channels.add(channel)
-                    self._link_of[channel] = link
-                    fut = self._pending[channel] = asyncio.get_running_loop().create_future()
-                    if link.task is None:
-                        await link.open([name])
-                    else:
-                        await link.ssubscribe(name)
-                    await asyncio.wait_for(asyncio.shield(fut), 5.0)
-                    log.info("shard channel %s moved to %s; resubscribed", channel, link.name)
-                    await self.on_reconnect([channel])
-                    return
-                except (*_REDIS_DOWN, ResponseError) as err:
+                    if link is not old or tries >= 3:  # moved; or told so thrice by a map that says not
+                        old.channels.discard(channel)
+                        link.channels.add(channel)
+                        self._link_of[channel] = link
+                        link.restart({channel})
+                        log.info("shard channel %s moved to %s; resubscribing", channel, link.name)
+                        return
+                except Exception as err:  # noqa: BLE001 - RedisClusterException is not a RedisError
+                    cancelled_meanwhile(err)
                     log.warning("resubscribing moved channel %s failed: %s", channel, err)
-                    self._link_of[channel] = old
-                    old.channels.add(channel)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                tries += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         finally:
             self._moving.discard(channel)

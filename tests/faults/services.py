@@ -249,6 +249,16 @@ class RedisClusterProc:
             client.close()
         raise ServiceError(f"no master owns the slot of {key}")
 
+    def replica_of(self, master_port: int) -> RedisProc:
+        """A replica of the master on ``master_port`` (from its INFO replication)."""
+        client = self._client(master_port)
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        port = int(info["slave0"]["port"])
+        return next(n for n in self.nodes if n.port == port)
+
     def kill_master_of(self, key: str) -> int:
         """SIGKILL the master that owns ``key``'s slot (a machine lost); returns its port."""
         port = self.master_of(key)

@@ -11,6 +11,7 @@ complete (gap-free or told), counters exact.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 # Which master dies: the one holding the global feed's history and pub/sub, or the one
 # holding the moderation job stream (no hash tag: its own slot).
-VICTIMS = {"feed": "h:{feed}", "jobs": "moderation:jobs"}
+VICTIMS = {"feed": "h:{feed}", "jobs": "moderation:jobs", "control": "c:{_control}"}
+# (control: the gateways' readiness probe channel, whose pub/sub link must move too.)
 
 
 @pytest.mark.timeout(240)
@@ -124,3 +126,35 @@ async def test_cluster_runs_the_whole_flow(cluster_rig: Rig) -> None:
     assert_none([f"not within 20 s: {name}" for name, c in checks.items() if not c()])
     matches = [m for m in reader.received("user:reader") if m["event"] == "match.created"]
     assert len(matches) == 1, matches
+
+
+@pytest.mark.timeout(120)
+async def test_a_stalled_replica_is_waited_for_and_then_passed_over(cluster_rig: Rig) -> None:
+    """The relay sends WAIT 1 after each publish, on the connection that carried the writes: with
+    the feed master's replica stopped (SIGSTOP, 1.5 s) WAIT times out (VYBE_REDIS_REPLICA_WAIT_MS)
+    and the gateway says so, while posts are still acknowledged and delivered."""
+    rig = cluster_rig
+    [gw] = await rig.start(gateways=1, workers=0)
+    writer, reader = await rig.client("writer", gw), await rig.client("reader", gw)
+    await reader.subscribe("feed")
+    await writer.ok("post_vybe", content="before the stall")
+    replica = rig.redis.replica_of(rig.redis.master_of(rig.prefix + "h:{feed}"))
+    assert replica.proc is not None
+    replica.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        during = [await writer.ok("post_vybe", content=f"while the replica is stopped {i}") for i in range(3)]
+        took = time.monotonic() - started
+
+        async def delivered() -> bool:
+            got = {m["data"].get("id") for m in reader.received("feed")}
+            return all(v["id"] in got for v in during)
+
+        # Delivered while the replica is still stopped: WAIT gives up after its timeout.
+        assert await wait_until(delivered, 5) is not None, "posts made while the replica was stopped not delivered"
+        await asyncio.sleep(max(0.0, 1.5 - (time.monotonic() - started)))
+    finally:
+        replica.proc.send_signal(signal.SIGCONT)
+
+    assert took < 5, f"three posts took {took:.1f} s while a replica was stopped"
+    assert "no replica of" in gw.log_text(), "WAIT never timed out: it did not wait for the writes' replica"
