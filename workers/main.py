@@ -33,17 +33,15 @@ def build_policy(settings: Settings, scorer: Scorer) -> Policy:
 
 
 def resolve_mode(mode: str, scorer: Scorer) -> str:
-    """``auto`` is ``flag``, except with the light scorer: on text written apart from its training
-    data it flags 10.7 % of short friendly messages (heads 2026.12.3 and .4; 89 % before 2026.12.2; see
-    moderation/data/independent/README.md), over the 5 % a fallback may flag, and a fallback that
-    floods the queue is worse than none, so it only records its scores (``shadow``)."""
+    """``auto`` is ``flag``, with every scorer. (The light fallback ran in ``shadow`` under ``auto``
+    while it flagged 10.7 % of short friendly messages written apart from its training data,
+    heads 2026.12.3-.4, over the 5 % a fallback may flag; 2026.12.5 flags 3.6 % there, 1.1 % leaving
+    one writer out: see moderation/data/independent/README.md.)"""
     if mode != "auto":
         return mode
     if scorer.name.startswith("vybe-light"):
-        log.warning("the light fallback scorer runs in shadow mode: it scores and records, and flags "
-                    "nothing (VYBE_MODERATION_MODE=flag to let it flag; install the ml extra for the "
-                    "embedded scorer)")
-        return "shadow"
+        log.info("the light fallback scorer flags (VYBE_MODERATION_MODE=shadow to only record its scores; "
+                 "install the ml extra for the embedded scorer)")
     return "flag"
 
 

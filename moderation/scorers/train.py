@@ -43,14 +43,14 @@ from .base import DATA_DIR, LABELS, SIGNALS
 from .embedded import HEAD_PATH, ROWWISE_INT8
 from .light import LIGHT_HEAD_PATH
 from .text import lexical_features
-from .trainset import TRAIN_PATH, generate, load_written, write_jsonl
+from .trainset import SUPPLEMENTARY, TRAIN_PATH, generate, load_supplementary, load_written, write_jsonl
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .embedded import Encoder
 
-VERSION = "2026.12.4"  # bump whenever a head changes (2026.12.4: trained on int8-rowwise embeddings)
+VERSION = "2026.12.5"  # bump whenever a head changes (2026.12.5: + data/supplementary at template weight)
 SEED = 13
 TARGETS: tuple[str, ...] = LABELS + SIGNALS
 THRESHOLDS: dict[str, float] = {**DEFAULT_FLAG, "self_harm_risk": 0.5}
@@ -87,12 +87,16 @@ EMBED_CACHE = Path(tempfile.gettempdir()) / "vybe-minilm-embeddings.npz"
 Folds = list[tuple[np.ndarray, np.ndarray]]
 
 
+AT_TEMPLATE_WEIGHT = ("generated", SUPPLEMENTARY)
+"""Sources trained on in every fold at ``Recipe.generated_weight``, never held out as a writer."""
+
+
 def training_rows() -> list[dict[str, Any]]:
-    """The shipped training rows: generated then hand-written, each
+    """The shipped training rows: generated, supplementary, then hand-written, each
     ``{"text", "labels", "care", "template", "source"}``."""
     gen = [{"text": r["text"], "labels": r["labels"], "care": 0, "template": r["template"], "source": "generated"}
            for r in generate(SEED)]
-    return gen + load_written()
+    return gen + load_supplementary() + load_written()
 
 
 def target_matrix(rows: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -103,7 +107,7 @@ def target_matrix(rows: Sequence[dict[str, Any]]) -> np.ndarray:
 def base_weights(rows: Sequence[dict[str, Any]], weights: Sequence[float] | None = None,
                  recipe: Recipe = RECIPE) -> np.ndarray:
     """Template rows weigh ``recipe.generated_weight``, others 1, times the caller's per-row weights."""
-    w = np.array([recipe.generated_weight if r.get("source") == "generated" else 1.0 for r in rows])
+    w = np.array([recipe.generated_weight if r.get("source") in AT_TEMPLATE_WEIGHT else 1.0 for r in rows])
     return w * np.asarray(weights, dtype=float) if weights is not None else w
 
 
@@ -111,7 +115,7 @@ def make_folds(rows: Sequence[dict[str, Any]], recipe: Recipe = RECIPE, n_splits
     """GroupKFold over whole templates; with ``recipe.source_folds`` a written source is one group
     (hold out the writer). Rows without a source (e.g. moderator decisions) group by template."""
     by_source = recipe.source_folds
-    groups = [r["source"] if by_source and r.get("source") not in (None, "generated") else r["template"]
+    groups = [r["source"] if by_source and r.get("source") not in (None, *AT_TEMPLATE_WEIGHT) else r["template"]
               for r in rows]
     n_splits = min(n_splits, len(set(groups)))
     return [(tr, te) for tr, te in GroupKFold(n_splits=n_splits).split(np.zeros(len(rows)), groups=groups)]
@@ -472,7 +476,7 @@ def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
     """
     texts = [str(r["text"]) for r in rows]
     x_emb, y, w = embed(texts, cache=cache, quantize=quantize), target_matrix(rows), base_weights(rows, recipe=recipe)
-    sources = sorted({r["source"] for r in rows} - {"generated"})
+    sources = sorted({r["source"] for r in rows} - set(AT_TEMPLATE_WEIGHT))
     per_source: dict[str, dict[str, Any]] = {}
     pooled: dict[str, list[np.ndarray]] = {}
     held_rows: list[dict[str, Any]] = []
@@ -539,7 +543,8 @@ def main(argv: list[str] | None = None) -> None:
         encoder = load_encoder(args.quantize)
     bundle = train_bundle(rows, version=VERSION, embedded=not args.skip_embedded, encoder=encoder, cache=args.cache)
     write_bundle(bundle, args.out_dir)
-    summary = {"rows": len(rows), "written_rows": sum(r["source"] != "generated" for r in rows),
+    summary = {"rows": len(rows), "written_rows": sum(r["source"] not in AT_TEMPLATE_WEIGHT for r in rows),
+               "supplementary_rows": sum(r["source"] == SUPPLEMENTARY for r in rows),
                "version": VERSION, "train_s": round(time.perf_counter() - t0, 1),
                **{k: v["training"]["per_target"] for k, v in bundle.items() if k in ("light", "embedded")}}
     print(json.dumps(summary, indent=2))

@@ -23,6 +23,9 @@ TRAIN_PATH: Path = DATA_DIR / "train.jsonl"
 EVAL_PATH: Path = DATA_DIR / "eval.jsonl"
 WRITTEN_DIR: Path = DATA_DIR / "written"
 """Hand-written training texts in many voices (one file per writer), beside the generated ones."""
+SUPPLEMENTARY_DIR: Path = DATA_DIR / "supplementary"
+"""Hand-written texts aimed at known misses, trained on at template weight (:func:`load_supplementary`)."""
+SUPPLEMENTARY = "supplementary"
 
 
 def _fill(template: str, rng: random.Random) -> str:
@@ -132,6 +135,13 @@ def load_written(directory: Path = WRITTEN_DIR) -> list[dict[str, object]]:
                          "template": f"{path.stem}.{i}", "source": path.stem,
                          "category": row.get("category", "?")})
     return rows
+
+
+def load_supplementary(directory: Path = SUPPLEMENTARY_DIR) -> list[dict[str, object]]:
+    """Hand-written rows aimed at known misses (``data/supplementary/``): trained on like template
+    rows (their weight, in every fold, never a held-out source), as each file covers a few
+    categories only. ``source`` is ``"supplementary"``; ``category`` is kept."""
+    return [{**row, "source": SUPPLEMENTARY} for row in load_written(directory)]
 
 
 def write_jsonl(rows: list[dict[str, object]], path: Path) -> None:

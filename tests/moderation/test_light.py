@@ -100,8 +100,7 @@ def test_blend_averages_its_parts_per_label() -> None:
 
 
 def test_blend_without_the_ml_extra_is_the_light_fallback(monkeypatch) -> None:
-    """Without torch & co. the default `blend` kind loads the light scorer alone (which the worker
-    then runs in shadow mode)."""
+    """Without torch & co. the default `blend` kind loads the light scorer alone."""
     import moderation.scorers as scorers
     from moderation.scorers.light import LightScorer
 

@@ -201,17 +201,18 @@ async def test_sigkill_mid_batch_loses_nothing(settings, pool, redis) -> None:
         "SELECT count(*) FROM (SELECT target_id FROM moderation_scores GROUP BY 1 HAVING count(*) > 1) d") == 0
 
 
-def test_auto_mode_lets_the_light_fallback_only_record() -> None:
-    """VYBE_MODERATION_MODE=auto (the default) flags with the embedded scorer, but the light fallback
-    only records its scores (shadow); an explicit mode is kept as set."""
+def test_auto_mode_flags_with_every_scorer_and_an_explicit_mode_is_kept() -> None:
+    """VYBE_MODERATION_MODE=auto (the default) flags with the embedded scorer and with the light
+    fallback (whose heads now flag few short friendly messages); an explicit mode is kept as set."""
     from common.settings import load_settings
     from moderation.scorers import load_scorer
     from workers.main import build_policy
 
     light = load_scorer("light")
-    assert build_policy(load_settings({}), light).mode == "shadow"
-    assert build_policy(load_settings({"VYBE_MODERATION_MODE": "flag"}), light).mode == "flag"
+    assert build_policy(load_settings({}), light).mode == "flag"
+    assert build_policy(load_settings({"VYBE_MODERATION_MODE": "shadow"}), light).mode == "shadow"
     embedded = type("Embedded", (), {"name": "vybe-minilm-lr"})()
     assert build_policy(load_settings({}), embedded).mode == "flag"  # type: ignore[arg-type]
-    shadowed = build_policy(load_settings({}), light).decide({"toxicity": 0.99})
+    shadowed = build_policy(load_settings({"VYBE_MODERATION_MODE": "shadow"}), light).decide({"toxicity": 0.99})
     assert shadowed.action == "shadow" and shadowed.reasons
+    assert build_policy(load_settings({}), light).decide({"toxicity": 0.99}).action == "flag"
