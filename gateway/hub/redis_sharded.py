@@ -21,6 +21,10 @@ resubscribes its channels, waits for every confirmation and then calls
 ``on_reconnect`` with those channels so the hub backfills them from history. A
 shard channel the server drops (its slot moved: Redis sends an unsolicited
 ``sunsubscribe``) is resubscribed on its new owner and backfilled the same way.
+When a node dies (a failover promotes its replica), its link, before each
+reconnect attempt, refreshes the slot map and hands every channel another node
+owns now to that node's link (:meth:`ShardedRedisBackend.rehome`); a link left
+with nothing retires.
 """
 
 from __future__ import annotations
