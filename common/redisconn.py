@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 if TYPE_CHECKING:
@@ -97,6 +99,28 @@ def sharded_pubsub(settings: Settings, client: object) -> bool:
     """SPUBLISH/SSUBSCRIBE: asked for (``VYBE_PUBSUB=sharded``), or a cluster (classic pub/sub
     there broadcasts every message to every node, and a node's failure loses its subscribers)."""
     return settings.pubsub == "sharded" or is_cluster(client)
+
+
+def pubsub_client(client: aioredis.Redis, **overrides: Any) -> aioredis.Redis:
+    """A client for pub/sub alone: ``client``'s connection settings (``overrides`` on top), its own
+    small pool, and no automatic retry. redis-py's pub/sub reconnects by itself after a failed read
+    and resubscribes without telling anyone, so events published in between would be lost with no
+    one told; without retries the read fails, and the owner reconnects, resubscribes and backfills
+    from history."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, **overrides, "retry": Retry(NoBackoff(), 0)}
+    return aioredis.Redis.from_pool(aioredis.ConnectionPool(connection_class=pool.connection_class,
+                                                            max_connections=8, **kwargs))
+
+
+def node_pubsub_client(cluster: RedisCluster, host: str, port: int) -> aioredis.Redis:
+    """:func:`pubsub_client`'s equivalent for one node of a cluster (its address, the cluster
+    client's credentials and timeouts)."""
+    kw = getattr(cluster, "connection_kwargs", {}) or {}
+    return aioredis.Redis(host=host, port=port, password=kw.get("password"), username=kw.get("username"),
+                          ssl=bool(kw.get("ssl")), socket_timeout=kw.get("socket_timeout") or 10,
+                          socket_connect_timeout=kw.get("socket_connect_timeout") or 2,
+                          health_check_interval=10, retry=Retry(NoBackoff(), 0))
 
 
 class Script:

@@ -112,8 +112,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     detoxify_checkpoint: str | None = None
     detoxify_hf_dir: str | None = None
     moderation_mode: str = "auto"
-    """auto | off | shadow | flag | hide. auto: flag, except with the light fallback scorer, which only
-    records its scores (shadow): it flags too many short friendly messages (moderation/data/independent)."""
+    """auto | off | shadow | flag | hide. auto: flag, with every scorer (the light fallback shadowed until
+    heads 2026.12.5, while it flagged too many short friendly messages: moderation/data/independent)."""
     moderation_thresholds: str = ""
     """Overrides, ``label=flag[:hide],...``; e.g. ``toxicity=0.8:0.97,threat=0.6``."""
     care_threshold: float = 0.5

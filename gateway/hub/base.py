@@ -28,6 +28,10 @@ OnMessage = Callable[[str, str, str, bytes], None]
 """(channel, epoch, stream_id, message) for each live event, in publish order."""
 OnReconnect = Callable[[Iterable[str]], Awaitable[None]]
 """Called after the upstream came back and resubscribed these channels."""
+OnRecovering = Callable[[Iterable[str]], None]
+"""Called before the upstream resubscribes these channels after losing them: from then on the hub
+holds their live events until ``on_reconnect`` has backfilled them (one arriving first would move a
+channel's position past events that only history still has)."""
 
 
 class Backend(ABC):
@@ -35,6 +39,7 @@ class Backend(ABC):
 
     on_message: OnMessage
     on_reconnect: OnReconnect
+    on_recovering: OnRecovering = staticmethod(lambda channels: None)
     transient_errors: tuple[type[BaseException], ...] = (OSError,)
     """What this transport raises while its server is unreachable (callers retry or degrade)."""
 

@@ -128,6 +128,7 @@ class Hub:
         self.digests = 0
         backend.on_message = self._on_message
         backend.on_reconnect = self._on_reconnect
+        backend.on_recovering = self._on_recovering
         self._channels: dict[str, _Channel] = {}
         self.events_in = 0
         self.deliveries = 0
@@ -448,15 +449,28 @@ class Hub:
                     del sub.resuming[state.name]  # a floor of the old epoch means nothing now
                 sub.push(element)
 
+    def _on_recovering(self, channels: Iterable[str]) -> None:
+        """The backend is about to resubscribe these channels: hold their live events (in arrival
+        order) until :meth:`_on_reconnect` has delivered what history has first."""
+        for name in channels:
+            state = self._channels.get(name)
+            if state is not None and state.recovering is None:
+                state.recovering = []
+
     async def _on_reconnect(self, channels: Iterable[str]) -> None:
         """After Redis came back: backfill each channel from its history. When history cannot
         fill the hole (Redis lost its data, or trimmed past it), announce a gap, then deliver
-        what the channel's new history already holds: it was all published after the loss."""
-        for name in channels:
+        what the channel's new history already holds: it was all published after the loss.
+        Every channel's live events are held from the start (not only while its own history is
+        read), so none moves a channel's position past what its backfill must still deliver."""
+        names = list(channels)
+        self._on_recovering(names)
+        for name in names:
             state = self._channels.get(name)
             if state is None:
                 continue
-            state.recovering = []
+            if state.recovering is None:  # another recovery of it finished meanwhile: this one reads again
+                state.recovering = []
             try:
                 entries: list[HistoryEntry] | None
                 if state.epoch is None or state.last is None:

@@ -8,11 +8,13 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
+import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.bus import History, Keys, Meta, Publisher, make_offset, stream_id_key
+from common.redisconn import pubsub_client
 from common.tasks import backoff, cancel_and_wait, cancelled_meanwhile
 from gateway.hub.base import Backend, HistoryEntry
 
@@ -37,6 +39,8 @@ class RedisBackend(Backend):
     def __init__(self, redis: Client, prefix: str, history_len: int = 1000, *,
                  history_ttl_s: int = 172_800, history: History | None = None) -> None:
         self.redis = redis
+        self._listener = pubsub_client(redis) if isinstance(redis, aioredis.Redis) else redis
+        """Pub/sub's own client, which never reconnects by itself (see :func:`pubsub_client`)."""
         self.keys = Keys(prefix)
         self.publisher = Publisher(redis, prefix, history_len, history_ttl_s=history_ttl_s, history=history)
         self.history_len = history_len
@@ -59,7 +63,7 @@ class RedisBackend(Backend):
         return self._up.is_set()
 
     async def start(self) -> None:
-        self._pubsub = self.redis.pubsub()
+        self._pubsub = self._listener.pubsub()
         # A subscription to a private control channel keeps the connection open and
         # proves the round trip (readiness); it also makes get_message block properly.
         try:
@@ -79,6 +83,9 @@ class RedisBackend(Backend):
             self._pubsub = None
         for fut in self._pending.values():
             fut.cancel()
+        if self._listener is not self.redis:
+            with contextlib.suppress(*self.transient_errors):
+                await self._listener.aclose()
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
@@ -259,7 +266,8 @@ class RedisBackend(Backend):
         if self._pubsub is not None:
             with contextlib.suppress(*self.transient_errors):
                 await self._pubsub.aclose()
-        self._pubsub = self.redis.pubsub()
+        self._pubsub = self._listener.pubsub()
+        self.on_recovering(list(self._channels))  # hold their live events until the backfill
         names = [self.keys.pubsub(c) for c in self._channels] + [self.keys.pubsub(_CONTROL)]
         await self._pubsub.subscribe(*names)
         # Wait for every confirmation before telling the hub: history read after this

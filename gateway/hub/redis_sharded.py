@@ -40,7 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.bus import Publisher
-from common.redisconn import is_cluster
+from common.redisconn import is_cluster, node_pubsub_client
 from common.settings import SettingsError
 from common.tasks import cancel_and_wait, cancelled_meanwhile
 from gateway.hub.redis import _CONTROL, RedisBackend, read_with_reconnect
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
     import redis.asyncio as aioredis
     from redis.asyncio.client import PubSub
+    from redis.asyncio.cluster import RedisCluster
 
     from common.bus import History
 
@@ -87,6 +88,8 @@ class _Link:
         self.channels: set[str] = set()
         self.moved: set[str] = set()
         """Channels handed over from another link: backfilled once subscribed here."""
+        self.unsubscribing: dict[str, int] = {}
+        """Our SUNSUBSCRIBEs not answered yet, per name (any other ``sunsubscribe`` is the server's)."""
         self.pubsub: PubSub | None = None
         self.up = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -116,19 +119,55 @@ class _Link:
 
     async def sunsubscribe(self, name: str) -> None:
         if self.up.is_set() and self.pubsub is not None:
+            self.unsubscribing[name] = self.unsubscribing.get(name, 0) + 1
             with contextlib.suppress(*_REDIS_DOWN):
                 await self.pubsub.sunsubscribe(name)
 
     def restart(self, moved: set[str]) -> None:
-        """Channels ``moved`` here from another link: subscribe them (on a fresh connection if the
-        link is up; else its (re)subscription takes them), then backfill them."""
+        """Channels ``moved`` here from another link (or dropped by the server and resubscribed):
+        subscribe them, then backfill them. A link that is up adopts them on its connection; one
+        that is not yet (or no longer) up takes them with its (re)subscription."""
         self.moved |= moved
+        self.backend.on_recovering(moved)  # hold their live events until the backfill
         if self.task is None:
             self.start()
         elif self.up.is_set() and self.pubsub is not None:
-            # Closing the connection under the reader sends it down the reconnect path, which
-            # subscribes every channel again and backfills them.
-            self.backend.spawn(self._drop_connection(), f"redis-spubsub-cycle-{self.name}")
+            self.backend.spawn(self._adopt(set(moved)), f"redis-spubsub-adopt-{self.name}")
+
+    async def _adopt(self, moved: set[str]) -> None:
+        """Subscribe ``moved`` on the live connection, wait for each confirmation, backfill them.
+        When that fails, the reader starts over (a fresh connection, every channel backfilled)."""
+        loop = asyncio.get_running_loop()
+        pending = self.backend._pending
+        futs = [pending.setdefault(c, loop.create_future()) for c in moved]
+        try:
+            pubsub = self.pubsub
+            if pubsub is None:
+                raise RedisConnectionError("no pub/sub connection")
+            by_slot: dict[int, list[str]] = {}
+            for c in moved:
+                name = self.backend.keys.pubsub(c)
+                by_slot.setdefault(key_slot(name.encode()), []).append(name)
+            for group in by_slot.values():
+                await pubsub.ssubscribe(*group)
+            await asyncio.wait_for(asyncio.gather(*(asyncio.shield(f) for f in futs)), 5.0)
+        except Exception as err:  # noqa: BLE001 - start over rather than leave a channel unsubscribed
+            cancelled_meanwhile(err)
+            log.warning("redis sharded pub/sub link %s: adopting %d channels failed (%s); reconnecting",
+                        self.name, len(moved), err)
+            await self._start_over()
+            return
+        self.moved -= moved
+        await self.backend.on_reconnect(sorted(moved & self.channels))
+
+    async def _start_over(self) -> None:
+        """A new reader on a new connection, which subscribes and backfills every channel."""
+        if self.task is not None and self.task is not asyncio.current_task():
+            await cancel_and_wait(self.task)
+        self.up.clear()
+        self.moved |= self.channels
+        self.backend.on_recovering(self.channels)
+        self.task = asyncio.create_task(self._run(), name=f"redis-spubsub-{self.name}")
 
     async def retire(self) -> None:
         self.retired = True
@@ -182,6 +221,9 @@ class _Link:
     async def _subscribe_all(self, first: bool) -> None:
         await self._drop_connection()
         pubsub = self.pubsub = self.client.pubsub()
+        self.unsubscribing.clear()
+        if not first:
+            self.backend.on_recovering(self.channels)  # hold their live events until the backfill
         done: set[str] = set()
         # Until nothing was added meanwhile (a subscribe, a channel moved here while we waited).
         while todo := self._wanted() - done:
@@ -280,6 +322,9 @@ class ShardedRedisBackend(RedisBackend):
         self._link_of.clear()
         for fut in self._pending.values():
             fut.cancel()
+        if self._listener is not self.redis:
+            with contextlib.suppress(*_REDIS_DOWN):
+                await self._listener.aclose()
 
     async def probe(self, timeout: float = 2.0) -> bool:
         """SPUBLISH a nonce on the control channel and wait to receive it (readiness), and
@@ -310,16 +355,11 @@ class ShardedRedisBackend(RedisBackend):
         name, node = self._node_name(pubsub_name)
         link = self._links.get(name)
         if link is None:
-            if node is None:
-                link = _Link(self, name, cast("aioredis.Redis", self.redis), owned=False)  # one server
+            if node is None:  # one server: the backend's pub/sub client
+                link = _Link(self, name, cast("aioredis.Redis", self._listener), owned=False)
             else:
-                import redis.asyncio as aioredis
-
-                kwargs = self.redis.connection_kwargs if hasattr(self.redis, "connection_kwargs") else {}
-                client = aioredis.Redis(host=node.host, port=node.port, password=kwargs.get("password"),
-                                        username=kwargs.get("username"), ssl=bool(kwargs.get("ssl")),
-                                        health_check_interval=10)
-                link = _Link(self, name, client, owned=True)
+                link = _Link(self, name, node_pubsub_client(cast("RedisCluster", self.redis), node.host, node.port),
+                             owned=True)
             self._links[name] = link
         return link
 
@@ -363,8 +403,8 @@ class ShardedRedisBackend(RedisBackend):
         name = self.keys.pubsub(channel)
         fut = self._pending.get(channel)
         if fut is None:
+            link = self._link_for(name)  # first: it may raise (a slot not served mid-failover)
             fut = self._pending[channel] = asyncio.get_running_loop().create_future()
-            link = self._link_for(name)
             link.channels.add(channel)
             self._link_of[channel] = link
             if link.task is None:
@@ -393,6 +433,11 @@ class ShardedRedisBackend(RedisBackend):
             self._confirmed(name)
         elif kind == "sunsubscribe":
             channel = self.keys.channel_of(name)
+            if link.unsubscribing.get(name):  # the answer to our own SUNSUBSCRIBE
+                link.unsubscribing[name] -= 1
+                if not link.unsubscribing[name]:
+                    del link.unsubscribing[name]
+                return
             if channel in link.channels and self._link_of.get(channel) is link and channel not in self._moving:
                 # Not ours: the server dropped it (its slot moved to another shard).
                 self._moving.add(channel)

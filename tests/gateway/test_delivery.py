@@ -288,3 +288,20 @@ async def test_a_subscribe_ack_carries_a_resume_point_before_any_event(live, con
     assert resumed["recovered"] is True and resumed["missed"] == 1
     missed = await again.wait_for(lambda m: m.get("event") == "vybe.created")
     assert missed["data"]["content"] == "while the reader was away"
+
+
+async def test_a_killed_pubsub_connection_is_noticed_and_backfilled(start_gateway, connect) -> None:
+    """The pub/sub connection killed (CLIENT KILL TYPE pubsub), an event published at once, five times:
+    the connection must not come back by itself (redis-py would resubscribe silently and lose what was
+    published in between); the gateway reconnects, resubscribes and backfills, so nothing is missed."""
+    live = await start_gateway()
+    client = await connect(live, live.token("watcher"))
+    await client.ok("subscribe", channel="feed")
+    gw = live.gateway
+    for n in range(5):
+        await gw.redis.client_kill_filter(_type="pubsub")
+        await gw.publisher.publish("feed", "test.seq", {"n": n})
+        await asyncio.sleep(0.3)
+    await client.wait_for(lambda m: m.get("data", {}).get("n") == 4, timeout=10)
+    assert _seqs(client) == list(range(5))
+    assert not client.events("gap") and gw.backend.reconnects >= 5
