@@ -204,14 +204,17 @@ class LitestarServer(Server):
 
 
 class WebsocketsServer(Server):
+    """A peer process relaying a Redis pub/sub channel (``module``): here ``websockets.broadcast``."""
+
     name = "websockets"
+    module = "bench.fanout.peer_websockets"
 
     def __init__(self, ctx: Context, port: int) -> None:
         super().__init__(ctx, port)
-        self.channel = f"{ctx.prefix}wsfeed"
+        self.channel = f"{ctx.prefix}{self.name}-feed"
 
     def command(self) -> tuple[list[str], dict[str, str]]:
-        return ([str(VENV / "python"), "-m", "bench.fanout.peer_websockets"],
+        return ([str(VENV / "python"), "-m", self.module],
                 {"BENCH_CHANNEL": self.channel, "BENCH_REDIS_URL": self.ctx.redis_url,
                  "BENCH_PORT": str(self.port)})
 
@@ -223,15 +226,7 @@ class SocketifyServer(WebsocketsServer):
     """socketify.py (uWebSockets): Redis pub/sub relayed with uWebSockets' native publish."""
 
     name = "socketify"
-
-    def __init__(self, ctx: Context, port: int) -> None:
-        super().__init__(ctx, port)
-        self.channel = f"{ctx.prefix}sockfeed"
-
-    def command(self) -> tuple[list[str], dict[str, str]]:
-        return ([str(VENV / "python"), "-m", "bench.fanout.peer_socketify"],
-                {"BENCH_CHANNEL": self.channel, "BENCH_REDIS_URL": self.ctx.redis_url,
-                 "BENCH_PORT": str(self.port)})
+    module = "bench.fanout.peer_socketify"
 
 
 def peer_message(data: dict[str, Any]) -> bytes:
