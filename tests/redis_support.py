@@ -4,7 +4,9 @@ services, the sharded pub/sub tests). Importable by bare name from every test fo
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import socket
 import subprocess
 from pathlib import Path
@@ -17,18 +19,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_TAKEN: set[int] = set()
+
+
 def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
+    """A port for a cluster node whose bus port (+10000) is free too, both below the ephemeral
+    range (where outgoing connections could take the bus port before the node binds it) and
+    never handed out twice in this process."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = list(range(max(1024, low - 10000 - 8000), low - 10000))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _TAKEN or port + 10000 in _TAKEN:
             continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        _TAKEN.update((port, port + 10000))
         return port
+    raise OSError("no free port pair for a cluster node")
 
 
 def redis_server_at_least(version: tuple[int, int]) -> str | None:
