@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import jwt
 import msgspec
@@ -59,11 +59,19 @@ class Verifier:
                 raise SettingsError("VYBE_JWT_SECRET", "is required for HS* algorithms")
             if len(settings.jwt_secret) < 32:
                 raise SettingsError("VYBE_JWT_SECRET", "must be at least 32 characters")
-            self.key: str | bytes = settings.jwt_secret
+            self.key: Any = settings.jwt_secret
         else:
             if not settings.jwt_public_key:
                 raise SettingsError("VYBE_JWT_PUBLIC_KEY", "is required for RS*/ES* algorithms")
+            # Parsed once here, not per token (pyjwt would load the PEM on every verify: ~25 us
+            # of a reconnect storm's auth); a key that does not parse fails at start, not per socket.
+            # Every listed algorithm must take the key (so no token can reach pyjwt with a key of another type).
             self.key = _read_pem(settings.jwt_public_key)
+            for name in self.algorithms:
+                try:
+                    self.key = jwt.algorithms.get_default_algorithms()[name].prepare_key(self.key)
+                except (ValueError, TypeError, jwt.InvalidKeyError) as err:
+                    raise SettingsError("VYBE_JWT_PUBLIC_KEY", f"not a public key for {name}: {err}") from err
         self.issuer = settings.jwt_issuer
         self.audience = settings.jwt_audience
         self.leeway = settings.jwt_leeway_s

@@ -142,6 +142,25 @@ async def test_hs_rs_key_confusion_is_refused(start_gateway, connect) -> None:
     assert r["type"] == "error" and r["code"] == "auth_failed"
 
 
+def test_a_public_key_is_parsed_once_at_start_and_a_bad_one_fails_there() -> None:
+    """The RS/ES key is loaded when the verifier is built (not per token), so a key that is not one
+    for the configured algorithm stops the start with the setting named, as does an algorithm listed that the key cannot serve."""
+    from common.settings import Settings, SettingsError
+    from gateway.auth import AuthError, Verifier
+
+    private, public = _rsa_pair()
+    with pytest.raises(SettingsError, match="VYBE_JWT_PUBLIC_KEY"):
+        Verifier(Settings(jwt_algorithms="ES256", jwt_public_key=public.decode()))
+    with pytest.raises(SettingsError, match="VYBE_JWT_PUBLIC_KEY"):
+        Verifier(Settings(jwt_algorithms="RS256", jwt_public_key="-----BEGIN PUBLIC KEY-----\nnope\n"))
+    with pytest.raises(SettingsError, match="not a public key for ES256"):  # one key, one key type
+        Verifier(Settings(jwt_algorithms="RS256,ES256", jwt_public_key=public.decode()))
+    verifier = Verifier(Settings(jwt_algorithms="RS256,PS256", jwt_public_key=public.decode()))
+    assert not isinstance(verifier.key, str)  # parsed
+    assert verifier.verify(jwt.encode(_claims(), private, "RS256")).user_id == "mallory"
+    assert verifier.verify(jwt.encode(_claims(), private, "PS256")).user_id == "mallory"
+
+
 async def test_header_token_invalid_closes(live, connect) -> None:
     """A bad token in the Authorization header gets an error frame and close 4003."""
     c = await connect(live, "not.a.token", header=True)
