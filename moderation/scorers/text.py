@@ -12,6 +12,8 @@ _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t
 _WORD_RE = re.compile(r"[a-z0-9@$!*']+")
 _SENT_RE = re.compile(r"(?<=[.!?…])\s+|\n+")
 _REPEAT_RE = re.compile(r"(.)\1{2,}")
+_QUOTE_RE = re.compile(r'"([^"\n]{2,300})"|\u201c([^\u201d\n]{2,300})\u201d'
+                       r"|(?:^|(?<=[\s:(\[]))['\u2018]([^\n]{2,300}?)['\u2019](?=[\s.,!?;:)\]]|$)")
 
 
 def normalise(text: str) -> str:
@@ -34,11 +36,21 @@ def words(text: str) -> list[str]:
     return out
 
 
+def quoted_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the quoted passages of ``text``: between double quotes (straight or curly), or
+    single quotes that open after a space, a colon or a bracket and close before one or punctuation
+    (so the apostrophes of "you're" and "mods'" do not count)."""
+    return [m.span(m.lastindex or 0) for m in _QUOTE_RE.finditer(text)]
+
+
 def lexical_features(text: str) -> list[str]:
     """Features of the light model: unigrams, bigrams and 4-char grams of each word.
 
     Character grams give some robustness to typos ("idoit", "stupd"); bigrams
     catch phrases whose words are harmless alone ("kill yourself", "where you").
+    Words inside quotes (reported speech: "he DMed me 'nobody would miss you'") also
+    give ``q:`` unigrams and bigrams, and a text with a quote ``x:quote``, so the model can
+    weigh abuse quoted in a report apart from abuse said to someone.
     """
     toks = words(text)
     feats = [f"w:{t}" for t in toks]
@@ -47,6 +59,13 @@ def lexical_features(text: str) -> list[str]:
         padded = f"<{t}>"
         if len(padded) >= 5:
             feats += [f"c:{padded[i:i + 4]}" for i in range(len(padded) - 3)]
+    spans = quoted_spans(text)
+    if spans:
+        feats.append("x:quote")
+        for start, end in spans:
+            quoted = words(text[start:end])
+            feats += [f"q:{t}" for t in quoted]
+            feats += [f"qb:{a}_{b}" for a, b in itertools.pairwise(quoted)]
     return feats
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from moderation.scorers import LABELS
 from moderation.scorers.evaluate import load_rows
-from moderation.scorers.trainset import DATA_DIR, EVAL_PATH, TRAIN_PATH, WRITTEN_DIR, load_jsonl
+from moderation.scorers.trainset import DATA_DIR, EVAL_PATH, SUPPLEMENTARY_DIR, TRAIN_PATH, WRITTEN_DIR, load_jsonl
 
 INDEPENDENT = DATA_DIR / "independent"
 
@@ -54,7 +54,7 @@ def test_rows_are_well_formed_and_split_by_source() -> None:
 
 def test_no_text_of_the_set_is_in_the_training_data_or_the_old_eval_set() -> None:
     """Written apart: no text (normalised) of the set appears in train.jsonl, the hand-written training
-    texts (moderation/data/written/) or eval.jsonl."""
-    paths = [TRAIN_PATH, EVAL_PATH, *sorted(WRITTEN_DIR.glob("*.jsonl"))]
+    texts (moderation/data/written/ and supplementary/) or eval.jsonl."""
+    paths = [TRAIN_PATH, EVAL_PATH, *sorted(WRITTEN_DIR.glob("*.jsonl")), *sorted(SUPPLEMENTARY_DIR.glob("*.jsonl"))]
     seen = {_norm(r["text"]) for path in paths for r in load_jsonl(Path(path))}
     assert [r["text"] for r in load_rows(INDEPENDENT) if _norm(r["text"]) in seen] == []
