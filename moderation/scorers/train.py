@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from .embedded import Encoder
 
-VERSION = "2026.12.6"  # bump whenever a head changes (2026.12.6: quoted-speech features in the light head, + round 4 harmless)
+VERSION = "2026.12.6"  # bump whenever a head changes (2026.12.6: quoted-speech features, + round 4 harmless)
 SEED = 13
 TARGETS: tuple[str, ...] = LABELS + SIGNALS
 THRESHOLDS: dict[str, float] = {**DEFAULT_FLAG, "self_harm_risk": 0.5}

@@ -144,9 +144,10 @@ async def test_hs_rs_key_confusion_is_refused(start_gateway, connect) -> None:
 
 def test_a_public_key_is_parsed_once_at_start_and_a_bad_one_fails_there() -> None:
     """The RS/ES key is loaded when the verifier is built (not per token), so a key that is not one
-    for the configured algorithm stops the start with the setting named, as does an algorithm listed that the key cannot serve."""
+    for the configured algorithm stops the start with the setting named, as does an algorithm listed
+    that the key cannot serve."""
     from common.settings import Settings, SettingsError
-    from gateway.auth import AuthError, Verifier
+    from gateway.auth import Verifier
 
     private, public = _rsa_pair()
     with pytest.raises(SettingsError, match="VYBE_JWT_PUBLIC_KEY"):
