@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import jwt
 import msgspec
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from common.settings import Settings, SettingsError
 
@@ -51,6 +52,10 @@ class Verifier:
 
     def __init__(self, settings: Settings) -> None:
         self.algorithms = list(settings.algorithms)
+        known = jwt.algorithms.get_default_algorithms()
+        unknown = [a for a in self.algorithms if a not in known]
+        if unknown:
+            raise SettingsError("VYBE_JWT_ALGORITHMS", f"unknown algorithms {unknown} (known: {sorted(known)})")
         hmac = [a for a in self.algorithms if a in _HMAC]
         if hmac and len(hmac) != len(self.algorithms):
             raise SettingsError("VYBE_JWT_ALGORITHMS", "do not mix HS* with RS*/ES*: one key, one family")
@@ -69,9 +74,11 @@ class Verifier:
             self.key = _read_pem(settings.jwt_public_key)
             for name in self.algorithms:
                 try:
-                    self.key = jwt.algorithms.get_default_algorithms()[name].prepare_key(self.key)
-                except (ValueError, TypeError, jwt.InvalidKeyError) as err:
+                    self.key = known[name].prepare_key(self.key)
+                except (ValueError, TypeError, jwt.InvalidKeyError, UnsupportedAlgorithm) as err:
                     raise SettingsError("VYBE_JWT_PUBLIC_KEY", f"not a public key for {name}: {err}") from err
+            if hasattr(self.key, "private_bytes"):  # pyjwt takes one, then fails on every token
+                raise SettingsError("VYBE_JWT_PUBLIC_KEY", "is a private key: give the gateway the public key only")
         self.issuer = settings.jwt_issuer
         self.audience = settings.jwt_audience
         self.leeway = settings.jwt_leeway_s

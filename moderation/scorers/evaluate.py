@@ -3,8 +3,8 @@
 Prints JSON: ROC-AUC per label and overall ("any toxic label" vs clean, scored
 by the maximum over labels), precision/recall at the policy thresholds, the
 flag rate per category and, with ``--errors N``, the worst misses and false
-positives. Metrics are pure Python, so the light scorer can be evaluated on the
-base install.
+positives; with ``--quotes``, recall on the harmful texts wrapped in quotes.
+Metrics are pure Python, so the light scorer can be evaluated on the base install.
 """
 
 from __future__ import annotations
@@ -160,6 +160,23 @@ def evaluate(scorer: Scorer, rows: list[dict[str, Any]], thresholds: Mapping[str
     return report
 
 
+# Ways to wrap a harmful text in quotes: quoting a whole attack, or prefixing it with a two-word frame, must
+# not hide it (quoted speech has features of its own in the light head, only where a report could frame it).
+WRAPS: dict[str, str] = {"double": '"{}"', "single": "'{}'", "he_said": 'he said "{}"'}
+
+
+def quote_robustness(scorer: Scorer, rows: list[dict[str, Any]], thresholds: Mapping[str, float]) -> dict[str, Any]:
+    """Recall on the harmful rows as written and wrapped in quotes (``WRAPS``), at ``thresholds``."""
+    texts = [r["text"] for r in rows if any(r["labels"].values())]
+
+    def recall(batch: list[str]) -> float:
+        scores = [s for i in range(0, len(batch), 64) for s in scorer.score(batch[i:i + 64])]
+        return round(sum(bool(flagged(s, thresholds)) for s in scores) / len(batch), 4) if batch else 0.0
+
+    return {"harmful": len(texts), "as_written": recall(texts),
+            **{name: recall([wrap.format(t) for t in texts]) for name, wrap in WRAPS.items()}}
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description="Evaluate a toxicity scorer on the held-out set.")
@@ -174,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--detoxify-hf-dir", default=None)
     ap.add_argument("--fast", action="store_true", help="Detoxify int8 + length-sorted path")
     ap.add_argument("--errors", type=int, default=0, help="list the N worst misses and false positives")
+    ap.add_argument("--quotes", action="store_true",
+                    help="also: recall on the harmful texts wrapped in quotes (evasion by quoting)")
     args = ap.parse_args(argv)
     try:
         thresholds = parse_thresholds(args.thresholds)[0]
@@ -181,7 +200,11 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(err))
     scorer = load_scorer(args.scorer, detoxify_checkpoint=args.detoxify_checkpoint,
                          detoxify_hf_dir=args.detoxify_hf_dir, detoxify_fast=args.fast)
-    print(json.dumps(evaluate(scorer, load_rows(args.data), thresholds, args.errors), indent=2, ensure_ascii=False))
+    rows = load_rows(args.data)
+    report = evaluate(scorer, rows, thresholds, args.errors)
+    if args.quotes:
+        report["quote_robustness"] = quote_robustness(scorer, rows, thresholds)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":

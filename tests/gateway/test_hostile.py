@@ -154,6 +154,10 @@ def test_a_public_key_is_parsed_once_at_start_and_a_bad_one_fails_there() -> Non
         Verifier(Settings(jwt_algorithms="ES256", jwt_public_key=public.decode()))
     with pytest.raises(SettingsError, match="VYBE_JWT_PUBLIC_KEY"):
         Verifier(Settings(jwt_algorithms="RS256", jwt_public_key="-----BEGIN PUBLIC KEY-----\nnope\n"))
+    with pytest.raises(SettingsError, match="VYBE_JWT_ALGORITHMS"):  # a typo is named, not a KeyError
+        Verifier(Settings(jwt_algorithms="RS256,RS265", jwt_public_key=public.decode()))
+    with pytest.raises(SettingsError, match="private key"):  # pyjwt would take it and fail on every token
+        Verifier(Settings(jwt_algorithms="RS256", jwt_public_key=private.decode()))
     with pytest.raises(SettingsError, match="not a public key for ES256"):  # one key, one key type
         Verifier(Settings(jwt_algorithms="RS256,ES256", jwt_public_key=public.decode()))
     verifier = Verifier(Settings(jwt_algorithms="RS256,PS256", jwt_public_key=public.decode()))

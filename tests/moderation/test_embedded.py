@@ -223,6 +223,26 @@ def test_int8_keeps_the_ranking_quality(onnx_scorer: Any, fp32_onnx_scorer: Any)
     assert auc_int8 >= auc_fp32 - 0.005 and auc_int8 > 0.97
 
 
+def test_quoting_an_attack_does_not_hide_it_from_the_default_scorer(embedded_scorer: Any) -> None:
+    """Evasion by quoting: the old set's harmful texts wrapped whole in quotes are still flagged by the
+    default blend within 10 points of as written (2026.12.6: 96 -> 88 %, ``--quotes``). The light head's
+    quoted-speech features need a frame around the quote, so a whole quoted attack reads as the attack
+    itself to it; the embedded head alone falls to about 53 % (README, Moderation)."""
+    from moderation.policy import DEFAULT_FLAG
+    from moderation.scorers import shipped_bundle
+    from moderation.scorers.evaluate import load_rows, quote_robustness
+    from moderation.scorers.trainset import EVAL_PATH
+
+    blend = load_scorer("blend", bundle=shipped_bundle(), encoder=embedded_scorer.encoder)
+    light = load_scorer("light")
+    rows = load_rows(EVAL_PATH)
+    report = quote_robustness(blend, rows, DEFAULT_FLAG)
+    assert report["harmful"] > 150
+    assert report["double"] >= report["as_written"] - 0.10 and report["single"] >= report["as_written"] - 0.10
+    lexical = quote_robustness(light, rows, DEFAULT_FLAG)
+    assert lexical["double"] == lexical["single"] == lexical["as_written"]
+
+
 @pytest.mark.parametrize("which", ["int8", "fp32"])
 def test_onnx_score_does_not_depend_on_batch_mates(which: str, onnx_scorer: Any, fp32_onnx_scorer: Any,
                                                    eval_texts: list[str]) -> None:

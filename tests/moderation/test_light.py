@@ -64,24 +64,32 @@ def test_light_flags_obvious_abuse_not_wellness() -> None:
     assert flagged(abuse) and not flagged(clean)
 
 
-@pytest.mark.parametrize(("text", "quoted"), [
-    ('he DMed me "nobody would miss you", reported', ["nobody would miss you"]),
-    ("she said 'you're ugly' and left", ["you're ugly"]),
-    ("reply was \u201ckill yourself\u201d, twice", ["kill yourself"]),
-    ("she wrote \u2018you\u2019re nothing\u2019 under it", ["you\u2019re nothing"]),
-    ("you're great and it's fine, isn't it", []),
-    ("the mods' queue, the players' lounge", []),
+@pytest.mark.parametrize(("text", "quoted", "framed"), [
+    ('he DMed me "nobody would miss you", reported', ["nobody would miss you"], True),
+    ("she said 'you're ugly' and left", ["you're ugly"], True),
+    ("reply was \u201ckill yourself\u201d, twice", ["kill yourself"], True),
+    ("she wrote \u2018you\u2019re nothing\u2019 under it", ["you\u2019re nothing"], True),
+    ('"you are worthless and everyone knows it"', ["you are worthless and everyone knows it"], False),
+    ("he said 'go die'", ["go die"], False),
+    ("you're great and it's fine, isn't it", [], False),
+    ("the mods' queue, the players' lounge", [], False),
+    ("love 'em all, the kids' toys", [], False),
 ])
-def test_quoted_passages_give_their_own_features(text: str, quoted: list[str]) -> None:
-    """Reported speech is found (double, curly and single quotes; apostrophes are not quotes), and its
-    words give ``q:`` features beside the usual ones, so the light model can tell a quote from an attack."""
+def test_quoted_passages_give_their_own_features(text: str, quoted: list[str], framed: bool) -> None:
+    """Reported speech is found (double, curly and single quotes; apostrophes and elisions are not
+    quotes), and where the words around it could frame a report, its words give ``q:`` features beside
+    the usual ones, so the light model can tell a quote from an attack. A quoted attack with no such
+    frame ("he said" is not one) gives exactly the features of the attack unquoted: quoting hides nothing."""
     from moderation.scorers.text import lexical_features, quoted_spans, words
 
     assert [text[a:b] for a, b in quoted_spans(text)] == quoted
     feats = lexical_features(text)
-    assert ("x:quote" in feats) == bool(quoted)
-    assert {f for f in feats if f.startswith("q:")} == {f"q:{w}" for q in quoted for w in words(q)}
+    assert ("x:quote" in feats) == framed
+    expected = {f"q:{w}" for q in quoted for w in words(q)} if framed else set()
+    assert {f for f in feats if f.startswith("q:")} == expected
     assert {f"w:{w}" for w in words(text)} <= set(feats)
+    if quoted and not framed and text.startswith(('"', "'")):
+        assert feats == lexical_features(quoted[0])
 
 
 def test_bad_configuration_raises_scorer_errors(tmp_path: Path) -> None:
