@@ -160,9 +160,11 @@ def evaluate(scorer: Scorer, rows: list[dict[str, Any]], thresholds: Mapping[str
     return report
 
 
-# Ways to wrap a harmful text in quotes: quoting a whole attack, or prefixing it with a two-word frame, must
-# not hide it (quoted speech has features of its own in the light head, only where a report could frame it).
-WRAPS: dict[str, str] = {"double": '"{}"', "single": "'{}'", "he_said": 'he said "{}"'}
+# Ways to wrap a harmful text in quotes. Quoting a whole attack, or padding it with words that do not report
+# it, must not hide it (quoted speech has features of its own in the light head, only next to a reporting
+# word). "he said" makes it read as a report: some loss there is inherent to a lexical model.
+WRAPS: dict[str, str] = {"double": '"{}"', "single": "'{}'", "padded_before": "lol ok fine '{}'",
+                         "padded_after": '"{}" lol lol lol', "he_said": 'he said to me "{}"'}
 
 
 def quote_robustness(scorer: Scorer, rows: list[dict[str, Any]], thresholds: Mapping[str, float]) -> dict[str, Any]:

@@ -12,12 +12,21 @@ _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t
 _WORD_RE = re.compile(r"[a-z0-9@$!*']+")
 _SENT_RE = re.compile(r"(?<=[.!?…])\s+|\n+")
 _REPEAT_RE = re.compile(r"(.)\1{2,}")
-_REPORT_WORDS = 3
+# Reported speech is introduced by a reporting word; any other words around a quote ("lol ok fine 'you are
+# worthless'") do not make it a report, so they must not unlock the quoted-speech features (an evasion).
+_REPORT_WINDOW = 4
+_REPORTING = frozenset({
+    "said", "says", "saying", "told", "tells", "telling", "wrote", "writes", "writing", "sent", "sends", "sending",
+    "messaged", "messages", "message", "dmed", "dm'd", "dm", "dms", "texted", "texts", "text", "commented",
+    "comments", "comment", "replied", "replies", "reply", "responded", "posted", "posts", "post", "called",
+    "calls", "calling", "shouted", "yelled", "screamed", "typed", "tweeted", "captioned", "asked", "quote",
+    "quoted", "quoting", "reported", "report", "reporting", "screenshot", "screenshots",
+})
 _QUOTE_RE = re.compile(
     r'"([^"\n]{2,300})"|\u201c([^\u201c\u201d\n]{2,300})\u201d'
     # single quotes: opened after a space, a colon or a bracket, not an elision ('em, 'cause, '90s),
     # closed before a space or punctuation (so the apostrophes of "you're" and "mods'" do not count)
-    r"|(?:^|(?<=[\s:(\[]))['\u2018](?!(?:em|cause|cos|til|bout|n|\d\ds?)\b)([^\n]{2,300}?)['\u2019](?=[\s.,!?;:)\]]|$)")
+    r"|(?:^|(?<=[\s:(\[]))['\u2018](?!(?i:em|cause|cos|cuz|coz|til|tis|twas|bout|n|\d\ds?)\b)([^\n]{2,300}?)['\u2019](?=[\s.,!?;:)\]]|$)")
 
 
 def normalise(text: str) -> str:
@@ -40,10 +49,14 @@ def words(text: str) -> list[str]:
     return out
 
 
-def _outside(text: str, spans: list[tuple[int, int]]) -> str:
-    """``text`` without its quoted passages."""
-    ends = [0, *(i for span in spans for i in span), len(text)]
-    return " ".join(text[ends[k]:ends[k + 1]] for k in range(0, len(ends), 2))
+def _reported(text: str, spans: list[tuple[int, int]]) -> bool:
+    """Whether a quote is reported speech: a reporting word ("said", "DMed", "commented"...) among the
+    few words just before a quoted passage, or just after it ("... was the reply")."""
+    for start, end in spans:
+        before, after = words(text[max(0, start - 60):start])[-_REPORT_WINDOW:], words(text[end:end + 40])
+        if not _REPORTING.isdisjoint(before) or not _REPORTING.isdisjoint(after[:_REPORT_WINDOW]):
+            return True
+    return False
 
 
 def quoted_spans(text: str) -> list[tuple[int, int]]:
@@ -60,9 +73,9 @@ def lexical_features(text: str) -> list[str]:
     catch phrases whose words are harmless alone ("kill yourself", "where you").
     Words inside quotes (reported speech: "he DMed me 'nobody would miss you'") also
     give ``q:`` unigrams and ``qb:`` bigrams, and a text with a quote ``x:quote``, so the model can
-    weigh abuse quoted in a report apart from abuse said to someone; only where the words outside
-    the quotes could frame a report (``_REPORT_WORDS`` or more), so that quoting a whole attack, or
-    prefixing it with "he said", does not hide it.
+    weigh abuse quoted in a report apart from abuse said to someone; only where a reporting word
+    stands next to the quote (``_reported``), so that quoting a whole attack, or padding it with
+    other words, does not hide it.
     """
     toks = words(text)
     feats = [f"w:{t}" for t in toks]
@@ -72,7 +85,7 @@ def lexical_features(text: str) -> list[str]:
         if len(padded) >= 5:
             feats += [f"c:{padded[i:i + 4]}" for i in range(len(padded) - 3)]
     spans = quoted_spans(text)
-    if spans and len(words(_outside(text, spans))) >= _REPORT_WORDS:
+    if spans and _reported(text, spans):
         feats.append("x:quote")
         for start, end in spans:
             quoted = words(text[start:end])

@@ -224,23 +224,25 @@ def test_int8_keeps_the_ranking_quality(onnx_scorer: Any, fp32_onnx_scorer: Any)
 
 
 def test_quoting_an_attack_does_not_hide_it_from_the_default_scorer(embedded_scorer: Any) -> None:
-    """Evasion by quoting: the old set's harmful texts wrapped whole in quotes are still flagged by the
-    default blend within 10 points of as written (2026.12.6: 96 -> 88 %, ``--quotes``). The light head's
-    quoted-speech features need a frame around the quote, so a whole quoted attack reads as the attack
-    itself to it; the embedded head alone falls to about 53 % (README, Moderation)."""
+    """Evasion by quoting (``--quotes``), on the old set's harmful texts. The light head's quoted-speech
+    features need a reporting word next to the quote, so an attack quoted whole reads exactly as the
+    attack, and one padded with other words ("lol ok fine '...'") nearly so (without that rule it fell
+    from 89 to 67 %). The default blend stays within 15 points of as written for those wraps (2026.12.6:
+    96 % as written, 83-97 % wrapped); the embedded head alone falls to 33 % (README, Moderation)."""
     from moderation.policy import DEFAULT_FLAG
     from moderation.scorers import shipped_bundle
     from moderation.scorers.evaluate import load_rows, quote_robustness
     from moderation.scorers.trainset import EVAL_PATH
 
-    blend = load_scorer("blend", bundle=shipped_bundle(), encoder=embedded_scorer.encoder)
-    light = load_scorer("light")
     rows = load_rows(EVAL_PATH)
-    report = quote_robustness(blend, rows, DEFAULT_FLAG)
-    assert report["harmful"] > 150
-    assert report["double"] >= report["as_written"] - 0.10 and report["single"] >= report["as_written"] - 0.10
-    lexical = quote_robustness(light, rows, DEFAULT_FLAG)
+    lexical = quote_robustness(load_scorer("light"), rows, DEFAULT_FLAG)
+    assert lexical["harmful"] > 150
     assert lexical["double"] == lexical["single"] == lexical["as_written"]
+    assert min(lexical["padded_before"], lexical["padded_after"]) >= lexical["as_written"] - 0.05
+    blend = load_scorer("blend", bundle=shipped_bundle(), encoder=embedded_scorer.encoder)
+    report = quote_robustness(blend, rows, DEFAULT_FLAG)
+    wraps = ("double", "single", "padded_before", "padded_after")
+    assert min(report[w] for w in wraps) >= report["as_written"] - 0.15, report
 
 
 @pytest.mark.parametrize("which", ["int8", "fp32"])

@@ -70,16 +70,21 @@ def test_light_flags_obvious_abuse_not_wellness() -> None:
     ("reply was \u201ckill yourself\u201d, twice", ["kill yourself"], True),
     ("she wrote \u2018you\u2019re nothing\u2019 under it", ["you\u2019re nothing"], True),
     ('"you are worthless and everyone knows it"', ["you are worthless and everyone knows it"], False),
-    ("he said 'go die'", ["go die"], False),
+    ("he said 'go die'", ["go die"], True),
+    ("lol ok fine 'go die'", ["go die"], False),
+    ('"you are worthless" lol lol lol', ["you are worthless"], False),
+    ("1 2 3 \u201cyou are a stupid fat pig\u201d", ["you are a stupid fat pig"], False),
+    ("'Cause I said so, the kids' toys", [], False),
     ("you're great and it's fine, isn't it", [], False),
     ("the mods' queue, the players' lounge", [], False),
     ("love 'em all, the kids' toys", [], False),
 ])
 def test_quoted_passages_give_their_own_features(text: str, quoted: list[str], framed: bool) -> None:
     """Reported speech is found (double, curly and single quotes; apostrophes and elisions are not
-    quotes), and where the words around it could frame a report, its words give ``q:`` features beside
-    the usual ones, so the light model can tell a quote from an attack. A quoted attack with no such
-    frame ("he said" is not one) gives exactly the features of the attack unquoted: quoting hides nothing."""
+    quotes), and where a reporting word stands next to it, its words give ``q:`` features beside the
+    usual ones, so the light model can tell a quote from an attack. A quoted attack with no reporting
+    word (padded with "lol", digits or anything else) gets no quote features, and quoted whole it gives
+    exactly the features of the attack unquoted."""
     from moderation.scorers.text import lexical_features, quoted_spans, words
 
     assert [text[a:b] for a, b in quoted_spans(text)] == quoted
@@ -88,7 +93,7 @@ def test_quoted_passages_give_their_own_features(text: str, quoted: list[str], f
     expected = {f"q:{w}" for q in quoted for w in words(q)} if framed else set()
     assert {f for f in feats if f.startswith("q:")} == expected
     assert {f"w:{w}" for w in words(text)} <= set(feats)
-    if quoted and not framed and text.startswith(('"', "'")):
+    if quoted and text[1:-1] == quoted[0]:  # quoted whole
         assert feats == lexical_features(quoted[0])
 
 
