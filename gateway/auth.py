@@ -55,7 +55,8 @@ class Verifier:
         known = jwt.algorithms.get_default_algorithms()
         unknown = [a for a in self.algorithms if a not in known]
         if unknown:
-            raise SettingsError("VYBE_JWT_ALGORITHMS", f"unknown algorithms {unknown} (known: {sorted(known)})")
+            signing = sorted(set(known) - {"none"})
+            raise SettingsError("VYBE_JWT_ALGORITHMS", f"unknown algorithms {unknown} (known: {signing})")
         hmac = [a for a in self.algorithms if a in _HMAC]
         if hmac and len(hmac) != len(self.algorithms):
             raise SettingsError("VYBE_JWT_ALGORITHMS", "do not mix HS* with RS*/ES*: one key, one family")
