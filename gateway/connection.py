@@ -355,7 +355,9 @@ class Connection:
         if warn_in > 0:
             self._set_timer(warn_in, self._warn_expiry)
         elif left > 0:
-            self._warn_expiry()  # already inside the warning window: warn now, close at expiry
+            # Already inside the warning window: warn at once, but after this auth's ack (a client
+            # waiting for the ack must not get the warning about its token before it).
+            self._set_timer(0, self._warn_expiry)
         else:
             self._set_timer(0, self._expired)
 

@@ -232,6 +232,20 @@ async def test_token_expiry_warns_then_closes_unless_refreshed(start_gateway, co
     await _alive(kept)
 
 
+async def test_a_token_already_in_its_warning_window_is_acked_before_it_is_warned(start_gateway, connect) -> None:
+    """A token with less left than the warning time gets its ack first, then `token_expiring` (a client that
+    waits for the ack before it listens for notices must not miss the warning), over a frame and a header."""
+    live = await start_gateway(jwt_leeway_s=0, token_warn_s=30.0)
+    c = await connect(live)
+    await c.send("auth", token=live.token("hurried", ttl=10))
+    notice = await c.wait_for(lambda m: m["type"] == "notice" and m["code"] == "token_expiring")
+    kinds = [m["type"] for m in c.messages]
+    assert kinds.index("ack") < c.messages.index(notice), c.messages
+    h = await connect(live, live.token("hurried-header", ttl=10), header=True)
+    notice = await h.wait_for(lambda m: m["type"] == "notice" and m["code"] == "token_expiring")
+    assert [m["type"] for m in h.messages].index("ack") < h.messages.index(notice), h.messages
+
+
 async def test_unpaired_surrogate_and_long_ids_get_typed_errors(live, connect) -> None:
     """A lone surrogate escape is invalid content (answered with the command's id); an id over 64
     characters is invalid (no id echoed); the longest vybe in emoji escapes fits in one frame."""
