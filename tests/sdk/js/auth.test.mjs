@@ -43,9 +43,11 @@ test("refreshToken() by the caller renews in band; without it the socket closes 
   { skip: NO_GATEWAY }, async () => {
     const me = uid("paster");
     const c = client({ token: mint(me, { ttl: TOKEN_WARN_S + 1 }) });
+    // Listening before connect(): a token inside its warning window is warned right after the ack.
+    const warned = next(c, "notice", (n) => n.code === "token_expiring", 4000);
     c.connect();
     await c.ready();
-    await next(c, "notice", (n) => n.code === "token_expiring", 3000);
+    await warned;
     const renewed = await c.refreshToken(mint(me));
     assert.equal(renewed.user_id, me);
     await assert.rejects(c.refreshToken(mint(uid("someone-else"))), { code: "auth_failed" });
