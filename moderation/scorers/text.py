@@ -49,14 +49,11 @@ def words(text: str) -> list[str]:
     return out
 
 
-def _reported(text: str, spans: list[tuple[int, int]]) -> bool:
-    """Whether a quote is reported speech: a reporting word ("said", "DMed", "commented"...) among the
-    few words just before a quoted passage, or just after it ("... was the reply")."""
-    for start, end in spans:
-        before, after = words(text[max(0, start - 60):start])[-_REPORT_WINDOW:], words(text[end:end + 40])
-        if not _REPORTING.isdisjoint(before) or not _REPORTING.isdisjoint(after[:_REPORT_WINDOW]):
-            return True
-    return False
+def _reported(text: str, start: int, end: int) -> bool:
+    """Whether the quoted passage ``text[start:end]`` is reported speech: a reporting word ("said",
+    "DMed", "commented"...) among the few words just before it, or just after it ("... was the reply")."""
+    before, after = words(text[max(0, start - 60):start])[-_REPORT_WINDOW:], words(text[end:end + 40])
+    return not _REPORTING.isdisjoint(before) or not _REPORTING.isdisjoint(after[:_REPORT_WINDOW])
 
 
 def quoted_spans(text: str) -> list[tuple[int, int]]:
@@ -84,10 +81,10 @@ def lexical_features(text: str) -> list[str]:
         padded = f"<{t}>"
         if len(padded) >= 5:
             feats += [f"c:{padded[i:i + 4]}" for i in range(len(padded) - 3)]
-    spans = quoted_spans(text)
-    if spans and _reported(text, spans):
+    reported = [(start, end) for start, end in quoted_spans(text) if _reported(text, start, end)]
+    if reported:  # each passage on its own: a reported quote elsewhere must not cover an attack
         feats.append("x:quote")
-        for start, end in spans:
+        for start, end in reported:
             quoted = words(text[start:end])
             feats += [f"q:{t}" for t in quoted]
             feats += [f"qb:{a}_{b}" for a, b in itertools.pairwise(quoted)]

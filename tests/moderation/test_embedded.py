@@ -228,7 +228,7 @@ def test_quoting_an_attack_does_not_hide_it_from_the_default_scorer(embedded_sco
     features need a reporting word next to the quote, so an attack quoted whole reads exactly as the
     attack, and one padded with other words ("lol ok fine '...'") nearly so (without that rule it fell
     from 89 to 67 %). The default blend stays within 15 points of as written for those wraps (2026.12.6:
-    96 % as written, 83-97 % wrapped); the embedded head alone falls to 33 % (README, Moderation)."""
+    96 % as written, 84-98 % wrapped); the embedded head alone falls to 33 % (README, Moderation)."""
     from moderation.policy import DEFAULT_FLAG
     from moderation.scorers import shipped_bundle
     from moderation.scorers.evaluate import load_rows, quote_robustness

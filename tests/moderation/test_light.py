@@ -97,6 +97,15 @@ def test_quoted_passages_give_their_own_features(text: str, quoted: list[str], f
         assert feats == lexical_features(quoted[0])
 
 
+def test_only_the_reported_passage_gets_quote_features() -> None:
+    """A reported quote in a text does not lend its status to another quoted passage in it."""
+    from moderation.scorers.text import lexical_features
+
+    feats = lexical_features('he said "hi there" to me. anyway: "you are worthless" lol')
+    assert {"q:hi", "q:there"} <= set(feats)
+    assert not {"q:you", "q:worthless"} & set(feats)
+
+
 def test_bad_configuration_raises_scorer_errors(tmp_path: Path) -> None:
     """Unknown kinds, missing Detoxify paths and corrupt heads raise ScorerError subclasses."""
     with pytest.raises(ScorerConfigError, match="unknown scorer kind"):
