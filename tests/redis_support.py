@@ -22,27 +22,34 @@ def free_port() -> int:
 _TAKEN: set[int] = set()
 
 
-def cluster_port() -> int:
-    """A port for a cluster node whose bus port (+10000) is free too, both below the ephemeral
-    range (where outgoing connections could take the bus port before the node binds it) and
-    never handed out twice in this process."""
+def port_block(*offsets: int) -> int:
+    """A port whose ``port + offset`` for each offset (0 if none given) is free too, all below the
+    ephemeral range (where an outgoing connection could take one of them before the server binds
+    it) and never handed out twice in this process."""
+    offsets = offsets or (0,)
     low = 32768
     with contextlib.suppress(OSError, ValueError):
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    candidates = list(range(max(1024, low - 10000 - 8000), low - 10000))
+    candidates = list(range(max(1024, low - max(offsets) - 8000), low - max(offsets)))
     random.shuffle(candidates)
     for port in candidates:
-        if port in _TAKEN or port + 10000 in _TAKEN:
+        wanted = [port + o for o in offsets]
+        if any(p in _TAKEN for p in wanted):
             continue
         try:
-            for p in (port, port + 10000):
+            for p in wanted:
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", p))
         except OSError:
             continue
-        _TAKEN.update((port, port + 10000))
+        _TAKEN.update(wanted)
         return port
-    raise OSError("no free port pair for a cluster node")
+    raise OSError(f"no free ports at offsets {offsets}")
+
+
+def cluster_port() -> int:
+    """A port for a cluster node whose bus port (+10000) is free too."""
+    return port_block(0, 10000)
 
 
 def redis_server_at_least(version: tuple[int, int]) -> str | None:

@@ -11,17 +11,16 @@ import sys
 import httpx
 import pytest
 import websockets
+from redis_support import port_block
 
 from gateway.auth import mint_token
-from gateway_process import free_port, gateway_env, wait_ready
+from gateway_process import gateway_env, wait_ready
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_two_processes_share_a_port_and_drain_together(settings, pool) -> None:
-    port, admin = free_port(), free_port()
-    while admin + 1 == port:
-        admin = free_port()
+    port, admin = port_block(), port_block(0, 1)  # process i's admin port is admin + i
     env = gateway_env(settings, port, VYBE_PROCESSES="2", VYBE_ADMIN_PORT=str(admin), VYBE_NODE_ID="pair")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cli", "gateway", env=env)
     sockets: list[websockets.ClientConnection] = []
@@ -64,7 +63,7 @@ async def test_two_processes_share_a_port_and_drain_together(settings, pool) -> 
 
 async def test_a_dead_process_is_restarted_and_a_killed_supervisor_leaves_no_orphan(settings, pool) -> None:
     psutil = pytest.importorskip("psutil")
-    port, admin = free_port(), free_port()
+    port, admin = port_block(), port_block(0, 1)
     env = gateway_env(settings, port, VYBE_PROCESSES="2", VYBE_ADMIN_PORT=str(admin))
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cli", "gateway", env=env)
     try:
