@@ -73,11 +73,13 @@ def bench_embedded_backends(evals: list[str], short: list[str], long_: list[str]
     batch-64 short and ~70-word posts."""
     import numpy as np
 
-    from moderation.scorers.embedded import EmbeddedScorer, load_encoder
+    from moderation.scorers.embedded import EmbeddedScorer, load_encoder, shipped_finetune
 
-    int8 = EmbeddedScorer(encoder=load_encoder("int8-rowwise", backend="onnx"))
-    scorers = {"onnx_int8": int8, "onnx_fp32": EmbeddedScorer(encoder=load_encoder("none", backend="onnx")),
-               "torch_fp32": EmbeddedScorer(encoder=load_encoder("none", backend="torch"))}
+    tuned = shipped_finetune()  # the shipped head's fine-tuned top layers, on every backend
+    int8 = EmbeddedScorer(encoder=load_encoder("int8-rowwise", backend="onnx", finetune=tuned))
+    scorers = {"onnx_int8": int8,
+               "onnx_fp32": EmbeddedScorer(encoder=load_encoder("none", backend="onnx", finetune=tuned)),
+               "torch_fp32": EmbeddedScorer(encoder=load_encoder("none", backend="torch", finetune=tuned))}
     rounds_out: dict[str, dict[str, list[float]]] = {c: {k: [] for k in scorers} for c in ("short", "long70w")}
     for _ in range(rounds):
         for key, scorer in scorers.items():

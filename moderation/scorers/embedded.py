@@ -92,11 +92,26 @@ def load_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(model_dir()), local_files_only=True)
 
 
-def load_model() -> Any:
-    """The PyTorch ``BertModel`` in eval mode, from local files only."""
+def load_model(finetune: Path | None = None) -> Any:
+    """The PyTorch ``BertModel`` in eval mode, from local files only, with the fine-tuned top layers
+    of ``finetune`` (a ``finetune.py`` weights file) loaded into it when given."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(str(model_dir()), local_files_only=True).eval()
+    model = AutoModel.from_pretrained(str(model_dir()), local_files_only=True).eval()
+    if finetune is not None:
+        from .finetune import apply_weights, load_weights
+
+        apply_weights(model, load_weights(finetune))
+    return model
+
+
+def finetune_digest(finetune: Path | None) -> str | None:
+    """Names the encoder's fine-tune (None: the stock weights); see ``finetune.file_digest``."""
+    if finetune is None:
+        return None
+    from .finetune import file_digest
+
+    return file_digest(finetune)
 
 
 class MiniLMEncoder:
@@ -108,13 +123,15 @@ class MiniLMEncoder:
 
     backend = "torch"
 
-    def __init__(self, quantize: str = "none", max_length: int = 128, batch_size: int = 64) -> None:
+    def __init__(self, quantize: str = "none", max_length: int = 128, batch_size: int = 64,
+                 finetune: Path | None = None) -> None:
         torch = _import_torch()
         if quantize not in QUANT_MODES or quantize == ROWWISE_INT8:
             raise ScorerConfigError(f"unknown quantize mode {quantize!r}; expected one of {QUANT_MODES}")
         self._torch = torch
         self.tokenizer = load_tokenizer()
-        model = load_model()
+        self.finetune = finetune_digest(finetune)
+        model = load_model(finetune)
         self.model = _quantize_ffn(torch, model) if quantize == "ffn-int8" else model
         self.quantize, self.max_length, self.batch_size = quantize, max_length, batch_size
         self.dim = int(model.config.hidden_size)
@@ -166,6 +183,8 @@ class Encoder(Protocol):
     dim: int
     quantize: str
     """One of QUANT_MODES: the embeddings a head trained on this encoder expects."""
+    finetune: str | None
+    """Digest of the fine-tuned top layers loaded into the model (None: the stock weights)."""
 
     def encode(self, texts: Sequence[str]) -> Any:
         """``(len(texts), dim)`` L2-normalised embeddings (torch tensor or numpy array)."""
@@ -181,18 +200,18 @@ def resolve_backend(backend: str | None) -> str:
 
 
 def load_encoder(quantize: str = "none", max_length: int = 128, backend: str | None = None,
-                 cache_dir: Path | str | None = None) -> Encoder:
-    """Build the encoder for ``backend`` and ``quantize`` (see module doc); ``auto`` falls back to the
-    fp32 PyTorch encoder with a warning."""
+                 cache_dir: Path | str | None = None, finetune: Path | None = None) -> Encoder:
+    """Build the encoder for ``backend`` and ``quantize`` (see module doc), with the fine-tuned top
+    layers of ``finetune`` when given; ``auto`` falls back to the fp32 PyTorch encoder with a warning."""
     chosen = resolve_backend(backend)
     if quantize not in QUANT_MODES:
         raise ScorerConfigError(f"unknown quantize mode {quantize!r}; expected one of {QUANT_MODES}")
     if quantize == "ffn-int8":  # the torch int8 experiment exists in PyTorch only
-        return MiniLMEncoder(quantize=quantize, max_length=max_length)
+        return MiniLMEncoder(quantize=quantize, max_length=max_length, finetune=finetune)
     if chosen == "torch":
-        return _torch_encoder(quantize, max_length)
+        return _torch_encoder(quantize, max_length, finetune)
     try:
-        return _onnx_encoder(max_length, cache_dir, quantize)
+        return _onnx_encoder(max_length, cache_dir, quantize, finetune)
     except ScorerUnavailableError as exc:
         if chosen == "onnx":
             raise
@@ -201,18 +220,19 @@ def load_encoder(quantize: str = "none", max_length: int = 128, backend: str | N
         if chosen == "onnx":
             raise ScorerLoadError(f"ONNX encoder failed: {type(exc).__name__}: {exc}") from exc
         log.warning("ONNX encoder failed (%s: %s); using the slower PyTorch encoder", type(exc).__name__, exc)
-    return _torch_encoder(quantize, max_length)
+    return _torch_encoder(quantize, max_length, finetune)
 
 
-def _torch_encoder(quantize: str, max_length: int) -> Encoder:
+def _torch_encoder(quantize: str, max_length: int, finetune: Path | None = None) -> Encoder:
     """The fp32 PyTorch encoder; for a head trained on int8 embeddings (ONNX only), with a warning."""
     if quantize == ROWWISE_INT8:
         log.warning("the head expects the int8 ONNX encoder; the fp32 PyTorch one gives embeddings within "
                     "~0.999 cosine of it, so scores move slightly")
-    return MiniLMEncoder(max_length=max_length)
+    return MiniLMEncoder(max_length=max_length, finetune=finetune)
 
 
-def _onnx_encoder(max_length: int, cache_dir: Path | str | None, quantize: str = "none") -> Encoder:
+def _onnx_encoder(max_length: int, cache_dir: Path | str | None, quantize: str = "none",
+                  finetune: Path | None = None) -> Encoder:
     """The ONNX Runtime encoder, exporting the model into ``cache_dir`` on first use (and for
     ``int8-rowwise`` deriving the int8 model from that export, cached beside it)."""
     from . import onnx_encoder as oe
@@ -221,7 +241,8 @@ def _onnx_encoder(max_length: int, cache_dir: Path | str | None, quantize: str =
     oe.import_onnxruntime()
     tokenizer = load_tokenizer()
     directory = Path(cache_dir).expanduser() if cache_dir else oe.default_cache_dir()
-    fp32 = oe.export_path(model_dir(), directory)
+    digest = finetune_digest(finetune)
+    fp32 = oe.export_path(model_dir(), directory, digest)
     if quantize == ROWWISE_INT8:
         from . import onnx_int8
 
@@ -230,12 +251,13 @@ def _onnx_encoder(max_length: int, cache_dir: Path | str | None, quantize: str =
         target = fp32
     if target.is_file():
         try:
-            return oe.OnnxMiniLMEncoder(target, tokenizer, max_length=max_length, quantize=quantize)
+            return oe.OnnxMiniLMEncoder(target, tokenizer, max_length=max_length, quantize=quantize,
+                                        finetune=digest)
         except Exception as exc:  # noqa: BLE001 - e.g. a truncated file: build it again below
             log.warning("cached ONNX model %s is unusable (%s); building it again", target, exc)
     exported = False
     if target == fp32 or not fp32.is_file():
-        oe.export_onnx(torch, load_model(), tokenizer, fp32)
+        oe.export_onnx(torch, load_model(finetune), tokenizer, fp32)
         exported = True
     if target != fp32:
         try:
@@ -245,9 +267,9 @@ def _onnx_encoder(max_length: int, cache_dir: Path | str | None, quantize: str =
                 raise
             # e.g. a truncated fp32 export in the cache: export it again, then derive once more
             log.warning("deriving the int8 model from %s failed (%s); exporting fp32 again", fp32, exc)
-            oe.export_onnx(torch, load_model(), tokenizer, fp32)
+            oe.export_onnx(torch, load_model(finetune), tokenizer, fp32)
             onnx_int8.quantize_export(fp32, tokenizer, target)
-    return oe.OnnxMiniLMEncoder(target, tokenizer, max_length=max_length, quantize=quantize)
+    return oe.OnnxMiniLMEncoder(target, tokenizer, max_length=max_length, quantize=quantize, finetune=digest)
 
 
 def load_head(path: Path) -> dict[str, Any]:
@@ -282,6 +304,32 @@ def check_head(head: Any, where: str = "bundle") -> dict[str, Any]:
     return cast("dict[str, Any]", head)
 
 
+def finetune_file(cfg: dict[str, Any], head_dir: Path) -> Path | None:
+    """The fine-tuned top layers a head's ``encoder`` config names (``{"file", "digest"}``), beside the
+    head file (shipped: ``moderation/data``); None for a head on the stock encoder. Raises
+    ScorerConfigError when the file is missing and ScorerLoadError when it is not the one trained on."""
+    spec = cfg.get("finetune")
+    if not spec:
+        return None
+    try:
+        name, digest = str(spec["file"]), str(spec["digest"])
+    except (KeyError, TypeError) as exc:
+        raise ScorerLoadError(f"malformed encoder.finetune {spec!r}") from exc
+    path = head_dir / name
+    if Path(name).name != name or not path.is_file():
+        raise ScorerConfigError(f"the head needs the fine-tuned encoder weights {name!r} beside it in {head_dir}")
+    found = finetune_digest(path)
+    if found != digest:
+        raise ScorerLoadError(f"{path} has digest {found}, the head was trained on {digest}: retrain the heads "
+                              "(python -m moderation.scorers.train) or restore the file")
+    return path
+
+
+def shipped_finetune() -> Path | None:
+    """The fine-tuned top layers the shipped embedded head was trained on (None: the stock encoder)."""
+    return finetune_file(load_head(HEAD_PATH)["encoder"], HEAD_PATH.parent)
+
+
 class EmbeddedScorer:
     """MiniLM embeddings -> (a ReLU layer ->) per-label logistic regression -> calibrated scores.
 
@@ -294,9 +342,18 @@ class EmbeddedScorer:
                  backend: str | None = None, cache_dir: Path | str | None = None, *,
                  head: dict[str, Any] | None = None) -> None:
         _import_torch()  # the ML extra: the export, the tokenizer and the fallback encoder need it
+        head_dir = DATA_DIR if head is not None else Path(head_path).parent
         head = check_head(head) if head is not None else load_head(Path(head_path))
         cfg = head["encoder"]
-        self.encoder = encoder or load_encoder(cfg["quantize"], int(cfg["max_length"]), backend, cache_dir)
+        tuned = finetune_file(cfg, head_dir)
+        wanted = (cfg.get("finetune") or {}).get("digest")
+        if encoder is not None and getattr(encoder, "finetune", None) != wanted:
+            # e.g. rolling back to a model trained before a new fine-tune: reusing the loaded encoder would
+            # give the head embeddings it never saw, so load the one it was trained on
+            log.info("head %s was trained on the encoder fine-tune %s, the given encoder has %s: loading its own",
+                     head["version"], wanted, getattr(encoder, "finetune", None))
+            encoder = None
+        self.encoder = encoder or load_encoder(cfg["quantize"], int(cfg["max_length"]), backend, cache_dir, tuned)
         if self.encoder.dim != int(cfg["dim"]):
             raise ScorerLoadError(f"head expects {cfg['dim']}-d embeddings, encoder gives {self.encoder.dim}")
         self.backend = self.encoder.backend

@@ -182,8 +182,11 @@ class OnnxMiniLMEncoder:
     backend = "onnx"
 
     def __init__(self, model_path: Path, tokenizer: Any, max_length: int = 128,
-                 batch_size: int = 64, threads: int | None = None, quantize: str = "none") -> None:
+                 batch_size: int = 64, threads: int | None = None, quantize: str = "none",
+                 finetune: str | None = None) -> None:
         self.model_path, self.tokenizer, self.quantize = model_path, tokenizer, quantize
+        self.finetune = finetune
+        """Digest of the fine-tuned top layers in the exported model (None: the stock weights)."""
         self.max_length, self.batch_size = max_length, batch_size
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.threads = threads or default_threads()
@@ -222,6 +225,8 @@ class OnnxMiniLMEncoder:
         return session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
 
 
-def export_path(model_dir: Path, cache_dir: Path) -> Path:
-    """Cache file of the exported model for the weights in ``model_dir`` (may not exist yet)."""
-    return cache_dir / f"all-minilm-l6-v2-{model_digest(model_dir)}.onnx"
+def export_path(model_dir: Path, cache_dir: Path, finetune: str | None = None) -> Path:
+    """Cache file of the exported model for the weights in ``model_dir``, with the fine-tuned top
+    layers of digest ``finetune`` when given (may not exist yet)."""
+    tuned = f"-ft{finetune}" if finetune else ""
+    return cache_dir / f"all-minilm-l6-v2-{model_digest(model_dir)}{tuned}.onnx"

