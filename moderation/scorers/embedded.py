@@ -348,8 +348,8 @@ class EmbeddedScorer:
         tuned = finetune_file(cfg, head_dir)
         wanted = (cfg.get("finetune") or {}).get("digest")
         if encoder is not None and getattr(encoder, "finetune", None) != wanted:
-            # e.g. rolling back to a model trained before a new fine-tune: reusing the loaded encoder would
-            # give the head embeddings it never saw, so load the one it was trained on
+            # e.g. rolling back to a model trained on the stock encoder (or on an older fine-tune whose file is
+            # kept): reusing the loaded encoder would give the head embeddings it never saw
             log.info("head %s was trained on the encoder fine-tune %s, the given encoder has %s: loading its own",
                      head["version"], wanted, getattr(encoder, "finetune", None))
             encoder = None

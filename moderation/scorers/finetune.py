@@ -8,8 +8,9 @@ then trains the shipped heads over the fine-tuned encoder's embeddings as before
 
 - Only the top layers change, so training runs the frozen lower layers once per text
   (:class:`LayerCache`) and fits on two CPUs in about a minute and a half.
-- The changed layers ship as ``moderation/data/minilm_top.safetensors`` (float16). The head file
-  names it with its SHA-256 under ``encoder.finetune``. :func:`apply_weights` loads it into the
+- The changed layers ship as ``moderation/data/minilm_top-<digest>.safetensors`` (float16; the digest
+  is of the file). The head file names it under ``encoder.finetune``. A new fine-tune is a new file, so
+  stored models trained on an older one keep loading while its file is kept. :func:`apply_weights` loads it into the
   stock model before the ONNX export; the export's cache file is named after that digest too.
 - ``vybe moderation retrain`` trains new heads over the shipped fine-tuned encoder; it does not
   fine-tune again.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +35,8 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-FINETUNE_PATH: Path = DATA_DIR / "minilm_top.safetensors"
+FINETUNE_PREFIX = "minilm_top-"
+"""Fine-tune files are ``minilm_top-<digest>.safetensors`` beside the head (shipped: ``DATA_DIR``)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class FinetuneRecipe:
     batch: int = 32
     hidden: int = 256
     seed: int = 13
+
+
+def finetune_name(digest: str) -> str:
+    """The file name of the fine-tune of ``digest`` (see :func:`file_digest`)."""
+    return f"{FINETUNE_PREFIX}{digest}.safetensors"
 
 
 def file_digest(path: Path) -> str:
@@ -80,14 +88,22 @@ def apply_weights(model: Any, weights: dict[str, Any]) -> Any:
     return model
 
 
-def save_weights(weights: dict[str, Any], path: Path) -> str:
-    """Write the tensors as float16 safetensors; returns the file's digest."""
+def save_weights(weights: dict[str, Any], directory: Path = DATA_DIR) -> Path:
+    """Write the tensors as float16 safetensors to ``directory/minilm_top-<digest>.safetensors``, atomically
+    (a crash leaves no half-written file under that name); returns the path."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to("cpu").half().contiguous() for k, v in sorted(weights.items())}, str(path),
-              metadata={"model": "sentence-transformers/all-MiniLM-L6-v2", "what": "fine-tuned top layers"})
-    return file_digest(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{FINETUNE_PREFIX}{os.getpid()}.tmp"
+    try:
+        save_file({k: v.detach().to("cpu").half().contiguous() for k, v in sorted(weights.items())}, str(tmp),
+                  metadata={"model": "sentence-transformers/all-MiniLM-L6-v2", "what": "fine-tuned top layers"})
+        tmp.chmod(0o644)
+        path = directory / finetune_name(file_digest(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 class LayerCache:

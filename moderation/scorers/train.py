@@ -41,7 +41,7 @@ from moderation.policy import DEFAULT_FLAG
 
 from .base import DATA_DIR, LABELS, SIGNALS
 from .embedded import HEAD_PATH, ROWWISE_INT8, shipped_finetune
-from .finetune import FINETUNE, FINETUNE_PATH, FinetuneRecipe
+from .finetune import FINETUNE, FINETUNE_PREFIX, FinetuneRecipe, finetune_name
 from .light import LIGHT_HEAD_PATH
 from .text import lexical_features
 from .trainset import SUPPLEMENTARY, TRAIN_PATH, generate, load_supplementary, load_written, write_jsonl
@@ -117,7 +117,7 @@ def with_quote_copies(rows: Sequence[dict[str, Any]],
 
     A quote alone is not a report: only a reporting word next to it makes one (the light head's
     quote features). Fine-tuned on reports and contrast pairs, the encoder had learned that quotes
-    mean a report: `blend` caught 81 % of the old set's attacks wrapped whole in quotes, 77 % with words
+    mean a report: `blend` caught 81 % of the old set's attacks wrapped whole in quotes, 78 % with words
     after the quote (97 % as written). Harmless rows get copies too, so quotes do not become a harm cue.
     """
     out, w = list(rows), list(weights) if weights is not None else [1.0] * len(rows)
@@ -369,22 +369,23 @@ def fit_parts(texts: Sequence[str], y: np.ndarray, w: np.ndarray, folds: Folds,
     return parts
 
 
-def _light_json(part: dict[str, Any], version: str, rows: int) -> dict[str, Any]:
+def _light_json(part: dict[str, Any], version: str, counts: dict[str, int]) -> dict[str, Any]:
     # Tiny weights barely move a logit; dropping them keeps the JSON small.
     w = part["coef"]
     weights = {n: [round(float(v), 4) for v in w[i]] for i, n in enumerate(part["names"]) if np.abs(w[i]).max() >= 0.01}
     return {"name": "vybe-light-lr", "version": version, "labels": list(LABELS), "signals": list(SIGNALS),
             "bias": {t: float(b) for t, b in zip(TARGETS, part["bias"], strict=True)}, "calib": part["calib"],
-            "weights": weights, "training": {"rows": rows, "seed": SEED, "features": len(weights),
+            "weights": weights, "training": {**counts, "seed": SEED, "features": len(weights),
                                              "per_target": part["per_target"]}}
 
 
-def _embedded_json(part: dict[str, Any], version: str, rows: int, encoder_cfg: dict[str, Any]) -> dict[str, Any]:
+def _embedded_json(part: dict[str, Any], version: str, counts: dict[str, int],
+                   encoder_cfg: dict[str, Any]) -> dict[str, Any]:
     heads = {t: {"w": [round(float(v), 6) for v in part["coef"][:, j]], "b": float(part["bias"][j]),
                  "calib": part["calib"][t]} for j, t in enumerate(TARGETS)}
     head = {"name": "vybe-minilm-lr", "version": version, "encoder": encoder_cfg, "labels": list(LABELS),
             "signals": list(SIGNALS), "heads": heads,
-            "training": {"rows": rows, "seed": SEED, "per_target": part["per_target"]}}
+            "training": {**counts, "seed": SEED, "per_target": part["per_target"]}}
     if "w1" in part:  # heads[t]["w"] then weigh the hidden units, not the embedding
         head["hidden"] = {"w": [[round(float(v), 5) for v in row] for row in part["w1"]],
                           "b": [round(float(v), 6) for v in part["b1"]], "activation": "relu"}
@@ -411,7 +412,7 @@ def encoder_cfg(encoder: Encoder) -> dict[str, Any]:
     cfg: dict[str, Any] = {**ENCODER_CFG, "quantize": encoder.quantize}
     digest = getattr(encoder, "finetune", None)  # None: an encoder of the stock weights (or a test's own)
     if digest:
-        cfg["finetune"] = {"file": FINETUNE_PATH.name, "digest": digest}
+        cfg["finetune"] = {"file": finetune_name(digest), "digest": digest}
     return cfg
 
 
@@ -427,8 +428,10 @@ def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Seque
     """
     if weights is not None and len(weights) != len(rows):
         raise ValueError(f"{len(weights)} weights for {len(rows)} rows")
+    n_rows = len(rows)
     if recipe.quote_copies:
         rows, weights = with_quote_copies(rows, weights)
+    counts = {"rows": n_rows, "quote_copies": len(rows) - n_rows}  # the copies are not more data
     texts = [str(r["text"]) for r in rows]
     x_emb = None
     if embedded:
@@ -439,9 +442,9 @@ def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Seque
         x_emb = embed(texts, encoder, cache)
     w, folds = base_weights(rows, weights, recipe), make_folds(rows, recipe)
     parts = fit_parts(texts, target_matrix(rows), w, folds, x_emb, recipe)
-    bundle = {"version": version, "light": _light_json(parts["light"], version, len(rows))}
+    bundle = {"version": version, "light": _light_json(parts["light"], version, counts)}
     if x_emb is not None and encoder is not None:  # the head names the embeddings it was trained on
-        bundle["embedded"] = _embedded_json(parts["embedded"], version, len(rows), encoder_cfg(encoder))
+        bundle["embedded"] = _embedded_json(parts["embedded"], version, counts, encoder_cfg(encoder))
         if "blend" in parts:
             bundle["blend"] = _blend_json(parts["blend"], version)
     return bundle
@@ -601,11 +604,10 @@ def main(argv: list[str] | None = None) -> None:
     write_jsonl(generate(SEED), args.out_dir / TRAIN_PATH.name)
     rows = training_rows()
     t0 = time.perf_counter()
-    encoder = None
+    encoder, tuned = None, None
     if not args.skip_embedded:
         from .embedded import load_encoder
 
-        tuned = None
         if recipe.finetune is not None:
             from .finetune import LayerCache, finetune, save_weights
 
@@ -613,13 +615,14 @@ def main(argv: list[str] | None = None) -> None:
             layers = LayerCache([str(r["text"]) for r in tuning], recipe.finetune.layers)
             top = finetune(layers, target_matrix(tuning), base_weights(tuning, copy_w, recipe=recipe), None,
                            recipe.finetune)
-            tuned = args.out_dir / FINETUNE_PATH.name
-            save_weights(layers.weights(top), tuned)
+            tuned = save_weights(layers.weights(top), args.out_dir)
         encoder = load_encoder(args.quantize, finetune=tuned)
     bundle = train_bundle(rows, version=VERSION, embedded=not args.skip_embedded, encoder=encoder, cache=args.cache,
                           recipe=recipe)
     write_bundle(bundle, args.out_dir)
-    summary = {"rows": len(rows), "written_rows": sum(r["source"] not in AT_TEMPLATE_WEIGHT for r in rows),
+    older = sorted(p.name for p in args.out_dir.glob(f"{FINETUNE_PREFIX}*.safetensors") if tuned is None or p != tuned)
+    summary = {"older_finetunes_kept": older,  # stored models trained on them load while they are kept
+               "rows": len(rows), "written_rows": sum(r["source"] not in AT_TEMPLATE_WEIGHT for r in rows),
                "supplementary_rows": sum(r["source"] == SUPPLEMENTARY for r in rows),
                "version": VERSION, "train_s": round(time.perf_counter() - t0, 1),
                **{k: v["training"]["per_target"] for k, v in bundle.items() if k in ("light", "embedded")}}

@@ -359,7 +359,8 @@ class _FakeEncoder:
 
 
 def test_embedding_cache_keeps_fp32_and_int8_apart(tmp_path: Path) -> None:
-    """train.embed's cache names the embeddings' encoder: int8 vectors never stand in for fp32 ones."""
+    """train.embed's cache names the embeddings' encoder: int8 vectors never stand in for fp32 ones, nor the
+    stock encoder's for a fine-tuned one's."""
     pytest.importorskip("sklearn")
     from moderation.scorers.train import embed
 
@@ -370,6 +371,11 @@ def test_embedding_cache_keeps_fp32_and_int8_apart(tmp_path: Path) -> None:
     assert abs(b - a - 1.0).max() < 1e-6 and fp32.calls == int8.calls == 1
     assert abs(embed(texts, None, cache, quantize="none") - a).max() == 0  # from the cache, no encoder loaded
     assert abs(embed(texts, None, cache, quantize="int8-rowwise") - b).max() == 0
+    tuned = _FakeEncoder("int8-rowwise", offset=2.0)
+    tuned.finetune = "0123456789abcdef"  # type: ignore[attr-defined]  # a fine-tuned encoder of the same mode
+    c = embed(texts, tuned, cache)
+    assert abs(c - a - 2.0).max() < 1e-6 and tuned.calls == 1  # not the stock int8 vectors
+    assert abs(embed(texts, int8, cache) - b).max() == 0 and int8.calls == 1  # and they are still there
 
 
 def test_train_bundle_records_the_encoder_it_embedded_with() -> None:

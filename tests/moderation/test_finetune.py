@@ -35,8 +35,9 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
     cache = LayerCache(TEXTS, layers=1)
     y = np.array([[h, 0] for h in HARM])
     top = finetune(cache, y, np.ones(len(TEXTS)), None, FinetuneRecipe(layers=1, epochs=2, lr=1e-3, batch=4))
-    path = tmp_path_factory.mktemp("finetune") / "minilm_top.safetensors"
-    save_weights(cache.weights(top), path)
+    directory = tmp_path_factory.mktemp("finetune")
+    path = save_weights(cache.weights(top), directory)
+    assert [p.name for p in directory.iterdir()] == [path.name]  # no temporary file left
     return cache, top, path
 
 
@@ -48,7 +49,7 @@ def _cos_min(a: Any, b: Any) -> float:
 
 
 def test_only_the_top_layers_change_and_the_file_holds_just_them(tuned: tuple[Any, Any, Path]) -> None:
-    from moderation.scorers.finetune import load_weights
+    from moderation.scorers.finetune import file_digest, load_weights
 
     cache, top, path = tuned
     weights = load_weights(path)
@@ -56,6 +57,7 @@ def test_only_the_top_layers_change_and_the_file_holds_just_them(tuned: tuple[An
     stock = cache.model.state_dict()
     assert any(float((weights[n] - stock[n]).abs().max()) > 1e-3 for n in weights)  # training moved them
     assert path.stat().st_size < 4_000_000  # one layer in float16
+    assert path.name == f"minilm_top-{file_digest(path)}.safetensors"  # a new fine-tune never replaces an old one
     assert _cos_min(cache.embed(top), cache.embed()) < 0.999  # and the embeddings with them
 
 
@@ -93,9 +95,11 @@ def test_a_head_refuses_weights_it_was_not_trained_on(tuned: tuple[Any, Any, Pat
         finetune_file({"finetune": {**cfg["finetune"], "digest": "0" * 16}}, path.parent)
     with pytest.raises(ScorerConfigError, match="beside it"):
         finetune_file(cfg, tmp_path)
+    sub = path.parent / "sub"
+    sub.mkdir(exist_ok=True)
+    assert (sub / ".." / path.name).is_file()  # so only the name check stops this one
     with pytest.raises(ScorerConfigError):
-        finetune_file({"finetune": {"file": "../data/" + path.name, "digest": cfg["finetune"]["digest"]}},
-                      path.parent / "x")
+        finetune_file({"finetune": {"file": "../" + path.name, "digest": cfg["finetune"]["digest"]}}, sub)
     # The shipped head loaded from a copy whose weights file was replaced: a clear error, not other scores.
     head = json.loads(HEAD_PATH.read_text())
     if head["encoder"].get("finetune"):
@@ -126,15 +130,17 @@ def test_quote_copies_keep_labels_and_never_read_as_a_report() -> None:
     from moderation.scorers.text import _reported, quoted_spans
     from moderation.scorers.train import QUOTE_WRAPS, with_quote_copies
 
-    rows = [{"text": t, "labels": {"toxicity": h}, "source": "s"} for t, h in zip(TEXTS * 10, HARM * 10, strict=True)]
-    rows = [{**r, "text": f"{r['text']} #{i}"} for i, r in enumerate(rows)]
-    out, w = with_quote_copies(rows, [2.0] * len(rows))
+    rows = [{"text": f"{t} [{i}]", "labels": {"toxicity": h}, "source": f"s{i % 3}"}
+            for i, (t, h) in enumerate(zip(TEXTS * 10, HARM * 10, strict=True))]
+    weights = [1.0 + i for i in range(len(rows))]
+    out, w = with_quote_copies(rows, weights)
+    assert out[:len(rows)] == rows and list(w[:len(rows)]) == weights
     copies = out[len(rows):]
-    assert 0.3 * len(rows) < len(copies) < 0.7 * len(rows) and list(w[len(rows):]) == [1.0] * len(copies)
-    by_text = {r["text"]: r for r in rows}
-    for c in copies:
-        original = next(t for t in by_text if t in c["text"])
-        assert c["labels"] == by_text[original]["labels"] and c["source"] == "s"
+    assert 0.3 * len(rows) < len(copies) < 0.7 * len(rows)
+    for c, weight in zip(copies, w[len(rows):], strict=True):
+        i = int(c["text"].rsplit("[", 1)[1].split("]")[0])
+        assert c["text"] != rows[i]["text"] and rows[i]["text"] in c["text"]
+        assert c["labels"] == rows[i]["labels"] and c["source"] == rows[i]["source"] and weight == weights[i] / 2
     assert with_quote_copies(rows)[0] == with_quote_copies(rows)[0]  # deterministic
     assert not set(QUOTE_WRAPS) & set(WRAPS.values())
     for wrap in QUOTE_WRAPS:
