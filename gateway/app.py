@@ -14,8 +14,6 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import Receive, Send
 
-from gateway.codec import negotiate
-from gateway.connection import Connection
 from gateway.context import Gateway, gateway_lifespan
 from gateway.pages import PAGE_HANDLERS
 from gateway.protocol import json_schema
@@ -28,35 +26,17 @@ if TYPE_CHECKING:
     from common.settings import Settings
 
 
-class GatewayASGI:
-    """The process's ASGI entry: WebSocket sessions on ``/ws`` go straight to the socket
-    loop; everything else (REST, health, metrics, OpenAPI, lifespan) to Litestar.
-
-    A socket lives for hours: routing it through Litestar's router and middleware
-    would keep their frames and scope state alive per idle connection (~2.5 KB,
-    measured with tracemalloc) for nothing, as the socket loop does its own errors.
-    """
-
-    def __init__(self, app: Litestar) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
-        # Raw ASGI: scope is uvicorn's dict here, not Litestar's typed one.
-        if scope["type"] == "websocket" and scope["path"] == WS_PATH:
-            await websocket_session(self.app.state.gateway, scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-
 WS_PATH = "/ws"
 _PROTOCOL_SCHEMA = json_schema()
 
 
 @asgi(WS_PATH, copy_scope=False)
 async def websocket_endpoint(scope: Any, receive: Receive, send: Send) -> None:
-    """The WebSocket endpoint (``GatewayASGI`` serves the sessions); plain HTTP gets 426."""
+    """``/ws`` over plain HTTP gets 426. WebSocket upgrades never reach the app: the gateway's own
+    protocol (``gateway.wsproto.WebSocket``, installed by ``gateway.server``) takes the socket from
+    uvicorn at the upgrade; served without it, an upgrade is refused."""
     if scope["type"] == "websocket":
-        await websocket_session(scope["app"].state.gateway, scope, receive, send)
+        await send({"type": "websocket.close", "code": 1011, "reason": "serve with `vybe gateway`"})
         return
     start: Any = {"type": "http.response.start", "status": 426,
                   "headers": [(b"content-type", b"text/plain"), (b"upgrade", b"websocket")]}
@@ -65,28 +45,12 @@ async def websocket_endpoint(scope: Any, receive: Receive, send: Send) -> None:
     await send(body)
 
 
-async def websocket_session(gw: Gateway, scope: Any, receive: Receive, send: Send) -> None:
-    """One socket. Token in ``Authorization: Bearer`` or a first ``auth`` frame. The format
-    follows the subprotocol: ``vybe.msgpack`` offered, MessagePack binary frames; else JSON
-    text frames (``vybe.json``, or nothing offered: echoed only when offered)."""
-    if gw.draining:
-        await receive()  # websocket.connect
-        await send({"type": "websocket.close", "code": 1013, "reason": "draining"})
-        return
-    await receive()  # websocket.connect
-    token = _bearer(scope)
-    scope["headers"] = []  # read once; not worth ~1.3 KB per idle socket
-    codec, subprotocol = negotiate(scope.get("subprotocols") or [])
-    conn = Connection(gw, send, receive, scope.get("extensions", {}).get("vybe.raw"), codec)
-    await conn.run(token, subprotocol)
-
-
-def _bearer(scope: Any) -> str | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            kind, _, token = bytes(value).decode("latin-1").partition(" ")
-            if kind.lower() == "bearer" and token:
-                return token.strip()
+def bearer_token(authorization: bytes | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, if that is what it is."""
+    if authorization:
+        kind, _, token = authorization.decode("latin-1").partition(" ")
+        if kind.lower() == "bearer" and token.strip():
+            return token.strip()
     return None
 
 
@@ -142,9 +106,9 @@ def openapi_config() -> OpenAPIConfig:
     )
 
 
-def create_asgi(settings: Settings) -> GatewayASGI:
-    """What uvicorn serves: :class:`GatewayASGI` around the Litestar app."""
-    return GatewayASGI(create_app(settings))
+def create_asgi(settings: Settings) -> Litestar:
+    """What uvicorn serves (HTTP; WebSocket upgrades go to ``gateway.wsproto.WebSocket``)."""
+    return create_app(settings)
 
 
 def create_app(settings: Settings) -> Litestar:

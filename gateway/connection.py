@@ -1,11 +1,13 @@
-"""The socket loop: authenticate, read commands, answer, and write queued frames.
+"""One client session over a :class:`gateway.wsproto.WebSocket`: authenticate, read commands,
+answer, and write queued frames.
 
-Each connection owns two things: the reader (this task) and a writer task that
-drains a send queue bounded in bytes, joining whatever is queued into one frame
-(an array: JSON text, or MessagePack binary when the client negotiated the
-``vybe.msgpack`` subprotocol; the socket's :class:`Codec` decides). A reader never
-waits on a writer: fan-out only appends to the queue, and a connection whose queue
-overflows is closed with 4008 (slow consumer) so that it cannot slow anyone else.
+The socket calls :meth:`Connection.received` per message; a reader task exists only while
+commands wait (they are answered in order), and a writer task only while a backlog waits: it
+drains a send queue bounded in bytes, joining whatever is queued into one frame (an array: JSON
+text, or MessagePack binary when the client negotiated the ``vybe.msgpack`` subprotocol; the
+socket's :class:`Codec` decides). An idle socket holds neither. A reader never waits on a
+writer: fan-out only appends to the queue, and a connection whose queue overflows is closed with
+4008 (slow consumer) so that it cannot slow anyone else.
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ from gateway.protocol import (
     Ping,
     Pong,
 )
-from gateway.wsproto import RawWebSocketProtocol, data_frame
+from gateway.wsproto import data_frame
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from gateway.context import Gateway
+    from gateway.wsproto import WebSocket
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +72,16 @@ class Connection:
 
     # Consecutive refusals after which a flooding client is disconnected.
     FLOOD_LIMIT = 50
+    # Commands waiting for the reader beyond which the socket stops reading (TCP pushes back).
+    INBOX_MAX = 32
     # Tens of thousands of these live for hours: slots instead of a __dict__ (~1 KB each).
-    __slots__ = ("_bucket", "_close", "_publish_buckets", "_queue", "_queued", "_raw", "_reader", "_receive",
-                 "_refusals", "_send", "_sending", "_timer", "_writer", "blocked", "channels", "codec", "gw",
-                 "identity", "is_moderator", "resuming", "user_id")
+    __slots__ = ("_bucket", "_close", "_inbox", "_publish_buckets", "_queue", "_queued", "_reader", "_refusals",
+                 "_sending", "_timer", "_writer", "blocked", "channels", "codec", "gw", "identity", "is_moderator",
+                 "resuming", "sock", "user_id")
 
-    def __init__(self, gw: Gateway, send: Any, receive: Any, raw: RawWebSocketProtocol | None = None,
-                 codec: Codec = JSON_CODEC) -> None:
+    def __init__(self, gw: Gateway, sock: WebSocket, codec: Codec = JSON_CODEC) -> None:
         self.gw = gw
-        self._send, self._receive, self._raw = send, receive, raw
+        self.sock = sock
         self.codec = codec
         self.identity: Identity | None = None
         self.user_id = ""
@@ -90,6 +94,7 @@ class Connection:
         self._sending = False
         self._writer: asyncio.Task[None] | None = None
         self._close: tuple[int, str] | None = None
+        self._inbox: list[str | bytes] = []
         self._reader: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None  # the one pending deadline (auth, warning or expiry)
         self._bucket = TokenBucket(gw.settings.rate_per_s, gw.settings.rate_burst)
@@ -124,8 +129,7 @@ class Connection:
         """Fan-out entry: ``frame_bytes`` is ``element`` (of this socket's codec) as a ready
         WebSocket frame, the same object for every socket of the format. Written at once
         when nothing is queued ahead of it."""
-        if (not self._queue and not self._sending and self._close is None and self._raw is not None
-                and self._raw.write_frame(frame_bytes)):
+        if not self._queue and not self._sending and self._close is None and self.sock.write_frame(frame_bytes):
             self.gw.frames_out += 1
             self.gw.bytes_out += len(frame_bytes)
             return
@@ -156,40 +160,43 @@ class Connection:
         self.push(self.codec.encode(message))
 
     def close(self, code: int, reason: str) -> None:
-        """Ask the connection to close (from any task); idempotent."""
+        """Close the session (from anywhere); idempotent. Queued frames go out first, then the close
+        frame; a command still running is cancelled."""
         if self._close is None:
             self._close = (code, reason)
+            self._inbox.clear()
             if self._reader is not None and self._reader is not asyncio.current_task():
                 self._reader.cancel()
+            self.gw.spawn(self._teardown())
+
+    def lost(self, code: int) -> None:
+        """The socket's callback: the peer closed (``code``) or vanished (1006), or broke the protocol."""
+        self.close(code, "")
+
+    def lost_keepalive(self) -> None:
+        """The keepalive's callback: a ping went unanswered for a whole interval."""
+        self.close(1011, "keepalive ping timeout")
 
     async def _drain(self) -> None:
         """Send everything queued, coalesced into as few frames as possible; exits when empty.
 
         Exists only while there is a backlog, so an idle connection holds no writer task.
         """
-        codec = self.codec
+        codec, sock = self.codec, self.sock
         try:
             while self._queue:
                 items = list(self._queue)
                 self._queue.clear()
                 self._queued = 0
                 data = codec.payload(codec.join(items))
+                frame = data_frame(data, codec.binary)
                 self._sending = True
                 try:
-                    if self._raw is None or not self._raw.write_frame(data_frame(data, codec.binary)):
-                        # Paused transport: uvicorn's send waits until it drains.
-                        await self._send({"type": "websocket.send", "bytes": data} if codec.binary
-                                         else {"type": "websocket.send", "text": data.decode()})
-                except OSError:  # uvicorn's ClientDisconnected: the peer is gone
-                    self.close(1006, "peer gone")
-                    return
-                except RuntimeError:
-                    # uvicorn refuses a send after the close it sent itself (a keepalive ping
-                    # timeout closes with 1011 under the app): the socket is done, not the process.
-                    if self._raw is None or not self._raw.close_sent:
-                        raise
-                    self.close(1006, "closed by the server's keepalive")
-                    return
+                    while not sock.write_frame(frame):
+                        if not sock.is_open:  # the peer is gone, or the close frame went out
+                            self.close(1006, "peer gone")
+                            return
+                        await sock.wait_writable()  # a paused transport: wait until it drains
                 finally:
                     self._sending = False
                 self.gw.frames_out += 1
@@ -199,53 +206,59 @@ class Connection:
 
     # -- the receive side ----------------------------------------------------
 
-    async def run(self, header_token: str | None, subprotocol: str | None = None) -> None:
-        """Accept (echoing the negotiated ``subprotocol``, if any) and serve the socket until it
-        closes; always releases what it holds."""
-        await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
-        self._reader = asyncio.current_task()
+    def start(self, header_token: str | None) -> None:
+        """The socket's handshake is done (101 sent): serve it. A token from the ``Authorization``
+        header is verified first, as if it were an ``auth`` frame; else one must come in time."""
         self.gw.connections.add(self)
         self.gw.metrics.connections.inc()
+        if header_token is not None:
+            self._reader = asyncio.create_task(self._read(header_token), name="ws-reader")
+        else:
+            self._set_timer(self.gw.settings.auth_timeout_s, self._auth_deadline)
+
+    def received(self, data: str | bytes) -> None:
+        """The socket's callback, per message: queue it for the reader (started when none runs)."""
+        if self._close is not None:
+            return
+        self._inbox.append(data)
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read(None), name="ws-reader")
+        elif len(self._inbox) >= self.INBOX_MAX:
+            self.sock.pause_reading()
+
+    async def _read(self, header_token: str | None) -> None:
+        """Answer queued commands in order; exits when none is left (or the session closes)."""
         try:
-            await self._serve(header_token)
+            if header_token is not None:
+                await self._header_auth(header_token)
+            field = bytes if self.codec.binary else str  # the frame kind this socket reads
+            inbox = self._inbox
+            while inbox and self._close is None:
+                data = inbox.pop(0)
+                if not isinstance(data, field):
+                    self.reply(self.codec.wrong_frame())
+                    continue
+                await self._on_frame(data)
         except asyncio.CancelledError:
             if self._close is None:
                 raise  # cancelled from outside (shutdown): propagate
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
         finally:
-            await self._teardown()
+            self._reader = None
+            if self._close is None:
+                self.sock.resume_reading()
 
-    async def _serve(self, header_token: str | None) -> None:
-        if header_token is not None:
-            try:
-                identity = await self._authenticate(header_token, None)
-            except AuthError as err:
-                self.reply(Error(None, err.code, str(err)))
-                self.close(CloseCode.AUTH_INVALID, "invalid token")
-                return
-            except CommandError as err:  # a backend is down: try again later (1013)
-                self.reply(Error(None, err.code, err.message, err.retry_after))
-                self.close(CloseCode.TRY_AGAIN, "backend unavailable; retry")
-                return
-            self.reply(Ack("", _auth_result(identity, self.blocked)))  # the same answer as an `auth` frame's
-        else:
-            self._set_timer(self.gw.settings.auth_timeout_s, self._auth_deadline)
-        field = "bytes" if self.codec.binary else "text"  # the frame kind this socket reads
-        while self._close is None:
-            message = await self._receive()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
-                self._close = (message.get("code", 1000), "")
-                return
-            if kind != "websocket.receive":
-                continue
-            data = message.get(field)
-            if data is None:
-                self.reply(self.codec.wrong_frame())
-                continue
-            await self._on_frame(data)
+    async def _header_auth(self, header_token: str) -> None:
+        try:
+            identity = await self._authenticate(header_token, None)
+        except AuthError as err:
+            self.reply(Error(None, err.code, str(err)))
+            self.close(CloseCode.AUTH_INVALID, "invalid token")
+            return
+        except CommandError as err:  # a backend is down: try again later (1013)
+            self.reply(Error(None, err.code, err.message, err.retry_after))
+            self.close(CloseCode.TRY_AGAIN, "backend unavailable; retry")
+            return
+        self.reply(Ack("", _auth_result(identity, self.blocked)))  # the same answer as an `auth` frame's
 
     def _auth_deadline(self) -> None:
         if self.identity is None:
@@ -370,28 +383,26 @@ class Connection:
         self.close(CloseCode.TOKEN_EXPIRED, "token expired")
 
     async def _teardown(self) -> None:
+        """After :meth:`close`: leave every channel, let queued frames (an error, a notice) go out,
+        then the close frame."""
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task():
+            await asyncio.wait([reader])  # cancelled by close(): let its handlers finish
         self.gw.connections.discard(self)
         self.gw.metrics.connections.dec()
         with contextlib.suppress(*self.gw.backend.transient_errors):
             await self.gw.leave(self)
-        if self._close is None:
-            self._close = (1000, "")
         writer = self._writer
-        if writer is not None:  # let queued frames (an error, a notice) go out first
+        if writer is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
-            except (TimeoutError, OSError, RuntimeError):
+            except TimeoutError:
                 writer.cancel()
-        code, reason = self._close
-        try:
-            await asyncio.wait_for(self._send({"type": "websocket.close", "code": code, "reason": reason}), 2.0)
-        except TimeoutError:
-            if self._raw is not None:  # a peer that reads nothing cannot take a close frame either
-                self._raw.transport.abort()
-        except (OSError, RuntimeError):
-            pass  # already gone
+        code, reason = self._close or (1000, "")
+        self.sock.send_close(code, reason)  # a peer that reads nothing is dropped after CLOSE_TIMEOUT_S
 
 
 def _auth_result(identity: Identity, blocked: frozenset[str]) -> AuthResult:

@@ -31,6 +31,7 @@ from gateway.moderation import Desk
 from gateway.presence import Presence
 from gateway.protocol import CloseCode, Notice, encode
 from gateway.users import Users
+from gateway.wsproto import keepalive
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Coroutine
@@ -123,6 +124,7 @@ class Gateway:
         sup.add("outbox-deleter", self.relay.run_deleter)
         sup.add("presence", self.presence.run)
         sup.add("flag-stats", self._refresh_flag_stats)
+        sup.add("keepalive", lambda: keepalive(self.connections, self.settings.heartbeat_s))
 
     async def refresh_flag_stats(self) -> None:
         """Read the model's flag precision and recall (30 days) for /metrics."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from gateway.app import create_asgi
-from gateway.wsproto import RawWebSocketProtocol
+from gateway.wsproto import WebSocket, gateway_of_config
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -67,22 +67,16 @@ class DrainingServer(uvicorn.Server):
 
 def gateway_of(server: uvicorn.Server) -> Any:
     """The Gateway behind a started server (uvicorn and we wrap the app; each keeps ``.app``)."""
-    app: Any = server.config.loaded_app
-    while hasattr(app, "app") and not hasattr(app, "state"):
-        app = app.app
-    return getattr(getattr(app, "state", None), "gateway", None)
+    return gateway_of_config(server.config)
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         create_asgi(settings), host=settings.host, port=settings.port, lifespan="on",
-        ws=RawWebSocketProtocol,
-        # Our own frame limit answers with a typed error; uvicorn's hard cap (1009)
-        # only stops absurd frames before they are buffered whole.
-        ws_max_size=max(1 << 20, settings.frame_limit * 4),
-        # Compression costs CPU and ~64 KB per connection; our frames are small JSON.
-        ws_per_message_deflate=False,
-        ws_ping_interval=settings.heartbeat_s, ws_ping_timeout=settings.heartbeat_s,
+        # Upgrades to our own WebSocket protocol (gateway/wsproto.py): no deflate, keepalive by
+        # one loop per process (VYBE_HEARTBEAT_S). Our own frame limit answers with a typed error;
+        # this hard cap (1009) only stops absurd frames before they are buffered whole.
+        ws=WebSocket, ws_max_size=max(1 << 20, settings.frame_limit * 4),
         log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=10,
     )
 

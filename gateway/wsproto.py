@@ -1,167 +1,405 @@
-"""uvicorn's sans-I/O WebSocket protocol with one addition: a direct frame write.
+"""The WebSocket layer: one slotted ``asyncio.Protocol`` per socket, no ASGI (RFC 6455).
 
-Fan-out sends the same event to thousands of sockets. Going through ASGI costs
-a task wake-up, a coroutine, a str round trip and a re-framing per socket; the
-bytes of a server frame (unmasked, RFC 6455) are identical for every socket of
-one wire format, so the hub builds them once per event and format, and each
-socket whose queue is empty and whose transport is writable gets them with one
-``transport.write``. Anything else (a paused transport, a backlog, closing)
-falls back to the ASGI path, which keeps its ordering and flow control.
+uvicorn parses the HTTP upgrade request and hands the socket over (``ws=WebSocket`` in its
+config); from then on the socket is ours. Each socket is this small object and a
+:class:`gateway.connection.Connection`, driven by callbacks: no task, no coroutine frame and no
+timer lives per idle socket (a task runs only while a socket has commands to answer or a backlog
+to write, and one keepalive loop per process pings every socket). Through uvicorn's ASGI
+WebSocket protocol an idle socket cost 14 KB of Python objects, most of them the protocol's own
+state, its ASGI task and the coroutine chain under it (tracemalloc, 2,000 sockets).
 
-The protocol exposes itself to the app as ``scope["extensions"]["vybe.raw"]``.
+Fan-out sends the same event to thousands of sockets: the bytes of a server frame (unmasked)
+are the same for every socket of one wire format, so the hub builds them once per event and
+format, and each socket whose transport is writable gets them with one ``transport.write``.
+
+Only ``/ws`` is a WebSocket endpoint; no extension (per-message deflate costs CPU and ~64 KB per
+socket, and our frames are small). Frames over ``max_size`` close with 1009, text that is not
+UTF-8 with 1007, protocol errors with 1002; pings are answered, and a peer that leaves a ping
+unanswered for a heartbeat is closed with 1011.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import logging
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+try:
+    from websockets.speedups import apply_mask  # C, shipped with websockets
+except ImportError:  # pragma: no cover - a build without the extension
+    from websockets.utils import apply_mask
+
+if TYPE_CHECKING:
+    from gateway.connection import Connection
+
+log = logging.getLogger(__name__)
+
+WS_PATH = b"/ws"
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+CLOSE_TIMEOUT_S = 2.0
+"""How long a socket waits for the peer's close frame after sending its own before dropping it."""
+
+_OPEN, _CLOSING, _CLOSED = 1, 2, 3
+_CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+# Close codes a peer may send (RFC 6455 7.4.1, plus the 3000-4999 ranges).
+_PEER_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
 def text_frame(payload: bytes) -> bytes:
     """One complete, unmasked, final text frame carrying ``payload``."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 1 << 16:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
+    return _frame(0x81, payload)
 
 
 def binary_frame(payload: bytes) -> bytes:
     """One complete, unmasked, final binary frame carrying ``payload``."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x82, n)) + payload
-    if n < 1 << 16:
-        return struct.pack("!BBH", 0x82, 126, n) + payload
-    return struct.pack("!BBQ", 0x82, 127, n) + payload
+    return _frame(0x82, payload)
 
 
 def data_frame(payload: bytes, binary: bool) -> bytes:
     """A binary frame or a text frame (``payload`` is then UTF-8) carrying ``payload``."""
-    return binary_frame(payload) if binary else text_frame(payload)
+    return _frame(0x82 if binary else 0x81, payload)
 
 
-class _Signal:
-    """asyncio.Event's interface for one waiter at most, without Event's deque (~0.7 KB)."""
-
-    __slots__ = ("_value", "_waiter")
-
-    def __init__(self) -> None:
-        self._value = True
-        self._waiter: asyncio.Future[None] | None = None
-
-    def is_set(self) -> bool:
-        return self._value
-
-    def set(self) -> None:
-        self._value = True
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        self._waiter = None
-
-    def clear(self) -> None:
-        self._value = False
-
-    async def wait(self) -> bool:
-        while not self._value:
-            if self._waiter is None or self._waiter.done():
-                self._waiter = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._waiter)
-        return True
+def _frame(first: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return bytes((first, n)) + payload
+    if n < 1 << 16:
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
 
 
-class _Inbox:
-    """asyncio.Queue's interface as uvicorn uses it here (one consumer), in a list.
+def close_frame(code: int, reason: str = "") -> bytes:
+    """A close frame; the reason is cut to fit the 125-byte control payload."""
+    return _frame(0x88, struct.pack("!H", code) + reason.encode()[:123])
 
-    asyncio.Queue holds three deques and an Event: ~3.8 KB per socket, the largest
-    single cost of an idle connection (measured with tracemalloc at 2,000 sockets).
+
+PING_FRAME = bytes((0x89, 0))
+
+
+def accept_key(key: bytes) -> bytes:
+    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key``."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())  # the RFC's digest, not for security
+
+
+def parse_request(data: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]]:
+    """Method, target and headers (names lower-cased; repeated headers joined with ", ") of the
+    request uvicorn hands over: its request line and headers, re-serialised."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    lines = head.split(b"\r\n")
+    method, target = [*lines[0].split(b" "), b"", b""][:2]
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        headers[name] = headers[name] + b", " + value if name in headers else value
+    return method, target, headers
+
+
+def gateway_of_config(config: Any) -> Any:
+    """The Gateway behind uvicorn's config (the app may be wrapped, e.g. by proxy-header middleware)."""
+    app = config.loaded_app
+    while hasattr(app, "app") and not hasattr(app, "state"):
+        app = app.app
+    return getattr(getattr(app, "state", None), "gateway", None)
+
+
+class WebSocket(asyncio.Protocol):
+    """One server-side WebSocket: handshake, framing, control frames and flow control.
+
+    The :class:`Connection` above it gets ``received(str | bytes)`` per message and ``lost(code)``
+    once, and writes with :meth:`write_frame` (False: not now) and :meth:`send_close`.
     """
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_buf", "_config", "_frag_op", "_frags", "_max_size", "_reading", "_server_state", "_state",
+                 "_waiter", "close_received", "conn", "ping_at", "transport", "writable")
 
-    def __init__(self) -> None:
-        self._items: list[Any] = []
+    def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
+        self._config, self._server_state = config, server_state
+        self._max_size: int = config.ws_max_size
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.conn: Connection | None = None
+        self._state = 0  # handshake
+        self._buf = b""
+        self._frag_op = -1
+        self._frags: list[bytes] | None = None
+        self._reading = True
         self._waiter: asyncio.Future[None] | None = None
+        self.close_received = False
+        self.writable = True
+        self.ping_at = 0.0  # loop time of the unanswered keepalive ping (0: none)
 
-    def put_nowait(self, item: Any) -> None:
-        self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+    # -- asyncio.Protocol -------------------------------------------------------------------
 
-    async def get(self) -> Any:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.pop(0)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._server_state.connections.add(self)
 
-    def empty(self) -> bool:
-        return not self._items
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state = _CLOSED
+        self._server_state.connections.discard(self)
+        self._wake()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.lost(1006)
 
-    def qsize(self) -> int:
-        return len(self._items)
+    def pause_writing(self) -> None:
+        self.writable = False
 
+    def resume_writing(self) -> None:
+        self.writable = True
+        self._wake()
 
-class RawWebSocketProtocol(WebSocketsSansIOProtocol):
-    """The stock protocol, lighter per socket, plus :meth:`write_frame` for pre-built frames."""
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: a half-closed WebSocket is a gone one
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._request: Any = None
-        # Lighter stand-ins for uvicorn's asyncio.Queue and asyncio.Event, with the methods it calls.
-        self.queue = _Inbox()  # type: ignore[assignment]
-        self.writable = _Signal()  # type: ignore[assignment]
-
-    def handle_connect(self, event: Any) -> None:
-        super().handle_connect(event)
-        self._request = event
-        scope = getattr(self, "scope", None)
-        if scope is not None:
-            scope["extensions"]["vybe.raw"] = self
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.accept":
-            # The handshake is over and the app has read what it needs: drop the
-            # request and response headers (~3 KB; websockets' parser keeps the
-            # request object alive for the life of the connection).
-            self.response = None  # type: ignore[assignment]  # websockets types it as always set
-            self.scope["headers"] = []
-            request, self._request = self._request, None
-            if request is not None:
-                request.headers.clear()
-
-    def send_receive_event_to_app(self) -> None:
-        # uvicorn's, except that a text message that is not UTF-8 gets one debug line:
-        # uvicorn logs a traceback at ERROR for it, so any client could fill the logs.
-        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
-        self.frames = []
-        if self.close_sent:
-            return  # the app is past websocket.close; reads stay on for the peer's close
-        if self.curr_msg_data_type == "bytes":
-            self.queue.put_nowait({"type": "websocket.receive", "bytes": data})
+    def shutdown(self) -> None:
+        """uvicorn's shutdown, after the gateway's drain: close what is left with 1012."""
+        if self._state == 0:
+            self._reject(503, b"server shutting down")
         else:
-            try:
-                self.queue.put_nowait({"type": "websocket.receive", "text": data.decode()})
-            except UnicodeDecodeError:
-                self.logger.debug("%s - invalid UTF-8 in a text message: closing with 1007", self.client)
-                self.conn.send_close(1007, "invalid UTF-8")
-                self.handle_parser_exception()
+            self.send_close(1012, "server restart")
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == 0:
+            self._handshake(data)
+            return
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        try:
+            self._parse(data)
+        except _ProtocolError as err:
+            self._fail(err.code, err.reason)
+
+    # -- handshake ----------------------------------------------------------------------------
+
+    def _handshake(self, data: bytes) -> None:
+        method, target, headers = parse_request(data)
+        if target.split(b"?", 1)[0] != WS_PATH:
+            self._reject(404, b"no WebSocket endpoint here: connect to /ws")
+            return
+        key = headers.get(b"sec-websocket-key", b"")
+        try:
+            valid_key = len(base64.b64decode(key, validate=True)) == 16
+        except ValueError:
+            valid_key = False
+        if method != b"GET" or not valid_key:
+            self._reject(400, b"bad WebSocket handshake")
+            return
+        if headers.get(b"sec-websocket-version") != b"13":
+            self._reject(426, b"WebSocket version 13 only", b"sec-websocket-version: 13\r\n")
+            return
+        gw = gateway_of_config(self._config)
+        if gw is None:
+            self._reject(503, b"starting up")
+            return
+        from gateway.app import bearer_token
+        from gateway.codec import negotiate
+        from gateway.connection import Connection
+
+        offered = [p.strip() for p in headers.get(b"sec-websocket-protocol", b"").decode("latin-1").split(",")]
+        codec, subprotocol = negotiate([p for p in offered if p])
+        response = [b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+                    b"sec-websocket-accept: ", accept_key(key), b"\r\n"]
+        if subprotocol:
+            response += [b"sec-websocket-protocol: ", subprotocol.encode(), b"\r\n"]
+        self.transport.write(b"".join([*response, b"\r\n"]))
+        self._state = _OPEN
+        if gw.draining:
+            self.send_close(1013, "draining")
+            return
+        self.conn = Connection(gw, self, codec)
+        self.conn.start(bearer_token(headers.get(b"authorization")))
+
+    def _reject(self, status: int, body: bytes, extra: bytes = b"") -> None:
+        phrase = {400: b"Bad Request", 404: b"Not Found", 426: b"Upgrade Required", 503: b"Service Unavailable"}
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n%s\r\n%s" % (status, phrase[status], len(body), extra, body))
+        self._state = _CLOSED
+        self.transport.close()
+
+    # -- frames in --------------------------------------------------------------------------
+
+    def _parse(self, data: bytes) -> None:
+        n, i = len(data), 0
+        while n - i >= 2 and self._state != _CLOSED:
+            b0, b1 = data[i], data[i + 1]
+            length, h = b1 & 0x7F, i + 2
+            if length == 126:
+                if n - i < 4:
+                    break
+                length, h = int.from_bytes(data[i + 2:i + 4], "big"), i + 4
+            elif length == 127:
+                if n - i < 10:
+                    break
+                length, h = int.from_bytes(data[i + 2:i + 10], "big"), i + 10
+            if b0 & 0x70 or not b1 & 0x80:
+                raise _ProtocolError(1002, "reserved bits set" if b0 & 0x70 else "client frames must be masked")
+            if length > self._max_size:
+                raise _ProtocolError(1009, f"frame over {self._max_size} bytes")
+            end = h + 4 + length
+            if end > n:
+                break
+            payload = apply_mask(data[h + 4:end], data[h:h + 4]) if length else b""
+            i = end
+            self._frame(b0 & 0x80, b0 & 0x0F, payload)
+        if i < n and self._state != _CLOSED:
+            self._buf = data[i:]
+
+    def _frame(self, fin: int, op: int, payload: bytes) -> None:
+        if op >= _CLOSE:
+            if not fin or len(payload) > 125:
+                raise _ProtocolError(1002, "bad control frame")
+            if op == _PING:
+                if self._state == _OPEN:
+                    self.transport.write(_frame(0x8A, payload))
+            elif op == _PONG:
+                self.ping_at = 0.0
+            elif op == _CLOSE:
+                self._on_close(payload)
+            else:
+                raise _ProtocolError(1002, "unknown opcode")
+            return
+        if op == _CONT:
+            if self._frags is None:
+                raise _ProtocolError(1002, "continuation without a message")
+            self._frags.append(payload)
+            if sum(map(len, self._frags)) > self._max_size:
+                raise _ProtocolError(1009, f"message over {self._max_size} bytes")
+            if not fin:
                 return
-        if not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
+            payload, op, self._frags = b"".join(self._frags), self._frag_op, None
+        elif op in (_TEXT, _BINARY):
+            if self._frags is not None:
+                raise _ProtocolError(1002, "new message inside a fragmented one")
+            if not fin:
+                self._frags, self._frag_op = [payload], op
+                return
+        else:
+            raise _ProtocolError(1002, "unknown opcode")
+        if self._state != _OPEN or self.conn is None:
+            return  # closing: data after our close frame is read and dropped
+        if op == _TEXT:
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                log.debug("invalid UTF-8 in a text message: closing with 1007")
+                raise _ProtocolError(1007, "invalid UTF-8") from None
+            self.conn.received(text)
+        else:
+            self.conn.received(payload)
+
+    def _on_close(self, payload: bytes) -> None:
+        code = 1005
+        if payload:
+            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 0
+            ok = code in _PEER_CODES or 3000 <= code < 5000
+            try:
+                payload[2:].decode()
+            except UnicodeDecodeError:
+                ok = False
+            if not ok:
+                raise _ProtocolError(1002, "bad close frame")
+        self.close_received = True
+        if self._state == _OPEN:  # echo it, then close the TCP connection (the server closes first)
+            self.transport.write(close_frame(code if code != 1005 else 1000))
+        self._state = _CLOSED
+        self.transport.close()
+        self._buf = b""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.lost(code)
+
+    def _fail(self, code: int, reason: str) -> None:
+        conn = self.conn
+        self.send_close(code, reason)
+        if conn is not None:
+            conn.lost(code)
+
+    # -- frames out ---------------------------------------------------------------------------
 
     def write_frame(self, frame: bytes) -> bool:
-        """Write a pre-built frame now if that is safe; False means use the ASGI path."""
-        if (self.close_sent or self.disconnected or not self.handshake_complete
-                or not self.writable.is_set() or self.transport.is_closing()):
+        """Write a ready frame now if the socket is open and its transport takes more; False: not now."""
+        if self._state != _OPEN or not self.writable:
             return False
         self.transport.write(frame)
         return True
+
+    @property
+    def is_open(self) -> bool:
+        return self._state == _OPEN
+
+    async def wait_writable(self) -> None:
+        """Until the transport takes writes again, or the socket is no longer open."""
+        while self._state == _OPEN and not self.writable:
+            waiter = self._waiter
+            if waiter is None or waiter.done():
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(waiter)
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def ping(self, now: float) -> None:
+        """The keepalive's ping (see :func:`keepalive`)."""
+        if self._state == _OPEN:
+            self.ping_at = now
+            self.transport.write(PING_FRAME)
+
+    def send_close(self, code: int, reason: str = "") -> None:
+        """Send a close frame (once) and drop the connection when the peer answers it, or after
+        ``CLOSE_TIMEOUT_S``; later writes are refused."""
+        if self._state != _OPEN:
+            return
+        self._state = _CLOSING
+        self._buf, self._frags = b"", None
+        self.transport.write(close_frame(code, reason))
+        if self.close_received:
+            self.transport.close()
+        else:
+            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._give_up)
+
+    def _give_up(self) -> None:
+        if self._state != _CLOSED:
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if self._reading and self._state == _OPEN:
+            self._reading = False
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self.transport.is_closing():
+            self._reading = True
+            self.transport.resume_reading()
+
+
+class _ProtocolError(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+async def keepalive(connections: Any, interval_s: float) -> None:
+    """Ping every socket each ``interval_s`` and close (1011) those whose last ping went unanswered
+    for as long: one loop per process instead of a timer per socket. ``connections``: the live
+    :class:`Connection` set; the sockets are pinged in slices so one sweep never blocks the loop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval_s)
+        now = loop.time()
+        conns = list(connections)
+        for start in range(0, len(conns), 500):
+            for conn in conns[start:start + 500]:
+                sock = conn.sock
+                if sock.ping_at and now - sock.ping_at >= interval_s:
+                    conn.lost_keepalive()
+                elif not sock.ping_at:
+                    sock.ping(now)
+            await asyncio.sleep(0)

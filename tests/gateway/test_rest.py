@@ -81,7 +81,8 @@ async def test_operations_endpoints(live, connect) -> None:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = (await http.get("/readyz")).json()
         tasks = dict.fromkeys(
-            ("reaction-writer", "outbox-publisher", "outbox-relay", "outbox-deleter", "presence", "flag-stats"),
+            ("reaction-writer", "outbox-publisher", "outbox-relay", "outbox-deleter", "presence", "flag-stats",
+             "keepalive"),
             True)
         assert ready == {"ready": True, "draining": False, "postgres": True, "redis": True, "pubsub": True,
                          "tasks": tasks}
