@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from gateway.app import create_asgi
-from gateway.wsproto import WebSocket, gateway_of_config
+from gateway.wsproto import Front, WebSocket, gateway_of_config
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -73,10 +73,12 @@ def gateway_of(server: uvicorn.Server) -> Any:
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         create_asgi(settings), host=settings.host, port=settings.port, lifespan="on",
-        # Upgrades to our own WebSocket protocol (gateway/wsproto.py): no deflate, keepalive by
-        # one loop per process (VYBE_HEARTBEAT_S). Our own frame limit answers with a typed error;
-        # this hard cap (1009) only stops absurd frames before they are buffered whole.
-        ws=WebSocket, ws_max_size=max(1 << 20, settings.frame_limit * 4),
+        # WebSocket upgrades go to our own protocol (gateway/wsproto.py): straight from a new
+        # connection's first request (Front), or from uvicorn's HTTP protocol on a kept-alive one
+        # (ws=). No deflate; keepalive by one loop per process (VYBE_HEARTBEAT_S). Our own frame
+        # limit answers with a typed error; this hard cap (1009) only stops absurd frames before
+        # they are buffered whole.
+        http=Front, ws=WebSocket, ws_max_size=max(1 << 20, settings.frame_limit * 4),
         log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=10,
     )
 

@@ -1,7 +1,11 @@
 """The WebSocket layer: one slotted ``asyncio.Protocol`` per socket, no ASGI (RFC 6455).
 
-uvicorn parses the HTTP upgrade request and hands the socket over (``ws=WebSocket`` in its
-config); from then on the socket is ours. Each socket is this small object and a
+:class:`Front` is uvicorn's HTTP protocol class (``http=Front`` in its config): it reads a new
+connection's first request head, makes a WebSocket upgrade a :class:`WebSocket` at once, and hands
+anything else, with the bytes read, to uvicorn's own HTTP protocol (REST, health, metrics, pages).
+An upgrade that comes later on a kept-alive HTTP connection reaches :class:`WebSocket` through
+uvicorn's ``ws=`` hook. A reconnect storm is mostly handshakes: none of them builds uvicorn's
+per-request objects. Each socket is this small object and a
 :class:`gateway.connection.Connection`, driven by callbacks: no task, no coroutine frame and no
 timer lives per idle socket (a task runs only while a socket has commands to answer or a backlog
 to write, and one keepalive loop per process pings every socket). Through uvicorn's ASGI
@@ -99,6 +103,63 @@ def parse_request(data: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]]:
     return method, target, headers
 
 
+def _head_end(data: bytes) -> int:
+    """Where the request head ends (after its blank line), or -1."""
+    end = data.find(b"\r\n\r\n")
+    return end + 4 if end >= 0 else -1
+
+
+def is_upgrade(headers: dict[bytes, bytes]) -> bool:
+    """A WebSocket upgrade request (``Upgrade: websocket`` and ``Connection: upgrade``)."""
+    return (headers.get(b"upgrade", b"").strip().lower() == b"websocket"
+            and b"upgrade" in [t.strip() for t in headers.get(b"connection", b"").lower().split(b",")])
+
+
+class Front(asyncio.Protocol):
+    """A new connection until its first request head is read: a WebSocket upgrade becomes a
+    :class:`WebSocket`, anything else uvicorn's HTTP protocol (each fed the bytes read)."""
+
+    __slots__ = ("_app_state", "_buf", "_config", "_loop", "_server_state", "_transport")
+    HEAD_MAX = 16384
+    """A longer head goes to uvicorn's protocol, which refuses it."""
+
+    def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
+        self._config, self._server_state, self._app_state, self._loop = config, server_state, app_state, _loop
+        self._transport: asyncio.Transport | None = None
+        self._buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        end = _head_end(buf)
+        if end < 0 and len(buf) < self.HEAD_MAX:
+            self._buf = buf
+            return
+        self._buf = b""
+        proto: asyncio.Protocol
+        if end >= 0 and buf.startswith(b"GET ") and is_upgrade(parse_request(buf[:end])[2]):
+            proto = WebSocket(self._config, self._server_state)
+        else:
+            from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+            proto = AutoHTTPProtocol(config=self._config, server_state=self._server_state,  # type: ignore[call-arg]
+                                     app_state=self._app_state, _loop=self._loop)
+        transport = self._transport
+        if transport is None:
+            return
+        proto.connection_made(transport)
+        transport.set_protocol(proto)
+        proto.data_received(buf)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def eof_received(self) -> bool | None:
+        return None  # closed before a whole request: close
+
+
 def gateway_of_config(config: Any) -> Any:
     """The Gateway behind uvicorn's config (the app may be wrapped, e.g. by proxy-header middleware)."""
     app = config.loaded_app
@@ -178,7 +239,11 @@ class WebSocket(asyncio.Protocol):
     # -- handshake ----------------------------------------------------------------------------
 
     def _handshake(self, data: bytes) -> None:
-        method, target, headers = parse_request(data)
+        end = _head_end(data)
+        if end < 0:  # uvicorn hands a whole head over; Front waits for one
+            self._reject(400, b"bad WebSocket handshake")
+            return
+        method, target, headers = parse_request(data[:end])
         if target.split(b"?", 1)[0] != WS_PATH:
             self._reject(404, b"no WebSocket endpoint here: connect to /ws")
             return
@@ -214,6 +279,8 @@ class WebSocket(asyncio.Protocol):
             return
         self.conn = Connection(gw, self, codec)
         self.conn.start(bearer_token(headers.get(b"authorization")))
+        if end < len(data):  # frames sent right behind the request
+            self.data_received(data[end:])
 
     def _reject(self, status: int, body: bytes, extra: bytes = b"") -> None:
         phrase = {400: b"Bad Request", 404: b"Not Found", 426: b"Upgrade Required", 503: b"Service Unavailable"}

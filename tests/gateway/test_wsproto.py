@@ -45,15 +45,18 @@ class Raw:
     def status(self) -> int:
         return int(self.head.split(b" ", 2)[1])
 
-    def send(self, op: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv: int = 0) -> None:
+    @staticmethod
+    def encode(op: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv: int = 0) -> bytes:
         b0 = (0x80 if fin else 0) | rsv | op
         n = len(payload)
         length = bytes([n | (0x80 if mask else 0)]) if n < 126 else struct.pack("!BH", 126 | (0x80 if mask else 0), n)
         if not mask:
-            self.writer.write(bytes([b0]) + length + payload)
-            return
+            return bytes([b0]) + length + payload
         key = os.urandom(4)
-        self.writer.write(bytes([b0]) + length + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload)))
+        return bytes([b0]) + length + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+    def send(self, op: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv: int = 0) -> None:
+        self.writer.write(self.encode(op, payload, fin=fin, mask=mask, rsv=rsv))
 
     def command(self, **fields: Any) -> None:
         self.send(0x1, json.dumps(fields).encode())
@@ -210,3 +213,48 @@ async def test_idle_sockets_hold_no_task(live: Live) -> None:
             break
         await asyncio.sleep(0.05)
     assert not live.gateway.connections  # every dropped socket was torn down
+
+
+def _upgrade_request(live: Live, key: str) -> bytes:
+    return (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+async def test_a_head_in_pieces_and_a_command_right_behind_it(live: Live) -> None:
+    """A request head that arrives in pieces is waited for; a frame sent in the same write as the
+    request (before the 101) is read, not dropped."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = _upgrade_request(live, key)
+    for piece in (request[:7], request[7:40], request[40:-3]):
+        writer.write(piece)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    raw = Raw(reader, writer, b"")
+    auth = json.dumps({"type": "auth", "id": "early", "token": live.token("early-bird")}).encode()
+    writer.write(request[-3:] + Raw.encode(0x1, auth))  # one write: the head's end and a frame
+    raw.head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert raw.status == 101 and accept_key(key.encode()) in raw.head
+    (ack,) = await raw.messages(1)
+    assert ack["id"] == "early" and ack["type"] == "ack"
+    raw.close()
+
+
+async def test_an_upgrade_after_an_http_request_on_the_same_connection(live: Live) -> None:
+    """uvicorn's HTTP protocol serves a kept-alive connection's first request; an upgrade that follows
+    on it still becomes a working socket (uvicorn's ws= hook)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    writer.write(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    assert json.loads(await reader.readexactly(length)) == {"status": "ok"}
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(_upgrade_request(live, key))
+    raw = Raw(reader, writer, await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5))
+    assert raw.status == 101 and accept_key(key.encode()) in raw.head
+    raw.command(type="auth", id="later", token=live.token("kept-alive"))
+    (ack,) = await raw.messages(1)
+    assert ack["id"] == "later" and ack["type"] == "ack"
+    raw.close()
