@@ -75,9 +75,9 @@ class Connection:
     # Commands waiting for the reader beyond which the socket stops reading (TCP pushes back).
     INBOX_MAX = 32
     # Tens of thousands of these live for hours: slots instead of a __dict__ (~1 KB each).
-    __slots__ = ("_bucket", "_close", "_inbox", "_publish_buckets", "_queue", "_queued", "_reader", "_refusals",
-                 "_sending", "_timer", "_writer", "blocked", "channels", "codec", "gw", "identity", "is_moderator",
-                 "resuming", "sock", "user_id")
+    __slots__ = ("_bucket", "_close", "_flushing", "_inbox", "_publish_buckets", "_queue", "_queued", "_reader",
+                 "_refusals", "_sending", "_timer", "_writer", "blocked", "channels", "codec", "gw", "identity",
+                 "is_moderator", "resuming", "sock", "user_id")
 
     def __init__(self, gw: Gateway, sock: WebSocket, codec: Codec = JSON_CODEC) -> None:
         self.gw = gw
@@ -92,6 +92,7 @@ class Connection:
         self._queue: list[bytes] = []
         self._queued = 0
         self._sending = False
+        self._flushing = False  # a flush is scheduled for this loop turn
         self._writer: asyncio.Task[None] | None = None
         self._close: tuple[int, str] | None = None
         self._inbox: list[str | bytes] = []
@@ -146,8 +147,27 @@ class Connection:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send queue full; reconnect and resume")
             return
         self._queue.append(element)
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._drain(), name="ws-writer")
+        if self._writer is None and not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write what this loop turn queued as one frame; a transport that takes no more gets the
+        writer task, which waits for it (most sockets never need one: a task per reply cost a
+        reconnect storm more than the reply itself)."""
+        self._flushing = False
+        if self._writer is not None or not self._queue:
+            return
+        codec = self.codec
+        if self.sock.writable and self.sock.is_open:
+            data = codec.payload(codec.join(self._queue))
+            self._queue.clear()
+            self._queued = 0
+            self.sock.write_frame(data_frame(data, codec.binary))
+            self.gw.frames_out += 1
+            self.gw.bytes_out += len(data)
+            return
+        self._writer = asyncio.create_task(self._drain(), name="ws-writer")
 
     def enqueue(self, element: bytes) -> None:
         """Queue a JSON element, whatever this socket's format (for code that writes to every
@@ -395,6 +415,7 @@ class Connection:
         self.gw.metrics.connections.dec()
         with contextlib.suppress(*self.gw.backend.transient_errors):
             await self.gw.leave(self)
+        self._flush()  # what is queued goes before the close frame
         writer = self._writer
         if writer is not None:
             try:
