@@ -74,6 +74,8 @@ class Connection:
     FLOOD_LIMIT = 50
     # Commands waiting for the reader beyond which the socket stops reading (TCP pushes back).
     INBOX_MAX = 32
+    # How long a closed session's commands may still run (a peer that sent, then closed).
+    READER_GRACE_S = 10.0
     # Tens of thousands of these live for hours: slots instead of a __dict__ (~1 KB each).
     __slots__ = ("_bucket", "_close", "_flushing", "_inbox", "_publish_buckets", "_queue", "_queued", "_reader",
                  "_refusals", "_sending", "_timer", "_writer", "blocked", "channels", "codec", "gw", "identity",
@@ -190,8 +192,12 @@ class Connection:
             self.gw.spawn(self._teardown())
 
     def lost(self, code: int) -> None:
-        """The socket's callback: the peer closed (``code``) or vanished (1006), or broke the protocol."""
-        self.close(code, "")
+        """The socket's callback: the peer closed (``code``) or vanished (1006), or broke the protocol.
+        Commands it sent before are still carried out (a client may send, then close at once); their
+        answers have nowhere to go."""
+        if self._close is None:
+            self._close = (code, "")
+            self.gw.spawn(self._teardown())
 
     def lost_keepalive(self) -> None:
         """The keepalive's callback: a ping went unanswered for a whole interval."""
@@ -252,8 +258,8 @@ class Connection:
             if header_token is not None:
                 await self._header_auth(header_token)
             field = bytes if self.codec.binary else str  # the frame kind this socket reads
-            inbox = self._inbox
-            while inbox and self._close is None:
+            inbox = self._inbox  # close() empties it; lost() does not
+            while inbox:
                 data = inbox.pop(0)
                 if not isinstance(data, field):
                     self.reply(self.codec.wrong_frame())
@@ -262,6 +268,9 @@ class Connection:
         except asyncio.CancelledError:
             if self._close is None:
                 raise  # cancelled from outside (shutdown): propagate
+        except Exception:  # a bug must not leave the socket open and unanswered
+            log.exception("socket reader failed")
+            self.close(1011, "internal error")
         finally:
             self._reader = None
             if self._close is None:
@@ -403,27 +412,36 @@ class Connection:
         self.close(CloseCode.TOKEN_EXPIRED, "token expired")
 
     async def _teardown(self) -> None:
-        """After :meth:`close`: leave every channel, let queued frames (an error, a notice) go out,
-        then the close frame."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        reader = self._reader
-        if reader is not None and reader is not asyncio.current_task():
-            await asyncio.wait([reader])  # cancelled by close(): let its handlers finish
-        self.gw.connections.discard(self)
-        self.gw.metrics.connections.dec()
-        with contextlib.suppress(*self.gw.backend.transient_errors):
-            await self.gw.leave(self)
-        self._flush()  # what is queued goes before the close frame
-        writer = self._writer
-        if writer is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
-            except TimeoutError:
+        """After :meth:`close` or :meth:`lost`: let the commands already received finish (up to
+        ``READER_GRACE_S``), leave every channel, let queued frames (an error, a notice) go out, then
+        the close frame. Meanwhile the session is in ``gw.closing``, not ``gw.connections`` (a drain
+        waits for both to empty)."""
+        if self in self.gw.connections:
+            self.gw.connections.discard(self)
+            self.gw.metrics.connections.dec()
+        self.gw.closing.add(self)
+        try:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            reader = self._reader
+            if reader is not None and reader is not asyncio.current_task():
+                _, pending = await asyncio.wait([reader], timeout=self.READER_GRACE_S)
+                if pending:
+                    reader.cancel()
+                    await asyncio.wait([reader])
+            with contextlib.suppress(*self.gw.backend.transient_errors):
+                await self.gw.leave(self)
+            self._flush()  # what is queued goes before the close frame
+            writer = self._writer
+            if writer is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait([writer], timeout=2.0)
                 writer.cancel()
-        code, reason = self._close or (1000, "")
-        self.sock.send_close(code, reason)  # a peer that reads nothing is dropped after CLOSE_TIMEOUT_S
+        finally:
+            code, reason = self._close or (1000, "")
+            self.sock.send_close(code, reason)  # a peer that reads nothing is dropped after CLOSE_TIMEOUT_S
+            self.gw.closing.discard(self)
 
 
 def _auth_result(identity: Identity, blocked: frozenset[str]) -> AuthResult:

@@ -72,6 +72,8 @@ class Gateway:
         # Fault tests only: die between COMMIT and publish, as a crash there would.
         self._crash_after_commit = os.environ.get("VYBE_TEST_CRASH_AFTER_COMMIT") == "1"
         self.connections: set[Connection] = set()
+        self.closing: set[Connection] = set()
+        """Sessions closed and still finishing (their last frames, then the close frame)."""
         self._spawned: set[asyncio.Task[None]] = set()
         self.draining = False
         # Plain ints on the hot path; the metrics collector reads them when scraped.
@@ -157,7 +159,7 @@ class Gateway:
             conn.enqueue(notice)
             conn.close(CloseCode.GOING_AWAY, "server shutting down; reconnect")
         for _ in range(50):
-            if not self.connections:
+            if not self.connections and not self.closing:
                 break
             await asyncio.sleep(0.05)
 

@@ -46,7 +46,7 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_TIMEOUT_S = 2.0
 """How long a socket waits for the peer's close frame after sending its own before dropping it."""
 
-_OPEN, _CLOSING, _CLOSED = 1, 2, 3
+_OPEN, _CLOSING, _CLOSED, _FAILED = 1, 2, 3, 4  # _FAILED: a protocol error; input is discarded
 _CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 # Close codes a peer may send (RFC 6455 7.4.1, plus the 3000-4999 ranges).
 _PEER_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
@@ -78,10 +78,14 @@ def _frame(first: int, payload: bytes) -> bytes:
 
 def close_frame(code: int, reason: str = "") -> bytes:
     """A close frame; the reason is cut to fit the 125-byte control payload."""
-    return _frame(0x88, struct.pack("!H", code) + reason.encode()[:123])
+    cut = reason.encode()[:123].decode("utf-8", "ignore").encode()  # never half a character
+    return _frame(0x88, struct.pack("!H", code) + cut)
 
 
 PING_FRAME = bytes((0x89, 0))
+FRAGMENT_COST = 64
+"""Bytes each fragment counts toward ``max_size`` beyond its payload: a message of many tiny fragments
+is a message of many list entries (an unauthenticated client could otherwise send millions)."""
 
 
 def accept_key(key: bytes) -> bytes:
@@ -175,8 +179,8 @@ class WebSocket(asyncio.Protocol):
     once, and writes with :meth:`write_frame` (False: not now) and :meth:`send_close`.
     """
 
-    __slots__ = ("_buf", "_config", "_frag_op", "_frags", "_max_size", "_reading", "_server_state", "_state",
-                 "_waiter", "close_received", "conn", "ping_at", "transport", "writable")
+    __slots__ = ("_buf", "_config", "_frag_len", "_frag_op", "_frags", "_max_size", "_reading", "_server_state",
+                 "_state", "_waiter", "close_received", "conn", "ping_at", "transport", "writable")
 
     def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
         self._config, self._server_state = config, server_state
@@ -187,6 +191,7 @@ class WebSocket(asyncio.Protocol):
         self._buf = b""
         self._frag_op = -1
         self._frags: list[bytes] | None = None
+        self._frag_len = 0  # the fragments' bytes so far, each counted FRAGMENT_COST more
         self._reading = True
         self._waiter: asyncio.Future[None] | None = None
         self.close_received = False
@@ -218,15 +223,20 @@ class WebSocket(asyncio.Protocol):
         return None  # close the transport: a half-closed WebSocket is a gone one
 
     def shutdown(self) -> None:
-        """uvicorn's shutdown, after the gateway's drain: close what is left with 1012."""
+        """uvicorn's shutdown, after the gateway's drain: close what is left with 1012 (a session
+        still open flushes its queue first)."""
         if self._state == 0:
             self._reject(503, b"server shutting down")
+        elif self.conn is not None:
+            self.conn.close(1012, "server restart")
         else:
             self.send_close(1012, "server restart")
 
     def data_received(self, data: bytes) -> None:
         if self._state == 0:
             self._handshake(data)
+            return
+        if self._state == _FAILED:
             return
         if self._buf:
             data = self._buf + data
@@ -322,7 +332,7 @@ class WebSocket(asyncio.Protocol):
             if not fin or len(payload) > 125:
                 raise _ProtocolError(1002, "bad control frame")
             if op == _PING:
-                if self._state == _OPEN:
+                if self._state == _OPEN and self.writable:  # a peer that reads nothing gets no pong pile
                     self.transport.write(_frame(0x8A, payload))
             elif op == _PONG:
                 self.ping_at = 0.0
@@ -335,7 +345,8 @@ class WebSocket(asyncio.Protocol):
             if self._frags is None:
                 raise _ProtocolError(1002, "continuation without a message")
             self._frags.append(payload)
-            if sum(map(len, self._frags)) > self._max_size:
+            self._frag_len += len(payload) + FRAGMENT_COST
+            if self._frag_len > self._max_size:
                 raise _ProtocolError(1009, f"message over {self._max_size} bytes")
             if not fin:
                 return
@@ -344,7 +355,7 @@ class WebSocket(asyncio.Protocol):
             if self._frags is not None:
                 raise _ProtocolError(1002, "new message inside a fragmented one")
             if not fin:
-                self._frags, self._frag_op = [payload], op
+                self._frags, self._frag_op, self._frag_len = [payload], op, len(payload) + FRAGMENT_COST
                 return
         else:
             raise _ProtocolError(1002, "unknown opcode")
@@ -382,8 +393,18 @@ class WebSocket(asyncio.Protocol):
             conn.lost(code)
 
     def _fail(self, code: int, reason: str) -> None:
-        conn = self.conn
-        self.send_close(code, reason)
+        """A protocol error: the close frame; what follows cannot be parsed, so it is read and
+        discarded until the peer closes, or ``CLOSE_TIMEOUT_S`` (closing at once, with unread input,
+        would reset the connection before the peer reads why)."""
+        if self._state == _OPEN:
+            self.transport.write(close_frame(code, reason))
+            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._give_up)
+        if self._state != _CLOSED:
+            self._state = _FAILED
+        self._buf, self._frags = b"", None
+        self._wake()
+        self.resume_reading()
+        conn, self.conn = self.conn, None
         if conn is not None:
             conn.lost(code)
 
@@ -425,15 +446,16 @@ class WebSocket(asyncio.Protocol):
         if self._state != _OPEN:
             return
         self._state = _CLOSING
-        self._buf, self._frags = b"", None
         self.transport.write(close_frame(code, reason))
+        self._wake()  # a writer waiting for the transport gives up
+        self.resume_reading()  # the peer's close frame must be read, whatever paused reading
         if self.close_received:
             self.transport.close()
         else:
             asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._give_up)
 
     def _give_up(self) -> None:
-        if self._state != _CLOSED:
+        if self._state in (_CLOSING, _FAILED):
             self.transport.abort()
 
     def pause_reading(self) -> None:
@@ -444,7 +466,12 @@ class WebSocket(asyncio.Protocol):
     def resume_reading(self) -> None:
         if not self._reading and not self.transport.is_closing():
             self._reading = True
+            self.ping_at = 0.0  # no pong could be read meanwhile
             self.transport.resume_reading()
+
+    @property
+    def reading(self) -> bool:
+        return self._reading
 
 
 class _ProtocolError(Exception):
@@ -465,6 +492,8 @@ async def keepalive(connections: Any, interval_s: float) -> None:
         for start in range(0, len(conns), 500):
             for conn in conns[start:start + 500]:
                 sock = conn.sock
+                if not sock.reading:
+                    continue  # we paused reading (a command backlog): a pong could not be read
                 if sock.ping_at and now - sock.ping_at >= interval_s:
                     conn.lost_keepalive()
                 elif not sock.ping_at:

@@ -258,3 +258,75 @@ async def test_an_upgrade_after_an_http_request_on_the_same_connection(live: Liv
     (ack,) = await raw.messages(1)
     assert ack["id"] == "later" and ack["type"] == "ack"
     raw.close()
+
+
+async def test_a_command_sent_just_before_the_close_is_carried_out(live: Live) -> None:
+    """Send, then close at once (a script, an app sent to the background): the post sent in the
+    same write as the close frame, and one sent just before a bare FIN, are both stored."""
+    for i, ending in enumerate((Raw.encode(0x8, struct.pack("!H", 1000)), b"")):
+        raw = await Raw.open(live)
+        raw.command(type="auth", id="a", token=live.token(f"send-then-close-{i}"))
+        await raw.messages(1)
+        post = json.dumps({"type": "post_vybe", "id": "p", "content": f"said and gone {i}"}).encode()
+        raw.writer.write(Raw.encode(0x1, post) + ending)
+        if not ending:
+            raw.writer.write_eof()
+        await raw.writer.drain()
+        raw.close()
+    pool = live.gateway.pool
+    for _ in range(100):
+        stored = await pool.fetchval("SELECT count(*) FROM shared_vybes WHERE content LIKE 'said and gone %'")
+        if stored == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert stored == 2
+
+
+async def test_many_tiny_fragments_are_refused_without_stalling_the_loop(live: Live) -> None:
+    """A message of empty continuation frames counts FRAGMENT_COST bytes per fragment toward the cap
+    (1009), and the check is linear: /healthz keeps answering meanwhile."""
+    import httpx
+
+    raw = await Raw.open(live)
+    raw.send(0x1, b"[", fin=False)
+    empty = Raw.encode(0x0, b"", fin=False)
+    raw.writer.write(empty * 40_000)
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert (await http.get("/healthz")).status_code == 200
+        assert loop.time() - t0 < 1.0
+    assert await raw.close_code() == 1009
+    raw.close()
+
+
+async def test_a_failing_command_path_closes_1011_instead_of_leaving_the_socket_hanging(
+        live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(_identity: Any) -> list[str]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(live.gateway, "on_first_auth", broken)
+    raw = await Raw.open(live, headers={"Authorization": f"Bearer {live.token('unlucky')}"})
+    assert await raw.close_code() == 1011
+    raw.close()
+    for _ in range(100):
+        if not live.gateway.connections:
+            break
+        await asyncio.sleep(0.05)
+    assert not live.gateway.connections
+
+
+async def test_a_flood_close_with_reading_paused_still_ends_cleanly(live: Live) -> None:
+    """A flood (4029) closes while the server has paused reading the socket: reading resumes for the
+    close handshake, so the client gets the close frame and a clean end of stream, not a reset."""
+    raw = await Raw.open(live)
+    raw.command(type="auth", id="a", token=live.token("flooder", ttl=600))
+    raw.writer.write(b"".join(Raw.encode(0x1, json.dumps({"type": "ping", "id": f"f{i}"}).encode())
+                              for i in range(200)))
+    assert await raw.close_code() == 4029
+    raw.send(0x8, struct.pack("!H", 4029))  # the client's answer
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert await asyncio.wait_for(raw.reader.read(), 5) == b""
+    assert loop.time() - t0 < 1.0  # not the CLOSE_TIMEOUT_S abort
+    raw.close()
