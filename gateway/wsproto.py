@@ -142,20 +142,23 @@ class Front(asyncio.Protocol):
             self._buf = buf
             return
         self._buf = b""
-        proto: asyncio.Protocol
-        if end >= 0 and buf.startswith(b"GET ") and is_upgrade(parse_request(buf[:end])[2]):
-            proto = WebSocket(self._config, self._server_state)
-        else:
-            from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
-            proto = AutoHTTPProtocol(config=self._config, server_state=self._server_state,  # type: ignore[call-arg]
-                                     app_state=self._app_state, _loop=self._loop)
         transport = self._transport
         if transport is None:
             return
-        proto.connection_made(transport)
-        transport.set_protocol(proto)
-        proto.data_received(buf)
+        request = parse_request(buf[:end]) if end >= 0 and buf.startswith(b"GET ") else None
+        if request is not None and is_upgrade(request[2]):
+            ws = WebSocket(self._config, self._server_state)
+            ws.connection_made(transport)
+            transport.set_protocol(ws)
+            ws.upgrade(request, buf[end:])
+            return
+        from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+        http = AutoHTTPProtocol(config=self._config, server_state=self._server_state,  # type: ignore[call-arg]
+                                app_state=self._app_state, _loop=self._loop)
+        http.connection_made(transport)
+        transport.set_protocol(http)
+        http.data_received(buf)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -249,11 +252,17 @@ class WebSocket(asyncio.Protocol):
     # -- handshake ----------------------------------------------------------------------------
 
     def _handshake(self, data: bytes) -> None:
+        """The request as uvicorn's HTTP protocol hands it over (its head, re-serialised)."""
         end = _head_end(data)
-        if end < 0:  # uvicorn hands a whole head over; Front waits for one
+        if end < 0:
             self._reject(400, b"bad WebSocket handshake")
             return
-        method, target, headers = parse_request(data[:end])
+        self.upgrade(parse_request(data[:end]), data[end:])
+
+    def upgrade(self, request: tuple[bytes, bytes, dict[bytes, bytes]], rest: bytes = b"") -> None:
+        """Answer the upgrade ``request`` (from :func:`parse_request`): 101 and a session, or a
+        refusal; ``rest``: bytes that came behind the request (frames)."""
+        method, target, headers = request
         if target.split(b"?", 1)[0] != WS_PATH:
             self._reject(404, b"no WebSocket endpoint here: connect to /ws")
             return
@@ -289,8 +298,8 @@ class WebSocket(asyncio.Protocol):
             return
         self.conn = Connection(gw, self, codec)
         self.conn.start(bearer_token(headers.get(b"authorization")))
-        if end < len(data):  # frames sent right behind the request
-            self.data_received(data[end:])
+        if rest:  # frames sent right behind the request
+            self.data_received(rest)
 
     def _reject(self, status: int, body: bytes, extra: bytes = b"") -> None:
         phrase = {400: b"Bad Request", 404: b"Not Found", 426: b"Upgrade Required", 503: b"Service Unavailable"}
