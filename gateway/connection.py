@@ -384,6 +384,9 @@ class Connection:
     def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+        if self._close is not None:
+            return  # closed: a command still finishing (an auth) arms nothing
         self._timer = asyncio.get_running_loop().call_later(max(delay, 0.0), callback)
 
     def _left(self) -> float:

@@ -2,15 +2,16 @@
 
 :class:`Front` is uvicorn's HTTP protocol class (``http=Front`` in its config): it reads a new
 connection's first request head, makes a WebSocket upgrade a :class:`WebSocket` at once, and hands
-anything else, with the bytes read, to uvicorn's own HTTP protocol (REST, health, metrics, pages).
-An upgrade that comes later on a kept-alive HTTP connection reaches :class:`WebSocket` through
-uvicorn's ``ws=`` hook. A reconnect storm is mostly handshakes: none of them builds uvicorn's
-per-request objects. Each socket is this small object and a
-:class:`gateway.connection.Connection`, driven by callbacks: no task, no coroutine frame and no
-timer lives per idle socket (a task runs only while a socket has commands to answer or a backlog
-to write, and one keepalive loop per process pings every socket). Through uvicorn's ASGI
-WebSocket protocol an idle socket cost 14 KB of Python objects, most of them the protocol's own
-state, its ASGI task and the coroutine chain under it (tracemalloc, 2,000 sockets).
+anything else, with the bytes read, to uvicorn's own HTTP protocol (REST, health, metrics, pages;
+an upgrade sent later on a kept-alive HTTP connection is answered there as HTTP). A reconnect
+storm is mostly handshakes: none of them builds uvicorn's per-request objects.
+
+Each socket is this small object and a :class:`gateway.connection.Connection`, driven by callbacks:
+no task, no coroutine frame and no timer lives per idle socket (a task runs only while a socket has
+commands to answer or a backlog to write, and one keepalive loop per process pings every socket).
+Through uvicorn's ASGI WebSocket protocol an idle socket cost 14 KB of Python objects, most of them
+the protocol's own state, its ASGI task and the coroutine chain under it (tracemalloc, 2,000
+sockets).
 
 Fan-out sends the same event to thousands of sockets: the bytes of a server frame (unmasked)
 are the same for every socket of one wire format, so the hub builds them once per event and
@@ -107,9 +108,9 @@ def parse_request(data: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]]:
     return method, target, headers
 
 
-def _head_end(data: bytes) -> int:
-    """Where the request head ends (after its blank line), or -1."""
-    end = data.find(b"\r\n\r\n")
+def _head_end(data: bytes, start: int = 0) -> int:
+    """Where the request head ends (after its blank line), or -1; searched from ``start``."""
+    end = data.find(b"\r\n\r\n", start)
     return end + 4 if end >= 0 else -1
 
 
@@ -125,7 +126,7 @@ class Front(asyncio.Protocol):
 
     __slots__ = ("_app_state", "_buf", "_config", "_loop", "_server_state", "_transport")
     HEAD_MAX = 16384
-    """A longer head goes to uvicorn's protocol, which refuses it."""
+    """A longer head goes to uvicorn's protocol (which answers it as HTTP)."""
 
     def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
         self._config, self._server_state, self._app_state, self._loop = config, server_state, app_state, _loop
@@ -134,15 +135,19 @@ class Front(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._server_state.connections.add(self)  # closed by uvicorn's shutdown while it waits for a head
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buf + data if self._buf else data
-        end = _head_end(buf)
-        if end < 0 and len(buf) < self.HEAD_MAX:
+        old = len(self._buf)
+        buf = self._buf + data if old else data
+        end = _head_end(buf, max(0, old - 3))
+        if end < 0 and len(buf) < self.HEAD_MAX and b"\n\n" not in buf[max(0, old - 1):]:
             self._buf = buf
             return
+        # A whole head, a long one, or one with bare LF line ends (uvicorn's parser refuses those).
         self._buf = b""
         transport = self._transport
+        self._server_state.connections.discard(self)
         if transport is None:
             return
         request = parse_request(buf[:end]) if end >= 0 and buf.startswith(b"GET ") else None
@@ -162,9 +167,15 @@ class Front(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._server_state.connections.discard(self)
 
     def eof_received(self) -> bool | None:
         return None  # closed before a whole request: close
+
+    def shutdown(self) -> None:
+        """uvicorn's shutdown: a connection that has sent no whole request yet is closed."""
+        if self._transport is not None:
+            self._transport.close()
 
 
 def gateway_of_config(config: Any) -> Any:
@@ -182,8 +193,8 @@ class WebSocket(asyncio.Protocol):
     once, and writes with :meth:`write_frame` (False: not now) and :meth:`send_close`.
     """
 
-    __slots__ = ("_buf", "_config", "_frag_len", "_frag_op", "_frags", "_max_size", "_reading", "_server_state",
-                 "_state", "_waiter", "close_received", "conn", "ping_at", "transport", "writable")
+    __slots__ = ("_buf", "_config", "_frag_len", "_frag_op", "_frags", "_lost", "_max_size", "_reading",
+                 "_server_state", "_state", "_waiter", "close_received", "conn", "ping_at", "transport", "writable")
 
     def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
         self._config, self._server_state = config, server_state
@@ -196,6 +207,7 @@ class WebSocket(asyncio.Protocol):
         self._frags: list[bytes] | None = None
         self._frag_len = 0  # the fragments' bytes so far, each counted FRAGMENT_COST more
         self._reading = True
+        self._lost = False  # connection_lost ran
         self._waiter: asyncio.Future[None] | None = None
         self.close_received = False
         self.writable = True
@@ -209,6 +221,7 @@ class WebSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED
+        self._lost = True
         self._server_state.connections.discard(self)
         self._wake()
         conn, self.conn = self.conn, None
@@ -395,18 +408,23 @@ class WebSocket(asyncio.Protocol):
         if self._state == _OPEN:  # echo it, then close the TCP connection (the server closes first)
             self.transport.write(close_frame(code if code != 1005 else 1000))
         self._state = _CLOSED
-        self.transport.close()
+        self.transport.close()  # after what is buffered: a peer that reads nothing is aborted below
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._give_up)
         self._buf = b""
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.lost(code)
 
     def _fail(self, code: int, reason: str) -> None:
-        """A protocol error: the close frame; what follows cannot be parsed, so it is read and
-        discarded until the peer closes, or ``CLOSE_TIMEOUT_S`` (closing at once, with unread input,
-        would reset the connection before the peer reads why)."""
+        """A protocol error: the close frame, then our half of the TCP connection (FIN: the peer need
+        not wait for a close reply we could not parse). What follows is read and discarded until the
+        peer closes, or ``CLOSE_TIMEOUT_S`` (closing outright with unread input would reset the
+        connection before the peer reads why)."""
         if self._state == _OPEN:
             self.transport.write(close_frame(code, reason))
+        if self._state in (_OPEN, _CLOSING):
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
             asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._give_up)
         if self._state != _CLOSED:
             self._state = _FAILED
@@ -464,7 +482,7 @@ class WebSocket(asyncio.Protocol):
             asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._give_up)
 
     def _give_up(self) -> None:
-        if self._state in (_CLOSING, _FAILED):
+        if not self._lost:
             self.transport.abort()
 
     def pause_reading(self) -> None:

@@ -240,9 +240,9 @@ async def test_a_head_in_pieces_and_a_command_right_behind_it(live: Live) -> Non
     raw.close()
 
 
-async def test_an_upgrade_after_an_http_request_on_the_same_connection(live: Live) -> None:
-    """uvicorn's HTTP protocol serves a kept-alive connection's first request; an upgrade that follows
-    on it still becomes a working socket (uvicorn's ws= hook)."""
+async def test_an_upgrade_after_an_http_request_on_the_same_connection_gets_an_http_answer(live: Live) -> None:
+    """uvicorn serves a kept-alive connection's first request; an upgrade that follows on it is answered
+    as HTTP (426: open a new connection), not half-upgraded (browsers and libraries never send one)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
     writer.write(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\n\r\n".encode())
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -250,14 +250,29 @@ async def test_an_upgrade_after_an_http_request_on_the_same_connection(live: Liv
     length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
                   if line.lower().startswith(b"content-length"))
     assert json.loads(await reader.readexactly(length)) == {"status": "ok"}
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(_upgrade_request(live, key))
-    raw = Raw(reader, writer, await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5))
-    assert raw.status == 101 and accept_key(key.encode()) in raw.head
-    raw.command(type="auth", id="later", token=live.token("kept-alive"))
-    (ack,) = await raw.messages(1)
-    assert ack["id"] == "later" and ack["type"] == "ack"
-    raw.close()
+    writer.write(_upgrade_request(live, base64.b64encode(os.urandom(16)).decode()))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 426")
+    writer.close()
+
+
+async def test_heads_that_never_end_in_crlf_are_answered_and_waiting_connections_close_at_shutdown(
+        start_gateway: Any) -> None:
+    """A head with bare LF line ends gets uvicorn's 400 at once, not a wait for 16 KB; a connection that
+    has sent half a head is closed by a graceful shutdown."""
+    live = await start_gateway()
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    writer.write(b"GET /healthz HTTP/1.1\nHost: x\n\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 400")
+    writer.close()
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", live.port)
+    idle_writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+    await idle_writer.drain()
+    await asyncio.sleep(0.1)
+    live.server.should_exit = True
+    assert await asyncio.wait_for(idle_reader.read(), 10) == b""
+    idle_writer.close()
 
 
 async def test_a_command_sent_just_before_the_close_is_carried_out(live: Live) -> None:
@@ -330,3 +345,28 @@ async def test_a_flood_close_with_reading_paused_still_ends_cleanly(live: Live) 
     assert await asyncio.wait_for(raw.reader.read(), 5) == b""
     assert loop.time() - t0 < 1.0  # not the CLOSE_TIMEOUT_S abort
     raw.close()
+
+
+async def test_an_auth_that_finishes_after_the_peer_left_arms_no_timer(live: Live,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer leaves while its auth waits on the database: the auth still completes (commands sent
+    before a close are carried out) but arms no expiry timer that would keep the session alive."""
+    gw = live.gateway
+    real = gw.on_first_auth
+
+    async def slow(identity: Any) -> list[str]:
+        await asyncio.sleep(0.5)
+        return await real(identity)
+
+    monkeypatch.setattr(gw, "on_first_auth", slow)
+    raw = await Raw.open(live)
+    raw.command(type="auth", id="a", token=live.token("leaves-early"))
+    await asyncio.sleep(0.1)
+    conn = next(iter(gw.connections))
+    raw.close()
+    for _ in range(50):
+        if not gw.connections and not gw.closing:
+            break
+        await asyncio.sleep(0.05)
+    assert conn.identity is not None  # the auth did finish
+    assert conn._timer is None
