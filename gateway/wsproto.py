@@ -196,12 +196,12 @@ class WebSocket(asyncio.Protocol):
     __slots__ = ("_buf", "_config", "_frag_len", "_frag_op", "_frags", "_lost", "_max_size", "_reading",
                  "_server_state", "_state", "_waiter", "close_received", "conn", "ping_at", "transport", "writable")
 
-    def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
+    def __init__(self, config: Any, server_state: Any) -> None:
         self._config, self._server_state = config, server_state
         self._max_size: int = config.ws_max_size
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.conn: Connection | None = None
-        self._state = 0  # handshake
+        self._state = 0  # until :meth:`upgrade`
         self._buf = b""
         self._frag_op = -1
         self._frags: list[bytes] | None = None
@@ -249,10 +249,7 @@ class WebSocket(asyncio.Protocol):
             self.send_close(1012, "server restart")
 
     def data_received(self, data: bytes) -> None:
-        if self._state == 0:
-            self._handshake(data)
-            return
-        if self._state == _FAILED:
+        if self._state in (0, _FAILED):
             return
         if self._buf:
             data = self._buf + data
@@ -263,14 +260,6 @@ class WebSocket(asyncio.Protocol):
             self._fail(err.code, err.reason)
 
     # -- handshake ----------------------------------------------------------------------------
-
-    def _handshake(self, data: bytes) -> None:
-        """The request as uvicorn's HTTP protocol hands it over (its head, re-serialised)."""
-        end = _head_end(data)
-        if end < 0:
-            self._reject(400, b"bad WebSocket handshake")
-            return
-        self.upgrade(parse_request(data[:end]), data[end:])
 
     def upgrade(self, request: tuple[bytes, bytes, dict[bytes, bytes]], rest: bytes = b"") -> None:
         """Answer the upgrade ``request`` (from :func:`parse_request`): 101 and a session, or a
