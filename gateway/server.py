@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from gateway.app import create_asgi
-from gateway.wsproto import Front, gateway_of_config
+from gateway.wsproto import Front, WebSocket, gateway_of_config
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -73,14 +73,12 @@ def gateway_of(server: uvicorn.Server) -> Any:
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         create_asgi(settings), host=settings.host, port=settings.port, lifespan="on",
-        # WebSocket upgrades go to our own protocol (gateway/wsproto.py), straight from a new
-        # connection's first request (Front). uvicorn's own upgrade path is off: an upgrade on a
-        # kept-alive HTTP connection (which browsers and client libraries do not send) is answered
-        # as HTTP (426), as uvicorn would re-serialise only its head, dropping what follows, and
-        # could answer it before a pipelined request ahead of it. No deflate; keepalive by one loop
-        # per process (VYBE_HEARTBEAT_S). Our own frame limit answers with a typed error; this hard
-        # cap (1009) only stops absurd frames before they are buffered whole.
-        http=Front, ws="none", ws_max_size=max(1 << 20, settings.frame_limit * 4),
+        # WebSocket upgrades go to our own protocol (gateway/wsproto.py): straight from a new
+        # connection's first request (Front), or, on a kept-alive HTTP connection (a proxy such as
+        # nginx reuses its upstream connections for upgrades), through uvicorn's ws= hook. No deflate;
+        # keepalive by one loop per process (VYBE_HEARTBEAT_S). Our own frame limit answers with a
+        # typed error; this hard cap (1009) only stops absurd frames before they are buffered whole.
+        http=Front, ws=WebSocket, ws_max_size=max(1 << 20, settings.frame_limit * 4),
         log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=10,
     )
 

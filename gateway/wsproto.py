@@ -3,8 +3,9 @@
 :class:`Front` is uvicorn's HTTP protocol class (``http=Front`` in its config): it reads a new
 connection's first request head, makes a WebSocket upgrade a :class:`WebSocket` at once, and hands
 anything else, with the bytes read, to uvicorn's own HTTP protocol (REST, health, metrics, pages;
-an upgrade sent later on a kept-alive HTTP connection is answered there as HTTP). A reconnect
-storm is mostly handshakes: none of them builds uvicorn's per-request objects.
+an upgrade sent later on a kept-alive HTTP connection, as a proxy's pooled upstream connection
+sends it, reaches :class:`WebSocket` through uvicorn's ``ws=`` hook). A reconnect storm is mostly
+handshakes on new connections: none of them builds uvicorn's per-request objects.
 
 Each socket is this small object and a :class:`gateway.connection.Connection`, driven by callbacks:
 no task, no coroutine frame and no timer lives per idle socket (a task runs only while a socket has
@@ -196,7 +197,7 @@ class WebSocket(asyncio.Protocol):
     __slots__ = ("_buf", "_config", "_frag_len", "_frag_op", "_frags", "_lost", "_max_size", "_reading",
                  "_server_state", "_state", "_waiter", "close_received", "conn", "ping_at", "transport", "writable")
 
-    def __init__(self, config: Any, server_state: Any) -> None:
+    def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
         self._config, self._server_state = config, server_state
         self._max_size: int = config.ws_max_size
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -249,7 +250,10 @@ class WebSocket(asyncio.Protocol):
             self.send_close(1012, "server restart")
 
     def data_received(self, data: bytes) -> None:
-        if self._state in (0, _FAILED):
+        if self._state == 0:
+            self._handshake(data)
+            return
+        if self._state == _FAILED:
             return
         if self._buf:
             data = self._buf + data
@@ -260,6 +264,15 @@ class WebSocket(asyncio.Protocol):
             self._fail(err.code, err.reason)
 
     # -- handshake ----------------------------------------------------------------------------
+
+    def _handshake(self, data: bytes) -> None:
+        """An upgrade on a kept-alive HTTP connection (a proxy's pooled upstream connection), as
+        uvicorn's HTTP protocol hands it over through its ``ws=`` hook: the head, re-serialised."""
+        end = _head_end(data)
+        if end < 0:
+            self._reject(400, b"bad WebSocket handshake")
+            return
+        self.upgrade(parse_request(data[:end]))
 
     def upgrade(self, request: tuple[bytes, bytes, dict[bytes, bytes]], rest: bytes = b"") -> None:
         """Answer the upgrade ``request`` (from :func:`parse_request`): 101 and a session, or a
