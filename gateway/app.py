@@ -45,15 +45,6 @@ async def websocket_endpoint(scope: Any, receive: Receive, send: Send) -> None:
     await send(body)
 
 
-def bearer_token(authorization: bytes | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header value, if that is what it is."""
-    if authorization:
-        kind, _, token = authorization.decode("latin-1").partition(" ")
-        if kind.lower() == "bearer" and token.strip():
-            return token.strip()
-    return None
-
-
 @get("/healthz", sync_to_thread=False, tags=["operations"])
 def healthz() -> dict[str, str]:
     """Liveness: the process answers."""

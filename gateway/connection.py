@@ -133,8 +133,7 @@ class Connection:
         WebSocket frame, the same object for every socket of the format. Written at once
         when nothing is queued ahead of it."""
         if not self._queue and not self._sending and self._close is None and self.sock.write_frame(frame_bytes):
-            self.gw.frames_out += 1
-            self.gw.bytes_out += len(frame_bytes)
+            self._sent(frame_bytes)
             return
         self.push(element)
 
@@ -160,16 +159,24 @@ class Connection:
         self._flushing = False
         if self._writer is not None or not self._queue:
             return
-        codec = self.codec
         if self.sock.writable and self.sock.is_open:
-            data = codec.payload(codec.join(self._queue))
-            self._queue.clear()
-            self._queued = 0
-            self.sock.write_frame(data_frame(data, codec.binary))
-            self.gw.frames_out += 1
-            self.gw.bytes_out += len(data)
+            frame = self._take()
+            self.sock.write_frame(frame)
+            self._sent(frame)
             return
         self._writer = asyncio.create_task(self._drain(), name="ws-writer")
+
+    def _take(self) -> bytes:
+        """Everything queued as one frame; the queue is then empty."""
+        codec = self.codec
+        frame = data_frame(codec.payload(codec.join(self._queue)), codec.binary)
+        self._queue.clear()
+        self._queued = 0
+        return frame
+
+    def _sent(self, frame: bytes) -> None:
+        self.gw.frames_out += 1
+        self.gw.bytes_out += len(frame)
 
     def enqueue(self, element: bytes) -> None:
         """Queue a JSON element, whatever this socket's format (for code that writes to every
@@ -208,14 +215,10 @@ class Connection:
 
         Exists only while there is a backlog, so an idle connection holds no writer task.
         """
-        codec, sock = self.codec, self.sock
+        sock = self.sock
         try:
             while self._queue:
-                items = list(self._queue)
-                self._queue.clear()
-                self._queued = 0
-                data = codec.payload(codec.join(items))
-                frame = data_frame(data, codec.binary)
+                frame = self._take()
                 self._sending = True
                 try:
                     while not sock.write_frame(frame):
@@ -225,8 +228,7 @@ class Connection:
                         await sock.wait_writable()  # a paused transport: wait until it drains
                 finally:
                     self._sending = False
-                self.gw.frames_out += 1
-                self.gw.bytes_out += len(data)
+                self._sent(frame)
         finally:
             self._writer = None
 

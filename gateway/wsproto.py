@@ -38,6 +38,8 @@ try:
 except ImportError:  # pragma: no cover - a build without the extension
     from websockets.utils import apply_mask
 
+from gateway.auth import bearer_token
+
 if TYPE_CHECKING:
     from gateway.connection import Connection
 
@@ -296,7 +298,6 @@ class WebSocket(asyncio.Protocol):
         if gw is None:
             self._reject(503, b"starting up")
             return
-        from gateway.app import bearer_token
         from gateway.codec import negotiate
         from gateway.connection import Connection
 

@@ -130,6 +130,7 @@ class Hub:
         backend.on_reconnect = self._on_reconnect
         backend.on_recovering = self._on_recovering
         self._channels: dict[str, _Channel] = {}
+        self._missed: dict[tuple[str, str, str], tuple[Meta, bytes, Key]] = {}  # see _history_element
         self.events_in = 0
         self.deliveries = 0
         self.latency: Histogram | None = None
@@ -183,11 +184,24 @@ class Hub:
         last: Key = parsed[1] if parsed else (0, 0)
         missed: list[bytes] = []
         for entry in entries:
-            meta, body = split_message(entry.message)
+            meta, element, key = self._history_element(channel, entry)
             if _permitted(sub, meta):
-                missed.append(sub.codec.from_json(_element(channel, make_offset(entry.epoch, entry.stream_id), body)))
-            last = max(last, stream_id_key(entry.stream_id))
+                missed.append(sub.codec.from_json(element))
+            last = max(last, key)
         return Resume(True, missed, last)
+
+    def _history_element(self, channel: str, entry: HistoryEntry) -> tuple[Meta, bytes, Key]:
+        """A stored event as a resume sends it, built once for all the sockets of a reconnect storm
+        (an entry never changes: a recreated stream has a new epoch). At most 4096 are kept."""
+        cache_key = (channel, entry.epoch, entry.stream_id)
+        made = self._missed.get(cache_key)
+        if made is None:
+            if len(self._missed) >= 4096:
+                self._missed.clear()
+            meta, body = split_message(entry.message)
+            element = _element(channel, make_offset(entry.epoch, entry.stream_id), body)
+            made = self._missed[cache_key] = (meta, element, stream_id_key(entry.stream_id))
+        return made
 
     async def _detach(self, sub: Subscriber, state: _Channel) -> None:
         """Undo a subscription that failed half-way (a history or position read that failed)."""

@@ -153,7 +153,8 @@ class RedisBackend(Backend):
 
     async def history(self, channel: str, epoch: str, after: tuple[int, int]) -> list[HistoryEntry] | None:
         """Resumes of one channel asked for in one loop turn share one read (a reconnect storm is one
-        read per channel, not per socket), each answered with what lies after its own offset."""
+        read per channel, not per socket), each answered with what lies after its own offset (resumes from
+        the same offset get the same list: read it, do not change it)."""
         fut: asyncio.Future[list[HistoryEntry] | None] = asyncio.get_running_loop().create_future()
         waiting = self._reads.get(channel)
         if waiting is None:
@@ -178,6 +179,7 @@ class RedisBackend(Backend):
                 raise
             return
         keyed = [(stream_id_key(e.stream_id), e) for e in entries]
+        shared: dict[tuple[int, int], list[HistoryEntry]] = {}  # a storm resumes from a few offsets: one list each
         for epoch, after, fut in waiters:
             if fut.done():
                 continue
@@ -187,7 +189,10 @@ class RedisBackend(Backend):
                 # max-deleted-entry-id could), so refuse rather than risk a silent gap.
                 fut.set_result(None)
             else:
-                fut.set_result([HistoryEntry(epoch, e.stream_id, e.message) for key, e in keyed if key > after])
+                missed = shared.get(after)
+                if missed is None:
+                    missed = shared[after] = [e for key, e in keyed if key > after]
+                fut.set_result(missed)
 
     async def _read_history(self, channel: str, after: tuple[int, int]
                             ) -> tuple[str | None, tuple[int, int] | None, list[HistoryEntry]]:
