@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from .embedded import Encoder
 
-VERSION = "2026.12.8"  # bump whenever a head changes (2026.12.8: round 5 of hand-written hard cases)
+VERSION = "2026.12.9"  # bump whenever a head changes (2026.12.9: round 6, flirting contrast pairs)
 SEED = 13
 TARGETS: tuple[str, ...] = LABELS + SIGNALS
 THRESHOLDS: dict[str, float] = {**DEFAULT_FLAG, "self_harm_risk": 0.5}
