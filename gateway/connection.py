@@ -297,8 +297,8 @@ class Connection:
 
     async def _on_frame(self, data: str | bytes) -> None:
         self.gw.commands_in += 1
-        limit = self.gw.settings.frame_limit
-        if len(data) > limit or (isinstance(data, str) and len(data.encode()) > limit):
+        limit = self.gw.frame_limit
+        if len(data) > limit or (isinstance(data, str) and len(data) * 4 > limit and len(data.encode()) > limit):
             self.reply(Error(None, ErrorCode.FRAME_TOO_LARGE, f"frame over {limit} bytes"))
             return
         wait = self._bucket.take()

@@ -46,6 +46,7 @@ FLAG_STATS_WINDOW_S = 30 * 86_400.0
 class Gateway:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: redisconn.Client) -> None:
         self.settings = settings
+        self.frame_limit = settings.frame_limit  # read on every frame
         self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.pool = pool
         self.redis = redis

@@ -31,6 +31,7 @@ import base64
 import hashlib
 import logging
 import struct
+import weakref
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -181,12 +182,21 @@ class Front(asyncio.Protocol):
             self._transport.close()
 
 
+_GATEWAYS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def gateway_of_config(config: Any) -> Any:
-    """The Gateway behind uvicorn's config (the app may be wrapped, e.g. by proxy-header middleware)."""
-    app = config.loaded_app
-    while hasattr(app, "app") and not hasattr(app, "state"):
-        app = app.app
-    return getattr(getattr(app, "state", None), "gateway", None)
+    """The Gateway behind uvicorn's config (the app may be wrapped, e.g. by proxy-header middleware);
+    found once per config, then remembered (None, before start-up, is not)."""
+    gw = _GATEWAYS.get(config)
+    if gw is None:
+        app = config.loaded_app
+        while hasattr(app, "app") and not hasattr(app, "state"):
+            app = app.app
+        gw = getattr(getattr(app, "state", None), "gateway", None)
+        if gw is not None:
+            _GATEWAYS[config] = gw
+    return gw
 
 
 class WebSocket(asyncio.Protocol):

@@ -229,6 +229,13 @@ class SocketifyServer(WebsocketsServer):
     module = "bench.fanout.peer_socketify"
 
 
+class FloorServer(WebsocketsServer):
+    """Not a peer: one ``send()`` per socket in a bare loop, the floor under any one-event figure."""
+
+    name = "floor"
+    module = "bench.fanout.peer_floor"
+
+
 def peer_message(data: dict[str, Any]) -> bytes:
     """The same client-visible bytes our gateway sends for one event (offset faked)."""
     return _enc.encode({"type": "event", "channel": "feed", "offset": "1700000000000000-1700000000000-0",
@@ -236,7 +243,8 @@ def peer_message(data: dict[str, Any]) -> bytes:
 
 
 SERVER_CLASSES: dict[str, type[Server]] = {"vybe": VybeServer, "socketify": SocketifyServer,
-                                           "litestar": LitestarServer, "websockets": WebsocketsServer}
+                                           "litestar": LitestarServer, "websockets": WebsocketsServer,
+                                           "floor": FloorServer}
 
 
 # -- context, database -----------------------------------------------------------
@@ -564,6 +572,11 @@ def summarize(results: list[dict[str, Any]], servers: list[str], sizes: list[int
                 "one_event_p99": ratio("one_event_p99_ms"),
                 "rss_per_conn": ratio("rss_per_conn_kb"),
             }
+        floor = (row.get("floor") or {}).get("one_event_p99_ms")
+        if floor:  # how far each server is above the least one send() per socket costs
+            row["one_event_p99_over_floor"] = {
+                s: round(row[s]["one_event_p99_ms"] / floor, 2) for s in servers
+                if s != "floor" and row[s].get("one_event_p99_ms")}
         table.append(row)
     targets = {}
     if "vybe" in servers:

@@ -1,0 +1,85 @@
+"""Not a peer but a floor: the least a Python process can do to put one frame on every socket.
+
+    python -m bench.fanout.peer_floor  (env BENCH_PORT, BENCH_CHANNEL, BENCH_REDIS_URL)
+
+``websockets`` does the handshakes; after that, each event from Redis pub/sub is framed once and
+written with one ``send()`` per socket in a plain loop: no per-socket state, checks, framing or
+transport layer (a socket that takes less than the whole frame goes over to its transport for good,
+so the byte stream stays whole). What is left is the interpreter's loop (~0.3 us a socket) and the
+kernel's work for each send (on loopback it includes the receiving side's TCP processing, charged
+to the sending core). A server one event at a time cannot go much below this on one core; one that
+reaches it is bound by the kernel, not by its own code.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+import uvloop
+from redis.asyncio import Redis
+from websockets.asyncio.server import ServerConnection, serve
+
+CHANNEL = os.environ.get("BENCH_CHANNEL", "feed")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+PORT = int(os.environ.get("BENCH_PORT", "8767"))
+HOST = os.environ.get("BENCH_HOST", "127.0.0.1")
+
+SOCKETS: dict[ServerConnection, socket.socket | None] = {}
+"""Each connection's own socket object (a dup of its descriptor), or None once it needs its transport."""
+
+
+def frame(payload: bytes) -> bytes:
+    n = len(payload)
+    head = b"\x81" + (bytes([n]) if n < 126 else b"\x7e" + struct.pack("!H", n) if n < 65536
+                      else b"\x7f" + struct.pack("!Q", n))
+    return head + payload
+
+
+async def handler(ws: ServerConnection) -> None:
+    fd = ws.transport.get_extra_info("socket").fileno()
+    SOCKETS[ws] = socket.socket(fileno=os.dup(fd))
+    try:
+        await ws.wait_closed()
+    finally:
+        sock = SOCKETS.pop(ws, None)
+        if sock is not None:
+            sock.close()  # the dup only: the connection's own descriptor stays with it
+
+
+def fan_out(data: bytes) -> None:
+    for ws, sock in SOCKETS.items():
+        if sock is not None:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                continue  # the peer is gone; its handler cleans up
+            if sent == len(data):
+                continue
+            SOCKETS[ws] = None  # from now on through the transport, behind what it still holds
+            data_left = data[sent:]
+        else:
+            data_left = data
+        ws.transport.write(data_left)
+
+
+async def relay() -> None:
+    redis = Redis.from_url(REDIS_URL)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(CHANNEL)
+    while True:
+        msg = await pubsub.get_message(timeout=1.0)
+        if msg is not None:
+            fan_out(frame(msg["data"]))
+
+
+async def main() -> None:
+    async with serve(handler, HOST, PORT, ping_interval=20, ping_timeout=20, backlog=2048):
+        await relay()
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
