@@ -133,7 +133,9 @@ class Connection:
         WebSocket frame, the same object for every socket of the format. Written at once
         when nothing is queued ahead of it."""
         if not self._queue and not self._sending and self._close is None and self.sock.write_frame(frame_bytes):
-            self._sent(frame_bytes)
+            gw = self.gw  # counted inline: this runs once per socket per event
+            gw.frames_out += 1
+            gw.bytes_out += len(frame_bytes)
             return
         self.push(element)
 
