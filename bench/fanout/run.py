@@ -56,23 +56,50 @@ def log(msg: str) -> None:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a multi-process gateway's supervisor and its processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{entry}/stat") as f:
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
 def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+    """utime + stime of ``pid`` and its descendants."""
+    total = 0.0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+    return total
 
 
 def proc_rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    """VmRSS of ``pid`` and its descendants."""
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as f:
+            total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+    return total
 
 
 def self_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def listeners(port: int) -> int:
+    """Sockets listening on ``port`` (SO_REUSEPORT: one per gateway process)."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for r in rows if r[3] == "0A" and int(r[1].rsplit(":", 1)[1], 16) == port)
 
 
 def free_port() -> int:
@@ -105,10 +132,13 @@ class Server:
     async def publish(self, data: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    cores = ""
+    """The CPUs it runs on (``taskset -c``); default the server core."""
+
     def _spawn(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with open(self.logfile, "wb") as out:
-            return subprocess.Popen(["taskset", "-c", str(self.ctx.server_core), *cmd], cwd=ROOT, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT)
+            return subprocess.Popen(["taskset", "-c", self.cores or str(self.ctx.server_core), *cmd], cwd=ROOT,
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)
 
     async def start(self) -> None:
         cmd, extra = self.command()
@@ -148,8 +178,11 @@ class Server:
 
 
 class VybeServer(Server):
+    """Our gateway; ``vybe:N`` is N processes on N cores (``VYBE_PROCESSES``, SO_REUSEPORT)."""
+
     name = "vybe"
     ready_id = b'"id":"2"'
+    processes = 1
 
     def __init__(self, ctx: Context, port: int) -> None:
         super().__init__(ctx, port)
@@ -167,9 +200,18 @@ class VybeServer(Server):
             "VYBE_DATABASE_URL": self.ctx.database_url, "VYBE_REDIS_URL": self.ctx.redis_url,
             "VYBE_REDIS_PREFIX": self.ctx.prefix, "VYBE_JWT_SECRET": self.ctx.jwt_secret,
             "VYBE_HOST": "127.0.0.1", "VYBE_PORT": str(self.port), "VYBE_LOG_LEVEL": "WARNING",
-            "VYBE_NODE_ID": f"bench-{self.port}",
+            "VYBE_NODE_ID": f"bench-{self.port}", "VYBE_PROCESSES": str(self.processes),
         }
         return [str(VENV / "vybe"), "gateway"], env
+
+    async def start(self) -> None:
+        await super().start()
+        deadline = time.monotonic() + 60  # every process listening, or the first one takes every socket
+        while listeners(self.port) < self.processes:
+            if time.monotonic() > deadline or (self.proc is not None and self.proc.poll() is not None):
+                raise RuntimeError(f"{self.name}: {listeners(self.port)} of {self.processes} processes listening: "
+                                   f"{self.log_tail()}")
+            await asyncio.sleep(0.2)
 
     def init_for(self, i: int) -> list[bytes]:
         from bench.fanout.loadgen import client_frame
@@ -240,6 +282,27 @@ def peer_message(data: dict[str, Any]) -> bytes:
     """The same client-visible bytes our gateway sends for one event (offset faked)."""
     return _enc.encode({"type": "event", "channel": "feed", "offset": "1700000000000000-1700000000000-0",
                         "event": "bench.tick", "ts": time.time(), "data": data})
+
+
+def make_server(ctx: Context, name: str, port: int) -> Server:
+    """``name`` as ``--servers`` spells it; ``vybe:N`` runs N gateway processes on the first N cores
+    other than the generator's (``--server-cores`` to choose them)."""
+    base, _, count = name.partition(":")
+    server = SERVER_CLASSES[base](ctx, port)
+    if count:
+        if not isinstance(server, VybeServer) or not count.isdigit() or int(count) < 1:
+            raise SystemExit(f"--servers: {name!r}: only vybe takes a process count (vybe:N)")
+        server.processes = int(count)
+        server.name = name
+        if ctx.args.server_cores:
+            server.cores = ctx.args.server_cores
+        else:
+            # This process is pinned to the generator's core by now: count the machine's CPUs instead.
+            others = [c for c in range(os.cpu_count() or 1) if c != ctx.args.generator_core]
+            chosen = [*others, ctx.args.generator_core][:server.processes]  # shares the generator's core if need be
+            server.cores = ",".join(map(str, chosen))
+        server.logfile = ctx.workdir / f"{server.name.replace(':', '-')}-{port}.log"
+    return server
 
 
 SERVER_CLASSES: dict[str, type[Server]] = {"vybe": VybeServer, "socketify": SocketifyServer,
@@ -427,9 +490,12 @@ def best_of(out: dict[str, Any]) -> None:
 
 
 async def bench_server(ctx: Context, name: str, n: int, rates: list[float]) -> dict[str, Any]:
-    server = SERVER_CLASSES[name](ctx, free_port())
+    server = make_server(ctx, name, free_port())
     out: dict[str, Any] = {"server": name, "sockets": n}
-    log(f"{name} N={n}: starting on port {server.port}")
+    if server.cores:
+        out["cores"] = server.cores
+        out["shares_generator_core"] = str(ctx.args.generator_core) in server.cores.split(",")
+    log(f"{name} N={n}: starting on port {server.port}" + (f", cores {server.cores}" if server.cores else ""))
     try:
         await server.start()
         pid = server.proc.pid  # type: ignore[union-attr]
@@ -559,7 +625,7 @@ def summarize(results: list[dict[str, Any]], servers: list[str], sizes: list[int
             }
         mine = row.get("vybe")
         for peer in servers:
-            if peer == "vybe" or not mine:
+            if peer.partition(":")[0] == "vybe" or not mine:
                 continue
             theirs = row[peer]
 
@@ -572,6 +638,17 @@ def summarize(results: list[dict[str, Any]], servers: list[str], sizes: list[int
                 "one_event_p99": ratio("one_event_p99_ms"),
                 "rss_per_conn": ratio("rss_per_conn_kb"),
             }
+        for s in servers:  # vybe:N against one process, same sockets
+            if s.startswith("vybe:") and mine and row[s].get("one_event_p99_ms"):
+                theirs = row[s]
+                row[f"{s}_over_vybe"] = {
+                    "kept_up_deliveries_per_s": round(theirs["kept_up_deliveries_per_s_per_core"] /
+                                                      mine["kept_up_deliveries_per_s_per_core"], 2)
+                    if theirs.get("kept_up_deliveries_per_s_per_core") and mine.get("kept_up_deliveries_per_s_per_core")
+                    else None,
+                    "one_event_p99": round(theirs["one_event_p99_ms"] / mine["one_event_p99_ms"], 2)
+                    if mine.get("one_event_p99_ms") else None,
+                }
         floor = (row.get("floor") or {}).get("one_event_p99_ms")
         if floor:  # how far each server is above the least one send() per socket costs
             row["one_event_p99_over_floor"] = {
@@ -600,7 +677,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     # Pad events so our gateway's client element is ~EVENT_BYTES (the peers send the same shape).
     probe_el = peer_message({"seq": 123456, "pad": ""})
     ctx.pad = "x" * max(0, EVENT_BYTES - len(probe_el) - 12)
-    if "vybe" in servers:
+    if any(s.partition(":")[0] == "vybe" for s in servers):
         await prepare_database(args.database_url)
     await ctx.redis.ping()
     results = []
@@ -645,10 +722,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                 "deliveries/s targets divided by N)")
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per rate step (default 5)")
     p.add_argument("--probes", type=int, default=20, help="one-event-to-all-sockets repeats (default 20)")
-    p.add_argument("--servers", default=",".join(SERVERS), help="vybe,socketify,litestar,websockets")
+    p.add_argument("--servers", default=",".join(SERVERS),
+                   help="vybe,socketify,litestar,websockets,floor; vybe:N for N gateway processes")
     p.add_argument("--quick", action="store_true", help="1000 sockets, 3 rates, 5 s each, 10 probes")
     p.add_argument("--sources", type=int, default=8, help="client source addresses 127.0.0.2.. (default 8)")
     p.add_argument("--server-core", type=int, default=0)
+    p.add_argument("--server-cores", default="", help="taskset CPU list for vybe:N (default: the first N cores "
+                                                       "other than the generator's)")
     p.add_argument("--generator-core", type=int, default=1)
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--database-url", default=os.environ.get(
