@@ -22,6 +22,8 @@ ROLES: tuple[str, ...] = ("MEMBER", "CREATOR", "MODERATOR", "ADMIN")
 _HMAC = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _REQUIRED = ("exp", "iat", "sub")
+MAX_TOKEN_CHARS = 16384
+"""Longer tokens are refused before any decoding (an IdP's tokens are a few hundred bytes to a few KB)."""
 
 
 class AuthError(Exception):
@@ -98,7 +100,9 @@ class Verifier:
         self.leeway = settings.jwt_leeway_s
 
     def verify(self, token: str) -> Identity:
-        """The token's identity; raises :class:`AuthError` (``token_expired`` or ``auth_failed``)."""
+        """The token's identity; raises :class:`AuthError` (``token_expired`` or ``auth_failed``), and nothing else."""
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+            raise AuthError(f"invalid token: not a string of at most {MAX_TOKEN_CHARS} characters")
         claims = self._hs_claims(token) if self._secret is not None else self._pyjwt_claims(token)
         sub, role = claims.get("sub"), claims.get("role", "MEMBER")
         if not isinstance(sub, str) or not 0 < len(sub) <= 128:
@@ -109,7 +113,11 @@ class Verifier:
         channels = claims.get("channels", [])
         if not isinstance(channels, list) or not all(isinstance(c, str) and 0 < len(c) <= 200 for c in channels):
             raise AuthError("invalid token: `channels` must be a list of channel names")
-        return Identity(sub, role, name if isinstance(name, str) else None, float(claims["exp"]), tuple(channels))
+        try:
+            expires_at = float(claims["exp"])
+        except (OverflowError, TypeError, ValueError) as err:
+            raise AuthError("invalid token: `exp` is out of range") from err
+        return Identity(sub, role, name if isinstance(name, str) else None, expires_at, tuple(channels))
 
     def _pyjwt_claims(self, token: str) -> dict[str, Any]:
         try:
@@ -120,7 +128,7 @@ class Verifier:
             )
         except jwt.ExpiredSignatureError as err:
             raise AuthError("token expired", "token_expired") from err
-        except jwt.InvalidTokenError as err:
+        except (jwt.InvalidTokenError, UnicodeError) as err:  # UnicodeError: a lone surrogate in the token
             raise AuthError(f"invalid token: {err}") from err
 
     def _hs_claims(self, token: str) -> dict[str, Any]:
@@ -197,7 +205,7 @@ def _b64(segment: str) -> bytes:
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
         value = msgspec.json.decode(_b64(segment))
-    except msgspec.DecodeError as err:
+    except (msgspec.DecodeError, RecursionError, ValueError) as err:  # RecursionError: nesting ~1000 deep
         raise AuthError(f"invalid token: Invalid {what} string: {err}") from err
     if not isinstance(value, dict):
         raise AuthError(f"invalid token: Invalid {what} string: must be a json object")

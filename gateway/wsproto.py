@@ -187,7 +187,8 @@ _GATEWAYS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 def gateway_of_config(config: Any) -> Any:
     """The Gateway behind uvicorn's config (the app may be wrapped, e.g. by proxy-header middleware);
-    found once per config, then remembered (None, before start-up, is not)."""
+    found once per config, then remembered (None, before start-up, is not). Every server start builds
+    its own Config (gateway/server.py), so a remembered Gateway is never a stopped one."""
     gw = _GATEWAYS.get(config)
     if gw is None:
         app = config.loaded_app

@@ -15,6 +15,7 @@ delivered event.
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from array import array
 from typing import TYPE_CHECKING
@@ -41,6 +42,9 @@ class Window:
         self.last = start
         self.count = 0
         self.lat = array("d")
+
+    def percentiles(self) -> dict[str, float | None]:
+        return percentiles(self.lat)
 
 
 class Stats:
@@ -225,6 +229,11 @@ class Generator:
 
     def alive(self) -> int:
         return sum(1 for c in self.clients if c.alive)
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the receive side so far (this process)."""
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
 
     def close_all(self) -> None:
         for c in self.clients:

@@ -50,7 +50,7 @@ async def handler(ws: ServerConnection) -> None:
 
 def fan_out(data: bytes) -> None:
     for ws, sock in SOCKETS.items():
-        if sock is not None:
+        if sock is not None and not ws.transport.get_write_buffer_size():  # nothing of its own still queued
             try:
                 sent = sock.send(data)
             except BlockingIOError:

@@ -35,7 +35,8 @@ import msgspec
 if __package__ in (None, ""):  # run as a script: python bench/fanout/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.fanout.loadgen import Generator, percentiles
+from bench.fanout.loadgen import Generator
+from bench.fanout.native import NativeReader, build
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -72,12 +73,15 @@ def _tree(pid: int) -> list[int]:
 
 
 def proc_cpu_s(pid: int) -> float:
-    """utime + stime of ``pid`` and its descendants."""
+    """utime + stime of ``pid`` and its live descendants, plus its children that exited (cutime,
+    cstime), so a restarted process's CPU is not lost."""
     total = 0.0
     for p in _tree(pid):
         with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+            if p == pid:
+                total += (int(fields[13]) + int(fields[14])) / _TICK  # cutime, cstime (fields 16, 17)
     return total
 
 
@@ -90,15 +94,21 @@ def proc_rss_kb(pid: int) -> int:
     return total
 
 
-def self_cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+def cpu_list(spec: str) -> set[int]:
+    """A taskset CPU list (``0,2-4``) as a set."""
+    cpus: set[int] = set()
+    for part in filter(None, spec.split(",")):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
 
 
 def listeners(port: int) -> int:
     """Sockets listening on ``port`` (SO_REUSEPORT: one per gateway process)."""
-    with open("/proc/net/tcp") as f:
-        rows = [line.split() for line in f.readlines()[1:]]
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            rows += [line.split() for line in f.readlines()[1:]]
     return sum(1 for r in rows if r[3] == "0A" and int(r[1].rsplit(":", 1)[1], 16) == port)
 
 
@@ -212,6 +222,16 @@ class VybeServer(Server):
                 raise RuntimeError(f"{self.name}: {listeners(self.port)} of {self.processes} processes listening: "
                                    f"{self.log_tail()}")
             await asyncio.sleep(0.2)
+        if self.processes > 1 and self.proc is not None:
+            # A process listens before its app has started (pool, Redis): wait until all are idle, so
+            # their start-up is not counted as the sockets' RSS and CPU.
+            last = proc_cpu_s(self.proc.pid)
+            for _ in range(100):
+                await asyncio.sleep(0.3)
+                now = proc_cpu_s(self.proc.pid)
+                if now - last < 0.02 * self.processes:
+                    break
+                last = now
 
     def init_for(self, i: int) -> list[bytes]:
         from bench.fanout.loadgen import client_frame
@@ -297,8 +317,8 @@ def make_server(ctx: Context, name: str, port: int) -> Server:
         if ctx.args.server_cores:
             server.cores = ctx.args.server_cores
         else:
-            # This process is pinned to the generator's core by now: count the machine's CPUs instead.
-            others = [c for c in range(os.cpu_count() or 1) if c != ctx.args.generator_core]
+            # The CPUs this process could use before it pinned itself to the generator's core.
+            others = [c for c in ctx.args.cpus if c != ctx.args.generator_core]
             chosen = [*others, ctx.args.generator_core][:server.processes]  # shares the generator's core if need be
             server.cores = ",".join(map(str, chosen))
         server.logfile = ctx.workdir / f"{server.name.replace(':', '-')}-{port}.log"
@@ -389,7 +409,7 @@ async def wait_count(window: Any, target: int, timeout: float, quiet: float | No
             return
 
 
-async def probe(server: Server, gen: Generator, ctx: Context, count: int) -> dict[str, Any]:
+async def probe(server: Server, gen: Generator | NativeReader, ctx: Context, count: int) -> dict[str, Any]:
     """Publish one event at a time; time until every socket has it."""
     runs = []
     for k in range(count):
@@ -397,7 +417,7 @@ async def probe(server: Server, gen: Generator, ctx: Context, count: int) -> dic
         w = gen.stats.reset(time.time())
         await server.publish(ctx.data(-1 - k))
         await wait_count(w, n, timeout=10.0)
-        p = percentiles(w.lat)
+        p = w.percentiles()
         runs.append({"received": w.count, "sockets": n, **p})
         await asyncio.sleep(0.2)
     complete = [r for r in runs if r["received"] >= r["sockets"]]
@@ -432,15 +452,15 @@ async def publish_at(rate: float, seconds: float, publish: Callable[[int], Await
     return total, loop.time() - t0
 
 
-async def step(server: Server, gen: Generator, ctx: Context, n: int, rate: float) -> dict[str, Any]:
+async def step(server: Server, gen: Generator | NativeReader, ctx: Context, n: int, rate: float) -> dict[str, Any]:
     seconds = ctx.args.seconds
     pid = server.proc.pid  # type: ignore[union-attr]
     alive0 = gen.alive()
     closes0 = dict(gen.stats.close_codes)
     w = gen.stats.reset(time.time())
-    c0, g0, t0 = proc_cpu_s(pid), self_cpu_s(), time.monotonic()
+    c0, g0, t0 = proc_cpu_s(pid), gen.cpu_s(), time.monotonic()
     published, _ = await publish_at(rate, seconds, lambda i: server.publish(ctx.data(i)))
-    c1, g1, t1 = proc_cpu_s(pid), self_cpu_s(), time.monotonic()
+    c1, g1, t1 = proc_cpu_s(pid), gen.cpu_s(), time.monotonic()
     expected = published * alive0
     await wait_count(w, expected, timeout=max(5.0, seconds), quiet=1.0)
     t2 = time.monotonic()
@@ -450,7 +470,7 @@ async def step(server: Server, gen: Generator, ctx: Context, n: int, rate: float
     # when the tail arrived after publishing stopped (a server that lags is not credited).
     delivered_span = max(span, w.last - w.start) if received else span
     loss = expected - received
-    pct = percentiles(w.lat)
+    pct = w.percentiles()
     server_cpu = 100 * (c1 - c0) / span
     gen_cpu = 100 * (g1 - g0) / span
     closes = {str(k): v - closes0.get(k, 0) for k, v in gen.stats.close_codes.items() if v - closes0.get(k, 0)}
@@ -492,9 +512,10 @@ def best_of(out: dict[str, Any]) -> None:
 async def bench_server(ctx: Context, name: str, n: int, rates: list[float]) -> dict[str, Any]:
     server = make_server(ctx, name, free_port())
     out: dict[str, Any] = {"server": name, "sockets": n}
+    reader: NativeReader | None = None
     if server.cores:
         out["cores"] = server.cores
-        out["shares_generator_core"] = str(ctx.args.generator_core) in server.cores.split(",")
+        out["shares_generator_core"] = ctx.args.generator_core in cpu_list(server.cores)
     log(f"{name} N={n}: starting on port {server.port}" + (f", cores {server.cores}" if server.cores else ""))
     try:
         await server.start()
@@ -527,13 +548,16 @@ async def bench_server(ctx: Context, name: str, n: int, rates: list[float]) -> d
             await wait_count(w, gen.alive(), timeout=5.0)
             if w.count >= gen.alive():
                 break
+        if ctx.args.native_reader:  # from here on the sockets are read in C (bench/fanout/native.py)
+            reader = NativeReader(gen, build(ctx.workdir), ctx.workdir, ctx.args.generator_core)
+            out["receive_side"] = "native"
         spy = start_py_spy(ctx, name, n, pid)
         log(f"{name} N={n}: probing one event to all sockets x{ctx.args.probes}")
-        out["one_event_to_all"] = await probe(server, gen, ctx, ctx.args.probes)
+        out["one_event_to_all"] = await probe(server, reader or gen, ctx, ctx.args.probes)
         steps: list[dict[str, Any]] = []
         bad = 0
         for rate in rates:
-            r = await step(server, gen, ctx, n, rate)
+            r = await step(server, reader or gen, ctx, n, rate)
             steps.append(r)
             log(f"{name} N={n} rate={rate}/s: delivered {r['delivered_per_s']}/s of {r['expected_deliveries_per_s']}"
                 f" loss {r['loss']} p99 {r['p99_ms']} ms cpu {r['server_cpu_pct']}% gen {r['gen_cpu_pct']}%")
@@ -550,12 +574,16 @@ async def bench_server(ctx: Context, name: str, n: int, rates: list[float]) -> d
             out["profile"] = await stop_py_spy(*spy)
         best_of(out)
         out["errors_seen"] = [e.decode("utf-8", "replace") for e in gen.stats.errors[:3]]
+        if reader is not None:
+            reader.close()  # first: the sockets stay open while the reader holds them
         gen.close_all()
     except Exception as err:  # noqa: BLE001 - report and go on with the next server
         log(f"{name} N={n}: FAILED {type(err).__name__}: {err}")
         out["error"] = f"{type(err).__name__}: {err}"
         out["server_log_tail"] = server.log_tail()
     finally:
+        if reader is not None:
+            reader.close()
         with contextlib.suppress(Exception):
             gen.close_all()  # type: ignore[possibly-undefined]
         await server.stop()
@@ -726,6 +754,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="vybe,socketify,litestar,websockets,floor; vybe:N for N gateway processes")
     p.add_argument("--quick", action="store_true", help="1000 sockets, 3 rates, 5 s each, 10 probes")
     p.add_argument("--sources", type=int, default=8, help="client source addresses 127.0.0.2.. (default 8)")
+    p.add_argument("--native-reader", action="store_true",
+                   help="after connecting, read the sockets in C (bench/fanout/reader.c, built with gcc): the "
+                        "Python receive side caps deliveries/s near 300-450k/s on one core")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--server-cores", default="", help="taskset CPU list for vybe:N (default: the first N cores "
                                                        "other than the generator's)")
@@ -753,11 +784,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(resummarize(args.resummarize), indent=2))
         return 0
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # Both this process and the servers (which inherit it) hold one fd per socket.
+    # Both this process and the servers (which inherit it) hold one fd per socket (the floor two).
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    args.cpus = sorted(os.sched_getaffinity(0))
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {args.generator_core})
-    need = max(int(x) for x in args.sockets.split(",")) + 512
+    need = max(int(x) for x in args.sockets.split(",")) * (2 if "floor" in args.servers else 1) + 512
     if need > hard:
         log(f"warning: RLIMIT_NOFILE hard limit {hard} < {need}: raise it (ulimit -Hn) for this many sockets")
     try:

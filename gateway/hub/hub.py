@@ -130,7 +130,8 @@ class Hub:
         backend.on_reconnect = self._on_reconnect
         backend.on_recovering = self._on_recovering
         self._channels: dict[str, _Channel] = {}
-        self._missed: dict[tuple[str, str, str], tuple[Meta, bytes, Key]] = {}  # see _history_element
+        self._missed: dict[tuple[str, str, str], tuple[bytes, Meta, bytes, Key]] = {}  # see _history_element
+        self._missed_bytes = 0
         self.events_in = 0
         self.deliveries = 0
         self.latency: Histogram | None = None
@@ -191,17 +192,21 @@ class Hub:
         return Resume(True, missed, last)
 
     def _history_element(self, channel: str, entry: HistoryEntry) -> tuple[Meta, bytes, Key]:
-        """A stored event as a resume sends it, built once for all the sockets of a reconnect storm
-        (an entry never changes: a recreated stream has a new epoch). At most 4096 are kept."""
+        """A stored event as a resume sends it, built once for all the sockets of a reconnect storm.
+        Kept by (channel, epoch, id) with the stored bytes, which a hit must match (an id reused under
+        the same epoch, e.g. by a replica promoted with a slow clock, is rebuilt); at most 4096 events
+        or 8 MB, then the cache starts again."""
         cache_key = (channel, entry.epoch, entry.stream_id)
         made = self._missed.get(cache_key)
-        if made is None:
-            if len(self._missed) >= 4096:
+        if made is None or made[0] != entry.message:
+            if len(self._missed) >= 4096 or self._missed_bytes > 8 << 20:
                 self._missed.clear()
+                self._missed_bytes = 0
             meta, body = split_message(entry.message)
             element = _element(channel, make_offset(entry.epoch, entry.stream_id), body)
-            made = self._missed[cache_key] = (meta, element, stream_id_key(entry.stream_id))
-        return made
+            made = self._missed[cache_key] = (entry.message, meta, element, stream_id_key(entry.stream_id))
+            self._missed_bytes += len(entry.message) + len(element)
+        return made[1], made[2], made[3]
 
     async def _detach(self, sub: Subscriber, state: _Channel) -> None:
         """Undo a subscription that failed half-way (a history or position read that failed)."""

@@ -60,7 +60,7 @@ def _compare(v: Verifier, token: str, *, stricter: bool = False) -> tuple[str, A
     claims; ``stricter``: pyjwt accepts what ours refuses (the documented differences)."""
     ours, theirs = _outcome(v._hs_claims, token), _outcome(v._pyjwt_claims, token)
     if ours[0] == "ok":
-        assert theirs == ours, token
+        assert repr(theirs) == repr(ours), token  # repr: 1, 1.0 and True are equal, but not the same claim
     else:
         assert (theirs[0] == "ok") is stricter, token
     return ours
@@ -132,7 +132,7 @@ def test_headers_and_keys_agree() -> None:
         _forge({"alg": "HS256", "kid": 5}, good),
         _forge({"alg": "HS256"}, ["sub"]),  # a payload that is not an object
         _forge({"alg": "HS256"}, None, raw_payload=b"{not json"),
-        _forge({"alg": "HS256"}, None, raw_payload=b'{"sub": "a", "exp": NaN}'),
+        _forge({"alg": "HS256"}, None, raw_payload=f'{{"sub": "a", "iat": {NOW}, "exp": NaN}}'.encode()),
         _forge({"alg": "HS256"}, good, digest=hashlib.sha512),  # alg says 256, signed with 512
         "", "a.b", "a.b.c.d", "..", "\u00e9.b.c",
     ]:
@@ -142,10 +142,14 @@ def test_headers_and_keys_agree() -> None:
 
 def test_where_ours_is_stricter_on_purpose() -> None:
     v = _verifier()
-    head, body, sig = jwt.encode(_claims(name="Ana Maria"), SECRET, algorithm="HS256").split(".")
-    padded = [s + "=" * (-len(s) % 4) for s in (head, body, sig)]
-    if padded != [head, body, sig]:
-        assert _compare(v, ".".join(padded), stricter=True)[0] == "auth_failed"
+    def pad(segment: str) -> str:
+        return segment + "=" * (-len(segment) % 4)
+
+    for name in ("Ana", "Ana M", "Ana Ma"):  # payload lengths that leave 0, 1 and 2 padding characters
+        head, body = pad(_b64(b'{"alg":"HS256"}')), pad(_b64(json.dumps(_claims(name=name)).encode()))
+        sig = pad(_b64(hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()))
+        assert "=" in head + body + sig
+        assert _compare(v, f"{head}.{body}.{sig}", stricter=True)[0] == "auth_failed"  # signed as padded
     assert _compare(v, _forge({"alg": "HS256", "crit": ["b64"], "b64": True}, _claims()), stricter=True)[0] \
         == "auth_failed"
     assert _compare(v, _forge({"alg": "HS256"}, _claims(exp=str(NOW + 600))), stricter=True)[0] == "auth_failed"
@@ -185,3 +189,66 @@ def test_every_mutation_of_a_valid_token_is_refused_by_both_or_neither() -> None
 def test_a_secret_that_is_a_key_stops_the_start() -> None:
     with pytest.raises(SettingsError, match="VYBE_JWT_SECRET"):
         Verifier(Settings(jwt_secret="-----BEGIN PUBLIC KEY-----\n" + "A" * 40 + "\n-----END PUBLIC KEY-----"))
+
+
+@pytest.mark.parametrize("where", ["header", "payload"])
+def test_deeply_nested_json_is_an_auth_error_not_a_crash(where: str) -> None:
+    """~1000 levels of nesting make the JSON decoder raise RecursionError: ours answers auth_failed,
+    as pyjwt does (the header is read before the signature, so anyone can send this)."""
+    v = _verifier()
+    nested = '{"alg": "HS256", "x": ' + "[" * 1000 + "]" * 1000 + "}"
+    if where == "header":
+        token = f"{_b64(nested.encode())}.e30.AAAA"
+    else:
+        token = _forge({"alg": "HS256"}, None, raw_payload=nested.encode())
+    assert _compare(v, token)[0] == "auth_failed"
+    with pytest.raises(AuthError):
+        v.verify(token)
+
+
+def test_only_auth_errors_come_out_of_verify() -> None:
+    """Whatever the token, verify() raises AuthError (its callers catch nothing else)."""
+    v = _verifier()
+    huge_exp = _forge({"alg": "HS256"}, None,
+                      raw_payload=f'{{"sub": "a", "iat": {NOW}, "exp": 1{"0" * 400}}}'.encode())
+    for token in [huge_exp, "a" * 20000, "\ud800.e30.AAAA", ".".join(["e30"] * 3), 5, None]:
+        with pytest.raises(AuthError):
+            v.verify(token)  # type: ignore[arg-type]
+    rs = Verifier(Settings(jwt_algorithms="RS256", jwt_public_key=_RSA_PUBLIC))
+    with pytest.raises(AuthError):
+        rs.verify("\ud800.e30.AAAA")
+
+
+def _rsa_public() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+_RSA_PUBLIC = _rsa_public()
+
+
+@pytest.mark.parametrize("raw", [
+    '{"sub":"ana","iat":%d,"exp":%d}',
+    ' { "sub" : "ana" , "iat" : %d , "exp" : %d } ',
+    '{"sub":"\\u0061na","iat":%d.0,"exp":%d.999}',
+    '{"sub":"ana","iat":%d,"exp":%d,"big":123456789012345678901234567890,"neg":-0,"f":1e-300}',
+    '{"sub":"ana","iat":%d,"exp":%d,"nested":{"a":[1,{"b":null}]},"name":"\\ud83d\\ude00"}',
+    '{"sub":"ana","iat":%d,"exp":%d,"exp":1}',
+    '{"sub":"ana","iat":%d,"exp":%de0}',
+    '{"sub":"ana","iat":%d,"exp":%d,"aud":null}',
+    '{"sub":"ana","iat":%d,"exp":%d}\n',
+    '{"sub":"ana","iat":%d,"exp":%d} x',
+    '{"sub":"ana","iat":%d,"exp":%d,"x":"\\ud800"}',
+    '\ufeff{"sub":"ana","iat":%d,"exp":%d}',
+])
+def test_signed_payloads_that_test_the_json_parsers(raw: str) -> None:
+    """Correctly signed tokens whose payload JSON is unusual (whitespace, escapes, big and negative
+    numbers, duplicate keys, trailing data, a lone surrogate, a BOM): the claims pass the signature,
+    so these reach the JSON parsers, and ours must agree with pyjwt's or refuse."""
+    v = _verifier()
+    _compare(v, _forge({"alg": "HS256"}, None, raw_payload=(raw % (NOW, NOW + 600)).encode()),
+             stricter=raw.startswith("\ufeff") or "\\ud800" in raw)

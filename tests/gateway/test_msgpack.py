@@ -275,3 +275,26 @@ async def test_hub_transcodes_once_per_event_and_shares_the_frame(monkeypatch) -
     await asyncio.sleep(0)
     assert [m["data"]["n"] for m in msgspec.msgpack.decode(_payload(packed[0].frames[-1]))] == [8]
     assert [m["data"]["n"] for m in msgspec.msgpack.decode(_payload(packed[1].frames[-1]))] == [7, 8]
+
+
+async def test_resumes_share_built_history_but_a_reused_id_is_rebuilt() -> None:
+    """A storm's resumes from one offset build each missed event once; an id seen again under the
+    same epoch with other bytes (a replica promoted with a slow clock) is built anew, not served stale."""
+
+    class _History(_Backend):
+        def __init__(self) -> None:
+            self.entries = [HistoryEntry("17", "5-0", encode_message("test.seq", {"n": 5}))]
+
+        async def history(self, channel: str, epoch: str, after: tuple[int, int]) -> list[HistoryEntry] | None:
+            return list(self.entries)
+
+    backend = _History()
+    hub = Hub(backend)
+    first, second = _Sub("a", JSON_CODEC), _Sub("b", JSON_CODEC)
+    one = await hub.subscribe(first, "feed", since="17-4-0")
+    two = await hub.subscribe(second, "feed", since="17-4-0")
+    assert one.recovered and one.missed == two.missed and one.missed[0] is two.missed[0]  # built once
+    assert b'"n":5' in one.missed[0]
+    backend.entries = [HistoryEntry("17", "5-0", encode_message("test.seq", {"n": 6}))]
+    third = await hub.subscribe(_Sub("c", JSON_CODEC), "feed", since="17-4-0")
+    assert b'"n":6' in third.missed[0] and b'"n":5' not in third.missed[0]
