@@ -254,7 +254,8 @@ class Hub:
             state = self._channels[channel] = _Channel(channel, self._digest_of(channel))
             state.pending = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self.backend.subscribe(channel), SUBSCRIBE_TIMEOUT_S)
+                async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):  # no task per subscribe, as wait_for makes
+                    await self.backend.subscribe(channel)
             except BaseException as err:
                 if not state.occupied():
                     self._channels.pop(channel, None)
