@@ -18,13 +18,11 @@ import socket
 import struct
 
 import uvloop
-from redis.asyncio import Redis
 from websockets.asyncio.server import ServerConnection, serve
 
-CHANNEL = os.environ.get("BENCH_CHANNEL", "feed")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-PORT = int(os.environ.get("BENCH_PORT", "8767"))
-HOST = os.environ.get("BENCH_HOST", "127.0.0.1")
+from bench.fanout.relay import HOST, port, relay
+
+PORT = port(8767)
 
 SOCKETS: dict[ServerConnection, socket.socket | None] = {}
 """Each connection's own socket object (a dup of its descriptor), or None once it needs its transport."""
@@ -66,19 +64,9 @@ def fan_out(data: bytes) -> None:
         ws.transport.write(data_left)
 
 
-async def relay() -> None:
-    redis = Redis.from_url(REDIS_URL)
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(CHANNEL)
-    while True:
-        msg = await pubsub.get_message(timeout=1.0)
-        if msg is not None:
-            fan_out(frame(msg["data"]))
-
-
 async def main() -> None:
     async with serve(handler, HOST, PORT, ping_interval=20, ping_timeout=20, backlog=2048):
-        await relay()
+        await relay(lambda data: fan_out(frame(data)))
 
 
 if __name__ == "__main__":

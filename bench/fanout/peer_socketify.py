@@ -9,15 +9,13 @@ Pings every 20 s like the others (uWebSockets' idle timeout of 40 s with automat
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from redis.asyncio import Redis
 from socketify import App, CompressOptions, OpCode
 
-CHANNEL = os.environ.get("BENCH_CHANNEL", "feed")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-PORT = int(os.environ.get("BENCH_PORT", "8767"))
+from bench.fanout.relay import port, relay
+
+PORT = port(8767)
 TOPIC = "feed"
 # The loop holds only weak references to tasks: keep the relay's here, or it may be collected.
 _TASKS: set[Any] = set()
@@ -25,16 +23,6 @@ _TASKS: set[Any] = set()
 
 def on_open(ws: Any) -> None:
     ws.subscribe(TOPIC)
-
-
-async def relay(app: App) -> None:
-    redis = Redis.from_url(REDIS_URL)
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(CHANNEL)
-    while True:
-        msg = await pubsub.get_message(timeout=1.0)
-        if msg is not None:
-            app.publish(TOPIC, msg["data"], OpCode.TEXT)
 
 
 def main() -> None:
@@ -48,7 +36,7 @@ def main() -> None:
         "open": on_open,
     })
     app.listen(PORT, lambda config: None)
-    _TASKS.add(app.loop.ensure_future(relay(app)))
+    _TASKS.add(app.loop.ensure_future(relay(lambda data: app.publish(TOPIC, data, OpCode.TEXT))))
     app.run()
 
 

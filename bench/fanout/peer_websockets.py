@@ -9,17 +9,13 @@ like uvicorn does by default when uvloop is installed.
 
 from __future__ import annotations
 
-import os
-
 import uvloop
 import websockets
-from redis.asyncio import Redis
 from websockets.asyncio.server import ServerConnection, serve
 
-CHANNEL = os.environ.get("BENCH_CHANNEL", "feed")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-PORT = int(os.environ.get("BENCH_PORT", "8766"))
-HOST = os.environ.get("BENCH_HOST", "127.0.0.1")
+from bench.fanout.relay import HOST, port, relay
+
+PORT = port(8766)
 
 CONNECTIONS: set[ServerConnection] = set()
 
@@ -32,19 +28,9 @@ async def handler(ws: ServerConnection) -> None:
         CONNECTIONS.discard(ws)
 
 
-async def relay() -> None:
-    redis = Redis.from_url(REDIS_URL)
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(CHANNEL)
-    while True:
-        msg = await pubsub.get_message(timeout=1.0)
-        if msg is not None:
-            websockets.broadcast(CONNECTIONS, msg["data"].decode())
-
-
 async def main() -> None:
     async with serve(handler, HOST, PORT, ping_interval=20, ping_timeout=20, backlog=2048):
-        await relay()
+        await relay(lambda data: websockets.broadcast(CONNECTIONS, data.decode()))
 
 
 if __name__ == "__main__":
