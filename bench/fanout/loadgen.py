@@ -46,6 +46,10 @@ class Window:
     def percentiles(self) -> dict[str, float | None]:
         return percentiles(self.lat)
 
+    def result(self) -> tuple[int, float, dict[str, float | None]]:
+        """(count, last receipt, latency percentiles)."""
+        return self.count, self.last, percentiles(self.lat)
+
 
 class Stats:
     """Shared by all clients of one generator."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import subprocess
 import time
 from pathlib import Path
@@ -41,29 +42,32 @@ class NativeWindow:
     def count(self) -> int:
         return int(self.reader.ask("count").split()[0])
 
-    @property
-    def last(self) -> float:
-        return float(self.reader.ask("count").split()[1])
-
     def percentiles(self) -> dict[str, float | None]:
-        _, _, p50, p99, top = self.reader.ask("report").split()
-        if float(p99) < 0:
-            return {"p50_ms": None, "p99_ms": None, "max_ms": None}
-        return {"p50_ms": round(float(p50) * 1000, 2), "p99_ms": round(float(p99) * 1000, 2),
-                "max_ms": round(float(top) * 1000, 2)}
+        return self.result()[2]
+
+    def result(self) -> tuple[int, float, dict[str, float | None]]:
+        """(count, last receipt, latency percentiles), read at one moment."""
+        count, last, p50, p99, top = self.reader.ask("report").split()
+        pct: dict[str, float | None] = {"p50_ms": None, "p99_ms": None, "max_ms": None}
+        if float(p99) >= 0:
+            pct = {"p50_ms": round(float(p50) * 1000, 2), "p99_ms": round(float(p99) * 1000, 2),
+                   "max_ms": round(float(top) * 1000, 2)}
+        return int(count), float(last), pct
 
 
 class NativeReader:
     """Stands in for a :class:`Generator` (``alive``, ``stats.reset``, ``stats.close_codes``, ``cpu_s``)."""
 
     def __init__(self, gen: Generator, exe: Path, workdir: Path, core: int) -> None:
-        if any(c.buf for c in gen.clients):
+        live = [c for c in gen.clients if c.alive and c.transport is not None and not c.transport.is_closing()]
+        if any(c.buf for c in live):
             raise RuntimeError("a socket holds a partial frame: cannot hand it over")
         fds = []
-        for c in gen.clients:
-            if c.alive and c.transport is not None:
-                c.transport.pause_reading()
-                fds.append(c.transport.get_extra_info("socket").fileno())
+        for c in live:
+            fd = c.transport.get_extra_info("socket").fileno()  # type: ignore[union-attr]
+            if fd >= 0:
+                c.transport.pause_reading()  # type: ignore[union-attr]
+                fds.append(fd)
         path = workdir / f"reader-fds-{os.getpid()}.txt"
         path.write_text("\n".join(map(str, fds)))
         self.gen = gen
@@ -76,6 +80,9 @@ class NativeReader:
             raise RuntimeError("the native reader has no pipes")
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30.0)  # never hang the bench on it
+        if not ready:
+            raise RuntimeError(f"the native reader did not answer {command!r} in 30 s")
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"the native reader exited ({self.proc.poll()})")
@@ -114,6 +121,10 @@ class NativeReader:
                 time.sleep(0.05)
             if self.proc.poll() is None:
                 self.proc.kill()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
     def __getattr__(self, name: str) -> Any:  # everything else (clients, connect failures) from the generator
         return getattr(self.gen, name)

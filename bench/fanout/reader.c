@@ -27,7 +27,9 @@
 
 typedef struct { unsigned char *buf; size_t len; int alive; } conn_t;
 
-static unsigned char scratch[1 << 20];
+#define MAX_FRAME ((size_t)64 << 20)  /* a frame this large is a broken server: the socket is dropped */
+static unsigned char *scratch;        /* grows to the largest partial frame seen (a batched send queue) */
+static size_t scratch_cap = 1 << 20;
 
 static conn_t *conns;      /* indexed by descriptor */
 static int max_fd;
@@ -57,15 +59,18 @@ static void drop(int fd, int epfd) {
     conns[fd].alive = 0;
     alive--;
     epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+    shutdown(fd, SHUT_RDWR);  /* the Python side still holds a copy: close() alone would tell the server nothing */
     close(fd);
 }
 
-static void send_all(int fd, const unsigned char *p, size_t n) {
-    while (n) {  /* control frames are tiny: a short blocking retry is fine */
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w < 0) { if (errno == EAGAIN || errno == EINTR) continue; return; }
+/* Control frames are tiny; a peer whose buffer stays full for ~1000 tries is given up (returns 0). */
+static int send_all(int fd, const unsigned char *p, size_t n) {
+    for (int tries = 0; n && tries < 1000; tries++) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) { if (errno == EAGAIN || errno == EINTR) continue; return 0; }
         p += w; n -= (size_t)w;
     }
+    return n == 0;
 }
 
 static void events_in(const unsigned char *p, size_t n, double now) {
@@ -98,7 +103,8 @@ static size_t frames_in(int fd, const unsigned char *d, size_t n, int epfd, doub
             for (int i = 0; i < 8; i++) len = (len << 8) | d[pos + 2 + i];
             hl = 10;
         }
-        if (n - pos < hl + len) break;
+        if (len > MAX_FRAME) { drop(fd, epfd); return (size_t)-1; }
+        if (len > n - pos - hl) break;
         int op = d[pos] & 0x0F;
         const unsigned char *payload = d + pos + hl;
         pos += hl + len;
@@ -108,7 +114,7 @@ static size_t frames_in(int fd, const unsigned char *d, size_t n, int epfd, doub
         } else if (op == 9 && len <= 125) {
             unsigned char pong[131] = {0x8A, (unsigned char)(0x80 | len), 0, 0, 0, 0};
             memcpy(pong + 6, payload, len);
-            send_all(fd, pong, 6 + len);
+            if (!send_all(fd, pong, 6 + len)) { drop(fd, epfd); return (size_t)-1; }
         } else if (op == 8) {
             int code = len >= 2 ? (payload[0] << 8 | payload[1]) : 1005;
             if (code >= 0 && code < 5000) close_codes[code]++;
@@ -164,6 +170,7 @@ int main(int argc, char **argv) {
     }
     fclose(f);
     conns = calloc((size_t)max_fd + 1, sizeof *conns);
+    scratch = malloc(scratch_cap);
     int epfd = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN};
     ev.data.fd = 0;
@@ -199,7 +206,13 @@ int main(int argc, char **argv) {
             size_t have = c->len;  /* a partial frame kept from the last read goes first */
             if (have) { memcpy(scratch, c->buf, have); free(c->buf); c->buf = NULL; c->len = 0; }
             for (;;) {
-                ssize_t r = recv(s, scratch + have, sizeof scratch - have, MSG_DONTWAIT);
+                if (scratch_cap - have < (1 << 16)) {  /* a frame larger than the buffer: grow it */
+                    if (scratch_cap >= 2 * MAX_FRAME) { drop(s, epfd); have = 0; break; }
+                    scratch_cap *= 2;
+                    scratch = realloc(scratch, scratch_cap);
+                    if (!scratch) { perror("realloc"); return 1; }
+                }
+                ssize_t r = recv(s, scratch + have, scratch_cap - have, MSG_DONTWAIT);
                 if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) { drop(s, epfd); have = 0; break; }
                 if (r < 0) break;
                 have += (size_t)r;
@@ -207,8 +220,7 @@ int main(int argc, char **argv) {
                 if (used == (size_t)-1) { have = 0; break; }
                 memmove(scratch, scratch + used, have - used);
                 have -= used;
-                if (have == sizeof scratch) { fprintf(stderr, "frame over %zu bytes\n", sizeof scratch); drop(s, epfd); have = 0; break; }
-                if ((size_t)r < sizeof scratch / 2) break;  /* drained for now: level-triggered epoll brings us back */
+                if ((size_t)r < (1 << 16)) break;  /* drained for now: level-triggered epoll brings us back */
             }
             if (have && c->alive) { c->buf = malloc(have); memcpy(c->buf, scratch, have); c->len = have; }
         }

@@ -464,13 +464,12 @@ async def step(server: Server, gen: Generator | NativeReader, ctx: Context, n: i
     expected = published * alive0
     await wait_count(w, expected, timeout=max(5.0, seconds), quiet=1.0)
     t2 = time.monotonic()
-    received = w.count
+    received, last, pct = w.result()
     span = max(t1 - t0, 1e-9)
     # Delivered rate: received over the publishing period, stretched to the last receipt
     # when the tail arrived after publishing stopped (a server that lags is not credited).
-    delivered_span = max(span, w.last - w.start) if received else span
+    delivered_span = max(span, last - w.start) if received else span
     loss = expected - received
-    pct = w.percentiles()
     server_cpu = 100 * (c1 - c0) / span
     gen_cpu = 100 * (g1 - g0) / span
     closes = {str(k): v - closes0.get(k, 0) for k, v in gen.stats.close_codes.items() if v - closes0.get(k, 0)}
@@ -551,6 +550,9 @@ async def bench_server(ctx: Context, name: str, n: int, rates: list[float]) -> d
         if ctx.args.native_reader:  # from here on the sockets are read in C (bench/fanout/native.py)
             reader = NativeReader(gen, build(ctx.workdir), ctx.workdir, ctx.args.generator_core)
             out["receive_side"] = "native"
+            w = reader.reset(time.time())  # one event read by it before anything is measured
+            await server.publish(ctx.data(-999))
+            await wait_count(w, reader.alive(), timeout=5.0)
         spy = start_py_spy(ctx, name, n, pid)
         log(f"{name} N={n}: probing one event to all sockets x{ctx.args.probes}")
         out["one_event_to_all"] = await probe(server, reader or gen, ctx, ctx.args.probes)
