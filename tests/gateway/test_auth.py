@@ -24,6 +24,7 @@ from gateway.auth import AuthError, Verifier
 
 SECRET = "s" * 64
 NOW = int(time.time())
+DAY = 86400  # offsets from NOW (taken at import, minutes before a test may run) stay far from the boundary
 
 
 def _b64(raw: bytes) -> str:
@@ -40,7 +41,7 @@ def _forge(header: Any, payload: Any, secret: str = SECRET, digest: Any = hashli
 
 
 def _claims(**extra: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"sub": "ana", "role": "MEMBER", "iat": NOW, "nbf": NOW, "exp": NOW + 600}
+    base: dict[str, Any] = {"sub": "ana", "role": "MEMBER", "iat": NOW, "nbf": NOW, "exp": NOW + DAY}
     base.update(extra)
     return {k: v for k, v in base.items() if v is not _DROP}
 
@@ -75,8 +76,8 @@ def test_valid_tokens_agree_on_every_hs_algorithm_and_claim_shape() -> None:
     shapes = [
         _claims(aud="vybe", iss="idp"),
         _claims(aud=["other", "vybe"], iss="idp", name="Ana", channels=["dating:*"], jti="j1"),
-        _claims(aud="vybe", iss="idp", exp=NOW + 600.75, iat=NOW - 0.5, nbf=_DROP),
-        _claims(aud="vybe", iss="idp", iat=NOW + 3),  # within the leeway
+        _claims(aud="vybe", iss="idp", exp=NOW + DAY + 0.75, iat=NOW - 0.5, nbf=_DROP),
+        _claims(aud="vybe", iss="idp", iat=int(time.time()) + 3),  # ahead, but within the leeway
     ]
     for alg in ("HS256", "HS384", "HS512"):
         for claims in shapes:
@@ -86,9 +87,9 @@ def test_valid_tokens_agree_on_every_hs_algorithm_and_claim_shape() -> None:
 
 
 @pytest.mark.parametrize(("claims", "code"), [
-    (_claims(exp=NOW - 60), "token_expired"),
-    (_claims(nbf=NOW + 60), "auth_failed"),
-    (_claims(iat=NOW + 60), "auth_failed"),
+    (_claims(exp=NOW - DAY), "token_expired"),
+    (_claims(nbf=NOW + DAY), "auth_failed"),
+    (_claims(iat=NOW + DAY), "auth_failed"),
     (_claims(exp=_DROP), "auth_failed"),
     (_claims(iat=_DROP), "auth_failed"),
     (_claims(sub=_DROP), "auth_failed"),
@@ -152,7 +153,7 @@ def test_where_ours_is_stricter_on_purpose() -> None:
         assert _compare(v, f"{head}.{body}.{sig}", stricter=True)[0] == "auth_failed"  # signed as padded
     assert _compare(v, _forge({"alg": "HS256", "crit": ["b64"], "b64": True}, _claims()), stricter=True)[0] \
         == "auth_failed"
-    assert _compare(v, _forge({"alg": "HS256"}, _claims(exp=str(NOW + 600))), stricter=True)[0] == "auth_failed"
+    assert _compare(v, _forge({"alg": "HS256"}, _claims(exp=str(NOW + DAY))), stricter=True)[0] == "auth_failed"
     assert _compare(v, jwt.encode(_claims(exp=True), SECRET, algorithm="HS256"))[0] == "auth_failed"
 
 
@@ -250,5 +251,5 @@ def test_signed_payloads_that_test_the_json_parsers(raw: str) -> None:
     numbers, duplicate keys, trailing data, a lone surrogate, a BOM): the claims pass the signature,
     so these reach the JSON parsers, and ours must agree with pyjwt's or refuse."""
     v = _verifier()
-    _compare(v, _forge({"alg": "HS256"}, None, raw_payload=(raw % (NOW, NOW + 600)).encode()),
+    _compare(v, _forge({"alg": "HS256"}, None, raw_payload=(raw % (NOW, NOW + DAY)).encode()),
              stricter=raw.startswith("\ufeff") or "\\ud800" in raw)
