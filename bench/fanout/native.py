@@ -80,8 +80,9 @@ class NativeReader:
             raise RuntimeError("the native reader has no pipes")
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30.0)  # never hang the bench on it
-        if not ready:
+        poller = select.poll()  # not select(): the pipe's descriptor is above 1024 with 10k sockets open
+        poller.register(self.proc.stdout, select.POLLIN)
+        if not poller.poll(30_000):  # never hang the bench on it
             raise RuntimeError(f"the native reader did not answer {command!r} in 30 s")
         line = self.proc.stdout.readline()
         if not line:
