@@ -7,7 +7,7 @@ offline training (``python -m moderation.scorers.train``) first fine-tunes the t
 then trains the shipped heads over the fine-tuned encoder's embeddings as before.
 
 - Only the top layers change, so training runs the frozen lower layers once per text
-  (:class:`LayerCache`) and fits on two CPUs in about a minute and a half.
+  (:class:`LayerCache`) and fits on two CPUs in a few minutes.
 - The changed layers ship as ``moderation/data/minilm_top-<digest>.safetensors`` (float16; the digest
   is of the file). The head file names it under ``encoder.finetune``. A new fine-tune is a new file, so
   stored models trained on an older one keep loading while its file is kept. :func:`apply_weights` loads it into the
@@ -43,7 +43,7 @@ FINETUNE_PREFIX = "minilm_top-"
 class FinetuneRecipe:
     """The fine-tuning choices (``--cv-sources`` measured these; see the README)."""
 
-    layers: int = 2
+    layers: int = 4
     """How many of MiniLM's six layers, counted from the top, are trained (0: none, frozen encoder)."""
     epochs: int = 3
     lr: float = 3e-5
