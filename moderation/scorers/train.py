@@ -596,6 +596,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --cv-sources: hold sources out in this many groups, not one at a time (quicker)")
     ap.add_argument("--layers", type=int, default=None,
                     help="fine-tune this many of MiniLM's top layers (default: the shipped recipe's)")
+    ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the shipped recipe's)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="fine-tuning learning rate of the encoder layers (default: the shipped recipe's)")
     ap.add_argument("--cache", type=Path, default=EMBED_CACHE, help="MiniLM embedding cache (.npz)")
     ap.add_argument("--before", action="store_true", help="with --cv-sources: the 2026.12.1 recipe, for comparison")
     ap.add_argument("--no-finetune", action="store_true",
@@ -606,8 +609,10 @@ def main(argv: list[str] | None = None) -> None:
     recipe = BEFORE if args.before else RECIPE
     if args.no_finetune:
         recipe = replace(recipe, finetune=None)
-    elif args.layers is not None and recipe.finetune is not None:
-        recipe = replace(recipe, finetune=replace(recipe.finetune, layers=args.layers))
+    elif recipe.finetune is not None:
+        asked = {"layers": args.layers, "epochs": args.epochs, "lr": args.lr}
+        chosen = {k: v for k, v in asked.items() if v is not None}
+        recipe = replace(recipe, finetune=replace(recipe.finetune, **chosen))
     if args.cv_sources:
         print(json.dumps(cv_sources(training_rows(), cache=args.cache, recipe=recipe, quantize=args.quantize,
                                     groups=args.groups),
