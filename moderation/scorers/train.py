@@ -67,6 +67,10 @@ class Recipe:
     """Sample weight of a template row; hand-written rows weigh 1 (each is a distinct phrasing)."""
     sub_label_beta: float = 0.5
     """F-beta of the sub-label cut-offs: precision first, as the toxicity head already flags any harm."""
+    care_beta: float = 2.0
+    """F-beta of the care signal's cut-off (``self_harm_risk``): recall first (2026.12.10 on; F1 before). The care
+    route never hides a post: a missed disclosure leaves someone without the resources, a false one sends a kind
+    notice and puts a post in the care queue."""
     source_folds: bool = True
     """Inner folds hold out whole written sources (else each written row is its own group)."""
     stack: bool = True
@@ -84,8 +88,9 @@ class Recipe:
 
 
 RECIPE = Recipe()
-BEFORE = Recipe(c_grid=(0.25, 1.0, 4.0, 16.0), generated_weight=1.0, sub_label_beta=1.0, source_folds=False,
-                stack=False, mlp_hidden=0, light_toxicity_beta=1.0, finetune=None, quote_copies=False)
+BEFORE = Recipe(c_grid=(0.25, 1.0, 4.0, 16.0), generated_weight=1.0, sub_label_beta=1.0, care_beta=1.0,
+                source_folds=False, stack=False, mlp_hidden=0, light_toxicity_beta=1.0, finetune=None,
+                quote_copies=False)
 """The recipe of version 2026.12.1, for the before/after comparison."""
 EMBED_CACHE = Path(tempfile.gettempdir()) / "vybe-minilm-embeddings.npz"
 
@@ -323,16 +328,16 @@ def platt_slope(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
 
 
 def calibration(oof: np.ndarray, y_all: np.ndarray, w: np.ndarray, sub_beta: float,
-                toxicity_beta: float = 1.0) -> dict[str, dict[str, float]]:
+                toxicity_beta: float = 1.0, care_beta: float = 1.0) -> dict[str, dict[str, float]]:
     """Per target ``{a, c, t}`` from out-of-fold logits (see ``base.calibrated``).
 
-    toxicity (any harm) takes the F-``toxicity_beta``-best cut-off and self_harm_risk the F1-best;
+    toxicity (any harm) takes the F-``toxicity_beta``-best cut-off and self_harm_risk the F-``care_beta``-best;
     the other labels only add to a flag the toxicity head may already raise, so theirs favour
     precision (F-``sub_beta``).
     """
     out = {}
     for j, target in enumerate(TARGETS):
-        beta = toxicity_beta if target == "toxicity" else 1.0 if target in SIGNALS else sub_beta
+        beta = toxicity_beta if target == "toxicity" else care_beta if target in SIGNALS else sub_beta
         z, y = oof[:, j], y_all[:, j]
         out[target] = {"a": platt_slope(z, y, w), "c": choose_cutoff(z, y, w, beta), "t": THRESHOLDS[target]}
     return out
@@ -355,17 +360,17 @@ def fit_parts(texts: Sequence[str], y: np.ndarray, w: np.ndarray, folds: Folds,
     x_light, names = light_matrix(texts)
     beta = recipe.sub_label_beta
     light = fit_linear(x_light, y, w, folds, recipe.c_grid)
-    calib = calibration(light["oof"], y, w, beta, recipe.light_toxicity_beta)
+    calib = calibration(light["oof"], y, w, beta, recipe.light_toxicity_beta, recipe.care_beta)
     parts: dict[str, Any] = {"light": {**light, "names": names, "calib": calib}}
     if x_emb is not None:
         emb = (fit_mlp(x_emb, y, w, folds, recipe) if recipe.mlp_hidden
                else fit_linear(x_emb, y, w, folds, recipe.c_grid))
-        parts["embedded"] = {**emb, "calib": calibration(emb["oof"], y, w, beta)}
+        parts["embedded"] = {**emb, "calib": calibration(emb["oof"], y, w, beta, care_beta=recipe.care_beta)}
         if not recipe.stack:
             return parts
         stack = fit_stack(emb["oof"], light["oof"], y, w)
         z = np.hstack([emb["oof"], light["oof"]]) @ stack["coef"] + stack["bias"]
-        parts["blend"] = {**stack, "calib": calibration(z, y, w, beta)}
+        parts["blend"] = {**stack, "calib": calibration(z, y, w, beta, care_beta=recipe.care_beta)}
     return parts
 
 
@@ -596,6 +601,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --cv-sources: hold sources out in this many groups, not one at a time (quicker)")
     ap.add_argument("--layers", type=int, default=None,
                     help="fine-tune this many of MiniLM's top layers (default: the shipped recipe's)")
+    ap.add_argument("--care-beta", type=float, default=None, help="F-beta of the care signal's cut-off")
     ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the shipped recipe's)")
     ap.add_argument("--lr", type=float, default=None,
                     help="fine-tuning learning rate of the encoder layers (default: the shipped recipe's)")
@@ -606,13 +612,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quantize", choices=("none", ROWWISE_INT8), default=str(ENCODER_CFG["quantize"]),
                     help="the MiniLM encoder: int8-rowwise (onnx_int8.py) or none (fp32, the heads before 2026.12.4)")
     args = ap.parse_args(argv)
+    asked = {k: v for k, v in {"layers": args.layers, "epochs": args.epochs, "lr": args.lr}.items() if v is not None}
+    if asked and (args.before or args.no_finetune or args.skip_embedded):
+        ap.error("--layers, --epochs and --lr change the fine-tune, which --before, --no-finetune and "
+                 "--skip-embedded leave out")
+    if args.groups is not None and (not args.cv_sources or args.groups < 1):
+        ap.error("--groups takes a count of 1 or more, with --cv-sources")
+    if args.layers is not None and not 0 <= args.layers <= 6:
+        ap.error("--layers: 0 (the stock encoder) to 6")
     recipe = BEFORE if args.before else RECIPE
-    if args.no_finetune:
+    if args.care_beta is not None:
+        recipe = replace(recipe, care_beta=args.care_beta)
+    if args.no_finetune or args.layers == 0:
         recipe = replace(recipe, finetune=None)
     elif recipe.finetune is not None:
-        asked = {"layers": args.layers, "epochs": args.epochs, "lr": args.lr}
-        chosen = {k: v for k, v in asked.items() if v is not None}
-        recipe = replace(recipe, finetune=replace(recipe.finetune, **chosen))
+        recipe = replace(recipe, finetune=replace(recipe.finetune, **asked))
     if args.cv_sources:
         print(json.dumps(cv_sources(training_rows(), cache=args.cache, recipe=recipe, quantize=args.quantize,
                                     groups=args.groups),
