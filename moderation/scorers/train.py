@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from .embedded import Encoder
 
-VERSION = "2026.12.10"  # bump whenever a head changes (2026.12.10: the top four layers fine-tuned, not two)
+VERSION = "2026.12.10"  # bump whenever a head changes (2026.12.10: four fine-tuned layers, not two; care cut-off F2)
 SEED = 13
 TARGETS: tuple[str, ...] = LABELS + SIGNALS
 THRESHOLDS: dict[str, float] = {**DEFAULT_FLAG, "self_harm_risk": 0.5}
