@@ -58,13 +58,20 @@ def rate(fn: Callable[[Sequence[str]], Any], texts: Sequence[str], batch: int) -
 
 
 def bench_scorer(scorer: Any, short: list[str], long_: list[str], n: dict[str, int]) -> dict[str, float]:
-    """Batched (64) and unbatched rates on short and long posts."""
-    return {
+    """Batched (64) and unbatched rates on short and long posts; for the cascade, also the share of short posts
+    it gave the second opinion (these posts come from the old evaluation set: about half are harmful and many
+    are hard cases, so more of them are near a cut-off than in an app's everyday traffic)."""
+    out = {
         "short_batch64": rate(scorer.score, short[:n["batched"]], 64),
         "short_unbatched": rate(scorer.score, short[:n["single"]], 1),
         "long70w_batch64": rate(scorer.score, long_[:n["batched"]], 64),
         "long70w_unbatched": rate(scorer.score, long_[:n["single"]], 1),
     }
+    if hasattr(scorer, "routed"):
+        scorer.routed = scorer.scored = 0
+        scorer.score(short[:n["batched"]])
+        out["short_routed_share"] = round(scorer.routed / max(scorer.scored, 1), 3)
+    return out
 
 
 def bench_embedded_backends(evals: list[str], short: list[str], long_: list[str], n: dict[str, int],
@@ -167,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
         label = (f"{kind} ({scorer.name}, {getattr(embedded, 'backend', 'python')}"
                  f"{', ' + embedded.encoder.quantize if hasattr(embedded, 'encoder') else ''})")
         report["scorers"][label] = bench_scorer(scorer, short, long_, n)
+        if hasattr(scorer, "blend"):  # the cascade: its stacked blend alone too
+            report["scorers"][f"{kind} without the second opinion ({scorer.blend.name})"] = bench_scorer(
+                scorer.blend, short, long_, n)
     try:
         report["embedded_backends"] = bench_embedded_backends(evals, short, long_, n, args.rounds)
     except (ImportError, ScorerError) as exc:

@@ -96,10 +96,12 @@ async def _retrain(settings: Settings, pool: asyncpg.Pool, args: argparse.Namesp
     from workers.main import build_policy
 
     current = await load_active(pool, settings.scorer, await learning.active_version(pool),
-                                backend=settings.embedded_backend, cache_dir=settings.model_cache)
+                                backend=settings.embedded_backend, cache_dir=settings.model_cache,
+                                second_band=settings.second_opinion_band)
     return await retrain(pool, current, settings.scorer, build_policy(settings, current),
                          min_decisions=args.min_decisions, promote=True if args.promote else None,
-                         store=not args.dry_run)
+                         store=not args.dry_run, model_cache=settings.model_cache,
+                         second_band=settings.second_opinion_band)
 
 
 async def _rollback(pool: asyncpg.Pool) -> dict[str, Any]:

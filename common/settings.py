@@ -104,7 +104,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     write_batch_max: int = 500
 
     scorer: str = "blend"
-    """blend (the embedded and light heads averaged) | embedded | light | detoxify."""
+    """blend (the embedded and light heads stacked, with the MPNet second opinion) | embedded | light | detoxify."""
+    second_opinion_band: float | None = None
+    """The blend's second opinion re-scores texts within this of a cut-off (calibrated logits); unset: the heads'
+    own (1.5), 0: off (MPNet is not even loaded)."""
     embedded_backend: str = "auto"
     """auto (ONNX Runtime, else PyTorch) | onnx | torch: how the embedded scorer runs MiniLM."""
     model_cache: str | None = None
@@ -173,6 +176,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name, most in (("max_vybe_chars", 5000), ("max_comment_chars", 2000)):
             if not 1 <= getattr(self, name) <= most:
                 raise SettingsError(PREFIX + name.upper(), f"must be 1 to {most} (the database's limit)")
+        if self.second_opinion_band is not None and not self.second_opinion_band >= 0.0:
+            raise SettingsError("VYBE_SECOND_OPINION_BAND", "must be 0 (off) or more")
         if not self.care_threshold >= 0.0:
             raise SettingsError("VYBE_CARE_THRESHOLD", "must be 0 or more (above 1: the care route is off)")
         try:
@@ -247,7 +252,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
 
 
 _NULLABLE = {"namespaces", "database_url", "redis_url", "model_cache", "jwt_secret", "jwt_public_key", "jwt_issuer",
-             "jwt_audience", "detoxify_checkpoint", "detoxify_hf_dir"}
+             "jwt_audience", "detoxify_checkpoint", "detoxify_hf_dir", "second_opinion_band"}
 
 
 def _nullable(name: str) -> bool:

@@ -22,8 +22,9 @@ class KindMismatch(Exception):
 
 
 def encoder_of(scorer: Scorer | None) -> Any:
-    """The loaded MiniLM encoder inside ``scorer`` (itself or a blend's part), to reuse; else None."""
-    for part in [scorer, *getattr(scorer, "parts", [])]:
+    """The loaded MiniLM encoder inside ``scorer`` (itself, a stacked blend's or a cascade's embedded head, or a
+    blend's part), to reuse; else None."""
+    for part in [scorer, getattr(scorer, "embedded", None), *getattr(scorer, "parts", [])]:
         encoder = getattr(part, "encoder", None)
         if encoder is not None:
             return encoder
@@ -31,7 +32,8 @@ def encoder_of(scorer: Scorer | None) -> Any:
 
 
 async def load_active(pool: asyncpg.Pool, kind: str, version: str | None, *, current: Scorer | None = None,
-                      backend: str | None = None, cache_dir: str | None = None) -> Scorer:
+                      backend: str | None = None, cache_dir: str | None = None,
+                      second_band: float | None = None) -> Scorer:
     """The scorer of model ``version`` (None: the shipped heads) for scorer ``kind``, loaded in a thread,
     reusing ``current``'s encoder. Raises :class:`KindMismatch` when the model is for another kind."""
     from moderation.scorers import load_scorer, shipped_bundle
@@ -43,4 +45,4 @@ async def load_active(pool: asyncpg.Pool, kind: str, version: str | None, *, cur
     if model_kind != kind:
         raise KindMismatch(f"model {version} is for scorer {model_kind!r}, not {kind!r}")
     return await asyncio.to_thread(load_scorer, kind, bundle=bundle, encoder=encoder_of(current),
-                                   embedded_backend=backend, model_cache=cache_dir)
+                                   embedded_backend=backend, model_cache=cache_dir, second_band=second_band)

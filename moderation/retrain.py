@@ -102,12 +102,15 @@ async def next_version(conn: asyncpg.Pool | asyncpg.Connection) -> str:
 async def retrain(pool: asyncpg.Pool, current: Scorer, kind: str, policy: Policy, *,
                   base_rows: list[dict[str, Any]] | None = None, min_decisions: int = 20,
                   independent: Path | None = INDEPENDENT_DIR, promote: bool | None = None,
-                  store: bool = True) -> dict[str, Any]:
+                  store: bool = True, model_cache: str | None = None,
+                  second_band: float | None = None) -> dict[str, Any]:
     """Train, compare with ``current`` (the model in use) and store; returns the report.
 
     ``base_rows``: the shipped training data (None: ``train.training_rows()``; tests pass a few).
     ``promote``: None applies the rule (:func:`better`); True/False forces it. ``store=False``
-    (``--dry-run``) trains and compares, and stores nothing."""
+    (``--dry-run``) trains and compares, and stores nothing. ``model_cache``: where the encoders' exports live
+    (``VYBE_MODEL_CACHE``); ``second_band``: the workers' second opinion band (``VYBE_SECOND_OPINION_BAND``), so
+    that the new model is measured as the workers would run it."""
     import asyncio
 
     from moderation.scorers import load_scorer
@@ -125,11 +128,13 @@ async def retrain(pool: asyncpg.Pool, current: Scorer, kind: str, policy: Policy
     rows = base + train_part
     weights = [1.0] * len(base) + [DECISION_WEIGHT] * len(train_part)
     version = await next_version(pool)
+    second = getattr(getattr(current, "second", None), "encoder", None)  # the cascade's MPNet encoder, reused
     bundle = await asyncio.to_thread(training.train_bundle, rows, version=version, weights=weights,
-                                     embedded=kind != "light")
+                                     embedded=kind != "light", second_encoder=second, model_cache=model_cache)
 
     def compare() -> tuple[dict[str, Any], dict[str, Any]]:
-        new = load_scorer(kind, bundle=bundle, encoder=encoder_of(current))
+        new = load_scorer(kind, bundle=bundle, encoder=encoder_of(current), model_cache=model_cache,
+                          second_band=second_band)
         evaluation = load_rows(independent) if independent is not None and independent.exists() else []
         return ({"version": current.version, "held_out": measure(current, test_part, policy),
                  "independent": measure(current, evaluation, policy)},

@@ -296,7 +296,8 @@ class Worker:
         try:
             self.scorer = await active.load_active(
                 self.pool, self.settings.scorer, version, current=self.scorer,
-                backend=self.settings.embedded_backend, cache_dir=self.settings.model_cache)
+                backend=self.settings.embedded_backend, cache_dir=self.settings.model_cache,
+                second_band=self.settings.second_opinion_band)
         except active.KindMismatch as err:
             log.warning("%s: keeping %s", err, previous)
             return False

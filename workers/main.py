@@ -51,7 +51,7 @@ async def _main(settings: Settings) -> None:
     try:
         scorer = load_scorer(settings.scorer, detoxify_checkpoint=settings.detoxify_checkpoint,
                              detoxify_hf_dir=settings.detoxify_hf_dir, embedded_backend=settings.embedded_backend,
-                             model_cache=settings.model_cache)
+                             model_cache=settings.model_cache, second_band=settings.second_opinion_band)
     except ScorerError as err:
         raise SettingsError("VYBE_SCORER", str(err)) from err
     policy = build_policy(settings, scorer)

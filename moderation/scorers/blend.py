@@ -19,6 +19,8 @@ from .base import LABELS, SIGNALS, ScorerLoadError, clamp01, logit
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import numpy as np
+
     from .base import Scorer
     from .embedded import EmbeddedScorer
     from .light import LightScorer
@@ -47,14 +49,20 @@ def check_blend_head(head: Any, inputs: tuple[str, ...]) -> tuple[str, ...]:
         targets = LABELS + tuple(head.get("signals", ()))
         if not set(targets) - set(LABELS) <= set(SIGNALS):
             raise ScorerLoadError(f"blend head has unknown signals {head['signals']}")
-        for t in targets:
-            h = head["heads"][t]
-            if len(h["embedded"]) != len(inputs) or len(h["light"]) != len(inputs):
-                raise ScorerLoadError(f"blend head for {t!r} has weights of the wrong width")
-            float(h["b"]), float(h["calib"]["a"]), float(h["calib"]["c"]), float(h["calib"]["t"])
+        _check_stack(head["heads"], targets, ("embedded", "light"), len(inputs), "blend head")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ScorerLoadError(f"malformed blend head: {exc!r}") from exc
     return targets
+
+
+def _check_stack(heads: Any, targets: tuple[str, ...], inputs: tuple[str, ...], width: int, what: str) -> None:
+    """Per target: one weight list of ``width`` per input, a bias and a calibration (else KeyError & co., or
+    ScorerLoadError)."""
+    for t in targets:
+        h = heads[t]
+        if any(len(h[k]) != width for k in inputs):
+            raise ScorerLoadError(f"{what} for {t!r} has weights of the wrong width")
+        float(h["b"]), float(h["calib"]["a"]), float(h["calib"]["c"]), float(h["calib"]["t"])
 
 
 class StackedBlendScorer:
@@ -79,15 +87,95 @@ class StackedBlendScorer:
         self._c = np.asarray([h["calib"]["c"] for h in heads], dtype=np.float32)
         self._lt = np.asarray([logit(h["calib"]["t"]) for h in heads], dtype=np.float32)
 
+    def logits(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Both heads' raw logits and the stack's, each ``(len(texts), len(self.targets))``."""
+        import numpy as np
+
+        z_light = np.asarray([self.light.raw_logits(t) for t in texts], dtype=np.float32)
+        z_emb = self.embedded.raw_logits(texts)
+        return z_emb, z_light, z_emb @ self._we + z_light @ self._wl + self._b
+
+    def margins(self, z: np.ndarray) -> np.ndarray:
+        """Calibrated logits minus each target's threshold logit: 0 at the cut-off, in the calibration's units."""
+        return self._a * (z - self._c)
+
     def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Score a batch; one dict over LABELS and the blend head's signals per text."""
+        if not texts:
+            return []
+        from .embedded import sigmoid_array
+
+        probs = sigmoid_array(self.margins(self.logits(texts)[2]) + self._lt).tolist()
+        return [{t: clamp01(p) for t, p in zip(self.targets, row, strict=True)} for row in probs]
+
+
+def check_second_head(head: Any, targets: tuple[str, ...]) -> float:
+    """Validate a second opinion's stack against the blend's targets; return its band."""
+    try:
+        stack, band = head["stack"], float(head["band"])
+        if tuple(stack["inputs"]) != targets or not band >= 0:
+            raise ScorerLoadError(f"second opinion expects inputs {stack['inputs']} (band {band}), the blend "
+                                  f"gives {targets}")
+        _check_stack(stack["heads"], targets, ("embedded", "light", "second"), len(targets), "second opinion's stack")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ScorerLoadError(f"malformed second opinion head: {exc!r}") from exc
+    return band
+
+
+class CascadeScorer:
+    """The stacked blend on every text; a second opinion on the texts it is unsure of (the default since 2026.12.11).
+
+    A text is unsure when, for some target, the blend's calibrated logit lies within ``band`` of that target's
+    cut-off. Those texts are scored again: the MPNet head's logits (``second``, an :class:`EmbeddedScorer` on
+    ``mpnet.py``'s encoder) and the fast heads' go into one more stack, calibrated the same way, whose scores
+    replace the blend's (the shipped stack weighs the light head and MPNet; its MiniLM weights are zero, see
+    ``train.Recipe.second_inputs``). ``routed`` / ``scored`` count texts since start (the benchmark reads them).
+    """
+
+    labels: tuple[str, ...] = LABELS
+
+    def __init__(self, blend: StackedBlendScorer, second: EmbeddedScorer, head: dict[str, Any], version: str,
+                 band: float | None = None) -> None:
+        if second.targets != blend.targets:
+            raise ScorerLoadError(f"second opinion's targets {second.targets} are not the blend's {blend.targets}")
+        trained = check_second_head(head, blend.targets)
+        self.band = trained if band is None else band
+        """The head's band (chosen in training) unless the operator set one (``VYBE_SECOND_OPINION_BAND``)."""
+        self.blend, self.second = blend, second
+        self.embedded, self.light, self.targets = blend.embedded, blend.light, blend.targets
+        self.name = f"vybe-cascade({blend.name}; {second.name})"
+        self.version = version
+        self.routed = self.scored = 0
+        import numpy as np
+
+        heads = [head["stack"]["heads"][t] for t in self.targets]
+        self._we, self._wl, self._ws = (np.asarray([h[k] for h in heads], dtype=np.float32).T
+                                        for k in ("embedded", "light", "second"))
+        self._b = np.asarray([h["b"] for h in heads], dtype=np.float32)
+        self._a = np.asarray([h["calib"]["a"] for h in heads], dtype=np.float32)
+        self._c = np.asarray([h["calib"]["c"] for h in heads], dtype=np.float32)
+        self._lt = np.asarray([logit(h["calib"]["t"]) for h in heads], dtype=np.float32)
+        if not np.allclose(self._lt, blend._lt):
+            raise ScorerLoadError("the second opinion's thresholds are not the blend's")
+        second.raw_logits(["warming up"])  # builds the one-thread session of small batches now, not on a first post
+
+    def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """Score a batch; one dict over LABELS and the signals per text."""
         if not texts:
             return []
         import numpy as np
 
         from .embedded import sigmoid_array
 
-        z_light = np.asarray([self.light.raw_logits(t) for t in texts], dtype=np.float32)
-        z = self.embedded.raw_logits(texts) @ self._we + z_light @ self._wl + self._b
-        probs = sigmoid_array(self._a * (z - self._c) + self._lt).tolist()
+        z_emb, z_light, z = self.blend.logits(texts)
+        margins = self.blend.margins(z)
+        unsure = np.flatnonzero((np.abs(margins) < self.band).any(axis=1))
+        if unsure.size:
+            z_sec = self.second.raw_logits([texts[int(i)] for i in unsure])
+            z3 = z_emb[unsure] @ self._we + z_light[unsure] @ self._wl + z_sec @ self._ws + self._b
+            margins = margins.copy()
+            margins[unsure] = self._a * (z3 - self._c)
+        self.routed += int(unsure.size)
+        self.scored += len(texts)
+        probs = sigmoid_array(margins + self._lt).tolist()
         return [{t: clamp01(p) for t, p in zip(self.targets, row, strict=True)} for row in probs]

