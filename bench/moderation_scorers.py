@@ -74,6 +74,24 @@ def bench_scorer(scorer: Any, short: list[str], long_: list[str], n: dict[str, i
     return out
 
 
+def bench_bands(cascade: Any, short: list[str], bands: Sequence[float], rounds: int) -> dict[str, Any]:
+    """The cascade's batch-64 short-post rate and routed share at each band, the bands interleaved per round
+    (medians over ``rounds``)."""
+    trained, out = cascade.band, {}
+    rates: dict[float, list[float]] = {b: [] for b in bands}
+    try:
+        for _ in range(rounds):
+            for band in bands:
+                cascade.band, cascade.routed, cascade.scored = band, 0, 0
+                rates[band].append(rate(cascade.score, short, 64))
+                out[str(band)] = {"routed_share": round(cascade.routed / max(cascade.scored, 1), 3)}
+    finally:
+        cascade.band = trained
+    for band, got in rates.items():
+        out[str(band)]["short_batch64_median"] = sorted(got)[len(got) // 2]
+    return out
+
+
 def bench_embedded_backends(evals: list[str], short: list[str], long_: list[str], n: dict[str, int],
                             rounds: int) -> dict[str, Any]:
     """The embedded scorer's encoders (ONNX int8, ONNX fp32, PyTorch fp32; one head), interleaved rounds of
@@ -153,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="fewer texts (about a minute)")
     ap.add_argument("--skip-detoxify", action="store_true")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved encoder rounds (default 5)")
+    ap.add_argument("--bands", type=float, nargs="*", default=(),
+                    help="also the cascade's short-post rate at each of these second opinion bands (0: off), "
+                         "interleaved over --rounds")
     args = ap.parse_args(argv)
     n = ({"batched": 128, "single": 32, "long": 64, "detox": 64, "detox_single": 8, "agree": 64} if args.quick else
          {"batched": 512, "single": 128, "long": 128, "detox": 128, "detox_single": 16, "agree": 10_000})
@@ -177,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         if hasattr(scorer, "blend"):  # the cascade: its stacked blend alone too
             report["scorers"][f"{kind} without the second opinion ({scorer.blend.name})"] = bench_scorer(
                 scorer.blend, short, long_, n)
+            if args.bands:
+                report["cascade_bands"] = bench_bands(scorer, short[:n["batched"]], args.bands, args.rounds)
     try:
         report["embedded_backends"] = bench_embedded_backends(evals, short, long_, n, args.rounds)
     except (ImportError, ScorerError) as exc:

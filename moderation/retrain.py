@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,8 +130,12 @@ async def retrain(pool: asyncpg.Pool, current: Scorer, kind: str, policy: Policy
     weights = [1.0] * len(base) + [DECISION_WEIGHT] * len(train_part)
     version = await next_version(pool)
     second = getattr(getattr(current, "second", None), "encoder", None)  # the cascade's MPNet encoder, reused
+    # the second opinion only where the workers would use it: the blend, not turned off
+    recipe = replace(training.RECIPE, second_opinion=training.RECIPE.second_opinion and kind == "blend"
+                     and second_band != 0)
     bundle = await asyncio.to_thread(training.train_bundle, rows, version=version, weights=weights,
-                                     embedded=kind != "light", second_encoder=second, model_cache=model_cache)
+                                     embedded=kind != "light", second_encoder=second, model_cache=model_cache,
+                                     recipe=recipe)
 
     def compare() -> tuple[dict[str, Any], dict[str, Any]]:
         new = load_scorer(kind, bundle=bundle, encoder=encoder_of(current), model_cache=model_cache,

@@ -23,7 +23,6 @@ Importing this package never imports torch; the heavy modules load lazily.
 from __future__ import annotations
 
 import logging
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,19 +91,20 @@ def _blend(embedded: EmbeddedScorer, light: LightScorer, bundle: dict[str, Any] 
         log.info("second opinion off (VYBE_SECOND_OPINION_BAND=0): the stacked blend scores every text")
         return blend
     from . import mpnet
-    from .embedded import EmbeddedScorer
+    from .blend import check_second_head
+    from .embedded import EmbeddedScorer, check_head
 
+    check_head(second, "second opinion")  # a malformed head is an error, as for the other heads
+    check_second_head(second, blend.targets)
     try:
         cfg = second["encoder"]
         encoder = mpnet.load_encoder(cache_dir, str(cfg["quantize"]), int(cfg["max_length"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ScorerLoadError(f"malformed second opinion head: {exc!r}") from exc
-    except (ScorerError, OSError, zipfile.BadZipFile) as exc:  # the extra missing, a failed unpack or export
+        return CascadeScorer(blend, EmbeddedScorer(head=second, encoder=encoder), second,
+                             version=str(second["version"]), band=second_band)
+    except Exception as exc:  # noqa: BLE001 - the extra missing, a failed unpack or export, the runtime: run without
         log.warning("second opinion unavailable (%s: %s); the stacked blend alone scores every text",
                     type(exc).__name__, exc)
         return blend
-    return CascadeScorer(blend, EmbeddedScorer(head=second, encoder=encoder), second, version=str(second["version"]),
-                         band=second_band)
 
 
 def shipped_bundle() -> dict[str, Any]:

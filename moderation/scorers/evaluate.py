@@ -195,13 +195,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--errors", type=int, default=0, help="list the N worst misses and false positives")
     ap.add_argument("--quotes", action="store_true",
                     help="also: recall on the harmful texts wrapped in quotes (evasion by quoting)")
+    ap.add_argument("--second-opinion-band", type=float, default=None,
+                    help="the blend's second opinion band, as VYBE_SECOND_OPINION_BAND (0: the stacked blend alone)")
     args = ap.parse_args(argv)
+    if args.second_opinion_band is not None and not args.second_opinion_band >= 0:
+        ap.error("--second-opinion-band: 0 (off) or more")
     try:
         thresholds = parse_thresholds(args.thresholds)[0]
     except PolicyError as err:
         ap.error(str(err))
     scorer = load_scorer(args.scorer, detoxify_checkpoint=args.detoxify_checkpoint,
-                         detoxify_hf_dir=args.detoxify_hf_dir, detoxify_fast=args.fast)
+                         detoxify_hf_dir=args.detoxify_hf_dir, detoxify_fast=args.fast,
+                         second_band=args.second_opinion_band)
     rows = load_rows(args.data)
     report = evaluate(scorer, rows, thresholds, args.errors)
     if args.quotes:

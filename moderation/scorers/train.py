@@ -195,8 +195,9 @@ def embed(texts: Sequence[str], encoder: Encoder | None = None, cache: Path | No
     embeddings' tag and the text) skips texts seen before."""
     mode = encoder.quantize if encoder is not None else quantize or str(ENCODER_CFG["quantize"])
     tag = embedding_tag(mode, getattr(encoder, "finetune", None))
-    if getattr(encoder, "model", None):  # another encoder than MiniLM (the second opinion's)
-        tag = f"{encoder.model}-{tag}"  # type: ignore[union-attr]
+    model = getattr(encoder, "model", None)
+    if isinstance(model, str):  # another encoder than MiniLM, named (the second opinion's "mpnet")
+        tag = f"{model}-{tag}"
     keys = [hashlib.sha1(f"{tag}\n{t}".encode()).hexdigest() for t in texts]
     known: dict[str, np.ndarray] = {}
     if cache is not None and cache.is_file():
@@ -493,7 +494,7 @@ def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Seque
         if encoder is None:
             from .embedded import load_encoder
 
-            encoder = load_encoder(str(ENCODER_CFG["quantize"]), finetune=shipped_finetune())
+            encoder = load_encoder(str(ENCODER_CFG["quantize"]), finetune=shipped_finetune(), cache_dir=model_cache)
         x_emb = embed(texts, encoder, cache)
     x_second = None
     if x_emb is not None and recipe.second_opinion and recipe.stack:

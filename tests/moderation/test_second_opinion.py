@@ -132,18 +132,23 @@ def test_an_operator_band_overrides_the_heads(bundle: dict[str, Any], monkeypatc
     assert type(off) is StackedBlendScorer and len(loads) == 1
 
 
-def test_without_the_extra_the_blend_scores_alone(bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("error", [ScorerUnavailableError("the second opinion needs the 'mpnet' extra"),
+                                   OSError("No space left on device"), RuntimeError("ONNX export failed")],
+                         ids=["extra missing", "unpack failed", "export failed"])
+def test_without_mpnet_the_blend_scores_alone(bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture, error: Exception) -> None:
+    """Whatever keeps MPNet from loading (the extra missing, an unpack, an export), the worker runs on the blend."""
     from moderation.scorers import mpnet
     from moderation.scorers.blend import StackedBlendScorer
 
-    def missing(*args: Any, **kwargs: Any) -> Any:
-        raise ScorerUnavailableError("the second opinion needs the 'mpnet' extra")
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise error
 
-    monkeypatch.setattr(mpnet, "load_encoder", missing)
+    monkeypatch.setattr(mpnet, "load_encoder", failing)
     with caplog.at_level(logging.WARNING):
         scorer = load_scorer("blend", bundle=bundle, encoder=_Fake(384))
-    assert type(scorer) is StackedBlendScorer and "second opinion unavailable" in caplog.text
+    assert type(scorer) is StackedBlendScorer
+    assert "second opinion unavailable" in caplog.text and str(error) in caplog.text
     assert len(scorer.score(TEXTS)) == len(TEXTS)
 
 
