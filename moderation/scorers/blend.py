@@ -122,6 +122,14 @@ def check_second_head(head: Any, targets: tuple[str, ...]) -> float:
     return band
 
 
+def unsure_rows(margins: np.ndarray, band: float) -> np.ndarray:
+    """The cascade's rule: rows with some target's margin (calibrated logit minus its threshold's, see
+    :meth:`StackedBlendScorer.margins`) within ``band`` of 0. Training measures with the same function."""
+    import numpy as np
+
+    return np.asarray((np.abs(margins) < band).any(axis=1))
+
+
 class CascadeScorer:
     """The stacked blend on every text; a second opinion on the texts it is unsure of (the default since 2026.12.11).
 
@@ -169,7 +177,7 @@ class CascadeScorer:
 
         z_emb, z_light, z = self.blend.logits(texts)
         margins = self.blend.margins(z)
-        unsure = np.flatnonzero((np.abs(margins) < self.band).any(axis=1))
+        unsure = np.flatnonzero(unsure_rows(margins, self.band))
         if unsure.size:
             z_sec = self.second.raw_logits([texts[int(i)] for i in unsure])
             z3 = z_emb[unsure] @ self._we + z_light[unsure] @ self._wl + z_sec @ self._ws + self._b

@@ -42,6 +42,7 @@ from sklearn.model_selection import GroupKFold
 from moderation.policy import DEFAULT_FLAG
 
 from .base import DATA_DIR, LABELS, SIGNALS, ScorerError
+from .blend import unsure_rows
 from .embedded import HEAD_PATH, ROWWISE_INT8, shipped_finetune
 from .finetune import FINETUNE, FINETUNE_PREFIX, FinetuneRecipe, finetune_name
 from .light import LIGHT_HEAD_PATH
@@ -89,8 +90,8 @@ class Recipe:
     quote_copies: bool = True
     """Train on quoted copies of half the rows too (:func:`with_quote_copies`)."""
     second_opinion: bool = True
-    """Fit the second opinion (2026.12.11 on): an MLP head over MPNet embeddings (``mpnet.py``), stacked with both
-    fast heads' logits and calibrated like the blend; the cascade gives it the texts the blend is unsure of."""
+    """Fit the second opinion (2026.12.11 on): an MLP head over MPNet embeddings (``mpnet.py``), stacked with the
+    heads of ``second_inputs`` and calibrated like the blend; the cascade gives it the texts the blend is unsure of."""
     second_inputs: tuple[str, ...] = ("light", "second")
     """The heads whose out-of-fold logits the second opinion's stack reads (of ``STACK_INPUTS``; the JSON keeps all
     three, an unused one with zero weights). Not the fine-tuned MiniLM head: its out-of-fold logits come from an
@@ -563,7 +564,7 @@ def unsure(z: np.ndarray, calib: dict[str, dict[str, float]], band: float) -> np
     the texts the cascade gives to the second opinion (same rule as ``blend.CascadeScorer``)."""
     a = np.array([calib[t]["a"] for t in TARGETS])
     c = np.array([calib[t]["c"] for t in TARGETS])
-    return np.asarray((np.abs(a * (z - c)) < band).any(axis=1))
+    return unsure_rows(a * (z - c), band)
 
 
 def _held_out_probs(parts: dict[str, Any], texts: Sequence[str], x_emb: np.ndarray,
