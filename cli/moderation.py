@@ -5,6 +5,8 @@
 - ``promote VERSION``: make a stored model active anyway; ``rollback``: back to the one the active
   model replaced (or the shipped heads); ``models``: every stored model.
 - ``stats``: per-label precision and recall of the model's flags by moderators' decisions.
+- ``prepare``: load the scorer as ``vybe worker`` does, so every model it needs is exported into the model cache
+  now (an image build runs it, see ``deploy/Dockerfile``); needs no database.
 """
 
 from __future__ import annotations
@@ -55,13 +57,26 @@ def add_parser(sub: Any) -> None:
     stats = mod.add_parser("stats", help="per-label precision and recall of model flags, by moderators' decisions")
     stats.add_argument("--window", type=parse_window, default=parse_window("30d"),
                        help="how far back (90s, 30m, 24h, 7d; default 30d)")
+    prepare = mod.add_parser("prepare", help="export the worker's models into the model cache now (image builds)")
+    prepare.add_argument("--slim", action="store_true",
+                         help="then delete the fp32 exports the int8 models were derived from (an image needs only "
+                              "the int8 ones)")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Dispatch ``vybe moderation ...``; exit 1 with one line on a refusal."""
     from db.writes.errors import WriteError
     from moderation.retrain import RetrainError
+    from moderation.scorers import ScorerError
 
+    if args.moderation_command == "prepare":
+        try:
+            result = prepare(settings, slim=args.slim)
+        except ScorerError as err:
+            print(f"vybe moderation prepare: {err}", file=sys.stderr)
+            return 1
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
     command: Callable[[asyncpg.Pool], Awaitable[Any]] = {
         "retrain": lambda pool: _retrain(settings, pool, args),
         "rollback": _rollback, "promote": lambda pool: _promote(pool, args.version), "models": _models,
@@ -74,6 +89,52 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(msgspec.to_builtins(result), indent=2, ensure_ascii=False))
     return 0
+
+
+def prepare(settings: Settings, slim: bool = False) -> dict[str, Any]:
+    """Load the scorer exactly as ``vybe worker`` does (which exports what the first directory of
+    ``VYBE_MODEL_CACHE`` lacks); report the scorer, the warnings a worker would log, and the cache's files.
+    ``slim``: delete the fp32 exports whose int8 model is there (loading reads only the int8 one)."""
+    import logging
+
+    from moderation.scorers import load_scorer
+    from moderation.scorers.onnx_encoder import cache_dirs
+    from moderation.scorers.onnx_int8 import int8_path
+
+    class _Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    collect, logger = _Collect(), logging.getLogger("moderation")
+    logger.addHandler(collect)
+    try:
+        scorer = load_scorer(settings.scorer, detoxify_checkpoint=settings.detoxify_checkpoint,
+                             detoxify_hf_dir=settings.detoxify_hf_dir, embedded_backend=settings.embedded_backend,
+                             model_cache=settings.model_cache, second_band=settings.second_opinion_band)
+    finally:
+        logger.removeHandler(collect)
+    directory, read_only = cache_dirs(settings.model_cache)
+    removed = []
+    if slim and directory.is_dir():
+        for path in sorted(directory.glob("*.onnx")):
+            if int8_path(path).is_file():
+                path.unlink()
+                removed.append(path.name)
+    files = sorted(directory.iterdir()) if directory.is_dir() else []
+    return {"scorer": scorer.name, "version": scorer.version,
+            "second_opinion": hasattr(scorer, "routed"), "warnings": collect.messages,
+            "cache": str(directory), "read_only": [str(d) for d in read_only],
+            "files": {p.name: round(_size(p) / 2**20, 1) for p in files if not p.name.startswith(".")},
+            "removed": removed}
+
+
+def _size(path: Any) -> int:
+    """Bytes in a file, or in every file under a directory."""
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 async def _with_pool(settings: Settings, command: Callable[[asyncpg.Pool], Awaitable[Any]]) -> Any:

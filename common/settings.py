@@ -111,7 +111,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     embedded_backend: str = "auto"
     """auto (ONNX Runtime, else PyTorch) | onnx | torch: how the embedded scorer runs MiniLM."""
     model_cache: str | None = None
-    """Where the embedded scorer keeps its one-time ONNX export; unset: ~/.cache/vybe/models."""
+    """Where the scorers keep their one-time ONNX exports; unset: ~/.cache/vybe/models. A list like PATH: the first
+    directory is written, the others (models made ahead, e.g. the image's) only read."""
     detoxify_checkpoint: str | None = None
     detoxify_hf_dir: str | None = None
     moderation_mode: str = "auto"

