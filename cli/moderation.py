@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,9 @@ def add_parser(sub: Any) -> None:
     prepare.add_argument("--slim", action="store_true",
                          help="then delete the fp32 exports the int8 models were derived from (an image needs only "
                               "the int8 ones)")
+    prepare.add_argument("--check", action="store_true",
+                         help="exit 1 unless every model the installed extras allow loaded (ONNX encoders, the "
+                              "second opinion) and, with read-only directories, nothing had to be exported")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -76,7 +80,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"vybe moderation prepare: {err}", file=sys.stderr)
             return 1
         print(json.dumps(result, indent=2, ensure_ascii=False))
-        return 0
+        for problem in result["problems"] if args.check else ():
+            print(f"vybe moderation prepare --check: {problem}", file=sys.stderr)
+        return 1 if args.check and result["problems"] else 0
     command: Callable[[asyncpg.Pool], Awaitable[Any]] = {
         "retrain": lambda pool: _retrain(settings, pool, args),
         "rollback": _rollback, "promote": lambda pool: _promote(pool, args.version), "models": _models,
@@ -110,6 +116,8 @@ def prepare(settings: Settings, slim: bool = False) -> dict[str, Any]:
             self.messages.append(record.getMessage())
 
     collect, logger = _Collect(), logging.getLogger("moderation")
+    directory, read_only = cache_dirs(settings.model_cache)
+    before = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
     logger.addHandler(collect)
     try:
         scorer = load_scorer(settings.scorer, detoxify_checkpoint=settings.detoxify_checkpoint,
@@ -117,7 +125,6 @@ def prepare(settings: Settings, slim: bool = False) -> dict[str, Any]:
                              model_cache=settings.model_cache, second_band=settings.second_opinion_band)
     finally:
         logger.removeHandler(collect)
-    directory, read_only = cache_dirs(settings.model_cache)
     removed = []
     if slim and directory.is_dir():
         for path in sorted(directory.glob("*.onnx")):
@@ -125,11 +132,37 @@ def prepare(settings: Settings, slim: bool = False) -> dict[str, Any]:
                 path.unlink()
                 removed.append(path.name)
     files = sorted(directory.iterdir()) if directory.is_dir() else []
+    written = sorted(p.name for p in files if p.name not in before)
     return {"scorer": scorer.name, "version": scorer.version,
             "second_opinion": hasattr(scorer, "routed"), "warnings": collect.messages,
             "cache": str(directory), "read_only": [str(d) for d in read_only],
             "files": {p.name: round(_size(p) / 2**20, 1) for p in files if not p.name.startswith(".")},
-            "removed": removed}
+            "removed": removed, "problems": _problems(settings, scorer, bool(read_only), written)}
+
+
+def _problems(settings: Settings, scorer: Any, made_ahead: bool, written: list[str]) -> list[str]:
+    """What ``--check`` fails on: a model the installed extras allow that did not load as a worker needs it, or
+    (with read-only directories) anything exported into the writable one."""
+    import importlib.util
+
+    from moderation.active import encoder_of
+    from moderation.scorers import ScorerUnavailableError, mpnet, shipped_bundle
+
+    out = []
+    if settings.scorer in ("blend", "embedded") and all(importlib.util.find_spec(m) for m in ("torch", "onnxruntime")):
+        encoder = encoder_of(scorer)
+        if getattr(encoder, "backend", None) != "onnx":
+            out.append(f"the {settings.scorer} scorer did not load its ONNX encoder (got {scorer.name})")
+    if settings.scorer == "blend" and settings.second_opinion_band != 0 and "second" in shipped_bundle():
+        try:
+            installed = bool(os.environ.get(mpnet.DIR_ENV)) or bool(mpnet._parts())
+        except ScorerUnavailableError:
+            installed = False
+        if installed and not hasattr(scorer, "routed"):
+            out.append("the second opinion is installed but did not load")
+    if made_ahead and written:
+        out.append(f"exported {written} although read-only model directories were given: not made ahead")
+    return out
 
 
 def _size(path: Any) -> int:

