@@ -9,7 +9,10 @@ Setup (all torn down at the end): a scratch database on the local PostgreSQL
 ``VYBE_REDIS_PREFIX`` on the local Redis (its keys deleted), one gateway and one
 worker started as subprocesses (``python -m cli gateway|worker``).
 ``--thresholds toxicity=0:1`` (the default) flags every post so every post
-reaches ``mod:flagged``; with a realistic policy only flagged posts are timed.
+reaches ``mod:flagged``; with a realistic policy only flagged posts are timed. The default
+scorer's second opinion (MPNet) is routed by the worker's thresholds: a post flagged by
+``toxicity=0`` decides nothing, so only the care signal routes any; ``--thresholds
+toxicity=0.8`` (the default policy) times the flagged posts, the second opinion included.
 ``--worker-batch`` / ``--worker-block-ms`` take comma lists: every combination
 gets its own worker and its own runs. Prints one JSON report.
 """
@@ -253,6 +256,10 @@ async def batch_sizes(dsn: str, since: float, until: float) -> dict[str, Any]:
             "max": sizes[-1]}
 
 
+WARM_UP = "warm-up post: you are a worthless pathetic idiot and everyone hates you"
+"""Flagged under the default thresholds too, so ``--thresholds`` may be a realistic policy."""
+
+
 async def warm_up(posters: list[ClientConnection], phase_of: list[Phase], timeout_s: float) -> float:
     """Post until the first item comes back on mod:flagged (worker loaded); returns seconds waited."""
     phase = Phase()
@@ -261,7 +268,7 @@ async def warm_up(posters: list[ClientConnection], phase_of: list[Phase], timeou
     k, run = 0, uuid.uuid4().hex[:8]
     while not phase.flagged and time.perf_counter() - t0 < timeout_s:
         phase.sent[f"warm-{run}-{k}"] = time.perf_counter()
-        await posters[0].send(json.dumps({"type": "post_vybe", "id": f"warm-{run}-{k}", "content": "warm-up post"}))
+        await posters[0].send(json.dumps({"type": "post_vybe", "id": f"warm-{run}-{k}", "content": WARM_UP}))
         k += 1
         await asyncio.sleep(1.0)
     if not phase.flagged:

@@ -46,11 +46,21 @@ RESCORE_LOCK = 7354003
 Entry = tuple[str, dict[bytes, bytes]]
 
 
+def route_by_policy(scorer: Any, policy: Policy) -> None:
+    """A cascade sends a text to its second opinion when a decision on it is close: measure that from the
+    thresholds this worker decides with (``VYBE_MODERATION_THRESHOLDS``, ``VYBE_CARE_THRESHOLD``), not only the
+    trained ones."""
+    route = getattr(scorer, "route_by", None)
+    if route is not None:
+        route({**policy.flag, SELF_HARM_RISK: policy.care})
+
+
 class Worker:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: redisconn.Client, scorer: Scorer,
                  policy: Policy, name: str) -> None:
         self.settings, self.pool, self.redis = settings, pool, redis
         self.scorer, self.policy, self.name = scorer, policy, name
+        route_by_policy(scorer, policy)
         self.model: str | None = None
         """The stored model in use (``moderation_models``); None: the heads shipped in the package."""
         self.rescore_pending = True
@@ -304,6 +314,7 @@ class Worker:
         except ScorerError as err:
             log.error("model %s cannot be loaded (%s): keeping %s", version, err, previous)
             return False
+        route_by_policy(self.scorer, self.policy)
         log.info("model %s %s is active (was %s)", self.scorer.name, self.scorer.version, previous)
         self.rescore_pending = True
         return True

@@ -12,12 +12,13 @@ per-label mean, remains for heads trained without a blend head. The light head c
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from .base import LABELS, SIGNALS, ScorerLoadError, clamp01, logit
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     import numpy as np
 
@@ -123,21 +124,31 @@ def check_second_head(head: Any, targets: tuple[str, ...]) -> float:
 
 
 def unsure_rows(margins: np.ndarray, band: float) -> np.ndarray:
-    """The cascade's rule: rows with some target's margin (calibrated logit minus its threshold's, see
-    :meth:`StackedBlendScorer.margins`) within ``band`` of 0. Training measures with the same function."""
+    """The cascade's rule: rows where a second opinion could change a decision, i.e. where the margin that
+    decides it (calibrated logit minus its threshold's, see :meth:`StackedBlendScorer.margins`) lies within
+    ``band`` of 0. A text is flagged when *any* policy label reaches its threshold, so that decision turns on the
+    highest label margin (the first ``len(LABELS)`` columns); each signal after them (``self_harm_risk``) is a
+    decision of its own. A text flagged far above the cut-off on one label keeps the blend's scores even when
+    another label sits near its own cut-off: before 2026.12.12 any label near its cut-off routed the text, which
+    sent most clearly harmful posts to MPNet (18 % of the benchmark's short posts at band 1.5, against 4 % now,
+    measured in one sitting). The cut-offs are the trained ones unless :meth:`CascadeScorer.route_by` moves them.
+    Training measures with the same function."""
     import numpy as np
 
-    return np.asarray((np.abs(margins) < band).any(axis=1))
+    n = len(LABELS)
+    flag = np.abs(margins[:, :n].max(axis=1)) < band
+    return np.asarray(flag | (np.abs(margins[:, n:]) < band).any(axis=1))
 
 
 class CascadeScorer:
     """The stacked blend on every text; a second opinion on the texts it is unsure of (the default since 2026.12.11).
 
-    A text is unsure when, for some target, the blend's calibrated logit lies within ``band`` of that target's
-    cut-off. Those texts are scored again: the MPNet head's logits (``second``, an :class:`EmbeddedScorer` on
-    ``mpnet.py``'s encoder) and the fast heads' go into one more stack, calibrated the same way, whose scores
-    replace the blend's (the shipped stack weighs the light head and MPNet; its MiniLM weights are zero, see
-    ``train.Recipe.second_inputs``). ``routed`` / ``scored`` count texts since start (the benchmark reads them).
+    A text is unsure when a decision on it (flagged or not, care or not) turns on a calibrated logit within
+    ``band`` of its cut-off (:func:`unsure_rows`). Those texts are scored again: the MPNet head's logits
+    (``second``, an :class:`EmbeddedScorer` on ``mpnet.py``'s encoder) and the fast heads' go into one more
+    stack, calibrated the same way, whose scores replace the blend's (the shipped stack weighs the light head and
+    MPNet; its MiniLM weights are zero, see ``train.Recipe.second_inputs``). ``routed`` / ``scored`` count texts
+    since start (the benchmark reads them).
     """
 
     labels: tuple[str, ...] = LABELS
@@ -165,7 +176,24 @@ class CascadeScorer:
         self._lt = np.asarray([logit(h["calib"]["t"]) for h in heads], dtype=np.float32)
         if not np.allclose(self._lt, blend._lt):
             raise ScorerLoadError("the second opinion's thresholds are not the blend's")
-        second.raw_logits(["warming up"])  # builds the one-thread session of small batches now, not on a first post
+        self._shift = np.zeros_like(self._lt)
+        """Per target, the trained cut-off's logit minus the one decisions are made at (:meth:`route_by`)."""
+        second.raw_logits(["warming up"])  # loads the session now, not on a first post
+
+    def route_by(self, thresholds: Mapping[str, float]) -> None:
+        """Route by the cut-offs decisions are made at: the worker's policy (its flag thresholds, and the care
+        threshold under ``self_harm_risk``), which an operator may move away from the trained ones. A target's
+        threshold above 1 never fires, so it decides nothing; one not given keeps the trained cut-off."""
+        import numpy as np
+
+        cut = []
+        for target, trained in zip(self.targets, self._lt, strict=True):
+            limit = thresholds.get(target)
+            if limit is None:
+                cut.append(float(trained))
+            else:
+                cut.append(math.inf if limit > 1 else -math.inf if limit <= 0 else logit(limit))
+        self._shift = self._lt - np.asarray(cut, dtype=np.float32)
 
     def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Score a batch; one dict over LABELS and the signals per text."""
@@ -177,7 +205,7 @@ class CascadeScorer:
 
         z_emb, z_light, z = self.blend.logits(texts)
         margins = self.blend.margins(z)
-        unsure = np.flatnonzero(unsure_rows(margins, self.band))
+        unsure = np.flatnonzero(unsure_rows(margins + self._shift, self.band))
         if unsure.size:
             z_sec = self.second.raw_logits([texts[int(i)] for i in unsure])
             z3 = z_emb[unsure] @ self._we + z_light[unsure] @ self._wl + z_sec @ self._ws + self._b

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from .embedded import Encoder
 
 log = logging.getLogger(__name__)
-VERSION = "2026.12.11"  # bump whenever a head changes (2026.12.11: the MPNet second opinion and the cascade)
+VERSION = "2026.12.12"  # bump whenever a head or its scoring changes (.12: the .11 heads, routed by decisions)
 SEED = 13
 TARGETS: tuple[str, ...] = LABELS + SIGNALS
 THRESHOLDS: dict[str, float] = {**DEFAULT_FLAG, "self_harm_risk": 0.5}
@@ -99,8 +99,8 @@ class Recipe:
     three-group development measure, with it: cascade precision / recall 0.890 / 0.886, harmless flagged 7.6 %;
     without it: 0.919 / 0.883, 5.5 %)."""
     band: float = 1.5
-    """The cascade's uncertainty band: a text goes to the second opinion when, for some target, its blend logit
-    lies within this of the target's cut-off (calibrated units: ``a * (z - c)``)."""
+    """The cascade's uncertainty band: a text goes to the second opinion when a decision turns on a blend logit
+    within this of its cut-off (calibrated units: ``a * (z - c)``; the rule is ``blend.unsure_rows``)."""
 
 
 RECIPE = Recipe()
@@ -560,8 +560,8 @@ def cv_metrics(rows: Sequence[dict[str, Any]], probs: np.ndarray) -> dict[str, A
 
 
 def unsure(z: np.ndarray, calib: dict[str, dict[str, float]], band: float) -> np.ndarray:
-    """Rows (of raw logits ``z``) whose calibrated logit of some target is within ``band`` of its cut-off:
-    the texts the cascade gives to the second opinion (same rule as ``blend.CascadeScorer``)."""
+    """Rows (of raw logits ``z``) the cascade gives to the second opinion: :func:`blend.unsure_rows` on their
+    calibrated margins, the rule ``blend.CascadeScorer`` uses."""
     a = np.array([calib[t]["a"] for t in TARGETS])
     c = np.array([calib[t]["c"] for t in TARGETS])
     return unsure_rows(a * (z - c), band)

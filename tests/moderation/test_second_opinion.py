@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from moderation.scorers import ScorerLoadError, ScorerUnavailableError, load_scorer
+from moderation.scorers import LABELS, ScorerLoadError, ScorerUnavailableError, load_scorer
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -82,7 +82,9 @@ def test_only_unsure_texts_get_the_second_opinion(bundle: dict[str, Any], monkey
 
     scorer, second = _cascade(bundle, monkeypatch)
     z_emb, z_light, z = scorer.blend.logits(TEXTS)
-    nearest = np.abs(scorer.blend.margins(z)).min(axis=1)
+    m, n = scorer.blend.margins(z), len(LABELS)
+    # how near each text is to a decision: flagged or not (its highest label), care or not (the signal)
+    nearest = np.minimum(np.abs(m[:, :n].max(axis=1)), np.abs(m[:, n:]).min(axis=1))
     band = float(np.median(nearest))  # half the texts on each side: the test needs both kinds
     scorer, second = _cascade(bundle, monkeypatch, band=band)
     assert isinstance(scorer, CascadeScorer) and scorer.version == "test-cascade" and scorer.band == band
@@ -105,6 +107,46 @@ def test_only_unsure_texts_get_the_second_opinion(bundle: dict[str, Any], monkey
             c = h["calib"]
             want = 1 / (1 + np.exp(-(c["a"] * (z3 - c["c"]) + np.log(c["t"] / (1 - c["t"])))))
             assert got[i][t] == pytest.approx(float(want), abs=1e-4), (text, t)
+
+
+def test_only_a_margin_that_decides_something_routes_a_text() -> None:
+    """Flagged far above one cut-off, a text keeps the blend's scores however near another label's cut-off it is;
+    near the flag decision (its highest label) or the care one, it goes to the second opinion."""
+    from moderation.scorers.blend import unsure_rows
+
+    n = len(LABELS)
+    far = -4.0 * np.ones(n + 1)
+    rows = [far.copy() for _ in range(5)]
+    rows[0][0], rows[0][3] = 3.0, 0.2  # toxicity far above, threat near: the flag is decided
+    rows[1][3] = -0.4  # every label below, threat just under: could be flagged
+    rows[2][n] = 0.3  # the care signal near its cut-off
+    rows[3][0] = 0.5  # flagged just above: could be unflagged
+    # rows[4]: far from everything
+    assert unsure_rows(np.asarray(rows), 1.0).tolist() == [False, True, True, True, False]
+    assert unsure_rows(np.asarray(rows), 0.1).tolist() == [False, False, False, False, False]
+
+
+def test_routing_follows_the_thresholds_decisions_are_made_at(bundle: dict[str, Any],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator who moves the thresholds moves the decisions: the cascade measures unsure texts from the
+    policy's cut-offs (the worker passes them), and a threshold above 1 decides nothing."""
+    from moderation.policy import Policy
+    from moderation.scorers.blend import unsure_rows
+    from workers.consumer import route_by_policy
+
+    scorer, second = _cascade(bundle, monkeypatch, band=1.0)
+    scorer.route_by(dict.fromkeys(scorer.targets, 1.5))
+    second.texts.clear()  # the constructor's warm-up call
+    scorer.score(TEXTS)
+    assert scorer.routed == 0 and second.texts == []
+    route_by_policy(scorer, Policy(flag=dict.fromkeys(LABELS, 0.5), care=0.9))
+    calibrated = scorer.blend.margins(scorer.blend.logits(TEXTS)[2]) + scorer.blend._lt
+    cut = np.log(np.asarray([0.5] * len(LABELS) + [0.9]) / (1 - np.asarray([0.5] * len(LABELS) + [0.9])))
+    want = unsure_rows(calibrated - cut, 1.0)
+    assert want.any() and not want.all()  # the texts fall on both sides
+    assert want.tolist() != unsure_rows(scorer.blend.margins(scorer.blend.logits(TEXTS)[2]), 1.0).tolist()
+    scorer.score(TEXTS)
+    assert second.texts == [t for t, u in zip(TEXTS, want, strict=True) if u]
 
 
 def test_the_band_sets_how_many_texts_are_rescored(bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,7 +269,7 @@ def test_the_shipped_cascade_loads_the_real_model() -> None:
         pytest.skip("the mpnet extra is not installed")
     if not mpnet.HEAD_PATH.is_file():
         pytest.skip("these heads have no second opinion")
-    scorer = load_scorer("blend")
+    scorer = load_scorer("blend", second_band=5.0)  # wider than the shipped band: some of these texts are routed
     assert isinstance(scorer, CascadeScorer)
     got = scorer.score(TEXTS)
     assert scorer.routed > 0 and len(got) == len(TEXTS)
