@@ -122,3 +122,13 @@ class Policy(msgspec.Struct, frozen=True):
         if self.mode == "hide" and hide_labels and not care:
             return Decision("hide", reasons, hide_labels)
         return Decision("flag", reasons, hide_labels, care=care)
+
+
+def route_by_policy(scorer: object, policy: Policy) -> None:
+    """Point a cascade's routing at the cut-offs this policy decides with: its flag thresholds and, under
+    ``self_harm_risk``, its care threshold (``blend.CascadeScorer.route_by``; other scorers ignore it). The worker
+    calls it on every scorer it loads, ``vybe moderation retrain`` on both models it compares, ``evaluate`` with
+    ``--thresholds``: an operator who moves a threshold moves the decision the second opinion serves."""
+    route = getattr(scorer, "route_by", None)
+    if route is not None:
+        route({**policy.flag, SELF_HARM_RISK: policy.care})

@@ -138,8 +138,12 @@ async def retrain(pool: asyncpg.Pool, current: Scorer, kind: str, policy: Policy
                                      recipe=recipe)
 
     def compare() -> tuple[dict[str, Any], dict[str, Any]]:
+        from moderation.policy import route_by_policy
+
+        route_by_policy(current, policy)  # as the workers run them
         new = load_scorer(kind, bundle=bundle, encoder=encoder_of(current), model_cache=model_cache,
                           second_band=second_band)
+        route_by_policy(new, policy)
         evaluation = load_rows(independent) if independent is not None and independent.exists() else []
         return ({"version": current.version, "held_out": measure(current, test_part, policy),
                  "independent": measure(current, evaluation, policy)},

@@ -30,6 +30,7 @@ from db.outbox import Announcement
 from db.pool import UNREACHABLE, try_advisory_lock
 from db.writes._tx import in_transaction
 from moderation import active
+from moderation.policy import route_by_policy
 from moderation.scorers import ScorerError
 from workers import webhooks
 
@@ -44,15 +45,6 @@ GROUP = "scorers"
 SWEEP_LOCK = 7354001
 RESCORE_LOCK = 7354003
 Entry = tuple[str, dict[bytes, bytes]]
-
-
-def route_by_policy(scorer: Any, policy: Policy) -> None:
-    """A cascade sends a text to its second opinion when a decision on it is close: measure that from the
-    thresholds this worker decides with (``VYBE_MODERATION_THRESHOLDS``, ``VYBE_CARE_THRESHOLD``), not only the
-    trained ones."""
-    route = getattr(scorer, "route_by", None)
-    if route is not None:
-        route({**policy.flag, SELF_HARM_RISK: policy.care})
 
 
 class Worker:

@@ -12,6 +12,7 @@ per-label mean, remains for heads trained without a blend head. The light head c
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -124,15 +125,16 @@ def check_second_head(head: Any, targets: tuple[str, ...]) -> float:
 
 
 def unsure_rows(margins: np.ndarray, band: float) -> np.ndarray:
-    """The cascade's rule: rows where a second opinion could change a decision, i.e. where the margin that
-    decides it (calibrated logit minus its threshold's, see :meth:`StackedBlendScorer.margins`) lies within
+    """The cascade's rule: rows where a second opinion could change the flag or the care decision, i.e. where the
+    margin that decides it (calibrated logit minus its threshold's, see :meth:`StackedBlendScorer.margins`) lies within
     ``band`` of 0. A text is flagged when *any* policy label reaches its threshold, so that decision turns on the
     highest label margin (the first ``len(LABELS)`` columns); each signal after them (``self_harm_risk``) is a
     decision of its own. A text flagged far above the cut-off on one label keeps the blend's scores even when
     another label sits near its own cut-off: before 2026.12.12 any label near its cut-off routed the text, which
     sent most clearly harmful posts to MPNet (18 % of the benchmark's short posts at band 1.5, against 4 % now,
     measured in one sitting). The cut-offs are the trained ones unless :meth:`CascadeScorer.route_by` moves them.
-    Training measures with the same function."""
+    Training measures with the same function. Not served: the hide thresholds (``hide`` mode) and which labels a
+    flagged text carries; a text flagged far above its cut-off keeps the blend's scores for those."""
     import numpy as np
 
     n = len(LABELS)
@@ -162,7 +164,10 @@ class CascadeScorer:
         """The head's band (chosen in training) unless the operator set one (``VYBE_SECOND_OPINION_BAND``)."""
         self.blend, self.second = blend, second
         self.embedded, self.light, self.targets = blend.embedded, blend.light, blend.targets
-        self.name = f"vybe-cascade({blend.name}; {second.name})"
+        self._base_name = f"vybe-cascade({blend.name}; {second.name}; by decisions)"
+        self.name = self._base_name
+        """Names the routing rule (2026.12.12 on: ``by decisions``), and cut-offs moved by :meth:`route_by`: scores
+        are recorded per (name, version), so a stored model scored under another rule is rescored, not reused."""
         self.version = version
         self.routed = self.scored = 0
         import numpy as np
@@ -183,7 +188,8 @@ class CascadeScorer:
     def route_by(self, thresholds: Mapping[str, float]) -> None:
         """Route by the cut-offs decisions are made at: the worker's policy (its flag thresholds, and the care
         threshold under ``self_harm_risk``), which an operator may move away from the trained ones. A target's
-        threshold above 1 never fires, so it decides nothing; one not given keeps the trained cut-off."""
+        threshold of 1 or more (practically never reached) decides nothing; one not given keeps the trained cut-off.
+        Moved cut-offs change scores, so they change the scorer's name (which scores are recorded under)."""
         import numpy as np
 
         cut = []
@@ -192,8 +198,11 @@ class CascadeScorer:
             if limit is None:
                 cut.append(float(trained))
             else:
-                cut.append(math.inf if limit > 1 else -math.inf if limit <= 0 else logit(limit))
+                cut.append(math.inf if limit >= 1 else -math.inf if limit <= 0 else logit(limit))
         self._shift = self._lt - np.asarray(cut, dtype=np.float32)
+        moved = {t: thresholds[t] for t, s in zip(self.targets, self._shift, strict=True) if s != 0}
+        digest = hashlib.sha256(repr(sorted(moved.items())).encode()).hexdigest()[:8]
+        self.name = self._base_name + (f"; cut-offs {digest}" if moved else "")
 
     def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Score a batch; one dict over LABELS and the signals per text."""

@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     scorer = load_scorer(args.scorer, detoxify_checkpoint=args.detoxify_checkpoint,
                          detoxify_hf_dir=args.detoxify_hf_dir, detoxify_fast=args.fast,
                          second_band=args.second_opinion_band)
+    from moderation.policy import DEFAULT_CARE, Policy, route_by_policy
+
+    route_by_policy(scorer, Policy(flag=thresholds, care=DEFAULT_CARE))  # a cascade routes by these cut-offs too
     rows = load_rows(args.data)
     report = evaluate(scorer, rows, thresholds, args.errors)
     if args.quotes:

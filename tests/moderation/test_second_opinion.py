@@ -122,8 +122,10 @@ def test_only_a_margin_that_decides_something_routes_a_text() -> None:
     rows[2][n] = 0.3  # the care signal near its cut-off
     rows[3][0] = 0.5  # flagged just above: could be unflagged
     # rows[4]: far from everything
-    assert unsure_rows(np.asarray(rows), 1.0).tolist() == [False, True, True, True, False]
-    assert unsure_rows(np.asarray(rows), 0.1).tolist() == [False, False, False, False, False]
+    rows.append(far.copy())
+    rows[5][0], rows[5][n] = 3.0, 0.3  # flagged for sure, but care is close: its own decision
+    assert unsure_rows(np.asarray(rows), 1.0).tolist() == [False, True, True, True, False, True]
+    assert unsure_rows(np.asarray(rows), 0.1).tolist() == [False] * 6
 
 
 def test_routing_follows_the_thresholds_decisions_are_made_at(bundle: dict[str, Any],
@@ -147,11 +149,24 @@ def test_routing_follows_the_thresholds_decisions_are_made_at(bundle: dict[str, 
     assert want.tolist() != unsure_rows(scorer.blend.margins(scorer.blend.logits(TEXTS)[2]), 1.0).tolist()
     scorer.score(TEXTS)
     assert second.texts == [t for t, u in zip(TEXTS, want, strict=True) if u]
+    assert "cut-offs" in scorer.name  # scores under moved cut-offs are recorded apart
+
+    # one target moved, the others trained: a threshold of 1 or more never fires, one of 0 or less always does
+    margins = scorer.blend.margins(scorer.blend.logits(TEXTS)[2])
+    never, always = margins.copy(), margins.copy()
+    never[:, 0], always[:, 0] = -np.inf, np.inf
+    for limit, expect in ((1.0, never), (0.0, always)):
+        scorer.route_by({"toxicity": limit})
+        second.texts.clear()
+        scorer.score(TEXTS)
+        assert second.texts == [t for t, u in zip(TEXTS, unsure_rows(expect, 1.0), strict=True) if u], limit
+    scorer.route_by({})
+    assert scorer.name.endswith("by decisions)")  # the trained cut-offs: the plain name
 
 
 def test_the_band_sets_how_many_texts_are_rescored(bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     none, second = _cascade(bundle, monkeypatch, band=0.0)
-    assert second.texts == ["warming up"]  # the loader warms the small-batch session up
+    assert second.texts == ["warming up"]  # the loader warms the session up
     second.texts.clear()
     assert none.score(TEXTS) == none.blend.score(TEXTS) and second.texts == []
     every, second = _cascade(bundle, monkeypatch, band=1e9)

@@ -396,3 +396,36 @@ async def test_a_shadow_scoring_over_thresholds_does_not_clear_a_case(settings, 
     await shadow.step()
     [case] = await mdb.open_queue(pool)
     assert case.model_cleared_by is None
+
+
+async def test_the_worker_routes_a_cascade_by_its_own_thresholds(settings, pool, redis, monkeypatch) -> None:
+    """A cascade's second opinion is routed from the cut-offs this worker decides with (its flag thresholds and
+    its care threshold), on the scorer it starts with and on every model it swaps in."""
+    from moderation import active
+
+    class Routed:
+        name, labels = "routed-stub", LABELS
+
+        def __init__(self, version: str) -> None:
+            self.version, self.cut_offs = version, []
+
+        def route_by(self, thresholds: dict[str, float]) -> None:
+            self.cut_offs.append(dict(thresholds))
+
+        def score(self, texts: list[str]) -> list[dict[str, float]]:
+            return [dict.fromkeys(LABELS, 0.0) for _ in texts]
+
+    s = msgspec.structs.replace(settings, worker_block_ms=10, scorer="light")
+    policy = Policy.from_settings("flag", "threat=0.4", 0.7)
+    first, swapped = Routed("start"), Routed("swapped")
+    w = Worker(s, pool, redis, first, policy, "w-route")
+    want = {**policy.flag, SELF_HARM_RISK: 0.7}
+    assert first.cut_offs == [want] and want["threat"] == 0.4
+
+    async def load_active(*args: Any, **kwargs: Any) -> Routed:
+        return swapped
+
+    monkeypatch.setattr(active, "load_active", load_active)
+    await learning.save_model(pool, "swapped", "light", _biased_bundle("swapped", 0.0), {}, promote=True)
+    assert await w.sync_model() and w.scorer is swapped
+    assert swapped.cut_offs == [want]
