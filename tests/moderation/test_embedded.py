@@ -135,7 +135,7 @@ def test_load_scorer_default_builds_embedded() -> None:
     blend = "vybe-blend(vybe-minilm-lr+vybe-light-lr)"
     try:
         mpnet._parts()
-        want = f"vybe-cascade({blend}; vybe-mpnet-mlp)" if mpnet.HEAD_PATH.is_file() else blend
+        want = f"vybe-cascade({blend}; vybe-mpnet-mlp; by decisions)" if mpnet.HEAD_PATH.is_file() else blend
     except ScorerUnavailableError:
         want = blend
     assert load_scorer().name == want
