@@ -103,9 +103,9 @@ def prepare(settings: Settings, slim: bool = False) -> dict[str, Any]:
     ``slim``: delete the fp32 exports whose int8 model is there (loading reads only the int8 one)."""
     import logging
 
-    from moderation.scorers import load_scorer
     from moderation.scorers.onnx_encoder import cache_dirs
     from moderation.scorers.onnx_int8 import int8_path
+    from workers.main import build_scorer
 
     class _Collect(logging.Handler):
         def __init__(self) -> None:
@@ -120,9 +120,7 @@ def prepare(settings: Settings, slim: bool = False) -> dict[str, Any]:
     before = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
     logger.addHandler(collect)
     try:
-        scorer = load_scorer(settings.scorer, detoxify_checkpoint=settings.detoxify_checkpoint,
-                             detoxify_hf_dir=settings.detoxify_hf_dir, embedded_backend=settings.embedded_backend,
-                             model_cache=settings.model_cache, second_band=settings.second_opinion_band)
+        scorer = build_scorer(settings)
     finally:
         logger.removeHandler(collect)
     removed = []

@@ -45,13 +45,18 @@ def resolve_mode(mode: str, scorer: Scorer) -> str:
     return "flag"
 
 
+def build_scorer(settings: Settings) -> Scorer:
+    """The scorer the settings ask for (``vybe moderation prepare`` builds the same one to export its models)."""
+    return load_scorer(settings.scorer, detoxify_checkpoint=settings.detoxify_checkpoint,
+                       detoxify_hf_dir=settings.detoxify_hf_dir, embedded_backend=settings.embedded_backend,
+                       model_cache=settings.model_cache, second_band=settings.second_opinion_band)
+
+
 async def _main(settings: Settings) -> None:
     if settings.database_url is None or settings.redis_url is None:
         raise SettingsError("VYBE_DATABASE_URL", "the worker needs VYBE_DATABASE_URL and VYBE_REDIS_URL")
     try:
-        scorer = load_scorer(settings.scorer, detoxify_checkpoint=settings.detoxify_checkpoint,
-                             detoxify_hf_dir=settings.detoxify_hf_dir, embedded_backend=settings.embedded_backend,
-                             model_cache=settings.model_cache, second_band=settings.second_opinion_band)
+        scorer = build_scorer(settings)
     except ScorerError as err:
         raise SettingsError("VYBE_SCORER", str(err)) from err
     policy = build_policy(settings, scorer)

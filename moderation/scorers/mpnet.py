@@ -171,16 +171,18 @@ def _load_encoder(directory: Path, read_only: tuple[Path, ...], quantize: str, m
         target = onnx_int8.int8_path(fp32)
     elif quantize != "none":
         raise ScorerLoadError(f"mpnet: unknown quantize mode {quantize!r}")
+    def encoder(path: Path) -> OnnxMiniLMEncoder:
+        enc = oe.OnnxMiniLMEncoder(path, tokenizer, max_length=max_length, quantize=quantize,
+                                   small_threads=SMALL_BATCH_THREADS)
+        enc.model = "mpnet"  # type: ignore[attr-defined]  # names these embeddings apart from MiniLM's
+        return enc
+
     ahead = oe.made_ahead(target, read_only)
     if ahead != target:
         try:
-            enc = oe.OnnxMiniLMEncoder(ahead, tokenizer, max_length=max_length, quantize=quantize,
-                                       small_threads=SMALL_BATCH_THREADS)
+            return encoder(ahead)
         except Exception as exc:  # noqa: BLE001 - unreadable or truncated: export into the writable cache instead
             log.warning("model made ahead %s is unusable (%s); exporting into %s", ahead, exc, directory)
-        else:
-            enc.model = "mpnet"  # type: ignore[attr-defined]  # names these embeddings apart from MiniLM's
-            return enc
     if not target.is_file():
         with _locked(directory):
             if not fp32.is_file():
@@ -191,10 +193,7 @@ def _load_encoder(directory: Path, read_only: tuple[Path, ...], quantize: str, m
                 from . import onnx_int8
 
                 onnx_int8.quantize_export(fp32, tokenizer, target)
-    enc = oe.OnnxMiniLMEncoder(target, tokenizer, max_length=max_length, quantize=quantize,
-                               small_threads=SMALL_BATCH_THREADS)
-    enc.model = "mpnet"  # type: ignore[attr-defined]  # names these embeddings apart from MiniLM's
-    return enc
+    return encoder(target)
 
 
 def encoder_cfg(encoder: Any) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def test_prepare_slim_deletes_only_fp32_exports_with_an_int8_model(tmp_path: Pat
     derived, lone = cache / "all-minilm-l6-v2-abc.onnx", cache / "mpnet-def.onnx"
     for path in (derived, int8_path(derived), lone):
         path.write_bytes(b"x")
-    monkeypatch.setattr("moderation.scorers.load_scorer", lambda *a, **k: type("S", (), {"name": "light",
+    monkeypatch.setattr("workers.main.load_scorer", lambda *a, **k: type("S", (), {"name": "light",
                                                                                          "version": "v"})())
     report = cm.prepare(Settings(scorer="light", model_cache=str(cache)), slim=True)
     assert report["removed"] == [derived.name]
