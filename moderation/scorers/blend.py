@@ -148,9 +148,9 @@ class CascadeScorer:
     A text is unsure when a decision on it (flagged or not, care or not) turns on a calibrated logit within
     ``band`` of its cut-off (:func:`unsure_rows`). Those texts are scored again: the MPNet head's logits
     (``second``, an :class:`EmbeddedScorer` on ``mpnet.py``'s encoder) and the fast heads' go into one more
-    stack, calibrated the same way, whose scores replace the blend's (the shipped stack weighs the light head and
-    MPNet; its MiniLM weights are zero, see ``train.Recipe.second_inputs``). ``routed`` / ``scored`` count texts
-    since start (the benchmark reads them).
+    stack, calibrated the same way, whose scores replace the blend's (since 2026.12.13 the shipped stack weighs all
+    three heads; before, its MiniLM weights were zero, see ``train.Recipe.second_inputs``). ``routed`` / ``scored``
+    count texts since start (the benchmark reads them).
     """
 
     labels: tuple[str, ...] = LABELS

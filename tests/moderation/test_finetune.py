@@ -162,3 +162,41 @@ def test_a_head_never_reuses_an_encoder_of_another_fine_tune(tuned: tuple[Any, A
     assert scorer.encoder is not given and scorer.encoder.finetune is None
     same = EmbeddedScorer(head=head, encoder=scorer.encoder, backend="torch")
     assert same.encoder is scorer.encoder
+
+
+def test_cross_fitted_logits_come_from_fine_tunes_that_never_saw_their_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fold's out-of-fold logits come from top layers fine-tuned on the other folds only (the real fine-tune,
+    its rows recorded), fold indices map onto the given rows, and every row gets a logit per target."""
+    pytest.importorskip("sklearn")
+    from dataclasses import replace
+
+    import numpy as np
+
+    from moderation.scorers import finetune as ft
+    from moderation.scorers.train import RECIPE, TARGETS, cross_fitted_logits
+
+    cache = ft.LayerCache(TEXTS, layers=1)
+    trained_on: list[set[int]] = []
+    real = ft.finetune
+
+    def recorded(c: Any, y: Any, w: Any, rows: Any, recipe: Any) -> Any:
+        trained_on.append({int(i) for i in rows})
+        return real(c, y, w, rows, recipe)
+
+    monkeypatch.setattr(ft, "finetune", recorded)
+    y = np.array([[h] * len(TARGETS) for h in HARM])
+    tuning = ft.FinetuneRecipe(layers=1, epochs=1, batch=4)
+    recipe = replace(RECIPE, finetune=tuning, mlp_epochs=3)
+    rows = np.arange(2, 12)  # a subset of the cache, as in a development fold
+    folds = [(np.arange(5, 10), np.arange(0, 5)), (np.arange(0, 5), np.arange(5, 10))]
+    oof = cross_fitted_logits(cache, y, np.ones(len(TEXTS)), rows, folds, recipe)
+    assert trained_on == [set(range(7, 12)), set(range(2, 7))]  # rows 2-6 scored by layers that never saw them
+    assert oof.shape == (len(rows), len(TARGETS)) and np.isfinite(oof).all()
+    # the first fold's logits, rebuilt by hand: its rows' embeddings through the layers tuned on the other fold
+    from moderation.scorers.train import _mlp
+
+    x = cache.embed(real(cache, y, np.ones(len(TEXTS)), rows[5:], tuning))
+    w1, b1, w2, b2 = _mlp(x[rows[5:]], y[rows[5:]], np.ones(5), recipe)
+    assert np.allclose(oof[:5], np.maximum(x[rows[:5]] @ w1.T + b1, 0.0) @ w2 + b2, atol=1e-5)
+    with pytest.raises(ValueError, match="fine-tuning recipe"):
+        cross_fitted_logits(cache, y, np.ones(len(TEXTS)), rows, folds, replace(RECIPE, finetune=None))

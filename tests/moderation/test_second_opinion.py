@@ -71,8 +71,31 @@ def test_the_bundle_carries_the_second_opinion(bundle: dict[str, Any]) -> None:
         h = second["stack"]["heads"][t]
         assert len(h["embedded"]) == len(h["light"]) == len(h["second"]) == len(TARGETS)
         assert {"a", "c", "t"} <= set(h["calib"])
-        # the recipe's stack reads the light and MPNet heads, not the fine-tuned MiniLM one
+        # the recipe's stack reads all three heads (this encoder never saw the rows: its logits are honest)
+        assert any(h["embedded"]) and any(h["light"]) and any(h["second"])
+
+
+def test_a_stack_leaves_out_minilm_logits_from_an_encoder_tuned_on_its_rows() -> None:
+    """Without cross-fitted logits, an encoder fine-tuned on the training rows (``vybe moderation retrain`` reuses
+    the shipped one) gives optimistic logits: the second opinion's stack reads the light and MPNet heads only; given
+    cross-fitted ones of the right shape, it reads all three, and logits of another shape are refused."""
+    from moderation.scorers.train import RECIPE, TARGETS, train_bundle, training_rows, with_quote_copies
+
+    rows = training_rows()
+    rows = rows[::len(rows) // 300][:300]
+    tuned = _Fake(384)
+    tuned.finetune = "0123456789abcdef"
+    b = train_bundle(rows, version="t", encoder=tuned, second_encoder=_Fake(768, seed=7), recipe=RECIPE)
+    assert b["embedded"]["encoder"]["finetune"]["digest"] == "0123456789abcdef"
+    for t in TARGETS:
+        h = b["second"]["stack"]["heads"][t]
         assert not any(h["embedded"]) and any(h["light"]) and any(h["second"])
+    n = len(with_quote_copies(rows)[0])
+    oof = np.random.default_rng(3).standard_normal((n, len(TARGETS)))
+    b = train_bundle(rows, version="t", encoder=tuned, second_encoder=_Fake(768, seed=7), recipe=RECIPE, emb_oof=oof)
+    assert all(any(b["second"]["stack"]["heads"][t]["embedded"]) for t in TARGETS)
+    with pytest.raises(ValueError, match="emb_oof of shape"):
+        train_bundle(rows, version="t", encoder=tuned, recipe=RECIPE, emb_oof=oof[1:])
 
 
 def test_only_unsure_texts_get_the_second_opinion(bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
