@@ -322,7 +322,7 @@ def fit_mlp(x: np.ndarray, y_all: np.ndarray, w: np.ndarray, folds: Folds, recip
         oof = np.zeros(y_all.shape, dtype=float)
         for tr, te in folds:
             w1, b1, w2, b2 = _mlp(x[tr], y_all[tr], w[tr], recipe)
-            oof[te] = np.maximum(x[te] @ w1.T + b1, 0.0) @ w2 + b2
+            oof[te] = hidden_layer({"w1": w1, "b1": b1}, x[te]) @ w2 + b2
     w1, b1, w2, b2 = _mlp(x, y_all, w, recipe)
     per_target = {t: {"hidden": recipe.mlp_hidden, "oof_auc": round(float(roc_auc_score(y_all[:, j], oof[:, j],
                                                                                          sample_weight=w)), 4)}
@@ -346,7 +346,7 @@ def cross_fitted_logits(layers: LayerCache, y: np.ndarray, w: np.ndarray, rows: 
     for tr, te in folds:
         x = layers.embed(finetune(layers, y, w, rows[tr], recipe.finetune))
         w1, b1, w2, b2 = _mlp(x[rows[tr]], y[rows[tr]], w[rows[tr]], recipe)
-        oof[te] = np.maximum(x[rows[te]] @ w1.T + b1, 0.0) @ w2 + b2
+        oof[te] = hidden_layer({"w1": w1, "b1": b1}, x[rows[te]]) @ w2 + b2
     return oof
 
 
