@@ -52,6 +52,13 @@ class FinetuneRecipe:
     batch: int = 32
     hidden: int = 256
     seed: int = 13
+    pair_weight: float = 0.0
+    """Weight of the contrast-pair loss beside the per-text loss (:class:`Pairs`; 0: no pairs)."""
+    pair_margin: float = 1.0
+    """The logit margin by which a pair's harmful half should score above its harmless half, on each target where
+    they differ."""
+    pair_batch: int = 8
+    """Pairs per training step (both halves of each)."""
 
 
 def finetune_name(digest: str) -> str:
@@ -130,12 +137,15 @@ class LayerCache:
         for i, row in enumerate(ids):
             by_length.setdefault(len(row), []).append(i)
         self.groups: list[tuple[np.ndarray, Any]] = []
+        self.where = np.zeros((self.n, 2), dtype=np.int64)
+        """Per text: its group in ``groups`` and its row in that group's states."""
         with torch.no_grad():  # not inference_mode: training slices these states
             for length in sorted(by_length):
                 idx = by_length[length]
                 states = [self.model(input_ids=torch.tensor([ids[i] for i in idx[s:s + 64]]),
                                      output_hidden_states=True).hidden_states[self.first]
                           for s in range(0, len(idx), 64)]
+                self.where[idx] = np.column_stack([np.full(len(idx), len(self.groups)), np.arange(len(idx))])
                 self.groups.append((np.array(idx), torch.cat(states)))
 
     def top(self) -> Any:
@@ -158,6 +168,19 @@ class LayerCache:
             states = out[0] if isinstance(out, tuple) else out
         return torch.nn.functional.normalize(states.mean(1), dim=-1)
 
+    def pooled_rows(self, top: Any, ids: np.ndarray) -> Any:
+        """The pooled embeddings of the texts ``ids``, in that order, through ``top`` (with gradients): each
+        group of equal token counts goes through the layers once."""
+        import numpy as np
+        import torch
+
+        parts, order = [], []
+        for g in np.unique(self.where[ids, 0]):
+            at = np.flatnonzero(self.where[ids, 0] == g)
+            parts.append(self.pooled(top, self.groups[g][1][torch.from_numpy(self.where[ids[at], 1])]))
+            order.append(at)
+        return torch.cat(parts)[torch.from_numpy(np.argsort(np.concatenate(order)))]
+
     def embed(self, top: Any | None = None) -> np.ndarray:
         """(n, dim) float64 embeddings through ``top`` (None: the stock layers)."""
         import numpy as np
@@ -177,11 +200,43 @@ FINETUNE = FinetuneRecipe()
 """The shipped fine-tuning recipe."""
 
 
+@dataclass(frozen=True)
+class Pairs:
+    """Contrast pairs for the fine-tune: two texts written as one situation in one voice, close in words, whose
+    targets differ (a flirt and the harassment it could turn into; sarcasm about the weather and sarcasm at a
+    person; a care disclosure and venting). Trained on one text at a time, the encoder can key on the words the
+    halves share; the pair loss asks it to score the harmful half above the other by ``pair_margin`` on each
+    target where they differ, whatever they share.
+
+    Rows ``2k`` and ``2k + 1`` of ``cache`` are pair ``k``'s halves; ``sign[k]`` is the first half's targets
+    minus the second's (+1, -1, or 0 where they agree).
+    """
+
+    cache: LayerCache
+    sign: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sign)
+
+    def loss(self, head: Any, top: Any, sel: np.ndarray, margin: float) -> Any:
+        """Mean softplus hinge over the differing targets of the pairs ``sel``: ``log(1 + exp(margin - d))``,
+        ``d`` the harmful half's logit minus the harmless half's."""
+        import numpy as np
+        import torch
+
+        z = head(self.cache.pooled_rows(top, np.stack([2 * sel, 2 * sel + 1], 1).ravel()))
+        sign = torch.from_numpy(self.sign[sel]).float()
+        d = sign * (z[0::2] - z[1::2])
+        return torch.nn.functional.softplus(margin - d)[sign != 0].mean()
+
+
 def finetune(cache: LayerCache, y: np.ndarray, w: np.ndarray, rows: np.ndarray | None = None,
-             recipe: FinetuneRecipe = FINETUNE) -> Any:
+             recipe: FinetuneRecipe = FINETUNE, pairs: Pairs | None = None) -> Any:
     """Train the top layers (and a throw-away MLP head on every target of ``y``) on ``rows`` (indices;
     None: all). Balanced positives per target and the per-row weights ``w``, as the shipped heads.
-    Returns the trained layers (a ``ModuleList``, in eval mode)."""
+    With ``pairs`` and ``recipe.pair_weight``, each step adds the pair loss of ``recipe.pair_batch`` pairs
+    (:meth:`Pairs.loss`; ``pairs`` must hold the same targets as ``y``). Returns the trained layers (a
+    ``ModuleList``, in eval mode)."""
     import numpy as np
     import torch
 
@@ -202,6 +257,10 @@ def finetune(cache: LayerCache, y: np.ndarray, w: np.ndarray, rows: np.ndarray |
                              {"params": head.parameters(), "lr": recipe.head_lr}], weight_decay=1e-4)
     batches = [(g, sel[s:s + recipe.batch]) for g, (idx, _) in enumerate(cache.groups)
                for sel in [np.flatnonzero(chosen[idx])] for s in range(0, len(sel), recipe.batch)]
+    use_pairs = pairs is not None and len(pairs) > 0 and recipe.pair_weight > 0
+    if use_pairs and pairs is not None and pairs.sign.shape[1] != y.shape[1]:
+        raise ValueError(f"pairs of {pairs.sign.shape[1]} targets for a fine-tune on {y.shape[1]}")
+    pair_rng, pair_order = np.random.default_rng(recipe.seed + 1), np.zeros(0, dtype=np.int64)
     top.train()
     head.train()
     for _ in range(recipe.epochs):
@@ -211,6 +270,12 @@ def finetune(cache: LayerCache, y: np.ndarray, w: np.ndarray, rows: np.ndarray |
             rid = torch.from_numpy(idx[sel])
             opt.zero_grad()
             z = head(cache.pooled(top, states[torch.from_numpy(sel)]))
-            ((loss(z, yt[rid]) * wt[rid, None]).sum() / wt[rid].sum()).backward()
+            step = (loss(z, yt[rid]) * wt[rid, None]).sum() / wt[rid].sum()
+            if use_pairs and pairs is not None:
+                if len(pair_order) < recipe.pair_batch:  # each pair once before any twice
+                    pair_order = np.concatenate([pair_order, pair_rng.permutation(len(pairs))])
+                chosen_pairs, pair_order = pair_order[:recipe.pair_batch], pair_order[recipe.pair_batch:]
+                step = step + recipe.pair_weight * pairs.loss(head, top, chosen_pairs, recipe.pair_margin)
+            step.backward()
             opt.step()
     return top.eval()

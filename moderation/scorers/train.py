@@ -47,13 +47,13 @@ from .embedded import HEAD_PATH, ROWWISE_INT8, shipped_finetune
 from .finetune import FINETUNE, FINETUNE_PREFIX, FinetuneRecipe, finetune_name
 from .light import LIGHT_HEAD_PATH
 from .text import lexical_features
-from .trainset import SUPPLEMENTARY, TRAIN_PATH, generate, load_supplementary, load_written, write_jsonl
+from .trainset import SUPPLEMENTARY, TRAIN_PATH, generate, load_pairs, load_supplementary, load_written, write_jsonl
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .embedded import Encoder
-    from .finetune import LayerCache
+    from .finetune import LayerCache, Pairs
 
 log = logging.getLogger(__name__)
 VERSION = "2026.12.13"  # bump whenever a head or its scoring changes (.13: cross-fitted MiniLM logits, in both stacks)
@@ -330,8 +330,20 @@ def fit_mlp(x: np.ndarray, y_all: np.ndarray, w: np.ndarray, folds: Folds, recip
     return {"w1": w1, "b1": b1, "coef": w2, "bias": b2, "oof": oof, "per_target": per_target}
 
 
+def contrast_pairs(recipe: Recipe) -> Pairs | None:
+    """The contrast pairs the fine-tune of ``recipe`` learns from (:func:`trainset.load_pairs`, on their own layer
+    cache); None when it uses none."""
+    if recipe.finetune is None or recipe.finetune.pair_weight <= 0:
+        return None
+    from .finetune import LayerCache, Pairs
+
+    halves = [row for pair in load_pairs() for row in pair]
+    y = target_matrix(halves)
+    return Pairs(LayerCache([str(r["text"]) for r in halves], recipe.finetune.layers), y[0::2] - y[1::2])
+
+
 def cross_fitted_logits(layers: LayerCache, y: np.ndarray, w: np.ndarray, rows: np.ndarray, folds: Folds,
-                        recipe: Recipe) -> np.ndarray:
+                        recipe: Recipe, pairs: Pairs | None = None) -> np.ndarray:
     """Out-of-fold logits of the MLP embedded head over ``rows`` (indices into the cache; ``folds`` index ``rows``),
     each fold's from top layers fine-tuned on the other folds only, then a head fitted on their embeddings.
 
@@ -344,7 +356,7 @@ def cross_fitted_logits(layers: LayerCache, y: np.ndarray, w: np.ndarray, rows: 
         raise ValueError("cross-fitting needs a fine-tuning recipe")
     oof = np.zeros((len(rows), y.shape[1]))
     for tr, te in folds:
-        x = layers.embed(finetune(layers, y, w, rows[tr], recipe.finetune))
+        x = layers.embed(finetune(layers, y, w, rows[tr], recipe.finetune, pairs))
         w1, b1, w2, b2 = _mlp(x[rows[tr]], y[rows[tr]], w[rows[tr]], recipe)
         oof[te] = hidden_layer({"w1": w1, "b1": b1}, x[rows[te]]) @ w2 + b2
     return oof
@@ -676,7 +688,7 @@ def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
     rows = copies[0]  # the copies train the folds of their source's rows; only originals are scored
     texts = [str(r["text"]) for r in rows]
     y, w = target_matrix(rows), base_weights(rows, copies[1], recipe=recipe)
-    layers = None
+    layers, pairs = None, contrast_pairs(recipe)
     if recipe.finetune is not None:
         from .finetune import LayerCache
 
@@ -700,11 +712,11 @@ def cv_sources(rows: Sequence[dict[str, Any]], cache: Path | None = EMBED_CACHE,
         if layers is not None and recipe.finetune is not None:
             from .finetune import finetune
 
-            x_emb = layers.embed(finetune(layers, y, w, tr, recipe.finetune))
+            x_emb = layers.embed(finetune(layers, y, w, tr, recipe.finetune, pairs))
         folds = make_folds(tr_rows, recipe)
         emb_oof = None
         if layers is not None and recipe.cross_fits:
-            emb_oof = cross_fitted_logits(layers, y, w, tr, folds, recipe)
+            emb_oof = cross_fitted_logits(layers, y, w, tr, folds, recipe, pairs)
         parts = fit_parts([texts[i] for i in tr], y[tr], w[tr], folds, x_emb[tr], recipe,
                           None if x_second is None else x_second[tr], emb_oof, emb_seen=layers is not None)
         for src in sources[g::n_groups]:
@@ -767,6 +779,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the shipped recipe's)")
     ap.add_argument("--lr", type=float, default=None,
                     help="fine-tuning learning rate of the encoder layers (default: the shipped recipe's)")
+    ap.add_argument("--pair-weight", type=float, default=None,
+                    help="weight of the fine-tune's contrast-pair loss (0: none; default: the shipped recipe's)")
     ap.add_argument("--cache", type=Path, default=EMBED_CACHE, help="MiniLM embedding cache (.npz)")
     ap.add_argument("--no-second-opinion", action="store_true",
                     help="without the MPNet second opinion (the recipe before 2026.12.11)")
@@ -783,10 +797,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quantize", choices=("none", ROWWISE_INT8), default=str(ENCODER_CFG["quantize"]),
                     help="the MiniLM encoder: int8-rowwise (onnx_int8.py) or none (fp32, the heads before 2026.12.4)")
     args = ap.parse_args(argv)
-    asked = {k: v for k, v in {"layers": args.layers, "epochs": args.epochs, "lr": args.lr}.items() if v is not None}
+    asked = {k: v for k, v in {"layers": args.layers, "epochs": args.epochs, "lr": args.lr,
+                               "pair_weight": args.pair_weight}.items() if v is not None}
     if asked and (args.before or args.no_finetune or args.skip_embedded):
-        ap.error("--layers, --epochs and --lr change the fine-tune, which --before, --no-finetune and "
-                 "--skip-embedded leave out")
+        ap.error("--layers, --epochs, --lr and --pair-weight change the fine-tune, which --before, --no-finetune "
+                 "and --skip-embedded leave out")
     if args.groups is not None and (not args.cv_sources or args.groups < 1):
         ap.error("--groups takes a count of 1 or more, with --cv-sources")
     if args.layers is not None and not 0 <= args.layers <= 6:
@@ -825,11 +840,12 @@ def main(argv: list[str] | None = None) -> None:
             tuning, copy_w = with_quote_copies(rows) if recipe.quote_copies else (rows, None)
             layers = LayerCache([str(r["text"]) for r in tuning], recipe.finetune.layers)
             y, w = target_matrix(tuning), base_weights(tuning, copy_w, recipe=recipe)
-            top = finetune(layers, y, w, None, recipe.finetune)
+            pairs = contrast_pairs(recipe)
+            top = finetune(layers, y, w, None, recipe.finetune, pairs)
             tuned = save_weights(layers.weights(top), args.out_dir)
             if recipe.cross_fits:  # the same rows and folds as train_bundle's
                 emb_oof = cross_fitted_logits(layers, y, w, np.arange(len(tuning)), make_folds(tuning, recipe),
-                                              recipe)
+                                              recipe, pairs)
         encoder = load_encoder(args.quantize, finetune=tuned)
     bundle = train_bundle(rows, version=VERSION, embedded=not args.skip_embedded, encoder=encoder, cache=args.cache,
                           recipe=recipe, second_cache=SECOND_CACHE, emb_oof=emb_oof)

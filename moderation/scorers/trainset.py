@@ -16,6 +16,7 @@ from ._templates import CODES, GROUPS, PREFIXES, SLOTS, SUFFIXES
 from .base import DATA_DIR, LABELS
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 _SLOT_RE = re.compile(r"\{(\w+)\}")
@@ -26,6 +27,8 @@ WRITTEN_DIR: Path = DATA_DIR / "written"
 SUPPLEMENTARY_DIR: Path = DATA_DIR / "supplementary"
 """Hand-written texts aimed at known misses, trained on at template weight (:func:`load_supplementary`)."""
 SUPPLEMENTARY = "supplementary"
+CANDIDATES_DIR: Path = DATA_DIR / "candidates"
+"""Hand-written texts measured and not adopted as training rows; their contrast pairs still teach the fine-tune."""
 
 
 def _fill(template: str, rng: random.Random) -> str:
@@ -142,6 +145,31 @@ def load_supplementary(directory: Path = SUPPLEMENTARY_DIR) -> list[dict[str, ob
     rows (their weight, in every fold, never a held-out source), as each file covers a few
     categories only. ``source`` is ``"supplementary"``; ``category`` is kept."""
     return [{**row, "source": SUPPLEMENTARY} for row in load_written(directory)]
+
+
+def load_pairs(directories: Sequence[Path] = (SUPPLEMENTARY_DIR, CANDIDATES_DIR)
+               ) -> list[tuple[dict[str, object], dict[str, object]]]:
+    """The contrast pairs: two rows of one file set with the same ``source`` and ``pair`` number, written as one
+    situation in one voice with close words, whose labels or care differ (a flirt and the harassment it could
+    turn into; a care disclosure and venting). Each row as :func:`load_written` gives it, in a stable order.
+    A pair number found once, or more than twice, or on two rows with the same targets, is a data error."""
+    halves: dict[tuple[str, int], list[dict[str, object]]] = {}
+    for directory in directories:
+        for path in sorted(directory.glob("*.jsonl")):
+            for i, row in enumerate(load_jsonl(path)):
+                if "pair" in row:
+                    check_written_row(row, f"{path.name} row {i}")
+                    key = (str(row.get("source", path.stem)), int(cast("int", row["pair"])))
+                    halves.setdefault(key, []).append(
+                        {"text": row["text"], "labels": row["labels"], "care": int(cast("int", row.get("care", 0))),
+                         "template": f"{path.stem}.{i}", "source": key[0], "category": row.get("category", "?")})
+    pairs = []
+    for key in sorted(halves):
+        rows = halves[key]
+        if len(rows) != 2 or (rows[0]["labels"], rows[0]["care"]) == (rows[1]["labels"], rows[1]["care"]):
+            raise ValueError(f"contrast pair {key}: {len(rows)} rows, or two rows with the same targets")
+        pairs.append((rows[0], rows[1]))
+    return pairs
 
 
 def write_jsonl(rows: list[dict[str, object]], path: Path) -> None:

@@ -179,9 +179,9 @@ def test_cross_fitted_logits_come_from_fine_tunes_that_never_saw_their_rows(monk
     trained_on: list[set[int]] = []
     real = ft.finetune
 
-    def recorded(c: Any, y: Any, w: Any, rows: Any, recipe: Any) -> Any:
+    def recorded(c: Any, y: Any, w: Any, rows: Any, recipe: Any, pairs: Any = None) -> Any:
         trained_on.append({int(i) for i in rows})
-        return real(c, y, w, rows, recipe)
+        return real(c, y, w, rows, recipe, pairs)
 
     monkeypatch.setattr(ft, "finetune", recorded)
     y = np.array([[h] * len(TARGETS) for h in HARM])
@@ -200,3 +200,80 @@ def test_cross_fitted_logits_come_from_fine_tunes_that_never_saw_their_rows(monk
     assert np.allclose(oof[:5], np.maximum(x[rows[:5]] @ w1.T + b1, 0.0) @ w2 + b2, atol=1e-5)
     with pytest.raises(ValueError, match="fine-tuning recipe"):
         cross_fitted_logits(cache, y, np.ones(len(TEXTS)), rows, folds, replace(RECIPE, finetune=None))
+
+
+PAIRS = [  # (harmless half, harmful half): one situation, close words
+    ("rain again on my day off, thanks so much sky", "you again on my day off, thanks so much idiot"),
+    ("nice pic! drinks on friday?", "nice pic! now send the ones without clothes"),
+    ("my code ran first time, something must be wrong lol", "your code ran first time, you must have copied it lol"),
+    ("this shift is killing me, need coffee", "this shift is killing me, hope you die on yours"),
+]
+
+
+def test_the_pair_loss_pushes_the_halves_of_a_contrast_pair_apart() -> None:
+    """With the contrast-pair loss the tuned layers tell each pair's halves apart more than the per-text loss
+    alone does; with weight 0 the pairs change nothing (the recipe without them is reproduced exactly)."""
+    import numpy as np
+
+    from moderation.scorers.finetune import FinetuneRecipe, LayerCache, Pairs, finetune
+
+    cache = LayerCache(TEXTS, layers=1)
+    y = np.array([[h] for h in HARM])
+    pair_cache = LayerCache([t for pair in PAIRS for t in pair], layers=1)
+    pairs = Pairs(pair_cache, np.array([[-1]] * len(PAIRS)))  # the first half is the harmless one
+
+    def tuned(weight: float, given: Pairs | None) -> Any:
+        return finetune(cache, y, np.ones(len(TEXTS)), None,
+                        FinetuneRecipe(layers=1, epochs=4, lr=1e-3, batch=4, pair_weight=weight, pair_batch=2), given)
+
+    def halves_cos(top: Any) -> float:
+        e = pair_cache.embed(top)
+        return float(np.mean((e[0::2] * e[1::2]).sum(1)))  # unit vectors: the cosine of each pair's halves
+
+    plain, paired = tuned(0.0, None), tuned(5.0, pairs)
+    assert halves_cos(paired) < halves_cos(plain) - 0.01
+    assert np.array_equal(cache.embed(tuned(0.0, pairs)), cache.embed(plain))
+    with pytest.raises(ValueError, match="targets"):
+        tuned(1.0, Pairs(pair_cache, np.zeros((len(PAIRS), 2), dtype=int)))
+
+
+def test_pooled_rows_are_the_embeddings_of_those_texts_in_that_order() -> None:
+    import numpy as np
+    import torch
+
+    from moderation.scorers.finetune import LayerCache
+
+    cache = LayerCache(TEXTS, layers=1)
+    ids = np.array([5, 0, 11, 3, 3, 7])  # across groups of token counts, one twice
+    with torch.no_grad():
+        got = cache.pooled_rows(cache.top().eval(), ids).numpy()
+    assert np.allclose(got, cache.embed()[ids], atol=1e-6)
+
+
+def test_contrast_pairs_are_read_by_source_and_pair_number(tmp_path: Path) -> None:
+    from moderation.scorers.trainset import load_pairs
+
+    def row(text: str, harm: int, source: str, pair: int | None, care: int = 0) -> str:
+        labels = {lab: harm if lab == "toxicity" else 0 for lab in
+                  ("toxicity", "severe_toxicity", "obscene", "threat", "insult", "identity_attack", "sexual_explicit")}
+        extra = {} if pair is None else {"pair": pair}
+        return json.dumps({"text": text, "labels": labels, "care": care, "source": source, **extra})
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    (good / "a_harmless.jsonl").write_text("\n".join([row("rain again", 0, "a", 1), row("no pair here", 0, "a", None),
+                                                      row("feeling low lately", 0, "a", 2, care=1)]) + "\n")
+    (good / "a_harmful.jsonl").write_text("\n".join([row("you again, idiot", 1, "a", 1),
+                                                     row("this shift is killing me", 0, "a", 2)]) + "\n")
+    (good / "b.jsonl").write_text(row("same number, other writer", 0, "b", 1) + "\n" + row("x", 1, "b", 1) + "\n")
+    pairs = load_pairs([good])
+    assert [(a["text"], b["text"]) for a, b in pairs] == [
+        ("you again, idiot", "rain again"), ("this shift is killing me", "feeling low lately"),
+        ("same number, other writer", "x")]  # grouped by (source, pair), files in name order
+    (bad / "lone.jsonl").write_text(row("a half without its pair", 1, "c", 7) + "\n")
+    with pytest.raises(ValueError, match="contrast pair"):
+        load_pairs([bad])
+    (bad / "lone.jsonl").write_text(row("same", 1, "c", 7) + "\n" + row("same targets", 1, "c", 7) + "\n")
+    with pytest.raises(ValueError, match="same targets"):
+        load_pairs([bad])
