@@ -16,7 +16,9 @@ SECOND = DATA_DIR / "independent2"
 """The second set (2026-12-06): the categories the first holds too few of to decide (sarcasm, flirting...)."""
 THIRD = DATA_DIR / "independent3"
 """The third set (2026-12-06): the mix of categories issue 13's own set is described with."""
-SETS = (INDEPENDENT, SECOND, THIRD)
+FOURTH = DATA_DIR / "independent4"
+"""The fourth set (2026-12-06): the third's mix, in new voices, written after the second set had steered training data."""
+SETS = (INDEPENDENT, SECOND, THIRD, FOURTH)
 
 
 def _norm(text: object) -> str:
