@@ -28,7 +28,8 @@ SUPPLEMENTARY_DIR: Path = DATA_DIR / "supplementary"
 """Hand-written texts aimed at known misses, trained on at template weight (:func:`load_supplementary`)."""
 SUPPLEMENTARY = "supplementary"
 CANDIDATES_DIR: Path = DATA_DIR / "candidates"
-"""Hand-written texts measured and not adopted as training rows; their contrast pairs still teach the fine-tune."""
+"""Hand-written texts measured and not adopted as training rows. Their contrast pairs are read by :func:`load_pairs`
+for a fine-tune with a pair loss (``FinetuneRecipe.pair_weight``; off in the shipped recipe)."""
 
 
 def _fill(template: str, rng: random.Random) -> str:

@@ -17,7 +17,7 @@ SECOND = DATA_DIR / "independent2"
 THIRD = DATA_DIR / "independent3"
 """The third set (2026-12-06): the mix of categories issue 13's own set is described with."""
 FOURTH = DATA_DIR / "independent4"
-"""The fourth set (2026-12-06): the third's mix, in new voices, written after the second set had steered training data."""
+"""The fourth set (2026-12-06): the third's mix in new voices, written after the second set steered training data."""
 SETS = (INDEPENDENT, SECOND, THIRD, FOURTH)
 
 
