@@ -247,6 +247,7 @@ def _onnx_encoder(max_length: int, cache_dir: Path | str | None, quantize: str =
     if quantize == ROWWISE_INT8:
         from . import onnx_int8
 
+        onnx_int8.warn_without_vnni()
         target = onnx_int8.int8_path(fp32)
     else:
         target = fp32

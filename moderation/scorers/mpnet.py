@@ -168,6 +168,7 @@ def _load_encoder(directory: Path, read_only: tuple[Path, ...], quantize: str, m
     if quantize == "int8-rowwise":
         from . import onnx_int8
 
+        onnx_int8.warn_without_vnni()
         target = onnx_int8.int8_path(fp32)
     elif quantize != "none":
         raise ScorerLoadError(f"mpnet: unknown quantize mode {quantize!r}")

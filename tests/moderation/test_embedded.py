@@ -215,13 +215,26 @@ def test_fp32_onnx_matches_pytorch_on_every_eval_text(fp32_onnx_scorer: Any, tor
 def test_int8_embeddings_stay_close_to_fp32(onnx_scorer: Any, fp32_onnx_scorer: Any,
                                             eval_texts: list[str]) -> None:
     """Row-wise int8 embeddings of every eval text are within 0.995 cosine of fp32 (measured: mean 0.9991,
-    min 0.9976; ORT's per-tensor dynamic int8 gave 0.991 / 0.977)."""
+    min 0.9976; ORT's per-tensor dynamic int8 gave 0.991 / 0.977). On an x86 CPU without VNNI, ONNX Runtime's
+    u8 x s8 kernels add product pairs in 16 bits and saturate (``onnx_int8.has_vnni``): there the bound is the one
+    measured on such a CPU (AMD EPYC, AVX2 only: mean 0.9961, min 0.9914), and the ranking test below must hold."""
     import numpy as np
+
+    from moderation.scorers.onnx_int8 import has_vnni
 
     a = onnx_scorer.encoder.encode(eval_texts)
     b = fp32_onnx_scorer.encoder.encode(eval_texts)
     cos = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    assert cos.min() > 0.995 and cos.mean() > 0.998
+    least, mean = (0.988, 0.995) if has_vnni() is False else (0.995, 0.998)
+    assert cos.min() > least and cos.mean() > mean
+
+
+def test_vnni_is_read_from_the_cpu_flags() -> None:
+    from moderation.scorers.onnx_int8 import has_vnni
+
+    assert has_vnni("processor : 0\nflags\t\t: fpu sse avx2 avx512_vnni\n") is True
+    assert has_vnni("processor : 0\nflags\t\t: fpu sse fma avx avx2\n") is False
+    assert has_vnni("processor : 0\nFeatures\t: fp asimd asimddp\n") is None  # not x86: unknown
 
 
 def test_int8_keeps_the_ranking_quality(onnx_scorer: Any, fp32_onnx_scorer: Any) -> None:
