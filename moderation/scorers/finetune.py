@@ -132,6 +132,7 @@ class LayerCache:
             raise ValueError(f"layers must be in 1..{depth}")
         self.first = depth - layers
         self.n = len(texts)
+        self.texts = [str(t) for t in texts]
         ids = load_tokenizer()([t or " " for t in texts], truncation=True, max_length=max_length)["input_ids"]
         by_length: dict[int, list[int]] = {}
         for i, row in enumerate(ids):
@@ -209,25 +210,46 @@ class Pairs:
     target where they differ, whatever they share.
 
     Rows ``2k`` and ``2k + 1`` of ``cache`` are pair ``k``'s halves; ``sign[k]`` is the first half's targets
-    minus the second's (+1, -1, or 0 where they agree).
+    minus the second's (+1, -1, or 0 where they agree). ``active``: the pairs in use (None: all; see
+    :meth:`excluding`).
     """
 
     cache: LayerCache
     sign: np.ndarray
+    active: np.ndarray | None = None
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The numbers of the pairs in use."""
+        import numpy as np
+
+        return np.arange(len(self.sign)) if self.active is None else self.active
 
     def __len__(self) -> int:
-        return len(self.sign)
+        return len(self.ids)
+
+    def excluding(self, texts: set[str]) -> Pairs:
+        """These pairs less those with a half among ``texts``: a fine-tune that must not see some rows (a
+        cross-fitting fold) must not learn them through the pair loss either."""
+        import numpy as np
+
+        halves = self.cache.texts
+        keep = [k for k in self.ids if halves[2 * k] not in texts and halves[2 * k + 1] not in texts]
+        return Pairs(self.cache, self.sign, np.asarray(keep, dtype=np.int64))
 
     def loss(self, head: Any, top: Any, sel: np.ndarray, margin: float) -> Any:
-        """Mean softplus hinge over the differing targets of the pairs ``sel``: ``log(1 + exp(margin - d))``,
-        ``d`` the harmful half's logit minus the harmless half's."""
+        """Mean softplus hinge over the differing targets of the pairs ``sel`` (pair numbers):
+        ``log(1 + exp(margin - d))``, ``d`` the harmful half's logit minus the harmless half's."""
         import numpy as np
         import torch
 
         z = head(self.cache.pooled_rows(top, np.stack([2 * sel, 2 * sel + 1], 1).ravel()))
         sign = torch.from_numpy(self.sign[sel]).float()
         d = sign * (z[0::2] - z[1::2])
-        return torch.nn.functional.softplus(margin - d)[sign != 0].mean()
+        differ = sign != 0
+        if not bool(differ.any()):  # pairs that differ on no target teach nothing
+            return z.sum() * 0.0
+        return torch.nn.functional.softplus(margin - d)[differ].mean()
 
 
 def finetune(cache: LayerCache, y: np.ndarray, w: np.ndarray, rows: np.ndarray | None = None,
@@ -260,6 +282,8 @@ def finetune(cache: LayerCache, y: np.ndarray, w: np.ndarray, rows: np.ndarray |
     use_pairs = pairs is not None and len(pairs) > 0 and recipe.pair_weight > 0
     if use_pairs and pairs is not None and pairs.sign.shape[1] != y.shape[1]:
         raise ValueError(f"pairs of {pairs.sign.shape[1]} targets for a fine-tune on {y.shape[1]}")
+    if use_pairs and recipe.pair_batch < 1:
+        raise ValueError("pair_batch must be 1 or more")
     pair_rng, pair_order = np.random.default_rng(recipe.seed + 1), np.zeros(0, dtype=np.int64)
     top.train()
     head.train()
@@ -273,7 +297,7 @@ def finetune(cache: LayerCache, y: np.ndarray, w: np.ndarray, rows: np.ndarray |
             step = (loss(z, yt[rid]) * wt[rid, None]).sum() / wt[rid].sum()
             if use_pairs and pairs is not None:
                 if len(pair_order) < recipe.pair_batch:  # each pair once before any twice
-                    pair_order = np.concatenate([pair_order, pair_rng.permutation(len(pairs))])
+                    pair_order = np.concatenate([pair_order, pair_rng.permutation(pairs.ids)])
                 chosen_pairs, pair_order = pair_order[:recipe.pair_batch], pair_order[recipe.pair_batch:]
                 step = step + recipe.pair_weight * pairs.loss(head, top, chosen_pairs, recipe.pair_margin)
             step.backward()

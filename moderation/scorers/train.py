@@ -356,7 +356,8 @@ def cross_fitted_logits(layers: LayerCache, y: np.ndarray, w: np.ndarray, rows: 
         raise ValueError("cross-fitting needs a fine-tuning recipe")
     oof = np.zeros((len(rows), y.shape[1]))
     for tr, te in folds:
-        x = layers.embed(finetune(layers, y, w, rows[tr], recipe.finetune, pairs))
+        fold_pairs = None if pairs is None else pairs.excluding({layers.texts[i] for i in rows[te]})
+        x = layers.embed(finetune(layers, y, w, rows[tr], recipe.finetune, fold_pairs))
         w1, b1, w2, b2 = _mlp(x[rows[tr]], y[rows[tr]], w[rows[tr]], recipe)
         oof[te] = hidden_layer({"w1": w1, "b1": b1}, x[rows[te]]) @ w2 + b2
     return oof
@@ -804,6 +805,8 @@ def main(argv: list[str] | None = None) -> None:
                  "and --skip-embedded leave out")
     if args.groups is not None and (not args.cv_sources or args.groups < 1):
         ap.error("--groups takes a count of 1 or more, with --cv-sources")
+    if args.pair_weight is not None and args.pair_weight < 0:
+        ap.error("--pair-weight: 0 (no pair loss) or more")
     if args.layers is not None and not 0 <= args.layers <= 6:
         ap.error("--layers: 0 (the stock encoder) to 6")
     recipe = BEFORE if args.before else RECIPE

@@ -160,15 +160,19 @@ def load_pairs(directories: Sequence[Path] = (SUPPLEMENTARY_DIR, CANDIDATES_DIR)
             for i, row in enumerate(load_jsonl(path)):
                 if "pair" in row:
                     check_written_row(row, f"{path.name} row {i}")
-                    key = (str(row.get("source", path.stem)), int(cast("int", row["pair"])))
+                    if not isinstance(row["pair"], int) or isinstance(row["pair"], bool):
+                        raise ValueError(f"{path.name} row {i}: pair must be a whole number, not {row['pair']!r}")
+                    key = (str(row.get("source", path.stem)), row["pair"])
                     halves.setdefault(key, []).append(
                         {"text": row["text"], "labels": row["labels"], "care": int(cast("int", row.get("care", 0))),
                          "template": f"{path.stem}.{i}", "source": key[0], "category": row.get("category", "?")})
     pairs = []
     for key in sorted(halves):
         rows = halves[key]
-        if len(rows) != 2 or (rows[0]["labels"], rows[0]["care"]) == (rows[1]["labels"], rows[1]["care"]):
-            raise ValueError(f"contrast pair {key}: {len(rows)} rows, or two rows with the same targets")
+        if len(rows) != 2:
+            raise ValueError(f"contrast pair {key}: {len(rows)} rows, not two")
+        if (rows[0]["labels"], rows[0]["care"]) == (rows[1]["labels"], rows[1]["care"]):
+            raise ValueError(f"contrast pair {key}: two rows with the same targets")
         pairs.append((rows[0], rows[1]))
     return pairs
 

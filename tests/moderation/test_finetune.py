@@ -272,8 +272,71 @@ def test_contrast_pairs_are_read_by_source_and_pair_number(tmp_path: Path) -> No
         ("you again, idiot", "rain again"), ("this shift is killing me", "feeling low lately"),
         ("same number, other writer", "x")]  # grouped by (source, pair), files in name order
     (bad / "lone.jsonl").write_text(row("a half without its pair", 1, "c", 7) + "\n")
-    with pytest.raises(ValueError, match="contrast pair"):
+    with pytest.raises(ValueError, match="not two"):
         load_pairs([bad])
     (bad / "lone.jsonl").write_text(row("same", 1, "c", 7) + "\n" + row("same targets", 1, "c", 7) + "\n")
     with pytest.raises(ValueError, match="same targets"):
         load_pairs([bad])
+
+
+def test_the_pair_loss_is_small_only_when_the_harmful_half_scores_higher() -> None:
+    """The sign convention, on fixed logits: ``sign`` is the first half's targets minus the second's, and the loss
+    asks the harmful half (whichever it is) to score above the other by the margin, on the differing targets only."""
+    import numpy as np
+    import torch
+
+    from moderation.scorers.finetune import Pairs
+
+    class Fixed:
+        """Stands in for the layer cache: half ``i``'s pooled 'embedding' is its two logits."""
+
+        def __init__(self, z: list[list[float]]) -> None:
+            self.z = torch.tensor(z)
+            self.texts = ["a", "b", "c", "d"]
+
+        def pooled_rows(self, top: Any, ids: Any) -> Any:
+            return self.z[torch.from_numpy(np.asarray(ids))]
+
+    def loss(z: list[list[float]], sign: list[list[int]]) -> float:
+        pairs = Pairs(Fixed(z), np.array(sign))  # type: ignore[arg-type]
+        return float(pairs.loss(lambda x: x, None, np.arange(len(sign)), margin=1.0))
+
+    # pair 0: first half harmful on target 0; pair 1: second half harmful on target 0; target 1 agrees (ignored)
+    right = [[5.0, 9.0], [-5.0, -9.0], [-5.0, 0.0], [5.0, 0.0]]
+    wrong = [[-5.0, 9.0], [5.0, -9.0], [5.0, 0.0], [-5.0, 0.0]]
+    sign = [[1, 0], [-1, 0]]
+    assert loss(right, sign) < 0.01 < 10.0 < loss(wrong, sign)
+    assert loss(right, [[0, 0], [0, 0]]) == 0.0  # nothing differs: no loss, and not NaN
+    assert Pairs(Fixed(right), np.array(sign)).excluding({"c"}).ids.tolist() == [0]  # type: ignore[arg-type]
+
+
+def test_cross_fitting_keeps_each_fold_s_rows_out_of_the_pair_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pair with a half among a fold's held-out rows is left out of that fold's fine-tune: otherwise the
+    encoder would learn the row through the pair loss and its out-of-fold logit would not be out of fold."""
+    pytest.importorskip("sklearn")
+    from dataclasses import replace
+
+    import numpy as np
+
+    from moderation.scorers import finetune as ft
+    from moderation.scorers.train import RECIPE, TARGETS, cross_fitted_logits
+
+    cache = ft.LayerCache(TEXTS, layers=1)
+    # pair 0: rows 0 and 1 of the cache; pair 1: rows 6 and 7
+    halves = [TEXTS[0], TEXTS[1], TEXTS[6], TEXTS[7]]
+    pairs = ft.Pairs(ft.LayerCache(halves, layers=1), np.array([[1] * len(TARGETS), [-1] * len(TARGETS)]))
+    seen: list[list[int]] = []
+    real = ft.finetune
+
+    def recorded(c: Any, y: Any, w: Any, rows: Any, recipe: Any, given: Any = None) -> Any:
+        seen.append(sorted(int(k) for k in given.ids))
+        return real(c, y, w, rows, recipe, given)
+
+    monkeypatch.setattr(ft, "finetune", recorded)
+    y = np.array([[h] * len(TARGETS) for h in HARM])
+    recipe = replace(RECIPE, finetune=ft.FinetuneRecipe(layers=1, epochs=1, batch=4, pair_weight=1.0, pair_batch=2),
+                     mlp_epochs=3)
+    rows = np.arange(12)
+    folds = [(np.arange(6, 12), np.arange(0, 6)), (np.arange(0, 6), np.arange(6, 12))]
+    cross_fitted_logits(cache, y, np.ones(len(TEXTS)), rows, folds, recipe, pairs)
+    assert seen == [[1], [0]]  # the fold holding rows 0-5 out trains without pair 0, the other without pair 1
