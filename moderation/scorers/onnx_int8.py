@@ -98,9 +98,10 @@ def has_vnni(cpuinfo: str | None = None) -> bool | None:
     ``/proc/cpuinfo`` lists no x86 flags (another OS or architecture: unknown).
 
     Without VNNI, ONNX Runtime's u8 x s8 integer GEMM adds pairs of products in 16 bits, which saturate for
-    large activations times large weights: the int8 embeddings then stay within cosine 0.99 of fp32 (measured on
-    an AMD EPYC with AVX2 only: mean 0.996, min 0.991 over ``data/eval.jsonl``) instead of 0.998 (mean 0.9991,
-    min 0.9976 with VNNI), and run 1.3x fp32 instead of about 2x. The heads were trained on the exact products."""
+    large activations times large weights: with signed weights the int8 embeddings stayed within cosine 0.99 of fp32
+    only (measured on an AMD EPYC with AVX2 only: mean 0.996, min 0.991 over ``data/eval.jsonl``), against 0.9991 and
+    0.9976 with VNNI, and the heads were trained on the exact products. So such a CPU gets unsigned weights
+    (:func:`unsigned_weights`: mean 0.9992, min 0.9980 there)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
@@ -114,27 +115,39 @@ def has_vnni(cpuinfo: str | None = None) -> bool | None:
 
 @functools.cache
 def warn_without_vnni() -> None:
-    """Log once per process that this CPU lacks VNNI (see :func:`has_vnni`): the int8 encoders' scores drift
-    from those the heads were trained on, and the scorer runs at about half the speed measured elsewhere."""
+    """Log once per process that this CPU lacks VNNI (see :func:`has_vnni`): the int8 encoders use the unsigned
+    weight code, and the scorer runs at a fraction of the speed measured on CPUs with VNNI."""
     if has_vnni() is False:
-        log.warning("this CPU has no VNNI: ONNX Runtime's int8 kernels saturate here, so int8 embeddings are within "
-                    "cosine ~0.99 of fp32 (0.998 with VNNI) and the scorer runs at about half the measured speed; "
-                    "see the README, Moderation, Speed")
+        log.warning("this CPU has no VNNI int8 instructions: the int8 encoders store their weights unsigned (exact "
+                    "products, a separate cached model) and the scorer runs at about a third to a half of the speed "
+                    "measured with VNNI; see the README, Moderation, Speed")
 
 
-def recipe_tag() -> str:
-    """``int8-rowwise-<digest of the recipe and the calibration texts>``: names the int8 embeddings."""
+def unsigned_weights() -> bool:
+    """Whether this CPU's int8 exports store the weights as uint8 with zero point 128 (on an x86 CPU without VNNI).
+
+    The products are the same integers either way, but ONNX Runtime multiplies u8 by u8 in 32 bits and u8 by s8,
+    without VNNI, in saturating 16-bit pairs (:func:`has_vnni`); so on such a CPU the unsigned code keeps the
+    embeddings equal to those the heads were trained on."""
+    return has_vnni() is False
+
+
+def recipe_tag(unsigned: bool | None = None) -> str:
+    """``int8-rowwise-<digest of the recipe and the calibration texts>``: names the int8 embeddings, plus ``-u8w``
+    for the unsigned weight code (``unsigned``; None: this CPU's, :func:`unsigned_weights`), a file of its own."""
     h = hashlib.sha256("\n".join((INT8_RECIPE, *CALIBRATION_TEXTS)).encode()).hexdigest()[:12]
-    return f"{QUANTIZE_MODE}-{h}"
+    unsigned = unsigned_weights() if unsigned is None else unsigned
+    return f"{QUANTIZE_MODE}-{h}" + ("-u8w" if unsigned else "")
 
 
-def int8_path(fp32_path: Path) -> Path:
+def int8_path(fp32_path: Path, unsigned: bool | None = None) -> Path:
     """Cache file of the int8 model derived from the fp32 export ``fp32_path`` (may not exist yet)."""
-    return fp32_path.with_name(f"{fp32_path.stem}-{recipe_tag()}.onnx")
+    return fp32_path.with_name(f"{fp32_path.stem}-{recipe_tag(unsigned)}.onnx")
 
 
-def quantize_export(fp32_path: Path, tokenizer: Any, target: Path) -> None:
-    """Write the row-wise int8 model of ``fp32_path`` to ``target`` atomically, after checking it.
+def quantize_export(fp32_path: Path, tokenizer: Any, target: Path, unsigned: bool | None = None) -> None:
+    """Write the row-wise int8 model of ``fp32_path`` to ``target`` atomically, after checking it; ``unsigned``:
+    the weight code (None: this CPU's, :func:`unsigned_weights`).
 
     Takes a few seconds: shape inference, one fp32 pass over the calibration texts, the rewrite.
     """
@@ -143,7 +156,7 @@ def quantize_export(fp32_path: Path, tokenizer: Any, target: Path) -> None:
     model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32_path)))  # shapes let ORT fuse LayerNorms
     plan = _plan(model)
     act_max = _calibrate(model, plan, tokenizer)
-    _rewrite(model, plan, act_max)
+    _rewrite(model, plan, act_max, unsigned_weights() if unsigned is None else unsigned)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -215,8 +228,9 @@ def _calibrate(model: Any, plan: Sequence[_Input], tokenizer: Any) -> dict[str, 
     return {n: np.abs(o[real]).max(axis=0) for n, o in zip(names, outs, strict=True)}
 
 
-def _rewrite(model: Any, plan: Sequence[_Input], act_max: dict[str, Any]) -> None:
-    """Replace each planned MatMul with the row-wise int8 subgraph (in place)."""
+def _rewrite(model: Any, plan: Sequence[_Input], act_max: dict[str, Any], unsigned: bool = False) -> None:
+    """Replace each planned MatMul with the row-wise int8 subgraph (in place); ``unsigned``: store each weight
+    ``w`` as the uint8 ``w + 128`` with zero point 128 (the same products, see :func:`unsigned_weights`)."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -283,10 +297,12 @@ def _rewrite(model: Any, plan: Sequence[_Input], act_max: dict[str, Any]) -> Non
             col = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
             wq = np.clip(np.round(w / col), -127, 127).astype(np.int8)
             o, q = m.output[0], f"{p}/{j}"
+            stored, w_zp = (wq, []) if not unsigned else ((wq.astype(np.int16) + 128).astype(np.uint8), ["i8/zp128"])
             nodes += [
                 helper.make_node("MatMulIntegerToFloat",
-                                 [p + "/q", const(q + "/w", wq), "i8/one", const(q + "/col", col.astype(np.float32)),
-                                  zp], [q + "/y"], domain="com.microsoft"),
+                                 [p + "/q", const(q + "/w", stored), "i8/one",
+                                  const(q + "/col", col.astype(np.float32)), zp, *w_zp], [q + "/y"],
+                                 domain="com.microsoft"),
                 helper.make_node("Mul", [q + "/y", p + "/scale"], [q + "/ys"]),
                 helper.make_node("Concat", [p + "/lead", const(q + "/n", np.array([wq.shape[1]], np.int64))],
                                  [q + "/shape"], axis=0),
