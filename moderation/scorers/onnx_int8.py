@@ -3,7 +3,8 @@
 Every MatMul of the encoder with a constant weight (Q, K, V, attention output, FFN up and down:
 36 of them) becomes ORT's ``MatMulIntegerToFloat`` on int8 operands, where
 
-- weights are int8, symmetric, one scale per output column;
+- weights are int8, symmetric, one scale per output column (on an x86 CPU without VNNI stored as uint8 with
+  zero point 128, the same integers: :func:`unsigned_weights`);
 - activations are quantised **per row**, i.e. per token: each token vector gets its own scale,
   computed at run time from that vector alone (ORT's own ``DynamicQuantizeLinear`` takes one scale
   over the whole batch tensor, so a text's embedding would depend on its batch-mates). The integer
