@@ -94,6 +94,15 @@ CALIBRATION_TEXTS = (
 )
 
 
+@functools.cache
+def _cpuinfo() -> str | None:
+    """``/proc/cpuinfo``, read once per process (None where there is none)."""
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
 def has_vnni(cpuinfo: str | None = None) -> bool | None:
     """Whether this x86 CPU has VNNI int8 dot products (``avx512_vnni``, ``avx_vnni`` or AMX); None where
     ``/proc/cpuinfo`` lists no x86 flags (another OS or architecture: unknown).
@@ -104,9 +113,8 @@ def has_vnni(cpuinfo: str | None = None) -> bool | None:
     0.9976 with VNNI, and the heads were trained on the exact products. So such a CPU gets unsigned weights
     (:func:`unsigned_weights`: mean 0.9992, min 0.9980 there)."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
+        cpuinfo = _cpuinfo()
+        if cpuinfo is None:
             return None
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
     if flags is None:
@@ -120,8 +128,8 @@ def warn_without_vnni() -> None:
     weight code, and the scorer runs at a fraction of the speed measured on CPUs with VNNI."""
     if has_vnni() is False:
         log.warning("this CPU has no VNNI int8 instructions: the int8 encoders store their weights unsigned (exact "
-                    "products, a separate cached model) and the scorer runs at about a third to a half of the speed "
-                    "measured with VNNI; see the README, Moderation, Speed")
+                    "products, a separate cached model) and the scorer ran at 0.2-0.4x the speed measured with VNNI "
+                    "on such a CPU; see the README, Moderation, Speed")
 
 
 def unsigned_weights() -> bool:
