@@ -1,8 +1,8 @@
 """The moderation worker: score batches from ``moderation:jobs`` and act on them.
 
 Reads through a Redis consumer group, scores a batch in a thread, and in ONE
-transaction stores the scores and applies the decisions; it acknowledges only
-after COMMIT, then publishes. Entries a dead worker left pending are reclaimed
+transaction stores the scores and applies the decisions; it acknowledges (and
+deletes) the jobs only after COMMIT, then publishes. Entries a dead worker left pending are reclaimed
 after ``worker_claim_idle_ms``; one that failed ``worker_max_attempts`` times goes
 to the dead-letter stream with its last error. Scoring is idempotent (one
 result per item and model version), so a redelivery never double-acts.
@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 from common import events, namespaces, redisconn
 from common.bus import Event, Keys, Publisher
 from common.labels import SELF_HARM_RISK
-from common.redisconn import REDIS_DOWN
+from common.redisconn import REDIS_DOWN, Script
 from common.tasks import Supervisor, backoff, cancelled_meanwhile
 from db import apps, learning, outbox, writes
 from db import moderation as mdb
@@ -45,6 +45,17 @@ GROUP = "scorers"
 SWEEP_LOCK = 7354001
 RESCORE_LOCK = 7354003
 Entry = tuple[str, dict[bytes, bytes]]
+DONE = """
+local deleted = 0
+for i = 2, #ARGV do
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  deleted = deleted + redis.call('XDEL', KEYS[1], ARGV[i])
+end
+return deleted
+"""
+"""XACK and XDEL of the same jobs, atomically (one key: a cluster runs it on that key's shard). A job stays in the
+stream until it is done and leaves it then: acknowledged entries are otherwise kept, and the stream would grow
+by one entry per post and comment for as long as Redis runs."""
 
 
 class Worker:
@@ -67,6 +78,7 @@ class Worker:
         self.relay = outbox.Relay(pool, self.publisher.publish_rows)
         self.supervisor = Supervisor()
         self.scored = 0
+        self._done = Script(redis, DONE)
 
     async def ensure_group(self) -> None:
         try:
@@ -140,7 +152,7 @@ class Worker:
         # Acknowledge after COMMIT: a crash before this line redelivers, and the
         # unique (item, model version) key makes the redelivery a no-op. The events
         # are in the outbox already: the relay publishes them if we die before we do.
-        await self.redis.xack(self.keys.jobs, GROUP, *[i for i, _ in entries])
+        await self.done([i for i, _ in entries])
         if announce is not None:
             await self.relay.publish_now(announce.rows)
         if app_items:  # a server API request may be waiting for these scores (``wait``)
@@ -219,6 +231,12 @@ class Worker:
                 out += await apps.release(conn, row)
         return out
 
+    async def done(self, entry_ids: list[str]) -> None:
+        """Acknowledge jobs and delete them from the stream (:data:`DONE`), and forget the errors earlier attempts
+        recorded against them (a job that failed once and then succeeded would otherwise keep its error)."""
+        await self._done(keys=[self.keys.jobs], args=[GROUP, *entry_ids])
+        await self.redis.hdel(self.keys.jobs + ":errors", *entry_ids)
+
     async def reclaim(self) -> list[Entry]:
         """Take over entries idle too long; dead-letter those out of attempts."""
         pending: Any = await self.redis.xpending_range(
@@ -242,8 +260,7 @@ class Worker:
         error = await self.redis.hget(self.keys.jobs + ":errors", entry_id)
         job: dict[Any, Any] = fields[0][1] if fields else {}
         await self.redis.xadd(self.keys.dead_letter, {**job, b"entry": entry_id, b"error": error or b"unknown"})
-        await self.redis.xack(self.keys.jobs, GROUP, entry_id)
-        await self.redis.hdel(self.keys.jobs + ":errors", entry_id)
+        await self.done([entry_id])
         log.error("moderation job %s dead-lettered after %d attempts", entry_id, self.settings.worker_max_attempts)
 
     async def sweep(self) -> int:

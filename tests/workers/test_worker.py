@@ -58,6 +58,7 @@ async def test_flag_opens_case_files_system_report_and_notifies_moderators(setti
     assert set(case["scores"]) >= {"toxicity", "threat", "insult"} and case["reasons"]
     assert await redis.xpending(Keys(settings.redis_prefix).jobs, GROUP) == {
         "pending": 0, "min": None, "max": None, "consumers": []}
+    assert await redis.xlen(Keys(settings.redis_prefix).jobs) == 0  # done: gone from the stream
 
 
 async def test_benign_is_approved_and_redelivery_is_idempotent(settings, pool, redis) -> None:
@@ -148,6 +149,25 @@ async def test_failing_item_goes_to_dead_letter_after_k_attempts(settings, pool,
     [(_, dead)] = await redis.xrange(keys.dead_letter)
     assert dead[b"id"].decode() == str(vybe.id) and b"model exploded" in dead[b"error"]
     assert (await redis.xpending(keys.jobs, GROUP))["pending"] == 0
+    assert await redis.xlen(keys.jobs) == 0 and not await redis.hgetall(keys.jobs + ":errors")
+
+
+async def test_a_job_that_failed_once_leaves_nothing_behind_when_it_succeeds(settings, pool, redis) -> None:
+    """The stream keeps no job that is done (it would grow by one entry per post for as long as Redis runs),
+    and the error of a failed attempt goes with it."""
+    keys = Keys(settings.redis_prefix)
+    broken = _worker(settings, pool, redis, scorer=_Broken(), worker_claim_idle_ms=0)
+    await broken.ensure_group()
+    await _post(pool, redis, settings, "first try fails")
+    await broken.step()
+    assert await redis.xlen(keys.jobs) == 1 and len(await redis.hgetall(keys.jobs + ":errors")) == 1
+    healthy = _worker(settings, pool, redis, worker_claim_idle_ms=0)
+    for n in range(3):
+        await _post(pool, redis, settings, f"post {n}")
+    assert await healthy.step() == 3  # the new ones
+    assert await healthy.step() == 1  # the reclaimed one
+    assert await pool.fetchval("SELECT count(*) FROM moderation_scores") == 4
+    assert await redis.xlen(keys.jobs) == 0 and not await redis.hgetall(keys.jobs + ":errors")
 
 
 async def test_sweeper_enqueues_items_that_were_never_enqueued(settings, pool, redis) -> None:
