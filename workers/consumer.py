@@ -87,6 +87,23 @@ class Worker:
             if "BUSYGROUP" not in str(err):
                 raise
 
+    async def trim(self) -> int:
+        """Delete the jobs that are done but still in the stream (versions before 2026-12-07 acknowledged jobs
+        without deleting them, :data:`DONE`): every entry older than the oldest one not yet acknowledged, which
+        is the oldest pending entry or the first not yet delivered. Run at start; returns the entries deleted."""
+        groups: Any = await self.redis.xinfo_groups(self.keys.jobs)
+        mine = [g for g in groups if _s(g["name"]) == GROUP]
+        if not mine:
+            return 0
+        # The delivery point first: entries delivered after it are at or past it, so the bound stays safe.
+        ms, _, seq = _s(mine[0]["last-delivered-id"]).partition("-")
+        keep = (int(ms), int(seq or 0) + 1)
+        pending: Any = await self.redis.xpending(self.keys.jobs, GROUP)
+        if pending["pending"]:
+            oldest, _, oldest_seq = _s(pending["min"]).partition("-")
+            keep = min(keep, (int(oldest), int(oldest_seq or 0)))
+        return int(await self.redis.xtrim(self.keys.jobs, minid=f"{keep[0]}-{keep[1]}", approximate=False))
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is finished first. The sweeper and
         the outbox loops run supervised beside it."""
@@ -95,6 +112,11 @@ class Worker:
             await self.sync_model()  # before the first batch, so nothing is scored by a superseded model
         with contextlib.suppress(*REDIS_DOWN):
             await self.ensure_group()  # a fresh Redis has no group yet (the loop retries if this fails)
+        try:
+            if trimmed := await self.trim():
+                log.info("deleted %d finished jobs from %s", trimmed, self.keys.jobs)
+        except REDIS_DOWN as err:  # Redis away, or before 6.2 (no XTRIM MINID: a ResponseError, a RedisError)
+            log.warning("finished jobs not trimmed from %s: %s", self.keys.jobs, err)
         sup.add("models", self._model_loop)
         sup.add("sweeper", self._sweep_loop)
         sup.add("webhooks", lambda: webhooks.run(self.pool, self.settings))

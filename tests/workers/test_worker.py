@@ -236,3 +236,25 @@ def test_auto_mode_flags_with_every_scorer_and_an_explicit_mode_is_kept() -> Non
     shadowed = build_policy(load_settings({"VYBE_MODERATION_MODE": "shadow"}), light).decide({"toxicity": 0.99})
     assert shadowed.action == "shadow" and shadowed.reasons
     assert build_policy(load_settings({}), light).decide({"toxicity": 0.99}).action == "flag"
+
+
+async def test_jobs_done_before_the_upgrade_are_trimmed_and_the_rest_kept(settings, pool, redis) -> None:
+    """Jobs an older version acknowledged without deleting them go at start; a pending job, one not yet
+    delivered, and everything after them stay."""
+    keys = Keys(settings.redis_prefix)
+    w = _worker(settings, pool, redis)
+    await w.ensure_group()
+    for n in range(3):
+        await redis.xadd(keys.jobs, {"kind": "vybe", "id": f"old-{n}"})
+    old = await redis.xreadgroup(GROUP, "old-version", {keys.jobs: ">"}, count=3)
+    await redis.xack(keys.jobs, GROUP, *[i for i, _ in old[0][1]])  # acknowledged, not deleted
+    await redis.xadd(keys.jobs, {"kind": "vybe", "id": "pending"})
+    await redis.xreadgroup(GROUP, "crashed", {keys.jobs: ">"}, count=1)  # delivered, never acknowledged
+    await redis.xadd(keys.jobs, {"kind": "vybe", "id": "new"})
+    await redis.xadd(keys.jobs, {"kind": "vybe", "id": "newer"})
+    assert await w.trim() == 3
+    assert [f[b"id"] for _, f in await redis.xrange(keys.jobs)] == [b"pending", b"new", b"newer"]
+    assert await w.trim() == 0
+    await redis.xack(keys.jobs, GROUP, *[i for i, f in await redis.xrange(keys.jobs) if f[b"id"] == b"pending"])
+    assert await w.trim() == 1  # with nothing pending, the bound is the delivery point
+    assert [f[b"id"] for _, f in await redis.xrange(keys.jobs)] == [b"new", b"newer"]
