@@ -165,6 +165,27 @@ def job(kind: str, item_id: object) -> Event:
 JOBS_CHANNEL = "moderation:jobs"
 SEPARATOR = EVENT_SEPARATOR.encode()
 
+
+class JobBacklog(NamedTuple):
+    """The moderation job stream from outside the workers, who delete each job when it is done."""
+
+    waiting: int
+    """Jobs not done: queued, or delivered to a worker and not acknowledged yet."""
+    oldest_s: float
+    """Age of the oldest of them in seconds (0 with none), by the time in its stream id (Redis's clock)."""
+
+
+async def job_backlog(redis: Any, keys: Keys, now: float | None = None) -> JobBacklog:
+    """How far the moderation workers are behind: two reads of the job stream, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xlen(keys.jobs)
+        pipe.xrange(keys.jobs, count=1)
+        waiting, first = await pipe.execute()
+    if not first:
+        return JobBacklog(int(waiting), 0.0)
+    ms, _ = stream_id_key(_text(first[0][0]))
+    return JobBacklog(int(waiting), max(0.0, (time.time() if now is None else now) - ms / 1000))
+
 # Publishes one outbox row of an ordered channel. KEYS[4]: the channel's last
 # published sequence; KEYS[5]: rows that arrived before their predecessor.
 # ARGV[4]: the row's sequence; ARGV[5]: '1' when no earlier row of the channel is

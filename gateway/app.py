@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import Receive, Send
 
+from common.bus import job_backlog
+from common.redisconn import REDIS_DOWN
 from gateway.context import Gateway, gateway_lifespan
 from gateway.pages import PAGE_HANDLERS
 from gateway.protocol import json_schema
@@ -71,6 +74,9 @@ def protocol_schema() -> dict[str, object]:
 async def metrics(state: State) -> bytes:
     """Prometheus metrics of this node."""
     gw: Gateway = state.gateway
+    gw.job_backlog = None  # without an answer from Redis: no figure rather than a stale one
+    with contextlib.suppress(*REDIS_DOWN, TimeoutError):
+        gw.job_backlog = await asyncio.wait_for(job_backlog(gw.redis, gw.keys), 1.0)
     return gw.metrics.render()
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from common import namespaces, redisconn
-from common.bus import Keys, Publisher
+from common.bus import JobBacklog, Keys, Publisher
 from common.events import reactions_changed
 from common.tasks import Supervisor
 from db import learning, outbox, writes
@@ -85,6 +85,8 @@ class Gateway:
         self.users = Users(pool)
         self.flag_stats: learning.Stats | None = None
         """Flag precision and recall by moderators' decisions (30 days), refreshed every minute for /metrics."""
+        self.job_backlog: JobBacklog | None = None
+        """The moderation workers' backlog, read from Redis when /metrics is scraped (None: Redis did not answer)."""
         self.presence = Presence(self, settings.presence_interval_s)
         self.metrics.bind(self)
 

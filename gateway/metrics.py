@@ -64,6 +64,11 @@ class _HotPathCounters(Collector):
                                   value=gw.relay.relayed)
         yield GaugeMetricFamily("vybe_outbox_backlog", "Outbox rows committed here and waiting for the fast path",
                                 value=gw.relay.backlog)
+        if gw.job_backlog is not None:
+            yield GaugeMetricFamily("vybe_moderation_jobs_waiting", "Moderation jobs not done yet (queued or being "
+                                    "scored), all workers; the same on every node", value=gw.job_backlog.waiting)
+            yield GaugeMetricFamily("vybe_moderation_oldest_job_seconds", "Age of the oldest moderation job not "
+                                    "done yet (0: none): how late scoring runs now", value=gw.job_backlog.oldest_s)
         yield from _flag_stats(gw)
 
 

@@ -20,7 +20,7 @@ import asyncpg
 from redis.exceptions import ResponseError
 
 from common import events, namespaces, redisconn
-from common.bus import Event, Keys, Publisher
+from common.bus import Event, Keys, Publisher, stream_id_key
 from common.labels import SELF_HARM_RISK
 from common.redisconn import REDIS_DOWN, Script
 from common.tasks import Supervisor, backoff, cancelled_meanwhile
@@ -96,12 +96,11 @@ class Worker:
         if not mine:
             return 0
         # The delivery point first: entries delivered after it are at or past it, so the bound stays safe.
-        ms, _, seq = _s(mine[0]["last-delivered-id"]).partition("-")
-        keep = (int(ms), int(seq or 0) + 1)
+        ms, seq = stream_id_key(_s(mine[0]["last-delivered-id"]))
+        keep = (ms, seq + 1)
         pending: Any = await self.redis.xpending(self.keys.jobs, GROUP)
         if pending["pending"]:
-            oldest, _, oldest_seq = _s(pending["min"]).partition("-")
-            keep = min(keep, (int(oldest), int(oldest_seq or 0)))
+            keep = min(keep, stream_id_key(_s(pending["min"])))
         return int(await self.redis.xtrim(self.keys.jobs, minid=f"{keep[0]}-{keep[1]}", approximate=False))
 
     async def run(self, stop: asyncio.Event) -> None:

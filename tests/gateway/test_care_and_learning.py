@@ -83,3 +83,42 @@ async def test_resolve_labels_feed_the_stats_on_rest_and_metrics(live, connect, 
         assert 'vybe_moderation_flag_precision{label="threat"} 1.0' in metrics
         assert "vybe_moderation_decisions 1.0" in metrics
 
+
+
+async def test_metrics_show_how_far_scoring_is_behind(live, connect, keyword_scorer) -> None:
+    """/metrics reads the job stream: posts waiting for a worker and the age of the oldest; both fall to 0
+    once a worker has done them. With Redis not answering, the two figures are left out, not stale."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    author = await connect(live, live.token("kim"))
+    for n in range(3):
+        await author.ok("post_vybe", content=f"post {n}")
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        for _ in range(100):  # the jobs reach the stream through the outbox relay, just after COMMIT
+            metrics = (await http.get("/metrics")).text
+            if "vybe_moderation_jobs_waiting 3.0" in metrics:
+                break
+            await asyncio.sleep(0.05)
+        assert "vybe_moderation_jobs_waiting 3.0" in metrics
+        await asyncio.sleep(0.2)
+        oldest = _gauge(metrics, "vybe_moderation_oldest_job_seconds")
+        assert _gauge((await http.get("/metrics")).text, "vybe_moderation_oldest_job_seconds") >= oldest + 0.2
+        await _score_all(live, keyword_scorer)
+        done = (await http.get("/metrics")).text
+        assert "vybe_moderation_jobs_waiting 0.0" in done and "vybe_moderation_oldest_job_seconds 0.0" in done
+        gw, real = live.gateway, live.gateway.redis
+        gw.redis = aioredis.Redis(port=1, socket_connect_timeout=0.5)  # nothing listens there: Redis is down
+        try:
+            down = await http.get("/metrics")
+        finally:
+            await gw.redis.aclose()
+            gw.redis = real
+        assert down.status_code == 200 and "vybe_moderation_jobs_waiting" not in down.text
+        assert "vybe_frames_out" in down.text
+
+
+def _gauge(metrics: str, name: str) -> float:
+    [value] = [line.split()[1] for line in metrics.splitlines() if line.startswith(name + " ")]
+    return float(value)
