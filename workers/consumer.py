@@ -56,6 +56,10 @@ return deleted
 """XACK and XDEL of the same jobs, atomically (one key: a cluster runs it on that key's shard). A job stays in the
 stream until it is done and leaves it then: acknowledged entries are otherwise kept, and the stream would grow
 by one entry per post and comment for as long as Redis runs."""
+TRIM_SLICE = 10_000
+"""Entries one XTRIM of :meth:`Worker.trim` may delete (about 0.1 ms of Redis's time)."""
+MAX_SEQ = 2**64 - 1
+"""The largest sequence part of a stream id."""
 
 
 class Worker:
@@ -88,20 +92,31 @@ class Worker:
                 raise
 
     async def trim(self) -> int:
-        """Delete the jobs that are done but still in the stream (versions before 2026-12-07 acknowledged jobs
-        without deleting them, :data:`DONE`): every entry older than the oldest one not yet acknowledged, which
-        is the oldest pending entry or the first not yet delivered. Run at start; returns the entries deleted."""
-        groups: Any = await self.redis.xinfo_groups(self.keys.jobs)
+        """Delete the jobs that are done but still in the stream: those a version before c767fbb acknowledged
+        without deleting them (:data:`DONE`), at an upgrade or from an old worker still running in a rolling
+        update. Every entry older than the oldest one not yet acknowledged goes: the oldest pending entry, or the
+        first not yet delivered. (So this stream must have no consumer group but ours.) The bulk goes in slices
+        of :data:`TRIM_SLICE` entries, as one XTRIM of months of jobs would hold Redis for seconds (about 10 ms
+        per million entries). Runs with each sweep; returns the entries deleted."""
+        try:
+            groups: Any = await self.redis.xinfo_groups(self.keys.jobs)
+        except ResponseError as err:
+            if "no such key" in str(err).lower():
+                return 0  # no stream yet (or Redis lost it): nothing to trim
+            raise
         mine = [g for g in groups if _s(g["name"]) == GROUP]
         if not mine:
             return 0
         # The delivery point first: entries delivered after it are at or past it, so the bound stays safe.
         ms, seq = stream_id_key(_s(mine[0]["last-delivered-id"]))
-        keep = (ms, seq + 1)
+        keep = (ms + 1, 0) if seq == MAX_SEQ else (ms, seq + 1)
         pending: Any = await self.redis.xpending(self.keys.jobs, GROUP)
         if pending["pending"]:
             keep = min(keep, stream_id_key(_s(pending["min"])))
-        return int(await self.redis.xtrim(self.keys.jobs, minid=f"{keep[0]}-{keep[1]}", approximate=False))
+        minid, deleted = f"{keep[0]}-{keep[1]}", 0
+        while sliced := int(await self.redis.xtrim(self.keys.jobs, minid=minid, approximate=True, limit=TRIM_SLICE)):
+            deleted += sliced  # whole nodes of the stream at a time, other clients served in between
+        return deleted + int(await self.redis.xtrim(self.keys.jobs, minid=minid, approximate=False))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is finished first. The sweeper and
@@ -111,11 +126,6 @@ class Worker:
             await self.sync_model()  # before the first batch, so nothing is scored by a superseded model
         with contextlib.suppress(*REDIS_DOWN):
             await self.ensure_group()  # a fresh Redis has no group yet (the loop retries if this fails)
-        try:
-            if trimmed := await self.trim():
-                log.info("deleted %d finished jobs from %s", trimmed, self.keys.jobs)
-        except REDIS_DOWN as err:  # Redis away, or before 6.2 (no XTRIM MINID: a ResponseError, a RedisError)
-            log.warning("finished jobs not trimmed from %s: %s", self.keys.jobs, err)
         sup.add("models", self._model_loop)
         sup.add("sweeper", self._sweep_loop)
         sup.add("webhooks", lambda: webhooks.run(self.pool, self.settings))
@@ -177,11 +187,14 @@ class Worker:
         if announce is not None:
             await self.relay.publish_now(announce.rows)
         if app_items:  # a server API request may be waiting for these scores (``wait``)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for item_id in app_items:
-                    pipe.lpush(f"{self.keys.prefix}scored:{item_id}", 1)
-                    pipe.expire(f"{self.keys.prefix}scored:{item_id}", 60)
-                await pipe.execute()
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for item_id in app_items:
+                        pipe.lpush(f"{self.keys.prefix}scored:{item_id}", 1)
+                        pipe.expire(f"{self.keys.prefix}scored:{item_id}", 60)
+                    await pipe.execute()
+            except REDIS_DOWN as err:  # the batch is done (not to be retried); such a wait ends at its timeout
+                log.warning("scored app items not signalled: %s", err)
 
     async def _store(self, items: list[mdb.Item], scores: list[dict[str, float]],
                      model: tuple[str, str]) -> Announcement:
@@ -255,8 +268,11 @@ class Worker:
     async def done(self, entry_ids: list[str]) -> None:
         """Acknowledge jobs and delete them from the stream (:data:`DONE`), and forget the errors earlier attempts
         recorded against them (a job that failed once and then succeeded would otherwise keep its error)."""
+        if not entry_ids:
+            return
         await self._done(keys=[self.keys.jobs], args=[GROUP, *entry_ids])
-        await self.redis.hdel(self.keys.jobs + ":errors", *entry_ids)
+        with contextlib.suppress(*REDIS_DOWN):  # the jobs are done; at worst an error record stays behind
+            await self.redis.hdel(self.keys.jobs + ":errors", *entry_ids)
 
     async def reclaim(self) -> list[Entry]:
         """Take over entries idle too long; dead-letter those out of attempts."""
@@ -278,8 +294,11 @@ class Worker:
 
     async def _dead_letter(self, entry_id: str) -> None:
         fields: Any = await self.redis.xrange(self.keys.jobs, entry_id, entry_id)
+        if not fields:  # its last attempt finished it meanwhile (a done job leaves the stream): nothing to keep
+            await self.done([entry_id])
+            return
         error = await self.redis.hget(self.keys.jobs + ":errors", entry_id)
-        job: dict[Any, Any] = fields[0][1] if fields else {}
+        job: dict[Any, Any] = fields[0][1]
         await self.redis.xadd(self.keys.dead_letter, {**job, b"entry": entry_id, b"error": error or b"unknown"})
         await self.done([entry_id])
         log.error("moderation job %s dead-lettered after %d attempts", entry_id, self.settings.worker_max_attempts)
@@ -368,6 +387,9 @@ class Worker:
                 rescored = await self.rescore()
                 if rescored:
                     log.info("enqueued %d items for rescoring by %s", rescored, self.scorer.version)
+                trimmed = await self.trim()  # Redis before 6.2 (no XTRIM MINID) answers with an error here
+                if trimmed:
+                    log.info("deleted %d finished jobs from %s", trimmed, self.keys.jobs)
             except (*UNREACHABLE, *REDIS_DOWN, asyncpg.PostgresError) as err:
                 log.warning("sweep failed: %s", err)
             await asyncio.sleep(interval)

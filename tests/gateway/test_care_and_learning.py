@@ -91,6 +91,8 @@ async def test_metrics_show_how_far_scoring_is_behind(live, connect, keyword_sco
     import asyncio
 
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 
     author = await connect(live, live.token("kim"))
     for n in range(3):
@@ -109,7 +111,7 @@ async def test_metrics_show_how_far_scoring_is_behind(live, connect, keyword_sco
         done = (await http.get("/metrics")).text
         assert "vybe_moderation_jobs_waiting 0.0" in done and "vybe_moderation_oldest_job_seconds 0.0" in done
         gw, real = live.gateway, live.gateway.redis
-        gw.redis = aioredis.Redis(port=1, socket_connect_timeout=0.5)  # nothing listens there: Redis is down
+        gw.redis = aioredis.Redis(port=1, retry=Retry(NoBackoff(), 0))  # nothing listens there: Redis is down
         try:
             down = await http.get("/metrics")
         finally:

@@ -14,6 +14,7 @@ from common.bus import Keys
 from db import writes
 from moderation.policy import Policy
 from moderation.scorers import load_scorer
+from workers import consumer
 from workers.consumer import GROUP, Worker
 
 pytestmark = pytest.mark.anyio
@@ -238,23 +239,65 @@ def test_auto_mode_flags_with_every_scorer_and_an_explicit_mode_is_kept() -> Non
     assert build_policy(load_settings({}), light).decide({"toxicity": 0.99}).action == "flag"
 
 
-async def test_jobs_done_before_the_upgrade_are_trimmed_and_the_rest_kept(settings, pool, redis) -> None:
-    """Jobs an older version acknowledged without deleting them go at start; a pending job, one not yet
+async def test_jobs_done_before_the_upgrade_are_trimmed_and_the_rest_kept(settings, pool, redis,
+                                                                         monkeypatch) -> None:
+    """Jobs an older version acknowledged without deleting them go, in slices; a pending job, one not yet
     delivered, and everything after them stay."""
+    monkeypatch.setattr(consumer, "TRIM_SLICE", 100)
     keys = Keys(settings.redis_prefix)
     w = _worker(settings, pool, redis)
+    assert await w.trim() == 0  # no stream yet
     await w.ensure_group()
-    for n in range(3):
-        await redis.xadd(keys.jobs, {"kind": "vybe", "id": f"old-{n}"})
-    old = await redis.xreadgroup(GROUP, "old-version", {keys.jobs: ">"}, count=3)
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in range(1000):
+            pipe.xadd(keys.jobs, {"kind": "vybe", "id": f"old-{n}"})
+        await pipe.execute()
+    old = await redis.xreadgroup(GROUP, "old-version", {keys.jobs: ">"}, count=1000)
     await redis.xack(keys.jobs, GROUP, *[i for i, _ in old[0][1]])  # acknowledged, not deleted
     await redis.xadd(keys.jobs, {"kind": "vybe", "id": "pending"})
     await redis.xreadgroup(GROUP, "crashed", {keys.jobs: ">"}, count=1)  # delivered, never acknowledged
     await redis.xadd(keys.jobs, {"kind": "vybe", "id": "new"})
     await redis.xadd(keys.jobs, {"kind": "vybe", "id": "newer"})
-    assert await w.trim() == 3
+    assert await w.trim() == 1000
     assert [f[b"id"] for _, f in await redis.xrange(keys.jobs)] == [b"pending", b"new", b"newer"]
     assert await w.trim() == 0
     await redis.xack(keys.jobs, GROUP, *[i for i, f in await redis.xrange(keys.jobs) if f[b"id"] == b"pending"])
     assert await w.trim() == 1  # with nothing pending, the bound is the delivery point
     assert [f[b"id"] for _, f in await redis.xrange(keys.jobs)] == [b"new", b"newer"]
+
+
+async def test_a_running_worker_trims_what_an_old_one_left(settings, pool, redis) -> None:
+    """The sweep loop trims too (at start and then with each sweep): jobs an old worker acknowledged during
+    a rolling update do not stay in the stream or in the backlog figures."""
+    keys = Keys(settings.redis_prefix)
+    w = _worker(settings, pool, redis, sweep_after_s=1.0)
+    await w.ensure_group()
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.run(stop))
+    try:
+        for n in range(3):
+            await redis.xadd(keys.jobs, {"kind": "vybe", "id": f"old-{n}"})
+        old = await redis.xreadgroup(GROUP, "old-version", {keys.jobs: ">"}, count=3)
+        await redis.xack(keys.jobs, GROUP, *[i for i, _ in old[0][1]])
+        for _ in range(100):
+            if await redis.xlen(keys.jobs) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await redis.xlen(keys.jobs) == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_job_finished_while_it_was_being_dead_lettered_leaves_no_record(settings, pool, redis) -> None:
+    """Out of attempts, but gone from the stream by the time it is dead-lettered (its last attempt finished it):
+    no empty record on the dead-letter stream, and nothing left pending."""
+    keys = Keys(settings.redis_prefix)
+    w = _worker(settings, pool, redis, worker_claim_idle_ms=0, worker_max_attempts=1)
+    await w.ensure_group()
+    entry = await redis.xadd(keys.jobs, {"kind": "vybe", "id": "slow"})
+    await redis.xreadgroup(GROUP, "slow-worker", {keys.jobs: ">"}, count=1)
+    await redis.xdel(keys.jobs, entry)  # what remains of DONE's work when XPENDING was read just before it
+    await w.step()
+    assert await redis.xlen(keys.dead_letter) == 0
+    assert (await redis.xpending(keys.jobs, GROUP))["pending"] == 0
