@@ -116,7 +116,12 @@ class Worker:
         minid, deleted = f"{keep[0]}-{keep[1]}", 0
         while sliced := int(await self.redis.xtrim(self.keys.jobs, minid=minid, approximate=True, limit=TRIM_SLICE)):
             deleted += sliced  # whole nodes of the stream at a time, other clients served in between
-        return deleted + int(await self.redis.xtrim(self.keys.jobs, minid=minid, approximate=False))
+        deleted += int(await self.redis.xtrim(self.keys.jobs, minid=minid, approximate=False))
+        errors = self.keys.jobs + ":errors"  # and the error records of jobs done since (kept before c767fbb)
+        stale = [f async for f, _ in self.redis.hscan_iter(errors) if _older(_s(f), keep)]
+        if stale:
+            await self.redis.hdel(errors, *stale)
+        return deleted
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is finished first. The sweeper and
@@ -422,6 +427,12 @@ async def _nothing(value: Any) -> Any:
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _older(entry_id: str, bound: tuple[int, int]) -> bool:
+    """Whether ``entry_id`` is a stream id before ``bound`` (False for anything else)."""
+    ms, _, seq = entry_id.partition("-")
+    return ms.isdigit() and seq.isdigit() and (int(ms), int(seq)) < bound
 
 
 def _str(value: object) -> str | None:
