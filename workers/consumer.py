@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -60,6 +61,7 @@ TRIM_SLICE = 10_000
 """Entries one XTRIM of :meth:`Worker.trim` may delete (about 0.1 ms of Redis's time)."""
 MAX_SEQ = 2**64 - 1
 """The largest sequence part of a stream id."""
+_STREAM_ID = re.compile(rb"(\d+)-(\d+)")
 
 
 class Worker:
@@ -117,8 +119,13 @@ class Worker:
         while sliced := int(await self.redis.xtrim(self.keys.jobs, minid=minid, approximate=True, limit=TRIM_SLICE)):
             deleted += sliced  # whole nodes of the stream at a time, other clients served in between
         deleted += int(await self.redis.xtrim(self.keys.jobs, minid=minid, approximate=False))
-        errors = self.keys.jobs + ":errors"  # and the error records of jobs done since (kept before c767fbb)
-        stale = [f async for f, _ in self.redis.hscan_iter(errors) if _older(_s(f), keep)]
+        errors, stale = self.keys.jobs + ":errors", []  # and the records of jobs done since (kept before c767fbb)
+        async for field, _ in self.redis.hscan_iter(errors, count=1000):
+            if _older(field, keep):
+                stale.append(field)
+            if len(stale) == TRIM_SLICE:
+                await self.redis.hdel(errors, *stale)
+                stale = []
         if stale:
             await self.redis.hdel(errors, *stale)
         return deleted
@@ -429,10 +436,11 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _older(entry_id: str, bound: tuple[int, int]) -> bool:
+def _older(entry_id: bytes | str, bound: tuple[int, int]) -> bool:
     """Whether ``entry_id`` is a stream id before ``bound`` (False for anything else)."""
-    ms, _, seq = entry_id.partition("-")
-    return ms.isdigit() and seq.isdigit() and (int(ms), int(seq)) < bound
+    raw = entry_id.encode() if isinstance(entry_id, str) else entry_id
+    match = _STREAM_ID.fullmatch(raw)
+    return match is not None and (int(match[1]), int(match[2])) < bound
 
 
 def _str(value: object) -> str | None:

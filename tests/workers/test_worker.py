@@ -259,14 +259,16 @@ async def test_jobs_done_before_the_upgrade_are_trimmed_and_the_rest_kept(settin
     await redis.xadd(keys.jobs, {"kind": "vybe", "id": "new"})
     await redis.xadd(keys.jobs, {"kind": "vybe", "id": "newer"})
     [(pending, _)] = await redis.xrange(keys.jobs, count=1, min=f"({old[0][1][-1][0].decode()}")
-    await redis.hset(keys.jobs + ":errors", mapping={old[0][1][0][0]: "failed once, done since", pending: "failed"})
+    await redis.hset(keys.jobs + ":errors", mapping={old[0][1][0][0]: "failed once, done since", pending: "failed",
+                                                     "not-an-id": "kept"})
     assert await w.trim() == 1000
     assert [f[b"id"] for _, f in await redis.xrange(keys.jobs)] == [b"pending", b"new", b"newer"]
-    assert list(await redis.hgetall(keys.jobs + ":errors")) == [pending]  # a done job's error goes
+    assert set(await redis.hgetall(keys.jobs + ":errors")) == {pending, b"not-an-id"}  # a done job's error goes
     assert await w.trim() == 0
     await redis.xack(keys.jobs, GROUP, *[i for i, f in await redis.xrange(keys.jobs) if f[b"id"] == b"pending"])
     assert await w.trim() == 1  # with nothing pending, the bound is the delivery point
     assert [f[b"id"] for _, f in await redis.xrange(keys.jobs)] == [b"new", b"newer"]
+    assert set(await redis.hgetall(keys.jobs + ":errors")) == {b"not-an-id"}
 
 
 async def test_a_running_worker_trims_what_an_old_one_left(settings, pool, redis) -> None:
