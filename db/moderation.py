@@ -558,23 +558,43 @@ async def _audit(conn: asyncpg.Connection, actor: str, action: str, case: asyncp
 
 
 async def unscored(pool: asyncpg.Pool, older_than_s: float, limit: int = 500) -> list[tuple[str, uuid.UUID]]:
-    """Items still pending after ``older_than_s`` with no score (the sweeper re-enqueues them)."""
+    """Items still pending after ``older_than_s`` with no score (the sweeper re-enqueues them), except those whose
+    job was dead-lettered and whose retry is not due (:func:`record_failure`)."""
     rows = await pool.fetch(
         """SELECT 'vybe' AS kind, id FROM shared_vybes v
             WHERE moderation_state = 'pending' AND created_at < now() - make_interval(secs => $1)
               AND NOT EXISTS (SELECT 1 FROM moderation_scores s
                                WHERE s.target_type = 'shared_vybe' AND s.target_id = v.id)
+              AND NOT EXISTS (SELECT 1 FROM moderation_failures f
+                               WHERE f.kind = 'vybe' AND f.item_id = v.id AND f.retry_after > now())
            UNION ALL
            SELECT 'comment', id FROM comments c
             WHERE moderation_state = 'pending' AND created_at < now() - make_interval(secs => $1)
               AND NOT EXISTS (SELECT 1 FROM moderation_scores s WHERE s.target_type = 'comment' AND s.target_id = c.id)
+              AND NOT EXISTS (SELECT 1 FROM moderation_failures f
+                               WHERE f.kind = 'comment' AND f.item_id = c.id AND f.retry_after > now())
            UNION ALL
            SELECT 'app_item', id FROM app_items a
             WHERE moderation_state = 'pending' AND created_at < now() - make_interval(secs => $1)
               AND NOT EXISTS (SELECT 1 FROM moderation_scores s
                                WHERE s.target_type = 'app_item' AND s.target_id = a.id)
+              AND NOT EXISTS (SELECT 1 FROM moderation_failures f
+                               WHERE f.kind = 'app_item' AND f.item_id = a.id AND f.retry_after > now())
            LIMIT $2""", older_than_s, limit)
     return [(r["kind"], r["id"]) for r in rows]
+
+
+async def record_failure(pool: asyncpg.Pool, kind: str, item_id: uuid.UUID, error: str, first_s: float,
+                         longest_s: float) -> None:
+    """A job was dead-lettered: the sweeper leaves its item alone for ``first_s``, twice as long after each further
+    dead letter, never longer than ``longest_s``."""
+    await pool.execute(
+        """INSERT INTO moderation_failures AS f (kind, item_id, last_error, retry_after)
+           VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+           ON CONFLICT (kind, item_id) DO UPDATE SET
+             failures = f.failures + 1, last_error = EXCLUDED.last_error,
+             retry_after = now() + make_interval(secs => least($5, $4 * 2 ^ f.failures))""",
+        kind, item_id, error[:500], first_s, longest_s)
 
 
 def as_dict(value: Any) -> Any:

@@ -62,6 +62,9 @@ TRIM_SLICE = 10_000
 MAX_SEQ = 2**64 - 1
 """The largest sequence part of a stream id."""
 _STREAM_ID = re.compile(rb"(\d+)-(\d+)")
+RETRY_FIRST_S, RETRY_LONGEST_S = 600.0, 86_400.0
+"""When the sweeper retries an item whose job was dead-lettered: 10 minutes after the first dead letter, twice as
+long after each further one, at most a day (``db.moderation.record_failure``)."""
 
 
 class Worker:
@@ -314,6 +317,13 @@ class Worker:
         await self.redis.xadd(self.keys.dead_letter, {**job, b"entry": entry_id, b"error": error or b"unknown"})
         await self.done([entry_id])
         log.error("moderation job %s dead-lettered after %d attempts", entry_id, self.settings.worker_max_attempts)
+        try:  # so that the sweeper retries the item later, not at every sweep
+            await mdb.record_failure(self.pool, _s(job[b"kind"]), uuid.UUID(_s(job[b"id"])), _s(error or b"unknown"),
+                                     RETRY_FIRST_S, RETRY_LONGEST_S)
+        except (KeyError, ValueError):
+            pass  # a malformed job: nothing to retry
+        except (*UNREACHABLE, asyncpg.PostgresError) as err:  # the sweeper may then retry it sooner: no harm
+            log.warning("dead letter %s not recorded for the sweeper: %s", entry_id, err)
 
     async def sweep(self) -> int:
         """Enqueue items left unscored. The job is an outbox row of the write, so a gateway dying

@@ -153,6 +153,32 @@ async def test_failing_item_goes_to_dead_letter_after_k_attempts(settings, pool,
     assert await redis.xlen(keys.jobs) == 0 and not await redis.hgetall(keys.jobs + ":errors")
 
 
+async def test_a_dead_lettered_item_is_retried_later_not_at_every_sweep(settings, pool, redis) -> None:
+    """The sweeper re-enqueues unscored items; one whose job was dead-lettered waits 10 minutes, then twice as long
+    after each further dead letter, instead of cycling through the dead-letter stream at every sweep."""
+    keys = Keys(settings.redis_prefix)
+    w = _worker(settings, pool, redis, scorer=_Broken(), worker_claim_idle_ms=0, worker_max_attempts=2,
+                sweep_after_s=0.0)
+    await w.ensure_group()
+    vybe = await _post(pool, redis, settings)
+
+    async def fail_until_dead_lettered(expected: int) -> dict:
+        for _ in range(4):
+            await w.step()
+        assert await redis.xlen(keys.dead_letter) == expected
+        return await pool.fetchrow("SELECT failures, extract(epoch FROM retry_after - now()) AS wait "
+                                   "FROM moderation_failures WHERE kind = 'vybe' AND item_id = $1", vybe.id)
+
+    first = await fail_until_dead_lettered(1)
+    assert first["failures"] == 1 and 590 < first["wait"] <= 600
+    assert await w.sweep() == 0  # not due
+    await pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '1 second'")
+    assert await w.sweep() == 1  # due: retried
+    second = await fail_until_dead_lettered(2)
+    assert second["failures"] == 2 and 1190 < second["wait"] <= 1200
+    assert await w.sweep() == 0
+
+
 async def test_a_job_that_failed_once_leaves_nothing_behind_when_it_succeeds(settings, pool, redis) -> None:
     """The stream keeps no job that is done (it would grow by one entry per post for as long as Redis runs),
     and the error of a failed attempt goes with it."""
