@@ -271,7 +271,9 @@ async def list_models(conn: asyncpg.Connection | asyncpg.Pool) -> list[ModelRow]
 async def rescore_candidates(conn: asyncpg.Connection | asyncpg.Pool, model: tuple[str, str], window_s: float,
                              limit: int) -> list[tuple[str, uuid.UUID]]:
     """Items the model ``(name, version)`` has not scored yet among those worth rescoring: every open
-    case's content, and whatever was scored within ``window_s`` and is still visible or flagged."""
+    case's content, and whatever was scored within ``window_s`` and is still visible or flagged; not those whose
+    job was dead-lettered until their retry is due (``moderation.record_failure``; a pass that finds nothing else
+    ends the rescoring, and such an item keeps the previous model's score)."""
     rows = await conn.fetch(
         """WITH wanted AS (
                SELECT c.target_type, c.target_id::uuid AS target_id FROM moderation_cases c
@@ -286,6 +288,9 @@ async def rescore_candidates(conn: asyncpg.Connection | asyncpg.Pool, model: tup
               AND NOT EXISTS (SELECT 1 FROM moderation_cases c  -- a moderator's decision stands
                                WHERE c.target_type = w.target_type AND c.target_id = w.target_id::text
                                  AND c.state = 'resolved')
+              AND NOT EXISTS (SELECT 1 FROM moderation_failures f  -- dead-lettered, its retry not due
+                               WHERE f.kind = CASE w.target_type WHEN 'shared_vybe' THEN 'vybe' ELSE 'comment' END
+                                 AND f.item_id = w.target_id AND f.retry_after > now())
               AND EXISTS (SELECT 1 FROM shared_vybes v WHERE w.target_type = 'shared_vybe' AND v.id = w.target_id
                              AND v.moderation_state IN ('pending', 'approved', 'flagged')
                           UNION ALL

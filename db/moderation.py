@@ -587,13 +587,17 @@ async def unscored(pool: asyncpg.Pool, older_than_s: float, limit: int = 500) ->
 async def record_failure(pool: asyncpg.Pool, kind: str, item_id: uuid.UUID, error: str, first_s: float,
                          longest_s: float) -> None:
     """A job was dead-lettered: the sweeper leaves its item alone for ``first_s``, twice as long after each further
-    dead letter, never longer than ``longest_s``."""
+    round, never longer than ``longest_s``. A round is counted once: the sweeper may have enqueued the item more
+    than once before the first of its jobs ran out of attempts, and those later dead letters only note the error."""
     await pool.execute(
         """INSERT INTO moderation_failures AS f (kind, item_id, last_error, retry_after)
            VALUES ($1, $2, $3, now() + make_interval(secs => $4))
            ON CONFLICT (kind, item_id) DO UPDATE SET
-             failures = f.failures + 1, last_error = EXCLUDED.last_error,
-             retry_after = now() + make_interval(secs => least($5, $4 * 2 ^ f.failures))""",
+             last_error = EXCLUDED.last_error,
+             failures = CASE WHEN f.retry_after <= now() THEN f.failures + 1 ELSE f.failures END,
+             retry_after = CASE WHEN f.retry_after <= now()
+                                THEN now() + make_interval(secs => least($5, $4 * 2 ^ least(f.failures, 20)))
+                                ELSE f.retry_after END""",
         kind, item_id, error[:500], first_s, longest_s)
 
 

@@ -248,6 +248,20 @@ async def test_resolved_cases_are_not_rescored(settings, pool, redis) -> None:
     assert await w.rescore() == 0  # the moderator's decision stands
 
 
+async def test_an_item_the_new_model_failed_on_waits_for_its_retry(settings, pool, redis) -> None:
+    """A rescoring job dead-lettered under a new model is not enqueued again at every pass: the item waits for
+    its retry like the sweeper's (``moderation_failures``)."""
+    _, w = await _flagged_by_strict(settings, pool, redis, "a post the next model fails on")
+    await learning.save_model(pool, "strict2", "light", _biased_bundle("strict2", 50.0), {}, promote=True)
+    await w.sync_model()
+    [(kind, item_id)] = await learning.rescore_candidates(pool, (w.scorer.name, "strict2"), 3600, 10)
+    await mdb.record_failure(pool, kind, item_id, "model exploded", 600.0, 86_400.0)
+    assert await w.rescore() == 0 and not w.rescore_pending  # not due: the pass ends, the old score stands
+    await pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '1 second'")
+    w.rescore_pending = True  # what the next model change does
+    assert await w.rescore() == 1  # due
+
+
 async def test_a_model_for_another_kind_is_not_loaded(settings, pool, redis) -> None:
     s = msgspec.structs.replace(settings, scorer="light")
     await learning.save_model(pool, "blendy", "blend", _biased_bundle("blendy", 0.0), {}, promote=True)

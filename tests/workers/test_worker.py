@@ -170,13 +170,18 @@ async def test_a_dead_lettered_item_is_retried_later_not_at_every_sweep(settings
                                    "FROM moderation_failures WHERE kind = 'vybe' AND item_id = $1", vybe.id)
 
     first = await fail_until_dead_lettered(1)
-    assert first["failures"] == 1 and 590 < first["wait"] <= 600
+    assert first is not None and first["failures"] == 1 and 590 < first["wait"] <= 600
     assert await w.sweep() == 0  # not due
     await pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '1 second'")
     assert await w.sweep() == 1  # due: retried
-    second = await fail_until_dead_lettered(2)
+    assert await w.sweep() == 1  # and enqueued again while that job is still being tried: one round all the same
+    second = await fail_until_dead_lettered(3)
     assert second["failures"] == 2 and 1190 < second["wait"] <= 1200
     assert await w.sweep() == 0
+    await pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '1 second', failures = 30")
+    assert await w.sweep() == 1
+    capped = await fail_until_dead_lettered(4)
+    assert capped["failures"] == 31 and 86_390 < capped["wait"] <= 86_400  # at most a day
 
 
 async def test_a_job_that_failed_once_leaves_nothing_behind_when_it_succeeds(settings, pool, redis) -> None:
