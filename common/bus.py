@@ -175,7 +175,7 @@ class JobBacklog(NamedTuple):
     """Age of the oldest of them in seconds (0 with none), by the time in its stream id (Redis's clock)."""
 
 
-async def job_backlog(redis: Any, keys: Keys, now: float | None = None) -> JobBacklog:
+async def job_backlog(redis: Any, keys: Keys) -> JobBacklog:
     """How far the moderation workers are behind: two reads of the job stream, in one round trip."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.xlen(keys.jobs)
@@ -184,7 +184,7 @@ async def job_backlog(redis: Any, keys: Keys, now: float | None = None) -> JobBa
     if not first:
         return JobBacklog(int(waiting), 0.0)
     ms, _ = stream_id_key(_text(first[0][0]))
-    return JobBacklog(int(waiting), max(0.0, (time.time() if now is None else now) - ms / 1000))
+    return JobBacklog(int(waiting), max(0.0, time.time() - ms / 1000))
 
 # Publishes one outbox row of an ordered channel. KEYS[4]: the channel's last
 # published sequence; KEYS[5]: rows that arrived before their predecessor.

@@ -15,3 +15,6 @@ AbuseLabel = Literal["toxicity", "severe_toxicity", "obscene", "threat", "insult
 LABELS: tuple[str, ...] = get_args(AbuseLabel)
 SELF_HARM_RISK = "self_harm_risk"
 SIGNALS: tuple[str, ...] = (SELF_HARM_RISK,)
+UNSCORED = "unscored"
+"""Not a label: the reason a case carries when the model could not score its content (its jobs failed in
+``db.moderation.UNSCORED_CASE_ROUNDS`` rounds), so a moderator decides it by hand."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from common.labels import LABELS
+from common.labels import LABELS, UNSCORED
 from db.writes._tx import in_transaction
 from db.writes.errors import Conflict, NotFound
 
@@ -300,14 +300,17 @@ async def rescore_candidates(conn: asyncpg.Connection | asyncpg.Pool, model: tup
     return [("vybe" if r["target_type"] == "shared_vybe" else "comment", r["target_id"]) for r in rows]
 
 
-async def mark_cleared(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID, version: str) -> uuid.UUID | None:
+async def mark_cleared(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID, version: str,
+                       scores: dict[str, float] | None = None) -> uuid.UUID | None:
     """A newer model scores an open case's content below every threshold: say so on the case (a new
-    version, so consoles reload it). The case stays open: only a moderator dismisses."""
+    version, so consoles reload it). The case stays open: only a moderator dismisses. The same for a case
+    opened because no model could score its content (``UNSCORED``), which also gets ``scores`` now."""
     case_id: uuid.UUID | None = await conn.fetchval(
-        """UPDATE moderation_cases SET model_cleared_by = $3, version = version + 1, updated_at = now()
-            WHERE target_type = $1 AND target_id = $2 AND state = 'open' AND model_flagged
+        """UPDATE moderation_cases SET model_cleared_by = $3, scores = coalesce(scores, $4), version = version + 1,
+                  updated_at = now()
+            WHERE target_type = $1 AND target_id = $2 AND state = 'open' AND (model_flagged OR $5 = ANY(reasons))
               AND model_cleared_by IS DISTINCT FROM $3
-        RETURNING id""", kind, str(target_id), version)
+        RETURNING id""", kind, str(target_id), version, scores, UNSCORED)
     return case_id
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from common.events import excerpt
+from common.labels import UNSCORED
 from common.visibility import hides_author_sql
 from db import learning
 from db.writes._tx import in_transaction
@@ -318,6 +319,8 @@ class Resolved(msgspec.Struct, frozen=True):
     """Who reported it (people, not the model): each is told the outcome."""
     looproom_id: str | None
     """The vybe's looproom (for a vybe target), whose channel hears of its new visibility."""
+    was_pending: bool = False
+    """The content was still waiting for its score (``pending``): under premoderation, never shown yet."""
 
 
 async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, note: str | None,
@@ -341,8 +344,11 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
         if appeal and row["appeal_of"] == moderator:
             raise Forbidden("you took the action under appeal: another moderator decides it")
         await learning.record_decision(conn, row, action, labels, moderator)
-        looproom = None
+        looproom, was_pending = None, False
         if kind in _TABLE:
+            before = await conn.fetchval(f"SELECT moderation_state::text FROM {_TABLE[kind]} WHERE id = $1::uuid",
+                                         row["target_id"])
+            was_pending = before == "pending"
             await conn.execute(
                 f"UPDATE {_TABLE[kind]} SET moderation_state = $2, moderated_at = now(), moderator_note = $3, "
                 "updated_at = now() WHERE id = $1::uuid", row["target_id"], _STATE_AFTER[action], note)
@@ -363,7 +369,7 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
         await _audit(conn, moderator, action, row, note)
         view = (await case_views(conn, [row["id"]]))[0]
         people = [r["reporter_id"] for r in reporters if r["reporter_id"] != SYSTEM_REPORTER]
-        return Resolved(view, people, looproom)
+        return Resolved(view, people, looproom, was_pending)
 
     return await in_transaction(pool, body, announce)
 
@@ -584,21 +590,60 @@ async def unscored(pool: asyncpg.Pool, older_than_s: float, limit: int = 500) ->
     return [(r["kind"], r["id"]) for r in rows]
 
 
+UNSCORED_CASE_ROUNDS = 2
+"""Rounds of failed attempts (at least :data:`workers.consumer.RETRY_FIRST_S` apart) after which an item the model
+cannot score goes to moderators. One round may be an outage; two, ten minutes apart, are the item or the model."""
+_TARGET_OF_JOB = {"vybe": "shared_vybe", "comment": "comment", "app_item": "app_item"}
+
+
 async def record_failure(pool: asyncpg.Pool, kind: str, item_id: uuid.UUID, error: str, first_s: float,
-                         longest_s: float) -> None:
+                         longest_s: float, announce: Announcement | None = None) -> uuid.UUID | None:
     """A job was dead-lettered: the sweeper leaves its item alone for ``first_s``, twice as long after each further
     round, never longer than ``longest_s``. A round is counted once: the sweeper may have enqueued the item more
-    than once before the first of its jobs ran out of attempts, and those later dead letters only note the error."""
-    await pool.execute(
-        """INSERT INTO moderation_failures AS f (kind, item_id, last_error, retry_after)
-           VALUES ($1, $2, $3, now() + make_interval(secs => $4))
-           ON CONFLICT (kind, item_id) DO UPDATE SET
-             last_error = EXCLUDED.last_error,
-             failures = CASE WHEN f.retry_after <= now() THEN f.failures + 1 ELSE f.failures END,
-             retry_after = CASE WHEN f.retry_after <= now()
-                                THEN now() + make_interval(secs => least($5, $4 * 2 ^ least(f.failures, 20)))
-                                ELSE f.retry_after END""",
-        kind, item_id, error[:500], first_s, longest_s)
+    than once before the first of its jobs ran out of attempts, and those later dead letters only note the error.
+
+    After :data:`UNSCORED_CASE_ROUNDS` rounds, an item that still has no score and is still ``pending`` gets a case
+    with the reason :data:`UNSCORED`, once: otherwise content the model cannot score (a poison text, a broken model)
+    would stay unmoderated, and under premoderation held back, with nobody told. Its content state is left as it
+    is (a moderator's decision moves it); the sweeper keeps retrying it meanwhile. Returns that case, to announce."""
+    target = _TARGET_OF_JOB.get(kind)
+
+    async def body(conn: asyncpg.Connection) -> uuid.UUID | None:
+        if target is not None:  # the target before anything of its case: the one lock order
+            await conn.execute(_LOCK_TARGET[target], str(item_id))
+        failures = await conn.fetchval(
+            """INSERT INTO moderation_failures AS f (kind, item_id, last_error, retry_after)
+               VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+               ON CONFLICT (kind, item_id) DO UPDATE SET
+                 last_error = EXCLUDED.last_error,
+                 failures = CASE WHEN f.retry_after <= now() THEN f.failures + 1 ELSE f.failures END,
+                 retry_after = CASE WHEN f.retry_after <= now()
+                                    THEN now() + make_interval(secs => least($5, $4 * 2 ^ least(f.failures, 20)))
+                                    ELSE f.retry_after END
+               RETURNING failures""",
+            kind, item_id, error[:500], first_s, longest_s)
+        if target is None or failures < UNSCORED_CASE_ROUNDS:
+            return None
+        eligible = await conn.fetchval(
+            f"""SELECT NOT EXISTS (SELECT 1 FROM moderation_scores s WHERE s.target_type = $1 AND s.target_id = $2)
+                   AND NOT EXISTS (SELECT 1 FROM moderation_cases c WHERE c.target_type = $1
+                                      AND c.target_id = $2::text AND c.state = 'open' AND $3 = ANY(c.reasons))
+                  FROM {_TABLE[target]} WHERE id = $2 AND moderation_state = 'pending'""",
+            target, item_id, UNSCORED)
+        if not eligible:
+            return None
+        return await open_case(conn, target, str(item_id), [UNSCORED], None)
+
+    case: uuid.UUID | None = await in_transaction(pool, body, announce)
+    return case
+
+
+async def forget_failures(conn: asyncpg.Connection, kinds: Sequence[str], item_ids: Sequence[uuid.UUID]) -> None:
+    """Scored at last (``kinds`` are job kinds): the items' failure records go (the table holds failing items
+    only). One statement a batch, by primary key; usually it finds nothing."""
+    await conn.execute(
+        """DELETE FROM moderation_failures f USING unnest($1::text[], $2::uuid[]) AS done (kind, item_id)
+            WHERE f.kind = done.kind AND f.item_id = done.item_id""", list(kinds), list(item_ids))
 
 
 def as_dict(value: Any) -> Any:

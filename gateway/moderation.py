@@ -9,11 +9,12 @@ notices to the author and to every reporter on their ``user:{id}`` channels.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from common import events
-from db import apps
+from db import apps, writes
 from db import moderation as mdb
 from db.outbox import Announcement
 from gateway import protocol as p
@@ -57,11 +58,22 @@ class Desk:
                                    release=cmd.release, announce=claimed)
             gw.announce(claimed)
             return view
-        resolved = Announcement(lambda conn, r: _with_app_item(conn, r, cmd.action, resolution_events(r, cmd.action)))
+        resolved = Announcement(lambda conn, r: self._resolution_events(conn, r, cmd.action))
         result = await mdb.resolve(gw.pool, cmd.case_id, cmd.version, cmd.action, cmd.note, actor.user_id,
                                    announce=resolved, labels=cmd.labels, message=cmd.message)
         gw.announce(resolved)
         return result.case
+
+    async def _resolution_events(self, conn: asyncpg.Connection, result: mdb.Resolved, action: str) -> list[Event]:
+        out = await _with_app_item(conn, result, action, resolution_events(result, action))
+        view = result.case
+        if (self.gw.settings.premoderation and result.was_pending and view.target_type == "shared_vybe"
+                and action in ("restore", "dismiss")):
+            # Held for its score and never shown (say the model could not score it): a moderator lets it out, so
+            # the feed hears of it as the worker would have announced it.
+            with contextlib.suppress(writes.NotFound):  # deleted by its author since
+                out += events.vybe_created(await writes.get_vybe(conn, uuid.UUID(view.target_id)))
+        return out
 
     async def appeal(self, actor: Any, cmd: p.AppealCmd) -> mdb.AppealView:
         """The author's appeal: the case reopens (``case.appealed`` to moderators)."""

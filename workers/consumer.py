@@ -62,6 +62,7 @@ TRIM_SLICE = 10_000
 MAX_SEQ = 2**64 - 1
 """The largest sequence part of a stream id."""
 _STREAM_ID = re.compile(rb"(\d+)-(\d+)")
+_JOB_KIND = {"shared_vybe": "vybe", "comment": "comment", "app_item": "app_item"}
 RETRY_FIRST_S, RETRY_LONGEST_S = 600.0, 86_400.0
 """When the sweeper retries an item whose job was dead-lettered: 10 minutes after the first dead letter, twice as
 long after each further one, at most a day (``db.moderation.record_failure``)."""
@@ -229,9 +230,10 @@ class Worker:
                     care = await learning.open_care(conn, item.kind, item.id, item.user_id,
                                                     score.get(SELF_HARM_RISK, 0.0), model[1])
                 if not decision.reasons:  # under every threshold: a newer model may clear an open case
-                    cleared = await learning.mark_cleared(conn, item.kind, item.id, model[1])
+                    cleared = await learning.mark_cleared(conn, item.kind, item.id, model[1], score)
                 outcomes.append(Outcome(item, decision.action, care, cleared))
             self.scored += len(outcomes)
+            await mdb.forget_failures(conn, [_JOB_KIND[i.kind] for i, _ in scored], [i.id for i, _ in scored])
             return outcomes
 
         await in_transaction(self.pool, body, announce)
@@ -317,13 +319,26 @@ class Worker:
         await self.redis.xadd(self.keys.dead_letter, {**job, b"entry": entry_id, b"error": error or b"unknown"})
         await self.done([entry_id])
         log.error("moderation job %s dead-lettered after %d attempts", entry_id, self.settings.worker_max_attempts)
-        try:  # so that the sweeper retries the item later, not at every sweep
+        # So that the sweeper retries the item later, not at every sweep; and after a second round, a moderator
+        # hears of an item the model cannot score (a case, ``db.moderation.UNSCORED``).
+        announce = Announcement(self._unscored_events)
+        try:
             await mdb.record_failure(self.pool, _s(job[b"kind"]), uuid.UUID(_s(job[b"id"])), _s(error or b"unknown"),
-                                     RETRY_FIRST_S, RETRY_LONGEST_S)
+                                     RETRY_FIRST_S, RETRY_LONGEST_S, announce)
         except (KeyError, ValueError):
-            pass  # a malformed job: nothing to retry
+            return  # a malformed job: nothing to retry
         except (*UNREACHABLE, asyncpg.PostgresError) as err:  # the sweeper may then retry it sooner: no harm
             log.warning("dead letter %s not recorded for the sweeper: %s", entry_id, err)
+            return
+        await self.relay.publish_now(announce.rows)
+
+    @staticmethod
+    async def _unscored_events(conn: asyncpg.Connection, case_id: uuid.UUID | None) -> list[Event]:
+        if case_id is None:
+            return []
+        log.error("the model could not score %s in %d rounds: a case for moderators", case_id,
+                  mdb.UNSCORED_CASE_ROUNDS)
+        return [events.case_changed("report.flagged", v) for v in await mdb.case_views(conn, [case_id])]
 
     async def sweep(self) -> int:
         """Enqueue items left unscored. The job is an outbox row of the write, so a gateway dying

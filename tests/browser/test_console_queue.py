@@ -183,6 +183,26 @@ async def test_sorted_by_severity_filtered_searched_with_context(live: Any, pool
     await _shoot(mod, shots / "console-context-phone.png")
 
 
+async def test_content_the_model_could_not_score_is_shown_as_such(live: Any, pool: asyncpg.Pool, pages: Any) -> None:
+    """A case the worker opened because the model could not score its content (reason ``unscored``): ranked medium,
+    above a score at its line, raised by the model, and its pane says why there are no scores."""
+    low = await _post(live, "ann", "Honestly this whole thread is garbage")
+    poison = await _post(live, "zed", "a text the model chokes on")
+    await _flag(pool, low["id"], ["toxicity>=0.80 (0.81)"], {"toxicity": 0.81}, minutes_ago=50)
+    async with pool.acquire() as conn:
+        await mdb.open_case(conn, "shared_vybe", poison["id"], ["unscored"], None)
+    mod = await _console(pages, live)
+    await expect(mod.locator("article.case")).to_have_count(2)
+    assert await _order(mod) == [poison["id"], low["id"]]
+    row = _row(mod, poison["id"])
+    await expect(row.locator(".sev")).to_have_text("medium")
+    await expect(row.locator(".scores-none")).to_contain_text("The model could not score it")
+    await mod.get_by_label("Raised by", exact=True).select_option("model")
+    assert await _order(mod) == [poison["id"], low["id"]]
+    await row.locator(".case-open").click()  # closes the pane: the row says what the case is about
+    await expect(row.locator(".row-about")).to_have_text("could not be scored")
+
+
 async def test_keyboard_help_claim_hide_undo_and_remove_confirmation(live: Any, pool: asyncpg.Pool, pages: Any,
                                                                      shots: Any) -> None:
     """j/k and the arrows move through the queue, `?` opens the help, `c` claims, `h` hides (the claim

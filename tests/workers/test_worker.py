@@ -184,6 +184,69 @@ async def test_a_dead_lettered_item_is_retried_later_not_at_every_sweep(settings
     assert capped["failures"] == 31 and 86_390 < capped["wait"] <= 86_400  # at most a day
 
 
+async def test_an_item_the_model_cannot_score_goes_to_moderators_after_two_rounds(settings, pool, redis) -> None:
+    """A poison item (or a broken model) must not leave content unmoderated with nobody told: after the second round
+    of failures (10 minutes after the first), its content gets a case with the reason ``unscored``, announced on
+    mod:flagged, once; the content stays as it was. When a retry succeeds, the case gets the scores (cleared, as
+    the model finds it fine) and the failure record goes."""
+    keys = Keys(settings.redis_prefix)
+    broken = _worker(settings, pool, redis, scorer=_Broken(), worker_claim_idle_ms=0, worker_max_attempts=2,
+                     sweep_after_s=0.0)
+    await broken.ensure_group()
+    vybe = await _post(pool, redis, settings, "a text the model chokes on")
+    cases = "SELECT id, reasons, version, scores, model_cleared_by FROM moderation_cases WHERE target_id = $1"
+
+    async def round_of_failures() -> None:
+        await pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '1 second'")
+        assert await broken.sweep() == 1  # due: retried
+        for _ in range(4):
+            await broken.step()
+
+    for _ in range(4):
+        await broken.step()
+    assert await redis.xlen(keys.dead_letter) == 1
+    assert await pool.fetchrow(cases, str(vybe.id)) is None  # one round may be an outage: no case yet
+    assert await _events(redis, settings, "mod:flagged") == []
+    await round_of_failures()
+    case = await pool.fetchrow(cases, str(vybe.id))
+    assert case is not None and list(case["reasons"]) == ["unscored"] and case["scores"] is None
+    [event] = await _events(redis, settings, "mod:flagged")
+    assert event["event"] == "report.flagged" and event["data"]["reasons"] == ["unscored"]
+    assert event["data"]["text"] == "a text the model chokes on" and event["data"]["moderation_state"] == "pending"
+    await round_of_failures()  # a third round: the open case is not reopened or announced again
+    assert await pool.fetchval("SELECT failures FROM moderation_failures WHERE item_id = $1", vybe.id) == 3
+    assert (await pool.fetchrow(cases, str(vybe.id)))["version"] == case["version"]
+    assert len(await _events(redis, settings, "mod:flagged")) == 1
+
+    healthy = _worker(settings, pool, redis, thresholds=NEVER, sweep_after_s=0.0)
+    await pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '1 second'")
+    assert await healthy.sweep() == 1
+    assert await healthy.step() == 1
+    assert await pool.fetchval("SELECT count(*) FROM moderation_failures") == 0
+    scored = await pool.fetchrow(cases, str(vybe.id))
+    assert scored["model_cleared_by"] == healthy.scorer.version  # the model version that scored it
+    assert scored["scores"] and "toxicity" in scored["scores"] and scored["version"] > case["version"]
+    assert await pool.fetchval("SELECT moderation_state::text FROM shared_vybes WHERE id = $1", vybe.id) == "approved"
+    assert (await _events(redis, settings, "mod:flagged"))[-1]["event"] == "case.rescored"
+
+
+async def test_an_item_with_a_score_gets_no_unscored_case(settings, pool, redis) -> None:
+    """Rescoring failures (the item keeps the previous model's score) are retried later but open no case."""
+    keys = Keys(settings.redis_prefix)
+    healthy = _worker(settings, pool, redis, thresholds=NEVER)
+    await healthy.ensure_group()
+    vybe = await _post(pool, redis, settings, "scored once")
+    assert await healthy.step() == 1
+    broken = _worker(settings, pool, redis, scorer=_Broken(), worker_claim_idle_ms=0, worker_max_attempts=2)
+    for _ in range(2):
+        await pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '1 second'")
+        await redis.xadd(keys.jobs, {"kind": "vybe", "id": str(vybe.id), "rescore": "1"})
+        for _ in range(4):
+            await broken.step()
+    assert await pool.fetchval("SELECT failures FROM moderation_failures WHERE item_id = $1", vybe.id) == 2
+    assert await pool.fetchval("SELECT count(*) FROM moderation_cases") == 0
+
+
 async def test_a_job_that_failed_once_leaves_nothing_behind_when_it_succeeds(settings, pool, redis) -> None:
     """The stream keeps no job that is done (it would grow by one entry per post for as long as Redis runs),
     and the error of a failed attempt goes with it."""

@@ -4,8 +4,8 @@
 
 import { h, timeEl } from "./dom.js";
 import {
-  SYSTEM_REPORTER, THRESHOLDS, claimActive, flaggedLabels, isAppeal, memberReporters, parseReason, pretty,
-  severity, severityWord,
+  SYSTEM_REPORTER, THRESHOLDS, claimActive, flaggedLabels, isAppeal, isUnscored, memberReporters, parseReason,
+  pretty, severity, severityWord,
 } from "./console-rank.js";
 
 export const DONE = { hide: "Hidden", remove: "Removed", restore: "Restored", dismiss: "Dismissed" };
@@ -82,7 +82,8 @@ function aboutWords(v) {
   const labels = flaggedLabels(v).map(pretty);
   if (labels.length) return labels.join(", ");
   const types = [...new Set((v.reporters || []).filter((r) => r.reporter_id !== SYSTEM_REPORTER).map((r) => pretty(r.type)))];
-  return types.join(", ") || "flagged";
+  if (types.length) return types.join(", ");
+  return isUnscored(v) ? "could not be scored" : "flagged";
 }
 
 /** The compact row: select box, the button that opens the case, and one line of facts. */
@@ -223,9 +224,12 @@ function whyBlock(v) {
         h("ul", { class: "chips" }, v.reasons.map((r) => h("li", { class: "chip" }, r))))
     : null;
   if (!v.scores) {
+    const why = isUnscored(v)
+      ? "The model could not score it: its attempts failed twice, ten minutes apart. Decide it by hand; "
+        + "it is retried meanwhile, and its scores appear here if a retry succeeds."
+      : "Not scored by the model: members reported it.";
     return h("section", { class: "scores scores-none", "aria-label": "Model scores" },
-      h("h4", {}, "Model scores"),
-      h("p", { class: "muted" }, "Not scored by the model: members reported it."), raw);
+      h("h4", {}, "Model scores"), h("p", { class: isUnscored(v) ? "unscored" : "muted" }, why), raw);
   }
   const limits = { ...THRESHOLDS };
   for (const r of v.reasons || []) {

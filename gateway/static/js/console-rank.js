@@ -34,6 +34,11 @@ export function parseReason(reason) {
   return m ? [m[1], Number(m[2]), m[3] === undefined ? null : Number(m[3])] : null;
 }
 
+/** The reason of a case whose content the model could not score (common/labels.py UNSCORED). */
+export const UNSCORED = "unscored";
+const UNSCORED_SEVERITY = 0.6;
+export const isUnscored = (v) => (v.reasons || []).includes(UNSCORED);
+
 /** The abuse labels the model flagged on a case, read from its reasons. */
 export function flaggedLabels(v) {
   const out = [];
@@ -52,7 +57,8 @@ export function memberReporters(v) {
 /** "model", "members" or both: who raised the case. */
 export function sources(v) {
   const out = new Set();
-  if (v.scores || flaggedLabels(v).length || (v.reporters || []).some((r) => r.reporter_id === SYSTEM_REPORTER)) {
+  if (v.scores || flaggedLabels(v).length || isUnscored(v)
+      || (v.reporters || []).some((r) => r.reporter_id === SYSTEM_REPORTER)) {
     out.add("model");
   }
   if (memberReporters(v).length) out.add("members");
@@ -77,6 +83,8 @@ export function severity(v) {
     if (r.reporter_id !== SYSTEM_REPORTER) members = Math.max(members, REPORT_GRAVITY[r.type] ?? 0.4);
   }
   members *= Math.min(1, 0.4 + 0.15 * people);
+  // Content the model could not score is unknown, not harmless: medium until a person has looked.
+  if (isUnscored(v) && !v.scores) model = Math.max(model, UNSCORED_SEVERITY);
   return Math.max(model, members) + 0.05 * Math.min(people, 6);
 }
 
