@@ -228,13 +228,29 @@ async def scored_events(conn: asyncpg.Connection, item: ItemRow, action: str, ca
         out += await release(conn, item)
     elif action == "hide" and item.channel is not None and not item.held:
         out.append(events.publication_state(item.channel, item.id, "hidden"))
-    elif action == "flag" and item.channel is not None and item.held:
-        # Held for a moderator: its author hears so (the ack said `held`; now they know why it waits).
-        held = {"id": str(item.id), "channel": item.channel, "waiting_for": "moderator"}
-        out.append(events.outcome(item.user_id, held, "publication.held"))
+    elif action == "flag":
+        out += _waits_for_moderator(item)
     view = await item_view(conn, item.id)
     await enqueue_webhook(conn, item.app_id, "moderation.scored", {**msgspec.to_builtins(view), "care": care})
     return out
+
+
+async def unscored_events(conn: asyncpg.Connection, item: ItemRow) -> list[Event]:
+    """In the transaction that gave moderators a case for an item the model could not score
+    (``db.moderation.record_failure``): a held publication's author hears it waits for a moderator; the app's
+    webhook hears ``moderation.unscored`` (the item still ``pending``, with its ``case_id``)."""
+    view = await item_view(conn, item.id)
+    await enqueue_webhook(conn, item.app_id, "moderation.unscored", msgspec.to_builtins(view))
+    return _waits_for_moderator(item)
+
+
+def _waits_for_moderator(item: ItemRow) -> list[Event]:
+    """A held publication now waits for a moderator: its author hears so (the ack said `held`; now they know why
+    it waits)."""
+    if item.channel is None or not item.held:
+        return []
+    held = {"id": str(item.id), "channel": item.channel, "waiting_for": "moderator"}
+    return [events.outcome(item.user_id, held, "publication.held")]
 
 
 _VISIBLE_AFTER = {"remove": "removed", "hide": "hidden", "restore": "restored", "dismiss": "restored",

@@ -3,7 +3,8 @@ the care route's cases.
 
 - **Decisions.** Every resolution writes one ``moderation_labels`` row in the resolution's
   transaction: the text as decided, whether it is harmful (hide/remove) or fine (dismiss/restore),
-  the labels that apply, and what the model had said. :func:`label_stats` turns them into
+  the labels that apply, and what the model had said (except a decision on content no model could
+  score). :func:`label_stats` turns them into
   per-label precision and recall; ``moderation.retrain`` into training rows.
 - **Models.** ``moderation_models`` holds every trained bundle with its report; at most one is
   ``active`` (none: the heads shipped in the package). Workers poll :func:`active_version` and load
@@ -63,6 +64,14 @@ async def record_decision(conn: asyncpg.Connection, case: asyncpg.Record, action
     text = await conn.fetchval(f"SELECT content FROM {table} WHERE id = $1::uuid", case["target_id"])
     if text is None:
         return
+    version = await conn.fetchval(
+        """SELECT model_version FROM moderation_scores WHERE target_type = $1 AND target_id = $2::uuid
+            ORDER BY created_at DESC LIMIT 1""", kind, case["target_id"])
+    if version is None and UNSCORED in case["reasons"]:
+        # Content no model could score: the decision says nothing of the model's flags (it would count as a
+        # miss), and retraining, which scores its held-out decisions with the model, would fail on the text too.
+        await conn.execute("DELETE FROM moderation_labels WHERE case_id = $1", case["id"])
+        return
     flagged = model_labels(case["reasons"])
     harmful = action in HARMFUL
     chosen: list[str] = []
@@ -73,9 +82,6 @@ async def record_decision(conn: asyncpg.Connection, case: asyncpg.Record, action
             chosen = list(flagged) or await _report_labels(conn, kind, case["target_id"])
         if "toxicity" not in chosen:
             chosen.insert(0, "toxicity")
-    version = await conn.fetchval(
-        """SELECT model_version FROM moderation_scores WHERE target_type = $1 AND target_id = $2::uuid
-            ORDER BY created_at DESC LIMIT 1""", kind, case["target_id"])
     await conn.execute(
         """INSERT INTO moderation_labels (case_id, target_type, target_id, text, harmful, labels, model_labels,
                                           model_version, decided_by)
@@ -300,17 +306,15 @@ async def rescore_candidates(conn: asyncpg.Connection | asyncpg.Pool, model: tup
     return [("vybe" if r["target_type"] == "shared_vybe" else "comment", r["target_id"]) for r in rows]
 
 
-async def mark_cleared(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID, version: str,
-                       scores: dict[str, float] | None = None) -> uuid.UUID | None:
+async def mark_cleared(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID, version: str) -> uuid.UUID | None:
     """A newer model scores an open case's content below every threshold: say so on the case (a new
     version, so consoles reload it). The case stays open: only a moderator dismisses. The same for a case
-    opened because no model could score its content (``UNSCORED``), which also gets ``scores`` now."""
+    opened because no model could score its content (``UNSCORED``; its view shows the new scores)."""
     case_id: uuid.UUID | None = await conn.fetchval(
-        """UPDATE moderation_cases SET model_cleared_by = $3, scores = coalesce(scores, $4), version = version + 1,
-                  updated_at = now()
-            WHERE target_type = $1 AND target_id = $2 AND state = 'open' AND (model_flagged OR $5 = ANY(reasons))
+        """UPDATE moderation_cases SET model_cleared_by = $3, version = version + 1, updated_at = now()
+            WHERE target_type = $1 AND target_id = $2 AND state = 'open' AND (model_flagged OR $4 = ANY(reasons))
               AND model_cleared_by IS DISTINCT FROM $3
-        RETURNING id""", kind, str(target_id), version, scores, UNSCORED)
+        RETURNING id""", kind, str(target_id), version, UNSCORED)
     return case_id
 
 

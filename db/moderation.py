@@ -130,11 +130,19 @@ _LOCK_TARGET: dict[str, LiteralString] = {
 }
 
 
+_STATE_OF: dict[str, LiteralString] = {
+    "shared_vybe": "SELECT moderation_state::text FROM shared_vybes WHERE id = $1::uuid FOR NO KEY UPDATE",
+    "comment": "SELECT moderation_state::text FROM comments WHERE id = $1::uuid FOR NO KEY UPDATE",
+    "app_item": "SELECT moderation_state::text FROM app_items WHERE id = $1::uuid FOR NO KEY UPDATE",
+}
+
+
 async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, str], scores: dict[str, float],
-                       action: str, reasons: list[str]) -> bool:
-    """Store one score and apply its decision; False when this model version already scored it.
-    Locks the target first: every writer takes the target before its case."""
-    await conn.execute(_LOCK_TARGET[item.kind], str(item.id))
+                       action: str, reasons: list[str]) -> str | None:
+    """Store one score and apply its decision. Returns the content's state before it (``pending``: this is its
+    first score, and under premoderation it was never shown; ``""``: the content is gone), or None when this model
+    version had scored it already. Locks the target first: every writer takes the target before its case."""
+    before: str = await conn.fetchval(_STATE_OF[item.kind], str(item.id)) or ""
     inserted = await conn.fetchval(
         """INSERT INTO moderation_scores (target_type, target_id, model_name, model_version, scores, decision, reasons)
            VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT moderation_scores_once DO NOTHING
@@ -142,7 +150,7 @@ async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, s
         item.kind, item.id, model[0], model[1], scores, action, reasons,
     )
     if not inserted:
-        return False
+        return None
     new_state = {"approve": "approved", "shadow": "approved", "flag": "flagged", "hide": "hidden"}[action]
     # Only move content forward from pending/approved: a moderator's hide or remove stands.
     await conn.execute(
@@ -159,7 +167,7 @@ async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, s
             "model: " + ", ".join(reasons),
         )
         await open_case(conn, item.kind, str(item.id), reasons, scores, model_flagged=True)
-    return True
+    return before
 
 
 async def open_case(conn: asyncpg.Connection, target_type: str, target_id: str, reasons: list[str],
@@ -214,6 +222,10 @@ async def on_user_report(conn: asyncpg.Connection, target_type: str, target_id: 
 # condition is evaluated before the join filter).
 _CASE: LiteralString = f"""
 SELECT c.*, coalesce(v.content, cm.content, ai.content) AS text,
+       CASE WHEN c.scores IS NULL AND '{UNSCORED}' = ANY(c.reasons)  -- scored since by a retry: its latest score
+            THEN (SELECT s.scores FROM moderation_scores s WHERE s.target_type = c.target_type
+                     AND s.target_id = c.target_id::uuid ORDER BY s.created_at DESC LIMIT 1)
+            ELSE c.scores END AS model_scores,
        coalesce(v.user_id, cm.user_id, ai.user_id, u.id) AS author_id,
        coalesce({hides_author_sql("v")}, cm.is_anonymous, false) AS is_anonymous,
        coalesce(v.moderation_state, cm.moderation_state, ai.moderation_state)::text AS content_state,
@@ -246,7 +258,7 @@ def _view(r: asyncpg.Record, reporters: list[Reporter]) -> CaseView:
     return CaseView(
         case_id=r["id"], version=r["version"], state=r["state"], target_type=r["target_type"],
         target_id=r["target_id"], text=r["text"], author_id=r["author_id"], is_anonymous=r["is_anonymous"],
-        moderation_state=r["content_state"], scores=r["scores"], reasons=list(r["reasons"]),
+        moderation_state=r["content_state"], scores=r["model_scores"], reasons=list(r["reasons"]),
         report_count=r["report_count"], reporters=reporters, claimed_by=r["claimed_by"],
         claim_expires_at=r["claim_expires_at"], resolution=r["resolution"], resolved_by=r["resolved_by"],
         note=r["note"], opened_at=r["opened_at"], vybe_id=r["vybe_id"], model_cleared_by=r["model_cleared_by"],
@@ -592,7 +604,8 @@ async def unscored(pool: asyncpg.Pool, older_than_s: float, limit: int = 500) ->
 
 UNSCORED_CASE_ROUNDS = 2
 """Rounds of failed attempts (at least :data:`workers.consumer.RETRY_FIRST_S` apart) after which an item the model
-cannot score goes to moderators. One round may be an outage; two, ten minutes apart, are the item or the model."""
+cannot score goes to moderators, if the model has scored other items since this one first failed. One round may be
+an outage; two, ten minutes apart, while other posts are scored, are this item."""
 _TARGET_OF_JOB = {"vybe": "shared_vybe", "comment": "comment", "app_item": "app_item"}
 
 
@@ -603,15 +616,17 @@ async def record_failure(pool: asyncpg.Pool, kind: str, item_id: uuid.UUID, erro
     than once before the first of its jobs ran out of attempts, and those later dead letters only note the error.
 
     After :data:`UNSCORED_CASE_ROUNDS` rounds, an item that still has no score and is still ``pending`` gets a case
-    with the reason :data:`UNSCORED`, once: otherwise content the model cannot score (a poison text, a broken model)
-    would stay unmoderated, and under premoderation held back, with nobody told. Its content state is left as it
-    is (a moderator's decision moves it); the sweeper keeps retrying it meanwhile. Returns that case, to announce."""
+    with the reason :data:`UNSCORED`, once, if the model has scored anything since the item first failed: otherwise
+    content the model cannot score (a poison text, a model that fails on some texts) would stay unmoderated, and
+    under premoderation held back, with nobody told. A model that scores nothing (an outage) opens no cases: its
+    items are scored when it is back, and the backlog gauges show the outage. The content state is left as it is
+    (a moderator's decision moves it); the sweeper keeps retrying it meanwhile. Returns that case, to announce."""
     target = _TARGET_OF_JOB.get(kind)
 
     async def body(conn: asyncpg.Connection) -> uuid.UUID | None:
         if target is not None:  # the target before anything of its case: the one lock order
             await conn.execute(_LOCK_TARGET[target], str(item_id))
-        failures = await conn.fetchval(
+        failure = await conn.fetchrow(
             """INSERT INTO moderation_failures AS f (kind, item_id, last_error, retry_after)
                VALUES ($1, $2, $3, now() + make_interval(secs => $4))
                ON CONFLICT (kind, item_id) DO UPDATE SET
@@ -620,16 +635,18 @@ async def record_failure(pool: asyncpg.Pool, kind: str, item_id: uuid.UUID, erro
                  retry_after = CASE WHEN f.retry_after <= now()
                                     THEN now() + make_interval(secs => least($5, $4 * 2 ^ least(f.failures, 20)))
                                     ELSE f.retry_after END
-               RETURNING failures""",
+               RETURNING failures, first_failed_at""",
             kind, item_id, error[:500], first_s, longest_s)
-        if target is None or failures < UNSCORED_CASE_ROUNDS:
+        if target is None or failure["failures"] < UNSCORED_CASE_ROUNDS:
             return None
         eligible = await conn.fetchval(
             f"""SELECT NOT EXISTS (SELECT 1 FROM moderation_scores s WHERE s.target_type = $1 AND s.target_id = $2)
                    AND NOT EXISTS (SELECT 1 FROM moderation_cases c WHERE c.target_type = $1
                                       AND c.target_id = $2::text AND c.state = 'open' AND $3 = ANY(c.reasons))
+                   -- the newest score (by the primary key, one index probe) came after this item first failed
+                   AND coalesce((SELECT created_at FROM moderation_scores ORDER BY id DESC LIMIT 1) > $4, false)
                   FROM {_TABLE[target]} WHERE id = $2 AND moderation_state = 'pending'""",
-            target, item_id, UNSCORED)
+            target, item_id, UNSCORED, failure["first_failed_at"])
         if not eligible:
             return None
         return await open_case(conn, target, str(item_id), [UNSCORED], None)

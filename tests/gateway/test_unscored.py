@@ -4,14 +4,19 @@ hears of it after the second round of failures, and their decision lets it out t
 from __future__ import annotations
 
 import asyncio
+import json
 
+import httpx
 import msgspec
 import pytest
 
 from moderation.policy import Policy
+from moderation.scorers import load_scorer
 from workers.consumer import Worker
 
 pytestmark = pytest.mark.anyio
+NEVER = ",".join(f"{label}=1" for label in ("toxicity", "severe_toxicity", "obscene", "threat", "insult",
+                                            "identity_attack", "sexual_explicit"))
 
 
 class _Broken:
@@ -30,6 +35,7 @@ async def test_held_content_the_model_cannot_score_reaches_a_moderator_and_then_
     s = msgspec.structs.replace(gw.settings, worker_block_ms=10, worker_claim_idle_ms=0, worker_max_attempts=2,
                                 sweep_after_s=0.0)
     worker = Worker(s, gw.pool, gw.redis, _Broken(), Policy.from_settings("flag", ""), "w-broken")
+    healthy = Worker(s, gw.pool, gw.redis, load_scorer("light"), Policy.from_settings("flag", NEVER), "w-healthy")
     await worker.ensure_group()
     reader = await connect(live, live.token("reader"))
     mod = await connect(live, live.token("mod", "MODERATOR"))
@@ -38,25 +44,86 @@ async def test_held_content_the_model_cannot_score_reaches_a_moderator_and_then_
     await mod.ok("subscribe", channel="mod:flagged")
     vybe = await author.ok("post_vybe", content="a text the model chokes on")
 
-    async def a_round() -> None:
+    async def until_queued() -> None:
         for _ in range(50):  # the job reaches the stream through the outbox relay, just after COMMIT
             if await gw.redis.xlen(worker.keys.jobs):
-                break
+                return
             await asyncio.sleep(0.02)
+
+    async def a_round() -> None:
+        await until_queued()
         for _ in range(4):
             await worker.step()
 
     await a_round()
+    await author.ok("post_vybe", content="another post, which the model scores")
+    await until_queued()
+    assert await healthy.step() == 1
     await gw.pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '1 second'")
     assert await worker.sweep() == 1
     await a_round()
     case = (await mod.wait_for(lambda m: m.get("event") == "report.flagged"))["data"]
     assert case["target_id"] == vybe["id"] and case["reasons"] == ["unscored"] and case["scores"] is None
     assert case["moderation_state"] == "pending"
-    assert not [m for m in reader.messages if m.get("event") == "vybe.created"]  # held: never shown yet
+    shown = [m["data"]["id"] for m in reader.messages if m.get("event") == "vybe.created"]
+    assert vybe["id"] not in shown  # held: never shown yet
 
     await mod.ok("resolve", case_id=case["case_id"], version=case["version"], action="dismiss")
-    created = await reader.wait_for(lambda m: m.get("event") == "vybe.created")
-    assert created["data"]["id"] == vybe["id"]
+    created = await reader.wait_for(lambda m: m.get("event") == "vybe.created" and m["data"]["id"] == vybe["id"])
+    assert created["data"]["content"] == "a text the model chokes on"
+    assert not [m for m in reader.messages if m.get("event") == "vybe.restored"]  # never shown: nothing restored
     assert await gw.pool.fetchval("SELECT moderation_state::text FROM shared_vybes WHERE id = $1::uuid",
                                   vybe["id"]) == "approved"
+    # A later score of it (a new model's rescoring pass) announces it no second time.
+    await gw.redis.xadd(worker.keys.jobs, {"kind": "vybe", "id": vybe["id"], "rescore": "1"})
+    assert await healthy.step() == 1
+    await mod.ok("subscribe", channel="feed")  # a round trip through the gateway after the worker's publish
+    await asyncio.sleep(0.2)
+    assert [m["data"]["id"] for m in reader.messages if m.get("event") == "vybe.created"].count(vybe["id"]) == 1
+
+
+async def test_an_app_item_the_model_cannot_score_reaches_moderators_and_the_apps_webhook(start_gateway,
+                                                                                          connect) -> None:
+    """A sister app's item: the case is opened as for a vybe, and the app's webhook hears ``moderation.unscored``
+    (the item still pending, with its case); the moderator's decision then reaches it as ``moderation.decided``."""
+    from db import apps
+
+    live = await start_gateway()
+    gw = live.gateway
+    _, key = await apps.create_app(gw.pool, "miel", "Miel")
+    await apps.set_webhook(gw.pool, "miel", "http://127.0.0.1:9/hook")  # deliveries are read from the table
+    s = msgspec.structs.replace(gw.settings, worker_block_ms=10, worker_claim_idle_ms=0, worker_max_attempts=2,
+                                sweep_after_s=0.0)
+    broken = Worker(s, gw.pool, gw.redis, _Broken(), Policy.from_settings("flag", ""), "w-broken")
+    healthy = Worker(s, gw.pool, gw.redis, load_scorer("light"), Policy.from_settings("flag", NEVER), "w-healthy")
+    await broken.ensure_group()
+    async with httpx.AsyncClient(base_url=live.http, headers={"authorization": f"Bearer {key}"}) as http:
+        sent = await http.post("/api/server/moderate", json={"content_type": "message", "content_id": "m-1",
+                                                             "author_id": "u-1", "text": "poison", "wait": False})
+        assert sent.status_code == 202, sent.text
+        item_id = sent.json()["item_id"]
+        await asyncio.sleep(0.2)  # the job reaches the stream through the outbox relay
+        for _ in range(4):
+            await broken.step()
+        other = await http.post("/api/server/moderate", json={"content_type": "message", "content_id": "m-2",
+                                                              "author_id": "u-2", "text": "hi", "wait": False})
+        assert other.status_code == 202
+        await asyncio.sleep(0.2)
+        assert await healthy.step() == 1
+        await gw.pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '1 second'")
+        assert await broken.sweep() == 1
+        for _ in range(4):
+            await broken.step()
+        hooks = await gw.pool.fetch("SELECT event, body FROM webhook_deliveries WHERE event = 'moderation.unscored'")
+        assert len(hooks) == 1
+        data = (hooks[0]["body"] if isinstance(hooks[0]["body"], dict) else json.loads(hooks[0]["body"]))["data"]
+        assert data["item_id"] == item_id and data["state"] == "pending" and data["case_id"]
+        read = (await http.get(f"/api/server/moderation/{item_id}")).json()
+        assert read["state"] == "pending" and read["case_id"] == data["case_id"]
+    mod = await connect(live, live.token("mod", "MODERATOR"))
+    version = await gw.pool.fetchval("SELECT version FROM moderation_cases WHERE id = $1::uuid", data["case_id"])
+    await mod.ok("resolve", case_id=data["case_id"], version=version, action="dismiss")
+    assert await gw.pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE event = 'moderation.decided'") == 1
+    # No model scored it: the decision is not a label (it would count as the model's miss, and retraining would
+    # score the text with the model).
+    assert await gw.pool.fetchval("SELECT count(*) FROM moderation_labels") == 0

@@ -303,6 +303,25 @@ def test_onnx_score_does_not_depend_on_batch_mates(which: str, onnx_scorer: Any,
         assert _max_diff(alone, mixed[len(mates):len(mates) + len(probe)]) < 1e-4
 
 
+def test_a_batch_is_cut_into_shards_that_run_at_once_with_the_same_embeddings(onnx_scorer: Any,
+                                                                              eval_texts: list[str]) -> None:
+    """Two CPUs: a batch of many short posts runs as two shards at once, a batch of two posts as one; the
+    embeddings are those of one unsharded run."""
+    import numpy as np
+
+    from moderation.scorers.onnx_encoder import OnnxMiniLMEncoder
+
+    enc = onnx_scorer.encoder
+    two = OnnxMiniLMEncoder(enc.model_path, enc.tokenizer, quantize=enc.quantize, threads=2)
+    one = OnnxMiniLMEncoder(enc.model_path, enc.tokenizer, quantize=enc.quantize, threads=1)
+    rows = [[101, 7592, 2088, 102]] * 2
+    assert len(two.shards(rows)) == 1  # 8 tokens: not worth a second thread
+    assert [len(s) for s in two.shards([[101, *range(2000, 2014), 102]] * 64)] == [32, 32]
+    assert len(one.shards([[101, *range(2000, 2014), 102]] * 64)) == 1
+    texts = eval_texts[:150]
+    assert np.abs(two.encode(texts) - one.encode(texts)).max() < 1e-6
+
+
 def test_int8_graph_quantises_each_row(onnx_scorer: Any) -> None:
     """Every weight MatMul became MatMulIntegerToFloat on int8 weights with per-row activation scales:
     no per-tensor (batch-wide) DynamicQuantizeLinear, no fp32 weight MatMul left."""

@@ -185,13 +185,15 @@ async def test_a_dead_lettered_item_is_retried_later_not_at_every_sweep(settings
 
 
 async def test_an_item_the_model_cannot_score_goes_to_moderators_after_two_rounds(settings, pool, redis) -> None:
-    """A poison item (or a broken model) must not leave content unmoderated with nobody told: after the second round
-    of failures (10 minutes after the first), its content gets a case with the reason ``unscored``, announced on
-    mod:flagged, once; the content stays as it was. When a retry succeeds, the case gets the scores (cleared, as
-    the model finds it fine) and the failure record goes."""
+    """A poison item must not leave content unmoderated with nobody told: after the second round of failures
+    (10 minutes after the first), if the model has scored other posts since, its content gets a case with the reason
+    ``unscored``, announced on mod:flagged, once; the content stays as it was. A model that scores nothing (an
+    outage) opens no case. When a retry succeeds, the case shows the scores (cleared, as the model finds it fine),
+    and the failure record goes."""
     keys = Keys(settings.redis_prefix)
     broken = _worker(settings, pool, redis, scorer=_Broken(), worker_claim_idle_ms=0, worker_max_attempts=2,
                      sweep_after_s=0.0)
+    healthy = _worker(settings, pool, redis, thresholds=NEVER, sweep_after_s=0.0)
     await broken.ensure_group()
     vybe = await _post(pool, redis, settings, "a text the model chokes on")
     cases = "SELECT id, reasons, version, scores, model_cleared_by FROM moderation_cases WHERE target_id = $1"
@@ -206,44 +208,54 @@ async def test_an_item_the_model_cannot_score_goes_to_moderators_after_two_round
         await broken.step()
     assert await redis.xlen(keys.dead_letter) == 1
     assert await pool.fetchrow(cases, str(vybe.id)) is None  # one round may be an outage: no case yet
+    await round_of_failures()
+    assert await pool.fetchval("SELECT failures FROM moderation_failures WHERE item_id = $1", vybe.id) == 2
+    assert await pool.fetchrow(cases, str(vybe.id)) is None  # nothing scored since it first failed: an outage
     assert await _events(redis, settings, "mod:flagged") == []
+
+    await _post(pool, redis, settings, "another post, scored fine")
+    assert await healthy.step() == 1  # the model works for other posts
     await round_of_failures()
     case = await pool.fetchrow(cases, str(vybe.id))
     assert case is not None and list(case["reasons"]) == ["unscored"] and case["scores"] is None
     [event] = await _events(redis, settings, "mod:flagged")
     assert event["event"] == "report.flagged" and event["data"]["reasons"] == ["unscored"]
     assert event["data"]["text"] == "a text the model chokes on" and event["data"]["moderation_state"] == "pending"
-    await round_of_failures()  # a third round: the open case is not reopened or announced again
-    assert await pool.fetchval("SELECT failures FROM moderation_failures WHERE item_id = $1", vybe.id) == 3
+    assert event["data"]["scores"] is None
+    await round_of_failures()  # a further round: the open case is not reopened or announced again
+    assert await pool.fetchval("SELECT failures FROM moderation_failures WHERE item_id = $1", vybe.id) == 4
     assert (await pool.fetchrow(cases, str(vybe.id)))["version"] == case["version"]
     assert len(await _events(redis, settings, "mod:flagged")) == 1
 
-    healthy = _worker(settings, pool, redis, thresholds=NEVER, sweep_after_s=0.0)
     await pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '1 second'")
     assert await healthy.sweep() == 1
     assert await healthy.step() == 1
     assert await pool.fetchval("SELECT count(*) FROM moderation_failures") == 0
     scored = await pool.fetchrow(cases, str(vybe.id))
-    assert scored["model_cleared_by"] == healthy.scorer.version  # the model version that scored it
-    assert scored["scores"] and "toxicity" in scored["scores"] and scored["version"] > case["version"]
+    assert scored["model_cleared_by"] == healthy.scorer.version and scored["version"] > case["version"]
+    rescored = (await _events(redis, settings, "mod:flagged"))[-1]
+    assert rescored["event"] == "case.rescored" and set(rescored["data"]["scores"]) >= {"toxicity", "insult"}
     assert await pool.fetchval("SELECT moderation_state::text FROM shared_vybes WHERE id = $1", vybe.id) == "approved"
-    assert (await _events(redis, settings, "mod:flagged"))[-1]["event"] == "case.rescored"
 
 
 async def test_an_item_with_a_score_gets_no_unscored_case(settings, pool, redis) -> None:
-    """Rescoring failures (the item keeps the previous model's score) are retried later but open no case."""
+    """An item that has a score (a rescoring failure keeps the previous model's) is retried later but gets no
+    case, even while pending."""
     keys = Keys(settings.redis_prefix)
     healthy = _worker(settings, pool, redis, thresholds=NEVER)
     await healthy.ensure_group()
     vybe = await _post(pool, redis, settings, "scored once")
     assert await healthy.step() == 1
+    await pool.execute("UPDATE shared_vybes SET moderation_state = 'pending' WHERE id = $1", vybe.id)
     broken = _worker(settings, pool, redis, scorer=_Broken(), worker_claim_idle_ms=0, worker_max_attempts=2)
-    for _ in range(2):
+    for n in range(3):
         await pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '1 second'")
         await redis.xadd(keys.jobs, {"kind": "vybe", "id": str(vybe.id), "rescore": "1"})
         for _ in range(4):
             await broken.step()
-    assert await pool.fetchval("SELECT failures FROM moderation_failures WHERE item_id = $1", vybe.id) == 2
+        await _post(pool, redis, settings, f"another post {n}")
+        assert await healthy.step() == 1  # the model scores other posts meanwhile
+    assert await pool.fetchval("SELECT failures FROM moderation_failures WHERE item_id = $1", vybe.id) == 3
     assert await pool.fetchval("SELECT count(*) FROM moderation_cases") == 0
 
 

@@ -83,7 +83,7 @@ function aboutWords(v) {
   if (labels.length) return labels.join(", ");
   const types = [...new Set((v.reporters || []).filter((r) => r.reporter_id !== SYSTEM_REPORTER).map((r) => pretty(r.type)))];
   if (types.length) return types.join(", ");
-  return isUnscored(v) ? "could not be scored" : "flagged";
+  return isUnscored(v) && !v.scores ? "could not be scored" : "flagged";
 }
 
 /** The compact row: select box, the button that opens the case, and one line of facts. */
