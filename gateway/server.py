@@ -15,18 +15,17 @@ import contextlib
 import ctypes
 import gc
 import logging
-import math
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from common.cpus import available_cpus
 from gateway.app import create_asgi
 from gateway.wsproto import Front, WebSocket, gateway_of_config
 
@@ -84,17 +83,6 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 
 
 log = logging.getLogger(__name__)
-
-
-def available_cpus() -> int:
-    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's
-    ``cpus`` limit, which affinity does not show)."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    with contextlib.suppress(OSError, ValueError):
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    return max(1, n)
 
 
 def serve(settings: Settings) -> int:

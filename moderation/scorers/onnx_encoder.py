@@ -29,9 +29,12 @@ import logging
 import os
 import tempfile
 import warnings
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from common.cpus import available_cpus
 
 from .base import ScorerLoadError, ScorerUnavailableError
 
@@ -212,14 +215,6 @@ def shard_pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vybe-encoder")
 
 
-def default_threads() -> int:
-    """Intra-op threads: the CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 class OnnxMiniLMEncoder:
     """MiniLM sentence embeddings through ONNX Runtime, batched by token length.
 
@@ -240,8 +235,8 @@ class OnnxMiniLMEncoder:
         self.shard_tokens = shard_tokens
         """The fewest padded tokens worth a shard of their own (:data:`SHARD_TOKENS`; MPNet's ops are larger)."""
         self.pad_id = int(tokenizer.pad_token_id or 0)
-        self.threads = threads or default_threads()
-        """Shards a batch may be cut into: the CPUs this process may use."""
+        self.threads = threads or available_cpus()
+        """Shards a batch may be cut into: the CPUs this process may use (affinity and a container's CPU quota)."""
         self.session = cached_session(str(model_path), 1)
         dim = self.session.get_outputs()[0].shape[-1]
         if not isinstance(dim, int):
@@ -265,22 +260,32 @@ class OnnxMiniLMEncoder:
         """The embeddings of a batch of token-id rows, its shards run at once (:data:`SHARD_TOKENS`)."""
         import numpy as np
 
-        shards = self.shards(rows)
-        if len(shards) == 1:
+        bounds = self.shards(rows)
+        if len(bounds) == 1:
             return self._run_one(rows)
-        others = [shard_pool(self.threads - 1).submit(self._run_one, shard) for shard in shards[1:]]
-        first = self._run_one(shards[0])
-        return np.concatenate([first, *(f.result() for f in others)])
+        others = [shard_pool(self.threads - 1).submit(self._run_one, rows[a:b]) for a, b in bounds[1:]]
+        try:
+            first = self._run_one(rows[bounds[0][0]:bounds[0][1]])
+            return np.concatenate([first, *(f.result() for f in others)])
+        finally:  # after a failure, no shard is left running unobserved
+            futures.wait(others)
 
-    def shards(self, rows: list[list[int]]) -> list[list[list[int]]]:
-        """``rows`` cut into consecutive shards, one per thread at most, each of at least ``shard_tokens`` padded
-        tokens (the rows are sorted by length, so a shard pads little)."""
-        width = max(len(r) for r in rows)
-        n = min(self.threads, len(rows), len(rows) * width // self.shard_tokens)
-        if n <= 1:
-            return [rows]
-        size = -(-len(rows) // n)
-        return [rows[i:i + size] for i in range(0, len(rows), size)]
+    def shards(self, rows: list[list[int]]) -> list[tuple[int, int]]:
+        """The row ranges ``rows`` (sorted by length) run as: one per thread at most, each of about
+        ``shard_tokens`` padded tokens or more, cut so that the most padded tokens of any shard (rows times its longest
+        row: the time the batch takes) is as small as it can be; fewer rows go with the longest ones."""
+        lengths = [len(r) for r in rows]
+        n = max(1, min(self.threads, len(rows), len(rows) * max(lengths) // self.shard_tokens))
+        if n == 1:
+            return [(0, len(rows))]
+        lo, hi = 1, len(rows) * max(lengths)  # the least cost ``C`` at which n shards cover every row
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(_cut(lengths, mid)) <= n:
+                hi = mid
+            else:
+                lo = mid + 1
+        return _cut(lengths, lo)
 
     def _run_one(self, rows: list[list[int]]) -> Any:
         """One ORT run, on the calling thread, on token-id rows right-padded with [PAD] to the longest (masked
@@ -294,6 +299,17 @@ class OnnxMiniLMEncoder:
             input_ids[j, :len(row)] = row
             mask[j, :len(row)] = 1
         return self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+
+
+def _cut(lengths: list[int], cost: int) -> list[tuple[int, int]]:
+    """Row ranges of ascending ``lengths``, cut from the longest down, each of at most ``cost`` padded tokens (a row
+    longer than ``cost`` alone), in row order."""
+    out, end = [], len(lengths)
+    while end > 0:
+        start = max(0, end - max(1, cost // lengths[end - 1]))
+        out.append((start, end))
+        end = start
+    return out[::-1]
 
 
 def export_path(model_dir: Path, cache_dir: Path, finetune: str | None = None) -> Path:

@@ -305,8 +305,10 @@ def test_onnx_score_does_not_depend_on_batch_mates(which: str, onnx_scorer: Any,
 
 def test_a_batch_is_cut_into_shards_that_run_at_once_with_the_same_embeddings(onnx_scorer: Any,
                                                                               eval_texts: list[str]) -> None:
-    """Two CPUs: a batch of many short posts runs as two shards at once, a batch of two posts as one; the
-    embeddings are those of one unsharded run."""
+    """Two CPUs: a batch of many short posts runs as two shards, on two threads at once (the first on the caller's),
+    a batch of two short posts as one; the embeddings, rows in order, are those of one unsharded run."""
+    import threading
+
     import numpy as np
 
     from moderation.scorers.onnx_encoder import OnnxMiniLMEncoder
@@ -314,12 +316,38 @@ def test_a_batch_is_cut_into_shards_that_run_at_once_with_the_same_embeddings(on
     enc = onnx_scorer.encoder
     two = OnnxMiniLMEncoder(enc.model_path, enc.tokenizer, quantize=enc.quantize, threads=2)
     one = OnnxMiniLMEncoder(enc.model_path, enc.tokenizer, quantize=enc.quantize, threads=1)
-    rows = [[101, 7592, 2088, 102]] * 2
-    assert len(two.shards(rows)) == 1  # 8 tokens: not worth a second thread
-    assert [len(s) for s in two.shards([[101, *range(2000, 2014), 102]] * 64)] == [32, 32]
-    assert len(one.shards([[101, *range(2000, 2014), 102]] * 64)) == 1
-    texts = eval_texts[:150]
-    assert np.abs(two.encode(texts) - one.encode(texts)).max() < 1e-6
+    short = [101, *range(2000, 2014), 102]
+    assert two.shards([[101, 7592, 2088, 102]] * 2) == [(0, 2)]  # 8 tokens: not worth a second thread
+    assert two.shards([short] * 64) == [(0, 32), (32, 64)] and one.shards([short] * 64) == [(0, 64)]
+    # Fewer rows go with the longest: seven 3-token rows and one of 40 tokens are cut 7 + 1 (21 and 40 tokens).
+    assert two.shards([[1] * 3] * 7 + [[1] * 40]) == [(0, 7), (7, 8)]
+    runs: list[tuple[str, int]] = []
+    inner = two._run_one
+    lock, active, overlapped = threading.Lock(), [0], threading.Event()
+
+    def spy(rows: list[list[int]]) -> Any:
+        with lock:
+            runs.append((threading.current_thread().name, len(rows)))
+            active[0] += 1
+            if active[0] == 2:
+                overlapped.set()  # the other shard is still running: they run at once
+        try:
+            out = inner(rows)
+            overlapped.wait(5)  # run one after the other, the first would end before the second began
+            return out
+        finally:
+            with lock:
+                active[0] -= 1
+
+    two._run_one = spy  # type: ignore[method-assign]
+    texts = eval_texts[:64]
+    sharded = two.encode(texts)
+    assert len(runs) == 2 and sum(n for _, n in runs) == 64 and len({name for name, _ in runs}) == 2
+    assert overlapped.is_set()
+    assert np.abs(sharded - one.encode(texts)).max() < 1e-6
+    longer = eval_texts[64:214]
+    assert np.abs(OnnxMiniLMEncoder(enc.model_path, enc.tokenizer, quantize=enc.quantize, threads=2).encode(longer)
+                  - one.encode(longer)).max() < 1e-6
 
 
 def test_int8_graph_quantises_each_row(onnx_scorer: Any) -> None:
