@@ -655,6 +655,19 @@ async def record_failure(pool: asyncpg.Pool, kind: str, item_id: uuid.UUID, erro
     return case
 
 
+FAILURES_KEPT_S = 7 * 86_400.0
+"""A failure record whose retry has been due this long is deleted by the sweeper (:func:`prune_failures`)."""
+
+
+async def prune_failures(conn: asyncpg.Connection | asyncpg.Pool, kept_s: float = FAILURES_KEPT_S) -> int:
+    """Delete failure records whose retry has been due for ``kept_s``: their items are no longer retried (deleted,
+    decided by a moderator, or out of a rescoring pass's reach), since the sweeper retries a pending item within a
+    sweep of its retry coming due and each failure moves ``retry_after`` on. Returns how many went."""
+    deleted: str = await conn.execute(
+        "DELETE FROM moderation_failures WHERE retry_after < now() - make_interval(secs => $1)", kept_s)
+    return int(deleted.split()[-1])
+
+
 async def forget_failures(conn: asyncpg.Connection, kinds: Sequence[str], item_ids: Sequence[uuid.UUID]) -> None:
     """Scored at last (``kinds`` are job kinds): the items' failure records go (the table holds failing items
     only). One statement a batch, by primary key; usually it finds nothing."""

@@ -362,6 +362,7 @@ class Worker:
             stale = await mdb.unscored(conn, self.settings.sweep_after_s)
             for kind, item_id in stale:
                 await self.redis.xadd(self.keys.jobs, {"kind": kind, "id": str(item_id), "swept": "1"})
+            await mdb.prune_failures(conn)  # records of items no longer retried
             return len(stale)
 
     async def rescore(self) -> int:

@@ -259,6 +259,25 @@ async def test_an_item_with_a_score_gets_no_unscored_case(settings, pool, redis)
     assert await pool.fetchval("SELECT count(*) FROM moderation_cases") == 0
 
 
+async def test_the_sweeper_prunes_failure_records_of_items_no_longer_retried(settings, pool, redis) -> None:
+    """A failure record whose retry has been due for a week (its item deleted or decided by hand) goes with a sweep;
+    one not yet due, or due for less, stays."""
+    from db import moderation as mdb
+
+    w = _worker(settings, pool, redis, sweep_after_s=3600.0)
+    await w.ensure_group()
+    old, recent, waiting = [await _post(pool, redis, settings, f"post {n}") for n in range(3)]
+    for vybe in (old, recent, waiting):
+        await mdb.record_failure(pool, "vybe", vybe.id, "model exploded", 600.0, 86_400.0)
+    await pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '8 days' WHERE item_id = $1",
+                       old.id)
+    await pool.execute("UPDATE moderation_failures SET retry_after = now() - interval '6 days' WHERE item_id = $1",
+                       recent.id)
+    await w.sweep()
+    left = {r["item_id"] for r in await pool.fetch("SELECT item_id FROM moderation_failures")}
+    assert left == {recent.id, waiting.id}
+
+
 async def test_a_job_that_failed_once_leaves_nothing_behind_when_it_succeeds(settings, pool, redis) -> None:
     """The stream keeps no job that is done (it would grow by one entry per post for as long as Redis runs),
     and the error of a failed attempt goes with it."""
