@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from typing import Any
 
 import msgspec
@@ -294,12 +295,14 @@ FINE = [
 
 
 async def _decisions(pool) -> None:
-    for text in HARMFUL:
+    """Forty decided cases, each with a case id fixed by its text: the held-out split (a hash of the case id) is the
+    same at every run (random ids held out 6 to 20 of them, and a held-out part with one or two harmful texts made
+    the F1 below a coin toss now and then)."""
+    for text, action, labels in [*((t, "remove", ["insult"]) for t in HARMFUL), *((t, "dismiss", None) for t in FINE)]:
         _, case_id = await _case(pool, text, ["insult>=0.60 (0.70)"])
-        await _decide(pool, case_id, "remove", ["insult"])
-    for text in FINE:
-        _, case_id = await _case(pool, text, ["insult>=0.60 (0.70)"])
-        await _decide(pool, case_id, "dismiss")
+        fixed = uuid.uuid5(uuid.NAMESPACE_URL, "vybe-test-decision:" + text)
+        await pool.execute("UPDATE moderation_cases SET id = $2 WHERE id = $1", case_id, fixed)
+        await _decide(pool, fixed, action, labels)
 
 
 def _base_rows() -> list[dict[str, Any]]:
