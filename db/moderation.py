@@ -122,18 +122,11 @@ async def fetch_items(conn: asyncpg.Connection | asyncpg.Pool, vybes: list[uuid.
 
 
 _TARGET_OF: LiteralString = "SELECT target_type, target_id FROM moderation_cases WHERE id = $1"
-_LOCK_TARGET: dict[str, LiteralString] = {
-    "shared_vybe": "SELECT 1 FROM shared_vybes WHERE id = $1::uuid FOR NO KEY UPDATE",
-    "comment": "SELECT 1 FROM comments WHERE id = $1::uuid FOR NO KEY UPDATE",
-    "app_item": "SELECT 1 FROM app_items WHERE id = $1::uuid FOR NO KEY UPDATE",
-    "user": "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE",
-}
-
-
-_STATE_OF: dict[str, LiteralString] = {
+_LOCK_TARGET: dict[str, LiteralString] = {  # content answers with its moderation state
     "shared_vybe": "SELECT moderation_state::text FROM shared_vybes WHERE id = $1::uuid FOR NO KEY UPDATE",
     "comment": "SELECT moderation_state::text FROM comments WHERE id = $1::uuid FOR NO KEY UPDATE",
     "app_item": "SELECT moderation_state::text FROM app_items WHERE id = $1::uuid FOR NO KEY UPDATE",
+    "user": "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE",
 }
 
 
@@ -142,7 +135,7 @@ async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, s
     """Store one score and apply its decision. Returns the content's state before it (``pending``: this is its
     first score, and under premoderation it was never shown; ``""``: the content is gone), or None when this model
     version had scored it already. Locks the target first: every writer takes the target before its case."""
-    before: str = await conn.fetchval(_STATE_OF[item.kind], str(item.id)) or ""
+    before: str = await conn.fetchval(_LOCK_TARGET[item.kind], str(item.id)) or ""
     inserted = await conn.fetchval(
         """INSERT INTO moderation_scores (target_type, target_id, model_name, model_version, scores, decision, reasons)
            VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT moderation_scores_once DO NOTHING
