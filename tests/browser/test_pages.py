@@ -286,3 +286,41 @@ async def test_sign_in_form_token_expiry_and_roles(start_gateway: Any, pages: An
 
     mod = await pages.open(f"{live.http}/mod#token={live.token('member')}")
     await expect(mod.locator("#signin-why")).to_contain_text("MODERATOR and ADMIN", timeout=5000)
+
+
+async def test_a_post_shared_while_the_feed_reloads_stays(live: Any, pages: Any) -> None:
+    """The feed page reloads its snapshot when it (re)subscribes; a vybe shared while that snapshot is on its way
+    (taken before the post) must stay: absent from the snapshot means removed only for what the page showed before
+    it asked. The subscribe's reload is held here until the post is shared."""
+    await _post(live, "friend", "30 days of journaling! Small steps add up.")
+    context = await pages.browser.new_context(service_workers="block")
+    pages.contexts.append(context)
+    feed_calls, release = [], asyncio.Event()
+
+    async def hold_second_snapshot(route: Any) -> None:
+        feed_calls.append(route.request.url)
+        if len(feed_calls) != 2:
+            await route.continue_()
+            return
+        snapshot = await route.fetch()  # taken now, before the post
+        await release.wait()
+        await route.fulfill(response=snapshot)
+
+    await context.route("**/api/feed?*", hold_second_snapshot)
+    page = await context.new_page()
+    page.on("pageerror", lambda e: pages.errors.append(f"pageerror: {e}"))
+    await page.goto(f"{live.http}/#token={live.token('viewer')}")
+    await _live(page)
+    for _ in range(100):  # the subscribe's reload is on its way (and held)
+        if len(feed_calls) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(feed_calls) == 2
+    await page.get_by_role("textbox", name="Share a vybe").fill("Shared while the feed reloads")
+    await page.get_by_role("button", name="Share", exact=True).click()
+    await expect(page.locator("#post-status")).to_have_text("Shared.")
+    await expect(page.locator("article.vybe").first).to_contain_text("Shared while the feed reloads")
+    release.set()
+    await page.wait_for_timeout(500)  # the held snapshot is applied
+    await expect(page.locator("article.vybe").first).to_contain_text("Shared while the feed reloads")
+    await expect(page.locator("article.vybe")).to_have_count(2)

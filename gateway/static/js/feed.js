@@ -258,12 +258,16 @@ function start(token, claims) {
       feedRead = new Set();
       try {
         const limit = Math.min(100, Math.max(PAGE, vybes.size));
+        const shown = new Set(vybes.keys());  // what the snapshot can speak for: it is taken after this
         const page = await rest.get(`/api/feed?limit=${limit}`);
         const fresh = new Set(page.items.map((v) => v.id));
         const oldest = page.items.length ? Date.parse(page.items[page.items.length - 1].created_at) : -Infinity;
-        // Anything we show inside the snapshot's window but absent from it was hidden or removed meanwhile.
+        // Anything we showed before asking, inside the snapshot's window but absent from it, was hidden or removed
+        // meanwhile. A vybe that arrived while the snapshot was on its way (one just shared here, or its
+        // vybe.created) may be newer than the snapshot: it stays.
         for (const v of [...vybes.values()]) {
-          if (!fresh.has(v.id) && (page.next_cursor === null || Date.parse(v.created_at) >= oldest)) {
+          if (shown.has(v.id) && !fresh.has(v.id)
+              && (page.next_cursor === null || Date.parse(v.created_at) >= oldest)) {
             vybes.delete(v.id);
           }
         }
