@@ -4,7 +4,8 @@ Reads through a Redis consumer group, scores a batch in a thread, and in ONE
 transaction stores the scores and applies the decisions; it acknowledges (and
 deletes) the jobs only after COMMIT, then publishes. Entries a dead worker left pending are reclaimed
 after ``worker_claim_idle_ms``; one that failed ``worker_max_attempts`` times goes
-to the dead-letter stream with its last error. Scoring is idempotent (one
+to the dead-letter stream with its last error (attempts an outage of PostgreSQL or Redis failed do not
+count: :data:`OUTAGE`). Scoring is idempotent (one
 result per item and model version), so a redelivery never double-acts.
 """
 
@@ -63,6 +64,11 @@ MAX_SEQ = 2**64 - 1
 """The largest sequence part of a stream id."""
 _STREAM_ID = re.compile(rb"(\d+)-(\d+)")
 _JOB_KIND = {"shared_vybe": "vybe", "comment": "comment", "app_item": "app_item"}
+OUTAGE = b"outage: "
+"""How a job's error record (``<jobs>:errors``) starts when its attempt failed because PostgreSQL or Redis was
+unreachable: such an attempt is not counted against ``worker_max_attempts`` (:meth:`Worker.reclaim`). Otherwise an
+outage longer than the attempts (90 s by default) dead-lettered every job in flight, and where PostgreSQL was back
+when the dead letter was recorded, its item waited out the sweeper's first retry, ten minutes."""
 RETRY_FIRST_S, RETRY_LONGEST_S = 600.0, 86_400.0
 """When the sweeper retries an item whose job was dead-lettered: 10 minutes after the first dead letter, twice as
 long after each further one, at most a day (``db.moderation.record_failure``)."""
@@ -173,14 +179,23 @@ class Worker:
             await self._attempt(entries)
             return len(entries)
         reclaimed = await self.reclaim()
-        for entry in reclaimed:  # one at a time: a poison item must not sink its neighbours again
-            await self._attempt([entry])
+        for k, entry in enumerate(reclaimed):  # one at a time: a poison item must not sink its neighbours again
+            await self._attempt([entry], untried=reclaimed[k + 1:])
         return len(reclaimed)
 
-    async def _attempt(self, entries: list[Entry]) -> None:
+    async def _attempt(self, entries: list[Entry], untried: list[Entry] | None = None) -> None:
+        """Process ``entries``; an error is recorded against them. ``untried``: claimed entries that an outage
+        leaves unattempted (their claim counted a delivery), marked with the outage too."""
         try:
             await self.process(entries)
-        except (asyncpg.PostgresError, *REDIS_DOWN, ValueError, RuntimeError) as err:
+        except (*UNREACHABLE, *REDIS_DOWN) as err:  # first: PostgreSQL's connection errors are PostgresErrors too
+            # Not the items' failure: marked so that :meth:`reclaim` does not count this attempt. Raised on, for
+            # the consumer loop's backoff (with Redis down the mark is lost, but then nothing is reclaimed either).
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.redis.hset(self.keys.jobs + ":errors", mapping={
+                    i: OUTAGE + repr(err)[:500].encode() for i, _ in [*entries, *(untried or [])]})
+            raise
+        except (asyncpg.PostgresError, ValueError, RuntimeError) as err:
             log.warning("batch of %d failed: %s", len(entries), err)
             await self.redis.hset(self.keys.jobs + ":errors", mapping={i: repr(err)[:500] for i, _ in entries})
 
@@ -303,13 +318,23 @@ class Worker:
             idle=self.settings.worker_claim_idle_ms)
         if not pending:
             return []
-        dead = [p for p in pending if p["times_delivered"] >= self.settings.worker_max_attempts]
-        for p in dead:
-            await self._dead_letter(_s(p["message_id"]))
-        live = [_s(p["message_id"]) for p in pending if p not in dead]
-        if not live:
-            return []
-        claimed: Any = await self.redis.xclaim(self.keys.jobs, GROUP, self.name,
+        spent = [_s(p["message_id"]) for p in pending if p["times_delivered"] >= self.settings.worker_max_attempts]
+        errors: Any = await self.redis.hmget(self.keys.jobs + ":errors", spent) if spent else []
+        # Out of attempts, but the last one failed for an outage (PostgreSQL or Redis unreachable): a new set of
+        # attempts, not a dead letter; the mark goes, so that a worker dying on the job still counts.
+        fresh = [i for i, e in zip(spent, errors, strict=True) if e is not None and e.startswith(OUTAGE)]
+        for entry_id in spent:
+            if entry_id not in fresh:
+                await self._dead_letter(entry_id)
+        live = [_s(p["message_id"]) for p in pending if _s(p["message_id"]) not in spent]
+        claimed: list[Any] = []
+        if fresh:
+            await self.redis.hdel(self.keys.jobs + ":errors", *fresh)
+            claimed += await self.redis.xclaim(self.keys.jobs, GROUP, self.name,
+                                               min_idle_time=self.settings.worker_claim_idle_ms,
+                                               message_ids=list[Any](fresh), retrycount=1)
+        if live:
+            claimed += await self.redis.xclaim(self.keys.jobs, GROUP, self.name,
                                                min_idle_time=self.settings.worker_claim_idle_ms,
                                                message_ids=list[Any](live))
         return [(_s(i), f) for i, f in claimed if f]

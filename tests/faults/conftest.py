@@ -78,10 +78,10 @@ class Rig:
         await asyncio.gather(*(g.wait_ready() for g in started))
         return started
 
-    def add_worker(self, **env: str) -> Proc:
-        """Start ``vybe worker`` (light scorer)."""
+    def add_worker(self, script: Path | None = None, **env: str) -> Proc:
+        """Start ``vybe worker`` (light scorer), or ``python SCRIPT`` (a worker with a test's own model)."""
         name = f"worker{len(self.workers)}"
-        worker = Proc(name, "worker", self.env(**env), self.tmp / f"{name}.log").start()
+        worker = Proc(name, "worker", self.env(**env), self.tmp / f"{name}.log", script=script).start()
         self.workers.append(worker)
         return worker
 

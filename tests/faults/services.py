@@ -436,8 +436,11 @@ class PostgresProc:
 class Proc:
     """``vybe gateway`` or ``vybe worker`` as a child process (``python -m cli``), logging to a file."""
 
-    def __init__(self, name: str, kind: str, env: dict[str, str], log: Path, port: int | None = None) -> None:
+    def __init__(self, name: str, kind: str, env: dict[str, str], log: Path, port: int | None = None,
+                 script: Path | None = None) -> None:
         self.name, self.kind, self.env, self.log, self.port = name, kind, env, log, port
+        self.script = script
+        """Run instead of ``python -m cli KIND`` (``python SCRIPT``): a worker with a test's own model."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -459,7 +462,8 @@ class Proc:
 
     def start(self) -> Proc:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cli", self.kind], env=self.env, cwd=ROOT,
+            args = [str(self.script)] if self.script else ["-m", "cli", self.kind]
+            self.proc = subprocess.Popen([sys.executable, *args], env=self.env, cwd=ROOT,
                                          stdout=out, stderr=subprocess.STDOUT)
         return self
 

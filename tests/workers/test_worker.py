@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 
+import asyncpg
 import msgspec
 import pytest
 
@@ -151,6 +153,48 @@ async def test_failing_item_goes_to_dead_letter_after_k_attempts(settings, pool,
     assert dead[b"id"].decode() == str(vybe.id) and b"model exploded" in dead[b"error"]
     assert (await redis.xpending(keys.jobs, GROUP))["pending"] == 0
     assert await redis.xlen(keys.jobs) == 0 and not await redis.hgetall(keys.jobs + ":errors")
+
+
+async def test_attempts_that_failed_for_an_outage_do_not_count(settings, pool, redis) -> None:
+    """PostgreSQL unreachable through more attempts than worker_max_attempts (the worker's pool is closed: asyncpg
+    raises as it does for a database that is down): the job is not dead-lettered but kept, marked as an outage's;
+    once the database answers, it is scored and leaves nothing behind."""
+    keys = Keys(settings.redis_prefix)
+    cut_off = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+    await cut_off.close()
+    down = _worker(settings, cut_off, redis, worker_claim_idle_ms=0, worker_max_attempts=2)
+    await down.ensure_group()
+    vybe = await _post(pool, redis, settings)
+    for _ in range(5):  # each attempt raises (for the consumer loop's backoff)
+        with contextlib.suppress(asyncpg.InterfaceError):
+            await down.step()
+    assert await redis.xlen(keys.dead_letter) == 0, "dead-lettered for an outage"
+    [entry] = await redis.xrange(keys.jobs)
+    assert (await redis.hget(keys.jobs + ":errors", entry[0])).startswith(consumer.OUTAGE)
+    back = _worker(settings, pool, redis, worker_claim_idle_ms=0, worker_max_attempts=2)
+    await back.step()
+    assert await pool.fetchval("SELECT count(*) FROM moderation_scores WHERE target_id = $1", vybe.id) == 1
+    assert await redis.xlen(keys.dead_letter) == 0 and await redis.xlen(keys.jobs) == 0
+    assert not await redis.hgetall(keys.jobs + ":errors")
+
+
+async def test_a_worker_dying_on_a_job_counts_even_after_an_outage(settings, pool, redis) -> None:
+    """A job marked as an outage's gets a fresh count once, and the mark goes with it: claims that end in a worker's
+    death (no error recorded) count again, so a text that kills its worker is still dead-lettered."""
+    keys = Keys(settings.redis_prefix)
+    w = _worker(settings, pool, redis, worker_claim_idle_ms=0, worker_max_attempts=2)
+    await w.ensure_group()
+    await redis.xadd(keys.jobs, {"kind": "vybe", "id": "kills-its-worker"})
+    [[_, [(entry, _)]]] = await redis.xreadgroup(GROUP, "dying", {keys.jobs: ">"}, count=1)
+    await redis.xclaim(keys.jobs, GROUP, "dying", min_idle_time=0, message_ids=[entry])  # delivered twice
+    await redis.hset(keys.jobs + ":errors", entry, consumer.OUTAGE + b"ConnectionRefusedError()")
+    assert [i for i, _ in await w.reclaim()] == [entry.decode()]  # out of attempts, but claimed afresh
+    assert await redis.xlen(keys.dead_letter) == 0 and not await redis.hgetall(keys.jobs + ":errors")
+    for _ in range(2):  # ... by workers that die on it: no error is recorded
+        await redis.xclaim(keys.jobs, GROUP, "dying", min_idle_time=0, message_ids=[entry])
+    await w.step()
+    [(_, dead)] = await redis.xrange(keys.dead_letter)
+    assert dead[b"id"] == b"kills-its-worker" and dead[b"error"] == b"unknown"
 
 
 async def test_a_dead_lettered_item_is_retried_later_not_at_every_sweep(settings, pool, redis) -> None:
