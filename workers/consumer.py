@@ -74,6 +74,11 @@ RETRY_FIRST_S, RETRY_LONGEST_S = 600.0, 86_400.0
 long after each further one, at most a day (``db.moderation.record_failure``)."""
 
 
+
+class ModelError(RuntimeError):
+    """The model failed on a batch: counted against its jobs' attempts, whatever it raised (an ``OSError`` from a
+    model is not an outage of PostgreSQL or Redis)."""
+
 class Worker:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: redisconn.Client, scorer: Scorer,
                  policy: Policy, name: str) -> None:
@@ -204,7 +209,10 @@ class Worker:
         items = await mdb.fetch_items(self.pool, vybes, comments, app_items)
         if items and self.policy.mode != "off":
             scorer = self.scorer  # the model may be swapped while this batch is scored
-            scores = await asyncio.to_thread(scorer.score, [i.content for i in items])
+            try:
+                scores = await asyncio.to_thread(scorer.score, [i.content for i in items])
+            except Exception as err:  # what the model raises is the items' failure, never an outage
+                raise ModelError(f"{type(err).__name__}: {err}") from err
             announce = await self._store(items, scores, (scorer.name, scorer.version), _retried(entries))
         elif app_items:  # moderation off: held publications go out unscored
             announce = Announcement(self._release)

@@ -178,6 +178,27 @@ async def test_attempts_that_failed_for_an_outage_do_not_count(settings, pool, r
     assert not await redis.hgetall(keys.jobs + ":errors")
 
 
+class _BrokenFile:
+    """A scorer whose model raises OSError (a model file gone unreadable): the model's failure, not an outage."""
+
+    name, version, labels = "broken-file", "0", ("toxicity",)
+
+    def score(self, texts):
+        raise OSError(5, "Input/output error", "/models/minilm.onnx")
+
+
+async def test_an_oserror_from_the_model_counts_as_the_items_failure(settings, pool, redis) -> None:
+    """Only PostgreSQL and Redis being unreachable is an outage: a model raising OSError dead-letters its job after
+    worker_max_attempts, with the error, as any failure of the model does."""
+    w = _worker(settings, pool, redis, scorer=_BrokenFile(), worker_claim_idle_ms=0, worker_max_attempts=2)
+    await w.ensure_group()
+    await _post(pool, redis, settings)
+    for _ in range(4):
+        await w.step()
+    [(_, dead)] = await redis.xrange(Keys(settings.redis_prefix).dead_letter)
+    assert b"OSError" in dead[b"error"] and b"Input/output error" in dead[b"error"]
+
+
 async def test_a_worker_dying_on_a_job_counts_even_after_an_outage(settings, pool, redis) -> None:
     """A job marked as an outage's gets a fresh count once, and the mark goes with it: claims that end in a worker's
     death (no error recorded) count again, so a text that kills its worker is still dead-lettered."""
