@@ -21,6 +21,7 @@ from common.visibility import hides_author_sql
 from db import learning
 from db.writes._tx import in_transaction
 from db.writes.errors import Conflict, Forbidden, NotFound, WriteError
+from db.writes.locks import lock_target
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -122,12 +123,6 @@ async def fetch_items(conn: asyncpg.Connection | asyncpg.Pool, vybes: list[uuid.
 
 
 _TARGET_OF: LiteralString = "SELECT target_type, target_id FROM moderation_cases WHERE id = $1"
-_LOCK_TARGET: dict[str, LiteralString] = {  # content answers with its moderation state
-    "shared_vybe": "SELECT moderation_state::text FROM shared_vybes WHERE id = $1::uuid FOR NO KEY UPDATE",
-    "comment": "SELECT moderation_state::text FROM comments WHERE id = $1::uuid FOR NO KEY UPDATE",
-    "app_item": "SELECT moderation_state::text FROM app_items WHERE id = $1::uuid FOR NO KEY UPDATE",
-    "user": "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE",
-}
 
 
 async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, str], scores: dict[str, float],
@@ -135,7 +130,7 @@ async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, s
     """Store one score and apply its decision. Returns the content's state before it (``pending``: this is its
     first score, and under premoderation it was never shown; ``""``: the content is gone), or None when this model
     version had scored it already. Locks the target first: every writer takes the target before its case."""
-    before: str = await conn.fetchval(_LOCK_TARGET[item.kind], str(item.id)) or ""
+    before = await lock_target(conn, item.kind, str(item.id)) or ""
     inserted = await conn.fetchval(
         """INSERT INTO moderation_scores (target_type, target_id, model_name, model_version, scores, decision, reasons)
            VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT moderation_scores_once DO NOTHING
@@ -274,8 +269,10 @@ async def open_queue(pool: asyncpg.Pool, limit: int = 100, appeals: bool | None 
     return await case_views(pool, [r["id"] for r in ids])
 
 
-async def _locked_case(conn: asyncpg.Connection, case_id: str, version: int, moderator: str) -> asyncpg.Record:
-    """The case row, locked after its target (the one lock order: target, then case)."""
+async def _locked_case(conn: asyncpg.Connection, case_id: str, version: int,
+                       moderator: str) -> tuple[asyncpg.Record, str | None]:
+    """The case row, locked after its target (the one lock order: target, then case), and the target's moderation
+    state (content; None for a user, or content that is gone)."""
     try:
         cid = uuid.UUID(case_id)
     except ValueError as err:
@@ -283,7 +280,7 @@ async def _locked_case(conn: asyncpg.Connection, case_id: str, version: int, mod
     target = await conn.fetchrow(_TARGET_OF, cid)
     if target is None:
         raise NotFound("no such case")
-    await conn.execute(_LOCK_TARGET[target["target_type"]], target["target_id"])
+    state = await lock_target(conn, target["target_type"], target["target_id"])
     row = await conn.fetchrow("SELECT * FROM moderation_cases WHERE id = $1 FOR UPDATE", cid)
     if row is None:
         raise NotFound("no such case")
@@ -292,7 +289,7 @@ async def _locked_case(conn: asyncpg.Connection, case_id: str, version: int, mod
     claimed = row["claimed_by"]
     if claimed and claimed != moderator and row["claim_expires_at"] > dt.datetime.now(dt.UTC):
         raise Conflict(f"case is claimed by {claimed} until {row['claim_expires_at'].isoformat()}")
-    return row
+    return row, (state if target["target_type"] != "user" else None)
 
 
 async def claim(pool: asyncpg.Pool, case_id: str, version: int, moderator: str, lease_s: float,
@@ -300,7 +297,7 @@ async def claim(pool: asyncpg.Pool, case_id: str, version: int, moderator: str, 
     """Claim a case for ``lease_s`` seconds (or release it); a stale claim simply expires."""
 
     async def body(conn: asyncpg.Connection) -> CaseView:
-        row = await _locked_case(conn, case_id, version, moderator)
+        row, _ = await _locked_case(conn, case_id, version, moderator)
         if row["state"] != "open":
             raise Conflict("case is resolved")
         await conn.execute(
@@ -341,7 +338,7 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
         raise WriteError(f"unknown action {action!r}", "invalid")
 
     async def body(conn: asyncpg.Connection) -> Resolved:
-        row = await _locked_case(conn, case_id, version, moderator)
+        row, before = await _locked_case(conn, case_id, version, moderator)
         kind = row["target_type"]
         if kind == "user" and action in ("hide", "remove"):
             raise Forbidden("users are not hidden from the feed here; dismiss, or act on their content")
@@ -349,11 +346,8 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
         if appeal and row["appeal_of"] == moderator:
             raise Forbidden("you took the action under appeal: another moderator decides it")
         await learning.record_decision(conn, row, action, labels, moderator)
-        looproom, was_pending = None, False
+        looproom, was_pending = None, before == "pending"
         if kind in _TABLE:
-            before = await conn.fetchval(f"SELECT moderation_state::text FROM {_TABLE[kind]} WHERE id = $1::uuid",
-                                         row["target_id"])
-            was_pending = before == "pending"
             await conn.execute(
                 f"UPDATE {_TABLE[kind]} SET moderation_state = $2, moderated_at = now(), moderator_note = $3, "
                 "updated_at = now() WHERE id = $1::uuid", row["target_id"], _STATE_AFTER[action], note)
@@ -386,7 +380,7 @@ async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
     decided by it is undecided again. The author is not told: the content is simply reviewed again."""
 
     async def body(conn: asyncpg.Connection) -> Resolved:
-        row = await _locked_case(conn, case_id, version, moderator)
+        row, _ = await _locked_case(conn, case_id, version, moderator)
         if row["state"] != "resolved":
             raise Conflict("case is open already")
         kind, looproom = row["target_type"], None
@@ -534,7 +528,7 @@ async def appeal(pool: asyncpg.Pool, user_id: str, target_type: str, target_id: 
         raise WriteError("only a vybe or a comment can be appealed", "invalid_value")
 
     async def body(conn: asyncpg.Connection) -> tuple[AppealView, CaseView]:
-        await conn.execute(_LOCK_TARGET[kind], str(tid))
+        await lock_target(conn, kind, str(tid))
         content = await conn.fetchrow(_CONTENT_OF[kind], tid)
         if content is None or content["user_id"] != user_id:
             raise NotFound("no such vybe or comment of yours")
@@ -618,7 +612,7 @@ async def record_failure(pool: asyncpg.Pool, kind: str, item_id: uuid.UUID, erro
 
     async def body(conn: asyncpg.Connection) -> uuid.UUID | None:
         if target is not None:  # the target before anything of its case: the one lock order
-            await conn.execute(_LOCK_TARGET[target], str(item_id))
+            await lock_target(conn, target, str(item_id))
         failure = await conn.fetchrow(
             """INSERT INTO moderation_failures AS f (kind, item_id, last_error, retry_after)
                VALUES ($1, $2, $3, now() + make_interval(secs => $4))

@@ -9,6 +9,7 @@ import asyncpg
 from db.writes import validate
 from db.writes._tx import fk_missing, idempotent
 from db.writes.errors import NotFound
+from db.writes.locks import lock_target
 from db.writes.types import REPORT_TARGETS, REPORT_TYPES, ReportResult
 
 if TYPE_CHECKING:
@@ -17,13 +18,6 @@ if TYPE_CHECKING:
 
     from db.outbox import Announcement
 
-# The target is locked first, in the table order of 0002, so reports and the
-# counter update its trigger makes never deadlock with other writers.
-_LOCK_TARGET: dict[str, LiteralString] = {
-    "shared_vybe": "SELECT id::text FROM shared_vybes WHERE id = $1::text::uuid FOR NO KEY UPDATE",
-    "comment": "SELECT id::text FROM comments WHERE id = $1::text::uuid FOR NO KEY UPDATE",
-    "user": "SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE",
-}
 _COUNT: dict[str, LiteralString] = {
     "shared_vybe": "SELECT report_count FROM shared_vybes WHERE id = $1::text::uuid",
     "comment": "SELECT report_count FROM comments WHERE id = $1::text::uuid",
@@ -65,7 +59,7 @@ async def report(
         description, limit=validate.MAX_DESCRIPTION_CHARS, field="description", required=False)
 
     async def body(conn: asyncpg.Connection) -> ReportResult:
-        if await conn.fetchval(_LOCK_TARGET[ttype], tid) is None:
+        if await lock_target(conn, ttype, tid) is None:  # first: the one lock order (db.writes.locks)
             raise NotFound(f"{ttype} {tid} does not exist")
         try:
             row = await conn.fetchrow(_INSERT, reporter, ttype, tid, rtype, text)
