@@ -27,7 +27,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ClusterDownError, ReadOnlyError, RedisClusterException, RedisError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -45,6 +47,11 @@ Client: TypeAlias = aioredis.Redis | RedisCluster
 REDIS_DOWN: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 """What a Redis that is down, restarting or failing over raises (a cluster's RedisClusterException, e.g.
 a slot not served mid-failover, is no RedisError)."""
+REDIS_UNREACHABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError, RedisTimeoutError, ReadOnlyError, ClusterDownError, TryAgainError, RedisClusterException,
+    OSError)
+"""The part of :data:`REDIS_DOWN` that only an unreachable, loading, failing-over or read-only Redis raises, never
+a bad command (a ``ResponseError`` such as a script's error is in REDIS_DOWN, not here)."""
 
 
 def is_cluster(client: object) -> bool:

@@ -4,8 +4,8 @@ Reads through a Redis consumer group, scores a batch in a thread, and in ONE
 transaction stores the scores and applies the decisions; it acknowledges (and
 deletes) the jobs only after COMMIT, then publishes. Entries a dead worker left pending are reclaimed
 after ``worker_claim_idle_ms``; one that failed ``worker_max_attempts`` times goes
-to the dead-letter stream with its last error (attempts an outage of PostgreSQL or Redis failed do not
-count: :data:`OUTAGE`). Scoring is idempotent (one
+to the dead-letter stream with its last error (unless the last one failed for an outage of PostgreSQL or Redis:
+:data:`OUTAGE`). Scoring is idempotent (one
 result per item and model version), so a redelivery never double-acts.
 """
 
@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -24,7 +25,7 @@ from redis.exceptions import ResponseError
 from common import events, namespaces, redisconn
 from common.bus import Event, Keys, Publisher, stream_id_key
 from common.labels import SELF_HARM_RISK
-from common.redisconn import REDIS_DOWN, Script
+from common.redisconn import REDIS_DOWN, REDIS_UNREACHABLE, Script
 from common.tasks import Supervisor, backoff, cancelled_meanwhile
 from db import apps, learning, outbox, writes
 from db import moderation as mdb
@@ -64,11 +65,15 @@ MAX_SEQ = 2**64 - 1
 """The largest sequence part of a stream id."""
 _STREAM_ID = re.compile(rb"(\d+)-(\d+)")
 _JOB_KIND = {"shared_vybe": "vybe", "comment": "comment", "app_item": "app_item"}
-OUTAGE = b"outage: "
-"""How a job's error record (``<jobs>:errors``) starts when its attempt failed because PostgreSQL or Redis was
-unreachable: such an attempt is not counted against ``worker_max_attempts`` (:meth:`Worker.reclaim`). Otherwise an
-outage longer than the attempts (90 s by default) dead-lettered every job in flight, and where PostgreSQL was back
-when the dead letter was recorded, its item waited out the sweeper's first retry, ten minutes."""
+OUTAGE = ":outage"
+"""The hash (after the job stream's key) marking the jobs whose last attempt failed because PostgreSQL or Redis was
+unreachable. A job out of attempts whose mark is there gets a fresh count instead of a dead letter
+(:meth:`Worker.reclaim`), up to :data:`OUTAGE_GIVES_UP_S` after it was enqueued; every new delivery deletes the mark,
+so a worker that dies on the job still counts. Before, an outage longer than the attempts (90 s by default)
+dead-lettered every job in flight, and where PostgreSQL was back when the dead letter was recorded, its item waited
+out the sweeper's first retry, ten minutes."""
+OUTAGE_GIVES_UP_S = 3600.0
+"""How long after it was enqueued a job still gets fresh counts after outages."""
 RETRY_FIRST_S, RETRY_LONGEST_S = 600.0, 86_400.0
 """When the sweeper retries an item whose job was dead-lettered: 10 minutes after the first dead letter, twice as
 long after each further one, at most a day (``db.moderation.record_failure``)."""
@@ -134,15 +139,16 @@ class Worker:
         while sliced := int(await self.redis.xtrim(self.keys.jobs, minid=minid, approximate=True, limit=TRIM_SLICE)):
             deleted += sliced  # whole nodes of the stream at a time, other clients served in between
         deleted += int(await self.redis.xtrim(self.keys.jobs, minid=minid, approximate=False))
-        errors, stale = self.keys.jobs + ":errors", []  # and the records of jobs done since (kept before c767fbb)
-        async for field, _ in self.redis.hscan_iter(errors, count=1000):
-            if _older(field, keep):
-                stale.append(field)
-            if len(stale) == TRIM_SLICE:
-                await self.redis.hdel(errors, *stale)
-                stale = []
-        if stale:
-            await self.redis.hdel(errors, *stale)
+        for records in (self.keys.jobs + ":errors", self.keys.jobs + OUTAGE):  # and records of jobs done since
+            stale: list[bytes] = []
+            async for field, _ in self.redis.hscan_iter(records, count=1000):
+                if _older(field, keep):
+                    stale.append(field)
+                if len(stale) == TRIM_SLICE:
+                    await self.redis.hdel(records, *stale)
+                    stale = []
+            if stale:
+                await self.redis.hdel(records, *stale)
         return deleted
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -183,24 +189,21 @@ class Worker:
         if entries:
             await self._attempt(entries)
             return len(entries)
-        reclaimed = await self.reclaim()
-        for k, entry in enumerate(reclaimed):  # one at a time: a poison item must not sink its neighbours again
-            await self._attempt([entry], untried=reclaimed[k + 1:])
-        return len(reclaimed)
+        return await self.reclaim()
 
-    async def _attempt(self, entries: list[Entry], untried: list[Entry] | None = None) -> None:
-        """Process ``entries``; an error is recorded against them. ``untried``: claimed entries that an outage
-        leaves unattempted (their claim counted a delivery), marked with the outage too."""
+    async def _attempt(self, entries: list[Entry]) -> None:
+        """Process ``entries``; a failure is recorded against them, except an outage's (:data:`OUTAGE`)."""
         try:
             await self.process(entries)
-        except (*UNREACHABLE, *REDIS_DOWN) as err:  # first: PostgreSQL's connection errors are PostgresErrors too
-            # Not the items' failure: marked so that :meth:`reclaim` does not count this attempt. Raised on, for
-            # the consumer loop's backoff (with Redis down the mark is lost, but then nothing is reclaimed either).
+        except (*UNREACHABLE, *REDIS_UNREACHABLE) as err:  # first: PostgreSQL's connection errors are PostgresErrors
+            # Not the items' failure: marked, so that :meth:`reclaim` gives the jobs a fresh count if their attempts
+            # run out this way. Raised on, for the consumer loop's backoff. (Redis down: the mark cannot be written,
+            # and a job whose last attempt that was counts as usual; it was scored if ``done`` was what failed.)
             with contextlib.suppress(*REDIS_DOWN):
-                await self.redis.hset(self.keys.jobs + ":errors", mapping={
-                    i: OUTAGE + repr(err)[:500].encode() for i, _ in [*entries, *(untried or [])]})
+                await self.redis.hset(self.keys.jobs + OUTAGE, mapping={i: repr(err)[:500] for i, _ in entries})
             raise
-        except (asyncpg.PostgresError, ValueError, RuntimeError) as err:
+        except Exception as err:  # noqa: BLE001 - the model's error, the item's data, or our bug: the items' failure
+            cancelled_meanwhile(err)
             log.warning("batch of %d failed: %s", len(entries), err)
             await self.redis.hset(self.keys.jobs + ":errors", mapping={i: repr(err)[:500] for i, _ in entries})
 
@@ -316,36 +319,45 @@ class Worker:
         if not entry_ids:
             return
         await self._done(keys=[self.keys.jobs], args=[GROUP, *entry_ids])
-        with contextlib.suppress(*REDIS_DOWN):  # the jobs are done; at worst an error record stays behind
+        with contextlib.suppress(*REDIS_DOWN):  # the jobs are done; at worst a record stays behind (trim ends it)
             await self.redis.hdel(self.keys.jobs + ":errors", *entry_ids)
+            await self.redis.hdel(self.keys.jobs + OUTAGE, *entry_ids)
 
-    async def reclaim(self) -> list[Entry]:
-        """Take over entries idle too long; dead-letter those out of attempts."""
-        pending: Any = await self.redis.xpending_range(
-            self.keys.jobs, GROUP, min="-", max="+", count=self.settings.worker_batch,
-            idle=self.settings.worker_claim_idle_ms)
-        if not pending:
-            return []
-        spent = [_s(p["message_id"]) for p in pending if p["times_delivered"] >= self.settings.worker_max_attempts]
-        errors: Any = await self.redis.hmget(self.keys.jobs + ":errors", spent) if spent else []
-        # Out of attempts, but the last one failed for an outage (PostgreSQL or Redis unreachable): a new set of
-        # attempts, not a dead letter; the mark goes, so that a worker dying on the job still counts.
-        fresh = [i for i, e in zip(spent, errors, strict=True) if e is not None and e.startswith(OUTAGE)]
-        for entry_id in spent:
-            if entry_id not in fresh:
-                await self._dead_letter(entry_id)
-        live = [_s(p["message_id"]) for p in pending if _s(p["message_id"]) not in spent]
-        claimed: list[Any] = []
-        if fresh:
-            await self.redis.hdel(self.keys.jobs + ":errors", *fresh)
-            claimed += await self.redis.xclaim(self.keys.jobs, GROUP, self.name,
-                                               min_idle_time=self.settings.worker_claim_idle_ms,
-                                               message_ids=list[Any](fresh), retrycount=1)
-        if live:
-            claimed += await self.redis.xclaim(self.keys.jobs, GROUP, self.name,
-                                               min_idle_time=self.settings.worker_claim_idle_ms,
-                                               message_ids=list[Any](live))
-        return [(_s(i), f) for i, f in claimed if f]
+    async def reclaim(self) -> int:
+        """Take over entries idle too long, one at a time, each attempted as soon as it is claimed (a job that kills
+        its worker then costs only its own deliveries); dead-letter those out of attempts, unless the last one failed
+        for an outage (:data:`OUTAGE`). Returns the entries attempted."""
+        idle, jobs = self.settings.worker_claim_idle_ms, self.keys.jobs
+        pending: Any = await self.redis.xpending_range(jobs, GROUP, min="-", max="+", count=self.settings.worker_batch,
+                                                       idle=idle)
+        attempted = 0
+        for p in pending:
+            entry_id = _s(p["message_id"])
+            if p["times_delivered"] < self.settings.worker_max_attempts:
+                claimed: Any = await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=idle,
+                                                       message_ids=[entry_id])
+            elif await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=idle, message_ids=[entry_id],
+                                         justid=True):  # ours now (the count unchanged): no other worker decides it
+                if not await self._fresh_after_outage(entry_id):
+                    await self._dead_letter(entry_id)
+                    continue
+                claimed = await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=0, message_ids=[entry_id],
+                                                  retrycount=1)
+            else:
+                continue  # another worker took it meanwhile
+            await self.redis.hdel(jobs + OUTAGE, entry_id)  # a new delivery: the mark spoke of the last one
+            if claimed and claimed[0][1]:  # else done and deleted meanwhile: nothing to do
+                await self._attempt([(_s(claimed[0][0]), claimed[0][1])])
+                attempted += 1
+        return attempted
+
+    async def _fresh_after_outage(self, entry_id: str) -> bool:
+        """Whether a job out of attempts gets a fresh count: its last attempt failed for an outage, and it was
+        enqueued less than :data:`OUTAGE_GIVES_UP_S` ago (so an error taken for an outage cannot keep it for ever)."""
+        if await self.redis.hget(self.keys.jobs + OUTAGE, entry_id) is None:
+            return False
+        enqueued_ms, _ = stream_id_key(entry_id)
+        return time.time() - enqueued_ms / 1000 < OUTAGE_GIVES_UP_S
 
     async def _dead_letter(self, entry_id: str) -> None:
         fields: Any = await self.redis.xrange(self.keys.jobs, entry_id, entry_id)

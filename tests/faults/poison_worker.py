@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 MARK = "zq-unscorable-zq"
-RETRY_FIRST_S = 3.0
+RETRY_FIRST_S = 4.0
 
 
 class Poisoned:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ POISON_WORKER = Path(__file__).with_name("poison_worker.py")
 # Two attempts, a second apart: an outage of seconds outlasts them (90 s with the defaults).
 FEW_ATTEMPTS = {"VYBE_WORKER_CLAIM_IDLE_MS": "1000", "VYBE_WORKER_MAX_ATTEMPTS": "2"}
 DOWN_S = 8.0
-SCORED_WITHIN_S = 20.0  # after PostgreSQL is back: the outage's backoff (at most 5 s) and a margin
+SCORED_WITHIN_S = 20.0  # after PostgreSQL is back: the consumer loop's backoff (at most 2 s), a claim and a margin
 
 
 async def _count(rig: Rig, sql: str, *args: object) -> int:
@@ -124,7 +125,8 @@ async def _keep_posting(writer: Client, stop: asyncio.Event) -> None:
 @pytest.mark.timeout(150)
 async def test_a_post_the_model_cannot_score_reaches_moderators_once_through_outages(rig: Rig) -> None:
     """A post the model fails on (``poison_worker``), other posts scored meanwhile, Redis restarted (2 s, its data
-    kept) and PostgreSQL stopped (5 s) between its rounds of attempts: after its second round it reaches moderators
+    kept) and PostgreSQL stopped (5 s) between its rounds of attempts (the second is due 4 s after the first, and
+    needs PostgreSQL): after its second round it reaches moderators
     as one case with the reason ``unscored``, announced once on mod:flagged; it stays pending with no score; every
     other post is scored, once."""
     gw = await rig.add_gateway()
@@ -136,8 +138,10 @@ async def test_a_post_the_model_cannot_score_reaches_moderators_once_through_out
     try:
         first_s = await wait_until(lambda: _has_failures(rig, poison, 1), 30)
         assert first_s is not None, f"no first round of failures:\n{worker.tail()}"
+        assert not await _case(rig, poison), "a case after one round"
         await asyncio.to_thread(rig.redis.restart, 2.0)
         await asyncio.to_thread(rig.pg.restart, 5.0)
+        back = dt.datetime.now(dt.UTC)
         case_s = await wait_until(lambda: _case(rig, poison), 60)
     finally:
         stop.set()
@@ -155,6 +159,8 @@ async def test_a_post_the_model_cannot_score_reaches_moderators_once_through_out
                       "case_after_faults_s": case_s, "announcements": len(announced)}))
     assert case_s is not None, f"no case 60 s after the faults:\n{worker.tail()}"
     assert case is not None and json.loads(case)["reasons"] == ["unscored"], case
+    opened = dt.datetime.fromisoformat(json.loads(case)["opened_at"])
+    assert opened > back, f"the second round ({opened}) came before PostgreSQL was back ({back}): no fault between"
     assert [(h.event, h.data.get("reasons")) for h in announced] == [("report.flagged", ["unscored"])], announced
     assert state == "pending" and scores == 0
     assert others_s is not None, f"{await _unscored(rig, poison)} other posts unscored:\n{worker.tail()}"

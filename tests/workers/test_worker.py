@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
+import time
 
 import asyncpg
 import msgspec
@@ -155,27 +155,75 @@ async def test_failing_item_goes_to_dead_letter_after_k_attempts(settings, pool,
     assert await redis.xlen(keys.jobs) == 0 and not await redis.hgetall(keys.jobs + ":errors")
 
 
-async def test_attempts_that_failed_for_an_outage_do_not_count(settings, pool, redis) -> None:
-    """PostgreSQL unreachable through more attempts than worker_max_attempts (the worker's pool is closed: asyncpg
-    raises as it does for a database that is down): the job is not dead-lettered but kept, marked as an outage's;
-    once the database answers, it is scored and leaves nothing behind."""
+async def test_attempts_that_failed_for_an_outage_do_not_count(settings, pool, redis, free_tcp_port) -> None:
+    """PostgreSQL unreachable (the worker's pool points at a port where nothing listens: connections are refused,
+    as from a database that is down) through more attempts than worker_max_attempts: the job is not dead-lettered
+    but kept, marked as an outage's; once the database answers, it is scored and leaves nothing behind."""
     keys = Keys(settings.redis_prefix)
-    cut_off = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
-    await cut_off.close()
-    down = _worker(settings, cut_off, redis, worker_claim_idle_ms=0, worker_max_attempts=2)
+    nowhere = await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{free_tcp_port}/postgres", min_size=0)
+    down = _worker(settings, nowhere, redis, worker_claim_idle_ms=0, worker_max_attempts=2)
     await down.ensure_group()
     vybe = await _post(pool, redis, settings)
-    for _ in range(5):  # each attempt raises (for the consumer loop's backoff)
-        with contextlib.suppress(asyncpg.InterfaceError):
-            await down.step()
+    try:
+        for _ in range(5):  # each attempt raises (for the consumer loop's backoff)
+            with pytest.raises(OSError):
+                await down.step()
+    finally:
+        await nowhere.close()
     assert await redis.xlen(keys.dead_letter) == 0, "dead-lettered for an outage"
-    [entry] = await redis.xrange(keys.jobs)
-    assert (await redis.hget(keys.jobs + ":errors", entry[0])).startswith(consumer.OUTAGE)
+    [(entry, _)] = await redis.xrange(keys.jobs)
+    assert b"ConnectionRefusedError" in await redis.hget(keys.jobs + consumer.OUTAGE, entry)
     back = _worker(settings, pool, redis, worker_claim_idle_ms=0, worker_max_attempts=2)
     await back.step()
     assert await pool.fetchval("SELECT count(*) FROM moderation_scores WHERE target_id = $1", vybe.id) == 1
     assert await redis.xlen(keys.dead_letter) == 0 and await redis.xlen(keys.jobs) == 0
-    assert not await redis.hgetall(keys.jobs + ":errors")
+    assert not await redis.hgetall(keys.jobs + ":errors") and not await redis.hgetall(keys.jobs + consumer.OUTAGE)
+
+
+class _Died(BaseException):
+    """A worker's death mid-batch: nothing is recorded (as after a SIGKILL)."""
+
+
+class _Dies:
+    name, version, labels = "dies", "0", ("toxicity",)
+
+    def score(self, texts):
+        raise _Died
+
+
+async def test_a_worker_dying_on_a_job_counts_even_after_an_outage(settings, pool, redis) -> None:
+    """A job whose last attempt met an outage gets a fresh count, and the mark goes with the new delivery: deliveries
+    that end in their worker's death count again, so a text that kills its worker is still dead-lettered."""
+    keys = Keys(settings.redis_prefix)
+    w = _worker(settings, pool, redis, scorer=_Dies(), worker_claim_idle_ms=0, worker_max_attempts=2)
+    await w.ensure_group()
+    vybe = await _post(pool, redis, settings)
+    [[_, [(entry, _)]]] = await redis.xreadgroup(GROUP, "dying", {keys.jobs: ">"}, count=1)
+    await redis.xclaim(keys.jobs, GROUP, "dying", min_idle_time=0, message_ids=[entry])  # delivered twice
+    await redis.hset(keys.jobs + consumer.OUTAGE, entry, "ConnectionRefusedError()")  # the second met an outage
+    with pytest.raises(_Died):
+        await w.reclaim()  # out of attempts, but claimed afresh (and it dies on it)
+    assert await redis.xlen(keys.dead_letter) == 0 and not await redis.hexists(keys.jobs + consumer.OUTAGE, entry)
+    with pytest.raises(_Died):
+        await w.reclaim()  # its second delivery of the fresh count
+    assert await w.reclaim() == 0
+    [(_, dead)] = await redis.xrange(keys.dead_letter)
+    assert dead[b"id"].decode() == str(vybe.id) and dead[b"error"] == b"unknown"
+
+
+async def test_after_an_hour_an_outage_no_longer_saves_a_job(settings, pool, redis) -> None:
+    """A job enqueued more than OUTAGE_GIVES_UP_S ago is dead-lettered when out of attempts, outage or not (so that
+    an error taken for an outage cannot keep a job for ever)."""
+    keys = Keys(settings.redis_prefix)
+    w = _worker(settings, pool, redis, worker_claim_idle_ms=0, worker_max_attempts=1)
+    await w.ensure_group()
+    old = f"{int((time.time() - consumer.OUTAGE_GIVES_UP_S - 60) * 1000)}-0"
+    await redis.xadd(keys.jobs, {"kind": "vybe", "id": "long-stuck"}, id=old)
+    await redis.xreadgroup(GROUP, "gone", {keys.jobs: ">"}, count=1)
+    await redis.hset(keys.jobs + consumer.OUTAGE, old, "TimeoutError()")
+    assert await w.reclaim() == 0
+    [(_, dead)] = await redis.xrange(keys.dead_letter)
+    assert dead[b"id"] == b"long-stuck"
 
 
 class _BrokenFile:
@@ -197,25 +245,6 @@ async def test_an_oserror_from_the_model_counts_as_the_items_failure(settings, p
         await w.step()
     [(_, dead)] = await redis.xrange(Keys(settings.redis_prefix).dead_letter)
     assert b"OSError" in dead[b"error"] and b"Input/output error" in dead[b"error"]
-
-
-async def test_a_worker_dying_on_a_job_counts_even_after_an_outage(settings, pool, redis) -> None:
-    """A job marked as an outage's gets a fresh count once, and the mark goes with it: claims that end in a worker's
-    death (no error recorded) count again, so a text that kills its worker is still dead-lettered."""
-    keys = Keys(settings.redis_prefix)
-    w = _worker(settings, pool, redis, worker_claim_idle_ms=0, worker_max_attempts=2)
-    await w.ensure_group()
-    await redis.xadd(keys.jobs, {"kind": "vybe", "id": "kills-its-worker"})
-    [[_, [(entry, _)]]] = await redis.xreadgroup(GROUP, "dying", {keys.jobs: ">"}, count=1)
-    await redis.xclaim(keys.jobs, GROUP, "dying", min_idle_time=0, message_ids=[entry])  # delivered twice
-    await redis.hset(keys.jobs + ":errors", entry, consumer.OUTAGE + b"ConnectionRefusedError()")
-    assert [i for i, _ in await w.reclaim()] == [entry.decode()]  # out of attempts, but claimed afresh
-    assert await redis.xlen(keys.dead_letter) == 0 and not await redis.hgetall(keys.jobs + ":errors")
-    for _ in range(2):  # ... by workers that die on it: no error is recorded
-        await redis.xclaim(keys.jobs, GROUP, "dying", min_idle_time=0, message_ids=[entry])
-    await w.step()
-    [(_, dead)] = await redis.xrange(keys.dead_letter)
-    assert dead[b"id"] == b"kills-its-worker" and dead[b"error"] == b"unknown"
 
 
 async def test_a_dead_lettered_item_is_retried_later_not_at_every_sweep(settings, pool, redis) -> None:
