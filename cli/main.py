@@ -65,6 +65,21 @@ def _cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_for_database(settings: Settings) -> bool:
+    """Before a gateway or a worker starts: PostgreSQL answering with this code's schema, waited for up to
+    ``VYBE_STARTUP_WAIT_S`` (``db/startup.py``). False (one line said why) when it did not come."""
+    from db.startup import NotReady, wait_until_ready
+
+    if settings.database_url is None:
+        raise SettingsError("VYBE_DATABASE_URL", "is not set (vybe dev sets it)")
+    try:
+        asyncio.run(wait_until_ready(settings.database_url, settings.startup_wait_s, pooler=settings.database_pooler))
+    except NotReady as err:
+        print(f"vybe: {err}", file=sys.stderr)
+        return False
+    return True
+
+
 def _cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.auth import Verifier
     from gateway.server import serve
@@ -72,12 +87,16 @@ def _cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     Verifier(settings)  # the key settings, checked before anything starts: one line and exit 2, not a traceback
     if args.processes is not None:
         settings = msgspec.structs.replace(settings, processes=args.processes)
+    if not _wait_for_database(settings):
+        return 1
     return serve(settings)
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.main import run_worker
 
+    if not _wait_for_database(settings):
+        return 1
     return run_worker(settings)
 
 

@@ -154,6 +154,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_claim_idle_ms: int = 30_000
     worker_max_attempts: int = 3
     sweep_after_s: float = 60.0
+    startup_wait_s: float = 60.0
+    """How long a gateway or a worker waits at its start for PostgreSQL to answer with this code's schema (every
+    migration applied) before it exits with one line saying what it waited for (``db/startup.py``)."""
 
     log_level: str = "INFO"
 
@@ -185,6 +188,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             self.care_links  # noqa: B018 - parses the setting, raising ValueError
         except ValueError as err:
             raise SettingsError("VYBE_CARE_RESOURCES", str(err)) from err
+        if not self.startup_wait_s >= 0:
+            raise SettingsError("VYBE_STARTUP_WAIT_S", "must be 0 (do not wait) or more")
         if self.model_poll_s <= 0 or self.rescore_window_s < 0:
             raise SettingsError("VYBE_MODEL_POLL_S", "the poll interval must be positive, the rescore window >= 0")
         if self.namespaces:

@@ -195,15 +195,15 @@ class Worker:
         """Process ``entries``; a failure is recorded against them, except an outage's (:data:`OUTAGE`)."""
         try:
             await self.process(entries)
-        except (*UNREACHABLE, *REDIS_UNREACHABLE) as err:  # first: PostgreSQL's connection errors are PostgresErrors
-            # Not the items' failure: marked, so that :meth:`reclaim` gives the jobs a fresh count if their attempts
-            # run out this way. Raised on, for the consumer loop's backoff. (Redis down: the mark cannot be written,
-            # and a job whose last attempt that was counts as usual; it was scored if ``done`` was what failed.)
-            with contextlib.suppress(*REDIS_DOWN):
-                await self.redis.hset(self.keys.jobs + OUTAGE, mapping={i: repr(err)[:500] for i, _ in entries})
-            raise
-        except Exception as err:  # noqa: BLE001 - the model's error, the item's data, or our bug: the items' failure
+        except Exception as err:
             cancelled_meanwhile(err)
+            if _is_outage(err):
+                # Not the items' failure: marked, so that :meth:`reclaim` gives the jobs a fresh count if their
+                # attempts run out this way. Raised on, for the consumer loop's backoff. (Redis down: the mark cannot
+                # be written, and a job whose last attempt that was counts as usual.)
+                with contextlib.suppress(*REDIS_DOWN):
+                    await self.redis.hset(self.keys.jobs + OUTAGE, mapping={i: repr(err)[:500] for i, _ in entries})
+                raise
             log.warning("batch of %d failed: %s", len(entries), err)
             await self.redis.hset(self.keys.jobs + ":errors", mapping={i: repr(err)[:500] for i, _ in entries})
 
@@ -327,29 +327,46 @@ class Worker:
         """Take over entries idle too long, one at a time, each attempted as soon as it is claimed (a job that kills
         its worker then costs only its own deliveries); dead-letter those out of attempts, unless the last one failed
         for an outage (:data:`OUTAGE`). Returns the entries attempted."""
-        idle, jobs = self.settings.worker_claim_idle_ms, self.keys.jobs
-        pending: Any = await self.redis.xpending_range(jobs, GROUP, min="-", max="+", count=self.settings.worker_batch,
-                                                       idle=idle)
+        pending: Any = await self.redis.xpending_range(self.keys.jobs, GROUP, min="-", max="+",
+                                                       count=self.settings.worker_batch,
+                                                       idle=self.settings.worker_claim_idle_ms)
         attempted = 0
         for p in pending:
-            entry_id = _s(p["message_id"])
-            if p["times_delivered"] < self.settings.worker_max_attempts:
-                claimed: Any = await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=idle,
-                                                       message_ids=[entry_id])
-            elif await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=idle, message_ids=[entry_id],
-                                         justid=True):  # ours now (the count unchanged): no other worker decides it
-                if not await self._fresh_after_outage(entry_id):
-                    await self._dead_letter(entry_id)
-                    continue
-                claimed = await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=0, message_ids=[entry_id],
-                                                  retrycount=1)
-            else:
-                continue  # another worker took it meanwhile
-            await self.redis.hdel(jobs + OUTAGE, entry_id)  # a new delivery: the mark spoke of the last one
-            if claimed and claimed[0][1]:  # else done and deleted meanwhile: nothing to do
-                await self._attempt([(_s(claimed[0][0]), claimed[0][1])])
+            entry = await self._claim(_s(p["message_id"]), p["times_delivered"])
+            if entry is not None:
+                await self._attempt([entry])
                 attempted += 1
         return attempted
+
+    async def _claim(self, entry_id: str, delivered: int) -> Entry | None:
+        """Claim one idle entry (``delivered``: its count when listed). One out of attempts is taken first without a
+        delivery (JUSTID: then no other worker decides it) and decided by its count read again, now that it is ours
+        (the listing may be stale): dead-lettered, unless its last attempt met an outage. None: nothing to attempt
+        (another worker took it, it was dead-lettered, or it is gone from the stream)."""
+        jobs, idle, most = self.keys.jobs, self.settings.worker_claim_idle_ms, self.settings.worker_max_attempts
+        if delivered < most:
+            claimed: Any = await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=idle, message_ids=[entry_id])
+        elif await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=idle, message_ids=[entry_id], justid=True):
+            now: Any = await self.redis.xpending_range(jobs, GROUP, min=entry_id, max=entry_id, count=1)
+            if not now:
+                return None
+            fresh = False
+            if now[0]["times_delivered"] >= most:
+                if not await self._fresh_after_outage(entry_id):
+                    await self._dead_letter(entry_id)
+                    return None
+                fresh = True
+            claimed = await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=0, message_ids=[entry_id],
+                                              retrycount=1 if fresh else None)
+        else:
+            claimed = None
+        if not claimed:
+            return None  # another worker took it meanwhile (a mark it wrote is its own)
+        await self.redis.hdel(jobs + OUTAGE, entry_id)  # a new delivery, ours: the mark spoke of the last one
+        if not claimed[0][1]:  # gone from the stream but still pending (Redis 6.2 answers (None, None)): finish it
+            await self.done([entry_id])
+            return None
+        return entry_id, claimed[0][1]
 
     async def _fresh_after_outage(self, entry_id: str) -> bool:
         """Whether a job out of attempts gets a fresh count: its last attempt failed for an outage, and it was
@@ -364,11 +381,12 @@ class Worker:
         if not fields:  # its last attempt finished it meanwhile (a done job leaves the stream): nothing to keep
             await self.done([entry_id])
             return
-        error = await self.redis.hget(self.keys.jobs + ":errors", entry_id)
+        error = (await self.redis.hget(self.keys.jobs + ":errors", entry_id)
+                 or await self.redis.hget(self.keys.jobs + OUTAGE, entry_id))  # an outage past OUTAGE_GIVES_UP_S
         job: dict[Any, Any] = fields[0][1]
         await self.redis.xadd(self.keys.dead_letter, {**job, b"entry": entry_id, b"error": error or b"unknown"})
         await self.done([entry_id])
-        log.error("moderation job %s dead-lettered after %d attempts", entry_id, self.settings.worker_max_attempts)
+        log.error("moderation job %s dead-lettered, out of attempts", entry_id)
         # So that the sweeper retries the item later, not at every sweep; and after a second round, a moderator
         # hears of an item the model cannot score (a case, ``db.moderation.UNSCORED``).
         announce = Announcement(self._unscored_events)
@@ -539,3 +557,9 @@ def _older(entry_id: bytes | str, bound: tuple[int, int]) -> bool:
 
 def _str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _is_outage(err: BaseException) -> bool:
+    """PostgreSQL or Redis unreachable (or loading, failing over, read-only), not the items' failure. asyncpg's
+    argument and configuration errors are InterfaceErrors, but also ValueErrors: a bad value, not an outage."""
+    return isinstance(err, (*UNREACHABLE, *REDIS_UNREACHABLE)) and not isinstance(err, ValueError)

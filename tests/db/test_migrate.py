@@ -7,6 +7,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,6 +15,7 @@ import asyncpg
 import pytest
 
 from db.migrate import Migration, MigrationError, discover, migrate
+from db.startup import NotReady, wait_until_ready
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -122,3 +124,34 @@ def test_discover_refuses_gaps(tmp_path: Path) -> None:
     (tmp_path / "0003_c.sql").write_text("SELECT 1")
     with pytest.raises(MigrationError, match="0002 is missing"):
         discover(tmp_path)
+
+
+async def test_a_process_start_waits_for_the_migration(empty_db: str) -> None:
+    """A gateway or worker starting against a database nobody migrated yet waits (logging why) and goes on as soon
+    as `vybe migrate` has run, instead of running on without its tables."""
+    waiting = asyncio.create_task(wait_until_ready(empty_db, 30.0))
+    await asyncio.sleep(1.5)
+    assert not waiting.done(), "it went on without the schema"
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    assert await asyncio.wait_for(waiting, 10) == discover()[-1].version
+
+
+async def test_a_process_start_gives_up_after_the_wait_with_the_reason(free_tcp_port: int) -> None:
+    """Nothing answers: NotReady after VYBE_STARTUP_WAIT_S (not at once, not never), saying what it waited for."""
+    started = time.monotonic()
+    with pytest.raises(NotReady, match=r"does not answer .*gave up after 1.5 s \(VYBE_STARTUP_WAIT_S\)"):
+        await wait_until_ready(f"postgresql://postgres@127.0.0.1:{free_tcp_port}/postgres", 1.5)
+    assert 1.5 <= time.monotonic() - started < 5
+
+
+async def test_a_process_start_does_not_wait_for_what_waiting_cannot_fix(services: tuple[str, str]) -> None:
+    """No such database (or a refused password): NotReady at once, with PostgreSQL's reason."""
+    missing = urlunsplit(urlsplit(services[0])._replace(path="/vybe_no_such_database"))
+    started = time.monotonic()
+    with pytest.raises(NotReady, match="does not exist"):
+        await wait_until_ready(missing, 30.0)
+    assert time.monotonic() - started < 5

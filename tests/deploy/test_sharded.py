@@ -81,7 +81,7 @@ def _collector(backend: ShardedRedisBackend) -> list[tuple[str, bytes]]:
     return got
 
 
-async def test_sharded_refuses_redis_6(services, tmp_path: Path) -> None:
+async def test_sharded_refuses_redis_6(database_url, tmp_path: Path) -> None:
     """On Redis 6.2 (the embedded one) the sharded backend and `vybe gateway` refuse to start, naming VYBE_PUBSUB."""
     with embedded_redis(tmp_path) as url:
         client = aioredis.Redis.from_url(url)
@@ -92,7 +92,7 @@ async def test_sharded_refuses_redis_6(services, tmp_path: Path) -> None:
             await client.aclose()
         env = {k: v for k, v in os.environ.items() if not k.startswith("VYBE_")} | {"VYBE_PROCESSES": "1"}
         env.update(VYBE_PUBSUB="sharded", VYBE_REDIS_URL=url, VYBE_JWT_SECRET="s" * 40,
-                   VYBE_DATABASE_URL=services[0], VYBE_PORT=str(free_port()))
+                   VYBE_DATABASE_URL=database_url, VYBE_PORT=str(free_port()))
         proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "cli", "gateway"],
                                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0

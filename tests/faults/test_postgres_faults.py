@@ -5,13 +5,14 @@ writes again when it is back, without being restarted."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-from scenario import Run, Window, assert_none, few, loss_problems, ready_problems, run_under_load
+from scenario import Run, Window, assert_none, few, loss_problems, ready_problems, run_under_load, wait_until
 
 if TYPE_CHECKING:
     from conftest import Rig
@@ -92,3 +93,31 @@ async def test_postgres_down_10s_answers_unavailable_and_recovers(rig: Rig, kill
     if late := {w: s for w, s in back.items() if s is None or s > WRITES_BACK_WITHIN_S}:
         problems.append(f"writers with no acknowledged write within {WRITES_BACK_WITHIN_S} s of the return: {late}")
     assert_none(problems)
+
+
+@pytest.mark.timeout(120)
+async def test_processes_started_while_postgres_is_down_wait_for_it(rig: Rig) -> None:
+    """A gateway and a worker started while PostgreSQL is down (a deploy that restarts both) wait for it, saying so,
+    instead of dying at once; when it is back 6 s later, the gateway becomes ready and a post is scored."""
+    await asyncio.to_thread(rig.pg.stop)
+    gw = await rig.add_gateway(wait=False)
+    worker = rig.add_worker()
+    await asyncio.sleep(6.0)
+    alive = (gw.returncode, worker.returncode)
+    await asyncio.to_thread(rig.pg.start)
+    back = time.monotonic()
+    assert alive == (None, None), f"exited while PostgreSQL was down: {alive}\n{gw.tail()}\n{worker.tail()}"
+    await gw.wait_ready(30)
+    ready_s = round(time.monotonic() - back, 2)
+    writer = await rig.client("writer", gw)
+    vybe_id = (await writer.ok("post_vybe", content="the first post after the restart"))["id"]
+    scored_s = await wait_until(lambda: _scored(rig, vybe_id), 30)
+    print(json.dumps({"scenario": "started_while_postgres_down", "down_s": 6.0, "gateway_ready_after_back_s": ready_s,
+                      "first_post_scored_s": scored_s}))
+    assert scored_s is not None, f"the post was not scored:\n{worker.tail()}"
+    for proc in (gw, worker):
+        assert "waiting for the database: PostgreSQL does not answer" in proc.log_text(), proc.tail()
+
+
+async def _scored(rig: Rig, vybe_id: str) -> bool:
+    return bool(await rig.fetchval("SELECT count(*) FROM moderation_scores WHERE target_id = $1::uuid", vybe_id))

@@ -211,6 +211,36 @@ async def test_a_worker_dying_on_a_job_counts_even_after_an_outage(settings, poo
     assert dead[b"id"].decode() == str(vybe.id) and dead[b"error"] == b"unknown"
 
 
+async def test_a_claim_another_worker_won_leaves_its_mark(settings, pool, redis) -> None:
+    """Worker A listed a job; worker B claimed it first, and its attempt met an outage: A's claim fails, and A leaves
+    B's mark alone (deleting it would dead-letter the job for that outage at the end of its attempts)."""
+    keys = Keys(settings.redis_prefix)
+    a = _worker(settings, pool, redis, worker_claim_idle_ms=60_000, worker_max_attempts=2)
+    await a.ensure_group()
+    await redis.xadd(keys.jobs, {"kind": "vybe", "id": "contested"})
+    [[_, [(entry, _)]]] = await redis.xreadgroup(GROUP, "b", {keys.jobs: ">"}, count=1)
+    await redis.hset(keys.jobs + consumer.OUTAGE, entry, "ConnectionRefusedError()")
+    for delivered in (1, 2):  # what A's listing said, under its attempts and out of them
+        assert await a._claim(entry.decode(), delivered) is None
+    assert await redis.hexists(keys.jobs + consumer.OUTAGE, entry)
+    assert await redis.xlen(keys.dead_letter) == 0
+
+
+async def test_a_job_listed_as_spent_is_decided_by_its_count_now(settings, pool, redis) -> None:
+    """The listing said the job was out of attempts, but another worker has since given it a fresh count: the
+    worker that takes it reads the count again and attempts it instead of dead-lettering it."""
+    keys = Keys(settings.redis_prefix)
+    w = _worker(settings, pool, redis, worker_claim_idle_ms=0, worker_max_attempts=2)
+    await w.ensure_group()
+    vybe = await _post(pool, redis, settings)
+    [[_, [(entry, _)]]] = await redis.xreadgroup(GROUP, "other", {keys.jobs: ">"}, count=1)  # delivered once
+    taken = await w._claim(entry.decode(), 2)
+    assert taken is not None and taken[0] == entry.decode()
+    assert await redis.xlen(keys.dead_letter) == 0
+    await w._attempt([taken])
+    assert await pool.fetchval("SELECT count(*) FROM moderation_scores WHERE target_id = $1", vybe.id) == 1
+
+
 async def test_after_an_hour_an_outage_no_longer_saves_a_job(settings, pool, redis) -> None:
     """A job enqueued more than OUTAGE_GIVES_UP_S ago is dead-lettered when out of attempts, outage or not (so that
     an error taken for an outage cannot keep a job for ever)."""
