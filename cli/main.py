@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -72,12 +73,21 @@ def _wait_for_database(settings: Settings) -> bool:
 
     if settings.database_url is None:
         raise SettingsError("VYBE_DATABASE_URL", "is not set (vybe dev sets it)")
+    # In a container this process is PID 1, which the kernel does not stop on SIGTERM without a handler: without
+    # this one, stopping a gateway that waits took the whole grace period and a SIGKILL.
+    previous = signal.signal(signal.SIGTERM, _stop_waiting)
     try:
         asyncio.run(wait_until_ready(settings.database_url, settings.startup_wait_s, pooler=settings.database_pooler))
     except NotReady as err:
         print(f"vybe: {err}", file=sys.stderr)
         return False
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return True
+
+
+def _stop_waiting(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:

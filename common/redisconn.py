@@ -27,15 +27,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    ClusterError,
-    ReadOnlyError,
-    RedisClusterException,
-    RedisClusterUnreachableError,
-    RedisError,
-    SlotNotCoveredError,
-    TryAgainError,
-)
+from redis.exceptions import ClusterError, ReadOnlyError, RedisClusterException, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -56,11 +48,12 @@ REDIS_DOWN: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OS
 """What a Redis that is down, restarting or failing over raises (a cluster's RedisClusterException, e.g.
 a slot not served mid-failover, is no RedisError)."""
 REDIS_UNREACHABLE: tuple[type[Exception], ...] = (
-    RedisConnectionError, RedisTimeoutError, ReadOnlyError, TryAgainError, ClusterError, SlotNotCoveredError,
-    RedisClusterUnreachableError, OSError)
-"""The part of :data:`REDIS_DOWN` that only an unreachable, loading, failing-over or read-only Redis raises, never
-a bad command: not a ``ResponseError`` such as a script's error, nor a cluster client's complaint about its
-arguments (ClusterError covers a cluster that is down, or that kept redirecting mid-failover)."""
+    RedisConnectionError, RedisTimeoutError, ReadOnlyError, TryAgainError, ClusterError, RedisClusterException,
+    OSError)
+"""The part of :data:`REDIS_DOWN` that an unreachable, loading, failing-over or read-only Redis raises, not a bad
+command (a ``ResponseError`` such as a script's error). ClusterError covers a cluster that is down or kept
+redirecting mid-failover; RedisClusterException a slot map that could not be refreshed (and, rarely, a cluster
+client's complaint about its arguments)."""
 
 
 def is_cluster(client: object) -> bool:

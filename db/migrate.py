@@ -2,9 +2,12 @@
 
 Files ``db/migrations/NNNN_name.sql`` are applied in order, each in its own
 transaction, and recorded in ``schema_migrations`` with a checksum. Two nodes may
-start at once: the second waits on the lock, then finds nothing to do. A
-database that has a version the code does not know is refused (it was migrated
-by newer code; running older code against it is how data gets corrupted).
+start at once: the second waits on the lock, then finds nothing to do. Migrating
+a database that has a version the code does not know is refused (it was migrated
+by newer code: older migrations must not run after newer ones). Gateways and
+workers of the release before still run against it (``db/startup.py``), as they
+do during every rolling update, which migrates first: so a migration keeps the
+release before working (it adds; what it replaces is dropped a release later).
 """
 
 from __future__ import annotations
@@ -107,9 +110,14 @@ def _check_history(recorded: dict[int, tuple[str, str]], migrations: list[Migrat
             )
 
 
-async def current_version(conn: asyncpg.Connection) -> int:
-    """The highest applied version, 0 for an empty database."""
-    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    if not exists:
+async def applied_version(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> int:
+    """The highest applied version (0: an empty database), after checking that every applied migration this code
+    knows is the one it has (MigrationError: one was changed after it was applied). Versions this code does not know
+    are allowed here: a process of the release before runs on while a rolling update migrates for the next one."""
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
         return 0
-    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+    known = {m.version: m for m in (discover() if migrations is None else migrations)}
+    rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
+    applied = {r["version"]: (r["name"], r["checksum"]) for r in rows if r["version"] in known}
+    _check_history(applied, list(known.values()))
+    return max((r["version"] for r in rows), default=0)

@@ -15,7 +15,7 @@ import time
 import asyncpg
 
 from common.tasks import backoff
-from db.migrate import current_version, discover
+from db.migrate import MigrationError, applied_version, discover
 from db.pool import UNREACHABLE, connect
 
 log = logging.getLogger(__name__)
@@ -27,23 +27,25 @@ class NotReady(Exception):
 
 async def wait_until_ready(dsn: str, wait_s: float, *, pooler: str = "none") -> int:
     """Wait up to ``wait_s`` seconds until PostgreSQL at ``dsn`` answers and has every migration of this code applied,
-    trying again with back-off (at most 5 s) and logging what it waits for. Returns the schema version.
+    trying again with back-off (at most 5 s; each try at most 10 s) and logging what it waits for. Returns the schema
+    version.
 
-    Raises :class:`NotReady` after ``wait_s``, or at once when waiting cannot help (a refused password, no such
-    database). A schema ahead of this code is logged and accepted: during a rolling update the new code migrates
-    first (migrations are forward-only and add before they remove), and the old processes run on meanwhile."""
+    Raises :class:`NotReady` after ``wait_s``, or at once when waiting cannot help: a refused password, no such
+    database, a malformed URL or TLS setting, a certificate that does not verify, a migration changed after it was
+    applied. (Through PgBouncer, its own refusals come as protocol errors and are waited for.) A schema ahead of this
+    code is logged and accepted (``db/migrate.py``: a rolling update migrates first)."""
     need = discover()[-1].version
     deadline = time.monotonic() + wait_s
     attempt = 0
     while True:
         try:
-            conn = await connect(dsn, pooler=pooler, timeout=5.0)
-            try:
-                have = await current_version(conn)
-            finally:
-                await conn.close()
+            have = await asyncio.wait_for(_version(dsn, pooler), max(1.0, min(10.0, deadline - time.monotonic())))
+        except (ValueError, FileNotFoundError, PermissionError) as err:  # before UNREACHABLE: TLS errors are OSErrors
+            raise NotReady(f"cannot connect to PostgreSQL ({type(err).__name__}: {err})") from err
         except UNREACHABLE as err:
             reason = f"PostgreSQL does not answer ({type(err).__name__}: {err})"
+        except MigrationError as err:
+            raise NotReady(str(err)) from err
         except asyncpg.PostgresError as err:
             raise NotReady(f"PostgreSQL refused the connection ({type(err).__name__}: {err})") from err
         else:
@@ -60,3 +62,11 @@ async def wait_until_ready(dsn: str, wait_s: float, *, pooler: str = "none") -> 
         attempt += 1
         log.warning("waiting for the database: %s; trying again in %.1f s", reason, delay)
         await asyncio.sleep(delay)
+
+
+async def _version(dsn: str, pooler: str) -> int:
+    conn = await connect(dsn, pooler=pooler, timeout=5.0)
+    try:
+        return await applied_version(conn)
+    finally:
+        await conn.close()

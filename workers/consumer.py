@@ -332,38 +332,32 @@ class Worker:
                                                        idle=self.settings.worker_claim_idle_ms)
         attempted = 0
         for p in pending:
-            entry = await self._claim(_s(p["message_id"]), p["times_delivered"])
+            entry = await self._claim(_s(p["message_id"]))
             if entry is not None:
                 await self._attempt([entry])
                 attempted += 1
         return attempted
 
-    async def _claim(self, entry_id: str, delivered: int) -> Entry | None:
-        """Claim one idle entry (``delivered``: its count when listed). One out of attempts is taken first without a
-        delivery (JUSTID: then no other worker decides it) and decided by its count read again, now that it is ours
-        (the listing may be stale): dead-lettered, unless its last attempt met an outage. None: nothing to attempt
-        (another worker took it, it was dead-lettered, or it is gone from the stream)."""
-        jobs, idle, most = self.keys.jobs, self.settings.worker_claim_idle_ms, self.settings.worker_max_attempts
-        if delivered < most:
-            claimed: Any = await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=idle, message_ids=[entry_id])
-        elif await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=idle, message_ids=[entry_id], justid=True):
-            now: Any = await self.redis.xpending_range(jobs, GROUP, min=entry_id, max=entry_id, count=1)
-            if not now:
-                return None
-            fresh = False
-            if now[0]["times_delivered"] >= most:
-                if not await self._fresh_after_outage(entry_id):
-                    await self._dead_letter(entry_id)
-                    return None
-                fresh = True
-            claimed = await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=0, message_ids=[entry_id],
-                                              retrycount=1 if fresh else None)
-        else:
-            claimed = None
-        if not claimed:
-            return None  # another worker took it meanwhile (a mark it wrote is its own)
+    async def _claim(self, entry_id: str) -> Entry | None:
+        """Claim one idle entry: taken first without a delivery (JUSTID: then no other worker decides it), then
+        decided by its count read again, now that it is ours (the listing may be minutes old): one out of attempts is
+        dead-lettered, unless its last attempt met an outage. None: nothing to attempt (another worker took it, it
+        was dead-lettered, or it is gone from the stream)."""
+        jobs, most = self.keys.jobs, self.settings.worker_max_attempts
+        if not await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=self.settings.worker_claim_idle_ms,
+                                       message_ids=[entry_id], justid=True):
+            return None  # another worker took it meanwhile (a mark it wrote is its own), or it is gone
+        now: Any = await self.redis.xpending_range(jobs, GROUP, min=entry_id, max=entry_id, count=1)
+        if not now:
+            return None
+        fresh = now[0]["times_delivered"] >= most
+        if fresh and not await self._fresh_after_outage(entry_id):
+            await self._dead_letter(entry_id)
+            return None
+        claimed: Any = await self.redis.xclaim(jobs, GROUP, self.name, min_idle_time=0, message_ids=[entry_id],
+                                               retrycount=1 if fresh else None)
         await self.redis.hdel(jobs + OUTAGE, entry_id)  # a new delivery, ours: the mark spoke of the last one
-        if not claimed[0][1]:  # gone from the stream but still pending (Redis 6.2 answers (None, None)): finish it
+        if not claimed or not claimed[0][1]:  # gone from the stream but pending (Redis 6.2: (None, None)): finish it
             await self.done([entry_id])
             return None
         return entry_id, claimed[0][1]
@@ -381,8 +375,8 @@ class Worker:
         if not fields:  # its last attempt finished it meanwhile (a done job leaves the stream): nothing to keep
             await self.done([entry_id])
             return
-        error = (await self.redis.hget(self.keys.jobs + ":errors", entry_id)
-                 or await self.redis.hget(self.keys.jobs + OUTAGE, entry_id))  # an outage past OUTAGE_GIVES_UP_S
+        error = (await self.redis.hget(self.keys.jobs + OUTAGE, entry_id)  # the last attempt's, past OUTAGE_GIVES_UP_S
+                 or await self.redis.hget(self.keys.jobs + ":errors", entry_id))
         job: dict[Any, Any] = fields[0][1]
         await self.redis.xadd(self.keys.dead_letter, {**job, b"entry": entry_id, b"error": error or b"unknown"})
         await self.done([entry_id])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -155,3 +156,37 @@ async def test_a_process_start_does_not_wait_for_what_waiting_cannot_fix(service
     with pytest.raises(NotReady, match="does not exist"):
         await wait_until_ready(missing, 30.0)
     assert time.monotonic() - started < 5
+
+
+async def test_a_process_start_refuses_a_malformed_url_or_a_changed_migration_at_once(empty_db: str) -> None:
+    """What waiting cannot fix ends the wait at once: a malformed URL, a migration changed after it was applied."""
+    started = time.monotonic()
+    with pytest.raises(NotReady, match="cannot connect"):
+        await wait_until_ready("postgresql://postgres@127.0.0.1:notaport/postgres", 30.0)
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await migrate(conn)
+        await conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+    finally:
+        await conn.close()
+    with pytest.raises(NotReady, match="was changed after it was applied"):
+        await wait_until_ready(empty_db, 30.0)
+    assert time.monotonic() - started < 5
+
+
+def test_a_waiting_worker_stops_on_sigterm(free_tcp_port: int) -> None:
+    """SIGTERM while `vybe worker` waits for PostgreSQL: it exits at once (143), not after the wait; in a container it
+    is PID 1, which SIGTERM does not stop without a handler."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("VYBE_")},
+           "VYBE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_tcp_port}/postgres",
+           "VYBE_REDIS_URL": "redis://127.0.0.1:1/0", "VYBE_SCORER": "light", "VYBE_STARTUP_WAIT_S": "60"}
+    with subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            deadline = time.monotonic() + 30
+            assert proc.stderr is not None
+            while "waiting for the database" not in proc.stderr.readline():  # it is waiting
+                assert time.monotonic() < deadline and proc.poll() is None
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=5) == 143
+        finally:
+            proc.kill()

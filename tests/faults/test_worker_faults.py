@@ -43,18 +43,10 @@ async def _unscored(rig: Rig, but: str | None = None) -> int:
                                    AND NOT EXISTS (SELECT 1 FROM moderation_scores s WHERE s.target_id = v.id)""", but)
 
 
-async def _dead_letters(rig: Rig) -> int:
+async def _xlen(rig: Rig, stream: str) -> int:
     client = await connect(rig.redis.url)
     try:
-        return int(await client.xlen(Keys(rig.prefix).dead_letter))
-    finally:
-        await client.aclose()
-
-
-async def _jobs(rig: Rig) -> int:
-    client = await connect(rig.redis.url)
-    try:
-        return int(await client.xlen(Keys(rig.prefix).jobs))
+        return int(await client.xlen(stream))
     finally:
         await client.aclose()
 
@@ -79,7 +71,7 @@ async def test_postgres_down_through_every_attempt_dead_letters_nothing(rig: Rig
     await asyncio.sleep(DOWN_S)
     await asyncio.to_thread(rig.pg.start)
     scored_s = await wait_until(lambda: _unscored_is(rig, 0), SCORED_WITHIN_S, every=0.2)
-    dead = await _dead_letters(rig)
+    dead = await _xlen(rig, Keys(rig.prefix).dead_letter)
     twice = await _count(rig, "SELECT count(*) FROM (SELECT target_id FROM moderation_scores GROUP BY target_id "
                               "HAVING count(*) > 1) d")
     print(json.dumps({"scenario": "postgres_down_through_every_attempt", "posts": len(ids), "down_s": DOWN_S,
@@ -97,7 +89,7 @@ async def _unscored_is(rig: Rig, n: int, but: str | None = None) -> bool:
 
 
 async def _jobs_at_least(rig: Rig, n: int) -> bool:
-    return await _jobs(rig) >= n
+    return await _xlen(rig, Keys(rig.prefix).jobs) >= n
 
 
 async def _failures(rig: Rig, vybe_id: str) -> int:

@@ -220,8 +220,7 @@ async def test_a_claim_another_worker_won_leaves_its_mark(settings, pool, redis)
     await redis.xadd(keys.jobs, {"kind": "vybe", "id": "contested"})
     [[_, [(entry, _)]]] = await redis.xreadgroup(GROUP, "b", {keys.jobs: ">"}, count=1)
     await redis.hset(keys.jobs + consumer.OUTAGE, entry, "ConnectionRefusedError()")
-    for delivered in (1, 2):  # what A's listing said, under its attempts and out of them
-        assert await a._claim(entry.decode(), delivered) is None
+    assert await a._claim(entry.decode()) is None  # from A's listing, read before B's claim
     assert await redis.hexists(keys.jobs + consumer.OUTAGE, entry)
     assert await redis.xlen(keys.dead_letter) == 0
 
@@ -233,8 +232,12 @@ async def test_a_job_listed_as_spent_is_decided_by_its_count_now(settings, pool,
     w = _worker(settings, pool, redis, worker_claim_idle_ms=0, worker_max_attempts=2)
     await w.ensure_group()
     vybe = await _post(pool, redis, settings)
-    [[_, [(entry, _)]]] = await redis.xreadgroup(GROUP, "other", {keys.jobs: ">"}, count=1)  # delivered once
-    taken = await w._claim(entry.decode(), 2)
+    [[_, [(entry, _)]]] = await redis.xreadgroup(GROUP, "other", {keys.jobs: ">"}, count=1)
+    await redis.xclaim(keys.jobs, GROUP, "other", min_idle_time=0, message_ids=[entry])  # twice: spent
+    [listed] = await redis.xpending_range(keys.jobs, GROUP, min="-", max="+", count=1)
+    assert listed["times_delivered"] == 2
+    await redis.xclaim(keys.jobs, GROUP, "other", min_idle_time=0, message_ids=[entry], retrycount=1)  # fresh
+    taken = await w._claim(entry.decode())
     assert taken is not None and taken[0] == entry.decode()
     assert await redis.xlen(keys.dead_letter) == 0
     await w._attempt([taken])
@@ -253,7 +256,34 @@ async def test_after_an_hour_an_outage_no_longer_saves_a_job(settings, pool, red
     await redis.hset(keys.jobs + consumer.OUTAGE, old, "TimeoutError()")
     assert await w.reclaim() == 0
     [(_, dead)] = await redis.xrange(keys.dead_letter)
-    assert dead[b"id"] == b"long-stuck"
+    assert dead[b"id"] == b"long-stuck" and dead[b"error"] == b"TimeoutError()"
+
+
+def test_only_an_unreachable_service_is_an_outage() -> None:
+    """Refused, lost or timed-out connections and a failing-over Redis are outages; a value asyncpg could not send
+    (its DataError is an InterfaceError, and a ValueError), a bad Redis command and a model's error are not."""
+    from asyncpg.exceptions import _base as asyncpg_base
+    from redis.exceptions import ClusterDownError, ResponseError
+
+    outages = [ConnectionRefusedError(), TimeoutError(), asyncpg.CannotConnectNowError(), ClusterDownError("down"),
+               asyncpg.InterfaceError("connection is closed")]
+    failures = [asyncpg_base.DataError("invalid input for query argument $1"), ResponseError("ERR bad script"),
+                consumer.ModelError("OSError: disk"), asyncpg.UniqueViolationError(), ValueError("bad")]
+    assert [consumer._is_outage(e) for e in outages] == [True] * len(outages)
+    assert [consumer._is_outage(e) for e in failures] == [False] * len(failures)
+
+
+async def test_a_job_gone_from_the_stream_but_pending_is_finished(settings, pool, redis) -> None:
+    """An entry deleted from the stream while still pending (Redis 7 drops it from the pending list when claimed,
+    6.2 answers (None, None) and keeps it): reclaiming it leaves nothing pending, and attempts nothing."""
+    keys = Keys(settings.redis_prefix)
+    w = _worker(settings, pool, redis, worker_claim_idle_ms=0, worker_max_attempts=2)
+    await w.ensure_group()
+    entry = await redis.xadd(keys.jobs, {"kind": "vybe", "id": "vanished"})
+    await redis.xreadgroup(GROUP, "gone", {keys.jobs: ">"}, count=1)
+    await redis.xdel(keys.jobs, entry)
+    assert await w.reclaim() == 0
+    assert (await redis.xpending(keys.jobs, GROUP))["pending"] == 0 and await redis.xlen(keys.dead_letter) == 0
 
 
 class _BrokenFile:
