@@ -105,6 +105,12 @@ def _cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.main import run_worker
 
+    if args.alive is not None:  # a liveness probe: has the running worker's loop turned lately?
+        from common.tasks import alive_within
+
+        if settings.worker_alive_file is None:
+            raise SettingsError("VYBE_WORKER_ALIVE_FILE", "is not set: the worker keeps no alive file to check")
+        return 0 if alive_within(settings.worker_alive_file, args.alive) else 1
     if not _wait_for_database(settings):
         return 1
     return run_worker(settings)
@@ -149,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("gateway", help="run one gateway node (needs VYBE_DATABASE_URL, VYBE_REDIS_URL)") \
         .add_argument("--processes", type=int, default=None,
                       help="processes sharing the port (default VYBE_PROCESSES; 0: the CPUs this process may use)")
-    sub.add_parser("worker", help="run one moderation worker")
+    sub.add_parser("worker", help="run one moderation worker").add_argument(
+        "--alive", type=float, metavar="SECONDS",
+        help="do not run: exit 0 if the running worker's loop touched VYBE_WORKER_ALIVE_FILE within SECONDS, else 1 "
+             "(a liveness probe)")
     sub.add_parser("migrate", help="apply database migrations (safe to run twice, from two nodes)")
     sub.add_parser("loadtest", help="simulate concurrent users against running gateways (see vybe loadtest --help)",
                    add_help=False)

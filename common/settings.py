@@ -154,6 +154,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_claim_idle_ms: int = 30_000
     worker_max_attempts: int = 3
     sweep_after_s: float = 60.0
+    worker_alive_file: str | None = None
+    """A file the worker's consumer loop touches at least every few seconds while it turns (outages included), for a
+    liveness probe: ``vybe worker --alive SECONDS`` fails when it is older. Unset: none."""
     startup_wait_s: float = 60.0
     """How long a gateway or a worker waits at its start for PostgreSQL to answer with this code's schema (every
     migration applied) before it exits with one line saying what it waited for (``db/startup.py``)."""

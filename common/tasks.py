@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -126,3 +128,33 @@ class Supervisor:
     async def stop(self) -> None:
         for task in reversed(list(self.tasks.values())):
             await task.stop()
+
+
+class Heartbeat:
+    """Touches ``path`` (if any) at most every :attr:`EVERY_S` seconds: the consumer loop's sign of life, for a
+    liveness probe (``vybe worker --alive``). A loop stuck anywhere (a hung call, a deadlocked model) stops it."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, path: str | None) -> None:
+        self.path, self.last = (Path(path) if path else None), float("-inf")
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        if self.path is None or now - self.last < self.EVERY_S:
+            return
+        self.last = now
+        try:
+            self.path.touch()
+        except OSError as err:  # a full or read-only disk must not stop moderation: the probe will say so
+            log.warning("cannot touch the alive file %s: %s", self.path, err)
+
+
+def alive_within(path: str | None, seconds: float) -> bool:
+    """Whether the worker's loop touched ``path`` within ``seconds`` (False: no file, or older)."""
+    if not path:
+        return False
+    try:
+        return time.time() - Path(path).stat().st_mtime <= seconds
+    except OSError:
+        return False

@@ -26,7 +26,7 @@ from common import events, namespaces, redisconn
 from common.bus import Event, Keys, Publisher, stream_id_key
 from common.labels import SELF_HARM_RISK
 from common.redisconn import REDIS_DOWN, REDIS_UNREACHABLE, Script
-from common.tasks import Supervisor, backoff, cancelled_meanwhile
+from common.tasks import Heartbeat, Supervisor, backoff, cancelled_meanwhile
 from db import apps, learning, outbox, writes
 from db import moderation as mdb
 from db.outbox import Announcement
@@ -83,6 +83,8 @@ long after each further one, at most a day (``db.moderation.record_failure``).""
 class ModelError(RuntimeError):
     """The model failed on a batch: counted against its jobs' attempts, whatever it raised (an ``OSError`` from a
     model is not an outage of PostgreSQL or Redis)."""
+
+
 
 class Worker:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: redisconn.Client, scorer: Scorer,
@@ -164,8 +166,10 @@ class Worker:
         sup.add("webhooks", lambda: webhooks.run(self.pool, self.settings))
         sup.add("outbox-deleter", self.relay.run_deleter)
         attempt = 0
+        alive = Heartbeat(self.settings.worker_alive_file)
         try:
             while not stop.is_set():
+                alive.beat()
                 try:
                     if attempt:
                         await self.ensure_group()  # the stream may be gone with a Redis that lost its data

@@ -1,12 +1,20 @@
-"""Supervised loops: a failure is logged, counted and restarted; cancellation ends them."""
+"""Supervised loops: a failure is logged, counted and restarted; cancellation ends them. The worker loop's heartbeat."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
 
 import pytest
 
-from common.tasks import Supervisor, backoff
+from common.tasks import Heartbeat, Supervisor, alive_within, backoff
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -57,3 +65,45 @@ def test_backoff_is_capped_and_jittered() -> None:
     waits = [backoff(n) for n in range(40)]
     assert all(0.075 <= w <= 2.5 for w in waits)
     assert max(backoff(30) for _ in range(50)) > 1.5
+
+
+def test_the_heartbeat_touches_its_file_at_most_every_few_seconds(tmp_path: Path) -> None:
+    """The first beat creates the file; beats within EVERY_S do not touch it again; no path, no file."""
+    path = tmp_path / "alive"
+    beat = Heartbeat(str(path))
+    beat.beat()
+    assert path.exists()
+    os.utime(path, (1_000_000, 1_000_000))  # long ago
+    beat.beat()
+    assert path.stat().st_mtime == 1_000_000, "touched again within EVERY_S"
+    beat.last -= Heartbeat.EVERY_S
+    beat.beat()
+    assert time.time() - path.stat().st_mtime < 60
+    Heartbeat(None).beat()  # nothing to touch, nothing raised
+
+
+def test_alive_within_reads_the_files_age(tmp_path: Path) -> None:
+    """Fresh: alive; older than the limit, or missing: not."""
+    path = tmp_path / "alive"
+    assert not alive_within(str(path), 120) and not alive_within(None, 120)
+    path.touch()
+    assert alive_within(str(path), 120)
+    os.utime(path, (time.time() - 300, time.time() - 300))
+    assert not alive_within(str(path), 120)
+
+
+def test_vybe_worker_alive_is_a_liveness_probe(tmp_path: Path) -> None:
+    """`vybe worker --alive 120`: 0 for a fresh file, 1 for a stale one, 2 (one line) without VYBE_WORKER_ALIVE_FILE."""
+    path = tmp_path / "alive"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("VYBE_")}
+
+    def probe(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli", "worker", "--alive", "120"], env={**base, **env},
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    path.touch()
+    assert probe(VYBE_WORKER_ALIVE_FILE=str(path)).returncode == 0
+    os.utime(path, (time.time() - 300, time.time() - 300))
+    assert probe(VYBE_WORKER_ALIVE_FILE=str(path)).returncode == 1
+    unset = probe()
+    assert unset.returncode == 2 and "VYBE_WORKER_ALIVE_FILE" in unset.stderr

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from common.bus import Keys
+from common.tasks import alive_within
 from db import writes
 from moderation.policy import Policy
 from moderation.scorers import load_scorer
@@ -499,6 +500,23 @@ async def test_sigkill_mid_batch_loses_nothing(settings, pool, redis) -> None:
         "SELECT count(*) FROM shared_vybes WHERE moderation_state <> 'approved'") == 0
     assert await pool.fetchval(
         "SELECT count(*) FROM (SELECT target_id FROM moderation_scores GROUP BY 1 HAVING count(*) > 1) d") == 0
+
+
+async def test_a_running_worker_keeps_its_alive_file_fresh(settings, pool, redis, tmp_path) -> None:
+    """The consumer loop touches VYBE_WORKER_ALIVE_FILE as it turns: what `vybe worker --alive` reads."""
+    path = tmp_path / "alive"
+    w = _worker(settings, pool, redis, worker_alive_file=str(path))
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.run(stop))
+    try:
+        for _ in range(200):
+            if path.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert alive_within(str(path), 5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
 
 
 def test_auto_mode_flags_with_every_scorer_and_an_explicit_mode_is_kept() -> None:
