@@ -103,14 +103,15 @@ def _cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.main import run_worker
+    from common.tasks import Heartbeat, alive_within
 
-    if args.alive is not None:  # a liveness probe: has the running worker's loop turned lately?
-        from common.tasks import alive_within
-
+    if args.alive is not None:  # a liveness probe (kept light: it runs every 30 s): has the worker's loop turned?
         if settings.worker_alive_file is None:
             raise SettingsError("VYBE_WORKER_ALIVE_FILE", "is not set: the worker keeps no alive file to check")
         return 0 if alive_within(settings.worker_alive_file, args.alive) else 1
+    from workers.main import run_worker
+
+    Heartbeat(settings.worker_alive_file).forget()  # the probe fails until this process's loop turns
     if not _wait_for_database(settings):
         return 1
     return run_worker(settings)

@@ -132,12 +132,19 @@ class Supervisor:
 
 class Heartbeat:
     """Touches ``path`` (if any) at most every :attr:`EVERY_S` seconds: the consumer loop's sign of life, for a
-    liveness probe (``vybe worker --alive``). A loop stuck anywhere (a hung call, a deadlocked model) stops it."""
+    liveness probe (``vybe worker --alive``), beaten between batches. A consumer loop stuck in a call (a hung
+    statement, a deadlocked model) stops it; so does a batch slower than the probe's limit."""
 
     EVERY_S = 5.0
 
     def __init__(self, path: str | None) -> None:
         self.path, self.last = (Path(path) if path else None), float("-inf")
+
+    def forget(self) -> None:
+        """Delete the file (at a process's start): one left by the process before in the same pod or container
+        would pass the probe for a worker that has not turned yet."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
     def beat(self) -> None:
         now = time.monotonic()

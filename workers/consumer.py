@@ -85,7 +85,6 @@ class ModelError(RuntimeError):
     model is not an outage of PostgreSQL or Redis)."""
 
 
-
 class Worker:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: redisconn.Client, scorer: Scorer,
                  policy: Policy, name: str) -> None:
@@ -107,6 +106,8 @@ class Worker:
         self.supervisor = Supervisor()
         self.scored = 0
         self._done = Script(redis, DONE)
+        self.alive = Heartbeat(settings.worker_alive_file)
+        """The consumer loop's sign of life (``vybe worker --alive``): beaten between batches and reclaimed jobs."""
 
     async def ensure_group(self) -> None:
         try:
@@ -166,10 +167,9 @@ class Worker:
         sup.add("webhooks", lambda: webhooks.run(self.pool, self.settings))
         sup.add("outbox-deleter", self.relay.run_deleter)
         attempt = 0
-        alive = Heartbeat(self.settings.worker_alive_file)
         try:
             while not stop.is_set():
-                alive.beat()
+                self.alive.beat()
                 try:
                     if attempt:
                         await self.ensure_group()  # the stream may be gone with a Redis that lost its data
@@ -336,6 +336,7 @@ class Worker:
                                                        idle=self.settings.worker_claim_idle_ms)
         attempted = 0
         for p in pending:
+            self.alive.beat()  # up to worker_batch jobs, one at a time: a long pass is not a hung loop
             entry = await self._claim(_s(p["message_id"]))
             if entry is not None:
                 await self._attempt([entry])

@@ -107,3 +107,12 @@ def test_vybe_worker_alive_is_a_liveness_probe(tmp_path: Path) -> None:
     assert probe(VYBE_WORKER_ALIVE_FILE=str(path)).returncode == 1
     unset = probe()
     assert unset.returncode == 2 and "VYBE_WORKER_ALIVE_FILE" in unset.stderr
+
+
+def test_a_worker_start_forgets_the_file_of_the_process_before(tmp_path: Path) -> None:
+    """The file a crashed worker left in its pod would pass the probe for the next one before its loop turns."""
+    path = tmp_path / "alive"
+    path.touch()
+    Heartbeat(str(path)).forget()
+    assert not path.exists()
+    Heartbeat(str(path)).forget()  # nothing there: nothing raised

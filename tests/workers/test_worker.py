@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
 
 import asyncpg
@@ -13,7 +14,7 @@ import msgspec
 import pytest
 
 from common.bus import Keys
-from common.tasks import alive_within
+from common.tasks import Heartbeat, alive_within
 from db import writes
 from moderation.policy import Policy
 from moderation.scorers import load_scorer
@@ -502,19 +503,37 @@ async def test_sigkill_mid_batch_loses_nothing(settings, pool, redis) -> None:
         "SELECT count(*) FROM (SELECT target_id FROM moderation_scores GROUP BY 1 HAVING count(*) > 1) d") == 0
 
 
-async def test_a_running_worker_keeps_its_alive_file_fresh(settings, pool, redis, tmp_path) -> None:
-    """The consumer loop touches VYBE_WORKER_ALIVE_FILE as it turns: what `vybe worker --alive` reads."""
+async def test_a_running_worker_keeps_its_alive_file_fresh_and_a_hung_one_does_not(settings, pool, redis, tmp_path,
+                                                                                    monkeypatch) -> None:
+    """The consumer loop touches VYBE_WORKER_ALIVE_FILE again and again as it turns (what `vybe worker --alive`
+    reads); a loop stuck in a call (a model that never returns) leaves it to go stale, so the probe restarts it."""
+    monkeypatch.setattr(Heartbeat, "EVERY_S", 0.05)
     path = tmp_path / "alive"
-    w = _worker(settings, pool, redis, worker_alive_file=str(path))
+    release = threading.Event()
+
+    class _Hangs:
+        name, version, labels = "hangs", "0", ("toxicity",)
+
+        def score(self, texts):
+            release.wait(30)
+            raise RuntimeError("released")
+
+    w = _worker(settings, pool, redis, scorer=_Hangs(), worker_alive_file=str(path))
     stop = asyncio.Event()
     task = asyncio.create_task(w.run(stop))
     try:
-        for _ in range(200):
-            if path.exists():
-                break
-            await asyncio.sleep(0.05)
-        assert alive_within(str(path), 5)
+        for _ in range(3):  # touched again after each backdating: the loop turns
+            for _ in range(200):
+                if alive_within(str(path), 1):
+                    break
+                await asyncio.sleep(0.02)
+            assert alive_within(str(path), 1)
+            os.utime(path, (time.time() - 60, time.time() - 60))
+        await _post(pool, redis, settings)  # the loop now hangs in the model
+        await asyncio.sleep(1.0)
+        assert not alive_within(str(path), 0.5), "a hung loop kept its file fresh"
     finally:
+        release.set()
         stop.set()
         await asyncio.wait_for(task, 15)
 
