@@ -109,12 +109,13 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         if settings.worker_alive_file is None:
             raise SettingsError("VYBE_WORKER_ALIVE_FILE", "is not set: the worker keeps no alive file to check")
         return 0 if alive_within(settings.worker_alive_file, args.alive) else 1
-    from workers.main import run_worker
+    from workers.main import prepare, run_worker
 
     Heartbeat(settings.worker_alive_file).forget()  # the probe fails until this process's loop turns
+    prepared = prepare(settings)  # the model and the policy first: a bad setting says so at once, not after a wait
     if not _wait_for_database(settings):
         return 1
-    return run_worker(settings)
+    return run_worker(settings, prepared)
 
 
 def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:

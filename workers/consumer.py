@@ -79,7 +79,6 @@ RETRY_FIRST_S, RETRY_LONGEST_S = 600.0, 86_400.0
 long after each further one, at most a day (``db.moderation.record_failure``)."""
 
 
-
 class ModelError(RuntimeError):
     """The model failed on a batch: counted against its jobs' attempts, whatever it raised (an ``OSError`` from a
     model is not an outage of PostgreSQL or Redis)."""

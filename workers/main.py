@@ -52,7 +52,9 @@ def build_scorer(settings: Settings) -> Scorer:
                        model_cache=settings.model_cache, second_band=settings.second_opinion_band)
 
 
-async def _main(settings: Settings) -> None:
+def prepare(settings: Settings) -> tuple[Scorer, Policy]:
+    """The worker's model and policy, from the settings alone (no database): before the worker waits for
+    PostgreSQL, so a bad setting or a model that cannot load stops it with one line at once."""
     if settings.database_url is None or settings.redis_url is None:
         raise SettingsError("VYBE_DATABASE_URL", "the worker needs VYBE_DATABASE_URL and VYBE_REDIS_URL")
     try:
@@ -61,7 +63,11 @@ async def _main(settings: Settings) -> None:
         raise SettingsError("VYBE_SCORER", str(err)) from err
     policy = build_policy(settings, scorer)
     log.info("scorer %s %s, mode %s", scorer.name, scorer.version, policy.mode)
-    pool = await create_pool(settings.database_url, min_size=1, max_size=4, pooler=settings.database_pooler)
+    return scorer, policy
+
+
+async def _main(settings: Settings, dsn: str, scorer: Scorer, policy: Policy) -> None:
+    pool = await create_pool(dsn, min_size=1, max_size=4, pooler=settings.database_pooler)
     redis = await redisconn.connect_for(settings, max_connections=16)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -75,6 +81,8 @@ async def _main(settings: Settings) -> None:
         await pool.close()
 
 
-def run_worker(settings: Settings) -> int:
-    asyncio.run(_main(settings))
+def run_worker(settings: Settings, prepared: tuple[Scorer, Policy] | None = None) -> int:
+    """Run one worker (``prepared``: what :func:`prepare` returned, if it ran already)."""
+    scorer, policy = prepared or prepare(settings)
+    asyncio.run(_main(settings, settings.database_url or "", scorer, policy))  # prepare() refused an unset URL
     return 0

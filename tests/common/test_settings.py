@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -68,3 +69,16 @@ def test_gateway_with_a_short_jwt_secret_stops_with_one_line() -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "VYBE_JWT_SECRET" in lines[0], proc.stderr
+
+
+def test_worker_with_a_scorer_it_cannot_load_stops_before_waiting_for_the_database() -> None:
+    """`vybe worker` loads its model before it waits for PostgreSQL (VYBE_STARTUP_WAIT_S): a scorer that cannot load
+    stops it with one line and exit 2 at once, not after the wait, even while nothing answers at the database URL."""
+    env = {"PATH": "/usr/bin:/bin", "VYBE_SCORER": "detoxify", "VYBE_STARTUP_WAIT_S": "60",
+           "VYBE_DATABASE_URL": "postgresql://127.0.0.1:1/x", "VYBE_REDIS_URL": "redis://127.0.0.1:1/0"}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "cli", "worker"], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2 and time.monotonic() - started < 30
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "VYBE_SCORER" in lines[0], proc.stderr
