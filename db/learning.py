@@ -318,6 +318,17 @@ async def mark_cleared(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID
     return case_id
 
 
+async def mark_scored(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID) -> uuid.UUID | None:
+    """A score that opens or changes no case (shadow mode records scores only) for content whose open case says no
+    model could score it (``UNSCORED``): that case's view now shows this score, so it gets a new version (consoles
+    reload it). Returns the case, if any."""
+    case_id: uuid.UUID | None = await conn.fetchval(
+        """UPDATE moderation_cases SET version = version + 1, updated_at = now()
+            WHERE target_type = $1 AND target_id = $2 AND state = 'open' AND $3 = ANY(reasons) AND scores IS NULL
+        RETURNING id""", kind, str(target_id), UNSCORED)
+    return case_id
+
+
 # --- care ---------------------------------------------------------------------------------------
 
 class CareCase(msgspec.Struct, frozen=True):

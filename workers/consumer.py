@@ -263,6 +263,8 @@ class Worker:
                                                     score.get(SELF_HARM_RISK, 0.0), model[1])
                 if not decision.reasons:  # under every threshold: a newer model may clear an open case
                     cleared = await learning.mark_cleared(conn, item.kind, item.id, model[1])
+                elif decision.action == "shadow":  # recorded only: an open unscored case now shows this score
+                    cleared = await learning.mark_scored(conn, item.kind, item.id)
                 outcomes.append(Outcome(item, decision.action, care, cleared, before == "pending"))
             self.scored += len(outcomes)
             if retried:  # only a job the sweeper or a rescoring pass enqueued can follow a dead letter
@@ -511,7 +513,8 @@ class Outcome(NamedTuple):
     care: learning.CareCase | None
     """The care case this scoring opened (a self-harm disclosure)."""
     cleared: uuid.UUID | None
-    """The open case this scoring found below every threshold."""
+    """The open case whose view this scoring changed without flagging it (``case.rescored``): found below every
+    threshold, or an ``unscored`` case's first score in shadow mode."""
     first: bool
     """The content was ``pending`` (this is its first score; under premoderation it was never shown)."""
 

@@ -15,6 +15,7 @@ import pytest
 
 from common.bus import Keys
 from common.tasks import Heartbeat, alive_within
+from db import moderation as mdb
 from db import writes
 from moderation.policy import Policy
 from moderation.scorers import load_scorer
@@ -392,6 +393,31 @@ async def test_an_item_the_model_cannot_score_goes_to_moderators_after_two_round
     rescored = (await _events(redis, settings, "mod:flagged"))[-1]
     assert rescored["event"] == "case.rescored" and set(rescored["data"]["scores"]) >= {"toxicity", "insult"}
     assert await pool.fetchval("SELECT moderation_state::text FROM shared_vybes WHERE id = $1", vybe.id) == "approved"
+
+
+async def test_in_shadow_mode_a_retry_that_scores_an_unscored_case_announces_its_scores(settings, pool, redis) -> None:
+    """Shadow mode opens and changes no case, but an open ``unscored`` case shows its content's first score: the case
+    gets a new version and ``case.rescored`` with the scores, so a console that has it open shows them (before, only
+    a reload did). It is not made model-flagged, and a case of a scored item is left alone."""
+    w = _worker(settings, pool, redis, mode="shadow")
+    await w.ensure_group()
+    vybe = await _post(pool, redis, settings, "you are worthless")
+    case_id = await mdb.open_case(pool, "shared_vybe", str(vybe.id), ["unscored"], None)
+    version = await pool.fetchval("SELECT version FROM moderation_cases WHERE id = $1", case_id)
+    assert await w.step() == 1
+    case = await pool.fetchrow("SELECT version, model_flagged, state::text FROM moderation_cases WHERE id = $1",
+                               case_id)
+    assert (case["version"], case["model_flagged"], case["state"]) == (version + 1, False, "open")
+    [event] = await _events(redis, settings, "mod:flagged")
+    assert event["event"] == "case.rescored" and event["data"]["version"] == version + 1
+    assert event["data"]["scores"]["toxicity"] > 0.5 and event["data"]["reasons"] == ["unscored"]
+
+    reported = await _post(pool, redis, settings, "you are worthless too")  # a user's case: its view has no scores
+    other = await mdb.open_case(pool, "shared_vybe", str(reported.id), ["reports>=3 (3)"], None)
+    before = await pool.fetchval("SELECT version FROM moderation_cases WHERE id = $1", other)
+    assert await w.step() == 1
+    assert await pool.fetchval("SELECT version FROM moderation_cases WHERE id = $1", other) == before
+    assert len(await _events(redis, settings, "mod:flagged")) == 1
 
 
 async def test_an_item_with_a_score_gets_no_unscored_case(settings, pool, redis) -> None:
