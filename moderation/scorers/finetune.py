@@ -59,6 +59,9 @@ class FinetuneRecipe:
     they differ."""
     pair_batch: int = 8
     """Pairs per training step (both halves of each)."""
+    wise: float = 1.0
+    """Where the returned layers lie between the stock ones (0) and the tuned ones (1): each weight is
+    ``stock + wise * (tuned - stock)`` (weight-space ensembling, WiSE-FT; 1: the tuned layers as trained)."""
 
 
 def finetune_name(digest: str) -> str:
@@ -302,4 +305,18 @@ def finetune(cache: LayerCache, y: np.ndarray, w: np.ndarray, rows: np.ndarray |
                 step = step + recipe.pair_weight * pairs.loss(head, top, chosen_pairs, recipe.pair_margin)
             step.backward()
             opt.step()
+    if recipe.wise != 1.0:
+        interpolate(top, cache.top(), recipe.wise)
     return top.eval()
+
+
+def interpolate(tuned: Any, stock: Any, alpha: float) -> None:
+    """Move ``tuned``'s weights in place to ``stock + alpha * (tuned - stock)`` (same architecture)."""
+    import torch
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"wise must lie in [0, 1], not {alpha}")
+    with torch.no_grad():
+        for mine, theirs in zip(tuned.state_dict().values(), stock.state_dict().values(), strict=True):
+            if mine.is_floating_point():
+                mine.copy_(theirs + alpha * (mine - theirs))

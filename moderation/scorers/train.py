@@ -782,6 +782,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="fine-tuning learning rate of the encoder layers (default: the shipped recipe's)")
     ap.add_argument("--pair-weight", type=float, default=None,
                     help="weight of the fine-tune's contrast-pair loss (0: none; default: the shipped recipe's)")
+    ap.add_argument("--wise", type=float, default=None,
+                    help="the tuned layers moved back toward the stock ones: stock + WISE * (tuned - stock), "
+                         "0 to 1 (default: the shipped recipe's)")
     ap.add_argument("--cache", type=Path, default=EMBED_CACHE, help="MiniLM embedding cache (.npz)")
     ap.add_argument("--no-second-opinion", action="store_true",
                     help="without the MPNet second opinion (the recipe before 2026.12.11)")
@@ -799,10 +802,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="the MiniLM encoder: int8-rowwise (onnx_int8.py) or none (fp32, the heads before 2026.12.4)")
     args = ap.parse_args(argv)
     asked = {k: v for k, v in {"layers": args.layers, "epochs": args.epochs, "lr": args.lr,
-                               "pair_weight": args.pair_weight}.items() if v is not None}
+                               "pair_weight": args.pair_weight, "wise": args.wise}.items() if v is not None}
     if asked and (args.before or args.no_finetune or args.skip_embedded):
-        ap.error("--layers, --epochs, --lr and --pair-weight change the fine-tune, which --before, --no-finetune "
-                 "and --skip-embedded leave out")
+        ap.error("--layers, --epochs, --lr, --pair-weight and --wise change the fine-tune, which --before, "
+                 "--no-finetune and --skip-embedded leave out")
+    if args.wise is not None and not 0 <= args.wise <= 1:
+        ap.error("--wise: 0 (the stock layers) to 1 (the tuned ones)")
     if args.groups is not None and (not args.cv_sources or args.groups < 1):
         ap.error("--groups takes a count of 1 or more, with --cv-sources")
     if args.pair_weight is not None and args.pair_weight < 0:

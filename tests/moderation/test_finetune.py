@@ -340,3 +340,31 @@ def test_cross_fitting_keeps_each_fold_s_rows_out_of_the_pair_loss(monkeypatch: 
     folds = [(np.arange(6, 12), np.arange(0, 6)), (np.arange(0, 6), np.arange(6, 12))]
     cross_fitted_logits(cache, y, np.ones(len(TEXTS)), rows, folds, recipe, pairs)
     assert seen == [[1], [0]]  # the fold holding rows 0-5 out trains without pair 0, the other without pair 1
+
+
+def test_wise_moves_the_tuned_layers_back_toward_the_stock_ones(tuned: tuple[Any, Any, Path]) -> None:
+    """``FinetuneRecipe.wise`` (WiSE-FT): 0 returns the stock layers, 1 the tuned ones as trained, 0.5 each weight
+    halfway; the same seed trains the same layers, so only the interpolation differs between the recipes."""
+    import numpy as np
+
+    from moderation.scorers.finetune import FinetuneRecipe, finetune, interpolate
+
+    cache, _, _ = tuned
+    y = np.array([[h, 0] for h in HARM])
+
+    def layers(wise: float) -> dict[str, Any]:
+        recipe = FinetuneRecipe(layers=1, epochs=2, lr=1e-3, batch=4, wise=wise)
+        return {k: v.numpy() for k, v in cache.weights(finetune(cache, y, np.ones(len(TEXTS)), None, recipe)).items()}
+
+    stock = {k: v.numpy() for k, v in cache.weights(cache.top()).items()}
+    full, half, none = layers(1.0), layers(0.5), layers(0.0)
+    moved = [k for k in stock if not np.allclose(full[k], stock[k])]
+    assert moved  # training changed the layers, so the interpolation has something to do
+    for k in stock:
+        assert np.allclose(none[k], stock[k], atol=1e-7)
+        assert np.allclose(half[k], (stock[k] + full[k]) / 2, atol=1e-6)
+    assert not np.allclose(cache.embed(finetune(cache, y, np.ones(len(TEXTS)), None,
+                                                FinetuneRecipe(layers=1, epochs=2, lr=1e-3, batch=4, wise=0.5))),
+                           cache.embed(cache.top()))
+    with pytest.raises(ValueError, match="wise"):
+        interpolate(cache.top(), cache.top(), 1.5)
