@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -86,6 +87,26 @@ def _wait_for_database(settings: Settings) -> bool:
     return True
 
 
+def _check_pubsub(settings: Settings) -> None:
+    """``VYBE_PUBSUB=sharded`` needs Redis 7: checked before the wait for PostgreSQL, so a wrong setting stops the
+    gateway at once with one line (exit 2), not once the database answers. A Redis that does not answer now is
+    checked again as the gateway starts (the sharded backend refuses to start on an older server)."""
+    if settings.pubsub != "sharded":
+        return
+    from common.redisconn import REDIS_DOWN, connect_for
+    from gateway.hub.redis_sharded import require_sharded_support
+
+    async def check() -> None:
+        client = await connect_for(settings, max_connections=1)
+        try:
+            await require_sharded_support(client)
+        finally:
+            await client.aclose()
+
+    with contextlib.suppress(*REDIS_DOWN, TimeoutError):
+        asyncio.run(asyncio.wait_for(check(), 10))
+
+
 def _stop_waiting(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -97,6 +118,7 @@ def _cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     Verifier(settings)  # the key settings, checked before anything starts: one line and exit 2, not a traceback
     if args.processes is not None:
         settings = msgspec.structs.replace(settings, processes=args.processes)
+    _check_pubsub(settings)
     if not _wait_for_database(settings):
         return 1
     return serve(settings)

@@ -72,6 +72,30 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
 
 
+async def server_version(redis: Any) -> tuple[int, ...]:
+    """The lowest ``redis_version`` among the servers behind the client (one server, or a cluster's nodes)."""
+    info = await redis.info("server")
+    if isinstance(info, dict) and "redis_version" in info:
+        return _version(str(info["redis_version"]))
+    versions = [_version(str(v["redis_version"])) for v in (info or {}).values()
+                if isinstance(v, dict) and "redis_version" in v]
+    if not versions:
+        raise ShardedPubSubUnsupported("VYBE_PUBSUB", "cannot read the Redis server version (INFO server)")
+    return min(versions)
+
+
+async def require_sharded_support(redis: Any) -> None:
+    """Raise :class:`ShardedPubSubUnsupported` unless every server behind ``redis`` is Redis 7 or newer. The
+    backend checks as it starts; ``vybe gateway`` checks before it waits for PostgreSQL, so the setting is refused at
+    once."""
+    version = await server_version(redis)
+    if version < MIN_VERSION:
+        raise ShardedPubSubUnsupported(
+            "VYBE_PUBSUB",
+            f"sharded needs Redis >= 7.0 (SSUBSCRIBE/SPUBLISH); the server at VYBE_REDIS_URL is "
+            f"{'.'.join(map(str, version))}: upgrade Redis or set VYBE_PUBSUB=classic")
+
+
 class _Link:
     """One pub/sub connection to one Redis node, with its own reader task.
 
@@ -284,24 +308,8 @@ class ShardedRedisBackend(RedisBackend):
     def healthy(self) -> bool:
         return self._started and all(link.up.is_set() for link in self._links.values())
 
-    async def server_version(self) -> tuple[int, ...]:
-        """The lowest ``redis_version`` among the servers behind the client."""
-        info = await self.redis.info("server")
-        if isinstance(info, dict) and "redis_version" in info:
-            return _version(str(info["redis_version"]))
-        versions = [_version(str(v["redis_version"])) for v in (info or {}).values()
-                    if isinstance(v, dict) and "redis_version" in v]
-        if not versions:
-            raise ShardedPubSubUnsupported("VYBE_PUBSUB", "cannot read the Redis server version (INFO server)")
-        return min(versions)
-
     async def start(self) -> None:
-        version = await self.server_version()
-        if version < MIN_VERSION:
-            raise ShardedPubSubUnsupported(
-                "VYBE_PUBSUB",
-                f"sharded needs Redis >= 7.0 (SSUBSCRIBE/SPUBLISH); the server at VYBE_REDIS_URL is "
-                f"{'.'.join(map(str, version))}: upgrade Redis or set VYBE_PUBSUB=classic")
+        await require_sharded_support(self.redis)
         control = self.keys.pubsub(_CONTROL)
         # A subscription to a private control channel keeps the (first) connection open
         # and proves the round trip (readiness). A Redis down now: the link keeps trying.
