@@ -21,7 +21,7 @@ import msgspec
 from common.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     import asyncpg
 
@@ -74,24 +74,33 @@ def _wait_for_database(settings: Settings) -> bool:
 
     if settings.database_url is None:
         raise SettingsError("VYBE_DATABASE_URL", "is not set (vybe dev sets it)")
-    # In a container this process is PID 1, which the kernel does not stop on SIGTERM without a handler: without
-    # this one, stopping a gateway that waits took the whole grace period and a SIGKILL.
+    with _stoppable():
+        try:
+            asyncio.run(wait_until_ready(settings.database_url, settings.startup_wait_s,
+                                         pooler=settings.database_pooler))
+        except NotReady as err:
+            print(f"vybe: {err}", file=sys.stderr)
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _stoppable() -> Iterator[None]:
+    """SIGTERM ends what runs inside at once (exit 143). In a container this process is PID 1, which the kernel
+    does not stop on SIGTERM without a handler: without one, stopping a gateway that waits took the whole grace
+    period and a SIGKILL."""
     previous = signal.signal(signal.SIGTERM, _stop_waiting)
     try:
-        asyncio.run(wait_until_ready(settings.database_url, settings.startup_wait_s, pooler=settings.database_pooler))
-    except NotReady as err:
-        print(f"vybe: {err}", file=sys.stderr)
-        return False
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return True
 
 
 def _check_pubsub(settings: Settings) -> None:
     """``VYBE_PUBSUB=sharded`` needs Redis 7: checked before the wait for PostgreSQL, so a wrong setting stops the
     gateway at once with one line (exit 2), not once the database answers. A Redis that does not answer now is
     checked again as the gateway starts (the sharded backend refuses to start on an older server)."""
-    if settings.pubsub != "sharded":
+    if settings.pubsub != "sharded" or settings.redis_url is None:  # no URL: the gateway says so as it starts
         return
     from common.redisconn import REDIS_DOWN, connect_for
     from gateway.hub.redis_sharded import require_sharded_support
@@ -103,7 +112,7 @@ def _check_pubsub(settings: Settings) -> None:
         finally:
             await client.aclose()
 
-    with contextlib.suppress(*REDIS_DOWN, TimeoutError):
+    with _stoppable(), contextlib.suppress(*REDIS_DOWN, TimeoutError):
         asyncio.run(asyncio.wait_for(check(), 10))
 
 

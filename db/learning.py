@@ -321,9 +321,10 @@ async def mark_cleared(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID
 async def mark_scored(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID) -> uuid.UUID | None:
     """A score that opens or changes no case (shadow mode records scores only) for content whose open case says no
     model could score it (``UNSCORED``): that case's view now shows this score, so it gets a new version (consoles
-    reload it). Returns the case, if any."""
+    reload it), and an older model's "no longer flags this" (``model_cleared_by``) goes, as this score is over a
+    threshold. Returns the case, if any."""
     case_id: uuid.UUID | None = await conn.fetchval(
-        """UPDATE moderation_cases SET version = version + 1, updated_at = now()
+        """UPDATE moderation_cases SET version = version + 1, updated_at = now(), model_cleared_by = NULL
             WHERE target_type = $1 AND target_id = $2 AND state = 'open' AND $3 = ANY(reasons) AND scores IS NULL
         RETURNING id""", kind, str(target_id), UNSCORED)
     return case_id

@@ -410,13 +410,17 @@ async def test_in_shadow_mode_a_retry_that_scores_an_unscored_case_announces_its
     assert (case["version"], case["model_flagged"], case["state"]) == (version + 1, False, "open")
     [event] = await _events(redis, settings, "mod:flagged")
     assert event["event"] == "case.rescored" and event["data"]["version"] == version + 1
-    assert event["data"]["scores"]["toxicity"] > 0.5 and event["data"]["reasons"] == ["unscored"]
+    stored = await pool.fetchval("SELECT scores FROM moderation_scores WHERE target_id = $1", vybe.id)
+    assert event["data"]["scores"] == stored and event["data"]["reasons"] == ["unscored"]
 
     reported = await _post(pool, redis, settings, "you are worthless too")  # a user's case: its view has no scores
-    other = await mdb.open_case(pool, "shared_vybe", str(reported.id), ["reports>=3 (3)"], None)
-    before = await pool.fetchval("SELECT version FROM moderation_cases WHERE id = $1", other)
-    assert await w.step() == 1
-    assert await pool.fetchval("SELECT version FROM moderation_cases WHERE id = $1", other) == before
+    others = [await mdb.open_case(pool, "shared_vybe", str(reported.id), ["reports>=3 (3)"], None)]
+    kept = await _post(pool, redis, settings, "you are worthless as well")  # an unscored case that has scores
+    others.append(await mdb.open_case(pool, "shared_vybe", str(kept.id), ["unscored"], {"toxicity": 0.9}))
+    versions = "SELECT version FROM moderation_cases WHERE id = ANY($1::uuid[]) ORDER BY id"
+    before = await pool.fetch(versions, others)
+    assert await w.step() == 2
+    assert await pool.fetch(versions, others) == before
     assert len(await _events(redis, settings, "mod:flagged")) == 1
 
 
