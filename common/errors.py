@@ -85,7 +85,8 @@ CATALOG: dict[str, ErrorKind] = {k.code: k for k in (
           "(for `auth`: nothing was set up); the socket stays open", "retry with the same `id` after "
           "`retry_after`", retry=True),
     _kind("internal", 500, "a server bug; the command may or may not have been applied",
-          "retry with the same `id` after `retry_after` (writes are idempotent by it)", retry=True),
+          "retry with the same `id` after `retry_after` (the writes idempotent by it: see Framing; for `appeal` and "
+          "the moderation commands, reload first)", retry=True),
 )}
 
 

@@ -358,6 +358,8 @@ class Connection:
             return
         except CommandError as err:  # a backend is down: the socket stays, the client retries `auth`
             self.reply(Error(cmd.id, err.code, err.message, err.retry_after))
+            if self.identity is None:  # the auth deadline starts again: retry_after, then the usual time to auth
+                self._set_timer((err.retry_after or 0.0) + self.gw.settings.auth_timeout_s, self._auth_deadline)
             return
         self.reply(Ack(cmd.id, _auth_result(identity, self.blocked)))
 

@@ -55,6 +55,10 @@ class Conflict(WriteError):
 
 
 class WriterClosed(WriteError):
-    """The reaction writer stopped before this operation was committed (it may be retried)."""
+    """The reaction writer stopped before this operation was committed (the node is shutting down): retried, on
+    this socket's reconnect to another node, it succeeds."""
 
     default_code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)  # `unavailable` always says when to retry

@@ -164,7 +164,8 @@ async def _block_writer_mid_transaction(pool: asyncpg.Pool, writer: ReactionWrit
 async def test_writer_cancelled_mid_transaction_leaves_nothing_and_callers_get_an_error(
     pool: asyncpg.Pool, database_url: str
 ) -> None:
-    """aclose() during a batch's transaction: rolled back (no reaction, counters exact); callers get WriterClosed."""
+    """aclose() during a batch's transaction: rolled back (no reaction, counters exact); callers get WriterClosed,
+    `unavailable` with a `retry_after` (the client retries, on its reconnect to another node)."""
     await users(pool, "ann", "bob", "cat")
     v = await post_vybe(pool, "ann", content="x")
     holder = await asyncpg.connect(database_url)
@@ -175,8 +176,10 @@ async def test_writer_cancelled_mid_transaction_leaves_nothing_and_callers_get_a
         await asyncio.wait_for(writer.aclose(), 5)
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(r, WriterClosed) for r in results), results
-        with pytest.raises(WriterClosed):
+        assert {(r.code, r.retry_after) for r in results} == {("unavailable", 1.0)}  # `unavailable` says when
+        with pytest.raises(WriterClosed) as refused:
             await writer.react("bob", target_type=V, target_id=v.id, reaction_type="HEART")
+        assert refused.value.retry_after == 1.0
     finally:
         await holder.close()
     assert await pool.fetchval("SELECT count(*) FROM reactions") == 0

@@ -153,6 +153,33 @@ async def test_slow_consumer_is_closed_without_slowing_others(start_gateway, con
     assert code == 4008
 
 
+async def test_a_socket_that_retries_auth_through_an_outage_is_not_closed_for_slowness(
+        start_gateway, connect, tmp_path: Path) -> None:
+    """Redis down for 3 s, three times the auth deadline: a new socket answered `unavailable` retries `auth` after
+    each `retry_after` and is authenticated once Redis is back. Each `unavailable` starts the deadline again
+    (`retry_after` plus `VYBE_AUTH_TIMEOUT_S`); before, the deadline ran from the connect, and the socket was closed
+    4001 "no auth in time" while it did as told."""
+    with embedded_redis(tmp_path / "r1") as url:
+        live = await start_gateway(redis_url=url, auth_timeout_s=1.0)
+    late = await connect(live)
+    refusals = 0
+    down_until = asyncio.get_running_loop().time() + 3.0
+    while asyncio.get_running_loop().time() < down_until:
+        refused = await late.call("auth", token=live.token("latecomer"))
+        assert refused["type"] == "error" and refused["code"] == "unavailable", refused
+        refusals += 1
+        await asyncio.sleep(min(refused["retry_after"], 1.5))
+    assert refusals >= 2 and late.closed is None
+    with embedded_redis(tmp_path / "r1"):
+        for _ in range(40):
+            answer = await late.call("auth", token=live.token("latecomer"))
+            if answer["type"] != "error":
+                break
+            await asyncio.sleep(min(answer["retry_after"], 0.5))
+        assert answer["type"] == "ack" and answer["result"]["user_id"] == "latecomer", answer
+        await late.ok("subscribe", channel="feed")
+
+
 async def test_redis_restart_recovers_missed_events(start_gateway, connect, tmp_path: Path) -> None:
     """Redis down for 2 s (many backoffs) under traffic: readiness goes red, a new client gets a typed
     `unavailable`, a write during the outage is acknowledged and announced once Redis is back, the node

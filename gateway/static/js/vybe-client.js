@@ -49,7 +49,8 @@
  * @property {number} [heartbeatMs=30000]  after this long without a frame from the server, a
  *   `ping`; no answer and the socket is dropped and reconnected (0: off)
  * @property {number} [retries=5]  how often one command is sent again after a `rate_limited`,
- *   `unavailable` or `internal` answer (same id, after its retry_after)
+ *   `unavailable` or `internal` answer (same id, after its retry_after; after `internal`, not
+ *   `appeal`, `claim`, `resolve` or `reopen`, which the server does not deduplicate by id)
  * @property {number} [maxFrameBytes=1048576]  a command whose frame is larger is refused here
  *   (CommandError "frame_too_large") instead of making the server close the socket (1009)
  */
@@ -144,6 +145,9 @@ const SOFT_FRAME_FLOOR = 4096;         // no server refuses frames under this wi
 const SEEN_PER_CHANNEL = 512;          // offsets remembered per channel, to drop a re-sync's duplicates
 const AUTH_LOST = new Set([4003, 4004]);
 const RETRYABLE = new Set(["rate_limited", "unavailable", "internal"]);
+// Not deduplicated by id on the server: after `internal` (which may have applied one) they are not sent again,
+// as a retry of one that was applied answers `conflict`; the caller reloads the case or the content.
+const NOT_IDEMPOTENT = new Set(["appeal", "claim", "resolve", "reopen"]);
 const WS_OPEN = 1;
 
 /** A command's failure: the server's error `code` (see docs/protocol.md), or one of this client's:
@@ -624,7 +628,8 @@ export class VybeClient {
       this._emitError(err, "server");
       return;
     }
-    if (RETRYABLE.has(msg.code) && cmd.kind !== "auth" && cmd.retries < this._retries) {
+    const appliedMaybe = msg.code === "internal" && NOT_IDEMPOTENT.has(cmd.frame.type);
+    if (RETRYABLE.has(msg.code) && !appliedMaybe && cmd.kind !== "auth" && cmd.retries < this._retries) {
       cmd.retries += 1;  // the same id: a write that did land is answered from its first result
       cmd.sentOn = null;
       if (msg.code === "rate_limited" && this._rate) this._bucket.tokens = Math.min(this._bucket.tokens, 0);
