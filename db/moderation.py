@@ -323,6 +323,9 @@ class Resolved(msgspec.Struct, frozen=True):
     """The vybe's looproom (for a vybe target), whose channel hears of its new visibility."""
     was_pending: bool = False
     """The content was still waiting for its score (``pending``): under premoderation, never shown yet."""
+    was_hidden: bool = False
+    """The content was out of view (``hidden`` or ``removed``) before this decision: only then does letting it be
+    (restore, dismiss, reopen) put it back in view, which viewers hear of."""
 
 
 async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, note: str | None,
@@ -368,9 +371,12 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
         await _audit(conn, moderator, action, row, note)
         view = (await case_views(conn, [row["id"]]))[0]
         people = [r["reporter_id"] for r in reporters if r["reporter_id"] != SYSTEM_REPORTER]
-        return Resolved(view, people, looproom, was_pending)
+        return Resolved(view, people, looproom, was_pending, before in _OUT_OF_VIEW)
 
     return await in_transaction(pool, body, announce)
+
+
+_OUT_OF_VIEW = ("hidden", "removed")
 
 
 async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
@@ -380,7 +386,7 @@ async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
     decided by it is undecided again. The author is not told: the content is simply reviewed again."""
 
     async def body(conn: asyncpg.Connection) -> Resolved:
-        row, _ = await _locked_case(conn, case_id, version, moderator)
+        row, before = await _locked_case(conn, case_id, version, moderator)
         if row["state"] != "resolved":
             raise Conflict("case is open already")
         kind, looproom = row["target_type"], None
@@ -402,7 +408,7 @@ async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
                       updated_at = now()
                 WHERE id = $1""", row["id"])
         await _audit(conn, moderator, "reopen", row, f"was {row['resolution']}")
-        return Resolved((await case_views(conn, [row["id"]]))[0], [], looproom)
+        return Resolved((await case_views(conn, [row["id"]]))[0], [], looproom, was_hidden=before in _OUT_OF_VIEW)
 
     return await in_transaction(pool, body, announce)
 

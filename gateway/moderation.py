@@ -98,7 +98,7 @@ def reopen_events(reopened: mdb.Resolved) -> list[Event]:
     """The case to moderators; the content back in view where the resolution had taken it out."""
     view = reopened.case
     out = [events.case_changed("case.reopened", view)]
-    if view.target_type in ("shared_vybe", "comment"):
+    if view.target_type in ("shared_vybe", "comment") and reopened.was_hidden:
         vybe_id = None if view.vybe_id is None else str(view.vybe_id)
         out += events.visibility(view.target_type, str(view.target_id), vybe_id, reopened.looproom_id, "restored")
     return out
@@ -110,7 +110,10 @@ def resolution_events(resolved: mdb.Resolved, action: str, held: bool = False) -
     view = resolved.case
     target = str(view.target_id)
     out = [events.case_changed("report.resolved", view)]
-    if view.target_type in ("shared_vybe", "comment") and not held:
+    back = _VISIBILITY[action] == "restored"
+    if view.target_type in ("shared_vybe", "comment") and not held and (resolved.was_hidden or not back):
+        # Letting content be that was in view changes nothing viewers see: no `restored` (for a private vybe,
+        # every feed subscriber would have heard of its id).
         vybe_id = None if view.vybe_id is None else str(view.vybe_id)
         out += events.visibility(view.target_type, target, vybe_id, resolved.looproom_id, _VISIBILITY[action])
     if view.author_id and view.target_type != "user" and (view.target_type != "app_item" or view.channel):

@@ -61,6 +61,34 @@ async def test_flag_claim_conflict_resolve_hide(live, connect) -> None:
     assert (await viewer.call("react", target_id=vybe["id"], reaction="HEART"))["code"] == "content_unavailable"
 
 
+async def test_viewers_hear_restored_only_for_content_that_was_out_of_view(live, connect) -> None:
+    """Dismissing the flag of a vybe that stayed in view, or reopening that decision, changes nothing viewers see:
+    no `vybe.restored` (before, every feed subscriber heard one, for a private vybe too). Reopening a hide puts the
+    vybe back in view: `vybe.restored`. A public marker post after each step proves nothing came before it."""
+    mod = await connect(live, live.token("mod1", "MODERATOR"))
+    author = await connect(live, live.token("author"))
+    viewer = await connect(live, live.token("viewer"))
+    await mod.ok("subscribe", channel="mod:flagged")
+    await viewer.ok("subscribe", channel="feed")
+    vybe = await author.ok("post_vybe", content="I know where you live", privacy_level="PRIVATE")
+    await _score_all(live)
+    case = (await mod.wait_for(lambda m: m.get("event") == "report.flagged"))["data"]
+
+    async def nothing_restored_before_marker(n: int) -> None:
+        marker = await author.ok("post_vybe", content=f"marker {n}")
+        await viewer.wait_for(lambda m: m.get("event") == "vybe.created" and m["data"]["id"] == marker["id"])
+        assert [m for m in viewer.messages if m.get("event") == "vybe.restored"] == []
+
+    dismissed = await mod.ok("resolve", case_id=case["case_id"], version=case["version"], action="dismiss")
+    await nothing_restored_before_marker(1)
+    reopened = await mod.ok("reopen", case_id=case["case_id"], version=dismissed["version"])
+    await nothing_restored_before_marker(2)
+    hidden = await mod.ok("resolve", case_id=case["case_id"], version=reopened["version"], action="hide")
+    await viewer.wait_for(lambda m: m.get("event") == "vybe.hidden" and m["data"]["id"] == vybe["id"])
+    await mod.ok("reopen", case_id=case["case_id"], version=hidden["version"])
+    await viewer.wait_for(lambda m: m.get("event") == "vybe.restored" and m["data"]["id"] == vybe["id"])
+
+
 async def test_expired_claim_lets_another_moderator_act(start_gateway, connect) -> None:
     """A claim is a lease: once it expires another moderator may act (stale claims do not block)."""
     live = await start_gateway(claim_lease_s=0.3)
