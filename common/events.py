@@ -139,13 +139,15 @@ def blocks_changed(user_id: str, blocked: list[str]) -> list[Event]:
     return [event(f"user:{user_id}", "blocks.changed", {"blocked": blocked}, Meta(o=user_id, b=list(blocked)))]
 
 
-def visibility(kind: str, target_id: str, vybe_id: str | None, looproom_id: str | None, name: str) -> list[Event]:
-    """vybe.hidden / vybe.removed / vybe.restored (comment.* for comments) where viewers see it."""
+def visibility(kind: str, target_id: str, vybe_id: str | None, looproom_id: str | None, name: str,
+               meta: Meta | None = None) -> list[Event]:
+    """vybe.hidden / vybe.removed / vybe.restored (comment.* for comments) where viewers see it. ``meta``: a vybe's
+    :func:`vybe_meta`, so that a private vybe's take-down reaches only those its creation reached (its author)."""
     data = {"id": target_id, "target_type": kind}
     if kind == "shared_vybe":
-        out = [event("feed", "vybe." + name, data), event(f"vybe:{target_id}", "vybe." + name, data)]
+        out = [event("feed", "vybe." + name, data, meta), event(f"vybe:{target_id}", "vybe." + name, data, meta)]
         if looproom_id:
-            out.append(event(f"looproom:{looproom_id}", "vybe." + name, data))
+            out.append(event(f"looproom:{looproom_id}", "vybe." + name, data, meta))
         return out
     return [event(f"vybe:{vybe_id}", "comment." + name, data)] if vybe_id else []
 

@@ -323,6 +323,8 @@ class Resolved(msgspec.Struct, frozen=True):
     """The vybe's looproom (for a vybe target), whose channel hears of its new visibility."""
     was_pending: bool = False
     """The content was still waiting for its score (``pending``): under premoderation, never shown yet."""
+    privacy_level: str | None = None
+    """The vybe's privacy (for a vybe target): its take-down or return reaches only those who could see it."""
     was_hidden: bool = False
     """The content was out of view (``hidden`` or ``removed``) before this decision: only then does letting it be
     (restore, dismiss, reopen) put it back in view, which viewers hear of."""
@@ -354,9 +356,9 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
             await conn.execute(
                 f"UPDATE {_TABLE[kind]} SET moderation_state = $2, moderated_at = now(), moderator_note = $3, "
                 "updated_at = now() WHERE id = $1::uuid", row["target_id"], _STATE_AFTER[action], note)
+        privacy = None
         if kind == "shared_vybe":
-            looproom = await conn.fetchval(
-                "SELECT looproom_id::text FROM shared_vybes WHERE id = $1::uuid", row["target_id"])
+            looproom, privacy = await _vybe_place(conn, row["target_id"])
         reporters = await conn.fetch(
             """UPDATE reports SET status = $3, reviewed_by = $4, reviewed_at = now(), resolution = $5,
                       action_taken = $6, updated_at = now()
@@ -371,12 +373,19 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
         await _audit(conn, moderator, action, row, note)
         view = (await case_views(conn, [row["id"]]))[0]
         people = [r["reporter_id"] for r in reporters if r["reporter_id"] != SYSTEM_REPORTER]
-        return Resolved(view, people, looproom, was_pending, before in _OUT_OF_VIEW)
+        return Resolved(view, people, looproom, was_pending, privacy, before in _OUT_OF_VIEW)
 
     return await in_transaction(pool, body, announce)
 
 
 _OUT_OF_VIEW = ("hidden", "removed")
+
+
+async def _vybe_place(conn: asyncpg.Connection, vybe_id: str) -> tuple[str | None, str | None]:
+    """A vybe's looproom and privacy level (None, None: gone)."""
+    row = await conn.fetchrow("SELECT looproom_id::text AS room, privacy_level::text AS privacy FROM shared_vybes "
+                              "WHERE id = $1::uuid", vybe_id)
+    return (row["room"], row["privacy"]) if row else (None, None)
 
 
 async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
@@ -389,14 +398,13 @@ async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
         row, before = await _locked_case(conn, case_id, version, moderator)
         if row["state"] != "resolved":
             raise Conflict("case is open already")
-        kind, looproom = row["target_type"], None
+        kind, looproom, privacy = row["target_type"], None, None
         if kind in _TABLE:
             await conn.execute(
                 f"UPDATE {_TABLE[kind]} SET moderation_state = 'flagged', updated_at = now() WHERE id = $1::uuid",
                 row["target_id"])
         if kind == "shared_vybe":
-            looproom = await conn.fetchval(
-                "SELECT looproom_id::text FROM shared_vybes WHERE id = $1::uuid", row["target_id"])
+            looproom, privacy = await _vybe_place(conn, row["target_id"])
         await conn.execute("DELETE FROM moderation_labels WHERE case_id = $1", row["id"])
         await conn.execute(
             """UPDATE reports SET status = 'PENDING', updated_at = now()
@@ -408,7 +416,8 @@ async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
                       updated_at = now()
                 WHERE id = $1""", row["id"])
         await _audit(conn, moderator, "reopen", row, f"was {row['resolution']}")
-        return Resolved((await case_views(conn, [row["id"]]))[0], [], looproom, was_hidden=before in _OUT_OF_VIEW)
+        return Resolved((await case_views(conn, [row["id"]]))[0], [], looproom, privacy_level=privacy,
+                        was_hidden=before in _OUT_OF_VIEW)
 
     return await in_transaction(pool, body, announce)
 

@@ -349,18 +349,25 @@ class Connection:
                 result.finish()
 
     async def _on_auth(self, cmd: Auth) -> None:
+        first = self.identity is None
+        if first and self._timer is not None:  # the auth deadline waits while an `auth` is handled (a hung
+            self._timer.cancel()  # PostgreSQL may take its whole timeout), and starts again if it fails
+            self._timer = None
+        retry_after = 0.0
         try:
             identity = await self._authenticate(cmd.token, cmd.id)
         except AuthError as err:
             self.reply(Error(cmd.id, err.code, str(err)))
-            if self.identity is None:
+            if first:
                 self.close(CloseCode.AUTH_INVALID, "invalid token")
             return
         except CommandError as err:  # a backend is down: the socket stays, the client retries `auth`
             self.reply(Error(cmd.id, err.code, err.message, err.retry_after))
-            if self.identity is None:  # the auth deadline starts again: retry_after, then the usual time to auth
-                self._set_timer((err.retry_after or 0.0) + self.gw.settings.auth_timeout_s, self._auth_deadline)
+            retry_after = err.retry_after or 0.0
             return
+        finally:
+            if first and self.identity is None:  # the deadline starts again: retry_after, then the usual time
+                self._set_timer(retry_after + self.gw.settings.auth_timeout_s, self._auth_deadline)
         self.reply(Ack(cmd.id, _auth_result(identity, self.blocked)))
 
     async def _authenticate(self, token: str, cid: str | None) -> Identity:

@@ -22,7 +22,7 @@ from gateway import protocol as p
 if TYPE_CHECKING:
     import asyncpg
 
-    from common.bus import Event
+    from common.bus import Event, Meta
     from db.writes import ReportResult
     from gateway.context import Gateway
 
@@ -94,13 +94,23 @@ async def _with_app_item(conn: asyncpg.Connection, result: mdb.Resolved, action:
     return out + await apps.decided_events(conn, uuid.UUID(view.target_id), action)
 
 
+def _vybe_meta(result: mdb.Resolved) -> Meta | None:
+    """A vybe's fan-out rules (a private one reaches its author only); None for a comment (its vybe's channel is
+    subscribed to only by those who may see that vybe)."""
+    view = result.case
+    if view.target_type != "shared_vybe" or result.privacy_level is None or view.author_id is None:
+        return None
+    return events.vybe_meta(view.author_id, result.privacy_level)
+
+
 def reopen_events(reopened: mdb.Resolved) -> list[Event]:
     """The case to moderators; the content back in view where the resolution had taken it out."""
     view = reopened.case
     out = [events.case_changed("case.reopened", view)]
     if view.target_type in ("shared_vybe", "comment") and reopened.was_hidden:
         vybe_id = None if view.vybe_id is None else str(view.vybe_id)
-        out += events.visibility(view.target_type, str(view.target_id), vybe_id, reopened.looproom_id, "restored")
+        out += events.visibility(view.target_type, str(view.target_id), vybe_id, reopened.looproom_id, "restored",
+                                 _vybe_meta(reopened))
     return out
 
 
@@ -115,7 +125,8 @@ def resolution_events(resolved: mdb.Resolved, action: str, held: bool = False) -
         # Letting content be that was in view changes nothing viewers see: no `restored` (for a private vybe,
         # every feed subscriber would have heard of its id).
         vybe_id = None if view.vybe_id is None else str(view.vybe_id)
-        out += events.visibility(view.target_type, target, vybe_id, resolved.looproom_id, _VISIBILITY[action])
+        out += events.visibility(view.target_type, target, vybe_id, resolved.looproom_id, _VISIBILITY[action],
+                                 _vybe_meta(resolved))
     if view.author_id and view.target_type != "user" and (view.target_type != "app_item" or view.channel):
         # An app's own users (an item its backend sent) are not ours to notify: its webhook hears it.
         out.append(events.outcome(view.author_id, {

@@ -294,7 +294,9 @@ class Worker:
                         "message": None, "excerpt": events.excerpt(item.content), "appeal": None,
                         "appealable": False}))  # appeals are for vybes and comments
             elif action == "hide":
-                out += events.visibility(item.kind, str(item.id), _str(item.vybe_id), _str(item.looproom_id), "hidden")
+                meta = events.vybe_meta(item.user_id, item.privacy_level) if item.kind == "shared_vybe" else None
+                out += events.visibility(item.kind, str(item.id), _str(item.vybe_id), _str(item.looproom_id), "hidden",
+                                         meta)
                 out.append(events.outcome(item.user_id, {
                     "target_type": item.kind, "target_id": str(item.id), "action": "hide", "by": "model",
                     "message": None, "excerpt": events.excerpt(item.content), "appeal": None, "appealable": True}))

@@ -158,10 +158,13 @@ async def test_a_socket_that_retries_auth_through_an_outage_is_not_closed_for_sl
     """Redis down for 3 s, three times the auth deadline: a new socket answered `unavailable` retries `auth` after
     each `retry_after` and is authenticated once Redis is back. Each `unavailable` starts the deadline again
     (`retry_after` plus `VYBE_AUTH_TIMEOUT_S`); before, the deadline ran from the connect, and the socket was closed
-    4001 "no auth in time" while it did as told."""
+    4001 "no auth in time" while it did as told. A socket that stops trying after one answer is still closed 4001.
+    """
     with embedded_redis(tmp_path / "r1") as url:
         live = await start_gateway(redis_url=url, auth_timeout_s=1.0)
-    late = await connect(live)
+    late, idle = await connect(live), await connect(live)
+    gave_up = await idle.call("auth", token=live.token("quitter"))  # answered, then never tries again
+    assert gave_up["code"] == "unavailable"
     refusals = 0
     down_until = asyncio.get_running_loop().time() + 3.0
     while asyncio.get_running_loop().time() < down_until:
@@ -178,6 +181,9 @@ async def test_a_socket_that_retries_auth_through_an_outage_is_not_closed_for_sl
             await asyncio.sleep(min(answer["retry_after"], 0.5))
         assert answer["type"] == "ack" and answer["result"]["user_id"] == "latecomer", answer
         await late.ok("subscribe", channel="feed")
+    # The deadline still closes a socket that stops trying: retry_after plus the 1 s to auth after the answer.
+    code, _ = await idle.wait_closed(timeout=gave_up["retry_after"] + 3.0)
+    assert code == 4001
 
 
 async def test_redis_restart_recovers_missed_events(start_gateway, connect, tmp_path: Path) -> None:

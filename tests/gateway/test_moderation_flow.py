@@ -63,30 +63,37 @@ async def test_flag_claim_conflict_resolve_hide(live, connect) -> None:
 
 async def test_viewers_hear_restored_only_for_content_that_was_out_of_view(live, connect) -> None:
     """Dismissing the flag of a vybe that stayed in view, or reopening that decision, changes nothing viewers see:
-    no `vybe.restored` (before, every feed subscriber heard one, for a private vybe too). Reopening a hide puts the
-    vybe back in view: `vybe.restored`. A public marker post after each step proves nothing came before it."""
+    no `vybe.restored` (before, every feed subscriber heard one). Hiding it and reopening that puts it out of view
+    and back: `vybe.hidden`, then `vybe.restored`, and for a PRIVATE vybe only to its author (before, every feed
+    subscriber heard of its id). A public marker post after each step proves nothing came before it."""
     mod = await connect(live, live.token("mod1", "MODERATOR"))
     author = await connect(live, live.token("author"))
     viewer = await connect(live, live.token("viewer"))
     await mod.ok("subscribe", channel="mod:flagged")
-    await viewer.ok("subscribe", channel="feed")
+    for c in (author, viewer):
+        await c.ok("subscribe", channel="feed")
     vybe = await author.ok("post_vybe", content="I know where you live", privacy_level="PRIVATE")
     await _score_all(live)
     case = (await mod.wait_for(lambda m: m.get("event") == "report.flagged"))["data"]
 
-    async def nothing_restored_before_marker(n: int) -> None:
+    async def heard_before_marker(n: int) -> dict[str, list[str]]:
         marker = await author.ok("post_vybe", content=f"marker {n}")
-        await viewer.wait_for(lambda m: m.get("event") == "vybe.created" and m["data"]["id"] == marker["id"])
-        assert [m for m in viewer.messages if m.get("event") == "vybe.restored"] == []
+        heard = {}
+        for name, c in (("author", author), ("viewer", viewer)):
+            await c.wait_for(lambda m: m.get("event") == "vybe.created" and m["data"]["id"] == marker["id"])
+            heard[name] = [m["event"] for m in c.messages
+                           if m.get("event") in ("vybe.hidden", "vybe.removed", "vybe.restored")
+                           and m["data"].get("id") == vybe["id"]]
+        return heard
 
     dismissed = await mod.ok("resolve", case_id=case["case_id"], version=case["version"], action="dismiss")
-    await nothing_restored_before_marker(1)
+    assert await heard_before_marker(1) == {"author": [], "viewer": []}
     reopened = await mod.ok("reopen", case_id=case["case_id"], version=dismissed["version"])
-    await nothing_restored_before_marker(2)
+    assert await heard_before_marker(2) == {"author": [], "viewer": []}
     hidden = await mod.ok("resolve", case_id=case["case_id"], version=reopened["version"], action="hide")
-    await viewer.wait_for(lambda m: m.get("event") == "vybe.hidden" and m["data"]["id"] == vybe["id"])
+    assert await heard_before_marker(3) == {"author": ["vybe.hidden"], "viewer": []}
     await mod.ok("reopen", case_id=case["case_id"], version=hidden["version"])
-    await viewer.wait_for(lambda m: m.get("event") == "vybe.restored" and m["data"]["id"] == vybe["id"])
+    assert await heard_before_marker(4) == {"author": ["vybe.hidden", "vybe.restored"], "viewer": []}
 
 
 async def test_expired_claim_lets_another_moderator_act(start_gateway, connect) -> None:
