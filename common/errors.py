@@ -81,12 +81,12 @@ CATALOG: dict[str, ErrorKind] = {k.code: k for k in (
     _kind("conflict", 409, "a request id reused for another command; a retry (same id) of a vybe or comment "
           "deleted since; a stale case `version`; a case claimed by another moderator",
           "reload, then retry with a new id or version"),
-    _kind("unavailable", 503, "PostgreSQL or Redis is unreachable (a restart, a failover): nothing was stored "
-          "(for `auth`: nothing was set up); the socket stays open", "retry with the same `id` after "
-          "`retry_after`", retry=True),
+    _kind("unavailable", 503, "PostgreSQL or Redis is unreachable (a restart, a failover): nothing was stored, "
+          "unless the connection broke during COMMIT, when the write may have landed once (for `auth`: nothing was "
+          "set up); the socket stays open", "retry with the same `id` after `retry_after` (a write that landed "
+          "is not applied twice: see Framing)", retry=True),
     _kind("internal", 500, "a server bug; the command may or may not have been applied",
-          "retry with the same `id` after `retry_after` (the writes idempotent by it: see Framing; for `appeal` and "
-          "the moderation commands, reload first)", retry=True),
+          "retry with the same `id` after `retry_after` (every write is safe to retry: see Framing)", retry=True),
 )}
 
 

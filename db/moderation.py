@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
@@ -19,12 +19,13 @@ from common.events import excerpt
 from common.labels import UNSCORED
 from common.visibility import hides_author_sql
 from db import learning
-from db.writes._tx import in_transaction
+from db.writes import validate
+from db.writes._tx import idempotent, in_transaction
 from db.writes.errors import Conflict, Forbidden, NotFound, WriteError
 from db.writes.locks import lock_target
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
     from typing import LiteralString
 
     import asyncpg
@@ -101,6 +102,19 @@ class CaseView(msgspec.Struct, frozen=True):
     channel: str | None = None
     """For a client publication: the channel it was published on."""
 
+
+class CaseAck(CaseView, frozen=True):
+    """The answer to ``claim``, ``resolve`` and ``reopen``: the case after the command."""
+
+    replayed: bool = False
+    """True when this is the stored answer to an earlier command with the same id (applied once, 24 h)."""
+
+    @classmethod
+    def of(cls, view: CaseView, replayed: bool = False) -> CaseAck:
+        return cls(**msgspec.structs.asdict(view), replayed=replayed)
+
+
+_T = TypeVar("_T")
 
 _ITEMS = """
 SELECT 'shared_vybe' AS kind, id, user_id, content, moderation_state::text, is_anonymous,
@@ -292,11 +306,21 @@ async def _locked_case(conn: asyncpg.Connection, case_id: str, version: int,
     return row, (state if target["target_type"] != "user" else None)
 
 
-async def claim(pool: asyncpg.Pool, case_id: str, version: int, moderator: str, lease_s: float,
-                release: bool = False, announce: Announcement | None = None) -> CaseView:
-    """Claim a case for ``lease_s`` seconds (or release it); a stale claim simply expires."""
+class Claimed(msgspec.Struct, frozen=True):
+    case: CaseView
+    replayed: bool = False
+    """The stored result of an earlier claim with the same request id: nothing was done now."""
 
-    async def body(conn: asyncpg.Connection) -> CaseView:
+
+async def claim(pool: asyncpg.Pool, case_id: str, version: int, moderator: str, lease_s: float,
+                release: bool = False, announce: Announcement | None = None,
+                request_id: str | None = None) -> Claimed:
+    """Claim a case for ``lease_s`` seconds (or release it); a stale claim simply expires.
+
+    With ``request_id`` (the moderator's command id) a retry returns the first result, ``replayed``
+    (as every moderation command: :func:`resolve`, :func:`reopen`, :func:`appeal`)."""
+
+    async def body(conn: asyncpg.Connection) -> Claimed:
         row, _ = await _locked_case(conn, case_id, version, moderator)
         if row["state"] != "open":
             raise Conflict("case is resolved")
@@ -306,9 +330,9 @@ async def claim(pool: asyncpg.Pool, case_id: str, version: int, moderator: str, 
                                               ELSE now() + make_interval(secs => $3) END
                 WHERE id = $1""", row["id"], None if release else moderator, lease_s)
         await _audit(conn, moderator, "release" if release else "claim", row, None)
-        return (await case_views(conn, [row["id"]]))[0]
+        return Claimed((await case_views(conn, [row["id"]]))[0])
 
-    return await in_transaction(pool, body, announce)
+    return await _once(pool, moderator, request_id, "release" if release else "claim", Claimed, body, announce)
 
 
 _STATE_AFTER = {"remove": "removed", "hide": "hidden", "restore": "approved", "dismiss": "approved"}
@@ -328,11 +352,14 @@ class Resolved(msgspec.Struct, frozen=True):
     was_hidden: bool = False
     """The content was out of view (``hidden`` or ``removed``) before this decision: only then does letting it be
     (restore, dismiss, reopen) put it back in view, which viewers hear of."""
+    replayed: bool = False
+    """The stored result of an earlier command with the same request id: nothing was done (or announced) now."""
 
 
 async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, note: str | None,
                   moderator: str, announce: Announcement | None = None,
-                  labels: Sequence[str] | None = None, message: str | None = None) -> Resolved:
+                  labels: Sequence[str] | None = None, message: str | None = None,
+                  request_id: str | None = None) -> Resolved:
     """Apply a resolution; returns the case, the reporters to tell and the vybe's looproom.
 
     ``note`` is internal (the case and the audit log); ``message`` is for the author. On an appeal
@@ -375,7 +402,7 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
         people = [r["reporter_id"] for r in reporters if r["reporter_id"] != SYSTEM_REPORTER]
         return Resolved(view, people, looproom, was_pending, privacy, before in _OUT_OF_VIEW)
 
-    return await in_transaction(pool, body, announce)
+    return await _once(pool, moderator, request_id, "resolve", Resolved, body, announce)
 
 
 _OUT_OF_VIEW = ("hidden", "removed")
@@ -389,7 +416,7 @@ async def _vybe_place(conn: asyncpg.Connection, vybe_id: str) -> tuple[str | Non
 
 
 async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
-                 announce: Announcement | None = None) -> Resolved:
+                 announce: Announcement | None = None, request_id: str | None = None) -> Resolved:
     """Undo a resolution: the case is open again (unclaimed, a new version), its content back under
     review (``flagged``: visible, as before a decision) and the decision no longer a label. An appeal
     decided by it is undecided again. The author is not told: the content is simply reviewed again."""
@@ -419,7 +446,16 @@ async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
         return Resolved((await case_views(conn, [row["id"]]))[0], [], looproom, privacy_level=privacy,
                         was_hidden=before in _OUT_OF_VIEW)
 
-    return await in_transaction(pool, body, announce)
+    return await _once(pool, moderator, request_id, "reopen", Resolved, body, announce)
+
+
+async def _once(pool: asyncpg.Pool, actor: str, request_id: str | None, operation: str, result_type: type[_T],
+                body: Callable[[asyncpg.Connection], Awaitable[_T]], announce: Announcement | None) -> _T:
+    """A moderation command at most once per (actor, request id) in 24 h: a retry whose first answer was lost
+    (the connection dropped, or COMMIT's answer never came) gets the first result, ``replayed``, and changes
+    and announces nothing, where a second run would meet a newer case version and answer ``conflict``."""
+    return await idempotent(pool, user_id=actor, request_id=validate.request_id(request_id), operation=operation,
+                            result_type=result_type, body=body, announce=announce)
 
 
 async def recently_resolved(pool: asyncpg.Pool, limit: int = 50) -> list[CaseView]:
@@ -522,6 +558,14 @@ class AppealView(msgspec.Struct, frozen=True):
     state: str
     """``open`` until a moderator decides; the outcome comes as ``moderation.outcome`` with ``appeal``."""
     appealed_at: dt.datetime
+    replayed: bool = False
+    """True when this is the stored answer to an earlier appeal with the same id."""
+
+
+class Appealed(msgspec.Struct, frozen=True):
+    appeal: AppealView
+    case: CaseView
+    replayed: bool = False
 
 
 _CONTENT_OF: dict[str, LiteralString] = {
@@ -531,7 +575,7 @@ _CONTENT_OF: dict[str, LiteralString] = {
 
 
 async def appeal(pool: asyncpg.Pool, user_id: str, target_type: str, target_id: str, statement: str,
-                 announce: Announcement | None = None) -> tuple[AppealView, CaseView]:
+                 announce: Announcement | None = None, request_id: str | None = None) -> Appealed:
     """The author appeals the hiding or removal of their vybe or comment, once: the case reopens as an
     appeal (unclaimed, a new version) for a moderator other than the one who acted."""
     kind = target_type.lower()
@@ -542,7 +586,7 @@ async def appeal(pool: asyncpg.Pool, user_id: str, target_type: str, target_id: 
     if kind not in _CONTENT_OF:
         raise WriteError("only a vybe or a comment can be appealed", "invalid_value")
 
-    async def body(conn: asyncpg.Connection) -> tuple[AppealView, CaseView]:
+    async def body(conn: asyncpg.Connection) -> Appealed:
         await lock_target(conn, kind, str(tid))
         content = await conn.fetchrow(_CONTENT_OF[kind], tid)
         if content is None or content["user_id"] != user_id:
@@ -565,9 +609,9 @@ async def appeal(pool: asyncpg.Pool, user_id: str, target_type: str, target_id: 
                 WHERE id = $1 RETURNING appealed_at""", case["id"], statement, appeal_of)
         await _audit(conn, user_id, "appeal", case, statement)
         view = (await case_views(conn, [case["id"]]))[0]
-        return AppealView(kind, str(tid), "open", appealed_at), view
+        return Appealed(AppealView(kind, str(tid), "open", appealed_at), view)
 
-    return await in_transaction(pool, body, announce)
+    return await _once(pool, user_id, request_id, "appeal", Appealed, body, announce)
 
 
 async def _audit(conn: asyncpg.Connection, actor: str, action: str, case: asyncpg.Record, note: str | None) -> None:

@@ -13,6 +13,8 @@ import contextlib
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from common import events
 from db import apps, writes
 from db import moderation as mdb
@@ -44,25 +46,27 @@ class Desk:
             return []
         return [events.case_changed("report.flagged", view) for view in await mdb.case_views(conn, [case_id])]
 
-    async def act(self, actor: Any, cmd: p.Claim | p.Resolve | p.Reopen) -> mdb.CaseView:
-        gw = self.gw
+    async def act(self, actor: Any, cmd: p.Claim | p.Resolve | p.Reopen) -> mdb.CaseAck:
+        """A moderator's command; a retry with the same id answers the first result (``replayed``)."""
+        gw, rid = self.gw, cmd.id or None
         if isinstance(cmd, p.Reopen):
             reopened = Announcement(lambda conn, r: _with_app_item(conn, r, "reopen", reopen_events(r)))
-            result = await mdb.reopen(gw.pool, cmd.case_id, cmd.version, actor.user_id, announce=reopened)
+            result = await mdb.reopen(gw.pool, cmd.case_id, cmd.version, actor.user_id, announce=reopened,
+                                      request_id=rid)
             gw.announce(reopened)
-            return result.case
+            return mdb.CaseAck.of(result.case, result.replayed)
         if isinstance(cmd, p.Claim):
             name = "case.released" if cmd.release else "case.claimed"
-            claimed = Announcement.of(lambda view: [events.case_changed(name, view)])
-            view = await mdb.claim(gw.pool, cmd.case_id, cmd.version, actor.user_id, gw.settings.claim_lease_s,
-                                   release=cmd.release, announce=claimed)
+            claimed = Announcement.of(lambda r: [events.case_changed(name, r.case)])
+            done = await mdb.claim(gw.pool, cmd.case_id, cmd.version, actor.user_id, gw.settings.claim_lease_s,
+                                   release=cmd.release, announce=claimed, request_id=rid)
             gw.announce(claimed)
-            return view
+            return mdb.CaseAck.of(done.case, done.replayed)
         resolved = Announcement(lambda conn, r: self._resolution_events(conn, r, cmd.action))
         result = await mdb.resolve(gw.pool, cmd.case_id, cmd.version, cmd.action, cmd.note, actor.user_id,
-                                   announce=resolved, labels=cmd.labels, message=cmd.message)
+                                   announce=resolved, labels=cmd.labels, message=cmd.message, request_id=rid)
         gw.announce(resolved)
-        return result.case
+        return mdb.CaseAck.of(result.case, result.replayed)
 
     async def _resolution_events(self, conn: asyncpg.Connection, result: mdb.Resolved, action: str) -> list[Event]:
         view = result.case
@@ -77,11 +81,11 @@ class Desk:
 
     async def appeal(self, actor: Any, cmd: p.AppealCmd) -> mdb.AppealView:
         """The author's appeal: the case reopens (``case.appealed`` to moderators)."""
-        appealed = Announcement.of(lambda pair: [events.case_changed("case.appealed", pair[1])])
-        view, _ = await mdb.appeal(self.gw.pool, actor.user_id, cmd.target_type, cmd.target_id, cmd.statement,
-                                   announce=appealed)
+        appealed = Announcement.of(lambda r: [events.case_changed("case.appealed", r.case)])
+        done = await mdb.appeal(self.gw.pool, actor.user_id, cmd.target_type, cmd.target_id, cmd.statement,
+                                announce=appealed, request_id=cmd.id or None)
         self.gw.announce(appealed)
-        return view
+        return msgspec.structs.replace(done.appeal, replayed=done.replayed)
 
 
 async def _with_app_item(conn: asyncpg.Connection, result: mdb.Resolved, action: str,

@@ -460,8 +460,8 @@ def ack_results() -> dict[str, type[msgspec.Struct]]:
         "auth": AuthResult, "subscribe": Subscribed, "unsubscribe": Unsubscribed, "ping": Pong,
         "post_vybe": writes.Vybe, "comment": writes.CommentView, "react": writes.ReactionView,
         "unreact": writes.ReactionView, "share": writes.ShareView, "report": writes.ReportResult,
-        "block": writes.BlockList, "unblock": writes.BlockList, "claim": mdb.CaseView, "resolve": mdb.CaseView,
-        "appeal": mdb.AppealView, "reopen": mdb.CaseView, "publish": Publication,
+        "block": writes.BlockList, "unblock": writes.BlockList, "claim": mdb.CaseAck, "resolve": mdb.CaseAck,
+        "appeal": mdb.AppealView, "reopen": mdb.CaseAck, "publish": Publication,
     }
 
 

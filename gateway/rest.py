@@ -306,22 +306,22 @@ class ModerationController(Controller):
 
     @post("/cases/{case_id:str}/claim", status_code=200, operation_id="claimCase", responses=responses(*_MODERATE))
     async def claim(self, request: Request[Any, Any, Any], case_id: FromPath[str],
-                    data: JSONBody[SkipValidation[p.ClaimBody]]) -> mdb.CaseView:
+                    data: JSONBody[SkipValidation[p.ClaimBody]]) -> mdb.CaseAck:
         """Claim (``{"version": n}``) or release (``{"version": n, "release": true}``) a case."""
-        return await _run(request, _command(p.Claim, data, case_id=case_id), mdb.CaseView)
+        return await _run(request, _command(p.Claim, data, case_id=case_id), mdb.CaseAck)
 
     @post("/cases/{case_id:str}/resolve", status_code=200, operation_id="resolveCase", responses=responses(*_MODERATE))
     async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str],
-                      data: JSONBody[SkipValidation[p.ResolveBody]]) -> mdb.CaseView:
+                      data: JSONBody[SkipValidation[p.ResolveBody]]) -> mdb.CaseAck:
         """Resolve: ``{"version": n, "action": "remove|hide|restore|dismiss", "note": "...", "labels": [...]}``.
         The decision is a label the model learns from (``vybe moderation retrain``)."""
-        return await _run(request, _command(p.Resolve, data, case_id=case_id), mdb.CaseView)
+        return await _run(request, _command(p.Resolve, data, case_id=case_id), mdb.CaseAck)
 
     @post("/cases/{case_id:str}/reopen", status_code=200, operation_id="reopenCase", responses=responses(*_MODERATE))
     async def reopen(self, request: Request[Any, Any, Any], case_id: FromPath[str],
-                     data: JSONBody[SkipValidation[p.ReopenBody]]) -> mdb.CaseView:
+                     data: JSONBody[SkipValidation[p.ReopenBody]]) -> mdb.CaseAck:
         """Undo a resolution (``{"version": n}``): the case is open again, its content back under review."""
-        return await _run(request, _command(p.Reopen, data, case_id=case_id), mdb.CaseView)
+        return await _run(request, _command(p.Reopen, data, case_id=case_id), mdb.CaseAck)
 
     @get("/resolved", operation_id="getResolved", responses=responses(ErrorCode.FORBIDDEN))
     async def resolved(self, request: Request[Any, Any, Any], state: State,

@@ -62,9 +62,6 @@ FLOODING = 4029
 FLOOD_PAUSE_S = 5.0
 _RETRIES = {"rate_limited": 5, "unavailable": 5, "internal": 1}
 """Errors a command is sent again for (same id), after ``retry_after``, at most this many times."""
-_NOT_IDEMPOTENT = frozenset({"appeal", "claim", "resolve", "reopen"})
-"""Commands the server does not deduplicate by id: after ``internal`` (which may have applied one) they are not sent
-again, as a retry of one that was applied answers ``conflict``; the caller reloads the case or the content."""
 _KINDS = frozenset({"event", "notice", "recovered", "unrecovered", "gap", "status", "auth_lost",
                     "subscribe_error", "error", "digest"})
 _DEDUP_WINDOW = 512
@@ -933,8 +930,7 @@ class VybeClient:
             log.warning("vybe: server error: %s", err)
             self._emit("error", err)
             return
-        applied_maybe = code == "internal" and p.frame.get("type") in _NOT_IDEMPOTENT
-        if p.kind != "auth" and p.retries < _RETRIES.get(code, 0) and not applied_maybe:
+        if p.kind != "auth" and p.retries < _RETRIES.get(code, 0):
             p.retries += 1  # the same id: rate_limited and unavailable applied nothing; the writes dedupe by it
             delay = max(err.retry_after or 0.5, 0.05)
             p.retry_handle = asyncio.get_running_loop().call_later(delay, self._retry, p)

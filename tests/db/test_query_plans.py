@@ -90,7 +90,7 @@ async def _moderate(conn: asyncpg.Connection, cases: list[uuid.UUID], vybe: uuid
     assert {v.target_type for v in views} == {"shared_vybe", "comment", "user"}
     for view in views:
         claimed = await mdb.claim(pool, str(view.case_id), view.version, "mod1", 60.0)
-        await mdb.resolve(pool, str(view.case_id), claimed.version,
+        await mdb.resolve(pool, str(view.case_id), claimed.case.version,
                           "dismiss" if view.target_type == "user" else "hide", "checked", "mod1")
     for item in await mdb.fetch_items(conn, [vybe], [reply]):
         await mdb.record_score(conn, item, ("light", "1"), {"toxicity": 0.9}, "flag", ["toxicity>=0.80 (0.90)"])

@@ -25,7 +25,7 @@ async def _score_all(live) -> None:
 
 async def test_flag_claim_conflict_resolve_hide(live, connect) -> None:
     """A flagged vybe reaches moderators; claims conflict; hiding it removes it for viewers and tells
-    the author; everything is audited."""
+    the author, once, even when the moderator resends the command with its id; everything is audited."""
     mod1 = await connect(live, live.token("mod1", "MODERATOR"))
     mod2 = await connect(live, live.token("mod2", "ADMIN"))
     author = await connect(live, live.token("author"))
@@ -49,12 +49,22 @@ async def test_flag_claim_conflict_resolve_hide(live, connect) -> None:
     busy = await mod2.call("resolve", case_id=case, version=claimed["version"], action="dismiss")
     assert busy["code"] == "conflict" and "claimed by mod1" in busy["message"]
 
-    done = await mod1.ok("resolve", case_id=case, version=claimed["version"], action="hide", note="threat")
-    assert done["state"] == "resolved" and done["resolution"] == "hide"
+    done = await mod1.ok("resolve", id="hide-1", case_id=case, version=claimed["version"], action="hide",
+                         note="threat")
+    assert done["state"] == "resolved" and done["resolution"] == "hide" and done["replayed"] is False
     await viewer.wait_for(lambda m: m.get("event") == "vybe.hidden" and m["data"]["id"] == vybe["id"])
     outcome = await author.wait_for(lambda m: m.get("event") == "moderation.outcome")
     assert outcome["data"]["action"] == "hide"
     await mod2.wait_for(lambda m: m.get("event") == "report.resolved")
+    # The same command again (its answer lost): the first answer, replayed; nothing applied or announced again.
+    again = await mod1.ok("resolve", id="hide-1", case_id=case, version=claimed["version"], action="hide",
+                          note="threat")
+    assert again == {**done, "replayed": True}
+    marker = await author.ok("post_vybe", content="a marker after the retry")
+    await viewer.wait_for(lambda m: m.get("event") == "vybe.created" and m["data"]["id"] == marker["id"])
+    assert [m["event"] for m in viewer.messages if m.get("event") == "vybe.hidden"] == ["vybe.hidden"]
+    assert [m["event"] for m in author.messages if m.get("event") == "moderation.outcome"] == ["moderation.outcome"]
+    assert [m["event"] for m in mod2.messages if m.get("event") == "report.resolved"] == ["report.resolved"]
     audit = await live.gateway.pool.fetch("SELECT actor_id, action FROM moderation_audit ORDER BY id")
     assert [(r["actor_id"], r["action"]) for r in audit] == [("mod1", "claim"), ("mod1", "hide")]
     # Hidden content can no longer be reacted to.

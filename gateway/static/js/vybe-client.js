@@ -145,9 +145,6 @@ const SOFT_FRAME_FLOOR = 4096;         // no server refuses frames under this wi
 const SEEN_PER_CHANNEL = 512;          // offsets remembered per channel, to drop a re-sync's duplicates
 const AUTH_LOST = new Set([4003, 4004]);
 const RETRYABLE = new Set(["rate_limited", "unavailable", "internal"]);
-// Not deduplicated by id on the server: after `internal` (which may have applied one) they are not sent again,
-// as a retry of one that was applied answers `conflict`; the caller reloads the case or the content.
-const NOT_IDEMPOTENT = new Set(["appeal", "claim", "resolve", "reopen"]);
 const WS_OPEN = 1;
 
 /** A command's failure: the server's error `code` (see docs/protocol.md), or one of this client's:
@@ -628,8 +625,7 @@ export class VybeClient {
       this._emitError(err, "server");
       return;
     }
-    const appliedMaybe = msg.code === "internal" && NOT_IDEMPOTENT.has(cmd.frame.type);
-    if (RETRYABLE.has(msg.code) && !appliedMaybe && cmd.kind !== "auth" && cmd.retries < this._retries) {
+    if (RETRYABLE.has(msg.code) && cmd.kind !== "auth" && cmd.retries < this._retries) {
       cmd.retries += 1;  // the same id: a write that did land is answered from its first result
       cmd.sentOn = null;
       if (msg.code === "rate_limited" && this._rate) this._bucket.tokens = Math.min(this._bucket.tokens, 0);
