@@ -86,7 +86,8 @@ CATALOG: dict[str, ErrorKind] = {k.code: k for k in (
           "set up); the socket stays open", "retry with the same `id` after `retry_after` (a write that landed "
           "is not applied twice: see Framing)", retry=True),
     _kind("internal", 500, "a server bug; the command may or may not have been applied",
-          "retry with the same `id` after `retry_after` (every write is safe to retry: see Framing)", retry=True),
+          "retry with the same `id` after `retry_after` (a socket write sent with an `id` is applied once: see "
+          "Framing)", retry=True),
 )}
 
 

@@ -139,11 +139,17 @@ async def fetch_items(conn: asyncpg.Connection | asyncpg.Pool, vybes: list[uuid.
 _TARGET_OF: LiteralString = "SELECT target_type, target_id FROM moderation_cases WHERE id = $1"
 
 
+SCORE_MOVES = ("pending", "approved")
+"""The states a score moves content out of: a flag stands until a moderator decides, and a moderator's decision
+stands (a later score changes neither)."""
+
+
 async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, str], scores: dict[str, float],
-                       action: str, reasons: list[str]) -> str | None:
+                       action: str, reasons: list[str], premoderation: bool = False) -> str | None:
     """Store one score and apply its decision. Returns the content's state before it (``pending``: this is its
     first score, and under premoderation it was never shown; ``""``: the content is gone), or None when this model
-    version had scored it already. Locks the target first: every writer takes the target before its case."""
+    version had scored it already. Locks the target first: every writer takes the target before its case.
+    Under ``premoderation`` a vybe hidden at its first score was never shown: its case is ``held``."""
     before = await lock_target(conn, item.kind, str(item.id)) or ""
     inserted = await conn.fetchval(
         """INSERT INTO moderation_scores (target_type, target_id, model_name, model_version, scores, decision, reasons)
@@ -154,11 +160,10 @@ async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, s
     if not inserted:
         return None
     new_state = {"approve": "approved", "shadow": "approved", "flag": "flagged", "hide": "hidden"}[action]
-    # Only move content forward from pending/approved: a moderator's hide or remove stands.
     await conn.execute(
         f"UPDATE {_TABLE[item.kind]} SET moderation_state = $2, updated_at = now() "
-        "WHERE id = $1 AND moderation_state IN ('pending', 'approved')",
-        item.id, new_state,
+        "WHERE id = $1 AND moderation_state::text = ANY($3::text[])",
+        item.id, new_state, list(SCORE_MOVES),
     )
     if action in ("flag", "hide"):
         label = reasons[0].split(">=")[0] if reasons else "toxicity"
@@ -169,6 +174,10 @@ async def record_score(conn: asyncpg.Connection, item: Item, model: tuple[str, s
             "model: " + ", ".join(reasons),
         )
         await open_case(conn, item.kind, str(item.id), reasons, scores, model_flagged=True)
+    if premoderation and item.kind == "shared_vybe" and before == "pending":
+        # Its first score decides whether it is shown: hidden now, it never was (migration 0009).
+        await conn.execute("UPDATE moderation_cases SET held = $3 WHERE target_type = $1 AND target_id = $2",
+                           item.kind, str(item.id), action == "hide")
     return before
 
 
@@ -212,8 +221,9 @@ async def on_user_report(conn: asyncpg.Connection, target_type: str, target_id: 
         return bumped
     if target_type in _TABLE:
         await conn.execute(
+            # Not pending content: its first score decides (under premoderation it is held, never shown, until then).
             f"UPDATE {_TABLE[target_type]} SET moderation_state = 'flagged', updated_at = now() "
-            "WHERE id = $1::uuid AND moderation_state IN ('pending', 'approved')", target_id)
+            "WHERE id = $1::uuid AND moderation_state = 'approved'", target_id)
     return await open_case(conn, target_type, target_id, [f"reports>={threshold} ({reporters})"], None)
 
 
@@ -332,7 +342,8 @@ async def claim(pool: asyncpg.Pool, case_id: str, version: int, moderator: str, 
         await _audit(conn, moderator, "release" if release else "claim", row, None)
         return Claimed((await case_views(conn, [row["id"]]))[0])
 
-    return await _once(pool, moderator, request_id, "release" if release else "claim", Claimed, body, announce)
+    operation = f"{'release' if release else 'claim'}:{case_id}"
+    return await _once(pool, moderator, request_id, operation, Claimed, body, announce)
 
 
 _STATE_AFTER = {"remove": "removed", "hide": "hidden", "restore": "approved", "dismiss": "approved"}
@@ -345,8 +356,9 @@ class Resolved(msgspec.Struct, frozen=True):
     """Who reported it (people, not the model): each is told the outcome."""
     looproom_id: str | None
     """The vybe's looproom (for a vybe target), whose channel hears of its new visibility."""
-    was_pending: bool = False
-    """The content was still waiting for its score (``pending``): under premoderation, never shown yet."""
+    unshown: bool = False
+    """The content had never been shown before this decision (a vybe held under premoderation: still waiting for
+    its first score, or kept out of view since): letting it out announces its creation, not its return."""
     privacy_level: str | None = None
     """The vybe's privacy (for a vybe target): its take-down or return reaches only those who could see it."""
     was_hidden: bool = False
@@ -359,7 +371,7 @@ class Resolved(msgspec.Struct, frozen=True):
 async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, note: str | None,
                   moderator: str, announce: Announcement | None = None,
                   labels: Sequence[str] | None = None, message: str | None = None,
-                  request_id: str | None = None) -> Resolved:
+                  request_id: str | None = None, premoderation: bool = False) -> Resolved:
     """Apply a resolution; returns the case, the reporters to tell and the vybe's looproom.
 
     ``note`` is internal (the case and the audit log); ``message`` is for the author. On an appeal
@@ -378,7 +390,8 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
         if appeal and row["appeal_of"] == moderator:
             raise Forbidden("you took the action under appeal: another moderator decides it")
         await learning.record_decision(conn, row, action, labels, moderator)
-        looproom, was_pending = None, before == "pending"
+        looproom = None
+        unshown = kind == "shared_vybe" and (row["held"] or (premoderation and before == "pending"))
         if kind in _TABLE:
             await conn.execute(
                 f"UPDATE {_TABLE[kind]} SET moderation_state = $2, moderated_at = now(), moderator_note = $3, "
@@ -395,14 +408,15 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
         await conn.execute(
             """UPDATE moderation_cases SET state = 'resolved', resolution = $2, resolved_by = $3, resolved_at = now(),
                       note = $4, message = $5, appeal_outcome = $6, claimed_by = NULL, claim_expires_at = NULL,
-                      version = version + 1, updated_at = now()
-                WHERE id = $1""", row["id"], action, moderator, note, message, outcome)
+                      held = $7, version = version + 1, updated_at = now()
+                WHERE id = $1""", row["id"], action, moderator, note, message, outcome,
+            unshown and action in ("hide", "remove"))
         await _audit(conn, moderator, action, row, note)
         view = (await case_views(conn, [row["id"]]))[0]
         people = [r["reporter_id"] for r in reporters if r["reporter_id"] != SYSTEM_REPORTER]
-        return Resolved(view, people, looproom, was_pending, privacy, before in _OUT_OF_VIEW)
+        return Resolved(view, people, looproom, unshown, privacy, before in _OUT_OF_VIEW)
 
-    return await _once(pool, moderator, request_id, "resolve", Resolved, body, announce)
+    return await _once(pool, moderator, request_id, f"resolve:{case_id}", Resolved, body, announce)
 
 
 _OUT_OF_VIEW = ("hidden", "removed")
@@ -418,8 +432,9 @@ async def _vybe_place(conn: asyncpg.Connection, vybe_id: str) -> tuple[str | Non
 async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
                  announce: Announcement | None = None, request_id: str | None = None) -> Resolved:
     """Undo a resolution: the case is open again (unclaimed, a new version), its content back under
-    review (``flagged``: visible, as before a decision) and the decision no longer a label. An appeal
-    decided by it is undecided again. The author is not told: the content is simply reviewed again."""
+    review (``flagged``: visible, as before a decision; content never shown, a ``held`` case's, stays out of view
+    until a moderator lets it out) and the decision no longer a label. An appeal decided by it is undecided again.
+    The author is not told: the content is simply reviewed again."""
 
     async def body(conn: asyncpg.Connection) -> Resolved:
         row, before = await _locked_case(conn, case_id, version, moderator)
@@ -427,9 +442,16 @@ async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
             raise Conflict("case is open already")
         kind, looproom, privacy = row["target_type"], None, None
         if kind in _TABLE:
+            # Never shown (a held case): out of view still, and back to waiting for its score if it never had one
+            # (the sweeper retries it; its first score decides as for any held vybe).
             await conn.execute(
-                f"UPDATE {_TABLE[kind]} SET moderation_state = 'flagged', updated_at = now() WHERE id = $1::uuid",
-                row["target_id"])
+                f"""UPDATE {_TABLE[kind]} SET updated_at = now(), moderation_state = CASE
+                        WHEN NOT $2 THEN 'flagged'
+                        WHEN NOT EXISTS (SELECT 1 FROM moderation_scores s
+                                          WHERE s.target_type = $3 AND s.target_id = $1::uuid) THEN 'pending'
+                        ELSE moderation_state END
+                     WHERE id = $1::uuid""",
+                row["target_id"], row["held"], kind)
         if kind == "shared_vybe":
             looproom, privacy = await _vybe_place(conn, row["target_id"])
         await conn.execute("DELETE FROM moderation_labels WHERE case_id = $1", row["id"])
@@ -443,17 +465,18 @@ async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
                       updated_at = now()
                 WHERE id = $1""", row["id"])
         await _audit(conn, moderator, "reopen", row, f"was {row['resolution']}")
-        return Resolved((await case_views(conn, [row["id"]]))[0], [], looproom, privacy_level=privacy,
-                        was_hidden=before in _OUT_OF_VIEW)
+        return Resolved((await case_views(conn, [row["id"]]))[0], [], looproom, unshown=row["held"],
+                        privacy_level=privacy, was_hidden=before in _OUT_OF_VIEW and not row["held"])
 
-    return await _once(pool, moderator, request_id, "reopen", Resolved, body, announce)
+    return await _once(pool, moderator, request_id, f"reopen:{case_id}", Resolved, body, announce)
 
 
 async def _once(pool: asyncpg.Pool, actor: str, request_id: str | None, operation: str, result_type: type[_T],
                 body: Callable[[asyncpg.Connection], Awaitable[_T]], announce: Announcement | None) -> _T:
     """A moderation command at most once per (actor, request id) in 24 h: a retry whose first answer was lost
     (the connection dropped, or COMMIT's answer never came) gets the first result, ``replayed``, and changes
-    and announces nothing, where a second run would meet a newer case version and answer ``conflict``."""
+    and announces nothing, where a second run would meet a newer case version and answer ``conflict``.
+    ``operation`` names the command and its target: an id reused for another case is a ``conflict``."""
     return await idempotent(pool, user_id=actor, request_id=validate.request_id(request_id), operation=operation,
                             result_type=result_type, body=body, announce=announce)
 
@@ -611,7 +634,7 @@ async def appeal(pool: asyncpg.Pool, user_id: str, target_type: str, target_id: 
         view = (await case_views(conn, [case["id"]]))[0]
         return Appealed(AppealView(kind, str(tid), "open", appealed_at), view)
 
-    return await _once(pool, user_id, request_id, "appeal", Appealed, body, announce)
+    return await _once(pool, user_id, request_id, f"appeal:{kind}:{tid}", Appealed, body, announce)
 
 
 async def _audit(conn: asyncpg.Connection, actor: str, action: str, case: asyncpg.Record, note: str | None) -> None:

@@ -64,15 +64,16 @@ class Desk:
             return mdb.CaseAck.of(done.case, done.replayed)
         resolved = Announcement(lambda conn, r: self._resolution_events(conn, r, cmd.action))
         result = await mdb.resolve(gw.pool, cmd.case_id, cmd.version, cmd.action, cmd.note, actor.user_id,
-                                   announce=resolved, labels=cmd.labels, message=cmd.message, request_id=rid)
+                                   announce=resolved, labels=cmd.labels, message=cmd.message, request_id=rid,
+                                   premoderation=gw.settings.premoderation)
         gw.announce(resolved)
         return mdb.CaseAck.of(result.case, result.replayed)
 
     async def _resolution_events(self, conn: asyncpg.Connection, result: mdb.Resolved, action: str) -> list[Event]:
         view = result.case
-        # Held for its score and never shown (say the model could not score it): a moderator who lets it out
-        # announces it as the worker would have; one who hides or removes it, nothing to viewers.
-        held = self.gw.settings.premoderation and result.was_pending and view.target_type == "shared_vybe"
+        # Never shown (held under premoderation: not scored yet, or hidden at its first score): a moderator who lets
+        # it out announces it as the worker would have; one who hides or removes it, nothing to viewers.
+        held = result.unshown
         out = await _with_app_item(conn, result, action, resolution_events(result, action, held))
         if held and action in ("restore", "dismiss"):
             with contextlib.suppress(writes.NotFound):  # deleted by its author since

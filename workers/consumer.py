@@ -254,7 +254,8 @@ class Worker:
             outcomes: list[Outcome] = []
             for item, score in scored:
                 decision = self.policy.decide(score)
-                before = await mdb.record_score(conn, item, model, score, decision.action, decision.reasons)
+                before = await mdb.record_score(conn, item, model, score, decision.action, decision.reasons,
+                                                self.settings.premoderation)
                 if before is None:
                     continue
                 care = cleared = None
@@ -265,7 +266,7 @@ class Worker:
                     cleared = await learning.mark_cleared(conn, item.kind, item.id, model[1])
                 elif decision.action == "shadow":  # recorded only: an open unscored case now shows this score
                     cleared = await learning.mark_scored(conn, item.kind, item.id)
-                outcomes.append(Outcome(item, decision.action, care, cleared, before == "pending"))
+                outcomes.append(Outcome(item, decision.action, care, cleared, before))
             self.scored += len(outcomes)
             if retried:  # only a job the sweeper or a rescoring pass enqueued can follow a dead letter
                 await mdb.forget_failures(conn, [_JOB_KIND[i.kind] for i in retried], [i.id for i in retried])
@@ -277,7 +278,9 @@ class Worker:
     async def _outcome_events(self, conn: asyncpg.Connection, outcomes: list[Outcome]) -> list[Event]:
         """What the decisions announce, read in the same transaction (consistent case snapshots)."""
         out: list[Event] = []
-        for item, action, care, cleared, first in outcomes:
+        for item, action, care, cleared, before in outcomes:
+            # First scored now: under premoderation a vybe was held, never shown, until this score.
+            first, held = before == "pending", self.settings.premoderation and item.kind == "shared_vybe"
             app_item = await apps.item_row(conn, item.id) if item.kind == "app_item" else None
             member = app_item is None or app_item.channel is not None  # the author is one of our members
             if care is not None:
@@ -293,10 +296,11 @@ class Worker:
                         "target_type": item.kind, "target_id": str(item.id), "action": "hide", "by": "model",
                         "message": None, "excerpt": events.excerpt(item.content), "appeal": None,
                         "appealable": False}))  # appeals are for vybes and comments
-            elif action == "hide":
+            elif action == "hide" and before in mdb.SCORE_MOVES:  # hidden now (a flag or a decision stands)
                 meta = events.vybe_meta(item.user_id, item.privacy_level) if item.kind == "shared_vybe" else None
-                out += events.visibility(item.kind, str(item.id), _str(item.vybe_id), _str(item.looproom_id), "hidden",
-                                         meta)
+                if not (first and held):  # shown until now
+                    out += events.visibility(item.kind, str(item.id), _str(item.vybe_id), _str(item.looproom_id),
+                                             "hidden", meta)
                 out.append(events.outcome(item.user_id, {
                     "target_type": item.kind, "target_id": str(item.id), "action": "hide", "by": "model",
                     "message": None, "excerpt": events.excerpt(item.content), "appeal": None, "appealable": True}))
@@ -305,7 +309,7 @@ class Worker:
                     "SELECT id FROM moderation_cases WHERE target_type = $1 AND target_id = $2",
                     item.kind, str(item.id))
                 out += [events.case_changed("report.flagged", v) for v in await mdb.case_views(conn, [case_id])]
-            if self.settings.premoderation and item.kind == "shared_vybe" and action != "hide" and first:
+            if held and action != "hide" and first:
                 # First scored now (a rescore, or a score after a moderator let it out, announces nothing).
                 with contextlib.suppress(writes.NotFound):  # deleted by its author since
                     out += events.vybe_created(await writes.get_vybe(conn, item.id))
@@ -517,8 +521,9 @@ class Outcome(NamedTuple):
     cleared: uuid.UUID | None
     """The open case whose view this scoring changed without flagging it (``case.rescored``): found below every
     threshold, or an ``unscored`` case's first score in shadow mode."""
-    first: bool
-    """The content was ``pending`` (this is its first score; under premoderation it was never shown)."""
+    before: str
+    """The content's state before this score (``pending``: its first score; under premoderation it was never
+    shown)."""
 
 
 def _retried(entries: list[Entry]) -> frozenset[uuid.UUID]:

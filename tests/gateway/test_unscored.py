@@ -127,3 +127,64 @@ async def test_an_app_item_the_model_cannot_score_reaches_moderators_and_the_app
     # No model scored it: the decision is not a label (it would count as the model's miss, and retraining would
     # score the text with the model).
     assert await gw.pool.fetchval("SELECT count(*) FROM moderation_labels") == 0
+
+
+async def test_under_premoderation_a_vybe_the_model_hid_at_once_is_created_when_a_moderator_lets_it_out(
+        start_gateway, connect, keyword_scorer) -> None:
+    """Under premoderation a vybe the model hides at its first score was never shown: viewers hear nothing of it
+    (before, `vybe.hidden`); a reopen leaves it out of view (before, `flagged`: visible, with nobody told); when a
+    moderator restores it viewers hear `vybe.created`, with its content (before, `vybe.restored` of an id they
+    never had). A public marker post after each step proves nothing came before it."""
+    live = await start_gateway(premoderation=True)
+    gw = live.gateway
+    s = msgspec.structs.replace(gw.settings, worker_block_ms=10)
+    worker = Worker(s, gw.pool, gw.redis, keyword_scorer({"chess": {"threat": 0.97}}),
+                    Policy.from_settings("hide", "threat=0.5:0.9"), "w-premod")
+    await worker.ensure_group()
+    reader = await connect(live, live.token("reader"))
+    mod = await connect(live, live.token("mod", "MODERATOR"))
+    author = await connect(live, live.token("ash"))
+    await reader.ok("subscribe", channel="feed")
+    await mod.ok("subscribe", channel="mod:flagged")
+    vybe = await author.ok("post_vybe", content="I will end you at chess tonight")
+
+    async def score_all() -> None:
+        for _ in range(50):  # the job reaches the stream through the outbox relay, just after COMMIT
+            if await worker.step():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("nothing to score")
+
+    async def heard_before_marker(n: int) -> list[str]:
+        marker = await author.ok("post_vybe", content=f"marker {n}")
+        await score_all()
+        await reader.wait_for(lambda m: m.get("event") == "vybe.created" and m["data"]["id"] == marker["id"])
+        return [m["event"] for m in reader.messages if m.get("data", {}).get("id") == vybe["id"]]
+
+    async def state() -> str:
+        return await gw.pool.fetchval("SELECT moderation_state::text FROM shared_vybes WHERE id = $1::uuid",
+                                      vybe["id"])
+
+    await score_all()
+    case = (await mod.wait_for(lambda m: m.get("event") == "report.flagged"))["data"]
+    assert case["moderation_state"] == "hidden"
+    assert await heard_before_marker(1) == []
+    outcome = await author.wait_for(lambda m: m.get("event") == "moderation.outcome")
+    assert outcome["data"]["target_id"] == vybe["id"] and outcome["data"]["by"] == "model"
+
+    kept = await mod.ok("resolve", case_id=case["case_id"], version=case["version"], action="hide")
+    reopened = await mod.ok("reopen", case_id=case["case_id"], version=kept["version"])
+    assert reopened["state"] == "open" and await state() == "hidden"
+    assert await heard_before_marker(2) == []
+
+    await mod.ok("resolve", case_id=case["case_id"], version=reopened["version"], action="restore")
+    created = await reader.wait_for(lambda m: m.get("event") == "vybe.created" and m["data"]["id"] == vybe["id"])
+    assert created["data"]["content"] == "I will end you at chess tonight" and await state() == "approved"
+    assert await heard_before_marker(3) == ["vybe.created"]
+    # Shown now: a moderator who takes it down again and brings it back is heard as usual.
+    restored = (await mod.wait_for(lambda m: m.get("event") == "report.resolved"
+                                   and m["data"]["resolution"] == "restore"))["data"]
+    again = await mod.ok("reopen", case_id=case["case_id"], version=restored["version"])
+    hidden = await mod.ok("resolve", case_id=case["case_id"], version=again["version"], action="hide")
+    await mod.ok("reopen", case_id=case["case_id"], version=hidden["version"])
+    assert await heard_before_marker(4) == ["vybe.created", "vybe.hidden", "vybe.restored"]

@@ -67,6 +67,25 @@ async def test_flag_opens_case_files_system_report_and_notifies_moderators(setti
     assert await redis.xlen(Keys(settings.redis_prefix).jobs) == 0  # done: gone from the stream
 
 
+async def test_a_later_hide_score_of_flagged_content_announces_nothing(settings, pool, redis,
+                                                                     keyword_scorer) -> None:
+    """A flag stands until a moderator decides: a newer model's score over the hide threshold leaves a flagged
+    vybe flagged (still visible), so it announces no `vybe.hidden` and tells the author of no hiding (before, both
+    went out while the vybe stayed in every feed)."""
+    flagger = _worker(settings, pool, redis)
+    await flagger.ensure_group()
+    vybe = await _post(pool, redis, settings, "you are worthless")
+    assert await flagger.step() == 1
+    hider = _worker(settings, pool, redis, mode="hide", thresholds="threat=0.5:0.9",
+                    scorer=keyword_scorer({"worthless": {"threat": 0.97}}))
+    await redis.xadd(Keys(settings.redis_prefix).jobs, {"kind": "vybe", "id": str(vybe.id), "rescore": "1"})
+    assert await hider.step() == 1
+    assert await pool.fetchval("SELECT count(*) FROM moderation_scores WHERE decision = 'hide'") == 1
+    assert await pool.fetchval("SELECT moderation_state::text FROM shared_vybes") == "flagged"
+    assert [e["event"] for e in await _events(redis, settings, "feed")] == []
+    assert [e["event"] for e in await _events(redis, settings, "user:poster")] == []
+
+
 async def test_benign_is_approved_and_redelivery_is_idempotent(settings, pool, redis) -> None:
     """Under the thresholds an item is approved; scoring the same job twice stores one result."""
     w = _worker(settings, pool, redis, thresholds=NEVER)
