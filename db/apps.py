@@ -390,19 +390,9 @@ async def prune(pool: asyncpg.Pool) -> dict[str, int]:
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     """The ``X-Vybe-Signature`` header: ``t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">``.
-    A receiver recomputes it with the app's webhook secret and refuses old timestamps (replays)."""
+    A receiver recomputes it with the app's webhook secret and refuses old timestamps (replays):
+    ``vybe_client.verify_webhook``."""
     t = int(time.time()) if timestamp is None else timestamp
     mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={t},v1={mac}"
 
-
-def verify(secret: str, body: bytes, header: str, tolerance_s: float = 300.0) -> bool:
-    """Check an ``X-Vybe-Signature`` header (for receivers written in Python, and the tests)."""
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    try:
-        t = int(parts["t"])
-    except (KeyError, ValueError):
-        return False
-    if abs(time.time() - t) > tolerance_s:
-        return False
-    return hmac.compare_digest(sign(secret, body, t), f"t={t},v1={parts.get('v1', '')}")

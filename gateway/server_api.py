@@ -79,9 +79,12 @@ class HistoryEvent(msgspec.Struct, kw_only=True):
 class History(msgspec.Struct, kw_only=True):
     channel: str
     events: list[HistoryEvent]
-    """Oldest first: the last ``limit`` events (after ``since`` when given)."""
+    """Oldest first. Without ``since``: the newest ``limit`` events. With it: the first ``limit`` after it (a page)."""
     recovered: bool | None = None
-    """With ``since``: false when history no longer reaches back to it (events may be missing)."""
+    """With ``since``: false when history no longer reaches back to it (events may be missing: the page starts at
+    the oldest event kept)."""
+    more: bool = False
+    """With ``since``: more events follow this page; ask again with ``since`` = the last event's offset."""
 
 
 class Unsubscribe(msgspec.Struct, kw_only=True):
@@ -222,7 +225,8 @@ class ServerController(Controller):
     async def history(self, request: Request[Any, Any, Any], state: State, channel: FromPath[str],
                       since: FromQuery[str | None] = None,
                       limit: FromQuery[Annotated[int, Parameter(ge=1, le=1000)]] = 100) -> History:
-        """A channel's kept events (``history_len`` of its namespace), oldest first, with their offsets."""
+        """A channel's kept events (``history_len`` of its namespace), oldest first, with their offsets: the newest
+        ``limit``, or with ``since`` the ``limit`` after it, a page (``more``: ask again from the last offset)."""
         gw, app_id = await _app(request)
         _channel(gw, channel, app_id)
         recovered: bool | None = None
@@ -238,14 +242,17 @@ class ServerController(Controller):
         except REDIS_DOWN as err:
             raise _redis_down(err) from err
         out = []
-        for entry in entries[-limit:]:
+        for entry in entries:  # all of them first: what is left out must not shorten a page
             meta, raw = split_message(entry.message)
             if meta.x is not None or meta.o is not None or meta.m:
                 continue  # control, personal and moderators' events are not the app's to read
             body = json.loads(raw)
             out.append(HistoryEvent(channel=channel, offset=f"{entry.epoch}-{entry.stream_id}", event=body["event"],
                                     ts=body["ts"], data=body["data"]))
-        return History(channel=channel, events=out, recovered=recovered)
+        if not since:
+            return History(channel=channel, events=out[-limit:])
+        # Forward from `since`: the oldest first, so paging on from the last offset skips nothing.
+        return History(channel=channel, events=out[:limit], recovered=recovered, more=len(out) > limit)
 
     @post("/users/{user_id:str}/disconnect", status_code=200, operation_id="serverDisconnect",
           responses=responses())

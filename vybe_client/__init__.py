@@ -6,7 +6,14 @@ from __future__ import annotations
 from vybe_client.client import VybeClient, new_id
 from vybe_client.errors import AuthLost, ClientStopped, CommandError, ServerError, VybeError
 from vybe_client.models import ConnectionState, Event, Notice, PublishResult, SubscribeResult
-from vybe_client.server import HistoryAnswer, ModerationAnswer, PresenceAnswer, PublishAnswer, VybeServer
+from vybe_client.server import (
+    HistoryAnswer,
+    ModerationAnswer,
+    PresenceAnswer,
+    PublishAnswer,
+    VybeServer,
+    verify_webhook,
+)
 
 __version__ = "0.1.0"
 
@@ -29,4 +36,5 @@ __all__ = [
     "VybeServer",
     "__version__",
     "new_id",
+    "verify_webhook",
 ]

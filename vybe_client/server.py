@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import time
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 from urllib.parse import quote
 
@@ -30,15 +33,52 @@ class PresenceAnswer(TypedDict):
 class HistoryAnswer(TypedDict):
     channel: str
     events: list[dict[str, Any]]
+    """Oldest first: the newest ``limit``, or with ``since`` the first ``limit`` after it."""
     recovered: bool | None
+    """With ``since``: false when history no longer reaches back to it (events were missed)."""
+    more: bool
+    """With ``since``: more events follow; ask again with ``since`` = the last event's offset."""
+
+
+def verify_webhook(secret: str, raw_body: bytes, signature: str, tolerance_s: float = 300.0,
+                   now: float | None = None) -> bool:
+    """Whether a webhook is ours: ``signature`` is its ``X-Vybe-Signature`` header (``t=<unix time>,v1=<hex>``), the
+    HMAC-SHA256 of ``"<t>.<raw body>"`` keyed with your app's webhook secret, the whole ``whsec_...`` string. Check
+    the raw bytes as received, before parsing them. A ``t`` more than ``tolerance_s`` from ``now`` is refused
+    (a replay); the comparison takes constant time."""
+    parts = dict(p.split("=", 1) for p in signature.split(",") if "=" in p)
+    try:
+        t = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - t) > tolerance_s:
+        return False
+    expected = hmac.new(secret.encode(), f"{t}.".encode() + raw_body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
 class ModerationAnswer(TypedDict):
+    """An item (``POST /api/server/moderate``, ``GET /api/server/moderation/{item_id}``, a webhook's ``data``)."""
+
     item_id: str
+    app: str
+    content_type: str
+    content_id: str
+    author_id: str
     state: str
-    decision: Any
-    scores: dict[str, float]
+    """``pending`` (not scored yet), ``approved``, ``flagged`` (a case is open), ``hidden`` or ``removed``."""
+    decision: str | None
+    """The model's (``approve``, ``shadow``, ``flag``, ``hide``); None until scored."""
+    scores: dict[str, float] | None
+    """Per label; None until scored."""
+    reasons: list[str]
+    model_version: str | None
     case_id: str | None
+    resolution: str | None
+    """A moderator's decision, once made (``remove``, ``hide``, ``restore``, ``dismiss``)."""
+    channel: str | None
+    held: bool
+    created_at: str
 
 
 def _segment(value: str) -> str:

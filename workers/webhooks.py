@@ -5,7 +5,7 @@ none is lost to a crash; any worker may send them (each claims a batch for a min
 ``SKIP LOCKED``). A 2xx answer delivers; anything else (an error status, a timeout, a refused
 connection) is retried 5 s later, then 10 s, 20 s... up to ``db.apps.WEBHOOK_ATTEMPTS`` attempts.
 The body is ``{"event", "app", "data"}``; ``X-Vybe-Signature: t=<unix time>,v1=<hex>`` is the
-HMAC-SHA256 of ``"<t>.<body>"`` with the app's webhook secret (``db.apps.verify`` checks it), and
+HMAC-SHA256 of ``"<t>.<body>"`` with the app's webhook secret (``vybe_client.verify_webhook`` checks it), and
 ``X-Vybe-Delivery`` the delivery's id (the same on every retry: deduplicate by it).
 """
 

@@ -68,7 +68,8 @@ class MielBackend:
         """StoryReaction(storyId, userId, reactionType) stored; the story's owner hears it live."""
         await self.api.publish([f"user:{owner_id}"], "story.reaction",
                                {"storyId": story_id, "userId": user_id, "reactionType": reaction_type},
-                               idempotency_key=f"story-reaction-{story_id}-{user_id}")
+                               # Everything that makes the event distinct: a changed reaction is a new event.
+                               idempotency_key=f"story-reaction-{story_id}-{user_id}-{reaction_type}")
 
 
 async def run(config: Config) -> dict[str, Any]:

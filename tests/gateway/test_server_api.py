@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 from common.settings import load_settings
 from db import apps
 from moderation.policy import Policy
+from vybe_client import verify_webhook
 from workers import webhooks
 from workers.consumer import Worker
 
@@ -98,6 +100,37 @@ async def test_publish_reaches_every_channel_once_per_idempotency_key(start_gate
             assert (await other.get("/api/server/channels/feed/history")).status_code == 403
             sent = await other.post("/api/server/publish", json={**body, "channels": ["session:s1"]})
             assert sent.status_code == 403
+
+
+async def test_history_pages_forward_from_an_offset_without_skipping(start_gateway, tmp_path) -> None:
+    """With `since`, history answers the OLDEST `limit` events after it and says `more`, so a backend paging on
+    from the last offset reads every event once (before, it answered the newest `limit`: events between were
+    skipped with `recovered: true`). Without `since`, the newest `limit`."""
+    _, _, http = await _setup(start_gateway, tmp_path)
+    async with http:
+        for n in range(7):
+            sent = await http.post("/api/server/publish", json={"channels": ["session:p1"], "event": "chat.note",
+                                                                "data": {"n": n}})
+            assert sent.status_code == 200, sent.text
+        url = "/api/server/channels/session:p1/history"
+        for _ in range(100):  # published by the outbox relay just after COMMIT
+            everything = (await http.get(url)).json()["events"]
+            if len(everything) == 7:
+                break
+            await asyncio.sleep(0.02)
+        assert [e["data"]["n"] for e in everything] == list(range(7))
+        newest = (await http.get(url, params={"limit": 2})).json()
+        assert [e["data"]["n"] for e in newest["events"]] == [5, 6] and newest["recovered"] is None
+        read, since, pages = [], everything[0]["offset"], 0
+        while True:
+            page = (await http.get(url, params={"since": since, "limit": 2})).json()
+            assert page["recovered"] is True
+            read += [e["data"]["n"] for e in page["events"]]
+            pages += 1
+            if not page["more"]:
+                break
+            since = page["events"][-1]["offset"]
+        assert (read, pages) == ([1, 2, 3, 4, 5, 6], 3)
 
 
 async def test_presence_history_disconnect_and_revoke(start_gateway, connect, tmp_path) -> None:
@@ -216,8 +249,10 @@ async def test_moderate_waits_for_the_decision_cases_it_under_the_app_and_signs_
                     break
                 await asyncio.sleep(0.05)
             headers, raw = receiver.calls[0]
-            assert apps.verify(app.webhook_secret, raw, headers["x-vybe-signature"])
-            assert not apps.verify("whsec_other", raw, headers["x-vybe-signature"])
+            assert verify_webhook(app.webhook_secret, raw, headers["x-vybe-signature"])
+            assert not verify_webhook("whsec_other", raw, headers["x-vybe-signature"])
+            assert not verify_webhook(app.webhook_secret, raw + b" ", headers["x-vybe-signature"])
+            assert not verify_webhook(app.webhook_secret, raw, headers["x-vybe-signature"], now=time.time() + 301)
             ids = [h["x-vybe-delivery"] for h, _ in receiver.calls]
             assert len(ids) >= 3 and len(set(ids)) == len(ids) - 1  # the retry reuses its delivery id
 
