@@ -20,7 +20,9 @@ FOURTH = DATA_DIR / "independent4"
 """The fourth set (2026-12-06): the third's mix in new voices, written after the second set steered training data."""
 FIFTH = DATA_DIR / "independent5"
 """The fifth set (2026-12-07): the same mix in new voices, written after the fourth set's errors had been read."""
-SETS = (INDEPENDENT, SECOND, THIRD, FOURTH, FIFTH)
+SIXTH = DATA_DIR / "independent6"
+"""The sixth set (2026-12-07): the same mix, flirting and sarcasm doubled, in new voices (session 13)."""
+SETS = (INDEPENDENT, SECOND, THIRD, FOURTH, FIFTH, SIXTH)
 
 
 def _norm(text: object) -> str:
