@@ -83,8 +83,9 @@ class History(msgspec.Struct, kw_only=True):
     recovered: bool | None = None
     """With ``since``: false when history no longer reaches back to it (events may be missing: the page starts at
     the oldest event kept)."""
-    more: bool = False
-    """With ``since``: more events follow this page; ask again with ``since`` = the last event's offset."""
+    more: bool
+    """With ``since``: more events follow this page; ask again with ``since`` = the last event's offset. Without
+    it, always false (older events are not paged backwards)."""
 
 
 class Unsubscribe(msgspec.Struct, kw_only=True):
@@ -250,7 +251,7 @@ class ServerController(Controller):
             out.append(HistoryEvent(channel=channel, offset=f"{entry.epoch}-{entry.stream_id}", event=body["event"],
                                     ts=body["ts"], data=body["data"]))
         if not since:
-            return History(channel=channel, events=out[-limit:])
+            return History(channel=channel, events=out[-limit:], more=False)
         # Forward from `since`: the oldest first, so paging on from the last offset skips nothing.
         return History(channel=channel, events=out[:limit], recovered=recovered, more=len(out) > limit)
 
@@ -300,7 +301,7 @@ class ServerController(Controller):
         view = await apps.item_view(gw.pool, item_id, app_id)
         if data.wait and view.decision is None:
             view = await _scored(gw, item_id, app_id)
-        return Response(view, status_code=200 if view.decision is not None else 202)
+        return Response(view, status_code=202 if view.state == "pending" else 200)
 
     @get("/moderation/{item_id:str}", operation_id="serverModeration", responses=responses(ErrorCode.NOT_FOUND))
     async def moderation(self, request: Request[Any, Any, Any], item_id: FromPath[str]) -> apps.ItemView:

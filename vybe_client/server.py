@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 from urllib.parse import quote
 
 import httpx
@@ -40,21 +40,22 @@ class HistoryAnswer(TypedDict):
     """With ``since``: more events follow; ask again with ``since`` = the last event's offset."""
 
 
-def verify_webhook(secret: str, raw_body: bytes, signature: str, tolerance_s: float = 300.0,
+def verify_webhook(secret: str, raw_body: bytes, signature: str | None, tolerance_s: float = 300.0,
                    now: float | None = None) -> bool:
     """Whether a webhook is ours: ``signature`` is its ``X-Vybe-Signature`` header (``t=<unix time>,v1=<hex>``), the
     HMAC-SHA256 of ``"<t>.<raw body>"`` keyed with your app's webhook secret, the whole ``whsec_...`` string. Check
     the raw bytes as received, before parsing them. A ``t`` more than ``tolerance_s`` from ``now`` is refused
-    (a replay); the comparison takes constant time."""
-    parts = dict(p.split("=", 1) for p in signature.split(",") if "=" in p)
-    try:
-        t = int(parts["t"])
-    except (KeyError, ValueError):
+    (a replay); the comparison takes constant time. A missing or malformed header is False, never an exception."""
+    pairs = [p.strip().split("=", 1) for p in (signature or "").split(",") if "=" in p]
+    times = [v.strip() for k, v in pairs if k.strip() == "t"]
+    macs = [v.strip().encode("utf-8", "surrogateescape") for k, v in pairs if k.strip() == "v1"]
+    if len(times) != 1 or not times[0].isdigit() or not macs:
         return False
-    if abs((time.time() if now is None else now) - t) > tolerance_s:
+    t = int(times[0])
+    if not abs((time.time() if now is None else now) - t) <= tolerance_s:  # NaN refuses
         return False
-    expected = hmac.new(secret.encode(), f"{t}.".encode() + raw_body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    expected = hmac.new(secret.encode(), f"{t}.".encode() + raw_body, hashlib.sha256).hexdigest().encode()
+    return any(hmac.compare_digest(expected, mac) for mac in macs)
 
 
 class ModerationAnswer(TypedDict):
@@ -79,6 +80,8 @@ class ModerationAnswer(TypedDict):
     channel: str | None
     held: bool
     created_at: str
+    care: NotRequired[bool]
+    """In a ``moderation.scored`` webhook: the text reached the care threshold (a self-harm disclosure)."""
 
 
 def _segment(value: str) -> str:

@@ -66,10 +66,12 @@ class MielBackend:
 
     async def react_to_story(self, story_id: str, owner_id: str, user_id: str, reaction_type: str) -> None:
         """StoryReaction(storyId, userId, reactionType) stored; the story's owner hears it live."""
+        reaction_id = secrets.token_hex(8)  # the stored StoryReaction row's id: one per reaction given
         await self.api.publish([f"user:{owner_id}"], "story.reaction",
                                {"storyId": story_id, "userId": user_id, "reactionType": reaction_type},
-                               # Everything that makes the event distinct: a changed reaction is a new event.
-                               idempotency_key=f"story-reaction-{story_id}-{user_id}-{reaction_type}")
+                               # The key names this one reaction: a retry of it is safe, a later one (even the
+                               # same type again) is a new event.
+                               idempotency_key=f"story-reaction-{reaction_id}")
 
 
 async def run(config: Config) -> dict[str, Any]:

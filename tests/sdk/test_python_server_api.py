@@ -16,7 +16,7 @@ import pytest
 
 from db import apps
 from moderation.policy import Policy
-from vybe_client import Event, ServerError, VybeClient, VybeServer
+from vybe_client import Event, ServerError, VybeClient, VybeServer, verify_webhook
 from workers.consumer import Worker
 
 if TYPE_CHECKING:
@@ -170,3 +170,21 @@ async def test_errors_are_typed(server_api) -> None:
         with pytest.raises(ServerError) as unreachable:
             await nowhere.presence("chat:lobby")
     assert unreachable.value.status == 0 and unreachable.value.code == "unreachable"
+
+
+def test_verify_webhook_accepts_our_signature_and_refuses_everything_else_without_raising() -> None:
+    """The receiver's check against the worker's signer (db.apps.sign): spaces and a second v1 (a rotated
+    scheme) are tolerated; another secret, a changed body, an old or missing time, a missing header and
+    non-ASCII junk are False, never an exception (a receiver must answer 401, not 500)."""
+    body = b'{"event":"moderation.scored"}'
+    header = apps.sign("whsec_k", body)
+    t, v1 = header.split(",")
+    assert verify_webhook("whsec_k", body, header)
+    assert verify_webhook("whsec_k", body, f" {t}, {v1} ")
+    assert verify_webhook("whsec_k", body, f"v1=00,{header}") and verify_webhook("whsec_k", body, f"{header},v1=00")
+    refused = [("whsec_other", body, header), ("whsec_k", body + b" ", header), ("whsec_k", body, v1),
+               ("whsec_k", body, None), ("whsec_k", body, ""), ("whsec_k", body, "t=1,v1=\u00e9"),
+               ("whsec_k", body, f"{t},v1=\udcff"), ("whsec_k", body, f"t=abc,{v1}")]
+    assert [verify_webhook(*case) for case in refused] == [False] * len(refused)
+    assert not verify_webhook("whsec_k", body, header, now=time.time() + 301)
+    assert not verify_webhook("whsec_k", body, header, tolerance_s=float("nan"))
