@@ -35,8 +35,11 @@ async def test_appeal_over_rest_once_and_only_by_the_author(live, connect) -> No
         body = {"version": case["version"], "action": "remove", "note": "internal: repeat offender?",
                 "message": "Removed for violent language."}
         done = await http.post(f"/api/mod/cases/{case['case_id']}/resolve", headers=_auth(live, "mod", "MODERATOR"),
-                               json=body)
-        assert done.status_code == 200
+                               json={**body, "id": "rest-remove-1"})
+        assert done.status_code == 200 and done.json()["replayed"] is False
+        resent = await http.post(f"/api/mod/cases/{case['case_id']}/resolve", headers=_auth(live, "mod", "MODERATOR"),
+                                 json={**body, "id": "rest-remove-1"})  # its answer lost: the same request again
+        assert resent.status_code == 200 and resent.json() == {**done.json(), "replayed": True}
         outcome = await author.wait_for(lambda m: m.get("event") == "moderation.outcome")
         data = outcome["data"]
         assert data["message"] == "Removed for violent language." and "note" not in data  # the note is internal
@@ -47,8 +50,10 @@ async def test_appeal_over_rest_once_and_only_by_the_author(live, connect) -> No
         assert (other.status_code, other.json()["code"]) == (404, "not_found")
         blank = await http.post("/api/appeals", headers=_auth(live, "kim"), json={**appeal, "statement": "  "})
         assert (blank.status_code, blank.json()["code"]) == (422, "invalid_content")
-        first = await http.post("/api/appeals", headers=_auth(live, "kim"), json=appeal)
+        first = await http.post("/api/appeals", headers=_auth(live, "kim"), json={**appeal, "id": "appeal-1"})
         assert first.status_code == 200 and first.json()["state"] == "open"
+        retried = await http.post("/api/appeals", headers=_auth(live, "kim"), json={**appeal, "id": "appeal-1"})
+        assert retried.status_code == 200 and retried.json() == {**first.json(), "replayed": True}
         again = await http.post("/api/appeals", headers=_auth(live, "kim"), json=appeal)
         assert (again.status_code, again.json()["code"]) == (409, "conflict")
 
@@ -64,6 +69,9 @@ async def test_appeal_over_rest_once_and_only_by_the_author(live, connect) -> No
         assert denied.json()["appeal_outcome"] == "denied"
     told = await author.wait_for(lambda m: m.get("event") == "moderation.outcome" and m["data"]["appeal"] == "denied")
     assert told["data"]["appealable"] is False
+    # Each decision reached the author once: the resent resolve and appeal announced nothing.
+    assert [m["data"]["action"] for m in author.messages if m.get("event") == "moderation.outcome"] == [
+        "remove", "remove"]
 
 
 async def test_model_hidden_content_can_be_appealed_by_anyone_moderating(live, connect) -> None:
