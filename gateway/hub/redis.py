@@ -44,6 +44,10 @@ class RedisBackend(Backend):
         self.keys = Keys(prefix)
         self.publisher = Publisher(redis, prefix, history_len, history_ttl_s=history_ttl_s, history=history)
         self.history_len = history_len
+        # What one history read takes at most. XADD's `MAXLEN ~` trims whole macro nodes (up to 100 entries or
+        # 4 KB each by default), so a stream may hold up to a node more than its length: a cap of twice the length
+        # alone cut the newest off a short history (5 kept, 40 published: the oldest 10 were read).
+        self.read_cap = 2 * history_len + 1000
         self.reconnects = 0
         self._channels: set[str] = set()
         self._pending: dict[str, asyncio.Future[None]] = {}
@@ -202,7 +206,7 @@ class RedisBackend(Backend):
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(k.epoch(channel))
             pipe.xrange(k.stream(channel), "-", "+", count=1)
-            pipe.xrange(k.stream(channel), start, "+", count=self.history_len * 2)
+            pipe.xrange(k.stream(channel), start, "+", count=self.read_cap)
             current, first, entries = await pipe.execute()
         current_epoch = current.decode() if current else None
         oldest = stream_id_key(_s(first[0][0])) if first else None
@@ -223,11 +227,11 @@ class RedisBackend(Backend):
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(k.epoch(channel))
-            pipe.xrange(k.stream(channel), "-", "+", count=self.history_len * 2)
+            pipe.xrevrange(k.stream(channel), "+", "-", count=self.read_cap)  # the newest, whatever the cap
             epoch, entries = await pipe.execute()
         if not epoch:
             return []
-        return [HistoryEntry(_s(epoch), _s(sid), fields[b"m"]) for sid, fields in entries]
+        return [HistoryEntry(_s(epoch), _s(sid), fields[b"m"]) for sid, fields in reversed(entries)]
 
     async def _run(self) -> None:
         await read_with_reconnect(self._read, self._resubscribe, self._up.clear, "redis pub/sub")

@@ -133,6 +133,27 @@ async def test_history_pages_forward_from_an_offset_without_skipping(start_gatew
         assert (read, pages) == ([1, 2, 3, 4, 5, 6], 3)
 
 
+async def test_a_short_history_still_answers_its_newest_events(start_gateway, tmp_path) -> None:
+    """Redis trims a stream approximately (whole nodes, of up to 100 entries or 4 KB), so a channel keeping 5 events
+    holds more: the newest are still what history answers (before, a read capped at twice the longest history
+    answered the oldest 10 of them, and the newest were out of reach)."""
+    path = tmp_path / "short.toml"
+    path.write_text(CONFIG.replace("history_len = 50", "history_len = 5"))
+    live = await start_gateway(namespaces=str(path), history_len=5)
+    _, key = await apps.create_app(live.gateway.pool, "miel", "Miel")
+    async with httpx.AsyncClient(base_url=live.http, headers={"authorization": f"Bearer {key}"}) as http:
+        for n in range(40):
+            await http.post("/api/server/publish", json={"channels": ["session:t1"], "event": "chat.note",
+                                                         "data": {"n": n}})
+        url = "/api/server/channels/session:t1/history"
+        for _ in range(100):  # published by the outbox relay just after COMMIT
+            newest = (await http.get(url, params={"limit": 3})).json()["events"]
+            if newest and newest[-1]["data"]["n"] == 39:
+                break
+            await asyncio.sleep(0.02)
+        assert [e["data"]["n"] for e in newest] == [37, 38, 39]
+
+
 async def test_presence_history_disconnect_and_revoke(start_gateway, connect, tmp_path) -> None:
     live, _, http = await _setup(start_gateway, tmp_path)
     ann = await connect(live, live.token("ann"))
