@@ -29,14 +29,16 @@ def content_view(row: Any) -> dict[str, Any]:
     return data
 
 
-def vybe_meta(author_id: str, privacy_level: str) -> Meta:
-    """PRIVATE (and FRIENDS_ONLY, as we keep no friend graph) reach their author only."""
-    return Meta(a=author_id, o=None if privacy_level in LIVE_PRIVACY else author_id)
+def vybe_meta(author_id: str, privacy_level: str, is_anonymous: bool = False) -> Meta:
+    """PRIVATE (and FRIENDS_ONLY, as we keep no friend graph) reach their author only. Blockers of the author do
+    not get it, unless it is anonymous (``common.visibility``: a block must not name an anonymous author)."""
+    return Meta(a=None if hides_author(is_anonymous, privacy_level) else author_id,
+                o=None if privacy_level in LIVE_PRIVACY else author_id)
 
 
 def vybe_created(vybe: Any) -> list[Event]:
     """``vybe.created`` on the feed and on its looproom."""
-    view, meta = content_view(vybe), vybe_meta(vybe.user_id, vybe.privacy_level)
+    view, meta = content_view(vybe), vybe_meta(vybe.user_id, vybe.privacy_level, vybe.is_anonymous)
     out = [event("feed", "vybe.created", view, meta)]
     if vybe.looproom_id:
         out.append(event(f"looproom:{vybe.looproom_id}", "vybe.created", view, meta))
@@ -46,10 +48,11 @@ def vybe_created(vybe: Any) -> list[Event]:
 def comment_created(comment: Any) -> list[Event]:
     """``comment.created`` on its vybe, and to the vybe's author (unless it is theirs)."""
     view = content_view(comment)
-    out = [event(f"vybe:{comment.shared_vybe_id}", "comment.created", view, Meta(a=comment.user_id))]
+    writer = None if comment.is_anonymous else comment.user_id  # blockers get anonymous comments (see vybe_meta)
+    out = [event(f"vybe:{comment.shared_vybe_id}", "comment.created", view, Meta(a=writer))]
     author = comment.vybe_author_id
     if author and author != comment.user_id:
-        out.append(event(f"user:{author}", "comment.created", view, Meta(a=comment.user_id, o=author)))
+        out.append(event(f"user:{author}", "comment.created", view, Meta(a=writer, o=author)))
     return out
 
 
@@ -126,12 +129,13 @@ def deleted(result: Any) -> list[Event]:
     an author deleted their own content; ``ids`` lists every comment that went with it."""
     data = {"id": str(result.id), "target_type": result.kind, "ids": [str(i) for i in result.comment_ids]}
     if result.kind == "shared_vybe":
-        meta = vybe_meta(result.author_id, result.privacy_level)
+        meta = vybe_meta(result.author_id, result.privacy_level, result.is_anonymous)
         out = [event("feed", "vybe.deleted", data, meta), event(f"vybe:{result.id}", "vybe.deleted", data, meta)]
         if result.looproom_id:
             out.append(event(f"looproom:{result.looproom_id}", "vybe.deleted", data, meta))
         return out
-    return [event(f"vybe:{result.vybe_id}", "comment.deleted", data, Meta(a=result.author_id))]
+    writer = None if result.is_anonymous else result.author_id
+    return [event(f"vybe:{result.vybe_id}", "comment.deleted", data, Meta(a=writer))]
 
 
 def blocks_changed(user_id: str, blocked: list[str]) -> list[Event]:

@@ -11,8 +11,10 @@ both forms against PostgreSQL, so the two cannot drift):
   out of every read, its author's and moderators' included: moderators see it
   through the case view. Only a live vybe channel stays open to its author and
   to moderators (:func:`may_follow`), so they hear of its fate.
-- **Premoderation.** While it is on, ``pending`` content reaches its author only.
-- **Blocks.** Nothing by a user the viewer blocked (anonymous content included).
+- **Premoderation.** While it is on, a ``pending`` vybe reaches its author only (comments are not held: they
+  go out live at once, so reads pass ``premoderation`` false for them).
+- **Blocks.** Nothing by a user the viewer blocked, except anonymous content: hiding it would tell the blocker
+  which anonymous posts are that user's (block, then compare the feed). Report it instead.
 - **Anonymity.** Content that ``is_anonymous`` or has privacy ANONYMOUS never
   names its author to anyone but moderators (not even to the author, whose
   own view must look like everyone else's).
@@ -55,16 +57,21 @@ LIVE_PRIVACY_SQL: LiteralString = _sql_list(LIVE_PRIVACY)
 HIDING_STATES_SQL: LiteralString = _sql_list(HIDING_STATES)
 """``('hidden', 'removed')``, for ``moderation_state IN ...``."""
 
-_SEE_ROW: LiteralString = f"""
+def _see_row(anonymous: LiteralString) -> LiteralString:
+    """The row's moderation, premoderation and block rules; ``anonymous`` is the row's "withholds its author"."""
+    return f"""
         (moderation_state NOT IN {HIDING_STATES_SQL})
     AND (moderation_state <> '{PENDING}' OR NOT $2::bool OR user_id = $1)
-    AND user_id <> ALL (coalesce((SELECT blocked_users FROM users WHERE id = $1), '{{}}'))"""
+    AND ({anonymous} OR user_id <> ALL (coalesce((SELECT blocked_users FROM users WHERE id = $1), '{{}}')))"""
+
+
 REACHES_SQL: LiteralString = f"(privacy_level IN {LIVE_PRIVACY_SQL} OR user_id = $1)"
 """The vybe's privacy lets the viewer ($1) see it: :func:`reaches`."""
-SEE_ROW_SQL: LiteralString = f"({_SEE_ROW}\n)"
-"""A vybe or comment row the viewer ($1) may see, premoderation ($2) on or off, privacy aside:
-:func:`may_see` with ``privacy_level=None``. A comment also needs its vybe to pass :data:`SEE_VYBE_SQL`."""
-SEE_VYBE_SQL: LiteralString = f"({_SEE_ROW}\n    AND {REACHES_SQL}\n)"
+SEE_ROW_SQL: LiteralString = f"({_see_row('is_anonymous')}\n)"
+"""A comment row the viewer ($1) may see, premoderation ($2) on or off: :func:`may_see` with
+``privacy_level=None``. A comment also needs its vybe to pass :data:`SEE_VYBE_SQL`."""
+_VYBE_ANONYMOUS: LiteralString = f"(is_anonymous OR privacy_level = '{ANONYMOUS_PRIVACY}')"
+SEE_VYBE_SQL: LiteralString = f"({_see_row(_VYBE_ANONYMOUS)}\n    AND {REACHES_SQL}\n)"
 """A vybe row the viewer ($1) may see, premoderation ($2) on or off: :func:`may_see`."""
 
 
@@ -94,14 +101,15 @@ def hides(moderation_state: str | None) -> bool:
 
 
 def may_see(viewer: Viewer, *, author_id: str, privacy_level: str | None, moderation_state: str,
-            premoderation: bool = False) -> bool:
+            premoderation: bool = False, is_anonymous: bool = False) -> bool:
     """Whether ``viewer`` may read the item (the feed, one vybe, a vybe's comments).
 
     ``privacy_level`` is None for a comment, which is seen where its vybe is. Moderators get no
-    exception here; they read hidden content through the case view.
+    exception here; they read hidden content through the case view. Blocks spare anonymous items.
     """
     own = author_id == viewer.id
-    if hides(moderation_state) or author_id in viewer.blocked:
+    blocked = author_id in viewer.blocked and not hides_author(is_anonymous, privacy_level)
+    if hides(moderation_state) or blocked:
         return False
     if premoderation and moderation_state == PENDING and not own:
         return False
@@ -109,17 +117,14 @@ def may_see(viewer: Viewer, *, author_id: str, privacy_level: str | None, modera
 
 
 def may_follow(viewer: Viewer, *, author_id: str, privacy_level: str, moderation_state: str,
-               premoderation: bool = False) -> bool:
+               premoderation: bool = False, is_anonymous: bool = False) -> bool:
     """Whether ``viewer`` may subscribe to a vybe's live channel: its author and moderators always
-    (they hear of hides and restores there), anyone else where :func:`may_see` lets them read it.
-
-    The gateway passes no ``premoderation`` today, so a pending vybe's channel is open to whoever
-    knows its id; passing the setting closes that.
-    """
+    (they hear of hides and restores there), anyone else where :func:`may_see` lets them read it (so, under
+    premoderation, not a vybe still held for its score)."""
     if viewer.is_moderator or author_id == viewer.id:
         return True
     return may_see(viewer, author_id=author_id, privacy_level=privacy_level, moderation_state=moderation_state,
-                   premoderation=premoderation)
+                   premoderation=premoderation, is_anonymous=is_anonymous)
 
 
 def hides_author(is_anonymous: bool, privacy_level: str | None) -> bool:

@@ -150,8 +150,10 @@ async def _authorize(conn: Connection, ns: Namespace, channel: str) -> None:
 
 
 def _may_see(conn: Connection, vybe: Any) -> bool:
+    # As the REST read of the vybe decides: a vybe held under premoderation is not found by others yet.
     return may_follow(Viewer(conn.user_id, conn.is_moderator, conn.blocked), author_id=vybe.user_id,
-                      privacy_level=vybe.privacy_level, moderation_state=vybe.moderation_state)
+                      privacy_level=vybe.privacy_level, moderation_state=vybe.moderation_state,
+                      premoderation=conn.gw.settings.premoderation, is_anonymous=vybe.is_anonymous)
 
 
 async def _unsubscribe(conn: Connection, cmd: p.Unsubscribe) -> Result:

@@ -105,7 +105,7 @@ def _vybe_meta(result: mdb.Resolved) -> Meta | None:
     view = result.case
     if view.target_type != "shared_vybe" or result.privacy_level is None or view.author_id is None:
         return None
-    return events.vybe_meta(view.author_id, result.privacy_level)
+    return events.vybe_meta(view.author_id, result.privacy_level, view.is_anonymous)
 
 
 def reopen_events(reopened: mdb.Resolved) -> list[Event]:

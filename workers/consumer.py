@@ -297,7 +297,8 @@ class Worker:
                         "message": None, "excerpt": events.excerpt(item.content), "appeal": None,
                         "appealable": False}))  # appeals are for vybes and comments
             elif action == "hide" and before in mdb.SCORE_MOVES:  # hidden now (a flag or a decision stands)
-                meta = events.vybe_meta(item.user_id, item.privacy_level) if item.kind == "shared_vybe" else None
+                meta = (events.vybe_meta(item.user_id, item.privacy_level, item.is_anonymous)
+                        if item.kind == "shared_vybe" else None)
                 if not (first and held):  # shown until now
                     out += events.visibility(item.kind, str(item.id), _str(item.vybe_id), _str(item.looproom_id),
                                              "hidden", meta)

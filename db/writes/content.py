@@ -174,7 +174,8 @@ async def share(
 # authors' profiles by user_id) before the DELETE, whose cascades and triggers
 # then find every lock already held.
 _LOCK_VYBE_OWNER: LiteralString = """
-SELECT user_id, looproom_id, privacy_level::text AS privacy_level FROM shared_vybes WHERE id = $1 FOR UPDATE
+SELECT user_id, looproom_id, privacy_level::text AS privacy_level, is_anonymous FROM shared_vybes WHERE id = $1
+   FOR UPDATE
 """
 _LOCK_VYBE_COMMENTS: LiteralString = """
 SELECT id, user_id FROM comments WHERE shared_vybe_id = $1 ORDER BY id FOR UPDATE
@@ -188,7 +189,7 @@ SELECT count(*) FROM reactions
     OR (reactable_type = 'COMMENT' AND reactable_id = ANY ($2::uuid[]))
 """
 _DELETE_VYBE: LiteralString = "DELETE FROM shared_vybes WHERE id = $1"
-_COMMENT_OWNER: LiteralString = "SELECT user_id, shared_vybe_id FROM comments WHERE id = $1"
+_COMMENT_OWNER: LiteralString = "SELECT user_id, shared_vybe_id, is_anonymous FROM comments WHERE id = $1"
 _LOCK_VYBE_ROW: LiteralString = "SELECT 1 FROM shared_vybes WHERE id = $1 FOR NO KEY UPDATE"
 _LOCK_SUBTREE: LiteralString = """
 WITH RECURSIVE tree AS (
@@ -228,7 +229,7 @@ async def delete_vybe(pool: asyncpg.Pool, user_id: str, vybe_id: uuid.UUID | str
         await conn.execute(_DELETE_VYBE, vid)
         return Deleted(id=vid, kind="shared_vybe", comments_deleted=len(ids), reactions_deleted=reactions,
                        author_id=owner, looproom_id=row["looproom_id"], privacy_level=row["privacy_level"],
-                       comment_ids=ids)
+                       is_anonymous=row["is_anonymous"], comment_ids=ids)
 
     return await in_transaction(pool, body, announce)
 
@@ -254,6 +255,7 @@ async def delete_comment(pool: asyncpg.Pool, user_id: str, comment_id: uuid.UUID
         reactions = await conn.fetchval(_COUNT_REACTIONS, None, ids)
         await conn.execute(_DELETE_COMMENT, cid)
         return Deleted(id=cid, kind="comment", comments_deleted=len(ids), reactions_deleted=reactions,
-                       author_id=user, vybe_id=head["shared_vybe_id"], comment_ids=ids)
+                       author_id=user, vybe_id=head["shared_vybe_id"], is_anonymous=head["is_anonymous"],
+                       comment_ids=ids)
 
     return await in_transaction(pool, body, announce)

@@ -157,7 +157,8 @@ async def vybe_comments(
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         if await conn.fetchrow(_ONE, viewer_id, premoderation, vid) is None:
             raise NotFound(f"vybe {vid} does not exist")
-        rows = await conn.fetch(_COMMENTS, viewer_id, premoderation, vid, after_at, after_id, n + 1)
+        # Premoderation holds vybes only: a comment goes out live at once (comment.created), so reads show it too.
+        rows = await conn.fetch(_COMMENTS, viewer_id, False, vid, after_at, after_id, n + 1)
         shown = await _with_reactions(conn, "COMMENT",
                                       [_anonymize(r, viewer_is_moderator, viewer_id) for r in rows[:n]], viewer_id)
     items = [Comment(**i) for i in shown]

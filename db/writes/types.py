@@ -8,6 +8,8 @@ from typing import Literal, get_args
 
 import msgspec
 
+from common.visibility import hides_author
+
 ReactionType = Literal["HEART", "CLAP", "FIRE", "PEACE", "INSPIRE", "STRENGTH", "GRATITUDE", "MINDFUL"]
 ReactableType = Literal["SHARED_VYBE", "COMMENT", "LOOPROOM"]
 VybeType = Literal["REFLECTION", "MILESTONE", "INSPIRATION", "GRATITUDE", "PROGRESS_UPDATE"]
@@ -155,6 +157,7 @@ class Deleted(msgspec.Struct, frozen=True, kw_only=True):
     """A comment's vybe."""
     looproom_id: uuid.UUID | None = None
     privacy_level: str = "PUBLIC"
+    is_anonymous: bool = False
     comment_ids: list[uuid.UUID] = msgspec.field(default_factory=list)
     """Every comment that went: a deleted comment's replies go with it."""
 
@@ -187,8 +190,13 @@ _VIEWS: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
 
 
 def public(result: msgspec.Struct) -> msgspec.Struct:
-    """``result`` without the fields only the server may know (whom to notify)."""
+    """``result`` as its writer is answered: without the fields only the server may know (whom to notify), and
+    anonymous content without its author, as every read shows it to them (``mine`` says it is theirs): an app
+    that shows the answer at once must not print the author's name on an anonymous post."""
     view = _VIEWS.get(type(result))
-    if view is None:
-        return result
-    return view(**{name: getattr(result, name) for name in view.__struct_fields__})
+    if view is not None:
+        result = view(**{name: getattr(result, name) for name in view.__struct_fields__})
+    if isinstance(result, Vybe | CommentView) and hides_author(result.is_anonymous,
+                                                              getattr(result, "privacy_level", None)):
+        result = msgspec.structs.replace(result, user_id=None, author_name=None, mine=True)
+    return result

@@ -147,6 +147,11 @@ async def test_under_premoderation_a_vybe_the_model_hid_at_once_is_created_when_
     await reader.ok("subscribe", channel="feed")
     await mod.ok("subscribe", channel="mod:flagged")
     vybe = await author.ok("post_vybe", content="I will end you at chess tonight")
+    # Held for its score: its channel is not found by others, as its REST read is not (before, anyone who knew
+    # the id could follow it); its author may.
+    refused = await reader.call("subscribe", channel=f"vybe:{vybe['id']}")
+    assert refused["type"] == "error" and refused["code"] == "not_found"
+    await author.ok("subscribe", channel=f"vybe:{vybe['id']}")
 
     async def score_all() -> None:
         for _ in range(50):  # the job reaches the stream through the outbox relay, just after COMMIT
