@@ -62,7 +62,8 @@ def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
 
 # Litestar's own refusals, in our shape: the status stays, the code names it.
 _HTTP_CODES = {400: ErrorCode.MALFORMED, 401: ErrorCode.AUTH_REQUIRED, 403: ErrorCode.FORBIDDEN,
-               404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 422: ErrorCode.INVALID}
+               404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.FRAME_TOO_LARGE,
+               422: ErrorCode.INVALID}
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:

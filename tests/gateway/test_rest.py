@@ -116,6 +116,9 @@ async def test_every_refusal_has_the_error_envelope_and_its_catalog_status(live)
             (await http.post("/api/vybes", json={"content": "x" * 5001}, headers=_auth(live, "r")),
              "content_too_long"),
             (await http.post("/api/vybes", json={"content": "x"}), "auth_required"),
+            # Over litestar's 10 MB body limit: a typed refusal, not `internal` (which says "retry").
+            (await http.post("/api/vybes", content=b'{"content": "' + b"x" * 10_000_001 + b'"}',
+                             headers={**_auth(live, "r"), "content-type": "application/json"}), "frame_too_large"),
         ]
         for response, code in cases:
             body = response.json()
