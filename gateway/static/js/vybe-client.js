@@ -129,7 +129,9 @@
  *   or a channel subscribed again after a reconnect with no offset to resume from (since: null):
  *   events may be missing; refetch
  * - "subscribeError": {channel, error: CommandError}: the channel was refused and is no longer held
- * - "authLost": {code, reason, error}: close 4003 / 4004; no reconnect until refreshToken() or connect()
+ * - "authLost": {code, reason, error}: close 4003 (refused) / 4004 (expired) / 4010 (your app's backend
+ *   disconnected you); with getToken, a fresh token is tried once first; no reconnect until refreshToken() or
+ *   connect()
  * - "error": {error, where}: what no promise reports (a listener that threw, getToken failing,
  *   a refresh refused, a server error without id)
  * @typedef {"event"|"digest"|"notice"|"gap"|"status"|"auth"|"subscribed"|"recovered"|"unrecovered"|"subscribeError"|"authLost"|"error"} ClientEventName
@@ -143,13 +145,14 @@ const DEFAULT_RETRIES = 5;
 const HARD_FRAME_LIMIT = 1 << 20;      // the server closes with 1009 over this
 const SOFT_FRAME_FLOOR = 4096;         // no server refuses frames under this with frame_too_large
 const SEEN_PER_CHANNEL = 512;          // offsets remembered per channel, to drop a re-sync's duplicates
-const AUTH_LOST = new Set([4003, 4004]);
+const AUTH_LOST = new Set([4003, 4004, 4010]);  // refused, expired, disconnected by the app's backend
 const RETRYABLE = new Set(["rate_limited", "unavailable", "internal"]);
 const WS_OPEN = 1;
 
 /** A command's failure: the server's error `code` (see docs/protocol.md), or one of this client's:
- *  "timeout", "closed" (close() was called), "auth_lost" (4003/4004), "frame_too_large",
- *  "unsubscribed" (a subscribe overtaken by unsubscribe()). */
+ *  "timeout", "closed" (close() was called), "auth_lost" (4003/4004/4010), "frame_too_large",
+ *  "unsubscribed" (a subscribe overtaken by unsubscribe()), "duplicate_id" (your own id, while a command with
+ *  it is in flight), "invalid" (your own id over 64 characters). */
 export class CommandError extends Error {
   /**
    * @param {string} code
@@ -270,6 +273,7 @@ export class VybeClient {
     this._retryAfterMs = 0;     // an `unavailable` answer's wait, honoured by the next reconnect
     this._goingAway = false;
     this._needFreshToken = false;
+    this._freshTokenTried = false;  // a refusal asked getToken() for a fresh token already (until a good auth)
     this._authError = null;     // why the server refused the token (before its 4003)
     this._stopError = null;     // why it stopped by itself (authLost, 1009): what send() rejects with
 
@@ -347,7 +351,11 @@ export class VybeClient {
     let set = this._channelListeners.get(channel);
     if (!set) this._channelListeners.set(channel, (set = new Set()));
     set.add(fn);
-    return () => { this._channelListeners.get(channel)?.delete(fn); };
+    return () => {
+      const held = this._channelListeners.get(channel);
+      // An empty set would stay for every vybe:<id> ever listened to, and every event scans them all.
+      if (held && held.delete(fn) && !held.size) this._channelListeners.delete(channel);
+    };
   }
 
   _emit(name, detail) {
@@ -521,6 +529,7 @@ export class VybeClient {
   _onAuthed(ws, result) {
     if (ws !== this._ws) return;
     this._authed = true;
+    this._freshTokenTried = false;
     this._attempt = 0;
     this._retryAfterMs = 0;
     this._session = result;
@@ -673,6 +682,16 @@ export class VybeClient {
       if (entry.order.length > SEEN_PER_CHANNEL) entry.seen.delete(entry.order.shift());
       entry.offset = offset;
     }
+    if (msg.event === "subscriptions.revoked" && entry?.implicit && Array.isArray(msg.data?.channels)) {
+      // The app's backend dropped these subscriptions (server API): no longer held here either, so a reconnect
+      // does not subscribe them again and subscribe() asks the server anew.
+      for (const name of msg.data.channels) {
+        const held = this._channels.get(name);
+        if (typeof name !== "string" || !held || held.implicit) continue;
+        this._channels.delete(name);
+        this._settleWaiters(held, new CommandError("forbidden", "the subscription was revoked"));
+      }
+    }
     this._emit("event", msg);
     const exact = this._channelListeners.get(msg.channel);
     if (exact) for (const fn of [...exact]) this._call(fn, msg, "channel");
@@ -726,14 +745,16 @@ export class VybeClient {
     if (!this._running) return;
 
     if (AUTH_LOST.has(code)) {
-      if (this._getToken && wasAuthed) {  // the token went bad after a good auth: try a fresh one, once
+      if (this._getToken && !this._freshTokenTried) {  // ask for a fresh token once per refusal streak
+        this._freshTokenTried = true;                 // (reset by a good auth), as the Python client does
         this._needFreshToken = true;
         this._scheduleReconnect({ code, reason, prompt: true });
         return;
       }
       this._running = false;
       this._clearTimers();
-      const err = new CommandError("auth_lost", code === 4004 ? "the token expired" : "the token was refused");
+      const why = { 4004: "the token expired", 4010: "your app's backend disconnected you" }[code];
+      const err = new CommandError("auth_lost", why || "the token was refused");
       this._stopError = err;
       this._failEverything(err);
       this._setState("closed", { code, reason });
@@ -808,7 +829,9 @@ export class VybeClient {
                                                       timeoutMs: Math.min(this._timeoutMs, this._heartbeatMs) });
     this._control.push(cmd);
     this._pump();
-    cmd.promise.then(() => this._armHeartbeat(), () => { /* a timeout drops the socket (see _expire) */ });
+    // A timeout of a ping sent drops the socket (see _expire; the next auth arms the heartbeat again); a ping
+    // refused or never sent (rate limited) leaves this socket: keep watching it.
+    cmd.promise.then(() => this._armHeartbeat(), () => { if (this._ws === ws) this._armHeartbeat(); });
   }
 
   _autoRefresh() {
@@ -924,7 +947,14 @@ export class VybeClient {
     if (!this._running && this._stopError) {  // after authLost (or a 1009): until connect() / refreshToken()
       return Promise.reject(new CommandError(this._stopError.code, this._stopError.message));
     }
-    const cmd = this._newCommand({ ...fields, type }, { kind: "user", timeoutMs: opts.timeoutMs, id: opts.id ?? fields.id });
+    const ownId = opts.id ?? fields.id;
+    if (ownId && this._pending.has(ownId)) {  // its answer would settle only one of them: refuse, as Python does
+      return Promise.reject(new CommandError("duplicate_id", `a command with id ${ownId} is in flight`, null, ownId));
+    }
+    if (ownId && (typeof ownId !== "string" || ownId.length > 64)) {  // the server would answer with id: null
+      return Promise.reject(new CommandError("invalid", "a command id is a string of at most 64 characters"));
+    }
+    const cmd = this._newCommand({ ...fields, type }, { kind: "user", timeoutMs: opts.timeoutMs, id: ownId });
     if (this._pending.get(cmd.id) === cmd) {
       this._queue.push(cmd);
       this._pump();

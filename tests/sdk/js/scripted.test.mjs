@@ -1,7 +1,8 @@
 // What a live gateway cannot be made to do on demand, against a scripted server
 // (fake-server.mjs): `gap`, `unavailable` on auth and on a command (retry_after honoured,
 // same id), `internal` retried, a re-sync's duplicate event dropped, going_away answered at
-// once, 1009 not reconnected. No gateway needed.
+// once, 1009 not reconnected, 4010 signed out unless a fresh token comes, subscriptions.revoked,
+// a duplicate own id. No gateway needed.
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -164,6 +165,90 @@ test("token_expiring after every refresh: getToken() is asked at most once a sec
     assert.ok(calls >= 2 && calls <= 3, `getToken() called ${calls} times in 1.6 s`);
     assert.ok(refreshed.filter((a) => a.refreshed).length >= 1);
     assert.equal(server.conns.length, 1);
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
+test("close 4010 (the app's backend disconnected the user): a fresh token is asked once, then authLost", async () => {
+  const server = await fakeGateway((conn, f) => {
+    if (f.type === "auth") authOk(conn, f);
+  });
+  let calls = 0;
+  const c = fakeClient(server.url, { token: undefined, backoff: { minMs: 10, maxMs: 20 },
+                                     getToken: async () => { calls += 1; return token; } });
+  try {
+    c.connect();
+    await c.ready();
+    assert.equal(calls, 1);
+    const back = next(c, "auth");
+    server.conns[0].close(4010, "disconnected");
+    await back;  // the backend still mints a token for this user: signed in again, with a fresh one
+    assert.equal(calls, 2);
+    server.conns[1].close(4010, "disconnected");  // a good auth reset the once: asked again
+    await next(c, "auth");
+    assert.equal(calls, 3);
+    const noToken = new VybeClient({ url: server.url, token, backoff: { minMs: 10, maxMs: 20 } });
+    try {
+      const gone = next(noToken, "authLost");
+      noToken.connect();
+      await noToken.ready();
+      server.conns.at(-1).close(4010, "disconnected");
+      assert.equal((await gone).code, 4010, "without getToken: signed out, not reconnected with the same token");
+      await sleep(100);
+      await assert.rejects(noToken.ping(), { code: "auth_lost" });
+    } finally {
+      noToken.close();
+    }
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
+test("subscriptions.revoked: the channels are no longer held, so no reconnect subscribes them again", async () => {
+  const server = await fakeGateway((conn, f) => {
+    if (f.type === "auth") authOk(conn, f);
+    if (f.type === "subscribe") conn.ack(f, { channel: f.channel, offset: null });
+  });
+  const c = fakeClient(server.url, { backoff: { minMs: 10, maxMs: 20 } });
+  try {
+    c.connect();
+    await c.ready();
+    await c.subscribe("chat:m-1");
+    await c.subscribe("feed");
+    const told = next(c, "event", (e) => e.event === "subscriptions.revoked");
+    server.conns[0].send({ type: "event", channel: "user:fake-user", offset: "1-1-1", event: "subscriptions.revoked",
+                           ts: 1, data: { channels: ["chat:m-1"] } });
+    await told;
+    assert.deepEqual(c.channels.filter((ch) => !ch.startsWith("user:")), ["feed"]);
+    const again = next(c, "auth");
+    server.conns[0].close(1012, "restart");
+    await again;
+    await sleep(100);
+    const resubscribed = server.conns[1].frames.filter((f) => f.type === "subscribe").map((f) => f.channel);
+    assert.ok(resubscribed.includes("feed") && !resubscribed.includes("chat:m-1"), resubscribed.join(","));
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
+test("your own id while a command with it is in flight is refused (its answer would settle only one)", async () => {
+  const server = await fakeGateway((conn, f) => {
+    if (f.type === "auth") authOk(conn, f);
+    if (f.type === "post_vybe") setTimeout(() => conn.ack(f, { id: "v1" }), 100);
+  });
+  const c = fakeClient(server.url);
+  try {
+    c.connect();
+    await c.ready();
+    const first = c.send("post_vybe", { content: "a" }, { id: "mine-1" });
+    await assert.rejects(c.send("post_vybe", { content: "b" }, { id: "mine-1" }), { code: "duplicate_id" });
+    await assert.rejects(c.send("post_vybe", { content: "c" }, { id: "x".repeat(65) }), { code: "invalid" });
+    assert.equal((await first).id, "v1");
+    assert.equal(server.conns[0].frames.filter((f) => f.type === "post_vybe").length, 1);
   } finally {
     c.close();
     server.close();
