@@ -1159,7 +1159,18 @@ export class VybeClient {
   _subscribeFailed(entry, err, resumeAttempt) {
     if (err.code === "disconnected" || err.code === "timeout") {
       if (resumeAttempt) entry.resume = true;
-      return;  // subscribed again after the reconnect
+      // A timeout that dropped the socket, or a disconnect: subscribed again after the reconnect. A timeout on a
+      // socket that stays (the subscribe waited out retries of `unavailable` and was never answered): again now,
+      // or the channel would stay held but unsubscribed, with nothing to say so.
+      // Checked after _expire has dropped a stalled socket (it does so right after settling the command).
+      if (err.code === "timeout") {
+        const ws = this._ws;
+        queueMicrotask(() => {
+          if (this._running && this._authed && this._ws === ws && this._channels.get(entry.channel) === entry
+              && !entry.active && !entry.inflight) this._subscribeNow(entry);
+        });
+      }
+      return;
     }
     if (!this._running) return;  // close() or authLost: the channel stays held (for a sign-in again)
     if (this._channels.get(entry.channel) !== entry) return;

@@ -254,3 +254,34 @@ test("your own id while a command with it is in flight is refused (its answer wo
     server.close();
   }
 });
+
+test("a subscribe that times out while waiting to retry `unavailable` is sent again, not left held unsubscribed", async () => {
+  let subscribes = 0;
+  const server = await fakeGateway((conn, f) => {
+    if (f.type === "auth") authOk(conn, f);
+    if (f.type === "subscribe") {
+      subscribes += 1;
+      if (subscribes <= 2) {
+        conn.error(f, "unavailable", { retry_after: 0.6 });
+      } else {
+        conn.ack(f, { channel: f.channel, offset: null });
+        conn.send({ type: "event", channel: f.channel, offset: "1-1-1", event: "vybe.created", ts: 1, data: { n: 1 } });
+      }
+    }
+  });
+  const c = fakeClient(server.url, { commandTimeoutMs: 700 });
+  try {
+    c.connect();
+    await c.ready();
+    const arrived = next(c, "event", (e) => e.channel === "feed", 4000);
+    // The caller's wait ends at the command timeout ("a timeout rejects but keeps it"); the channel, held, must
+    // still get subscribed on this socket (before, nothing sent it again until some later reconnect).
+    await c.subscribe("feed").catch((err) => assert.equal(err.code, "timeout"));
+    assert.equal((await arrived).data.n, 1);
+    assert.ok(subscribes >= 3, `${subscribes} subscribes`);
+    assert.equal(server.conns.length, 1, "on the same socket");
+  } finally {
+    c.close();
+    server.close();
+  }
+});
