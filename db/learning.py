@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from common.labels import LABELS, UNSCORED
-from db.writes._tx import in_transaction
+from db.writes import validate
+from db.writes._tx import idempotent, in_transaction
 from db.writes.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
@@ -349,6 +350,18 @@ class CareCase(msgspec.Struct, frozen=True):
     note: str | None = None
 
 
+class CareAck(CareCase, frozen=True):
+    """The answer to closing a care case: the case after it."""
+
+    replayed: bool = False
+    """True when this is the stored answer to an earlier close with the same id (applied once, 24 h)."""
+
+
+class Closed(msgspec.Struct, frozen=True):
+    care: CareCase
+    replayed: bool = False
+
+
 _CARE: LiteralString = """
 SELECT k.*, coalesce(v.content, cm.content, ai.content) AS text, cm.shared_vybe_id AS vybe_id
   FROM care_cases k
@@ -382,14 +395,15 @@ async def care_queue(conn: asyncpg.Connection | asyncpg.Pool, limit: int = 100) 
 
 
 async def close_care(pool: asyncpg.Pool, care_id: str, version: int, moderator: str, note: str | None,
-                     announce: Announcement | None = None) -> CareCase:
-    """Close a care case (someone reached out, or nothing more to do); audited like a resolution."""
+                     announce: Announcement | None = None, request_id: str | None = None) -> Closed:
+    """Close a care case (someone reached out, or nothing more to do); audited like a resolution. With
+    ``request_id`` a retry returns the first result, ``replayed``, as the moderation commands do."""
     try:
         cid = uuid.UUID(care_id)
     except ValueError as err:
         raise NotFound("no such care case") from err
 
-    async def body(conn: asyncpg.Connection) -> CareCase:
+    async def body(conn: asyncpg.Connection) -> Closed:
         row = await conn.fetchrow("SELECT * FROM care_cases WHERE id = $1 FOR UPDATE", cid)
         if row is None:
             raise NotFound("no such care case")
@@ -404,6 +418,7 @@ async def close_care(pool: asyncpg.Pool, care_id: str, version: int, moderator: 
             """INSERT INTO moderation_audit (actor_id, action, target_type, target_id, note, detail)
                VALUES ($1, 'care.close', $2, $3, $4, $5)""",
             moderator, row["target_type"], str(row["target_id"]), note, {"care_id": str(cid), "version_seen": version})
-        return _care(await conn.fetchrow(_CARE + " WHERE k.id = $1", cid))
+        return Closed(_care(await conn.fetchrow(_CARE + " WHERE k.id = $1", cid)))
 
-    return await in_transaction(pool, body, announce)
+    return await idempotent(pool, user_id=moderator, request_id=validate.request_id(request_id),
+                            operation=f"care.close:{cid}", result_type=Closed, body=body, announce=announce)

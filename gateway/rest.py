@@ -362,18 +362,19 @@ class ModerationController(Controller):
 
     @post("/care/{care_id:str}/close", status_code=200, operation_id="closeCareCase", responses=responses(*_MODERATE))
     async def close_care(self, request: Request[Any, Any, Any], state: State, care_id: FromPath[str],
-                         data: JSONBody[SkipValidation[p.CloseCareBody]]) -> learning.CareCase:
+                         data: JSONBody[SkipValidation[p.CloseCareBody]]) -> learning.CareAck:
         """Close a care case (``{"version": n, "note": "reached out by DM"}``); the note stays in the audit log."""
         actor = await _moderator(request)
         body = _command(p.CloseCareBody, data)
         gw = state.gateway
-        closed = Announcement.of(events.care_closed)
+        closed = Announcement.of(lambda r: events.care_closed(r.care))
         try:
-            care = await learning.close_care(gw.pool, care_id, body.version, actor.user_id, body.note, closed)
+            done = await learning.close_care(gw.pool, care_id, body.version, actor.user_id, body.note, closed,
+                                             request_id=body.id or None)
         except WriteError as err:
             raise ApiError(err.code, err.message, err.retry_after) from err
         gw.announce(closed)
-        return care
+        return learning.CareAck(**msgspec.structs.asdict(done.care), replayed=done.replayed)
 
 
 async def _moderator(request: Request[Any, Any, Any]) -> Actor:

@@ -115,10 +115,18 @@ async def test_closing_a_care_case_is_versioned_and_audited(settings, pool, redi
     [care] = await learning.care_queue(pool)
     with pytest.raises(writes.Conflict):
         await learning.close_care(pool, str(care.care_id), care.version + 1, "mod", None)
-    closed = await learning.close_care(pool, str(care.care_id), care.version, "mod", "reached out by DM")
-    assert (closed.state, closed.closed_by, closed.version) == ("closed", "mod", care.version + 1)
+    done = await learning.close_care(pool, str(care.care_id), care.version, "mod", "reached out by DM",
+                                     request_id="close-1")
+    closed = done.care
+    assert (closed.state, closed.closed_by, closed.version, done.replayed) == ("closed", "mod", care.version + 1,
+                                                                               False)
     assert await learning.care_queue(pool) == []
     assert await pool.fetchval("SELECT note FROM moderation_audit WHERE action = 'care.close'") == "reached out by DM"
+    # Resent with its id (the answer lost): the first result, replayed; audited once.
+    again = await learning.close_care(pool, str(care.care_id), care.version, "mod", "reached out by DM",
+                                      request_id="close-1")
+    assert (again.care, again.replayed) == (closed, True)
+    assert await pool.fetchval("SELECT count(*) FROM moderation_audit WHERE action = 'care.close'") == 1
     with pytest.raises(writes.Conflict):
         await learning.close_care(pool, str(care.care_id), closed.version, "mod", None)
 
