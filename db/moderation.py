@@ -383,6 +383,8 @@ async def resolve(pool: asyncpg.Pool, case_id: str, version: int, action: str, n
 
     async def body(conn: asyncpg.Connection) -> Resolved:
         row, before = await _locked_case(conn, case_id, version, moderator)
+        if row["state"] != "open":  # a second decision would relabel it and tell the author twice
+            raise Conflict("case is resolved; reopen it to decide again")
         kind = row["target_type"]
         if kind == "user" and action in ("hide", "remove"):
             raise Forbidden("users are not hidden from the feed here; dismiss, or act on their content")

@@ -160,3 +160,16 @@ async def test_user_reports_leave_content_waiting_for_its_score_held(pool) -> No
         async with pool.acquire() as conn, conn.transaction():
             assert await mdb.on_user_report(conn, "shared_vybe", str(vybe.id), 0) is not None
     assert (await _state(pool, str(waiting.id)), await _state(pool, str(scored.id))) == ("pending", "flagged")
+
+
+async def test_a_resolved_case_is_decided_again_only_after_a_reopen(pool) -> None:
+    """A second resolve of a resolved case, even at its current version, is a conflict (before, it relabelled the
+    content and sent the author a second outcome): reopen it first."""
+    _, case = await _flagged_vybe(pool)
+    cid = str(case.case_id)
+    hidden = await mdb.resolve(pool, cid, case.version, "hide", None, "mod1")
+    with pytest.raises(writes.Conflict, match="reopen"):
+        await mdb.resolve(pool, cid, hidden.case.version, "remove", None, "mod1")
+    reopened = await mdb.reopen(pool, cid, hidden.case.version, "mod1")
+    removed = await mdb.resolve(pool, cid, reopened.case.version, "remove", None, "mod1")
+    assert removed.case.resolution == "remove"
