@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import msgspec
@@ -28,6 +29,16 @@ class _Broken:
         raise RuntimeError("model exploded")
 
 
+async def _people(live, connect) -> tuple[Any, Any, Any]:
+    """A reader on the feed, a moderator on mod:flagged, and an author."""
+    reader = await connect(live, live.token("reader"))
+    mod = await connect(live, live.token("mod", "MODERATOR"))
+    author = await connect(live, live.token("ash"))
+    await reader.ok("subscribe", channel="feed")
+    await mod.ok("subscribe", channel="mod:flagged")
+    return reader, mod, author
+
+
 async def test_held_content_the_model_cannot_score_reaches_a_moderator_and_then_the_feed(start_gateway,
                                                                                          connect) -> None:
     live = await start_gateway(premoderation=True)
@@ -37,11 +48,7 @@ async def test_held_content_the_model_cannot_score_reaches_a_moderator_and_then_
     worker = Worker(s, gw.pool, gw.redis, _Broken(), Policy.from_settings("flag", ""), "w-broken")
     healthy = Worker(s, gw.pool, gw.redis, load_scorer("light"), Policy.from_settings("flag", NEVER), "w-healthy")
     await worker.ensure_group()
-    reader = await connect(live, live.token("reader"))
-    mod = await connect(live, live.token("mod", "MODERATOR"))
-    author = await connect(live, live.token("ash"))
-    await reader.ok("subscribe", channel="feed")
-    await mod.ok("subscribe", channel="mod:flagged")
+    reader, mod, author = await _people(live, connect)
     vybe = await author.ok("post_vybe", content="a text the model chokes on")
 
     async def until_queued() -> None:
@@ -141,11 +148,7 @@ async def test_under_premoderation_a_vybe_the_model_hid_at_once_is_created_when_
     worker = Worker(s, gw.pool, gw.redis, keyword_scorer({"chess": {"threat": 0.97}}),
                     Policy.from_settings("hide", "threat=0.5:0.9"), "w-premod")
     await worker.ensure_group()
-    reader = await connect(live, live.token("reader"))
-    mod = await connect(live, live.token("mod", "MODERATOR"))
-    author = await connect(live, live.token("ash"))
-    await reader.ok("subscribe", channel="feed")
-    await mod.ok("subscribe", channel="mod:flagged")
+    reader, mod, author = await _people(live, connect)
     vybe = await author.ok("post_vybe", content="I will end you at chess tonight")
     # Held for its score: its channel is not found by others, as its REST read is not (before, anyone who knew
     # the id could follow it); its author may.
