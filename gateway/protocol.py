@@ -251,9 +251,10 @@ class Subscribed(msgspec.Struct, kw_only=True, omit_defaults=True):
     missed: int
     """How many missed events follow the ack."""
     offset: str | None = None
-    """Without ``since``: the channel's newest offset as you joined (null: it has no history yet). Keep it
-    as the channel's offset until an event brings a newer one, so a reconnect before the first event
-    still resumes with ``since`` and misses nothing."""
+    """Without ``since``, or with one history no longer reaches (``recovered: false``): the channel's newest
+    offset as you joined (null: it has no history yet). Keep it as the channel's offset until an event brings
+    a newer one, so a reconnect before the next event resumes with ``since`` and misses nothing (and does not
+    send the lost offset again)."""
 
 
 class Unsubscribed(msgspec.Struct, kw_only=True):

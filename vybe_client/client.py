@@ -832,6 +832,9 @@ class VybeClient:
             # The channel's newest offset as we joined: a reconnect before its first event resumes
             # from here (an event that arrived before this ack already set a newer one).
             self._offsets[name] = position
+        elif since is not None and isinstance(position, str) and (result or {}).get("recovered") is False \
+                and self._offsets.get(name) == since:
+            self._offsets[name] = position  # history no longer reached `since`: resume from here next time
         if entry is not None:
             if not current:  # unsubscribed while the subscribe was in flight
                 self._spawn(self._quiet_unsubscribe(name))

@@ -162,14 +162,7 @@ class Hub:
             state.add(sub)
             if not position:
                 return Resume(None)
-            if state.epoch is not None and state.last is not None:  # what this node delivered last
-                return Resume(None, position=make_offset(state.epoch, f"{state.last[0]}-{state.last[1]}"))
-            # Read after attaching: whatever is newer reaches the socket live.
-            try:
-                return Resume(None, position=await self.backend.position(channel))
-            except BaseException:
-                await self._detach(sub, state)
-                raise
+            return Resume(None, position=await self._position(sub, state, channel))
         parsed = parse_offset(since)
         sub.resuming[channel] = []
         state.add(sub)
@@ -180,8 +173,8 @@ class Hub:
             except BaseException:  # the caller answers `unavailable`: nothing stays attached
                 await self._detach(sub, state)
                 raise
-        if entries is None:
-            return Resume(False)
+        if entries is None:  # history no longer reaches back: a fresh resume point, so the next resume can
+            return Resume(False, position=await self._position(sub, state, channel))
         last: Key = parsed[1] if parsed else (0, 0)
         missed: list[bytes] = []
         for entry in entries:
@@ -190,6 +183,16 @@ class Hub:
                 missed.append(sub.codec.from_json(element))
             last = max(last, key)
         return Resume(True, missed, last)
+
+    async def _position(self, sub: Subscriber, state: _Channel, channel: str) -> str | None:
+        """The channel's newest offset for ``sub``, attached already: whatever is newer reaches it live."""
+        if state.epoch is not None and state.last is not None:  # what this node delivered last
+            return make_offset(state.epoch, f"{state.last[0]}-{state.last[1]}")
+        try:
+            return await self.backend.position(channel)
+        except BaseException:
+            await self._detach(sub, state)
+            raise
 
     def _history_element(self, channel: str, entry: HistoryEntry) -> tuple[Meta, bytes, Key]:
         """A stored event as a resume sends it, built once for all the sockets of a reconnect storm.

@@ -311,3 +311,21 @@ async def test_a_digest_channel_unpacks_its_items_and_counts_the_skipped(start_g
             await asyncio.sleep(0.05)
         assert digests == [{"channel": "feed", "count": 3, "skipped": 1, "offset": second.offset}]
         assert bob.offset("feed") == second.offset
+
+
+async def test_a_lost_offset_is_not_resumed_from_again(live) -> None:
+    """A subscribe whose `since` history no longer reaches answers `recovered: false` with the channel's newest
+    offset: the client resumes from that one next time (before, every reconnect sent the lost offset again and
+    emitted `unrecovered` again)."""
+    async with VybeClient(live.url, token=live.token("poster")) as poster, \
+            VybeClient(live.url, token=live.token("reader")) as reader:
+        await poster.subscribe("feed")
+        await poster.post_vybe("history for the feed")
+        await next_event(poster, "vybe.created", content="history for the feed")  # published: in history now
+        unrecovered: list[SubscribeResult] = []
+        reader.on("unrecovered", unrecovered.append)
+        result = await reader.subscribe("feed", since="1-2-3")
+        assert result.recovered is False
+        await wait_until(lambda: bool(unrecovered), what="unrecovered")
+        fresh = reader.offset("feed")
+        assert fresh == poster.offset("feed") and fresh != "1-2-3"

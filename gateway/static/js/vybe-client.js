@@ -1136,6 +1136,10 @@ export class VybeClient {
       // Without `since` the ack names the channel's newest offset as we joined: a reconnect before
       // the first event resumes from there (an event already seen keeps its newer offset).
       if (!since && typeof result?.offset === "string" && !entry.offset) entry.offset = result.offset;
+      // History no longer reached `since`: resume from the new point next time (not the lost one again).
+      if (since && result?.recovered === false && typeof result?.offset === "string" && entry.offset === since) {
+        entry.offset = result.offset;
+      }
       this._emit("subscribed", { channel: entry.channel, result, resumed: Boolean(since), since: since || null });
       if (since) {
         if (result?.recovered === true) this._emit("recovered", { channel: entry.channel, missed: result.missed ?? 0, since });
