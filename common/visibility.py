@@ -16,8 +16,8 @@ both forms against PostgreSQL, so the two cannot drift):
 - **Blocks.** Nothing by a user the viewer blocked, except anonymous content: hiding it would tell the blocker
   which anonymous posts are that user's (block, then compare the feed). Report it instead.
 - **Anonymity.** Content that ``is_anonymous`` or has privacy ANONYMOUS never
-  names its author to anyone but moderators (not even to the author, whose
-  own view must look like everyone else's).
+  names its author to anyone but moderators, not even to the author, whose
+  view must look like everyone else's but for ``mine: true`` (reads and acks).
 
 Writes apply the same privacy and moderation rules to their target but answer
 differently (``not_found`` for privacy, ``unavailable`` for moderation) and

@@ -223,6 +223,8 @@ class VybeClient:
         self._stop_error: ClientStopped | None = None
         self._failures = 0
         self._fresh_token_tried = False
+        self._refused: tuple[str | None, int, str] | None = None
+        """The token a 4003/4004/4010 refused, the code and reason: ``get_token`` giving it back is a sign-out."""
         self._going_away = False
         self._retry_after_hint = 0.0
 
@@ -566,6 +568,7 @@ class VybeClient:
         if code in AUTH_CLOSES:
             if self._get_token is not None and not self._fresh_token_tried:
                 self._fresh_token_tried = True  # once per refusal streak: reset by a successful auth
+                self._refused = (self._token, code, reason)  # the same token back is a sign-out
                 self._token = None
                 return 0.0
             log.warning("vybe: signed out (%s %s)", code, reason)
@@ -595,6 +598,9 @@ class VybeClient:
                 token = self._token = await self._get_token()
         if token is None:
             raise AuthLost(4003, "no token")
+        refused, self._refused = self._refused, None
+        if refused is not None and token == refused[0]:  # get_token gave back the token just refused
+            raise AuthLost(refused[1], refused[2])
         return token
 
     async def _connect_once(self) -> tuple[int, str, bool]:
@@ -906,9 +912,11 @@ class VybeClient:
             # The app's backend dropped these subscriptions (server API): no longer held here either.
             revoked = ev.data.get("channels")
             for name in revoked if isinstance(revoked, list) else ():
-                if isinstance(name, str) and name != ev.channel:
+                if isinstance(name, str) and name != ev.channel and name in self._channels:
                     self._channels.pop(name, None)
                     self._offsets.pop(name, None)
+                    # A subscribe answered after the revoke (a reconnect's, replayed offline) is undone.
+                    self._spawn(self._quiet_unsubscribe(name))
         queue = self._buffer
         if queue is not None:
             if queue.full():

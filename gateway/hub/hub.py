@@ -174,7 +174,7 @@ class Hub:
                 await self._detach(sub, state)
                 raise
         if entries is None:  # history no longer reaches back: a fresh resume point, so the next resume can
-            return Resume(False, position=await self._position(sub, state, channel))
+            return Resume(False, position=await self._position(sub, state, channel, stored=True))
         last: Key = parsed[1] if parsed else (0, 0)
         missed: list[bytes] = []
         for entry in entries:
@@ -184,9 +184,11 @@ class Hub:
             last = max(last, key)
         return Resume(True, missed, last)
 
-    async def _position(self, sub: Subscriber, state: _Channel, channel: str) -> str | None:
-        """The channel's newest offset for ``sub``, attached already: whatever is newer reaches it live."""
-        if state.epoch is not None and state.last is not None:  # what this node delivered last
+    async def _position(self, sub: Subscriber, state: _Channel, channel: str, stored: bool = False) -> str | None:
+        """The channel's newest offset for ``sub``, attached already: whatever is newer reaches it live.
+        ``stored``: read from Redis, not from what this node delivered last (after a resume that history no
+        longer reached, that memory may name the history that was lost)."""
+        if not stored and state.epoch is not None and state.last is not None:  # what this node delivered last
             return make_offset(state.epoch, f"{state.last[0]}-{state.last[1]}")
         try:
             return await self.backend.position(channel)

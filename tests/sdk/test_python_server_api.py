@@ -188,3 +188,25 @@ def test_verify_webhook_accepts_our_signature_and_refuses_everything_else_withou
     assert [verify_webhook(*case) for case in refused] == [False] * len(refused)
     assert not verify_webhook("whsec_k", body, header, now=time.time() + 301)
     assert not verify_webhook("whsec_k", body, header, tolerance_s=float("nan"))
+
+
+async def test_a_disconnected_user_whose_get_token_gives_the_same_token_stays_signed_out(server_api) -> None:
+    """After 4010 the client asks get_token once; a get_token that hands back the refused token (a cache) signs
+    out instead of reconnecting with it, which would undo the backend's disconnect."""
+    live, api = server_api
+    token = live.token("cached")
+    calls: list[int] = []
+    lost: list[int] = []
+
+    async def get_token() -> str:
+        calls.append(1)
+        return token
+
+    client = VybeClient(live.url, get_token=get_token)
+    client.on("auth_lost", lambda code, reason: lost.append(code))
+    async with client:
+        await client.ping()
+        await api.disconnect("cached")
+        with contextlib.suppress(Exception):
+            await next_event(client, "never", timeout=5)  # ends with the client
+    assert lost == [4010] and len(calls) == 2 and client.state == "offline"

@@ -274,6 +274,7 @@ export class VybeClient {
     this._goingAway = false;
     this._needFreshToken = false;
     this._freshTokenTried = false;  // a refusal asked getToken() for a fresh token already (until a good auth)
+    this._refused = null;           // {token, code, reason} of that refusal: the same token back is a sign-out
     this._authError = null;     // why the server refused the token (before its 4003)
     this._stopError = null;     // why it stopped by itself (authLost, 1009): what send() rejects with
 
@@ -393,6 +394,10 @@ export class VybeClient {
     if (this._closed) throw new Error("VybeClient: closed for good; make a new client");
     if (this._running) return this;
     this._running = true;
+    if (this._stopError?.code === "auth_lost" && this._getToken) {  // signed out: not the refused token again
+      this._needFreshToken = true;
+      this._freshTokenTried = false;
+    }
     this._stopError = null;
     this._attempt = 0;
     this._open();
@@ -462,6 +467,7 @@ export class VybeClient {
     if (!this._running) return;
     this._setState("connecting", { attempt: this._attempt });
     let token;
+    const refused = this._refused;
     try {
       token = await this._authToken();
     } catch (error) {
@@ -471,6 +477,10 @@ export class VybeClient {
       return;
     }
     if (!this._running) return;
+    if (refused && token === refused.token) {  // getToken gave back the token the server just refused
+      this._signOut(refused.code, refused.reason);
+      return;
+    }
     let ws;
     try {
       ws = this._protocols ? new this._WS(this._url, this._protocols) : new this._WS(this._url);
@@ -530,6 +540,7 @@ export class VybeClient {
     if (ws !== this._ws) return;
     this._authed = true;
     this._freshTokenTried = false;
+    this._refused = null;
     this._attempt = 0;
     this._retryAfterMs = 0;
     this._session = result;
@@ -688,8 +699,8 @@ export class VybeClient {
       for (const name of msg.data.channels) {
         const held = this._channels.get(name);
         if (typeof name !== "string" || !held || held.implicit) continue;
-        this._channels.delete(name);
-        this._settleWaiters(held, new CommandError("forbidden", "the subscription was revoked"));
+        // As unsubscribe(): a subscribe answered after the revoke (a reconnect's, replayed offline) is undone.
+        this.unsubscribe(name).catch(() => {});
       }
     }
     this._emit("event", msg);
@@ -746,19 +757,13 @@ export class VybeClient {
 
     if (AUTH_LOST.has(code)) {
       if (this._getToken && !this._freshTokenTried) {  // ask for a fresh token once per refusal streak
-        this._freshTokenTried = true;                 // (reset by a good auth), as the Python client does
-        this._needFreshToken = true;
+        this._freshTokenTried = true;                 // (reset by a good auth), as the Python client does;
+        this._needFreshToken = true;                  // the same token again is a sign-out (see _open)
+        this._refused = { token: this._token, code, reason };
         this._scheduleReconnect({ code, reason, prompt: true });
         return;
       }
-      this._running = false;
-      this._clearTimers();
-      const why = { 4004: "the token expired", 4010: "your app's backend disconnected you" }[code];
-      const err = new CommandError("auth_lost", why || "the token was refused");
-      this._stopError = err;
-      this._failEverything(err);
-      this._setState("closed", { code, reason });
-      this._emit("authLost", { code, reason, error: this._authError });
+      this._signOut(code, reason);
       return;
     }
     if (code === 1009) {
@@ -772,6 +777,19 @@ export class VybeClient {
       return;
     }
     this._scheduleReconnect({ code, reason, prompt });
+  }
+
+  /** Stop for good after the server refused the user (4003, 4004, 4010): until connect() or refreshToken(). */
+  _signOut(code, reason) {
+    this._running = false;
+    this._refused = null;
+    this._clearTimers();
+    const why = { 4004: "the token expired", 4010: "your app's backend disconnected you" }[code];
+    const err = new CommandError("auth_lost", why || "the token was refused");
+    this._stopError = err;
+    this._failEverything(err);
+    this._setState("closed", { code, reason });
+    this._emit("authLost", { code, reason, error: this._authError });
   }
 
   /** Give up on a socket that does not answer: treat it as closed now, without waiting for it. */
@@ -829,9 +847,13 @@ export class VybeClient {
                                                       timeoutMs: Math.min(this._timeoutMs, this._heartbeatMs) });
     this._control.push(cmd);
     this._pump();
-    // A timeout of a ping sent drops the socket (see _expire; the next auth arms the heartbeat again); a ping
-    // refused or never sent (rate limited) leaves this socket: keep watching it.
-    cmd.promise.then(() => this._armHeartbeat(), () => { if (this._ws === ws) this._armHeartbeat(); });
+    // A timeout of a ping sent drops the socket (see _expire; the next auth arms the heartbeat again), and so
+    // does one never sent (the socket is stuck); a ping refused (rate limited) leaves it: keep watching it.
+    cmd.promise.then(() => this._armHeartbeat(), (err) => {
+      if (this._ws !== ws) return;
+      if (err.code === "timeout") this._abandon(ws, "no answer to ping");  // unsent: the socket is stuck
+      else this._armHeartbeat();  // refused (rate limited): keep watching this socket
+    });
   }
 
   _autoRefresh() {

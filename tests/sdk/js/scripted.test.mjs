@@ -176,8 +176,8 @@ test("close 4010 (the app's backend disconnected the user): a fresh token is ask
     if (f.type === "auth") authOk(conn, f);
   });
   let calls = 0;
-  const c = fakeClient(server.url, { token: undefined, backoff: { minMs: 10, maxMs: 20 },
-                                     getToken: async () => { calls += 1; return token; } });
+  const fresh = async () => { calls += 1; return mint("fake-user", { secret: "s", name: `n${calls}` }); };
+  const c = fakeClient(server.url, { token: undefined, backoff: { minMs: 10, maxMs: 20 }, getToken: fresh });
   try {
     c.connect();
     await c.ready();
@@ -189,6 +189,21 @@ test("close 4010 (the app's backend disconnected the user): a fresh token is ask
     server.conns[1].close(4010, "disconnected");  // a good auth reset the once: asked again
     await next(c, "auth");
     assert.equal(calls, 3);
+    // A getToken that hands back the refused token (a cache) signs out: the disconnect is not undone.
+    const cached = fakeClient(server.url, { token: undefined, backoff: { minMs: 10, maxMs: 20 },
+                                            getToken: async () => token });
+    try {
+      const out = next(cached, "authLost");
+      cached.connect();
+      await cached.ready();
+      const before = server.conns.length;
+      server.conns.at(-1).close(4010, "disconnected");
+      assert.equal((await out).code, 4010);
+      await sleep(100);
+      assert.equal(server.conns.length, before, "not reconnected with the refused token");
+    } finally {
+      cached.close();
+    }
     const noToken = new VybeClient({ url: server.url, token, backoff: { minMs: 10, maxMs: 20 } });
     try {
       const gone = next(noToken, "authLost");
