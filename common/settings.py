@@ -117,7 +117,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     detoxify_hf_dir: str | None = None
     moderation_mode: str = "auto"
     """auto | off | shadow | flag | hide. auto: flag, with every scorer (the light fallback shadowed until
-    heads 2026.12.5, while it flagged too many short friendly messages: moderation/data/independent)."""
+    heads 2026.12.5, while it flagged too many short friendly messages on the first independent set, now
+    moderation/data/written/ind1_*)."""
     moderation_thresholds: str = ""
     """Overrides, ``label=flag[:hide],...``; e.g. ``toxicity=0.8:0.97,threat=0.6``."""
     care_threshold: float = 0.5

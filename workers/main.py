@@ -36,7 +36,7 @@ def resolve_mode(mode: str, scorer: Scorer) -> str:
     """``auto`` is ``flag``, with every scorer. (The light fallback ran in ``shadow`` under ``auto``
     while it flagged 10.7 % of short friendly messages written apart from its training data,
     heads 2026.12.3-.4, over the 5 % a fallback may flag; 2026.12.5 flags 3.6 % there, 1.1 % leaving
-    one writer out: see moderation/data/independent/README.md.)"""
+    one writer out: see moderation/data/written/ind1.README.md, the first independent set's.)"""
     if mode != "auto":
         return mode
     if scorer.name.startswith("vybe-light"):
