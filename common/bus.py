@@ -40,19 +40,35 @@ log = logging.getLogger(__name__)
 # the history outlives the channel's last event (stream and epoch expire together,
 # so a resume past it is told recovered:false); ``msg``: the message (ARGV[2]
 # unless the part before changed it).
-_PUBLISH_STEP = """
-local epoch = redis.call('GET', KEYS[3])
+_ENSURE_EPOCH = """
+local epoch = redis.call('GET', {key})
 if not epoch then
   local t = redis.call('TIME')
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('SET', KEYS[3], epoch)
-end
+  redis.call('SET', {key}, epoch{expiry})
+end"""
+_PUBLISH_STEP = _ENSURE_EPOCH.format(key="KEYS[3]", expiry="") + """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', msg)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 redis.call('{command}', KEYS[2], epoch .. ' ' .. id .. ' ' .. msg)
 return {{epoch, id}}
 """
+
+
+# A channel's resume point as a subscriber joins. KEYS[1]: its stream; KEYS[2]: its
+# epoch key; ARGV[1]: seconds its history is kept. A channel with no history yet gets
+# its epoch now (kept as long as history would be), and the offset ``<epoch>-0-0``:
+# "before the first event", so a client that joined an empty channel (a new user's
+# ``user:`` channel) and reconnects before its first event still resumes. Such a
+# resume is exact while nothing was trimmed (see ``RedisBackend._history_batch``).
+POSITION_SCRIPT = _ENSURE_EPOCH.format(key="KEYS[2]", expiry=", 'EX', ARGV[1]") + """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #newest == 0 then return {epoch, '0-0'} end
+return {epoch, newest[1][1]}
+"""
+BEFORE_FIRST = (0, 0)
+"""The stream position of ``<epoch>-0-0``, the offset of a channel that had no event yet."""
 
 
 def publishing_script(before: str = "", *, sharded: bool = False) -> str:

@@ -708,9 +708,11 @@ class VybeClient:
         for name, entry in self._channels.items():
             resubscribes.append(self._subscribe_pending(name, self._offsets.get(name), resume=entry.held_before))
         own = self._own_channel()
-        if own is not None and own not in self._channels and own in self._offsets:
-            # The server holds it again at auth; `since` brings what it carried while we were away.
-            resubscribes.append(self._subscribe_pending(own, self._offsets[own], resume=True))
+        if own is not None and own not in self._channels:
+            # The server holds it again at auth; `since` brings what it carried while we were away. With no
+            # offset yet, a subscribe (answered like the first) names its resume point, so a reconnect before
+            # its first event (a new user's first reaction or moderation outcome) still misses nothing.
+            resubscribes.append(self._subscribe_pending(own, self._offsets.get(own), resume=own in self._offsets))
         for p in reversed(resubscribes):  # before the commands that waited for the socket
             self._enqueue(p, front=True)
         self._kick()

@@ -65,7 +65,8 @@ class Backend(ABC):
         (the epoch changed, or older events were trimmed away)."""
 
     async def position(self, channel: str) -> str | None:
-        """The offset of ``channel``'s newest kept event (None: it has none)."""
+        """The offset of ``channel``'s newest kept event; for a channel with none yet, the offset before its
+        first event (a resume from it gets every event since). None: this backend keeps no history."""
         return None
 
     async def current(self, channel: str) -> list[HistoryEntry]:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from common.bus import Publisher
+from common.bus import Meta, Publisher
 from db.embedded import embedded_redis
 from gateway_process import free_port, gateway_env, wait_ready
 from rooms import viewer_count_is, viewers_on_two_nodes
@@ -305,11 +305,9 @@ async def test_subscribers_waiting_on_a_stalled_subscription_all_get_unavailable
 
 async def test_a_subscribe_ack_carries_a_resume_point_before_any_event(live, connect) -> None:
     """Without ``since``, the ack names the channel's newest offset: a client that drops before its
-    first event resumes from there and misses nothing (no history yet: no offset)."""
+    first event resumes from there and misses nothing."""
     poster = await connect(live, live.token("poster"))
     reader = await connect(live, live.token("reader"))
-    empty = await reader.ok("subscribe", channel="looproom:44444444-4444-4444-4444-444444444444")
-    assert "offset" not in empty
     await poster.ok("post_vybe", content="before the reader came")
     await asyncio.sleep(0.3)
     joined = await reader.ok("subscribe", channel="feed")
@@ -321,6 +319,32 @@ async def test_a_subscribe_ack_carries_a_resume_point_before_any_event(live, con
     assert resumed["recovered"] is True and resumed["missed"] == 1
     missed = await again.wait_for(lambda m: m.get("event") == "vybe.created")
     assert missed["data"]["content"] == "while the reader was away"
+
+
+async def test_a_channel_with_no_event_yet_still_gives_a_resume_point(start_gateway, connect) -> None:
+    """A new user's own channel (or any channel) with no history: the ack still carries an offset, "before
+    the first event", and a reconnect that resumes from it gets every event published meanwhile. Before,
+    the ack had none, so the first `moderation.outcome` or reaction sent while the app was away was lost.
+    Once more events were published than the history keeps, that offset answers recovered: false."""
+    live = await start_gateway(history_len=5)
+    pub = live.gateway.publisher
+    reader = await connect(live, live.token("newcomer"))
+    own = await reader.ok("subscribe", channel="user:newcomer")  # held since auth: answered all the same
+    room = "looproom:44444444-4444-4444-4444-444444444444"
+    empty = await reader.ok("subscribe", channel=room)
+    assert own["offset"] and empty["offset"] and own["offset"] != empty["offset"]
+    await reader.close()
+    await pub.publish("user:newcomer", "test.seq", {"n": 1}, Meta(o="newcomer"))
+    await pub.publish("user:newcomer", "test.seq", {"n": 2}, Meta(o="newcomer"))
+    back = await connect(live, live.token("newcomer"))
+    resumed = await back.ok("subscribe", channel="user:newcomer", since=own["offset"])
+    assert resumed["recovered"] is True and resumed["missed"] == 2
+    await back.wait_for(lambda m: m.get("data", {}).get("n") == 2)
+    assert _seqs(back, "user:newcomer") == [1, 2]
+    for n in range(400):  # past the kept history (MAXLEN ~ trims whole nodes of ~100)
+        await pub.publish(room, "test.seq", {"n": n})
+    trimmed = await back.ok("subscribe", channel=room, since=empty["offset"])
+    assert trimmed["recovered"] is False and trimmed["offset"] != empty["offset"]
 
 
 async def test_a_killed_pubsub_connection_is_noticed_and_backfilled(start_gateway, connect) -> None:

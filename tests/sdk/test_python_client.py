@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from common.bus import Meta
 from vybe_client import AuthLost, ClientStopped, CommandError, Event, SubscribeResult, VybeClient
 
 if TYPE_CHECKING:
@@ -106,8 +107,11 @@ async def test_a_write_in_flight_is_sent_again_with_its_id_after_a_drop(live, pr
         alice.on("status", lambda state, detail: statuses.append(state))
         unrecovered: list[SubscribeResult] = []
         alice.on("unrecovered", unrecovered.append)
+        recovered: list[SubscribeResult] = []
+        alice.on("recovered", recovered.append)
         quiet = f"vybe:{(await watcher.post_vybe('a quiet channel'))['id']}"
-        await alice.subscribe(quiet)  # no event on it before the drop: no offset to resume from
+        await alice.subscribe(quiet)  # no event on it before the drop: the ack still names a resume point
+        assert alice.offset(quiet)
         await watcher.subscribe("feed")
         proxy.freeze()  # the server stores the vybe; the ack never reaches alice
         post = asyncio.create_task(alice.post_vybe("written once"))
@@ -117,12 +121,28 @@ async def test_a_write_in_flight_is_sent_again_with_its_id_after_a_drop(live, pr
         result = await asyncio.wait_for(post, 10)
         assert result["id"] == stored.data["id"] and result.get("replayed") is True
         assert statuses == ["reconnecting", "connecting", "live"], statuses
-        await wait_until(lambda: bool(unrecovered), what="unrecovered")
-        assert unrecovered == [SubscribeResult(quiet, None, 0)], "whatever it carried meanwhile is unknown"
+        await wait_until(lambda: any(r.channel == quiet for r in recovered), what="recovered")
+        assert unrecovered == [], "resumed from before its first event: nothing is unknown"
         # Announced once: alice's next vybe is the next event on the feed.
         after = await alice.post_vybe("second")
         assert (await next_event(watcher, "vybe.created")).data["id"] == after["id"]
         assert statuses == ["reconnecting", "connecting", "live"], "one reconnect"
+
+
+async def test_the_own_channel_resumes_even_before_its_first_event(live, proxy_to) -> None:
+    """A new user's `user:` channel has carried nothing yet; an event on it while the socket is down (a first
+    reaction, a moderation outcome) still arrives after the reconnect. Before, the client had no offset for it
+    and so did not resume it: the event was lost."""
+    proxy = await proxy_to(live.port)
+    async with VybeClient(proxy.url, token=live.token("newcomer"), backoff=(0.05, 0.5)) as client:
+        await wait_until(lambda: client.offset("user:newcomer") is not None, what="a resume point")
+        proxy.freeze()
+        await live.gateway.publisher.publish("user:newcomer", "care.notice", {"message": "while away"},
+                                             Meta(o="newcomer"))
+        proxy.drop()  # what the server sent meanwhile dies with the socket
+        proxy.thaw()
+        ev = await next_event(client, "care.notice", timeout=10)
+        assert ev.channel == "user:newcomer" and ev.data["message"] == "while away"
 
 
 async def test_reconnects_after_a_restart_and_resumes_every_event_once(start_gateway, fixed_port_gateway) -> None:
@@ -174,8 +194,9 @@ async def test_reconnects_after_a_restart_and_resumes_every_event_once(start_gat
         consumer.cancel()
     assert sorted(seen) == sorted(expected) and len(seen) == len(expected), seen
     assert [s for s in seen if s != "sent while away"] == posted, "in order"
-    assert recovered and recovered[-1].channel == "feed" and recovered[-1].recovered is True
-    assert recovered[-1].missed >= 5, recovered
+    feed = [r for r in recovered if r.channel == "feed"]
+    assert feed and feed[-1].recovered is True
+    assert feed[-1].missed >= 5, recovered
     assert unrecovered == []
     assert "reconnecting" in statuses and statuses.count("live") == 2, statuses
 

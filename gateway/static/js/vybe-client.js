@@ -562,9 +562,10 @@ export class VybeClient {
     for (const w of waiters) w.resolve(result);
     for (const entry of this._channels.values()) {
       if (entry.implicit) {
-        // Held by the server since `auth`; with an offset, ask for what came while we were away.
-        if (entry.offset) this._subscribeNow(entry);
-        else entry.active = true;
+        // Held by the server since `auth`; with an offset, ask for what came while we were away. Without
+        // one yet, a subscribe (answered like the first) names its resume point, so a reconnect before its
+        // first event (a new user's first reaction or moderation outcome) still misses nothing.
+        this._subscribeNow(entry);
       } else {
         this._subscribeNow(entry);
       }

@@ -15,7 +15,9 @@ test("publish to chat: reaches subscribers, and chat: channels resume like the o
   const b = client({ token: mint(bob) });
   a.connect();
   b.connect();
-  assert.deepEqual(await b.subscribe(channel), { channel, recovered: null, missed: 0 });
+  const { offset: joinedAt, ...joined } = await b.subscribe(channel);
+  assert.deepEqual(joined, { channel, recovered: null, missed: 0 });
+  assert.equal(typeof joinedAt, "string");
 
   const got = nextEvent(b, channel, (m) => m.event === "publication");
   const ack = await a.publish(channel, { text: "hello" });

@@ -75,7 +75,8 @@ test("the server goes away: reconnect, resubscribe with since, recovered, queued
   assert.equal(resubscribes[0].since, undefined);
   assert.equal(resubscribes[1].since, feedOffset);
   assert.deepEqual(rec.sent.filter((f) => f.channel === personal).map((f) => [f.type, f.since]),
-                   [["subscribe", personalOffset]], "the personal channel: only a catch-up after the reconnect");
+                   [["subscribe", undefined], ["subscribe", personalOffset]],
+                   "the personal channel: its resume point at the first auth, then a catch-up after the reconnect");
   assert.equal(rec.sent.filter((f) => f.type === "auth").length, 2, "authenticated again on the new socket");
   const states = statuses.map((s) => s.state);
   assert.ok(states.includes("reconnecting") && states.at(-1) === "authed", JSON.stringify(states));
@@ -115,22 +116,27 @@ test("a write whose socket drops before the ack goes again with the same id, app
   assert.equal(mine[0].data.id, vybe.id);
 });
 
-test("after a reconnect a channel with no offset yet is reported unrecovered", { skip: NO_GATEWAY }, async () => {
+test("after a reconnect a channel with no event yet resumes from before its first event", { skip: NO_GATEWAY }, async () => {
   const rec = recordingWebSocket();
-  const a = client({ token: mint(uid("quiet")), WebSocket: rec.WebSocket });
+  const user = uid("quiet");
+  const a = client({ token: mint(user), WebSocket: rec.WebSocket });
   let opened = 0;
   a.on("status", (s) => { if (s.state === "open") opened += 1; });
   a.connect();
   const vybe = await a.postVybe("a vybe nobody reacts to");
-  const channel = `vybe:${vybe.id}`;  // no events come on it: no offset to resume from
+  const channel = `vybe:${vybe.id}`;  // no events come on it: the ack still names a resume point
   await a.subscribe(channel);
   await assert.rejects(a.subscribe("vybe:00000000-0000-0000-0000-00000000000a"), { code: "not_found" });
-  assert.equal(a.offset(channel), null);
-  const unrecovered = next(a, "unrecovered", (u) => u.channel === channel);
+  const joinedAt = a.offset(channel);
+  assert.equal(typeof joinedAt, "string");
+  assert.equal(typeof a.offset(`user:${user}`), "string", "the own channel too, before its first event");
+  const unrecovered = collect(a, "unrecovered");
+  const recovered = next(a, "recovered", (r) => r.channel === channel);
   rec.sockets.at(-1).close(4000, "test: drop");
-  const u = await unrecovered;
-  assert.equal(u.since, null);
+  const r = await recovered;
+  assert.equal(r.since, joinedAt);
   assert.equal(opened, 2);
+  assert.deepEqual(unrecovered, [], "nothing is unknown");
   assert.ok(a.has(channel));
   assert.ok(!a.has("vybe:00000000-0000-0000-0000-00000000000a"), "a refused channel is not held");
   const resent = rec.sent.filter((f) => f.type === "subscribe" && f.channel.startsWith("vybe:0000"));
