@@ -1,4 +1,4 @@
-"""The independent evaluation sets (moderation/data/independent5, 6): well formed, frozen, unseen in training."""
+"""The independent evaluation sets (moderation/data/independent5, 6, 7): well formed, frozen, unseen in training."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ FIFTH = DATA_DIR / "independent5"
 """The fifth set (2026-12-07): the issue's mix in new voices, written after the fourth set's errors had been read."""
 SIXTH = DATA_DIR / "independent6"
 """The sixth set (2026-12-07): the same mix, flirting and sarcasm doubled, in new voices (session 13)."""
-SETS = (FIFTH, SIXTH)
+SEVENTH = DATA_DIR / "independent7"
+"""The seventh set (2026-12-07): the sixth set's mix in new voices, frozen before the shipped heads were scored on
+it and before the experiment of session 14 (training data aimed at flirting, sarcasm, short replies) was trained."""
+SETS = (FIFTH, SIXTH, SEVENTH)
 """The sets written apart from the training data. Sets 1-4 became training data with heads 2026.12.14
 (moderation/data/written/ind*): they no longer measure unseen text."""
 
