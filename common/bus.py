@@ -57,18 +57,20 @@ return {{epoch, id}}
 
 
 # A channel's resume point as a subscriber joins. KEYS[1]: its stream; KEYS[2]: its
-# epoch key; ARGV[1]: seconds its history is kept. A channel with no history yet gets
-# its epoch now (kept as long as history would be), and the offset ``<epoch>-0-0``:
-# "before the first event", so a client that joined an empty channel (a new user's
-# ``user:`` channel) and reconnects before its first event still resumes. Such a
-# resume is exact while nothing was trimmed (see ``RedisBackend._history_batch``).
-POSITION_SCRIPT = _ENSURE_EPOCH.format(key="KEYS[2]", expiry=", 'EX', ARGV[1]") + """
+# epoch key; ARGV[1]: seconds its history is kept. The newest entry's id; for a channel
+# with no history yet (a new user's ``user:`` channel), a marker entry (field ``z``, no
+# message: readers skip it, nothing is published) is added and its id given, with the
+# epoch made now if there is none, both kept as long as history would be. A resume from
+# it then gets every event since, and is refused (recovered: false) once trimming took
+# the marker, by the same check as any other offset.
+POSITION_SCRIPT = _ENSURE_EPOCH.format(key="KEYS[2]", expiry="") + """
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #newest == 0 then return {epoch, '0-0'} end
-return {epoch, newest[1][1]}
+if #newest > 0 then return {epoch, newest[1][1]} end
+local id = redis.call('XADD', KEYS[1], '*', 'z', '')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return {epoch, id}
 """
-BEFORE_FIRST = (0, 0)
-"""The stream position of ``<epoch>-0-0``, the offset of a channel that had no event yet."""
 
 
 def publishing_script(before: str = "", *, sharded: bool = False) -> str:

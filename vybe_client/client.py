@@ -335,7 +335,8 @@ class VybeClient:
         """Call ``fn`` (a function or a coroutine function) on ``kind``; returns a function that removes it.
 
         ``event(Event)``, ``notice(Notice)`` (every notice), ``recovered(SubscribeResult)`` (a subscribe
-        with ``since`` answered ``recovered: true``), ``unrecovered(SubscribeResult)`` (answered
+        with ``since`` answered ``recovered: true``; also your own ``user:`` channel's after a reconnect: the
+        client resumes it too), ``unrecovered(SubscribeResult)`` (answered
         ``recovered: false``, or a channel resubscribed after a reconnect before any offset was seen:
         refetch), ``gap(channel)``, ``status(state, detail)``, ``auth_lost(close_code, reason)`` (4003 token
         refused, 4004 expired, 4010 disconnected by the app's backend; after ``get_token`` was asked once),

@@ -89,6 +89,9 @@ class _Channel:
         else:
             self.binary[sub] = None
 
+    def holds(self, sub: Subscriber) -> bool:
+        return sub in self.subscribers or (self.binary is not None and sub in self.binary)
+
     def discard(self, sub: Subscriber) -> None:
         self.subscribers.pop(sub, None)
         if self.binary is not None:
@@ -158,11 +161,12 @@ class Hub:
         ``since``, ``position`` asks for the channel's newest offset (one more read) as a resume point.
         """
         state = await self._ensure(channel)
+        held = state.holds(sub)  # already (the own user: channel, held since auth; a subscribe again)
         if since is None:
             state.add(sub)
             if not position:
                 return Resume(None)
-            return Resume(None, position=await self._position(sub, state, channel))
+            return Resume(None, position=await self._position(sub, state, channel, held=held))
         parsed = parse_offset(since)
         sub.resuming[channel] = []
         state.add(sub)
@@ -170,11 +174,11 @@ class Hub:
         if parsed is not None:
             try:
                 entries = await self.backend.history(channel, parsed[0], parsed[1])
-            except BaseException:  # the caller answers `unavailable`: nothing stays attached
-                await self._detach(sub, state)
+            except BaseException:  # the caller answers `unavailable`: nothing stays attached that was not
+                await self._detach(sub, state, held=held)
                 raise
         if entries is None:  # history no longer reaches back: a fresh resume point, so the next resume can
-            return Resume(False, position=await self._position(sub, state, channel, stored=True))
+            return Resume(False, position=await self._position(sub, state, channel, stored=True, held=held))
         last: Key = parsed[1] if parsed else (0, 0)
         missed: list[bytes] = []
         for entry in entries:
@@ -184,16 +188,18 @@ class Hub:
             last = max(last, key)
         return Resume(True, missed, last)
 
-    async def _position(self, sub: Subscriber, state: _Channel, channel: str, stored: bool = False) -> str | None:
+    async def _position(self, sub: Subscriber, state: _Channel, channel: str, stored: bool = False,
+                        held: bool = False) -> str | None:
         """The channel's newest offset for ``sub``, attached already: whatever is newer reaches it live.
         ``stored``: read from Redis, not from what this node delivered last (after a resume that history no
-        longer reached, that memory may name the history that was lost)."""
+        longer reached, that memory may name the history that was lost). ``held``: ``sub`` held the channel
+        before this subscribe, and keeps it if the read fails."""
         if not stored and state.epoch is not None and state.last is not None:  # what this node delivered last
             return make_offset(state.epoch, f"{state.last[0]}-{state.last[1]}")
         try:
             return await self.backend.position(channel)
         except BaseException:
-            await self._detach(sub, state)
+            await self._detach(sub, state, held=held)
             raise
 
     def _history_element(self, channel: str, entry: HistoryEntry) -> tuple[Meta, bytes, Key]:
@@ -213,8 +219,13 @@ class Hub:
             self._missed_bytes += len(entry.message) + len(element)
         return made[1], made[2], made[3]
 
-    async def _detach(self, sub: Subscriber, state: _Channel) -> None:
-        """Undo a subscription that failed half-way (a history or position read that failed)."""
+    async def _detach(self, sub: Subscriber, state: _Channel, *, held: bool) -> None:
+        """Undo a subscription that failed half-way (a history or position read that failed). A channel ``sub``
+        held before (``held``: its own user: channel, or a subscribe again) stays held, live: only the catch-up
+        failed (before, the failed read of a subscribe again cut the socket off its own channel)."""
+        if held:
+            self.finish_resume(sub, state.name, None)  # the live events buffered meanwhile go out
+            return
         sub.resuming.pop(state.name, None)
         with contextlib.suppress(*self.backend.transient_errors):
             await self.unsubscribe(sub, state.name)

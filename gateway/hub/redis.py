@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.bus import BEFORE_FIRST, POSITION_SCRIPT, History, Keys, Meta, Publisher, make_offset, stream_id_key
+from common.bus import POSITION_SCRIPT, History, Keys, Meta, Publisher, make_offset, stream_id_key
 from common.redisconn import Script, pubsub_client
 from common.tasks import backoff, cancel_and_wait, cancelled_meanwhile
 from gateway.hub.base import Backend, HistoryEntry
@@ -45,10 +45,6 @@ class RedisBackend(Backend):
         self.publisher = Publisher(redis, prefix, history_len, history_ttl_s=history_ttl_s, history=history)
         self.history_len = history_len
         self._position_script = Script(redis, POSITION_SCRIPT)
-        # What one history read takes at most. XADD's `MAXLEN ~` trims whole macro nodes (up to 100 entries or
-        # 4 KB each by default), so a stream may hold up to a node more than its length: a cap of twice the length
-        # alone cut the newest off a short history (5 kept, 40 published: the oldest 10 were read).
-        self.read_cap = 2 * history_len + 1000
         self.reconnects = 0
         self._channels: set[str] = set()
         self._pending: dict[str, asyncio.Future[None]] = {}
@@ -66,6 +62,13 @@ class RedisBackend(Backend):
     @property
     def healthy(self) -> bool:
         return self._up.is_set()
+
+    def read_cap(self, channel: str) -> int:
+        """What one history read of ``channel`` takes at most: from its namespace's length (a namespace keeping
+        more than the default was cut short before). XADD's `MAXLEN ~` trims whole macro nodes (up to 100 entries
+        or 4 KB each by default), so a stream may hold up to a node more than its length: a cap of twice the
+        length alone cut the newest off a short history (5 kept, 40 published: the oldest 10 were read)."""
+        return 2 * self.publisher.history(channel)[0] + 1000
 
     async def start(self) -> None:
         self._pubsub = self._listener.pubsub()
@@ -175,7 +178,7 @@ class RedisBackend(Backend):
                              waiters: list[tuple[str, tuple[int, int], asyncio.Future[list[HistoryEntry] | None]]]
                              ) -> None:
         try:
-            current, first, length, entries = await self._read_history(channel, min(after for _, after, _ in waiters))
+            current, first, entries = await self._read_history(channel, min(after for _, after, _ in waiters))
         except BaseException as err:  # each waiter gets the read's error (it is re-raised to each)
             for _, _, fut in waiters:
                 if not fut.done():
@@ -188,14 +191,10 @@ class RedisBackend(Backend):
         for epoch, after, fut in waiters:
             if fut.done():
                 continue
-            if current != epoch or (first is not None and first > after and not (
-                    after == BEFORE_FIRST and length < self.publisher.history(channel)[0])):
+            if current != epoch or (first is not None and first > after):
                 # The epoch changed, or the oldest kept event is newer than the client's: what lay
                 # between may have been trimmed. Redis 6.2 cannot say (7.0's XINFO
-                # max-deleted-entry-id could), so refuse rather than risk a silent gap. One case is
-                # sure: from before the first event (an offset given for an empty channel), nothing
-                # was trimmed while the stream is shorter than its length (`MAXLEN ~` never trims
-                # below it, and nothing else deletes entries; expiry takes the epoch too).
+                # max-deleted-entry-id could), so refuse rather than risk a silent gap.
                 fut.set_result(None)
             else:
                 missed = shared.get(after)
@@ -204,20 +203,19 @@ class RedisBackend(Backend):
                 fut.set_result(missed)
 
     async def _read_history(self, channel: str, after: tuple[int, int]
-                            ) -> tuple[str | None, tuple[int, int] | None, int, list[HistoryEntry]]:
-        """(current epoch, oldest kept id, events kept, the entries after ``after``)."""
+                            ) -> tuple[str | None, tuple[int, int] | None, list[HistoryEntry]]:
+        """(current epoch, oldest kept id (an event's, or a resume point's marker), the events after ``after``)."""
         k = self.keys
         start = f"({after[0]}-{after[1]}"
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(k.epoch(channel))
             pipe.xrange(k.stream(channel), "-", "+", count=1)
-            pipe.xlen(k.stream(channel))
-            pipe.xrange(k.stream(channel), start, "+", count=self.read_cap)
-            current, first, length, entries = await pipe.execute()
+            pipe.xrange(k.stream(channel), start, "+", count=self.read_cap(channel))
+            current, first, entries = await pipe.execute()
         current_epoch = current.decode() if current else None
         oldest = stream_id_key(_s(first[0][0])) if first else None
-        kept = [HistoryEntry(current_epoch or "", _s(sid), fields[b"m"]) for sid, fields in entries]
-        return current_epoch, oldest, int(length), kept
+        kept = [HistoryEntry(current_epoch or "", _s(sid), fields[b"m"]) for sid, fields in entries if b"m" in fields]
+        return current_epoch, oldest, kept
 
     async def position(self, channel: str) -> str | None:
         k = self.keys
@@ -229,11 +227,11 @@ class RedisBackend(Backend):
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(k.epoch(channel))
-            pipe.xrevrange(k.stream(channel), "+", "-", count=self.read_cap)  # the newest, whatever the cap
+            pipe.xrevrange(k.stream(channel), "+", "-", count=self.read_cap(channel))  # the newest, whatever the cap
             epoch, entries = await pipe.execute()
         if not epoch:
             return []
-        return [HistoryEntry(_s(epoch), _s(sid), fields[b"m"]) for sid, fields in reversed(entries)]
+        return [HistoryEntry(_s(epoch), _s(sid), fields[b"m"]) for sid, fields in reversed(entries) if b"m" in fields]
 
     async def _run(self) -> None:
         await read_with_reconnect(self._read, self._resubscribe, self._up.clear, "redis pub/sub")

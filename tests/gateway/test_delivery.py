@@ -347,6 +347,26 @@ async def test_a_channel_with_no_event_yet_still_gives_a_resume_point(start_gate
     assert trimmed["recovered"] is False and trimmed["offset"] != empty["offset"]
 
 
+async def test_a_failed_catch_up_on_a_held_channel_keeps_it_held(start_gateway, connect, tmp_path: Path) -> None:
+    """The own `user:` channel is held from `auth` on; a subscribe to it again (the SDKs ask for its resume
+    point) whose Redis read fails (here Redis refuses writes: out of memory, as a full Redis or a demoted master
+    does) answers `unavailable` and leaves the channel held and live. Before, the failure unsubscribed the socket
+    from its own channel: it heard nothing more on it (moderation outcomes, disconnects) until it reconnected."""
+    with embedded_redis(tmp_path / "oom") as url:
+        live = await start_gateway(redis_url=url)
+        client = await connect(live, live.token("member"))
+        admin = aioredis.from_url(url)
+        try:
+            await admin.config_set("maxmemory", 1)
+            refused = await client.call("subscribe", channel="user:member")
+            assert refused["type"] == "error" and refused["code"] == "unavailable", refused
+            await admin.config_set("maxmemory", 0)
+            await live.gateway.publisher.publish("user:member", "test.seq", {"n": 1}, Meta(o="member"))
+            await client.wait_for(lambda m: m.get("data", {}).get("n") == 1, timeout=5)
+        finally:
+            await admin.aclose()
+
+
 async def test_a_killed_pubsub_connection_is_noticed_and_backfilled(start_gateway, connect) -> None:
     """The pub/sub connection killed (CLIENT KILL TYPE pubsub), an event published at once, five times:
     the connection must not come back by itself (redis-py would resubscribe silently and lose what was

@@ -120,7 +120,8 @@
  * - "status": StatusDetail
  * - "auth": {result: AuthResult, refreshed: boolean}: each successful `auth` (refreshed: on the same socket)
  * - "subscribed": {channel, result: SubscribeResult, resumed: boolean, since: string|null}: every
- *   subscribe ack, the automatic ones after a reconnect included
+ *   subscribe ack, the automatic ones after a reconnect included, and your own `user:` channel's (asked
+ *   at auth for its resume point; it stays held whatever the answer)
  * - "digest": {channel, count, skipped, offset}: a digest channel's coalesced frame; its items came as
  *   events just before; `skipped` arrived but were not carried (refetch to show them)
  * - "recovered": {channel, missed, since}: a subscribe with `since` answered recovered: true
@@ -129,6 +130,7 @@
  *   or a channel subscribed again after a reconnect with no offset to resume from (since: null):
  *   events may be missing; refetch
  * - "subscribeError": {channel, error: CommandError}: the channel was refused and is no longer held
+ *   (your own `user:` channel excepted: only its catch-up failed, it stays held)
  * - "authLost": {code, reason, error}: close 4003 (refused) / 4004 (expired) / 4010 (your app's backend
  *   disconnected you); with getToken, a fresh token is tried once first; no reconnect until refreshToken() or
  *   connect()
