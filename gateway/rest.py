@@ -12,7 +12,7 @@ declares the codes it can answer with.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
@@ -34,6 +34,10 @@ from gateway import protocol as p
 from gateway.auth import AuthError, Identity
 from gateway.commands import CommandError, handle, unavailable
 from gateway.context import Gateway
+
+if TYPE_CHECKING:
+    from litestar.connection import ASGIConnection
+    from litestar.handlers import BaseRouteHandler
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +146,39 @@ class Actor(msgspec.Struct):
     blocked: frozenset[str]
 
 
-async def _actor(request: Request[Any, Any, Any]) -> Actor:
-    gw = request.app.state.gateway
-    header = request.headers.get("authorization", "")
+def _identity(connection: ASGIConnection[Any, Any, Any, Any]) -> Identity:
+    """The caller's verified token, checked once per request (by the controllers' guard, before the body and
+    the query are read: a request without a valid token is refused for that, whatever else is wrong with it)."""
+    known = connection.state.get("identity")
+    if isinstance(known, Identity):
+        return known
+    header = connection.headers.get("authorization", "")
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token.strip():
         raise ApiError(ErrorCode.AUTH_REQUIRED, "send Authorization: Bearer <token>")
     try:
-        identity: Identity = gw.verifier.verify(token.strip())
+        identity: Identity = connection.app.state.gateway.verifier.verify(token.strip())
     except AuthError as err:
         raise ApiError(err.code, str(err)) from err
+    connection.state.identity = identity
+    return identity
+
+
+def _signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of the member API: the token first (before, a malformed body was answered 400/422 to anyone)."""
+    if connection.scope.get("method") != "OPTIONS":
+        _identity(connection)
+
+
+def _moderating(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of the moderator API: the token, then the role, before anything else is read."""
+    if connection.scope.get("method") != "OPTIONS" and not _identity(connection).is_moderator:
+        raise ApiError(ErrorCode.FORBIDDEN, "moderation is for MODERATOR and ADMIN roles")
+
+
+async def _actor(request: Request[Any, Any, Any]) -> Actor:
+    gw = request.app.state.gateway
+    identity = _identity(request)
     blocked = await gw.on_first_auth(identity)
     return Actor(gw, identity.user_id, identity.is_moderator, frozenset(blocked))
 
@@ -187,6 +214,7 @@ class RestController(Controller):
     path = "/api"
     tags = ("api",)
     security = ({"BearerToken": []},)
+    guards = [_signed_in]  # noqa: RUF012 (litestar's attribute)
 
     @get("/feed", operation_id="getFeed", responses=responses(ErrorCode.INVALID_CURSOR, ErrorCode.NOT_FOUND))
     async def feed(self, request: Request[Any, Any, Any], state: State, cursor: FromQuery[Cursor] = None,
@@ -291,6 +319,7 @@ class ModerationController(Controller):
     path = "/api/mod"
     tags = ("moderation",)
     security = ({"BearerToken": []},)
+    guards = [_moderating]  # noqa: RUF012 (litestar's attribute)
 
     @get("/queue", operation_id="getQueue", responses=responses(ErrorCode.FORBIDDEN))
     async def queue(self, request: Request[Any, Any, Any], state: State,
