@@ -639,6 +639,58 @@ async def appeal(pool: asyncpg.Pool, user_id: str, target_type: str, target_id: 
     return await _once(pool, user_id, request_id, f"appeal:{kind}:{tid}", Appealed, body, announce)
 
 
+class Moderated(msgspec.Struct, frozen=True):
+    """One of your vybes or comments that moderation took out of view, and what you may do about it."""
+
+    target_type: str
+    """``shared_vybe`` or ``comment``."""
+    target_id: str
+    vybe_id: str | None
+    """A comment's vybe (null for a vybe)."""
+    state: str
+    """``hidden`` or ``removed``."""
+    excerpt: str | None
+    """The start of its text, to name it."""
+    by: str
+    """``moderator``, or ``model`` (hidden by the model's score; no moderator has decided yet)."""
+    message: str | None
+    """What the moderator chose to tell you (the internal note is never shown)."""
+    appeal: str | None
+    """Null: not appealed; ``open``: waiting for a moderator; ``denied`` (a granted appeal restores the content,
+    which then leaves this list)."""
+    appealable: bool
+    """You may still ``appeal`` it (once per item)."""
+    decided_at: dt.datetime
+
+
+_MODERATED: LiteralString = """
+SELECT t.target_type, t.id, t.vybe_id, t.state, t.content, c.resolved_by, c.message, c.appeal_statement,
+       c.appeal_outcome, coalesce(c.resolved_at, t.moderated_at, t.updated_at) AS decided_at
+  FROM (SELECT 'shared_vybe' AS target_type, id, NULL::uuid AS vybe_id, moderation_state::text AS state, content,
+               moderated_at, updated_at
+          FROM shared_vybes WHERE user_id = $1 AND moderation_state IN ('hidden', 'removed')
+        UNION ALL
+        SELECT 'comment', id, shared_vybe_id, moderation_state::text, content, moderated_at, updated_at
+          FROM comments WHERE user_id = $1 AND moderation_state IN ('hidden', 'removed')) t
+  LEFT JOIN moderation_cases c ON c.target_type = t.target_type AND c.target_id = t.id::text
+ ORDER BY decided_at DESC, t.id
+ LIMIT $2
+"""
+
+
+async def moderated_of(pool: asyncpg.Pool, user_id: str, limit: int = 100) -> list[Moderated]:
+    """``user_id``'s own vybes and comments that are hidden or removed, newest decision first: what a client that
+    was away when ``moderation.outcome`` came (or speaks REST only) shows and offers to appeal."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(_MODERATED, user_id, limit)
+    return [Moderated(
+        target_type=r["target_type"], target_id=str(r["id"]),
+        vybe_id=None if r["vybe_id"] is None else str(r["vybe_id"]), state=r["state"], excerpt=excerpt(r["content"]),
+        by="moderator" if r["resolved_by"] is not None else "model", message=r["message"],
+        appeal=None if r["appeal_statement"] is None else (r["appeal_outcome"] or "open"),
+        appealable=r["appeal_statement"] is None, decided_at=r["decided_at"]) for r in rows]
+
+
 async def _audit(conn: asyncpg.Connection, actor: str, action: str, case: asyncpg.Record, note: str | None) -> None:
     await conn.execute(
         """INSERT INTO moderation_audit (actor_id, action, case_id, target_type, target_id, note, detail)

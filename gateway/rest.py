@@ -288,6 +288,15 @@ class RestController(Controller):
         reopens for a moderator other than the one who acted; the outcome comes as ``moderation.outcome``."""
         return await _run(request, _command(p.AppealCmd, data), mdb.AppealView)
 
+    @get("/me/moderated", operation_id="getMyModerated")
+    async def my_moderated(self, request: Request[Any, Any, Any], state: State,
+                           limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100) -> list[mdb.Moderated]:
+        """Your vybes and comments that moderation hid or removed, newest decision first: the moderator's message
+        to you, your appeal's state, and whether you may still appeal (``POST /api/appeals``). For an app that
+        was away when ``moderation.outcome`` came, or speaks REST only: hidden content leaves every read."""
+        actor = await _actor(request)
+        return await mdb.moderated_of(state.gateway.pool, actor.user_id, limit)
+
     @delete("/vybes/{vybe_id:str}", status_code=204, operation_id="deleteVybe",
             responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
     async def delete_vybe(self, request: Request[Any, Any, Any], state: State, vybe_id: FromPath[str]) -> None:

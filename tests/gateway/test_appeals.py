@@ -44,6 +44,14 @@ async def test_appeal_over_rest_once_and_only_by_the_author(live, connect) -> No
         data = outcome["data"]
         assert data["message"] == "Removed for violent language." and "note" not in data  # the note is internal
         assert data["excerpt"] == "this gym is killing me" and data["appealable"] is True
+        # What an app that was away (or speaks REST only) reads back: the author's own moderated content.
+        [mine] = (await http.get("/api/me/moderated", headers=_auth(live, "kim"))).json()
+        assert {k: mine[k] for k in ("target_type", "target_id", "state", "excerpt", "by", "message", "appeal",
+                                     "appealable")} == {
+            "target_type": "shared_vybe", "target_id": vybe["id"], "state": "removed",
+            "excerpt": "this gym is killing me", "by": "moderator", "message": "Removed for violent language.",
+            "appeal": None, "appealable": True}
+        assert (await http.get("/api/me/moderated", headers=_auth(live, "lee"))).json() == []
 
         appeal = {"target_type": "SHARED_VYBE", "target_id": vybe["id"], "statement": "It means the workout is hard."}
         other = await http.post("/api/appeals", headers=_auth(live, "lee"), json=appeal)
@@ -67,6 +75,8 @@ async def test_appeal_over_rest_once_and_only_by_the_author(live, connect) -> No
         denied = await http.post(f"/api/mod/cases/{appealed['case_id']}/resolve", headers=mods,
                                  json={"version": appealed["version"], "action": "remove"})
         assert denied.json()["appeal_outcome"] == "denied"
+        [mine] = (await http.get("/api/me/moderated", headers=_auth(live, "kim"))).json()
+        assert (mine["appeal"], mine["appealable"]) == ("denied", False)
     told = await author.wait_for(lambda m: m.get("event") == "moderation.outcome" and m["data"]["appeal"] == "denied")
     assert told["data"]["appealable"] is False
     # Each decision reached the author once: the resent resolve and appeal announced nothing.
@@ -84,6 +94,8 @@ async def test_model_hidden_content_can_be_appealed_by_anyone_moderating(live, c
     appealed = await author.ok("appeal", target_type="SHARED_VYBE", target_id=vybe["id"], statement="Gym talk!")
     assert appealed["state"] == "open"
     async with httpx.AsyncClient(base_url=live.http) as http:
+        [mine] = (await http.get("/api/me/moderated", headers=_auth(live, "ren"))).json()
+        assert (mine["state"], mine["by"], mine["appeal"], mine["appealable"]) == ("hidden", "model", "open", False)
         [case] = (await http.get("/api/mod/queue", headers=_auth(live, "mod", "MODERATOR"),
                                  params={"appeals": "true"})).json()
         assert case["appeal_of"] is None
@@ -91,6 +103,7 @@ async def test_model_hidden_content_can_be_appealed_by_anyone_moderating(live, c
                                   headers=_auth(live, "mod", "MODERATOR"), json={"version": case["version"],
                                                                                  "action": "restore"})
         assert granted.json()["appeal_outcome"] == "granted"
+        assert (await http.get("/api/me/moderated", headers=_auth(live, "ren"))).json() == [], "restored: back in view"
     state = await live.gateway.pool.fetchval("SELECT moderation_state::text FROM shared_vybes")
     assert state == "approved"
 
