@@ -57,16 +57,17 @@ return {{epoch, id}}
 
 
 # A channel's resume point as a subscriber joins. KEYS[1]: its stream; KEYS[2]: its
-# epoch key; ARGV[1]: seconds its history is kept. The newest entry's id; for a channel
-# with no history yet (a new user's ``user:`` channel), a marker entry (field ``z``, no
-# message: readers skip it, nothing is published) is added and its id given, with the
-# epoch made now if there is none, both kept as long as history would be. A resume from
-# it then gets every event since, and is refused (recovered: false) once trimming took
-# the marker, by the same check as any other offset.
-POSITION_SCRIPT = _ENSURE_EPOCH.format(key="KEYS[2]", expiry="") + """
+# epoch key; ARGV[1]: seconds its history is kept; ARGV[2]: RESUME_POINT. The newest
+# entry's id; for a channel with no history yet (a new user's ``user:`` channel), a
+# marker entry is added and its id given, with the epoch made now if there is none,
+# both kept as long as history would be. A resume from it then gets every event since,
+# and is refused (recovered: false) once trimming took the marker, by the same check as
+# any other offset. The marker is never published; readers skip it by its ``z`` field
+# (and a reader older than it, mid-deploy, finds an ``m`` it can read: an event for nobody).
+POSITION_SCRIPT = _ENSURE_EPOCH.format(key="KEYS[2]", expiry=", 'EX', ARGV[1]") + """
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #newest > 0 then return {epoch, newest[1][1]} end
-local id = redis.call('XADD', KEYS[1], '*', 'z', '')
+local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[2], 'z', '1')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 return {epoch, id}
@@ -154,6 +155,10 @@ def encode_message(event: str, data: object, meta: Meta | None = None, ts: float
     body = _body_encoder.encode(Body(event, now, data))
     meta = msgspec.structs.replace(meta or Meta(), t=now)
     return _meta_encoder.encode(meta) + b"\n" + body
+
+
+RESUME_POINT = encode_message("resume.point", None, Meta(o=""))
+"""The message of a resume point's marker (see POSITION_SCRIPT): only for a user with no id, that is nobody."""
 
 
 def split_message(message: bytes) -> tuple[Meta, bytes]:

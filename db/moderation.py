@@ -652,20 +652,23 @@ class Moderated(msgspec.Struct, frozen=True):
     excerpt: str | None
     """The start of its text, to name it."""
     by: str
-    """``moderator``, or ``model`` (hidden by the model's score; no moderator has decided yet)."""
+    """``moderator`` (a moderator's hide or remove stands), or ``model`` (hidden by the model's score, or waiting
+    for a moderator to decide again)."""
     message: str | None
-    """What the moderator chose to tell you (the internal note is never shown)."""
+    """What the deciding moderator chose to tell you (the internal note is never shown); null under ``model``."""
     appeal: str | None
-    """Null: not appealed; ``open``: waiting for a moderator; ``denied`` (a granted appeal restores the content,
-    which then leaves this list)."""
+    """Null: not appealed; ``open``: waiting for a moderator; ``denied``; ``granted`` (the content came back, and
+    was taken down again since: you may not appeal twice)."""
     appealable: bool
     """You may still ``appeal`` it (once per item)."""
     decided_at: dt.datetime
 
 
 _MODERATED: LiteralString = """
-SELECT t.target_type, t.id, t.vybe_id, t.state, t.content, c.resolved_by, c.message, c.appeal_statement,
-       c.appeal_outcome, coalesce(c.resolved_at, t.moderated_at, t.updated_at) AS decided_at
+SELECT t.target_type, t.id, t.vybe_id, t.state, t.content,
+       c.state = 'resolved' AND c.resolution IN ('hide', 'remove') AS decided, c.message, c.appeal_statement,
+       c.appeal_outcome, coalesce(CASE WHEN c.state = 'resolved' THEN c.resolved_at END, t.moderated_at, t.updated_at)
+           AS decided_at
   FROM (SELECT 'shared_vybe' AS target_type, id, NULL::uuid AS vybe_id, moderation_state::text AS state, content,
                moderated_at, updated_at
           FROM shared_vybes WHERE user_id = $1 AND moderation_state IN ('hidden', 'removed')
@@ -686,7 +689,7 @@ async def moderated_of(pool: asyncpg.Pool, user_id: str, limit: int = 100) -> li
     return [Moderated(
         target_type=r["target_type"], target_id=str(r["id"]),
         vybe_id=None if r["vybe_id"] is None else str(r["vybe_id"]), state=r["state"], excerpt=excerpt(r["content"]),
-        by="moderator" if r["resolved_by"] is not None else "model", message=r["message"],
+        by="moderator" if r["decided"] else "model", message=r["message"] if r["decided"] else None,
         appeal=None if r["appeal_statement"] is None else (r["appeal_outcome"] or "open"),
         appealable=r["appeal_statement"] is None, decided_at=r["decided_at"]) for r in rows]
 

@@ -288,7 +288,7 @@ class RestController(Controller):
         reopens for a moderator other than the one who acted; the outcome comes as ``moderation.outcome``."""
         return await _run(request, _command(p.AppealCmd, data), mdb.AppealView)
 
-    @get("/me/moderated", operation_id="getMyModerated")
+    @get("/me/moderated", operation_id="getMyModerated", responses=responses())
     async def my_moderated(self, request: Request[Any, Any, Any], state: State,
                            limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100) -> list[mdb.Moderated]:
         """Your vybes and comments that moderation hid or removed, newest decision first: the moderator's message

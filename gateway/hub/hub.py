@@ -161,7 +161,9 @@ class Hub:
         ``since``, ``position`` asks for the channel's newest offset (one more read) as a resume point.
         """
         state = await self._ensure(channel)
-        held = state.holds(sub)  # already (the own user: channel, held since auth; a subscribe again)
+        # The own user: channel is held from auth on, whatever a subscribe to it again answers (the SDKs ask for its
+        # resume point); any other channel whose catch-up failed is let go, as the SDKs let it go too.
+        held = state.holds(sub) and channel == f"user:{sub.user_id}"
         if since is None:
             state.add(sub)
             if not position:
@@ -192,8 +194,8 @@ class Hub:
                         held: bool = False) -> str | None:
         """The channel's newest offset for ``sub``, attached already: whatever is newer reaches it live.
         ``stored``: read from Redis, not from what this node delivered last (after a resume that history no
-        longer reached, that memory may name the history that was lost). ``held``: ``sub`` held the channel
-        before this subscribe, and keeps it if the read fails."""
+        longer reached, that memory may name the history that was lost). ``held``: ``sub`` keeps the channel
+        if the read fails (its own user: channel)."""
         if not stored and state.epoch is not None and state.last is not None:  # what this node delivered last
             return make_offset(state.epoch, f"{state.last[0]}-{state.last[1]}")
         try:
@@ -220,9 +222,9 @@ class Hub:
         return made[1], made[2], made[3]
 
     async def _detach(self, sub: Subscriber, state: _Channel, *, held: bool) -> None:
-        """Undo a subscription that failed half-way (a history or position read that failed). A channel ``sub``
-        held before (``held``: its own user: channel, or a subscribe again) stays held, live: only the catch-up
-        failed (before, the failed read of a subscribe again cut the socket off its own channel)."""
+        """Undo a subscription that failed half-way (a history or position read that failed). ``held``: the
+        socket's own user: channel, held since auth, stays held and live: only the catch-up failed (before, the
+        failed read of a subscribe to it again cut the socket off its own channel)."""
         if held:
             self.finish_resume(sub, state.name, None)  # the live events buffered meanwhile go out
             return

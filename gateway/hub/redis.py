@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.bus import POSITION_SCRIPT, History, Keys, Meta, Publisher, make_offset, stream_id_key
+from common.bus import POSITION_SCRIPT, RESUME_POINT, History, Keys, Meta, Publisher, make_offset, stream_id_key
 from common.redisconn import Script, pubsub_client
 from common.tasks import backoff, cancel_and_wait, cancelled_meanwhile
 from gateway.hub.base import Backend, HistoryEntry
@@ -214,13 +214,14 @@ class RedisBackend(Backend):
             current, first, entries = await pipe.execute()
         current_epoch = current.decode() if current else None
         oldest = stream_id_key(_s(first[0][0])) if first else None
-        kept = [HistoryEntry(current_epoch or "", _s(sid), fields[b"m"]) for sid, fields in entries if b"m" in fields]
+        kept = [HistoryEntry(current_epoch or "", _s(sid), fields[b"m"])
+                for sid, fields in entries if b"z" not in fields]  # not a resume point's marker
         return current_epoch, oldest, kept
 
     async def position(self, channel: str) -> str | None:
         k = self.keys
         epoch, newest = await self._position_script(keys=[k.stream(channel), k.epoch(channel)],
-                                             args=[self.publisher.history(channel)[1]])
+                                                    args=[self.publisher.history(channel)[1], RESUME_POINT])
         return make_offset(_s(epoch), _s(newest))
 
     async def current(self, channel: str) -> list[HistoryEntry]:
@@ -231,7 +232,8 @@ class RedisBackend(Backend):
             epoch, entries = await pipe.execute()
         if not epoch:
             return []
-        return [HistoryEntry(_s(epoch), _s(sid), fields[b"m"]) for sid, fields in reversed(entries) if b"m" in fields]
+        return [HistoryEntry(_s(epoch), _s(sid), fields[b"m"])
+                for sid, fields in reversed(entries) if b"z" not in fields]
 
     async def _run(self) -> None:
         await read_with_reconnect(self._read, self._resubscribe, self._up.clear, "redis pub/sub")

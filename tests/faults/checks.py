@@ -90,6 +90,8 @@ async def read_history(redis_url: str, prefix: str, channel: str) -> list[Histor
         await client.aclose()
     out = []
     for sid, fields in entries:
+        if b"z" in fields:  # a resume point's marker (common.bus.POSITION_SCRIPT), never an event
+            continue
         offset = f"{(epoch or b'?').decode()}-{sid.decode()}"
         parts = fields[b"m"].split(b"\x1e")  # one event per entry; several would be a bug, kept visible
         for part in parts:
