@@ -334,6 +334,10 @@ async def claim(pool: asyncpg.Pool, case_id: str, version: int, moderator: str, 
         row, _ = await _locked_case(conn, case_id, version, moderator)
         if row["state"] != "open":
             raise Conflict("case is resolved")
+        if not release and row["appeal_statement"] is not None and row["appeal_outcome"] is None \
+                and row["appeal_of"] == moderator:
+            # A claim would hold the appeal away from every moderator who may decide it, for the whole lease.
+            raise Forbidden("you took the action under appeal: another moderator decides it")
         await conn.execute(
             """UPDATE moderation_cases SET claimed_by = $2, version = version + 1, updated_at = now(),
                       claim_expires_at = CASE WHEN $2::text IS NULL THEN NULL
@@ -433,25 +437,27 @@ async def _vybe_place(conn: asyncpg.Connection, vybe_id: str) -> tuple[str | Non
 
 async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
                  announce: Announcement | None = None, request_id: str | None = None) -> Resolved:
-    """Undo a resolution: the case is open again (unclaimed, a new version), its content back under
-    review (``flagged``: visible, as before a decision; content never shown, a ``held`` case's, stays out of view
-    until a moderator lets it out) and the decision no longer a label. An appeal decided by it is undecided again.
-    The author is not told: the content is simply reviewed again."""
+    """Undo a resolution: the case is open again (unclaimed, a new version), its content back under review and
+    the decision no longer a label. Content the decision let be (dismiss, restore) is ``flagged`` (in view, as
+    before a decision); content it took down (hide, remove) stays out of view until a moderator decides again
+    (before, an undo put a removed threat back in every feed until the next decision); content never shown (a
+    ``held`` case's) likewise. An appeal decided by it is undecided again. The author is not told: the content
+    is simply reviewed again."""
 
     async def body(conn: asyncpg.Connection) -> Resolved:
-        row, before = await _locked_case(conn, case_id, version, moderator)
+        row, _ = await _locked_case(conn, case_id, version, moderator)
         if row["state"] != "resolved":
             raise Conflict("case is open already")
         kind, looproom, privacy = row["target_type"], None, None
         if kind in _TABLE:
             # Never shown (a held case): out of view still, and back to waiting for its score if it never had one
-            # (the sweeper retries it; its first score decides as for any held vybe).
+            # (the sweeper retries it; its first score decides as for any held vybe). Taken down: out of view still.
             await conn.execute(
                 f"""UPDATE {_TABLE[kind]} SET updated_at = now(), moderation_state = CASE
-                        WHEN NOT $2 THEN 'flagged'
-                        WHEN NOT EXISTS (SELECT 1 FROM moderation_scores s
-                                          WHERE s.target_type = $3 AND s.target_id = $1::uuid) THEN 'pending'
-                        ELSE moderation_state END
+                        WHEN $2 AND NOT EXISTS (SELECT 1 FROM moderation_scores s
+                                                 WHERE s.target_type = $3 AND s.target_id = $1::uuid) THEN 'pending'
+                        WHEN $2 OR moderation_state IN ('hidden', 'removed') THEN moderation_state
+                        ELSE 'flagged' END
                      WHERE id = $1::uuid""",
                 row["target_id"], row["held"], kind)
         if kind == "shared_vybe":
@@ -468,7 +474,7 @@ async def reopen(pool: asyncpg.Pool, case_id: str, version: int, moderator: str,
                 WHERE id = $1""", row["id"])
         await _audit(conn, moderator, "reopen", row, f"was {row['resolution']}")
         return Resolved((await case_views(conn, [row["id"]]))[0], [], looproom, unshown=row["held"],
-                        privacy_level=privacy, was_hidden=before in _OUT_OF_VIEW and not row["held"])
+                        privacy_level=privacy, was_hidden=False)  # nothing comes back into view
 
     return await _once(pool, moderator, request_id, f"reopen:{case_id}", Resolved, body, announce)
 

@@ -109,14 +109,8 @@ def _vybe_meta(result: mdb.Resolved) -> Meta | None:
 
 
 def reopen_events(reopened: mdb.Resolved) -> list[Event]:
-    """The case to moderators; the content back in view where the resolution had taken it out."""
-    view = reopened.case
-    out = [events.case_changed("case.reopened", view)]
-    if view.target_type in ("shared_vybe", "comment") and reopened.was_hidden:
-        vybe_id = None if view.vybe_id is None else str(view.vybe_id)
-        out += events.visibility(view.target_type, str(view.target_id), vybe_id, reopened.looproom_id, "restored",
-                                 _vybe_meta(reopened))
-    return out
+    """The case to moderators. Viewers hear nothing: a reopen changes no content's view (``mdb.reopen``)."""
+    return [events.case_changed("case.reopened", reopened.case)]
 
 
 def resolution_events(resolved: mdb.Resolved, action: str, held: bool = False) -> list[Event]:
@@ -126,9 +120,10 @@ def resolution_events(resolved: mdb.Resolved, action: str, held: bool = False) -
     target = str(view.target_id)
     out = [events.case_changed("report.resolved", view)]
     back = _VISIBILITY[action] == "restored"
-    if view.target_type in ("shared_vybe", "comment") and not held and (resolved.was_hidden or not back):
-        # Letting content be that was in view changes nothing viewers see: no `restored` (for a private vybe,
-        # every feed subscriber would have heard of its id).
+    if view.target_type in ("shared_vybe", "comment") and not held and resolved.was_hidden == back:
+        # Only a change of view is announced: letting content be that was in view changes nothing viewers see
+        # (no `restored`: for a private vybe, every feed subscriber would have heard of its id), nor does taking
+        # down again what a reopen left out of view.
         vybe_id = None if view.vybe_id is None else str(view.vybe_id)
         out += events.visibility(view.target_type, target, vybe_id, resolved.looproom_id, _VISIBILITY[action],
                                  _vybe_meta(resolved))

@@ -261,14 +261,15 @@ async def test_keyboard_help_claim_hide_undo_and_remove_confirmation(live: Any, 
     await expect(undo).to_be_hidden()
     row = await _case(pool, one["id"])
     assert (row["state"], row["resolution"]) == ("open", None)
+    # Out of view until decided again (an undo no longer puts taken-down content back in every feed).
     assert await pool.fetchval("SELECT moderation_state::text FROM shared_vybes WHERE id = $1::uuid", one["id"]) \
-        == "flagged"
+        == "hidden"
     await expect(mod.locator(f".resolved-item[data-case-id='{row['id']}']")).to_have_count(0)
 
     # Remove asks first; Escape (or Cancel) leaves the case as it was.
     remove = case.get_by_role("button", name="Remove")
     assert await remove.evaluate("el => getComputedStyle(el).backgroundColor") == DANGER
-    assert await case.get_by_role("button", name="Hide").evaluate(
+    assert await case.get_by_role("button", name="Keep hidden").evaluate(  # hidden still: its decisions say so
         "el => getComputedStyle(el).backgroundColor") != DANGER
     await mod.keyboard.press("r")
     confirm = mod.get_by_role("dialog", name="Remove for good?")
@@ -355,7 +356,7 @@ async def test_bulk_dismiss_reports_each_case(live: Any, pool: asyncpg.Pool, pag
 
 async def test_reopen_from_recently_resolved(live: Any, pool: asyncpg.Pool, pages: Any) -> None:
     """A decision made earlier (by anyone) is under "Recently resolved"; Reopen puts the case back in the
-    queue, selected, and the content back under review."""
+    queue, selected, and the content back under review (hidden content stays out of view until decided again)."""
     v = await _post(live, "ed", "A post another moderator hid yesterday")
     await _flag(pool, v["id"], ["insult>=0.60 (0.70)"], {"insult": 0.7})
     await _decide(pool, v["id"], "hide", moderator="mod9")
@@ -373,7 +374,7 @@ async def test_reopen_from_recently_resolved(live: Any, pool: asyncpg.Pool, page
     row = await _case(pool, v["id"])
     assert row["state"] == "open"
     assert await pool.fetchval("SELECT moderation_state::text FROM shared_vybes WHERE id = $1::uuid", v["id"]) \
-        == "flagged"
+        == "hidden"
     audit = await pool.fetchval("SELECT note FROM moderation_audit WHERE action = 'reopen' AND actor_id = 'mod1'")
     assert audit == "was hide"
 

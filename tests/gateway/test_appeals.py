@@ -72,6 +72,10 @@ async def test_appeal_over_rest_once_and_only_by_the_author(live, connect) -> No
         same = await http.post(f"/api/mod/cases/{appealed['case_id']}/resolve", headers=_auth(live, "mod", "MODERATOR"),
                                json={"version": appealed["version"], "action": "dismiss"})
         assert (same.status_code, same.json()["code"]) == (403, "forbidden")
+        # Nor may they claim it: a claim would hold it away from every moderator who may decide it for the lease.
+        held = await http.post(f"/api/mod/cases/{appealed['case_id']}/claim", headers=_auth(live, "mod", "MODERATOR"),
+                               json={"version": appealed["version"]})
+        assert (held.status_code, held.json()["code"]) == (403, "forbidden")
         denied = await http.post(f"/api/mod/cases/{appealed['case_id']}/resolve", headers=mods,
                                  json={"version": appealed["version"], "action": "remove"})
         assert denied.json()["appeal_outcome"] == "denied"
@@ -109,8 +113,9 @@ async def test_model_hidden_content_can_be_appealed_by_anyone_moderating(live, c
 
 
 async def test_reopen_undoes_a_resolution_and_context_tells_the_story(live, connect) -> None:
-    """Reopen puts the case back (content visible again, decision no longer a label); the context shows
-    the parent vybe, the author's earlier cases and each reporter's record."""
+    """Reopen puts the case back (the decision no longer a label; removed content stays out of view until a
+    moderator decides again); the context shows the parent vybe, the author's earlier cases and each reporter's
+    record."""
     author = await connect(live, live.token("ivy"))
     viewer = await connect(live, live.token("vic"))
     mod = await connect(live, live.token("mod", "MODERATOR"))
@@ -131,11 +136,18 @@ async def test_reopen_undoes_a_resolution_and_context_tells_the_story(live, conn
         back = await http.post(f"/api/mod/cases/{case['case_id']}/reopen", headers=mods,
                                json={"version": done["version"]})
         assert back.status_code == 200 and back.json()["state"] == "open" and back.json()["resolution"] is None
-        await viewer.wait_for(lambda m: m.get("event") == "vybe.restored" and m["data"]["id"] == first["id"])
+        assert await live.gateway.pool.fetchval("SELECT moderation_state::text FROM shared_vybes WHERE id = $1::uuid",
+                                                first["id"]) == "removed"
         assert await live.gateway.pool.fetchval("SELECT count(*) FROM moderation_labels") == 0
         again = await http.post(f"/api/mod/cases/{case['case_id']}/reopen", headers=mods,
                                 json={"version": back.json()["version"]})
         assert again.json()["code"] == "conflict"  # open already
+        restored = await mod.ok("resolve", case_id=case["case_id"], version=back.json()["version"], action="restore")
+        await viewer.wait_for(lambda m: m.get("event") == "vybe.restored" and m["data"]["id"] == first["id"])
+        seen = [m["event"] for m in viewer.messages
+                if m.get("event") in ("vybe.removed", "vybe.restored") and m["data"]["id"] == first["id"]]
+        assert seen == ["vybe.removed", "vybe.restored"], "back in view once, at the restore"
+        await mod.ok("reopen", case_id=case["case_id"], version=restored["version"])  # in view, under review
 
         # A comment on another vybe, reported by a member with a record.
         vybe = await author.ok("post_vybe", content="second post")

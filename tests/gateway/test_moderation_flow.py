@@ -73,9 +73,11 @@ async def test_flag_claim_conflict_resolve_hide(live, connect) -> None:
 
 async def test_viewers_hear_restored_only_for_content_that_was_out_of_view(live, connect) -> None:
     """Dismissing the flag of a vybe that stayed in view, or reopening that decision, changes nothing viewers see:
-    no `vybe.restored` (before, every feed subscriber heard one). Hiding it and reopening that puts it out of view
-    and back: `vybe.hidden`, then `vybe.restored`, and for a PRIVATE vybe only to its author (before, every feed
-    subscriber heard of its id). A public marker post after each step proves nothing came before it."""
+    no `vybe.restored` (before, every feed subscriber heard one). Hiding it puts it out of view (`vybe.hidden`, for
+    a PRIVATE vybe only to its author: before, every feed subscriber heard of its id); reopening that leaves it out
+    of view until a moderator decides again (before, an undo put it back in view at once: `vybe.restored`); hiding
+    it again announces nothing; a restore brings it back. A public marker post after each step proves nothing came
+    before it."""
     mod = await connect(live, live.token("mod1", "MODERATOR"))
     author = await connect(live, live.token("author"))
     viewer = await connect(live, live.token("viewer"))
@@ -102,8 +104,16 @@ async def test_viewers_hear_restored_only_for_content_that_was_out_of_view(live,
     assert await heard_before_marker(2) == {"author": [], "viewer": []}
     hidden = await mod.ok("resolve", case_id=case["case_id"], version=reopened["version"], action="hide")
     assert await heard_before_marker(3) == {"author": ["vybe.hidden"], "viewer": []}
-    await mod.ok("reopen", case_id=case["case_id"], version=hidden["version"])
-    assert await heard_before_marker(4) == {"author": ["vybe.hidden", "vybe.restored"], "viewer": []}
+    again = await mod.ok("reopen", case_id=case["case_id"], version=hidden["version"])
+    assert await heard_before_marker(4) == {"author": ["vybe.hidden"], "viewer": []}
+    state = await live.gateway.pool.fetchval("SELECT moderation_state::text FROM shared_vybes WHERE id = $1::uuid",
+                                             vybe["id"])
+    assert state == "hidden"
+    rehidden = await mod.ok("resolve", case_id=case["case_id"], version=again["version"], action="hide")
+    assert await heard_before_marker(5) == {"author": ["vybe.hidden"], "viewer": []}
+    again = await mod.ok("reopen", case_id=case["case_id"], version=rehidden["version"])
+    await mod.ok("resolve", case_id=case["case_id"], version=again["version"], action="restore")
+    assert await heard_before_marker(6) == {"author": ["vybe.hidden", "vybe.restored"], "viewer": []}
 
 
 async def test_expired_claim_lets_another_moderator_act(start_gateway, connect) -> None:

@@ -194,5 +194,5 @@ async def test_under_premoderation_a_vybe_the_model_hid_at_once_is_created_when_
                                    and m["data"]["resolution"] == "restore"))["data"]
     again = await mod.ok("reopen", case_id=case["case_id"], version=restored["version"])
     hidden = await mod.ok("resolve", case_id=case["case_id"], version=again["version"], action="hide")
-    await mod.ok("reopen", case_id=case["case_id"], version=hidden["version"])
-    assert await heard_before_marker(4) == ["vybe.created", "vybe.hidden", "vybe.restored"]
+    await mod.ok("reopen", case_id=case["case_id"], version=hidden["version"])  # out of view until decided again
+    assert await heard_before_marker(4) == ["vybe.created", "vybe.hidden"]

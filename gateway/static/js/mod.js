@@ -160,6 +160,11 @@ function start(token, claims) {
   async function claim(id, release) {
     const v = cases.get(id);
     if (!v || busy.has(id)) return;
+    const why = release ? null : blockedReason(v, me);
+    if (why) {  // the key `c` too, not only the disabled button (the server refuses it as well)
+      say(id, `Not claimed: ${why}`);
+      return;
+    }
     busy.add(id);
     errors.delete(id);
     renderAll();
