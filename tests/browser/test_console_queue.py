@@ -311,6 +311,35 @@ async def test_forty_cases_worked_through_by_keyboard(live: Any, pool: asyncpg.P
     assert counts == {("hide", "mod1"): 14, ("dismiss", "mod1"): 26}
 
 
+async def test_a_case_decided_by_someone_else_leaves_nothing_selected(live: Any, pool: asyncpg.Pool,
+                                                                     pages: Any) -> None:
+    """The case open in the pane is decided by another moderator: the console says so and selects nothing, so a
+    key pressed next decides nothing (before, the next case was selected at once, and `h` hid a case the moderator
+    never read); j selects where it was, and keys work again."""
+    first = await _post(live, "w1", "You are a pathetic excuse for a coach")
+    second = await _post(live, "w2", "Nobody here would miss you, loser")
+    await _flag(pool, first["id"], ["insult>=0.60 (0.90)"], {"insult": 0.9}, minutes_ago=5)
+    await _flag(pool, second["id"], ["insult>=0.60 (0.70)"], {"insult": 0.7}, minutes_ago=4)
+    mod = await _console(pages, live)
+    await expect(_row(mod, first["id"]).locator(".case-open")).to_have_attribute("aria-expanded", "true")
+    case = await _case(pool, first["id"])
+    r = await _rest(live, "mod2", "POST", f"/api/mod/cases/{case['id']}/resolve",
+                    {"version": case["version"], "action": "hide"})
+    assert r.status_code == 200, r.text
+    await expect(_row(mod, first["id"])).to_have_count(0)
+    await expect(mod.locator("#notices")).to_contain_text("was hidden by mod2")
+    await expect(mod.locator("article.case .case-open[aria-expanded='true']")).to_have_count(0)
+    await mod.locator("#queue-title").focus()
+    await mod.keyboard.press("h")
+    await expect(mod.locator("#count-open")).to_have_text("1")
+    assert (await _case(pool, second["id"]))["state"] == "open", "a key with nothing selected decides nothing"
+    await mod.keyboard.press("j")
+    await expect(_row(mod, second["id"]).locator(".case-open")).to_have_attribute("aria-expanded", "true")
+    await mod.keyboard.press("d")
+    await expect(mod.locator("#count-open")).to_have_text("0")
+    assert (await _case(pool, second["id"]))["resolution"] == "dismiss"
+
+
 async def test_bulk_dismiss_reports_each_case(live: Any, pool: asyncpg.Pool, pages: Any, shots: Any) -> None:
     """Selecting several cases and Dismiss selected sends one versioned resolve per case: the ones
     another moderator holds are reported by name and stay; Undo reopens the dismissed ones."""

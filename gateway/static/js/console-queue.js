@@ -14,7 +14,7 @@ const $ = (id) => document.getElementById(id);
  * mod.js, which changes it and calls renderAll); onClaim(id, release), onAct(id, action): the commands;
  * onLoadError(err): a context load was refused (401/403).
  */
-export function queueView(state, { me, rest, onClaim, onAct, onLoadError }) {
+export function queueView(state, { me, rest, onClaim, onAct, onLoadError, onVanished }) {
   const { cases, drafts, errors, busy, checked, contexts, picks } = state;
   const queueEl = $("queue");
   const nodes = new Map();        // case_id -> <li>
@@ -22,6 +22,8 @@ export function queueView(state, { me, rest, onClaim, onAct, onLoadError }) {
   let order = [];                 // the shown case_ids, in order
   let selected = null;
   let selIndex = 0;
+  let leaving = null;   // the case this moderator is deciding: when it leaves the list, go on to the next
+  let paused = false;   // the selected case left by someone else's doing: nothing is selected until j/k
   let detail = { key: null, el: null };
 
   /** One option per app seen in the queue (the filter lists sister apps as their cases arrive). */
@@ -39,8 +41,17 @@ export function queueView(state, { me, rest, onClaim, onAct, onLoadError }) {
     syncApps(open);
     const shown = open.filter((v) => matches(v, state.filters, me)).sort(SORTS[state.filters.sort] || SORTS.severity);
     order = shown.map((v) => v.case_id);
-    if (!order.includes(selected)) selected = order[Math.min(selIndex, order.length - 1)] ?? null;
-    selIndex = Math.max(0, order.indexOf(selected));
+    if (!order.includes(selected)) {
+      // Gone by another moderator's decision (or out of the filters): a key pressed now must not decide a case the
+      // moderator never read, so nothing is selected until they move on (j/k). Gone by their own decision: next.
+      if (selected !== null && selected !== leaving) {
+        paused = true;
+        onVanished?.(cases.get(selected));
+      }
+      selected = paused ? null : order[Math.min(selIndex, order.length - 1)] ?? null;
+      leaving = null;
+    }
+    if (selected !== null) selIndex = Math.max(0, order.indexOf(selected));
     const keep = new Set(order);
     for (const [id, li] of nodes) {
       if (!keep.has(id)) { li.remove(); nodes.delete(id); }
@@ -177,6 +188,7 @@ export function queueView(state, { me, rest, onClaim, onAct, onLoadError }) {
 
   function select(id, focus = true) {
     if (!id) return;
+    paused = false;
     selected = id;
     selIndex = order.indexOf(id);
     renderAll();
@@ -188,7 +200,8 @@ export function queueView(state, { me, rest, onClaim, onAct, onLoadError }) {
   function move(delta) {
     if (!order.length) return;
     const i = order.indexOf(selected);
-    select(order[Math.max(0, Math.min(order.length - 1, i < 0 ? 0 : i + delta))]);
+    // Nothing selected (the case left the list): the first move lands where it was.
+    select(order[Math.max(0, Math.min(order.length - 1, i < 0 ? selIndex : i + delta))]);
   }
 
   function focusSelected() {
@@ -203,6 +216,8 @@ export function queueView(state, { me, rest, onClaim, onAct, onLoadError }) {
 
   return {
     renderAll, select, move, focusSelected, check,
+    /** This moderator is deciding ``id``: when it leaves the list, the next case is selected. */
+    leave: (id) => { if (id === selected) leaving = id; },
     selected: () => selected,
     /** The shown case_ids, in order. */
     order: () => order,

@@ -49,7 +49,8 @@ function start(token, claims) {
 
   const tabCount = (id, n) => { $(id).textContent = n; };
   const queue = queueView(state, { me, rest, onLoadError: (err) => loadFailed("the context")(err),
-                                  onClaim: (id, release) => claim(id, release), onAct: (id, action) => act(id, action) });
+                                  onClaim: (id, release) => claim(id, release), onAct: (id, action) => act(id, action),
+                                  onVanished: (v) => notice(vanished(v), { key: "vanished" }) });
   const { renderAll, select, focusSelected, check } = queue;
   const selected = () => queue.selected();
   const care = carePanel({ rest, onCount: (n) => tabCount("tab-count-care", n), onLoadError: loadFailed("care cases") });
@@ -210,6 +211,7 @@ function start(token, claims) {
       const d = drafts.get(id) || {};
       const note = (d.note || "").trim();
       const message = (d.message || "").trim();
+      queue.leave(id);
       const view = await client.resolve(id, version, action, { ...(note ? { note } : {}),
                                                                ...(message ? { message } : {}), ...picks.body(id, action) });
       drafts.delete(id);
@@ -225,6 +227,14 @@ function start(token, claims) {
       fail(id, err);
       showError(id);
     }
+  }
+
+  /** What the moderator is told when the case they had open leaves the list by someone else's doing. */
+  function vanished(v) {
+    const what = v ? `“${snippet(v.text, 40)}”` : "The case you had open";
+    const why = v?.state === "resolved" && v.resolved_by && v.resolved_by !== me
+      ? `was ${(DONE[v.resolution] || "decided").toLowerCase()} by ${v.resolved_by}` : "left the list";
+    return `${what} ${why}. Nothing is selected: press j or k to go on.`;
   }
 
   function say(id, text) {
@@ -278,6 +288,7 @@ function start(token, claims) {
         : blockedReason(v, me);
       if (why) { failed.push([v, why]); continue; }
       try {
+        queue.leave(id);
         const view = await client.resolve(id, v.version, action);
         done.push(view);
         merge(view, false);
@@ -334,7 +345,10 @@ function start(token, claims) {
     if (id) act(id, "remove", true);
   });
 
-  const onSelected = (fn) => () => { if (selected()) fn(selected()); };
+  const onSelected = (fn) => () => {
+    if (selected()) fn(selected());
+    else announce("Nothing is selected: press j or k to choose a case.");
+  };
   setupKeys({
     j: () => queue.move(1),
     k: () => queue.move(-1),
