@@ -340,6 +340,25 @@ async def test_a_case_decided_by_someone_else_leaves_nothing_selected(live: Any,
     assert (await _case(pool, second["id"]))["resolution"] == "dismiss"
 
 
+async def test_bulk_hide_keeps_the_labels_picked_on_a_case(live: Any, pool: asyncpg.Pool, pages: Any) -> None:
+    """Labels picked in a case's pane go with a bulk Hide (before, the bulk run sent none: the model learned the
+    flags it had, not the moderator's correction)."""
+    one = await _post(live, "b1", "Keep posting and see what happens to your car")
+    two = await _post(live, "b2", "You are all idiots")
+    await _flag(pool, one["id"], ["insult>=0.60 (0.70)"], {"insult": 0.7}, minutes_ago=5)
+    await _flag(pool, two["id"], ["insult>=0.60 (0.65)"], {"insult": 0.65}, minutes_ago=4)
+    mod = await _console(pages, live)
+    case = await _case(pool, one["id"])
+    await _row(mod, one["id"]).locator(".case-open").click()
+    await mod.locator(".labels-pick summary").first.click()  # the selected case's pane
+    await mod.locator(f"#case-{case['id']}-label-threat").check()
+    await mod.get_by_label("Select all shown").check()
+    await mod.get_by_role("button", name="Hide selected").click()
+    await expect(mod.locator("#bulk-status")).to_contain_text("Hidden 2 of 2.")
+    labels = {r["target_id"]: set(r["labels"]) for r in await pool.fetch("SELECT * FROM moderation_labels")}
+    assert "threat" in labels[one["id"]] and "threat" not in labels[two["id"]], labels
+
+
 async def test_bulk_dismiss_reports_each_case(live: Any, pool: asyncpg.Pool, pages: Any, shots: Any) -> None:
     """Selecting several cases and Dismiss selected sends one versioned resolve per case: the ones
     another moderator holds are reported by name and stay; Undo reopens the dismissed ones."""

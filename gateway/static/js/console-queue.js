@@ -89,7 +89,7 @@ export function queueView(state, { me, rest, onClaim, onAct, onLoadError, onVani
       : "";
     const n = order.filter((id) => checked.has(id)).length;
     $("bulk-count").textContent = n ? `${n} selected` : "None selected";
-    $("bulk-dismiss").disabled = $("bulk-hide").disabled = n === 0;
+    $("bulk-dismiss").disabled = $("bulk-hide").disabled = n === 0 || state.bulkRunning;  // one run at a time
     const all = $("check-all");
     all.checked = n > 0 && n === order.length;
     all.indeterminate = n > 0 && n < order.length;

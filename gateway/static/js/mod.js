@@ -41,7 +41,8 @@ function start(token, claims) {
   const contexts = new Map();    // case_id -> the /context answer, "loading" or an Error
   const picks = new LabelPicks(ABUSE_LABELS);   // what each hide/remove would confirm
   const form = $("tools");
-  const state = { cases, drafts, errors, busy, checked, contexts, picks, filters: readFilters(), loadedOnce: false };
+  const state = { cases, drafts, errors, busy, checked, contexts, picks, filters: readFilters(), loadedOnce: false,
+                  bulkRunning: false };
   let removing = null;
   let loading = null;
   let tick = 0;                  // counts accepted case updates
@@ -275,7 +276,17 @@ function start(token, claims) {
   /** One resolve per selected case, each with its own version; failures are reported per case. */
   async function bulk(action) {
     const ids = queue.order().filter((id) => checked.has(id));
-    if (!ids.length) return;
+    if (!ids.length || state.bulkRunning) return;
+    state.bulkRunning = true;  // live events re-render the counts meanwhile: the buttons stay off until done
+    try {
+      await bulkRun(ids, action);
+    } finally {
+      state.bulkRunning = false;
+      renderAll();
+    }
+  }
+
+  async function bulkRun(ids, action) {
     const status = $("bulk-status");
     const done = [];
     const failed = [];
@@ -289,7 +300,8 @@ function start(token, claims) {
       if (why) { failed.push([v, why]); continue; }
       try {
         queue.leave(id);
-        const view = await client.resolve(id, v.version, action);
+        const view = await client.resolve(id, v.version, action, picks.body(id, action));  // labels picked per row
+        picks.forget(id);
         done.push(view);
         merge(view, false);
       } catch (err) {
