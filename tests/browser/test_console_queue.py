@@ -359,6 +359,36 @@ async def test_bulk_hide_keeps_the_labels_picked_on_a_case(live: Any, pool: asyn
     assert "threat" in labels[one["id"]] and "threat" not in labels[two["id"]], labels
 
 
+async def test_a_queue_that_cannot_load_says_so_and_loads_again(live: Any, pool: asyncpg.Pool, pages: Any) -> None:
+    """The queue's load answered `unavailable` (PostgreSQL down) with retry_after: the console says the queue
+    may be incomplete (not "Nothing flagged") and loads it again after retry_after by itself (before: an error
+    notice, "Nothing flagged right now", and no second try). The 503s are the browser's, as the server sends them
+    while PostgreSQL is down (tests/faults)."""
+    v = await _post(live, "q1", "You people are all idiots")
+    await _flag(pool, v["id"], ["insult>=0.60 (0.70)"], {"insult": 0.7})
+    refusals = 0
+
+    async def refuse(route: Any) -> None:
+        nonlocal refusals
+        refusals += 1
+        if refusals > 2:
+            await route.continue_()
+            return
+        await route.fulfill(status=503, json={"code": "unavailable", "message": "PostgreSQL is unreachable",
+                                              "retry_after": 1})
+
+    page = await pages.open("about:blank")
+    await page.route("**/api/mod/queue*", refuse)
+    await page.goto(f"{live.http}/mod#token={live.token('mod1', 'MODERATOR')}")
+    await expect(page.locator("#queue-incomplete")).to_be_visible()
+    await expect(page.locator("#queue-empty")).to_be_hidden()
+    await expect(_row(page, v["id"])).to_have_count(1, timeout=10_000)
+    await expect(page.locator("#queue-incomplete")).to_be_hidden()
+    assert refusals >= 3
+    # The browser logs each refused request; those two were this test's own.
+    pages.errors[:] = [e for e in pages.errors if "status of 503" not in e]
+
+
 async def test_bulk_dismiss_reports_each_case(live: Any, pool: asyncpg.Pool, pages: Any, shots: Any) -> None:
     """Selecting several cases and Dismiss selected sends one versioned resolve per case: the ones
     another moderator holds are reported by name and stay; Undo reopens the dismissed ones."""

@@ -82,7 +82,8 @@ export function queueView(state, { me, rest, onClaim, onAct, onLoadError, onVani
     $("count-mine").textContent = mine;
     $("count-others").textContent = others;
     $("count-appeals").textContent = open.filter(isAppeal).length;
-    $("queue-empty").hidden = open.length > 0;
+    $("queue-empty").hidden = open.length > 0 || state.incomplete;
+    $("queue-incomplete").hidden = !state.incomplete;  // the last load failed: "empty" would be a lie
     $("filter-empty").hidden = !(open.length > 0 && shown.length === 0);
     $("shown-line").textContent = open.length
       ? `Showing ${shown.length} of ${open.length} open · ${$("f-sort").selectedOptions[0].textContent.toLowerCase()}`

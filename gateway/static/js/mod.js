@@ -42,7 +42,7 @@ function start(token, claims) {
   const picks = new LabelPicks(ABUSE_LABELS);   // what each hide/remove would confirm
   const form = $("tools");
   const state = { cases, drafts, errors, busy, checked, contexts, picks, filters: readFilters(), loadedOnce: false,
-                  bulkRunning: false };
+                  bulkRunning: false, incomplete: false };
   let removing = null;
   let loading = null;
   let tick = 0;                  // counts accepted case updates
@@ -104,8 +104,15 @@ function start(token, claims) {
     resolved.load();
   }
 
+  let again = false;        // a reload asked for while one was in flight: run once more after it
+  let retryTimer = null;
+
   async function reload() {
-    if (loading) return loading;
+    if (loading) {
+      again = true;           // the one in flight may hold a snapshot older than what asked for this one
+      return loading;
+    }
+    clearTimeout(retryTimer);
     loading = (async () => {
       try {
         const asked = tick;
@@ -119,11 +126,21 @@ function start(token, claims) {
             cases.set(id, { ...v, state: "resolved" });
           }
         }
+        state.incomplete = false;
         renderAll();
       } catch (err) {
         loadFailed("the queue")(err);
+        if (err.retryAfter != null) {  // down for now: the queue shown may miss cases; load it again then
+          state.incomplete = true;
+          renderAll();
+          retryTimer = setTimeout(reload, Math.max(1, err.retryAfter) * 1000);
+        }
       } finally {
         loading = null;
+      }
+      if (again) {
+        again = false;
+        await reload();
       }
     })();
     return loading;
@@ -133,7 +150,8 @@ function start(token, claims) {
     return (err) => {
       if (err.status === 401) session.showSignIn(authLostReason(4004));
       else if (err.status === 403) session.showSignIn(NOT_A_MODERATOR);
-      else notice(`Could not load ${what}: ${err.message}`, { kind: "error", key: `load ${what}` });
+      else notice(`Could not load ${what}: ${err.message}${err.retryAfter != null
+        ? ` Trying again in ${Math.ceil(Math.max(1, err.retryAfter))} s.` : ""}`, { kind: "error", key: `load ${what}` });
     };
   }
 
