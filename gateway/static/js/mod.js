@@ -342,9 +342,12 @@ function start(token, claims) {
   function fail(id, err) {
     const text = err.code === "conflict"
       ? `Someone acted first: ${err.message}. The queue was reloaded; check the case again.`
-      : `Not done (${err.code}): ${err.message}`;
+      : err.code === "timeout"
+        // The command may have landed with its answer lost: never say "not done" for what may be done.
+        ? "No answer came in time: it may have been done. The queue was reloaded; check the case before acting again."
+        : `Not done (${err.code}): ${err.message}`;
     errors.set(id, text);
-    if (err.code === "conflict" || err.code === "not_found") reload();
+    if (err.code === "conflict" || err.code === "not_found" || err.code === "timeout") reload();
   }
 
   // -- controls ---------------------------------------------------------------------------
