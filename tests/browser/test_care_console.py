@@ -184,8 +184,8 @@ async def test_accuracy_panel_shows_decisions_and_refreshes(live: Any, pool: asy
 
 
 async def test_case_cleared_by_newer_model_says_so(live: Any, pool: asyncpg.Pool, pages: Any, shots: Any) -> None:
-    """When a newer model no longer flags an open case (`case.rescored`), the case says so plainly and
-    stays open for a quick Dismiss."""
+    """When a newer model no longer flags an open case (`case.rescored`), the case says so plainly (in its row
+    too, ranked low: before, its old scores kept it at the top as severe) and stays open for a quick Dismiss."""
     vybe = await _post(live, "troll", TOXIC)
     await score_all(live)
     mod = await pages.open(f"{live.http}/mod#token={live.token('mod1', 'MODERATOR')}")
@@ -208,6 +208,9 @@ async def test_case_cleared_by_newer_model_says_so(live: Any, pool: asyncpg.Pool
     live.gateway.announce(announce)
     await expect(case.locator(".cleared-note")).to_have_text(
         "The current model (20261205-r1) no longer flags this. If you agree, Dismiss.", timeout=5000)
+    # In the row too (seen without opening the case), and its old scores no longer rank it severe.
+    await expect(case.locator(".badge-cleared")).to_have_text("model cleared")
+    await expect(case.locator(".sev")).to_have_text("low")
     await _shoot(mod, shots / "mod-cleared.png")
     await case.get_by_role("button", name="Dismiss").click()
     await expect(case).to_have_count(0)

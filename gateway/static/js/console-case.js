@@ -118,6 +118,8 @@ export function caseRow(v, { me, selected, checked, busy, picker, onOpen, onChec
       h("span", { class: `sev sev-${sev}`, title: "Severity: how far over the threshold, which label, how many reporters" },
         sev),
       isAppeal(v) ? h("span", { class: "badge badge-appeal" }, "appeal") : null,
+      v.model_cleared_by ? h("span", { class: "badge badge-cleared", title: `The current model (${v.model_cleared_by})`
+                                         + " no longer flags this" }, "model cleared") : null,
       appBadge(v),
       ["hidden", "removed"].includes(v.moderation_state)
         ? h("span", { class: `badge badge-state-${v.moderation_state}` }, v.moderation_state) : null,

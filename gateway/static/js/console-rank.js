@@ -85,6 +85,8 @@ export function severity(v) {
   members *= Math.min(1, 0.4 + 0.15 * people);
   // Content the model could not score is unknown, not harmless: medium until a person has looked.
   if (isUnscored(v) && !v.scores) model = Math.max(model, UNSCORED_SEVERITY);
+  // The current model no longer flags it (`case.rescored`): its old scores no longer rank it; members' reports do.
+  if (v.model_cleared_by) model = Math.min(model, 0.3);
   return Math.max(model, members) + 0.05 * Math.min(people, 6);
 }
 
