@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from common.labels import LABELS, UNSCORED
+from common.visibility import hides_author_sql
 from db.writes import validate
 from db.writes._tx import idempotent, in_transaction
 from db.writes.errors import Conflict, NotFound
@@ -348,6 +349,9 @@ class CareCase(msgspec.Struct, frozen=True):
     vybe_id: uuid.UUID | None = None
     closed_by: str | None = None
     note: str | None = None
+    is_anonymous: bool = False
+    """Posted anonymously: members do not know who wrote it. Reach out privately, never in a way that shows others
+    who the author is."""
 
 
 class CareAck(CareCase, frozen=True):
@@ -362,8 +366,9 @@ class Closed(msgspec.Struct, frozen=True):
     replayed: bool = False
 
 
-_CARE: LiteralString = """
-SELECT k.*, coalesce(v.content, cm.content, ai.content) AS text, cm.shared_vybe_id AS vybe_id
+_CARE: LiteralString = f"""
+SELECT k.*, coalesce(v.content, cm.content, ai.content) AS text, cm.shared_vybe_id AS vybe_id,
+       coalesce({hides_author_sql("v")}, cm.is_anonymous, false) AS is_anonymous
   FROM care_cases k
   LEFT JOIN shared_vybes v ON k.target_type = 'shared_vybe' AND v.id = k.target_id
   LEFT JOIN comments cm ON k.target_type = 'comment' AND cm.id = k.target_id
@@ -373,7 +378,8 @@ SELECT k.*, coalesce(v.content, cm.content, ai.content) AS text, cm.shared_vybe_
 
 def _care(r: asyncpg.Record) -> CareCase:
     return CareCase(r["id"], r["version"], r["state"], r["target_type"], str(r["target_id"]), r["author_id"],
-                    r["text"], round(float(r["score"]), 4), r["opened_at"], r["vybe_id"], r["closed_by"], r["note"])
+                    r["text"], round(float(r["score"]), 4), r["opened_at"], r["vybe_id"], r["closed_by"], r["note"],
+                    r["is_anonymous"])
 
 
 async def open_care(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID, author_id: str, score: float,

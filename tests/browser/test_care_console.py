@@ -88,10 +88,13 @@ async def test_care_cases_listed_live_and_closed_with_note(live: Any, pool: asyn
     await expect(case.locator("time")).to_have_text("just now")
     assert await case.evaluate("el => getComputedStyle(el).borderLeftColor") == CARE_BORDER
 
-    later = await _post(live, "kim", "Some nights I just want to disappear for good")
-    opened = await _open_care(live, pool, later, 0.62)
+    later = await _post(live, "kim", "Some nights I just want to disappear for good", is_anonymous=True)
+    opened = await _open_care(live, pool, {**later, "user_id": "kim"}, 0.62)
     fresh = one.locator(f"article.care-case[data-care-id='{opened.care_id}']")
     await expect(fresh).to_be_visible(timeout=5000)
+    # Posted anonymously: the moderator is told, so reaching out never shows others who wrote it.
+    await expect(fresh.locator(".badge-anon")).to_have_text("posted anonymously")
+    await expect(case.locator(".badge-anon")).to_have_count(0)
     await expect(fresh.locator(".care-likelihood")).to_have_text("disclosure: possible")
     await expect(one.locator("article.care-case")).to_have_count(2)
     await expect(one.locator("article.care-case").first).to_have_attribute("data-care-id", str(seeded.care_id))

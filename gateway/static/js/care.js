@@ -105,7 +105,10 @@ export function carePanel({ rest, onCount, onLoadError }) {
       h("header", { class: "case-head" },
         h("h3", { id: titleId, class: "case-title" },
           v.target_type === "comment" ? "Comment" : "Vybe", " by ",
-          h("span", { class: "author" }, v.author_id || "unknown")),
+          h("span", { class: "author" }, v.author_id || "unknown"),
+          v.is_anonymous ? h("span", { class: "badge badge-anon", title: "Members do not know who wrote this: reach out"
+                                         + " privately, never where others would learn who the author is" },
+                             "posted anonymously") : null),
         h("div", { class: "case-meta" },
           h("span", { class: "badge badge-care care-likelihood", title: `self-harm score ${Number(v.score).toFixed(2)}`,
                       dataset: { score: Number(v.score).toFixed(2) } }, `disclosure: ${word}`),
