@@ -120,6 +120,9 @@ async def test_care_cases_listed_live_and_closed_with_note(live: Any, pool: asyn
     assert dict(row) == {"state": "closed", "closed_by": "mod1", "note": "Sent a DM with the helpline links"}
     audit = await pool.fetchval("SELECT note FROM moderation_audit WHERE action = 'care.close'")
     assert audit == "Sent a DM with the helpline links"
+    # Sent with an id, so trying again after a lost answer is answered `replayed`, not "someone else changed it".
+    assert await pool.fetchval("SELECT count(*) FROM idempotency_keys WHERE user_id = 'mod1' AND operation = $1",
+                               f"care.close:{seeded.care_id}") == 1
 
     await one.set_viewport_size(PHONE)
     await _shoot(one, shots / "mod-care-phone.png")

@@ -125,16 +125,25 @@ export function carePanel({ rest, onCount, onLoadError }) {
                         onclick: () => close(id) }, "Close"))));
   }
 
+  // One idempotency key per care case and version, kept until the close succeeds: trying again after a lost
+  // answer (a network error, a 503 after a COMMIT whose answer never came) gets the first result, `replayed`.
+  const keys = new Map();   // `${care_id}@${version}` -> the close's id
+
   async function close(id) {
     const v = cases.get(id);
     if (!v || busy.has(id)) return;
     const note = (drafts.get(id) || "").trim();
+    const slot = `${id}@${v.version}`;
+    if (!keys.has(slot)) {  // randomUUID needs a secure context (https or localhost): a random fallback otherwise
+      keys.set(slot, `care-close-${crypto.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(36).slice(2)}`}`);
+    }
     busy.add(id);
     errors.delete(id);
     renderAll();
     try {
       const view = await rest.post(`/api/mod/care/${encodeURIComponent(id)}/close`,
-                                   { version: v.version, ...(note ? { note } : {}) });
+                                   { version: v.version, id: keys.get(slot), ...(note ? { note } : {}) });
+      keys.delete(slot);
       drafts.delete(id);
       merge(view, false);
       announce("Care case closed.");
@@ -142,7 +151,7 @@ export function carePanel({ rest, onCount, onLoadError }) {
     } catch (err) {
       errors.set(id, err.code === "conflict"
         ? `Someone else changed this case first: ${err.message}. The list was reloaded.`
-        : `Not closed (${err.code}): ${err.message}`);
+        : `Not closed (${err.code}): ${err.message}${err.retryAfter != null ? " Try again: it is safe." : ""}`);
       if (err.code === "conflict" || err.code === "not_found") reload();
     } finally {
       busy.delete(id);
