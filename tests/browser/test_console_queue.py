@@ -4,6 +4,7 @@ confirmation, and an appeal decided by another moderator. Screenshots at desktop
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -338,6 +339,33 @@ async def test_a_case_decided_by_someone_else_leaves_nothing_selected(live: Any,
     await mod.keyboard.press("d")
     await expect(mod.locator("#count-open")).to_have_text("0")
     assert (await _case(pool, second["id"]))["resolution"] == "dismiss"
+
+
+async def test_a_refused_decision_lets_go_of_the_claim_it_took(live: Any, pool: asyncpg.Pool, pages: Any) -> None:
+    """Hide on an unclaimed case claims it first (so others see who acts); when the server refuses the decision,
+    the console lets that claim go: before, the case stayed held from every other moderator until the claim
+    expired, by someone who had moved on. The note is made longer than the server takes (as a console older than
+    the server's limit would send it), a refusal that comes at once."""
+    vybe = await _post(live, "w1", "You are a pathetic excuse for a coach")
+    await _flag(pool, vybe["id"], ["insult>=0.60 (0.90)"], {"insult": 0.9})
+    mod = await _console(pages, live)
+    row = _row(mod, vybe["id"])
+    await expect(row.locator(".case-open")).to_have_attribute("aria-expanded", "true")
+    note = row.locator(".note-input")
+    await note.evaluate("el => el.removeAttribute('maxlength')")
+    await note.fill("n" * 2500)
+    await row.get_by_role("button", name="Hide").click()
+    await expect(row).to_contain_text("Not done (")
+    for _ in range(50):
+        case = await _case(pool, vybe["id"])
+        if case["claimed_by"] is None:
+            break
+        await asyncio.sleep(0.1)
+    assert case["state"] == "open", case
+    assert case["claimed_by"] is None, f"the refused decision left the case claimed by {case['claimed_by']}"
+    r = await _rest(live, "mod2", "POST", f"/api/mod/cases/{case['id']}/resolve",
+                    {"version": case["version"], "action": "hide"})
+    assert r.status_code == 200, r.text
 
 
 async def test_bulk_hide_keeps_the_labels_picked_on_a_case(live: Any, pool: asyncpg.Pool, pages: Any) -> None:

@@ -220,12 +220,14 @@ function start(token, claims) {
     busy.add(id);
     errors.delete(id);
     renderAll();
+    let claimedHere = false;
     try {
       let version = v.version;
       if (!(claimActive(v) && v.claimed_by === me)) {   // claim first, so others see who acts
         const held = await client.claim(id, version);
         merge(held);
         version = held.version;
+        claimedHere = true;
       }
       const d = drafts.get(id) || {};
       const note = (d.note || "").trim();
@@ -245,7 +247,17 @@ function start(token, claims) {
       busy.delete(id);
       fail(id, err);
       showError(id);
+      if (claimedHere && err.code !== "timeout") letGo(id);
     }
+  }
+
+  /** A claim taken only to act, by a decision that was refused: let it go, so the case does not stay held from
+   *  other moderators until the claim expires. Not after a timeout (the decision may have landed: the reload shows
+   *  it); a release that finds the case changed is refused by its version and changes nothing. */
+  function letGo(id) {
+    const v = cases.get(id);
+    if (!v || v.state !== "open" || !(claimActive(v) && v.claimed_by === me)) return;
+    client.claim(id, v.version, { release: true }).then((view) => merge(view), () => {});
   }
 
   /** What the moderator is told when the case they had open leaves the list by someone else's doing. */
