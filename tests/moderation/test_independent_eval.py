@@ -1,4 +1,4 @@
-"""The independent evaluation sets (moderation/data/independent5, 6, 7): well formed, frozen, unseen in training."""
+"""The independent evaluation sets (moderation/data/independent5 to 8): well formed, frozen, unseen in training."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ SIXTH = DATA_DIR / "independent6"
 SEVENTH = DATA_DIR / "independent7"
 """The seventh set (2026-12-07): the sixth set's mix in new voices, frozen before the shipped heads were scored on
 it and before the experiment of session 14 (training data aimed at flirting, sarcasm, short replies) was trained."""
-SETS = (FIFTH, SIXTH, SEVENTH)
+EIGHTH = DATA_DIR / "independent8"
+"""The eighth set (2026-12-07): set 7's mix with flirting, innuendo and sarcastic insults larger, three new voices,
+frozen before any model was scored on it and before session 15's experiment (sets 5-7 as training data) was judged."""
+SETS = (FIFTH, SIXTH, SEVENTH, EIGHTH)
 """The sets written apart from the training data. Sets 1-4 became training data with heads 2026.12.14
 (moderation/data/written/ind*): they no longer measure unseen text."""
 
