@@ -281,15 +281,27 @@ def _view(r: asyncpg.Record, reporters: list[Reporter]) -> CaseView:
 
 
 async def open_queue(pool: asyncpg.Pool, limit: int = 100, appeals: bool | None = None,
-                     app: str | None = None) -> list[CaseView]:
+                     app: str | None = None, after: str | None = None) -> list[CaseView]:
     """Open cases, oldest first (the moderator's queue); ``appeals``: only appeals (True), none (False);
-    ``app``: only that app's items (``vybe``: this app's own content, publications on its namespaces included)."""
+    ``app``: only that app's items (``vybe``: this app's own content, publications on its namespaces included).
+    ``after``: the last case id of the page before (keyset paging: a case decided meanwhile still marks its place);
+    an unknown one is :class:`NotFound`."""
+    cursor = None
+    if after is not None:
+        try:
+            cursor = await pool.fetchrow("SELECT opened_at, id FROM moderation_cases WHERE id = $1", uuid.UUID(after))
+        except ValueError:
+            cursor = None
+        if cursor is None:
+            raise NotFound("no such case to page after")
     ids = await pool.fetch(
         """SELECT c.id FROM moderation_cases c
              LEFT JOIN app_items ai ON ai.id = (CASE WHEN c.target_type = 'app_item' THEN c.target_id::uuid END)
             WHERE c.state = 'open' AND ($2::boolean IS NULL OR (c.appeal_statement IS NOT NULL) = $2)
               AND ($3::text IS NULL OR coalesce(ai.app_id, 'vybe') = $3)
-            ORDER BY c.opened_at LIMIT $1""", limit, appeals, app)
+              AND ($4::timestamptz IS NULL OR (c.opened_at, c.id) > ($4::timestamptz, $5::uuid))
+            ORDER BY c.opened_at, c.id LIMIT $1""", limit, appeals, app,
+        cursor["opened_at"] if cursor else None, cursor["id"] if cursor else None)
     return await case_views(pool, [r["id"] for r in ids])
 
 

@@ -330,7 +330,7 @@ class ModerationController(Controller):
     security = ({"BearerToken": []},)
     guards = [_moderating]  # noqa: RUF012 (litestar's attribute)
 
-    @get("/queue", operation_id="getQueue", responses=responses(ErrorCode.FORBIDDEN))
+    @get("/queue", operation_id="getQueue", responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
     async def queue(self, request: Request[Any, Any, Any], state: State,
                     limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100,
                     appeals: FromQuery[Annotated[bool | None, Parameter(
@@ -338,10 +338,16 @@ class ModerationController(Controller):
                     app: FromQuery[Annotated[str | None, Parameter(
                         description="only this app's cases (`vybe`: this app's own content)",
                         pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]] = None,
+                    after: FromQuery[Annotated[str | None, Parameter(
+                        description="the next page: the last `case_id` of the page before (a page shorter than "
+                                    "`limit` is the last)", max_length=64)]] = None,
                     ) -> list[mdb.CaseView]:
-        """Open cases, oldest first, each with everything needed to decide."""
+        """Open cases, oldest first, each with everything needed to decide; paged by ``after``."""
         await _moderator(request)
-        return await mdb.open_queue(state.gateway.pool, limit, appeals, app)
+        try:
+            return await mdb.open_queue(state.gateway.pool, limit, appeals, app, after)
+        except WriteError as err:
+            raise ApiError(err.code, err.message, err.retry_after) from err
 
     @post("/cases/{case_id:str}/claim", status_code=200, operation_id="claimCase", responses=responses(*_MODERATE))
     async def claim(self, request: Request[Any, Any, Any], case_id: FromPath[str],

@@ -368,6 +368,31 @@ async def test_a_refused_decision_lets_go_of_the_claim_it_took(live: Any, pool: 
     assert r.status_code == 200, r.text
 
 
+async def test_a_backlog_past_one_page_is_loaded_whole(live: Any, pool: asyncpg.Pool, pages: Any) -> None:
+    """A raid leaves 520 open cases, more than the server gives one request (500): the console pages through the
+    queue, so the count, the severity sort and the search cover them all; and a reload keeps the newest cases
+    (before, it showed the oldest 500, and every reload marked the newer ones it held as decided)."""
+    async with pool.acquire() as conn, conn.transaction():
+        for i in range(520):
+            case_id = await mdb.open_case(conn, "user", f"raider-{i:03d}", ["user reports: HARASSMENT x3"], None)
+            await conn.execute("UPDATE moderation_cases SET opened_at = now() - make_interval(secs => 600 - $2) "
+                               "WHERE id = $1", case_id, i)
+    mod = await _console(pages, live)
+    await expect(mod.locator("#count-open")).to_have_text("520")
+    await mod.get_by_label("Search").fill("raider-519")
+    await expect(mod.locator("article.case")).to_have_count(1)
+    # A decision on a case changed behind the console's back is refused as a conflict, and the queue reloads.
+    await pool.execute("UPDATE moderation_cases SET version = version + 1 WHERE target_id = 'raider-519'")
+    row = _row(mod, "raider-519")
+    if await row.locator(".case-open").get_attribute("aria-expanded") != "true":
+        await row.locator(".case-open").click()
+    await row.get_by_role("button", name="Dismiss").click()
+    await expect(row).to_contain_text("Someone acted first")
+    await mod.get_by_label("Search").fill("")
+    await expect(mod.locator("#count-open")).to_have_text("520")
+    await expect(mod.locator("article.case")).to_have_count(520)
+
+
 async def test_bulk_hide_keeps_the_labels_picked_on_a_case(live: Any, pool: asyncpg.Pool, pages: Any) -> None:
     """Labels picked in a case's pane go with a bulk Hide (before, the bulk run sent none: the model learned the
     flags it had, not the moderator's correction)."""

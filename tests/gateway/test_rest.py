@@ -166,3 +166,29 @@ async def test_api_docs_load_nothing_from_outside(live) -> None:
         assert {"201", "401", "409", "422", "503"} <= set(post["responses"])
         protocol = (await http.get("/schema/protocol.json")).json()
         assert {"ClientCommand", "ServerFrame", "ServerMessage"} <= set(protocol["$defs"])
+
+
+async def test_the_moderator_queue_pages_by_case_after_case(live, pool) -> None:
+    """`GET /api/mod/queue` gives at most `limit` cases; `after` (the last case id of a page) gives the next, oldest
+    first, each case once, a page shorter than `limit` the last; a case decided between pages still marks its place;
+    an unknown `after` is not_found (404), never page one again."""
+    from db import moderation as mdb
+
+    async with pool.acquire() as conn:
+        ids = [str(await mdb.open_case(conn, "user", f"paged-{i}", ["user reports: SPAM x3"], None)) for i in range(7)]
+        for i, case_id in enumerate(ids):
+            await conn.execute("UPDATE moderation_cases SET opened_at = now() - make_interval(mins => 100 - $2) "
+                               "WHERE id = $1::uuid", case_id, i)
+    mods = _auth(live, "mod", "MODERATOR")
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        first = (await http.get("/api/mod/queue", params={"limit": 3}, headers=mods)).json()
+        assert [c["case_id"] for c in first] == ids[:3]
+        view = first[-1]
+        await mdb.resolve(pool, view["case_id"], view["version"], "dismiss", "done", "mod")
+        second = (await http.get("/api/mod/queue", params={"limit": 3, "after": view["case_id"]}, headers=mods)).json()
+        assert [c["case_id"] for c in second] == ids[3:6]
+        last = (await http.get("/api/mod/queue", params={"limit": 3, "after": ids[5]}, headers=mods)).json()
+        assert [c["case_id"] for c in last] == ids[6:]
+        for bogus in ("00000000-0000-0000-0000-000000000000", "not-a-case"):
+            r = await http.get("/api/mod/queue", params={"after": bogus}, headers=mods)
+            assert r.status_code == 404 and r.json()["code"] == "not_found", r.text

@@ -86,7 +86,8 @@ export function queueView(state, { me, rest, onClaim, onAct, onLoadError, onVani
     $("queue-incomplete").hidden = !state.incomplete;  // the last load failed: "empty" would be a lie
     $("filter-empty").hidden = !(open.length > 0 && shown.length === 0);
     $("shown-line").textContent = open.length
-      ? `Showing ${shown.length} of ${open.length} open · ${$("f-sort").selectedOptions[0].textContent.toLowerCase()}`
+      ? `Showing ${shown.length} of ${open.length} open${state.truncated ? " (the oldest: more are waiting)" : ""} · ${
+        $("f-sort").selectedOptions[0].textContent.toLowerCase()}`
       : "";
     const n = order.filter((id) => checked.has(id)).length;
     $("bulk-count").textContent = n ? `${n} selected` : "None selected";

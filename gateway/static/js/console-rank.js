@@ -133,7 +133,8 @@ export function matches(v, f, me) {
   if (f.appeals === "only" && !isAppeal(v)) return false;
   if (f.appeals === "none" && isAppeal(v)) return false;
   const q = (f.q || "").trim().toLowerCase();
-  if (q && !`${v.author_id || ""}\n${v.text || ""}`.toLowerCase().includes(q)) return false;
+  const who = v.target_type === "user" ? v.target_id : v.author_id;   // a reported member is searched by their id
+  if (q && !`${who || ""}\n${v.text || ""}`.toLowerCase().includes(q)) return false;
   return true;
 }
 

@@ -21,6 +21,8 @@ import { setupTabs } from "./tabs.js";
 
 const STORAGE_KEY = "vybe.mod.token";
 const CHANNEL = "mod:flagged";
+const PAGE = 500;        // the most cases the server gives a request
+const MAX_PAGES = 20;    // 10,000 open cases loaded, sorted and searched; more wait (and say so)
 const NOT_A_MODERATOR = "This console is for MODERATOR and ADMIN tokens; that one is not.";
 const $ = (id) => document.getElementById(id);
 
@@ -42,7 +44,7 @@ function start(token, claims) {
   const picks = new LabelPicks(ABUSE_LABELS);   // what each hide/remove would confirm
   const form = $("tools");
   const state = { cases, drafts, errors, busy, checked, contexts, picks, filters: readFilters(), loadedOnce: false,
-                  bulkRunning: false, incomplete: false };
+                  bulkRunning: false, incomplete: false, truncated: false };
   let removing = null;
   let loading = null;
   let tick = 0;                  // counts accepted case updates
@@ -116,17 +118,21 @@ function start(token, claims) {
     loading = (async () => {
       try {
         const asked = tick;
-        const list = await rest.get("/api/mod/queue?limit=500");
+        const { list, more } = await loadQueue();
         const open = new Set(list.map((v) => v.case_id));
         for (const v of list) merge(v, false);
         // Open here but not in the snapshot: resolved meanwhile (its event may be lost) -- unless
-        // an event updated it while the snapshot was in flight (then it is newer than the snapshot).
+        // an event updated it while the snapshot was in flight (then it is newer than the snapshot), or
+        // the snapshot stopped short of it (a backlog past the pages loaded).
+        const last = list.length ? list[list.length - 1].opened_at : null;
         for (const [id, v] of cases) {
-          if (v.state === "open" && !open.has(id) && (touched.get(id) ?? 0) <= asked) {
+          if (v.state === "open" && !open.has(id) && (touched.get(id) ?? 0) <= asked
+              && !(more && last !== null && Date.parse(v.opened_at) > Date.parse(last))) {
             cases.set(id, { ...v, state: "resolved" });
           }
         }
         state.incomplete = false;
+        state.truncated = more;
         renderAll();
       } catch (err) {
         loadFailed("the queue")(err);
@@ -144,6 +150,19 @@ function start(token, claims) {
       }
     })();
     return loading;
+  }
+
+  /** The open cases, oldest first, page after page (the server gives at most PAGE a request), so a backlog is
+   *  sorted and searched whole; past MAX_PAGES the oldest are shown and `more` says others wait. */
+  async function loadQueue() {
+    const list = [];
+    for (let page = 0; page < MAX_PAGES; page += 1) {
+      const after = list.length ? `&after=${encodeURIComponent(list[list.length - 1].case_id)}` : "";
+      const got = await rest.get(`/api/mod/queue?limit=${PAGE}${after}`);
+      list.push(...got);
+      if (got.length < PAGE) return { list, more: false };
+    }
+    return { list, more: true };
   }
 
   function loadFailed(what) {
