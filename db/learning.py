@@ -394,9 +394,23 @@ async def open_care(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID, a
     return _care(await conn.fetchrow(_CARE + " WHERE k.id = $1", care_id))
 
 
-async def care_queue(conn: asyncpg.Connection | asyncpg.Pool, limit: int = 100) -> list[CareCase]:
-    """Open care cases, oldest first."""
-    rows = await conn.fetch(_CARE + " WHERE k.state = 'open' ORDER BY k.opened_at LIMIT $1", limit)
+async def care_queue(conn: asyncpg.Connection | asyncpg.Pool, limit: int = 100,
+                     after: str | None = None) -> list[CareCase]:
+    """Open care cases, oldest first; ``after``: the last care id of the page before (keyset paging, as the
+    moderator queue's); an unknown one is :class:`NotFound`."""
+    cursor = None
+    if after is not None:
+        try:
+            cursor = await conn.fetchrow("SELECT opened_at, id FROM care_cases WHERE id = $1", uuid.UUID(after))
+        except ValueError:
+            cursor = None
+        if cursor is None:
+            raise NotFound("no such care case to page after")
+    rows = await conn.fetch(
+        _CARE + """ WHERE k.state = 'open'
+                      AND ($2::timestamptz IS NULL OR (k.opened_at, k.id) > ($2::timestamptz, $3::uuid))
+                    ORDER BY k.opened_at, k.id LIMIT $1""",
+        limit, cursor["opened_at"] if cursor else None, cursor["id"] if cursor else None)
     return [_care(r) for r in rows]
 
 

@@ -396,13 +396,20 @@ class ModerationController(Controller):
         await _moderator(request)
         return await learning.label_stats(state.gateway.pool, window)
 
-    @get("/care", operation_id="getCareQueue", responses=responses(ErrorCode.FORBIDDEN))
+    @get("/care", operation_id="getCareQueue", responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
     async def care(self, request: Request[Any, Any, Any], state: State,
-                   limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100) -> list[learning.CareCase]:
+                   limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100,
+                   after: FromQuery[Annotated[str | None, Parameter(
+                       description="the next page: the last `care_id` of the page before (a page shorter than "
+                                   "`limit` is the last)", max_length=64)]] = None,
+                   ) -> list[learning.CareCase]:
         """Open care cases, oldest first: posts that read as their author's own self-harm disclosure.
-        They are not abuse and stay visible; their authors were sent the care message."""
+        They are not abuse and stay visible; their authors were sent the care message. Paged by ``after``."""
         await _moderator(request)
-        return await learning.care_queue(state.gateway.pool, limit)
+        try:
+            return await learning.care_queue(state.gateway.pool, limit, after)
+        except WriteError as err:
+            raise ApiError(err.code, err.message, err.retry_after) from err
 
     @post("/care/{care_id:str}/close", status_code=200, operation_id="closeCareCase", responses=responses(*_MODERATE))
     async def close_care(self, request: Request[Any, Any, Any], state: State, care_id: FromPath[str],

@@ -192,3 +192,26 @@ async def test_the_moderator_queue_pages_by_case_after_case(live, pool) -> None:
         for bogus in ("00000000-0000-0000-0000-000000000000", "not-a-case"):
             r = await http.get("/api/mod/queue", params={"after": bogus}, headers=mods)
             assert r.status_code == 404 and r.json()["code"] == "not_found", r.text
+
+
+async def test_the_care_queue_pages_like_the_moderator_queue(live, pool) -> None:
+    """`GET /api/mod/care` pages the same way: `after` the last `care_id`, oldest first, each case once."""
+    import uuid
+
+    from db import learning
+
+    async with pool.acquire() as conn:
+        ids = []
+        for i in range(5):
+            care = await learning.open_care(conn, "shared_vybe", uuid.uuid4(), f"member-{i}", 0.9, "test")
+            await conn.execute("UPDATE care_cases SET opened_at = now() - make_interval(mins => 100 - $2) "
+                               "WHERE id = $1", care.care_id, i)
+            ids.append(str(care.care_id))
+    mods = _auth(live, "mod", "MODERATOR")
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        first = (await http.get("/api/mod/care", params={"limit": 3}, headers=mods)).json()
+        page = {"limit": 3, "after": first[-1]["care_id"]}
+        rest = (await http.get("/api/mod/care", params=page, headers=mods)).json()
+        assert [c["care_id"] for c in first + rest] == ids
+        r = await http.get("/api/mod/care", params={"after": "not-a-case"}, headers=mods)
+        assert r.status_code == 404 and r.json()["code"] == "not_found", r.text

@@ -6,6 +6,8 @@
 import { announce, h, timeEl } from "./dom.js";
 
 const CLOSED_KEEP = 10;
+const PAGE = 500;        // the most care cases the server gives a request
+const MAX_PAGES = 20;
 
 /** The self-harm score as a plain word: every case is over the care threshold already, so the
  *  word only says how clearly the text reads as a disclosure (the number is in the tooltip). */
@@ -40,16 +42,32 @@ export function carePanel({ rest, onCount, onLoadError }) {
     if (render) renderAll();
   }
 
+  /** Open care cases, page after page (500 a request), up to MAX_PAGES. */
+  async function loadPages() {
+    const list = [];
+    for (let page = 0; page < MAX_PAGES; page += 1) {
+      const after = list.length ? `&after=${encodeURIComponent(list[list.length - 1].care_id)}` : "";
+      const got = await rest.get(`/api/mod/care?limit=${PAGE}${after}`);
+      list.push(...got);
+      if (got.length < PAGE) return { list, more: false };
+    }
+    return { list, more: true };
+  }
+
   async function reload() {
     if (loading) return loading;
     loading = (async () => {
       try {
-        const list = await rest.get("/api/mod/care?limit=500");
+        const { list, more } = await loadPages();
         const open = new Set(list.map((v) => v.care_id));
         for (const v of list) merge(v, false);
-        // Open here but not in the snapshot: closed meanwhile (its event may be lost).
+        // Open here but not in the snapshot: closed meanwhile (its event may be lost), unless the snapshot
+        // stopped short of it.
+        const last = list.length ? Date.parse(list[list.length - 1].opened_at) : null;
         for (const v of cases.values()) {
-          if (v.state === "open" && !open.has(v.care_id)) v.state = "closed";
+          if (v.state === "open" && !open.has(v.care_id) && !(more && last !== null && Date.parse(v.opened_at) > last)) {
+            v.state = "closed";
+          }
         }
         renderAll();
       } catch (err) {
