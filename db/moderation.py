@@ -538,6 +538,8 @@ class ParentVybe(msgspec.Struct, frozen=True):
     text: str
     author_id: str
     moderation_state: str
+    is_anonymous: bool = False
+    """Members do not see who posted it: a moderator's message to the commenter must not name its author."""
 
 
 class CaseContext(msgspec.Struct, frozen=True):
@@ -562,9 +564,10 @@ async def case_context(pool: asyncpg.Pool, case_id: str, history: int = 20) -> C
     parent = None
     if view.vybe_id is not None:
         row = await pool.fetchrow(
-            "SELECT id, content, user_id, moderation_state::text AS s FROM shared_vybes WHERE id = $1", view.vybe_id)
+            f"""SELECT v.id, v.content, v.user_id, v.moderation_state::text AS s, {hides_author_sql("v")} AS anon
+                  FROM shared_vybes v WHERE v.id = $1""", view.vybe_id)
         if row is not None:
-            parent = ParentVybe(row["id"], row["content"], row["user_id"], row["s"])
+            parent = ParentVybe(row["id"], row["content"], row["user_id"], row["s"], bool(row["anon"]))
     past: list[PastCase] = []
     if view.author_id is not None:
         rows = await pool.fetch(

@@ -165,6 +165,7 @@ async def test_sorted_by_severity_filtered_searched_with_context(live: Any, pool
     await expect(case.locator(".case-text")).to_have_text(reply["content"])
     await expect(case.locator(".ctx-parent-text")).to_have_text(parent["content"])
     await expect(case.locator(".ctx-parent-author")).to_have_text("dee")
+    await expect(case.locator(".ctx-parent .badge-anon")).to_have_count(0)
     await expect(case.locator(".history-item")).to_have_count(1)
     await expect(case.locator(".history-item")).to_contain_text("Hidden")
     await expect(case.locator(".history-item")).to_contain_text("Earlier nastiness")
@@ -391,6 +392,21 @@ async def test_a_backlog_past_one_page_is_loaded_whole(live: Any, pool: asyncpg.
     await mod.get_by_label("Search").fill("")
     await expect(mod.locator("#count-open")).to_have_text("520")
     await expect(mod.locator("article.case")).to_have_count(520)
+
+
+async def test_a_comment_on_an_anonymous_vybe_says_so(live: Any, pool: asyncpg.Pool, pages: Any) -> None:
+    """The context of a comment on an anonymous vybe marks it: the moderator sees its author (to judge), and is
+    told members do not, so a message to the commenter does not name them."""
+    parent = await _post(live, "quiet", "I relapsed last night and I am scared to tell anyone", is_anonymous=True)
+    reply = await _comment(live, "troll", parent["id"], "Typical, you were always going to fail")
+    await _report(live, ["rita", "ray", "rob"], "COMMENT", reply["id"], "HARASSMENT", "kicking her while she is down")
+    case = await _case(pool, reply["id"])
+    r = await _rest(live, "mod2", "GET", f"/api/mod/cases/{case['id']}/context")
+    assert r.status_code == 200 and r.json()["parent"]["is_anonymous"] is True, r.text
+    mod = await _console(pages, live)
+    row = _row(mod, reply["id"])
+    await expect(row.locator(".ctx-parent-author")).to_have_text("quiet")
+    await expect(row.locator(".ctx-parent .badge-anon")).to_have_text("posted anonymously")
 
 
 async def test_bulk_hide_keeps_the_labels_picked_on_a_case(live: Any, pool: asyncpg.Pool, pages: Any) -> None:

@@ -305,7 +305,9 @@ function parentBlock(context) {
   const p = context && typeof context === "object" && !(context instanceof Error) ? context.parent : null;
   if (!p) return null;
   return h("div", { class: "ctx-parent" },
-    h("h4", {}, "In reply to a vybe by ", h("span", { class: "ctx-parent-author" }, p.author_id)),
+    h("h4", {}, "In reply to a vybe by ", h("span", { class: "ctx-parent-author" }, p.author_id),
+      p.is_anonymous ? h("span", { class: "badge badge-anon", title: "Members do not know who wrote it: do not name "
+                                  + "its author in a message" }, "posted anonymously") : null),
     h("blockquote", { class: "ctx-parent-text" }, p.text),
     ["hidden", "removed"].includes(p.moderation_state)
       ? h("p", { class: "muted" }, `That vybe is ${p.moderation_state}.`) : null);
