@@ -189,3 +189,10 @@ def care_opened(care: Any, message: str, resources: list[dict[str, str]]) -> lis
 def care_closed(care: Any) -> list[Event]:
     """A care case closed by a moderator (``care.closed`` on mod:flagged)."""
     return [event("mod:flagged", "care.closed", msgspec.to_builtins(care), Meta(m=True))]
+
+
+def care_claimed(care: Any) -> list[Event]:
+    """A moderator reaching out on a care case (``care.claimed``), or letting it go (``care.released``: no
+    ``claimed_by``), on mod:flagged."""
+    name = "care.claimed" if care.claimed_by else "care.released"
+    return [event("mod:flagged", name, msgspec.to_builtins(care), Meta(m=True))]

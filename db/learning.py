@@ -352,6 +352,10 @@ class CareCase(msgspec.Struct, frozen=True):
     is_anonymous: bool = False
     """Posted anonymously: members do not know who wrote it. Reach out privately, never in a way that shows others
     who the author is."""
+    claimed_by: str | None = None
+    """The moderator reaching out (``POST /api/mod/care/{care_id}/claim``), until ``claim_expires_at``: others
+    leave the member to them, and may not close the case meanwhile."""
+    claim_expires_at: dt.datetime | None = None
 
 
 class CareAck(CareCase, frozen=True):
@@ -379,7 +383,7 @@ SELECT k.*, coalesce(v.content, cm.content, ai.content) AS text, cm.shared_vybe_
 def _care(r: asyncpg.Record) -> CareCase:
     return CareCase(r["id"], r["version"], r["state"], r["target_type"], str(r["target_id"]), r["author_id"],
                     r["text"], round(float(r["score"]), 4), r["opened_at"], r["vybe_id"], r["closed_by"], r["note"],
-                    r["is_anonymous"])
+                    r["is_anonymous"], r["claimed_by"], r["claim_expires_at"])
 
 
 async def open_care(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID, author_id: str, score: float,
@@ -424,16 +428,11 @@ async def close_care(pool: asyncpg.Pool, care_id: str, version: int, moderator: 
         raise NotFound("no such care case") from err
 
     async def body(conn: asyncpg.Connection) -> Closed:
-        row = await conn.fetchrow("SELECT * FROM care_cases WHERE id = $1 FOR UPDATE", cid)
-        if row is None:
-            raise NotFound("no such care case")
-        if row["version"] != version:
-            raise Conflict(f"care case changed (now version {row['version']}); reload it")
-        if row["state"] != "open":
-            raise Conflict("care case is closed")
+        row = await _locked_care(conn, cid, version, moderator)
         await conn.execute(
             """UPDATE care_cases SET state = 'closed', closed_by = $2, closed_at = now(), note = $3,
-                      version = version + 1 WHERE id = $1""", cid, moderator, note)
+                      claimed_by = NULL, claim_expires_at = NULL, version = version + 1 WHERE id = $1""",
+            cid, moderator, note)
         await conn.execute(
             """INSERT INTO moderation_audit (actor_id, action, target_type, target_id, note, detail)
                VALUES ($1, 'care.close', $2, $3, $4, $5)""",
@@ -442,3 +441,48 @@ async def close_care(pool: asyncpg.Pool, care_id: str, version: int, moderator: 
 
     return await idempotent(pool, user_id=moderator, request_id=validate.request_id(request_id),
                             operation=f"care.close:{cid}", result_type=Closed, body=body, announce=announce)
+
+
+async def _locked_care(conn: asyncpg.Connection, cid: uuid.UUID, version: int, moderator: str) -> asyncpg.Record:
+    """The open care case, locked, as ``moderator`` last saw it and not held by another moderator's claim."""
+    row = await conn.fetchrow("SELECT * FROM care_cases WHERE id = $1 FOR UPDATE", cid)
+    if row is None:
+        raise NotFound("no such care case")
+    if row["version"] != version:
+        raise Conflict(f"care case changed (now version {row['version']}); reload it")
+    if row["state"] != "open":
+        raise Conflict("care case is closed")
+    held = row["claimed_by"]
+    if held and held != moderator and row["claim_expires_at"] > dt.datetime.now(dt.UTC):
+        raise Conflict(f"{held} is reaching out (claimed until {row['claim_expires_at'].isoformat()})")
+    return row
+
+
+async def claim_care(pool: asyncpg.Pool, care_id: str, version: int, moderator: str, lease_s: float,
+                     release: bool = False, announce: Announcement | None = None,
+                     request_id: str | None = None) -> Closed:
+    """Say "I am reaching out" on a care case for ``lease_s`` seconds (or let it go), so that no second moderator
+    contacts the member meanwhile; a stale claim simply lapses. Audited, and idempotent by ``request_id``, as
+    :func:`close_care`."""
+    try:
+        cid = uuid.UUID(care_id)
+    except ValueError as err:
+        raise NotFound("no such care case") from err
+
+    async def body(conn: asyncpg.Connection) -> Closed:
+        row = await _locked_care(conn, cid, version, moderator)
+        await conn.execute(
+            """UPDATE care_cases SET claimed_by = $2, version = version + 1,
+                      claim_expires_at = CASE WHEN $2::text IS NULL THEN NULL
+                                              ELSE now() + make_interval(secs => $3) END
+                WHERE id = $1""", cid, None if release else moderator, lease_s)
+        await conn.execute(
+            """INSERT INTO moderation_audit (actor_id, action, target_type, target_id, note, detail)
+               VALUES ($1, $2, $3, $4, NULL, $5)""",
+            moderator, "care.release" if release else "care.claim", row["target_type"], str(row["target_id"]),
+            {"care_id": str(cid), "version_seen": version})
+        return Closed(_care(await conn.fetchrow(_CARE + " WHERE k.id = $1", cid)))
+
+    return await idempotent(pool, user_id=moderator, request_id=validate.request_id(request_id),
+                            operation=f"care.{'release' if release else 'claim'}:{cid}", result_type=Closed,
+                            body=body, announce=announce)

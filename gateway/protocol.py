@@ -120,6 +120,14 @@ class AppealBody(Request, kw_only=True):
     """Why the decision is wrong, in your words: 1 to 1,000 code points. The moderator who decides reads it."""
 
 
+class ClaimCareBody(Request, kw_only=True):
+    """Reach out on a care case, or let it go (REST ``POST /api/mod/care/{care_id}/claim``)."""
+
+    version: Version
+    """The care case's ``version`` as you last saw it; a stale one is a ``conflict``."""
+    release: bool = False
+
+
 class CloseCareBody(Request, kw_only=True):
     """Close a care case (REST ``POST /api/mod/care/{care_id}/close``)."""
 
@@ -299,9 +307,9 @@ EVENT_NAMES = (
     "comment.hidden", "comment.removed", "comment.restored", "reactions.changed", "reaction.added",
     "looproom.presence", "moderation.outcome", "blocks.changed", "report.flagged", "report.resolved", "case.claimed",
     "case.released", "case.rescored", "case.appealed", "case.reopened", "care.notice", "vybe.deleted",
-    "comment.deleted", "care.opened", "care.closed", "publication", "publication.hidden", "publication.removed",
-    "publication.restored", "publication.held", "<namespace>.presence", "<namespace>.digest",
-    "session.disconnected", "subscriptions.revoked",
+    "comment.deleted", "care.opened", "care.closed", "care.claimed", "care.released", "publication",
+    "publication.hidden", "publication.removed", "publication.restored", "publication.held", "<namespace>.presence",
+    "<namespace>.digest", "session.disconnected", "subscriptions.revoked",
 )
 
 

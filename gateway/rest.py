@@ -411,6 +411,23 @@ class ModerationController(Controller):
         except WriteError as err:
             raise ApiError(err.code, err.message, err.retry_after) from err
 
+    @post("/care/{care_id:str}/claim", status_code=200, operation_id="claimCareCase", responses=responses(*_MODERATE))
+    async def claim_care(self, request: Request[Any, Any, Any], state: State, care_id: FromPath[str],
+                         data: JSONBody[SkipValidation[p.ClaimCareBody]]) -> learning.CareAck:
+        """Say you are reaching out (``{"version": n}``), so no second moderator contacts the member, until the
+        claim lapses or you let it go (``{"version": n, "release": true}``); others cannot close it meanwhile."""
+        actor = await _moderator(request)
+        body = _command(p.ClaimCareBody, data)
+        gw = state.gateway
+        claimed = Announcement.of(lambda r: events.care_claimed(r.care))
+        try:
+            done = await learning.claim_care(gw.pool, care_id, body.version, actor.user_id, gw.settings.claim_lease_s,
+                                             body.release, claimed, request_id=body.id or None)
+        except WriteError as err:
+            raise ApiError(err.code, err.message, err.retry_after) from err
+        gw.announce(claimed)
+        return learning.CareAck(**msgspec.structs.asdict(done.care), replayed=done.replayed)
+
     @post("/care/{care_id:str}/close", status_code=200, operation_id="closeCareCase", responses=responses(*_MODERATE))
     async def close_care(self, request: Request[Any, Any, Any], state: State, care_id: FromPath[str],
                          data: JSONBody[SkipValidation[p.CloseCareBody]]) -> learning.CareAck:

@@ -128,6 +128,45 @@ async def test_care_cases_listed_live_and_closed_with_note(live: Any, pool: asyn
     await _shoot(one, shots / "mod-care-phone.png")
 
 
+async def test_reaching_out_claims_a_care_case_on_every_console(live: Any, pool: asyncpg.Pool, pages: Any) -> None:
+    """"I'm reaching out" claims the care case: the other console shows who, live, and cannot close it or claim it
+    (nor can the API: conflict), so the member is not contacted twice; released, it is free again; closing it
+    clears the claim."""
+    vybe = await _post(live, "lee", "I don't really see the point of anything anymore")
+    care = await _open_care(live, pool, vybe, 0.91)
+    one = await pages.open(f"{live.http}/mod#token={live.token('mod1', 'MODERATOR')}")
+    two = await pages.open(f"{live.http}/mod#token={live.token('mod2', 'MODERATOR')}")
+    for page in (one, two):
+        await _live(page)
+        await page.get_by_role("tab", name="Care").click()
+    mine = one.locator(f"article.care-case[data-care-id='{care.care_id}']")
+    theirs = two.locator(f"article.care-case[data-care-id='{care.care_id}']")
+    await mine.get_by_role("button", name="I'm reaching out").click()
+    await expect(mine.locator(".care-claim")).to_contain_text("You are reaching out")
+    await expect(theirs.locator(".care-claim")).to_contain_text("mod1 is reaching out", timeout=5000)
+    await expect(theirs.get_by_role("button", name="Close")).to_be_disabled()
+    await expect(theirs.get_by_role("button", name="I'm reaching out")).to_be_disabled()
+    row = await pool.fetchrow("SELECT version, claimed_by FROM care_cases WHERE id = $1", care.care_id)
+    assert row["claimed_by"] == "mod1"
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        r = await http.post(f"/api/mod/care/{care.care_id}/close", json={"version": row["version"]},
+                            headers={"Authorization": f"Bearer {live.token('mod2', 'MODERATOR')}"})
+    assert r.status_code == 409 and "mod1 is reaching out" in r.json()["message"], r.text
+
+    await mine.get_by_role("button", name="Release").click()
+    await expect(theirs.locator(".care-claim")).to_have_count(0, timeout=5000)
+    await theirs.get_by_role("button", name="I'm reaching out").click()
+    await expect(mine.locator(".care-claim")).to_contain_text("mod2 is reaching out", timeout=5000)
+    await theirs.get_by_label("What you did").fill("Called them, they are with family tonight")
+    await theirs.get_by_role("button", name="Close").click()
+    await expect(mine).to_have_count(0, timeout=5000)
+    row = await pool.fetchrow("SELECT state, closed_by, claimed_by FROM care_cases WHERE id = $1", care.care_id)
+    assert dict(row) == {"state": "closed", "closed_by": "mod2", "claimed_by": None}
+    actions = await pool.fetch("SELECT actor_id, action FROM moderation_audit WHERE action LIKE 'care.%' ORDER BY id")
+    assert [tuple(a) for a in actions] == [("mod1", "care.claim"), ("mod1", "care.release"), ("mod2", "care.claim"),
+                                           ("mod2", "care.close")]
+
+
 async def test_accuracy_panel_shows_decisions_and_refreshes(live: Any, pool: asyncpg.Pool, pages: Any,
                                                             shots: Any) -> None:
     """The panel says "No decisions yet." on an empty record, shows per-label precision and recall from

@@ -1,8 +1,10 @@
 // The console's Care tab: posts that read as their author's own self-harm disclosure. Not abuse:
 // the post stays visible and its author was already sent the care message; a moderator may reach
-// out, then closes the case with a note (kept in the audit log). Loaded from REST, then live from
-// `care.opened` / `care.closed` on mod:flagged, merged by the case `version` like the abuse queue.
+// out ("I'm reaching out" claims the case, so no second moderator contacts the member), then closes the case
+// with a note (kept in the audit log). Loaded from REST, then live from `care.opened`, `care.claimed`,
+// `care.released` and `care.closed` on mod:flagged, merged by the case `version` like the abuse queue.
 
+import { claimActive } from "./console-rank.js";
 import { announce, h, timeEl } from "./dom.js";
 
 const CLOSED_KEEP = 10;
@@ -21,7 +23,7 @@ export function likelihood(score) {
  * rest: the api() client; onCount(n): the number of open cases changed;
  * onLoadError(err): a load failed (401/403 sign the page out; the caller decides).
  */
-export function carePanel({ rest, onCount, onLoadError }) {
+export function carePanel({ rest, me, onCount, onLoadError }) {
   const cases = new Map();     // care_id -> latest view (open and closed)
   const drafts = new Map();    // care_id -> note text
   const errors = new Map();    // care_id -> last error text
@@ -112,6 +114,9 @@ export function carePanel({ rest, onCount, onLoadError }) {
     const titleId = `care-${id}-title`;
     const noteId = `care-${id}-note`;
     const isBusy = busy.has(id);
+    const held = claimActive(v);
+    const mine = held && v.claimed_by === me;
+    const othersHold = held && !mine;
     const note = h("input", { type: "text", id: noteId, class: "note-input", maxlength: 500, autocomplete: "off",
                               dataset: { focusKey: "note" }, placeholder: "Optional, kept in the audit log" });
     note.value = drafts.get(id) || "";
@@ -134,13 +139,42 @@ export function carePanel({ rest, onCount, onLoadError }) {
       h("blockquote", { class: "case-text" }, v.text ?? "(no text: the post was deleted)"),
       h("p", { class: "care-status muted" },
         "Still visible to others. The author was sent the care message with helpline resources."),
+      held ? h("p", { class: `care-claim${mine ? " is-mine" : ""}`, role: "status" },
+               mine ? "You are reaching out" : `${v.claimed_by} is reaching out`,
+               v.claim_expires_at ? h("span", { class: "muted" }, " · until ", timeEl(v.claim_expires_at)) : null)
+           : null,
       errors.get(id) ? h("p", { class: "case-error", role: "alert" }, errors.get(id)) : null,
       h("div", { class: "case-actions" },
+        h("button", { type: "button", class: "btn btn-claim", disabled: isBusy || othersHold,
+                      dataset: { focusKey: "claim" }, onclick: () => claim(id, mine) },
+          mine ? "Release" : "I'm reaching out"),
         h("div", { class: "resolve" },
           h("label", { for: noteId, class: "note-label" }, "What you did"),
           note,
-          h("button", { type: "button", class: "btn btn-care", disabled: isBusy, dataset: { focusKey: "close" },
-                        onclick: () => close(id) }, "Close"))));
+          h("button", { type: "button", class: "btn btn-care", disabled: isBusy || othersHold,
+                        title: othersHold ? `${v.claimed_by} is reaching out: leave the member to them` : null,
+                        dataset: { focusKey: "close" }, onclick: () => close(id) }, "Close"))));
+  }
+
+  async function claim(id, release) {
+    const v = cases.get(id);
+    if (!v || busy.has(id)) return;
+    busy.add(id);
+    errors.delete(id);
+    renderAll();
+    try {
+      merge(await rest.post(`/api/mod/care/${encodeURIComponent(id)}/claim`,
+                            { version: v.version, ...(release ? { release: true } : {}) }), false);
+      announce(release ? "Released: another moderator may reach out." : "Claimed: others will leave the member to you.");
+    } catch (err) {
+      errors.set(id, err.code === "conflict"
+        ? `Someone else changed this case first: ${err.message}. The list was reloaded.`
+        : `Not done (${err.code}): ${err.message}`);
+      if (err.code === "conflict" || err.code === "not_found") reload();
+    } finally {
+      busy.delete(id);
+      renderAll();
+    }
   }
 
   // One idempotency key per care case and version, kept until the close succeeds: trying again after a lost
@@ -180,7 +214,7 @@ export function carePanel({ rest, onCount, onLoadError }) {
   return {
     merge,
     reload,
-    /** A care event from mod:flagged (`care.opened` / `care.closed`). */
+    /** A care event from mod:flagged (`care.opened`, `care.claimed`, `care.released`, `care.closed`). */
     onEvent(msg) {
       const fresh = !cases.has(msg.data.care_id);
       merge(msg.data);

@@ -56,7 +56,7 @@ function start(token, claims) {
                                   onVanished: (v) => notice(vanished(v), { key: "vanished" }) });
   const { renderAll, select, focusSelected, check } = queue;
   const selected = () => queue.selected();
-  const care = carePanel({ rest, onCount: (n) => tabCount("tab-count-care", n), onLoadError: loadFailed("care cases") });
+  const care = carePanel({ rest, me, onCount: (n) => tabCount("tab-count-care", n), onLoadError: loadFailed("care cases") });
   const accuracy = accuracyPanel({ rest, onLoadError: loadFailed("the model's accuracy") });
   setupTabs($("tabs"));
   const resolved = resolvedPanel({ rest, onLoadError: loadFailed("recent decisions"),
