@@ -150,6 +150,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     report_flag_threshold: int = 3
     """Distinct reporters that flag a target."""
     claim_lease_s: float = 300.0
+    care_claim_lease_s: float = 1800.0
+    """How long "I'm reaching out" holds a care case: reaching a member in distress takes longer than a decision."""
     worker_batch: int = 64
     worker_block_ms: int = 50
     worker_claim_idle_ms: int = 30_000

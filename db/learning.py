@@ -25,6 +25,7 @@ from common.visibility import hides_author_sql
 from db.writes import validate
 from db.writes._tx import idempotent, in_transaction
 from db.writes.errors import Conflict, NotFound
+from db.writes.feed import decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -356,6 +357,9 @@ class CareCase(msgspec.Struct, frozen=True):
     """The moderator reaching out (``POST /api/mod/care/{care_id}/claim``), until ``claim_expires_at``: others
     leave the member to them, and may not close the case meanwhile."""
     claim_expires_at: dt.datetime | None = None
+    cursor: str = ""
+    """This case's place in the care queue: ``GET /api/mod/care?after=<cursor>`` of a page's last case gives the
+    next page."""
 
 
 class CareAck(CareCase, frozen=True):
@@ -383,7 +387,7 @@ SELECT k.*, coalesce(v.content, cm.content, ai.content) AS text, cm.shared_vybe_
 def _care(r: asyncpg.Record) -> CareCase:
     return CareCase(r["id"], r["version"], r["state"], r["target_type"], str(r["target_id"]), r["author_id"],
                     r["text"], round(float(r["score"]), 4), r["opened_at"], r["vybe_id"], r["closed_by"], r["note"],
-                    r["is_anonymous"], r["claimed_by"], r["claim_expires_at"])
+                    r["is_anonymous"], r["claimed_by"], r["claim_expires_at"], encode_cursor(r["opened_at"], r["id"]))
 
 
 async def open_care(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID, author_id: str, score: float,
@@ -400,21 +404,13 @@ async def open_care(conn: asyncpg.Connection, kind: str, target_id: uuid.UUID, a
 
 async def care_queue(conn: asyncpg.Connection | asyncpg.Pool, limit: int = 100,
                      after: str | None = None) -> list[CareCase]:
-    """Open care cases, oldest first; ``after``: the last care id of the page before (keyset paging, as the
-    moderator queue's); an unknown one is :class:`NotFound`."""
-    cursor = None
-    if after is not None:
-        try:
-            cursor = await conn.fetchrow("SELECT opened_at, id FROM care_cases WHERE id = $1", uuid.UUID(after))
-        except ValueError:
-            cursor = None
-        if cursor is None:
-            raise NotFound("no such care case to page after")
+    """Open care cases, oldest first; ``after``: the ``cursor`` of the last case of the page before (keyset
+    paging, as the moderator queue's); one that no page gave is :class:`Invalid` (``invalid_cursor``)."""
+    opened, last = decode_cursor(after)
     rows = await conn.fetch(
         _CARE + """ WHERE k.state = 'open'
                       AND ($2::timestamptz IS NULL OR (k.opened_at, k.id) > ($2::timestamptz, $3::uuid))
-                    ORDER BY k.opened_at, k.id LIMIT $1""",
-        limit, cursor["opened_at"] if cursor else None, cursor["id"] if cursor else None)
+                    ORDER BY k.opened_at, k.id LIMIT $1""", limit, opened, last)
     return [_care(r) for r in rows]
 
 

@@ -22,6 +22,7 @@ from db import learning
 from db.writes import validate
 from db.writes._tx import idempotent, in_transaction
 from db.writes.errors import Conflict, Forbidden, NotFound, WriteError
+from db.writes.feed import decode_cursor, encode_cursor
 from db.writes.locks import lock_target
 
 if TYPE_CHECKING:
@@ -101,6 +102,9 @@ class CaseView(msgspec.Struct, frozen=True):
     """For an ``app_item``: the app's id of the content (a publication's id)."""
     channel: str | None = None
     """For a client publication: the channel it was published on."""
+    cursor: str = ""
+    """This case's place in the queue (``opened_at`` and id): ``GET /api/mod/queue?after=<cursor>`` of a page's
+    last case gives the next page."""
 
 
 class CaseAck(CaseView, frozen=True):
@@ -277,6 +281,7 @@ def _view(r: asyncpg.Record, reporters: list[Reporter]) -> CaseView:
         message=r["message"], appeal_statement=r["appeal_statement"], appealed_at=r["appealed_at"],
         appeal_of=r["appeal_of"], appeal_outcome=r["appeal_outcome"], resolved_at=r["resolved_at"],
         app=r["app"], content_type=r["content_type"], content_id=r["content_id"], channel=r["channel"],
+        cursor=encode_cursor(r["opened_at"], r["id"]),
     )
 
 
@@ -284,24 +289,17 @@ async def open_queue(pool: asyncpg.Pool, limit: int = 100, appeals: bool | None 
                      app: str | None = None, after: str | None = None) -> list[CaseView]:
     """Open cases, oldest first (the moderator's queue); ``appeals``: only appeals (True), none (False);
     ``app``: only that app's items (``vybe``: this app's own content, publications on its namespaces included).
-    ``after``: the last case id of the page before (keyset paging: a case decided meanwhile still marks its place);
-    an unknown one is :class:`NotFound`."""
-    cursor = None
-    if after is not None:
-        try:
-            cursor = await pool.fetchrow("SELECT opened_at, id FROM moderation_cases WHERE id = $1", uuid.UUID(after))
-        except ValueError:
-            cursor = None
-        if cursor is None:
-            raise NotFound("no such case to page after")
+    ``after``: the ``cursor`` of the last case of the page before (keyset paging on the place it had then, so a
+    case decided or reopened between pages moves nothing); one that no page gave is :class:`Invalid`
+    (``invalid_cursor``)."""
+    opened, last = decode_cursor(after)
     ids = await pool.fetch(
         """SELECT c.id FROM moderation_cases c
              LEFT JOIN app_items ai ON ai.id = (CASE WHEN c.target_type = 'app_item' THEN c.target_id::uuid END)
             WHERE c.state = 'open' AND ($2::boolean IS NULL OR (c.appeal_statement IS NOT NULL) = $2)
               AND ($3::text IS NULL OR coalesce(ai.app_id, 'vybe') = $3)
               AND ($4::timestamptz IS NULL OR (c.opened_at, c.id) > ($4::timestamptz, $5::uuid))
-            ORDER BY c.opened_at, c.id LIMIT $1""", limit, appeals, app,
-        cursor["opened_at"] if cursor else None, cursor["id"] if cursor else None)
+            ORDER BY c.opened_at, c.id LIMIT $1""", limit, appeals, app, opened, last)
     return await case_views(pool, [r["id"] for r in ids])
 
 

@@ -330,7 +330,7 @@ class ModerationController(Controller):
     security = ({"BearerToken": []},)
     guards = [_moderating]  # noqa: RUF012 (litestar's attribute)
 
-    @get("/queue", operation_id="getQueue", responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
+    @get("/queue", operation_id="getQueue", responses=responses(ErrorCode.FORBIDDEN, ErrorCode.INVALID_CURSOR))
     async def queue(self, request: Request[Any, Any, Any], state: State,
                     limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100,
                     appeals: FromQuery[Annotated[bool | None, Parameter(
@@ -339,8 +339,8 @@ class ModerationController(Controller):
                         description="only this app's cases (`vybe`: this app's own content)",
                         pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]] = None,
                     after: FromQuery[Annotated[str | None, Parameter(
-                        description="the next page: the last `case_id` of the page before (a page shorter than "
-                                    "`limit` is the last)", max_length=64)]] = None,
+                        description="the next page: the `cursor` of the last case of the page before (a page "
+                                    "shorter than `limit` is the last)", max_length=64)]] = None,
                     ) -> list[mdb.CaseView]:
         """Open cases, oldest first, each with everything needed to decide; paged by ``after``."""
         await _moderator(request)
@@ -396,12 +396,12 @@ class ModerationController(Controller):
         await _moderator(request)
         return await learning.label_stats(state.gateway.pool, window)
 
-    @get("/care", operation_id="getCareQueue", responses=responses(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND))
+    @get("/care", operation_id="getCareQueue", responses=responses(ErrorCode.FORBIDDEN, ErrorCode.INVALID_CURSOR))
     async def care(self, request: Request[Any, Any, Any], state: State,
                    limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100,
                    after: FromQuery[Annotated[str | None, Parameter(
-                       description="the next page: the last `care_id` of the page before (a page shorter than "
-                                   "`limit` is the last)", max_length=64)]] = None,
+                       description="the next page: the `cursor` of the last care case of the page before (a page "
+                                   "shorter than `limit` is the last)", max_length=64)]] = None,
                    ) -> list[learning.CareCase]:
         """Open care cases, oldest first: posts that read as their author's own self-harm disclosure.
         They are not abuse and stay visible; their authors were sent the care message. Paged by ``after``."""
@@ -421,7 +421,8 @@ class ModerationController(Controller):
         gw = state.gateway
         claimed = Announcement.of(lambda r: events.care_claimed(r.care))
         try:
-            done = await learning.claim_care(gw.pool, care_id, body.version, actor.user_id, gw.settings.claim_lease_s,
+            done = await learning.claim_care(gw.pool, care_id, body.version, actor.user_id,
+                                             gw.settings.care_claim_lease_s,
                                              body.release, claimed, request_id=body.id or None)
         except WriteError as err:
             raise ApiError(err.code, err.message, err.retry_after) from err

@@ -21,7 +21,7 @@ from tests.gateway.conftest import connect, live, start_gateway  # noqa: F401 - 
 from workers.consumer import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from tests.gateway.conftest import Live
 
@@ -60,7 +60,9 @@ class Pages:
         self.errors: list[str] = []
         self.contexts: list[Any] = []
 
-    async def open(self, url: str, viewport: dict[str, int] | None = None) -> Any:
+    async def open(self, url: str, viewport: dict[str, int] | None = None,
+                   on_request: Callable[[Any], object] | None = None) -> Any:
+        """A page at ``url`` in a fresh context; ``on_request`` sees every request, from the first."""
         context = await self.browser.new_context(viewport=viewport or DESKTOP, service_workers="block")
         self.contexts.append(context)
 
@@ -74,6 +76,8 @@ class Pages:
 
         await context.route("**/*", guard)
         page = await context.new_page()
+        if on_request is not None:
+            page.on("request", on_request)
         page.on("console", self._console)
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         await page.goto(url)

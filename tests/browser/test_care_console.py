@@ -3,6 +3,7 @@ in a real browser against a live gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -146,12 +147,21 @@ async def test_reaching_out_claims_a_care_case_on_every_console(live: Any, pool:
     await expect(theirs.locator(".care-claim")).to_contain_text("mod1 is reaching out", timeout=5000)
     await expect(theirs.get_by_role("button", name="Close")).to_be_disabled()
     await expect(theirs.get_by_role("button", name="I'm reaching out")).to_be_disabled()
+    await theirs.get_by_label("What you did").fill("Sent the helpline links")
+    await theirs.get_by_label("What you did").press("Enter")   # Enter in the note closes: not over a claim
+    await expect(theirs.locator(".case-error")).to_contain_text("mod1 is reaching out: leave the member to them")
     row = await pool.fetchrow("SELECT version, claimed_by FROM care_cases WHERE id = $1", care.care_id)
     assert row["claimed_by"] == "mod1"
     async with httpx.AsyncClient(base_url=live.http) as http:
         r = await http.post(f"/api/mod/care/{care.care_id}/close", json={"version": row["version"]},
                             headers={"Authorization": f"Bearer {live.token('mod2', 'MODERATOR')}"})
     assert r.status_code == 409 and "mod1 is reaching out" in r.json()["message"], r.text
+    await mine.get_by_role("button", name="Still reaching out").click()   # extends the claim
+    for _ in range(50):
+        if await pool.fetchval("SELECT version FROM care_cases WHERE id = $1", care.care_id) > row["version"]:
+            break
+        await asyncio.sleep(0.1)
+    await expect(theirs.locator(".care-claim")).to_contain_text("mod1 is reaching out")
 
     await mine.get_by_role("button", name="Release").click()
     await expect(theirs.locator(".care-claim")).to_have_count(0, timeout=5000)
@@ -163,8 +173,8 @@ async def test_reaching_out_claims_a_care_case_on_every_console(live: Any, pool:
     row = await pool.fetchrow("SELECT state, closed_by, claimed_by FROM care_cases WHERE id = $1", care.care_id)
     assert dict(row) == {"state": "closed", "closed_by": "mod2", "claimed_by": None}
     actions = await pool.fetch("SELECT actor_id, action FROM moderation_audit WHERE action LIKE 'care.%' ORDER BY id")
-    assert [tuple(a) for a in actions] == [("mod1", "care.claim"), ("mod1", "care.release"), ("mod2", "care.claim"),
-                                           ("mod2", "care.close")]
+    assert [tuple(a) for a in actions] == [("mod1", "care.claim"), ("mod1", "care.claim"), ("mod1", "care.release"),
+                                           ("mod2", "care.claim"), ("mod2", "care.close")]
 
 
 async def test_accuracy_panel_shows_decisions_and_refreshes(live: Any, pool: asyncpg.Pool, pages: Any,

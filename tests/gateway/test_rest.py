@@ -168,10 +168,11 @@ async def test_api_docs_load_nothing_from_outside(live) -> None:
         assert {"ClientCommand", "ServerFrame", "ServerMessage"} <= set(protocol["$defs"])
 
 
-async def test_the_moderator_queue_pages_by_case_after_case(live, pool) -> None:
-    """`GET /api/mod/queue` gives at most `limit` cases; `after` (the last case id of a page) gives the next, oldest
-    first, each case once, a page shorter than `limit` the last; a case decided between pages still marks its place;
-    an unknown `after` is not_found (404), never page one again."""
+async def test_the_moderator_queue_pages_by_cursor(live, pool) -> None:
+    """`GET /api/mod/queue` gives at most `limit` cases; `after` (the last case's `cursor`) gives the next, oldest
+    first, each case once, a page shorter than `limit` the last. The cursor is the place the case had, so a case
+    decided and reported again between pages (opened anew, at the end) moves nothing: before, the next page was
+    looked up from the case's new place and came back empty. A cursor no page gave is invalid_cursor (422)."""
     from db import moderation as mdb
 
     async with pool.acquire() as conn:
@@ -185,17 +186,20 @@ async def test_the_moderator_queue_pages_by_case_after_case(live, pool) -> None:
         assert [c["case_id"] for c in first] == ids[:3]
         view = first[-1]
         await mdb.resolve(pool, view["case_id"], view["version"], "dismiss", "done", "mod")
-        second = (await http.get("/api/mod/queue", params={"limit": 3, "after": view["case_id"]}, headers=mods)).json()
+        async with pool.acquire() as conn:
+            await mdb.open_case(conn, "user", "paged-2", ["user reports: SPAM x4"], None)
+        second = (await http.get("/api/mod/queue", params={"limit": 3, "after": view["cursor"]}, headers=mods)).json()
         assert [c["case_id"] for c in second] == ids[3:6]
-        last = (await http.get("/api/mod/queue", params={"limit": 3, "after": ids[5]}, headers=mods)).json()
-        assert [c["case_id"] for c in last] == ids[6:]
-        for bogus in ("00000000-0000-0000-0000-000000000000", "not-a-case"):
+        last = (await http.get("/api/mod/queue", params={"limit": 3, "after": second[-1]["cursor"]},
+                               headers=mods)).json()
+        assert [c["case_id"] for c in last] == [ids[6], ids[2]], "the reopened case comes again, at its new place"
+        for bogus in (ids[0], "not-a-cursor", "1_zz"):
             r = await http.get("/api/mod/queue", params={"after": bogus}, headers=mods)
-            assert r.status_code == 404 and r.json()["code"] == "not_found", r.text
+            assert r.status_code == 422 and r.json()["code"] == "invalid_cursor", r.text
 
 
 async def test_the_care_queue_pages_like_the_moderator_queue(live, pool) -> None:
-    """`GET /api/mod/care` pages the same way: `after` the last `care_id`, oldest first, each case once."""
+    """`GET /api/mod/care` pages the same way: `after` the last case's `cursor`, oldest first, each case once."""
     import uuid
 
     from db import learning
@@ -210,8 +214,38 @@ async def test_the_care_queue_pages_like_the_moderator_queue(live, pool) -> None
     mods = _auth(live, "mod", "MODERATOR")
     async with httpx.AsyncClient(base_url=live.http) as http:
         first = (await http.get("/api/mod/care", params={"limit": 3}, headers=mods)).json()
-        page = {"limit": 3, "after": first[-1]["care_id"]}
+        page = {"limit": 3, "after": first[-1]["cursor"]}
         rest = (await http.get("/api/mod/care", params=page, headers=mods)).json()
         assert [c["care_id"] for c in first + rest] == ids
-        r = await http.get("/api/mod/care", params={"after": "not-a-case"}, headers=mods)
-        assert r.status_code == 404 and r.json()["code"] == "not_found", r.text
+        r = await http.get("/api/mod/care", params={"after": ids[0]}, headers=mods)
+        assert r.status_code == 422 and r.json()["code"] == "invalid_cursor", r.text
+
+
+async def test_reaching_out_holds_a_care_case_until_released_or_lapsed(live, pool) -> None:
+    """A care claim: others get conflict on claim, release and close while it holds; the holder's retry with the same
+    id is `replayed`; claiming again extends it; once lapsed, anyone may claim it; closing clears it."""
+    import uuid
+
+    from db import learning
+
+    async with pool.acquire() as conn:
+        care = await learning.open_care(conn, "shared_vybe", uuid.uuid4(), "member", 0.9, "test")
+    url = f"/api/mod/care/{care.care_id}"
+    one, two = _auth(live, "mod1", "MODERATOR"), _auth(live, "mod2", "MODERATOR")
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        r = await http.post(f"{url}/claim", json={"version": care.version, "id": "c-1"}, headers=one)
+        assert r.status_code == 200 and r.json()["claimed_by"] == "mod1" and r.json()["claim_expires_at"], r.text
+        held = r.json()
+        again = await http.post(f"{url}/claim", json={"version": care.version, "id": "c-1"}, headers=one)
+        assert again.json()["replayed"] is True and again.json()["version"] == held["version"]
+        for body, path in (({}, "claim"), ({"release": True}, "claim"), ({}, "close")):
+            r = await http.post(f"{url}/{path}", json={"version": held["version"], **body}, headers=two)
+            assert r.status_code == 409 and "mod1 is reaching out" in r.json()["message"], (path, body, r.text)
+        r = await http.post(f"{url}/claim", json={"version": held["version"]}, headers=one)
+        assert r.status_code == 200 and r.json()["claim_expires_at"] >= held["claim_expires_at"], r.text
+        await pool.execute("UPDATE care_cases SET claim_expires_at = now() - interval '1 second' WHERE id = $1",
+                           care.care_id)
+        r = await http.post(f"{url}/claim", json={"version": r.json()["version"]}, headers=two)
+        assert r.status_code == 200 and r.json()["claimed_by"] == "mod2", r.text
+        r = await http.post(f"{url}/close", json={"version": r.json()["version"], "note": "talked"}, headers=two)
+        assert r.status_code == 200 and r.json()["state"] == "closed" and r.json()["claimed_by"] is None, r.text

@@ -33,10 +33,14 @@ export function carePanel({ rest, me, onCount, onLoadError }) {
   const closedEl = document.getElementById("care-closed");
   let loading = null;
 
+  const touched = new Map();   // care_id -> tick of its last merge
+  let tick = 0;
+
   function merge(view, render = true) {
     const old = cases.get(view.care_id);
     if (old && old.version > view.version) return;   // stale snapshot or late event
     cases.set(view.care_id, view);
+    touched.set(view.care_id, ++tick);
     if (view.state !== "open" && old?.state === "open") {
       if (!closedHere.includes(view.care_id)) closedHere.unshift(view.care_id);
       closedHere.splice(CLOSED_KEEP);
@@ -47,10 +51,14 @@ export function carePanel({ rest, me, onCount, onLoadError }) {
   /** Open care cases, page after page (500 a request), up to MAX_PAGES. */
   async function loadPages() {
     const list = [];
+    const seen = new Set();
     for (let page = 0; page < MAX_PAGES; page += 1) {
-      const after = list.length ? `&after=${encodeURIComponent(list[list.length - 1].care_id)}` : "";
-      const got = await rest.get(`/api/mod/care?limit=${PAGE}${after}`);
-      list.push(...got);
+      const last = list[list.length - 1];
+      const got = await rest.get(`/api/mod/care?limit=${PAGE}${last ? `&after=${encodeURIComponent(last.cursor)}` : ""}`);
+      const fresh = got.filter((v) => !seen.has(v.care_id));
+      if (got.length && !fresh.length) return { list, more: true };   // a gateway that does not page
+      for (const v of fresh) seen.add(v.care_id);
+      list.push(...fresh);
       if (got.length < PAGE) return { list, more: false };
     }
     return { list, more: true };
@@ -60,14 +68,16 @@ export function carePanel({ rest, me, onCount, onLoadError }) {
     if (loading) return loading;
     loading = (async () => {
       try {
+        const asked = tick;
         const { list, more } = await loadPages();
         const open = new Set(list.map((v) => v.care_id));
         for (const v of list) merge(v, false);
-        // Open here but not in the snapshot: closed meanwhile (its event may be lost), unless the snapshot
-        // stopped short of it.
+        // Open here but not in the snapshot: closed meanwhile (its event may be lost), unless an event changed
+        // it while the snapshot was in flight, or the snapshot stopped short of it.
         const last = list.length ? Date.parse(list[list.length - 1].opened_at) : null;
         for (const v of cases.values()) {
-          if (v.state === "open" && !open.has(v.care_id) && !(more && last !== null && Date.parse(v.opened_at) > last)) {
+          if (v.state === "open" && !open.has(v.care_id) && (touched.get(v.care_id) ?? 0) <= asked
+              && !(more && last !== null && Date.parse(v.opened_at) >= last)) {
             v.state = "closed";
           }
         }
@@ -148,6 +158,9 @@ export function carePanel({ rest, me, onCount, onLoadError }) {
         h("button", { type: "button", class: "btn btn-claim", disabled: isBusy || othersHold,
                       dataset: { focusKey: "claim" }, onclick: () => claim(id, mine) },
           mine ? "Release" : "I'm reaching out"),
+        mine ? h("button", { type: "button", class: "btn", disabled: isBusy, dataset: { focusKey: "extend" },
+                             title: "Hold the case longer: you are still in touch with the member",
+                             onclick: () => claim(id, false) }, "Still reaching out") : null,
         h("div", { class: "resolve" },
           h("label", { for: noteId, class: "note-label" }, "What you did"),
           note,
@@ -184,6 +197,11 @@ export function carePanel({ rest, me, onCount, onLoadError }) {
   async function close(id) {
     const v = cases.get(id);
     if (!v || busy.has(id)) return;
+    if (claimActive(v) && v.claimed_by !== me) {   // Enter in the note too, not only the disabled button
+      errors.set(id, `${v.claimed_by} is reaching out: leave the member to them, or wait until their claim lapses.`);
+      renderAll();
+      return;
+    }
     const note = (drafts.get(id) || "").trim();
     const slot = `${id}@${v.version}`;
     if (!keys.has(slot)) {  // randomUUID needs a secure context (https or localhost): a random fallback otherwise
@@ -214,6 +232,10 @@ export function carePanel({ rest, me, onCount, onLoadError }) {
   return {
     merge,
     reload,
+    /** Claims lapse on their own, unannounced: redraw now and then so a lapsed one frees the buttons. */
+    refresh() {
+      if ([...cases.values()].some((v) => v.state === "open" && v.claimed_by)) renderAll();
+    },
     /** A care event from mod:flagged (`care.opened`, `care.claimed`, `care.released`, `care.closed`). */
     onEvent(msg) {
       const fresh = !cases.has(msg.data.care_id);

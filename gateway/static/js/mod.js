@@ -127,7 +127,7 @@ function start(token, claims) {
         const last = list.length ? list[list.length - 1].opened_at : null;
         for (const [id, v] of cases) {
           if (v.state === "open" && !open.has(id) && (touched.get(id) ?? 0) <= asked
-              && !(more && last !== null && Date.parse(v.opened_at) > Date.parse(last))) {
+              && !(more && last !== null && Date.parse(v.opened_at) >= Date.parse(last))) {
             cases.set(id, { ...v, state: "resolved" });
           }
         }
@@ -156,10 +156,15 @@ function start(token, claims) {
    *  sorted and searched whole; past MAX_PAGES the oldest are shown and `more` says others wait. */
   async function loadQueue() {
     const list = [];
+    const seen = new Set();
     for (let page = 0; page < MAX_PAGES; page += 1) {
-      const after = list.length ? `&after=${encodeURIComponent(list[list.length - 1].case_id)}` : "";
-      const got = await rest.get(`/api/mod/queue?limit=${PAGE}${after}`);
-      list.push(...got);
+      const last = list[list.length - 1];
+      const got = await rest.get(`/api/mod/queue?limit=${PAGE}${last ? `&after=${encodeURIComponent(last.cursor)}` : ""}`);
+      const fresh = got.filter((v) => !seen.has(v.case_id));
+      // A page that does not go on (a gateway older than paging ignores `after`): stop, and say more may wait.
+      if (got.length && !fresh.length) return { list, more: true };
+      for (const v of fresh) seen.add(v.case_id);
+      list.push(...fresh);
       if (got.length < PAGE) return { list, more: false };
     }
     return { list, more: true };
@@ -434,7 +439,10 @@ function start(token, claims) {
   }, () => !$("panel-queue").hidden);
 
   // Claims expire on their own: refresh the claim lines now and then.
-  setInterval(() => { if (cases.size) renderAll(); }, 15000);
+  setInterval(() => {
+    if (cases.size) renderAll();
+    care.refresh();
+  }, 15000);
   tickTimes();
 
   accuracy.load();
