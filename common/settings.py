@@ -205,7 +205,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.max_frame_bytes < 0:
             raise SettingsError("VYBE_MAX_FRAME_BYTES", "must be 0 (follow the content limits) or positive")
         for name in ("redis_pool_max", "rate_burst", "max_subscriptions", "send_queue_bytes",
-                     "history_len", "history_ttl_s", "worker_batch", "write_batch_max", "report_flag_threshold"):
+                     "history_len", "history_ttl_s", "worker_batch", "write_batch_max", "report_flag_threshold",
+                     "claim_lease_s", "care_claim_lease_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(PREFIX + name.upper(), "must be a positive number")
 

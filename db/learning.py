@@ -467,6 +467,9 @@ async def claim_care(pool: asyncpg.Pool, care_id: str, version: int, moderator: 
 
     async def body(conn: asyncpg.Connection) -> Closed:
         row = await _locked_care(conn, cid, version, moderator)
+        if release and not (row["claimed_by"] and row["claim_expires_at"] > dt.datetime.now(dt.UTC)):
+            # Nobody holds it (a lapsed claim holds nothing): nothing changes, and nobody's version goes stale.
+            return Closed(_care(await conn.fetchrow(_CARE + " WHERE k.id = $1", cid)))
         await conn.execute(
             """UPDATE care_cases SET claimed_by = $2, version = version + 1,
                       claim_expires_at = CASE WHEN $2::text IS NULL THEN NULL

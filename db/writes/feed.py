@@ -65,7 +65,7 @@ def decode_cursor(cursor: str | None) -> tuple[dt.datetime | None, uuid.UUID | N
     if cursor is None:
         return None, None
     if not isinstance(cursor, str) or not _CURSOR.match(cursor):
-        raise Invalid("malformed cursor: pass back a `next_cursor` as it came", "invalid_cursor")
+        raise Invalid("malformed cursor: pass back a cursor as a page gave it", "invalid_cursor")
     micros, _, ident = cursor.partition("_")
     return _EPOCH + dt.timedelta(microseconds=int(micros)), uuid.UUID(hex=ident)
 

@@ -223,7 +223,8 @@ async def test_the_care_queue_pages_like_the_moderator_queue(live, pool) -> None
 
 async def test_reaching_out_holds_a_care_case_until_released_or_lapsed(live, pool) -> None:
     """A care claim: others get conflict on claim, release and close while it holds; the holder's retry with the same
-    id is `replayed`; claiming again extends it; once lapsed, anyone may claim it; closing clears it."""
+    id is `replayed`; claiming again extends it; once lapsed, anyone may claim it; closing clears it. Releasing a
+    case nobody holds changes nothing (its version stays, so nobody else's next step turns stale)."""
     import uuid
 
     from db import learning
@@ -233,6 +234,8 @@ async def test_reaching_out_holds_a_care_case_until_released_or_lapsed(live, poo
     url = f"/api/mod/care/{care.care_id}"
     one, two = _auth(live, "mod1", "MODERATOR"), _auth(live, "mod2", "MODERATOR")
     async with httpx.AsyncClient(base_url=live.http) as http:
+        r = await http.post(f"{url}/claim", json={"version": care.version, "release": True}, headers=two)
+        assert r.status_code == 200 and r.json()["version"] == care.version, "releasing nobody's claim changes nothing"
         r = await http.post(f"{url}/claim", json={"version": care.version, "id": "c-1"}, headers=one)
         assert r.status_code == 200 and r.json()["claimed_by"] == "mod1" and r.json()["claim_expires_at"], r.text
         held = r.json()
