@@ -88,9 +88,8 @@ def _validation_error(exc: ValidationException) -> Response[ErrorBody]:
     if not extra:  # the body is not JSON at all
         return _error_response(ErrorCode.MALFORMED, detail, 400)
     found = "; ".join(f"{e.get('key', '?')}: {e.get('message', '')}" for e in extra)
-    codes = [ErrorCode.INVALID_CURSOR if e.get("key") == "cursor" else p.invalid_code(str(e.get("message", "")),
-                                                                                     str(e.get("key", "")))
-             for e in extra]
+    codes = [ErrorCode.INVALID_CURSOR if e.get("key") in ("cursor", "after")
+             else p.invalid_code(str(e.get("message", "")), str(e.get("key", ""))) for e in extra]
     code = codes[0] if len(set(codes)) == 1 else ErrorCode.INVALID
     return _error_response(code, f"{detail}: {found}" if found else detail, errors.status(code))
 
@@ -340,7 +339,7 @@ class ModerationController(Controller):
                         pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]] = None,
                     after: FromQuery[Annotated[str | None, Parameter(
                         description="the next page: the `cursor` of the last case of the page before (a page "
-                                    "shorter than `limit` is the last)", max_length=64)]] = None,
+                                    "shorter than `limit` is the last)", pattern=CURSOR_PATTERN)]] = None,
                     ) -> list[mdb.CaseView]:
         """Open cases, oldest first, each with everything needed to decide; paged by ``after``."""
         await _moderator(request)
@@ -401,7 +400,7 @@ class ModerationController(Controller):
                    limit: FromQuery[Annotated[int, Parameter(ge=1, le=500)]] = 100,
                    after: FromQuery[Annotated[str | None, Parameter(
                        description="the next page: the `cursor` of the last care case of the page before (a page "
-                                   "shorter than `limit` is the last)", max_length=64)]] = None,
+                                   "shorter than `limit` is the last)", pattern=CURSOR_PATTERN)]] = None,
                    ) -> list[learning.CareCase]:
         """Open care cases, oldest first: posts that read as their author's own self-harm disclosure.
         They are not abuse and stay visible; their authors were sent the care message. Paged by ``after``."""
