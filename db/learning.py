@@ -418,10 +418,7 @@ async def close_care(pool: asyncpg.Pool, care_id: str, version: int, moderator: 
                      announce: Announcement | None = None, request_id: str | None = None) -> Closed:
     """Close a care case (someone reached out, or nothing more to do); audited like a resolution. With
     ``request_id`` a retry returns the first result, ``replayed``, as the moderation commands do."""
-    try:
-        cid = uuid.UUID(care_id)
-    except ValueError as err:
-        raise NotFound("no such care case") from err
+    cid = _care_uuid(care_id)
 
     async def body(conn: asyncpg.Connection) -> Closed:
         row = await _locked_care(conn, cid, version, moderator)
@@ -429,14 +426,28 @@ async def close_care(pool: asyncpg.Pool, care_id: str, version: int, moderator: 
             """UPDATE care_cases SET state = 'closed', closed_by = $2, closed_at = now(), note = $3,
                       claimed_by = NULL, claim_expires_at = NULL, version = version + 1 WHERE id = $1""",
             cid, moderator, note)
-        await conn.execute(
-            """INSERT INTO moderation_audit (actor_id, action, target_type, target_id, note, detail)
-               VALUES ($1, 'care.close', $2, $3, $4, $5)""",
-            moderator, row["target_type"], str(row["target_id"]), note, {"care_id": str(cid), "version_seen": version})
-        return Closed(_care(await conn.fetchrow(_CARE + " WHERE k.id = $1", cid)))
+        return await _audit_care(conn, moderator, "care.close", row, note, version)
 
     return await idempotent(pool, user_id=moderator, request_id=validate.request_id(request_id),
                             operation=f"care.close:{cid}", result_type=Closed, body=body, announce=announce)
+
+
+def _care_uuid(care_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(care_id)
+    except ValueError as err:
+        raise NotFound("no such care case") from err
+
+
+async def _audit_care(conn: asyncpg.Connection, moderator: str, action: str, row: asyncpg.Record,
+                      note: str | None, version: int) -> Closed:
+    """The care case's audit row, then the case as it is now."""
+    await conn.execute(
+        """INSERT INTO moderation_audit (actor_id, action, target_type, target_id, note, detail)
+           VALUES ($1, $2, $3, $4, $5, $6)""",
+        moderator, action, row["target_type"], str(row["target_id"]), note,
+        {"care_id": str(row["id"]), "version_seen": version})
+    return Closed(_care(await conn.fetchrow(_CARE + " WHERE k.id = $1", row["id"])))
 
 
 async def _locked_care(conn: asyncpg.Connection, cid: uuid.UUID, version: int, moderator: str) -> asyncpg.Record:
@@ -460,10 +471,7 @@ async def claim_care(pool: asyncpg.Pool, care_id: str, version: int, moderator: 
     """Say "I am reaching out" on a care case for ``lease_s`` seconds (or let it go), so that no second moderator
     contacts the member meanwhile; a stale claim simply lapses. Audited, and idempotent by ``request_id``, as
     :func:`close_care`."""
-    try:
-        cid = uuid.UUID(care_id)
-    except ValueError as err:
-        raise NotFound("no such care case") from err
+    cid = _care_uuid(care_id)
 
     async def body(conn: asyncpg.Connection) -> Closed:
         row = await _locked_care(conn, cid, version, moderator)
@@ -475,12 +483,7 @@ async def claim_care(pool: asyncpg.Pool, care_id: str, version: int, moderator: 
                       claim_expires_at = CASE WHEN $2::text IS NULL THEN NULL
                                               ELSE now() + make_interval(secs => $3) END
                 WHERE id = $1""", cid, None if release else moderator, lease_s)
-        await conn.execute(
-            """INSERT INTO moderation_audit (actor_id, action, target_type, target_id, note, detail)
-               VALUES ($1, $2, $3, $4, NULL, $5)""",
-            moderator, "care.release" if release else "care.claim", row["target_type"], str(row["target_id"]),
-            {"care_id": str(cid), "version_seen": version})
-        return Closed(_care(await conn.fetchrow(_CARE + " WHERE k.id = $1", cid)))
+        return await _audit_care(conn, moderator, "care.release" if release else "care.claim", row, None, version)
 
     return await idempotent(pool, user_id=moderator, request_id=validate.request_id(request_id),
                             operation=f"care.{'release' if release else 'claim'}:{cid}", result_type=Closed,
