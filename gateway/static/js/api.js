@@ -9,6 +9,24 @@ export class ApiError extends Error {
   }
 }
 
+/** Every page of a list paged by `cursor` (the moderator and care queues), oldest first, `limit` a request, at
+ *  most `maxPages`: `more` says others may wait (the last page was full, or a page did not go on: a gateway older
+ *  than paging ignores `after`). `key` names the items' id. */
+export async function allPages(rest, path, key, { limit = 500, maxPages = 20 } = {}) {
+  const list = [];
+  const seen = new Set();
+  for (let page = 0; page < maxPages; page += 1) {
+    const last = list[list.length - 1];
+    const got = await rest.get(`${path}?limit=${limit}${last ? `&after=${encodeURIComponent(last.cursor)}` : ""}`);
+    const fresh = got.filter((v) => !seen.has(v[key]));
+    if (got.length && !fresh.length) return { list, more: true };
+    for (const v of fresh) seen.add(v[key]);
+    list.push(...fresh);
+    if (got.length < limit) return { list, more: false };
+  }
+  return { list, more: true };
+}
+
 export function api(getToken) {
   async function call(method, path, body) {
     const headers = { Authorization: `Bearer ${getToken()}`, Accept: "application/json" };

@@ -4,12 +4,11 @@
 // with a note (kept in the audit log). Loaded from REST, then live from `care.opened`, `care.claimed`,
 // `care.released` and `care.closed` on mod:flagged, merged by the case `version` like the abuse queue.
 
+import { allPages } from "./api.js";
 import { claimActive } from "./console-rank.js";
 import { announce, h, timeEl } from "./dom.js";
 
 const CLOSED_KEEP = 10;
-const PAGE = 500;        // the most care cases the server gives a request
-const MAX_PAGES = 20;
 
 /** The self-harm score as a plain word: every case is over the care threshold already, so the
  *  word only says how clearly the text reads as a disclosure (the number is in the tooltip). */
@@ -48,28 +47,12 @@ export function carePanel({ rest, me, onCount, onLoadError }) {
     if (render) renderAll();
   }
 
-  /** Open care cases, page after page (500 a request), up to MAX_PAGES. */
-  async function loadPages() {
-    const list = [];
-    const seen = new Set();
-    for (let page = 0; page < MAX_PAGES; page += 1) {
-      const last = list[list.length - 1];
-      const got = await rest.get(`/api/mod/care?limit=${PAGE}${last ? `&after=${encodeURIComponent(last.cursor)}` : ""}`);
-      const fresh = got.filter((v) => !seen.has(v.care_id));
-      if (got.length && !fresh.length) return { list, more: true };   // a gateway that does not page
-      for (const v of fresh) seen.add(v.care_id);
-      list.push(...fresh);
-      if (got.length < PAGE) return { list, more: false };
-    }
-    return { list, more: true };
-  }
-
   async function reload() {
     if (loading) return loading;
     loading = (async () => {
       try {
         const asked = tick;
-        const { list, more } = await loadPages();
+        const { list, more } = await allPages(rest, "/api/mod/care", "care_id");
         const open = new Set(list.map((v) => v.care_id));
         for (const v of list) merge(v, false);
         // Open here but not in the snapshot: closed meanwhile (its event may be lost), unless an event changed

@@ -5,7 +5,7 @@
 // case); undo and reopen. Beside it: the Care tab (care.js) and the model's accuracy (accuracy.js).
 
 import { accuracyPanel } from "./accuracy.js";
-import { api } from "./api.js";
+import { allPages, api } from "./api.js";
 import { carePanel } from "./care.js";
 import { authLostReason, noticeHandler } from "./common.js";
 import { DONE, actionsFor, blockedReason, snippet, targetLabel } from "./console-case.js";
@@ -21,8 +21,6 @@ import { setupTabs } from "./tabs.js";
 
 const STORAGE_KEY = "vybe.mod.token";
 const CHANNEL = "mod:flagged";
-const PAGE = 500;        // the most cases the server gives a request
-const MAX_PAGES = 20;    // 10,000 open cases loaded, sorted and searched; more wait (and say so)
 const NOT_A_MODERATOR = "This console is for MODERATOR and ADMIN tokens; that one is not.";
 const $ = (id) => document.getElementById(id);
 
@@ -118,7 +116,7 @@ function start(token, claims) {
     loading = (async () => {
       try {
         const asked = tick;
-        const { list, more } = await loadQueue();
+        const { list, more } = await allPages(rest, "/api/mod/queue", "case_id");   // up to 10,000, oldest first
         const open = new Set(list.map((v) => v.case_id));
         for (const v of list) merge(v, false);
         // Open here but not in the snapshot: resolved meanwhile (its event may be lost) -- unless
@@ -150,24 +148,6 @@ function start(token, claims) {
       }
     })();
     return loading;
-  }
-
-  /** The open cases, oldest first, page after page (the server gives at most PAGE a request), so a backlog is
-   *  sorted and searched whole; past MAX_PAGES the oldest are shown and `more` says others wait. */
-  async function loadQueue() {
-    const list = [];
-    const seen = new Set();
-    for (let page = 0; page < MAX_PAGES; page += 1) {
-      const last = list[list.length - 1];
-      const got = await rest.get(`/api/mod/queue?limit=${PAGE}${last ? `&after=${encodeURIComponent(last.cursor)}` : ""}`);
-      const fresh = got.filter((v) => !seen.has(v.case_id));
-      // A page that does not go on (a gateway older than paging ignores `after`): stop, and say more may wait.
-      if (got.length && !fresh.length) return { list, more: true };
-      for (const v of fresh) seen.add(v.case_id);
-      list.push(...fresh);
-      if (got.length < PAGE) return { list, more: false };
-    }
-    return { list, more: true };
   }
 
   function loadFailed(what) {
