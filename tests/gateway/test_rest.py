@@ -252,3 +252,30 @@ async def test_reaching_out_holds_a_care_case_until_released_or_lapsed(live, poo
         assert r.status_code == 200 and r.json()["claimed_by"] == "mod2", r.text
         r = await http.post(f"{url}/close", json={"version": r.json()["version"], "note": "talked"}, headers=two)
         assert r.status_code == 200 and r.json()["state"] == "closed" and r.json()["claimed_by"] is None, r.text
+
+
+async def test_a_care_claim_refuses_members_bad_bodies_and_unknown_cases(live, pool) -> None:
+    """The care claim's hostile inputs, each a typed answer that changes nothing: no token (auth_required), a
+    member's token (forbidden), a body without a version or with a string for it (invalid), an unknown or
+    malformed case id (not_found)."""
+    import uuid
+
+    from db import learning
+
+    async with pool.acquire() as conn:
+        care = await learning.open_care(conn, "shared_vybe", uuid.uuid4(), "member", 0.9, "test")
+    url = f"/api/mod/care/{care.care_id}/claim"
+    mods = _auth(live, "mod", "MODERATOR")
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        r = await http.post(url, json={"version": care.version})
+        assert r.status_code == 401 and r.json()["code"] == "auth_required", r.text
+        r = await http.post(url, json={"version": care.version}, headers=_auth(live, "member"))
+        assert r.status_code == 403 and r.json()["code"] == "forbidden", r.text
+        for body in ({}, {"version": "one"}, {"version": care.version, "release": "yes"}):
+            r = await http.post(url, json=body, headers=mods)
+            assert r.status_code in (400, 422) and r.json()["code"].startswith("invalid"), (body, r.text)
+        for bogus in (str(uuid.uuid4()), "not-a-case"):
+            r = await http.post(f"/api/mod/care/{bogus}/claim", json={"version": 1}, headers=mods)
+            assert r.status_code == 404 and r.json()["code"] == "not_found", r.text
+    row = await pool.fetchrow("SELECT version, claimed_by FROM care_cases WHERE id = $1", care.care_id)
+    assert (row["version"], row["claimed_by"]) == (care.version, None)
