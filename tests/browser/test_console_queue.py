@@ -349,7 +349,15 @@ async def test_a_refused_decision_lets_go_of_the_claim_it_took(live: Any, pool: 
     the server's limit would send it), a refusal that comes at once."""
     vybe = await _post(live, "w1", "You are a pathetic excuse for a coach")
     await _flag(pool, vybe["id"], ["insult>=0.60 (0.90)"], {"insult": 0.9})
-    mod = await _console(pages, live)
+    loads: list[str] = []
+    mod = await pages.open(f"{live.http}/mod#token={live.token('mod1', 'MODERATOR')}", None,
+                           on_request=lambda r: "/api/mod/queue" in r.url and loads.append(r.url))
+    await expect(mod.locator("#conn")).to_have_attribute("data-state", "live", timeout=5000)
+    for _ in range(100):   # both of the console's own loads done: neither redraws the pane under the note below
+        if len(loads) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
     row = _row(mod, vybe["id"])
     await expect(row.locator(".case-open")).to_have_attribute("aria-expanded", "true")
     note = row.locator(".note-input")
