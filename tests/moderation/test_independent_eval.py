@@ -1,4 +1,4 @@
-"""The independent evaluation sets (moderation/data/independent5 to 8): well formed, frozen, unseen in training."""
+"""The independent evaluation sets (moderation/data/independent5 to 9): well formed, frozen, unseen in training."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ it and before the experiment of session 14 (training data aimed at flirting, sar
 EIGHTH = DATA_DIR / "independent8"
 """The eighth set (2026-12-07): set 7's mix with flirting, innuendo and sarcastic insults larger, three new voices,
 frozen before any model was scored on it and before session 15's experiment (sets 5-7 as training data) was judged."""
-SETS = (FIFTH, SIXTH, SEVENTH, EIGHTH)
+NINTH = DATA_DIR / "independent9"
+"""The ninth set (2026-12-07): set 8's mix with flirting, innuendo and sarcastic insults larger again, three new
+voices, frozen before any model was scored on it and before session 16's experiment (sets 5-8 as training data)
+was trained."""
+SETS = (FIFTH, SIXTH, SEVENTH, EIGHTH, NINTH)
 """The sets written apart from the training data. Sets 1-4 became training data with heads 2026.12.14
 (moderation/data/written/ind*): they no longer measure unseen text."""
 
