@@ -511,3 +511,66 @@ class Proc:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class CommitCutter:
+    """A TCP proxy in front of PostgreSQL that, while ``armed``, drops a connection (both ways, nothing forwarded)
+    when the server's CommandComplete for COMMIT comes through: the transaction landed, its answer is lost.
+    The gateway must connect with ``sslmode=disable`` (the proxy reads plain protocol messages)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port, self.port = upstream_port, free_port()
+        self.armed = False
+        self.cut = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> CommitCutter:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        done = asyncio.Event()
+        for task in (self._pipe(reader, up_writer, done), self._from_server(up_reader, writer, done)):
+            t = asyncio.create_task(task)
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+        await done.wait()
+        writer.transport.abort()
+        up_writer.transport.abort()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, done: asyncio.Event) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+        except OSError:
+            pass
+        finally:
+            done.set()
+
+    async def _from_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           done: asyncio.Event) -> None:
+        try:
+            while True:
+                head = await reader.readexactly(5)
+                body = await reader.readexactly(int.from_bytes(head[1:5], "big") - 4)
+                if self.armed and head[:1] == b"C" and body.startswith(b"COMMIT\0"):
+                    self.cut += 1
+                    return
+                writer.write(head + body)
+        except (asyncio.IncompleteReadError, OSError):
+            pass
+        finally:
+            done.set()

@@ -1,0 +1,141 @@
+"""Moderators reaching out to members in distress (care claims, then closes) while PostgreSQL is SIGKILLed and down
+3 s, each request resent with the same id after `unavailable` or a lost connection, as the console does: every
+answer during the outage is a typed 503 `unavailable` with retry_after, and every care case ends claimed once and
+closed once (one audit row each), a claim or close that had landed answered `replayed`, never a `conflict`. The
+same holds when only the answers of commits are lost (a network fault just after COMMIT)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import httpx
+import pytest
+
+from db import learning
+from services import CommitCutter
+
+if TYPE_CHECKING:
+    from conftest import Rig
+
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+
+CASES = 18
+DOWN_S = 3.0
+
+
+async def _send(http: httpx.AsyncClient, url: str, body: dict[str, Any], seen: list[tuple[int, dict[str, Any]]]
+                ) -> tuple[int, dict[str, Any]]:
+    """POST until an answer other than `unavailable` (or a lost connection) comes back, with the same body and id."""
+    for _ in range(120):
+        try:
+            r = await http.post(url, json=body)
+        except httpx.TransportError:
+            await asyncio.sleep(0.3)
+            continue
+        answer = (r.status_code, r.json())
+        seen.append(answer)
+        if r.status_code != 503:
+            return answer
+        await asyncio.sleep(float(answer[1].get("retry_after") or 0.3))
+    return answer
+
+
+async def _reach_out(http: httpx.AsyncClient, care: learning.CareCase, i: int,
+                     seen: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+    """Claim the case ("I'm reaching out"), then close it with the version the claim answered."""
+    url = f"/api/mod/care/{care.care_id}"
+    claimed = await _send(http, f"{url}/claim", {"version": care.version, "id": f"claim-{i}"}, seen)
+    if claimed[0] != 200:
+        return [claimed]
+    closed = await _send(http, f"{url}/close", {"version": claimed[1]["version"], "note": "called her",
+                                                 "id": f"close-{i}"}, seen)
+    return [claimed, closed]
+
+
+async def _open_cases(rig: Rig) -> list[learning.CareCase]:
+    conn = await asyncpg.connect(rig.dsn)
+    try:
+        cases = [await learning.open_care(conn, "shared_vybe", uuid.uuid4(), f"member{i}", 0.9, "test")
+                 for i in range(CASES)]
+    finally:
+        await conn.close()
+    return [c for c in cases if c is not None]
+
+
+async def _each_claimed_and_closed_once(rig: Rig, answers: list[list[tuple[int, dict[str, Any]]]],
+                                        seen: list[tuple[int, dict[str, Any]]]) -> None:
+    wrong = [steps for steps in answers if [s for s, _ in steps] != [200, 200]]
+    assert wrong == [], f"steps not both acknowledged: {wrong[:3]}"
+    outage = [body for status, body in seen if status == 503]
+    assert all(b.get("code") == "unavailable" and b.get("retry_after") for b in outage), outage[:3]
+    conn = await asyncpg.connect(rig.dsn)
+    try:
+        states = await conn.fetch("SELECT state, closed_by, claimed_by FROM care_cases")
+        audit = await conn.fetch("""SELECT detail->>'care_id' AS care_id, action, count(*) AS n FROM moderation_audit
+                                     WHERE action LIKE 'care.%' GROUP BY 1, 2""")
+    finally:
+        await conn.close()
+    assert sorted(tuple(r) for r in states) == [("closed", "carer", None)] * CASES
+    counts = {(r["care_id"], r["action"]): r["n"] for r in audit}
+    assert sorted(counts.values()) == [1] * (2 * CASES), f"audit rows per case and step: {counts}"
+    assert {a for _, a in counts} == {"care.claim", "care.close"}
+
+
+def _replayed(answers: list[list[tuple[int, dict[str, Any]]]]) -> int:
+    return sum(1 for steps in answers for _, body in steps if body.get("replayed"))
+
+
+@pytest.mark.timeout(180)
+async def test_postgres_killed_while_moderators_reach_out_each_claim_and_close_lands_once(rig: Rig) -> None:
+    [gw] = await rig.start(gateways=1, workers=0)
+    cases = await _open_cases(rig)
+    seen: list[tuple[int, dict[str, Any]]] = []
+    headers = {"Authorization": f"Bearer {rig.token('carer', 'MODERATOR')}"}
+    async with httpx.AsyncClient(base_url=gw.http, headers=headers, timeout=10) as http:
+        tasks: list[asyncio.Task[list[tuple[int, dict[str, Any]]]]] = []
+        killed = time.monotonic()
+        for i, care in enumerate(cases):  # a steady stream of moderators' steps; the kill lands in the middle
+            tasks.append(asyncio.create_task(_reach_out(http, care, i, seen)))
+            if i == CASES // 3:
+                await asyncio.to_thread(rig.pg.kill)
+                killed = time.monotonic()
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(max(0.0, DOWN_S - (time.monotonic() - killed)))
+        await asyncio.to_thread(rig.pg.start)
+        answers = await asyncio.wait_for(asyncio.gather(*tasks), 90)
+    assert any(status == 503 for status, _ in seen), "no step met the outage"
+    await _each_claimed_and_closed_once(rig, answers, seen)
+    print(json.dumps({"scenario": "postgres_killed_mid_care_claims", "cases": CASES, "down_s": DOWN_S,
+                      "requests": len(seen), "unavailable": sum(1 for s, _ in seen if s == 503),
+                      "replayed": _replayed(answers)}))
+
+
+@pytest.mark.timeout(180)
+async def test_care_steps_whose_commit_answer_is_lost_are_replayed_not_repeated(rig: Rig) -> None:
+    """For 2 s every connection is cut as PostgreSQL reports a COMMIT done: the claim or close landed, the gateway
+    never heard so; the moderator's resend (same id) is answered `replayed`, not `conflict` on the version it moved."""
+    cutter = await CommitCutter(rig.pg.port).start()
+    try:
+        [gw] = await rig.start(gateways=1, workers=0,
+                               VYBE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{cutter.port}/"
+                                                 f"{rig.dsn.rsplit('/', 1)[1]}?sslmode=disable")
+        cases = await _open_cases(rig)
+        seen: list[tuple[int, dict[str, Any]]] = []
+        headers = {"Authorization": f"Bearer {rig.token('carer', 'MODERATOR')}"}
+        async with httpx.AsyncClient(base_url=gw.http, headers=headers, timeout=10) as http:
+            cutter.armed = True
+            tasks = [asyncio.create_task(_reach_out(http, care, i, seen)) for i, care in enumerate(cases)]
+            await asyncio.sleep(2.0)
+            cutter.armed = False
+            answers = await asyncio.wait_for(asyncio.gather(*tasks), 90)
+        print(json.dumps({"scenario": "care_commit_answers_lost", "cases": CASES, "cut_s": 2.0,
+                          "commits_cut": cutter.cut, "requests": len(seen), "replayed": _replayed(answers)}))
+        assert cutter.cut >= 1 and _replayed(answers) >= 1, "no step landed with its answer lost"
+        await _each_claimed_and_closed_once(rig, answers, seen)
+    finally:
+        await cutter.close()
