@@ -452,7 +452,9 @@ async def _audit_care(conn: asyncpg.Connection, moderator: str, action: str, row
 
 async def _locked_care(conn: asyncpg.Connection, cid: uuid.UUID, version: int, moderator: str) -> asyncpg.Record:
     """The open care case, locked, as ``moderator`` last saw it and not held by another moderator's claim."""
-    row = await conn.fetchrow("SELECT * FROM care_cases WHERE id = $1 FOR UPDATE", cid)
+    # The claim's lapse is judged by the database's clock, the one that set it (a gateway's may drift).
+    row = await conn.fetchrow("SELECT *, claim_expires_at > now() AS claim_live FROM care_cases"
+                              " WHERE id = $1 FOR UPDATE", cid)
     if row is None:
         raise NotFound("no such care case")
     if row["version"] != version:
@@ -460,7 +462,7 @@ async def _locked_care(conn: asyncpg.Connection, cid: uuid.UUID, version: int, m
     if row["state"] != "open":
         raise Conflict("care case is closed")
     held = row["claimed_by"]
-    if held and held != moderator and row["claim_expires_at"] > dt.datetime.now(dt.UTC):
+    if held and held != moderator and row["claim_live"]:
         raise Conflict(f"{held} is reaching out (claimed until {row['claim_expires_at'].isoformat()})")
     return row
 
@@ -475,7 +477,7 @@ async def claim_care(pool: asyncpg.Pool, care_id: str, version: int, moderator: 
 
     async def body(conn: asyncpg.Connection) -> Closed:
         row = await _locked_care(conn, cid, version, moderator)
-        if release and not (row["claimed_by"] and row["claim_expires_at"] > dt.datetime.now(dt.UTC)):
+        if release and not (row["claimed_by"] and row["claim_live"]):
             # Nobody holds it (a lapsed claim holds nothing): nothing changes, and nobody's version goes stale.
             return Closed(_care(await conn.fetchrow(_CARE + " WHERE k.id = $1", cid)))
         await conn.execute(

@@ -315,13 +315,15 @@ async def _locked_case(conn: asyncpg.Connection, case_id: str, version: int,
     if target is None:
         raise NotFound("no such case")
     state = await lock_target(conn, target["target_type"], target["target_id"])
-    row = await conn.fetchrow("SELECT * FROM moderation_cases WHERE id = $1 FOR UPDATE", cid)
+    # The claim's lapse is judged by the database's clock, the one that set it (a gateway's may drift).
+    row = await conn.fetchrow("SELECT *, claim_expires_at > now() AS claim_live FROM moderation_cases"
+                              " WHERE id = $1 FOR UPDATE", cid)
     if row is None:
         raise NotFound("no such case")
     if row["version"] != version:
         raise Conflict(f"case changed (now version {row['version']}); reload it")
     claimed = row["claimed_by"]
-    if claimed and claimed != moderator and row["claim_expires_at"] > dt.datetime.now(dt.UTC):
+    if claimed and claimed != moderator and row["claim_live"]:
         raise Conflict(f"case is claimed by {claimed} until {row['claim_expires_at'].isoformat()}")
     return row, (state if target["target_type"] != "user" else None)
 
