@@ -1,4 +1,4 @@
-"""The independent evaluation sets (moderation/data/independent5 to 9): well formed, frozen, unseen in training."""
+"""The independent evaluation sets (moderation/data/independent5 to 10): well formed, frozen, unseen in training."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ NINTH = DATA_DIR / "independent9"
 """The ninth set (2026-12-07): set 8's mix with flirting, innuendo and sarcastic insults larger again, three new
 voices, frozen before any model was scored on it and before session 16's experiment (sets 5-8 as training data)
 was trained."""
-SETS = (FIFTH, SIXTH, SEVENTH, EIGHTH, NINTH)
+TENTH = DATA_DIR / "independent10"
+"""The tenth set (2026-12-07): set 9's brief in three more new voices (code-mixed English, booked-service messages,
+group chats), frozen before any model was scored on it, while session 16's experiment was training."""
+SETS = (FIFTH, SIXTH, SEVENTH, EIGHTH, NINTH, TENTH)
 """The sets written apart from the training data. Sets 1-4 became training data with heads 2026.12.14
 (moderation/data/written/ind*): they no longer measure unseen text."""
 
