@@ -790,7 +790,7 @@ class VybeClient:
     def _retry(self, p: _Pending) -> None:
         p.retry_handle = None
         if self._pending.get(p.id) is p:
-            self._enqueue(p)
+            self._enqueue(p, front=True)  # ahead of the commands queued since, as the JavaScript SDK
 
     # -- subscriptions -----------------------------------------------------------------------
 

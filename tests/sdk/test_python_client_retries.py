@@ -1,0 +1,95 @@
+"""The Python SDK's answers to refusals, against a scripted server (the gateway cannot be made to refuse on cue):
+a command refused `unavailable` or `internal` goes again with the same id after the answer's retry_after, at most
+as often as `_RETRIES` says, and ahead of the commands queued behind it (as the JavaScript SDK does), so a refused
+write does not fall behind later ones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from websockets.asyncio.server import serve
+
+from vybe_client import CommandError, VybeClient
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from websockets.asyncio.server import ServerConnection
+
+pytestmark = pytest.mark.anyio
+
+Refuse = dict[str, Any] | None
+"""What the script answers a command with: an error frame's fields, or None for an ack."""
+
+
+class Script:
+    """A server that acks `auth` and answers each other command by ``answer(frame, nth time its id was seen)``;
+    it records (monotonic time, frame) of every command."""
+
+    def __init__(self, answer: Callable[[dict[str, Any], int], Refuse]) -> None:
+        self.answer = answer
+        self.got: list[tuple[float, dict[str, Any]]] = []
+
+    async def handle(self, ws: ServerConnection) -> None:
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame["type"] == "auth":
+                await ws.send(json.dumps({"type": "ack", "id": frame["id"], "result": {}}))
+                continue
+            self.got.append((time.monotonic(), frame))
+            seen = sum(1 for _, f in self.got if f["id"] == frame["id"])
+            refusal = self.answer(frame, seen)
+            reply = ({"type": "ack", "id": frame["id"], "result": {"n": seen}} if refusal is None
+                     else {"type": "error", "id": frame["id"], **refusal})
+            await ws.send(json.dumps(reply))
+
+    def ids(self) -> list[str]:
+        return [f["id"] for _, f in self.got]
+
+
+async def _client(script: Script, **options: Any) -> AsyncIterator[VybeClient]:
+    async with serve(script.handle, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with VybeClient(f"ws://127.0.0.1:{port}", token="t", **options) as client:
+            yield client
+
+
+async def test_unavailable_and_internal_go_again_with_the_same_id_after_retry_after() -> None:
+    """`internal` once (retry_after 0.1 s), then `unavailable` twice (0.3 s): the command is acked on its fourth
+    sending, each with its id, none before the wait it was told; a second `internal` is the caller's error."""
+
+    unavailable = {"code": "unavailable", "message": "db down", "retry_after": 0.3}
+    internal = {"code": "internal", "message": "oops", "retry_after": 0.1}
+    first: list[Refuse] = [internal, unavailable, unavailable, None]
+
+    def answer(frame: dict[str, Any], seen: int) -> Refuse:
+        return first[seen - 1] if frame["id"] == "w-1" else internal
+
+    script = Script(answer)
+    async for client in _client(script):
+        result = await client.send("publish", id="w-1", channel="c", data={})
+        assert result == {"n": 4}
+        times = [t for t, f in script.got if f["id"] == "w-1"]
+        assert script.ids() == ["w-1"] * 4
+        assert times[1] - times[0] >= 0.09 and times[2] - times[1] >= 0.29 and times[3] - times[2] >= 0.29
+        with pytest.raises(CommandError) as err:
+            await client.send("publish", id="w-2", channel="c", data={})
+        assert err.value.code == "internal" and script.ids().count("w-2") == 2
+
+
+async def test_a_refused_command_goes_again_ahead_of_the_commands_queued_behind_it() -> None:
+    """Three writes under the client's rate limit (one every 0.25 s): the first is refused `unavailable` with a short
+    retry_after, and is sent again before the third, which was waiting in the queue behind the second."""
+
+    def answer(frame: dict[str, Any], seen: int) -> Refuse:
+        return {"code": "unavailable", "message": "busy", "retry_after": 0.05} if frame["id"] == "a" and seen == 1 \
+            else None
+
+    script = Script(answer)
+    async for client in _client(script, rate=(4.0, 1)):
+        await asyncio.gather(*(client.send("publish", id=cid, channel="c", data={}) for cid in ("a", "b", "c")))
+    assert script.ids() == ["a", "b", "a", "c"] or script.ids() == ["a", "a", "b", "c"], script.ids()
