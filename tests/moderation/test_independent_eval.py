@@ -1,4 +1,4 @@
-"""The independent evaluation sets (moderation/data/independent5 to 10): well formed, frozen, unseen in training."""
+"""The independent evaluation sets (moderation/data/independent9 and 10): well formed, frozen, unseen in training."""
 
 from __future__ import annotations
 
@@ -11,16 +11,6 @@ from moderation.scorers import LABELS
 from moderation.scorers.evaluate import load_rows
 from moderation.scorers.trainset import DATA_DIR, EVAL_PATH, SUPPLEMENTARY_DIR, TRAIN_PATH, WRITTEN_DIR, load_jsonl
 
-FIFTH = DATA_DIR / "independent5"
-"""The fifth set (2026-12-07): the issue's mix in new voices, written after the fourth set's errors had been read."""
-SIXTH = DATA_DIR / "independent6"
-"""The sixth set (2026-12-07): the same mix, flirting and sarcasm doubled, in new voices (session 13)."""
-SEVENTH = DATA_DIR / "independent7"
-"""The seventh set (2026-12-07): the sixth set's mix in new voices, frozen before the shipped heads were scored on
-it and before the experiment of session 14 (training data aimed at flirting, sarcasm, short replies) was trained."""
-EIGHTH = DATA_DIR / "independent8"
-"""The eighth set (2026-12-07): set 7's mix with flirting, innuendo and sarcastic insults larger, three new voices,
-frozen before any model was scored on it and before session 15's experiment (sets 5-7 as training data) was judged."""
 NINTH = DATA_DIR / "independent9"
 """The ninth set (2026-12-07): set 8's mix with flirting, innuendo and sarcastic insults larger again, three new
 voices, frozen before any model was scored on it and before session 16's experiment (sets 5-8 as training data)
@@ -28,9 +18,9 @@ was trained."""
 TENTH = DATA_DIR / "independent10"
 """The tenth set (2026-12-07): set 9's brief in three more new voices (code-mixed English, booked-service messages,
 group chats), frozen before any model was scored on it, while session 16's experiment was training."""
-SETS = (FIFTH, SIXTH, SEVENTH, EIGHTH, NINTH, TENTH)
-"""The sets written apart from the training data. Sets 1-4 became training data with heads 2026.12.14
-(moderation/data/written/ind*): they no longer measure unseen text."""
+SETS = (NINTH, TENTH)
+"""The sets written apart from the training data. Sets 1-4 became training data with heads 2026.12.14, sets 5-8
+with heads 2026.12.16 (moderation/data/written/ind*): they no longer measure unseen text."""
 
 
 def _norm(text: object) -> str:
@@ -38,7 +28,7 @@ def _norm(text: object) -> str:
     return " ".join(re.findall(r"[a-z0-9']+", str(text).lower())) or str(text).strip()
 
 
-def _frozen(folder: Path = SIXTH) -> dict[str, str]:
+def _frozen(folder: Path = NINTH) -> dict[str, str]:
     lines = (folder / "SHA256SUMS").read_text().splitlines()
     return {name: digest for digest, name in (line.split() for line in lines if line.strip())}
 
