@@ -1,4 +1,4 @@
-"""The independent evaluation sets (moderation/data/independent9 and 10): well formed, frozen, unseen in training."""
+"""The independent evaluation sets (moderation/data/independent9 to 11): well formed, frozen, unseen in training."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ was trained."""
 TENTH = DATA_DIR / "independent10"
 """The tenth set (2026-12-07): set 9's brief in three more new voices (code-mixed English, booked-service messages,
 group chats), frozen before any model was scored on it, while session 16's experiment was training."""
-SETS = (NINTH, TENTH)
+ELEVENTH = DATA_DIR / "independent11"
+"""The eleventh set (2026-12-07, session 17): the same brief in three more new voices (wellness posts and live rooms,
+dating and consultation chat, hobby forums), frozen with experiment 18's rule before any model was scored on it."""
+SETS = (NINTH, TENTH, ELEVENTH)
 """The sets written apart from the training data. Sets 1-4 became training data with heads 2026.12.14, sets 5-8
 with heads 2026.12.16 (moderation/data/written/ind*): they no longer measure unseen text."""
 
