@@ -62,6 +62,15 @@ FLOODING = 4029
 FLOOD_PAUSE_S = 5.0
 _RETRIES = {"rate_limited": 5, "unavailable": 5, "internal": 1}
 """Errors a command is sent again for (same id), after ``retry_after``, at most this many times."""
+
+
+def retry_delay(retry_after: float | None, attempt: int) -> float:
+    """The wait before a refused command goes again for the ``attempt``-th time (1, 2, ...), as the JavaScript SDK
+    waits: the answer's ``retry_after`` (0.5 s without one; at least 0.1 s), doubled for each attempt before, times
+    a jitter in [1, 1.5). Never sooner than the server asked; growing while the refusals go on; and the clients one
+    burst of refusals reached do not all come back in the same instant."""
+    base = max(0.1, retry_after if retry_after is not None else 0.5)
+    return base * 2 ** (attempt - 1) * (1 + random.random() / 2)
 _KINDS = frozenset({"event", "notice", "recovered", "unrecovered", "gap", "status", "auth_lost",
                     "subscribe_error", "error", "digest"})
 _DEDUP_WINDOW = 512
@@ -946,7 +955,7 @@ class VybeClient:
             return
         if p.kind != "auth" and p.retries < _RETRIES.get(code, 0):
             p.retries += 1  # the same id: rate_limited and unavailable applied nothing; the writes dedupe by it
-            delay = max(err.retry_after or 0.5, 0.05)
+            delay = retry_delay(err.retry_after, p.retries)
             p.retry_handle = asyncio.get_running_loop().call_later(delay, self._retry, p)
             return
         self._forget(p)

@@ -14,6 +14,7 @@ import pytest
 from websockets.asyncio.server import serve
 
 from vybe_client import CommandError, VybeClient
+from vybe_client.client import retry_delay
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -60,7 +61,8 @@ async def _client(script: Script, **options: Any) -> AsyncIterator[VybeClient]:
 
 async def test_unavailable_and_internal_go_again_with_the_same_id_after_retry_after() -> None:
     """`internal` once (retry_after 0.1 s), then `unavailable` twice (0.3 s): the command is acked on its fourth
-    sending, each with its id, none before the wait it was told; a second `internal` is the caller's error."""
+    sending, each with its id, none before the wait it was told (doubled per attempt); a second `internal` is the
+    caller's error."""
 
     unavailable = {"code": "unavailable", "message": "db down", "retry_after": 0.3}
     internal = {"code": "internal", "message": "oops", "retry_after": 0.1}
@@ -75,7 +77,8 @@ async def test_unavailable_and_internal_go_again_with_the_same_id_after_retry_af
         assert result == {"n": 4}
         times = [t for t, f in script.got if f["id"] == "w-1"]
         assert script.ids() == ["w-1"] * 4
-        assert times[1] - times[0] >= 0.09 and times[2] - times[1] >= 0.29 and times[3] - times[2] >= 0.29
+        # Each wait at least the answer's retry_after, doubled per attempt (the JavaScript SDK's waits; they were flat).
+        assert times[1] - times[0] >= 0.09 and times[2] - times[1] >= 0.59 and times[3] - times[2] >= 1.19
         with pytest.raises(CommandError) as err:
             await client.send("publish", id="w-2", channel="c", data={})
         assert err.value.code == "internal" and script.ids().count("w-2") == 2
@@ -93,3 +96,14 @@ async def test_a_refused_command_goes_again_ahead_of_the_commands_queued_behind_
     async for client in _client(script, rate=(4.0, 1)):
         await asyncio.gather(*(client.send("publish", id=cid, channel="c", data={}) for cid in ("a", "b", "c")))
     assert script.ids() == ["a", "b", "a", "c"] or script.ids() == ["a", "a", "b", "c"], script.ids()
+
+
+def test_retry_waits_grow_from_retry_after_and_are_spread() -> None:
+    """The waits: never under the answer's retry_after (0.5 s without one, 0.1 s at least), doubling per attempt,
+    and jittered upwards by up to half, so one burst of refusals does not come back as one burst."""
+    for retry_after, base in ((0.3, 0.3), (None, 0.5), (0.0, 0.1), (2.0, 2.0)):
+        for attempt in (1, 2, 3, 4):
+            waits = [retry_delay(retry_after, attempt) for _ in range(200)]
+            low = base * 2 ** (attempt - 1)
+            assert all(low <= w < 1.5 * low for w in waits), (retry_after, attempt)
+            assert max(waits) - min(waits) > 0.2 * low

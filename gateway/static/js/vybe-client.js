@@ -49,7 +49,7 @@
  * @property {number} [heartbeatMs=30000]  after this long without a frame from the server, a
  *   `ping`; no answer and the socket is dropped and reconnected (0: off)
  * @property {number} [retries=5]  how often one command is sent again after a `rate_limited`,
- *   `unavailable` or `internal` answer (same id, after its retry_after: a write that landed is
+ *   `unavailable` or `internal` answer (same id, after its retry_after, doubled per retry and jittered up to 1.5x: a write that landed is
  *   answered from its first result, not applied again)
  * @property {number} [maxFrameBytes=1048576]  a command whose frame is larger is refused here
  *   (CommandError "frame_too_large") instead of making the server close the socket (1009)
@@ -652,8 +652,9 @@ export class VybeClient {
       cmd.retries += 1;  // the same id: a write that did land is answered from its first result
       cmd.sentOn = null;
       if (msg.code === "rate_limited" && this._rate) this._bucket.tokens = Math.min(this._bucket.tokens, 0);
-      // Spread out (refusals come in bursts) and growing: 1x, 2x, 4x... retry_after, jittered.
-      const delay = Math.max(100, (msg.retry_after ?? 0.5) * 1000) * 2 ** (cmd.retries - 1) * (0.5 + Math.random());
+      // Never sooner than retry_after, growing (1x, 2x, 4x...) and spread out (refusals come in bursts): jitter
+      // in [1, 1.5). The Python SDK waits the same (vybe_client.client.retry_delay).
+      const delay = Math.max(100, (msg.retry_after ?? 0.5) * 1000) * 2 ** (cmd.retries - 1) * (1 + Math.random() / 2);
       cmd.retryTimer = setTimeout(() => {
         cmd.retryTimer = null;
         if (this._pending.get(cmd.id) !== cmd) return;
