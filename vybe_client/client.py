@@ -70,7 +70,7 @@ def retry_delay(retry_after: float | None, attempt: int) -> float:
     a jitter in [1, 1.5). Never sooner than the server asked; growing while the refusals go on; and the clients one
     burst of refusals reached do not all come back in the same instant."""
     base = max(0.1, retry_after if retry_after is not None else 0.5)
-    return base * 2 ** (attempt - 1) * (1 + random.random() / 2)
+    return base * float(2 ** (attempt - 1)) * (1 + random.random() / 2)
 _KINDS = frozenset({"event", "notice", "recovered", "unrecovered", "gap", "status", "auth_lost",
                     "subscribe_error", "error", "digest"})
 _DEDUP_WINDOW = 512

@@ -49,8 +49,8 @@
  * @property {number} [heartbeatMs=30000]  after this long without a frame from the server, a
  *   `ping`; no answer and the socket is dropped and reconnected (0: off)
  * @property {number} [retries=5]  how often one command is sent again after a `rate_limited`,
- *   `unavailable` or `internal` answer (same id, after its retry_after, doubled per retry and jittered up to 1.5x: a write that landed is
- *   answered from its first result, not applied again)
+ *   `unavailable` or `internal` answer (same id, after its retry_after, doubled per retry and
+ *   jittered up to 1.5x: a write that landed is answered from its first result, not applied again)
  * @property {number} [maxFrameBytes=1048576]  a command whose frame is larger is refused here
  *   (CommandError "frame_too_large") instead of making the server close the socket (1009)
  */
