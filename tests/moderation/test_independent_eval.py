@@ -1,4 +1,4 @@
-"""The independent evaluation sets (moderation/data/independent9 to 11): well formed, frozen, unseen in training."""
+"""The independent evaluation sets (moderation/data/independent9 to 12): well formed, frozen, unseen in training."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ group chats), frozen before any model was scored on it, while session 16's exper
 ELEVENTH = DATA_DIR / "independent11"
 """The eleventh set (2026-12-07, session 17): the same brief in three more new voices (wellness posts and live rooms,
 dating and consultation chat, hobby forums), frozen with experiment 18's rule before any model was scored on it."""
-SETS = (NINTH, TENTH, ELEVENTH)
+TWELFTH = DATA_DIR / "independent12"
+"""The twelfth set (2026-12-07, session 17): the same brief in three more new voices (rural and island wellness posts,
+dating and booked-service chat, hobby forums), frozen before any model was scored on it, while experiment 18
+trained; reported beside set 11, deciding nothing."""
+SETS = (NINTH, TENTH, ELEVENTH, TWELFTH)
 """The sets written apart from the training data. Sets 1-4 became training data with heads 2026.12.14, sets 5-8
 with heads 2026.12.16 (moderation/data/written/ind*): they no longer measure unseen text."""
 
