@@ -18,6 +18,7 @@ import datetime as dt
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import msgspec
 
 from common.labels import LABELS, UNSCORED
@@ -31,10 +32,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import LiteralString
 
-    import asyncpg
-
     from db.outbox import Announcement
 
+CARE_CLAIMED = "VY409"
+"""SQLSTATE of the database's refusal to close a care case under another moderator's live claim (migration 0011)."""
 HARMFUL = frozenset({"hide", "remove"})
 # When a member report found what the model missed and the moderator named no label, the report's
 # type says which label applies.
@@ -422,10 +423,17 @@ async def close_care(pool: asyncpg.Pool, care_id: str, version: int, moderator: 
 
     async def body(conn: asyncpg.Connection) -> Closed:
         row = await _locked_care(conn, cid, version, moderator)
-        await conn.execute(
-            """UPDATE care_cases SET state = 'closed', closed_by = $2, closed_at = now(), note = $3,
-                      claimed_by = NULL, claim_expires_at = NULL, version = version + 1 WHERE id = $1""",
-            cid, moderator, note)
+        try:
+            await conn.execute(
+                """UPDATE care_cases SET state = 'closed', closed_by = $2, closed_at = now(), note = $3,
+                          claimed_by = NULL, claim_expires_at = NULL, version = version + 1 WHERE id = $1""",
+                cid, moderator, note)
+        except asyncpg.PostgresError as err:
+            # The database's own guard (migration 0011); the check above holds the row, so only a claim that
+            # _locked_care let through by mistake gets here: a conflict, never a close over it.
+            if err.sqlstate == CARE_CLAIMED:
+                raise Conflict(f"{row['claimed_by']} is reaching out") from err
+            raise
         return await _audit_care(conn, moderator, "care.close", row, note, version)
 
     return await idempotent(pool, user_id=moderator, request_id=validate.request_id(request_id),
