@@ -71,6 +71,11 @@ def retry_delay(retry_after: float | None, attempt: int) -> float:
     burst of refusals reached do not all come back in the same instant."""
     base = max(0.1, retry_after if retry_after is not None else 0.5)
     return base * float(2 ** (attempt - 1)) * (1 + random.random() / 2)
+
+
+ANSWER_ALLOWANCE_S = 0.25
+"""A retry goes only if it leaves the caller this long to hear its answer before the caller stops waiting."""
+
 _KINDS = frozenset({"event", "notice", "recovered", "unrecovered", "gap", "status", "auth_lost",
                     "subscribe_error", "error", "digest"})
 _DEDUP_WINDOW = 512
@@ -106,6 +111,9 @@ class _Pending:
     queued: bool = False
     retry_handle: asyncio.TimerHandle | None = None
     payload: str = ""
+    deadline: float | None = None
+    """The loop time the caller stops waiting at; a retry that would go too late to be answered before it is not
+    made: the refusal is the answer, which says more than a timeout (nothing was applied; ``retry_after``)."""
 
     @property
     def id(self) -> str:
@@ -398,10 +406,11 @@ class VybeClient:
         if len(payload) > MAX_FRAME_BYTES:
             raise CommandError("frame_too_large", f"the command is {len(payload)} bytes of JSON")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        p = _Pending(body, "user", next(self._seq), future=fut, payload=payload)
+        limit = self.command_timeout if timeout is None else timeout
+        p = _Pending(body, "user", next(self._seq), future=fut, payload=payload,
+                     deadline=asyncio.get_running_loop().time() + limit)
         self._pending[cid] = p
         self._enqueue(p)
-        limit = self.command_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
                 return await fut
@@ -953,10 +962,12 @@ class VybeClient:
             log.warning("vybe: server error: %s", err)
             self._emit("error", err)
             return
-        if p.kind != "auth" and p.retries < _RETRIES.get(code, 0):
+        delay = retry_delay(err.retry_after, p.retries + 1)
+        loop = asyncio.get_running_loop()
+        if p.kind != "auth" and p.retries < _RETRIES.get(code, 0) and \
+                (p.deadline is None or loop.time() + delay + ANSWER_ALLOWANCE_S < p.deadline):
             p.retries += 1  # the same id: rate_limited and unavailable applied nothing; the writes dedupe by it
-            delay = retry_delay(err.retry_after, p.retries)
-            p.retry_handle = asyncio.get_running_loop().call_later(delay, self._retry, p)
+            p.retry_handle = loop.call_later(delay, self._retry, p)
             return
         self._forget(p)
         p.settle(None, err)

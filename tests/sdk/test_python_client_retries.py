@@ -107,3 +107,21 @@ def test_retry_waits_grow_from_retry_after_and_are_spread() -> None:
             low = base * 2 ** (attempt - 1)
             assert all(low <= w < 1.5 * low for w in waits), (retry_after, attempt)
             assert max(waits) - min(waits) > 0.2 * low
+
+
+async def test_a_retry_the_caller_would_not_wait_for_is_not_made_and_the_refusal_is_the_answer() -> None:
+    """Always `unavailable` (retry_after 0.4 s), a 2.5 s command timeout: the retries that fit are made (0.4 s, then
+    0.8 s, each up to 1.5x), the one that would go too late is not, and the caller gets `unavailable` with its
+    retry_after, before the timeout, never `timeout` (which would not say that nothing was applied)."""
+
+    def answer(frame: dict[str, Any], seen: int) -> Refuse:
+        return {"code": "unavailable", "message": "db down", "retry_after": 0.4}
+
+    script = Script(answer)
+    async for client in _client(script, command_timeout=2.5):
+        started = time.monotonic()
+        with pytest.raises(CommandError) as err:
+            await client.send("publish", id="w-1", channel="c", data={})
+        took = time.monotonic() - started
+    assert err.value.code == "unavailable" and err.value.retry_after == 0.4
+    assert script.ids().count("w-1") == 3 and took < 2.5, (script.ids(), took)

@@ -50,7 +50,8 @@
  *   `ping`; no answer and the socket is dropped and reconnected (0: off)
  * @property {number} [retries=5]  how often one command is sent again after a `rate_limited`,
  *   `unavailable` or `internal` answer (same id, after its retry_after, doubled per retry and
- *   jittered up to 1.5x: a write that landed is answered from its first result, not applied again)
+ *   jittered up to 1.5x: a write that landed is answered from its first result, not applied again);
+ *   a retry whose answer could not come before `commandTimeoutMs` is not made: the refusal is the answer
  * @property {number} [maxFrameBytes=1048576]  a command whose frame is larger is refused here
  *   (CommandError "frame_too_large") instead of making the server close the socket (1009)
  */
@@ -149,6 +150,7 @@ const SOFT_FRAME_FLOOR = 4096;         // no server refuses frames under this wi
 const SEEN_PER_CHANNEL = 512;          // offsets remembered per channel, to drop a re-sync's duplicates
 const AUTH_LOST = new Set([4003, 4004, 4010]);  // refused, expired, disconnected by the app's backend
 const RETRYABLE = new Set(["rate_limited", "unavailable", "internal"]);
+const ANSWER_ALLOWANCE_MS = 250;  // a caller's retry goes only if its answer can come before the caller's timeout
 const WS_OPEN = 1;
 
 /** A command's failure: the server's error `code` (see docs/protocol.md), or one of this client's:
@@ -648,13 +650,16 @@ export class VybeClient {
       this._emitError(err, "server");
       return;
     }
-    if (RETRYABLE.has(msg.code) && cmd.kind !== "auth" && cmd.retries < this._retries) {
+    // Never sooner than retry_after, growing (1x, 2x, 4x...) and spread out (refusals come in bursts): jitter
+    // in [1, 1.5). The Python SDK waits the same (vybe_client.client.retry_delay).
+    const delay = Math.max(100, (msg.retry_after ?? 0.5) * 1000) * 2 ** cmd.retries * (1 + Math.random() / 2);
+    // A caller's command whose retry would go after the caller stops waiting gets the refusal now: it says what
+    // happened (nothing was applied), where a timeout would not. The channel commands go on regardless.
+    const inTime = cmd.internal || Date.now() + delay + ANSWER_ALLOWANCE_MS < cmd.deadline;
+    if (RETRYABLE.has(msg.code) && cmd.kind !== "auth" && cmd.retries < this._retries && inTime) {
       cmd.retries += 1;  // the same id: a write that did land is answered from its first result
       cmd.sentOn = null;
       if (msg.code === "rate_limited" && this._rate) this._bucket.tokens = Math.min(this._bucket.tokens, 0);
-      // Never sooner than retry_after, growing (1x, 2x, 4x...) and spread out (refusals come in bursts): jitter
-      // in [1, 1.5). The Python SDK waits the same (vybe_client.client.retry_delay).
-      const delay = Math.max(100, (msg.retry_after ?? 0.5) * 1000) * 2 ** (cmd.retries - 1) * (1 + Math.random() / 2);
       cmd.retryTimer = setTimeout(() => {
         cmd.retryTimer = null;
         if (this._pending.get(cmd.id) !== cmd) return;
@@ -933,6 +938,7 @@ export class VybeClient {
       return cmd;
     }
     const ms = timeoutMs ?? this._timeoutMs;
+    cmd.deadline = Date.now() + ms;  // a caller's command is not retried past it: the refusal is its answer
     cmd.timer = setTimeout(() => this._expire(cmd), ms);
     this._pending.set(cmd.id, cmd);
     return cmd;

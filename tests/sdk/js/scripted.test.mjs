@@ -105,6 +105,30 @@ test("unavailable and internal answers: the command goes again with the same id;
   }
 });
 
+test("a retry the caller would not wait for is not made: the refusal is the answer, not a timeout", async () => {
+  let posts = 0;
+  const server = await fakeGateway((conn, f) => {
+    if (f.type === "auth") return authOk(conn, f);
+    if (f.type === "post_vybe") {
+      posts += 1;
+      conn.error(f, "unavailable", { retry_after: 0.4 });
+    }
+  });
+  const c = fakeClient(server.url, { commandTimeoutMs: 2500 });
+  try {
+    c.connect();
+    await c.ready();
+    const t0 = Date.now();
+    // Retries after 0.4 s and 0.8 s (each up to 1.5x) fit in 2.5 s; the third (1.6 s or more) would not.
+    await assert.rejects(c.postVybe("hello"), (err) => err.code === "unavailable" && err.retryAfter === 0.4);
+    assert.ok(Date.now() - t0 < 2500, `answered after ${Date.now() - t0} ms`);
+    assert.equal(posts, 3);
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
 test("going_away then 1001: reconnect at once, not after the backoff", async () => {
   const server = await fakeGateway((conn, f) => {
     if (f.type === "auth") authOk(conn, f);
