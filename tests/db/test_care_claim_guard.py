@@ -57,7 +57,8 @@ async def test_this_release_answers_the_guard_as_a_conflict(pool, monkeypatch) -
 
     monkeypatch.setattr(learning, "_locked_care", unchecked)
     audited = await pool.fetchval("SELECT count(*) FROM moderation_audit")
-    with pytest.raises(Conflict, match="mod-one is reaching out"):
+    with pytest.raises(Conflict, match="mod-one is reaching out") as err:
         await learning.close_care(pool, str(care.care_id), care.version, "mod-two", None)
+    assert getattr(err.value.__cause__, "sqlstate", None) == learning.CARE_CLAIMED, "the database's refusal"
     assert await pool.fetchval("SELECT state FROM care_cases WHERE id = $1", care.care_id) == "open"
     assert await pool.fetchval("SELECT count(*) FROM moderation_audit") == audited
