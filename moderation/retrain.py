@@ -38,9 +38,10 @@ if TYPE_CHECKING:
 DECISION_WEIGHT = 3.0
 HOLDOUT_SHARE = 0.3
 MAX_INDEPENDENT_DROP = 0.01
-INDEPENDENT_DIR = Path(__file__).resolve().parent / "data" / "independent9"
-"""A frozen set written apart from every training file (805 texts, 2026-12-07): a retrain is judged on it, never
-trained on it (sets 1-4 became training data with heads 2026.12.14, sets 5-8 with 2026.12.16)."""
+INDEPENDENT_DIR = Path(__file__).resolve().parent / "data" / "independent11"
+"""A frozen set written apart from every training file (793 texts, 2026-12-07): a retrain is judged on it, never
+trained on it (sets 1-4 became training data with heads 2026.12.14, sets 5-8 with 2026.12.16, sets 9-10 with
+2026.12.18)."""
 
 
 class RetrainError(Exception):

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scorer", default="blend", choices=("blend", "embedded", "light", "detoxify"))
     ap.add_argument("--data", type=Path, default=EVAL_PATH,
                     help="JSONL with text, labels, category (a directory: all its *.jsonl, e.g. "
-                         "moderation/data/independent9, a set written apart from the training data)")
+                         "moderation/data/independent11, a set written apart from the training data)")
     ap.add_argument("--thresholds", default=None,
                     help="flag thresholds over the policy defaults, as VYBE_MODERATION_THRESHOLDS: "
                          "toxicity=0.8,insult=0.6")

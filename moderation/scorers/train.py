@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from .finetune import LayerCache, Pairs
 
 log = logging.getLogger(__name__)
-VERSION = "2026.12.16"  # bump whenever a head or its scoring changes (.16: sets 5-8 and contrast texts trained on)
+VERSION = "2026.12.18"  # bump whenever a head or its scoring changes (.18: sets 9-10, flirting boundary texts)
 SEED = 13
 TARGETS: tuple[str, ...] = LABELS + SIGNALS
 THRESHOLDS: dict[str, float] = {**DEFAULT_FLAG, "self_harm_risk": 0.5}

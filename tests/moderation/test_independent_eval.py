@@ -1,4 +1,4 @@
-"""The independent evaluation sets (moderation/data/independent9 to 12): well formed, frozen, unseen in training."""
+"""The independent evaluation sets (moderation/data/independent11 and 12): well formed, frozen, unseen in training."""
 
 from __future__ import annotations
 
@@ -11,13 +11,6 @@ from moderation.scorers import LABELS
 from moderation.scorers.evaluate import load_rows
 from moderation.scorers.trainset import DATA_DIR, EVAL_PATH, SUPPLEMENTARY_DIR, TRAIN_PATH, WRITTEN_DIR, load_jsonl
 
-NINTH = DATA_DIR / "independent9"
-"""The ninth set (2026-12-07): set 8's mix with flirting, innuendo and sarcastic insults larger again, three new
-voices, frozen before any model was scored on it and before session 16's experiment (sets 5-8 as training data)
-was trained."""
-TENTH = DATA_DIR / "independent10"
-"""The tenth set (2026-12-07): set 9's brief in three more new voices (code-mixed English, booked-service messages,
-group chats), frozen before any model was scored on it, while session 16's experiment was training."""
 ELEVENTH = DATA_DIR / "independent11"
 """The eleventh set (2026-12-07, session 17): the same brief in three more new voices (wellness posts and live rooms,
 dating and consultation chat, hobby forums), frozen with experiment 18's rule before any model was scored on it."""
@@ -25,9 +18,10 @@ TWELFTH = DATA_DIR / "independent12"
 """The twelfth set (2026-12-07, session 17): the same brief in three more new voices (rural and island wellness posts,
 dating and booked-service chat, hobby forums), frozen before any model was scored on it, while experiment 18
 trained; reported beside set 11, deciding nothing."""
-SETS = (NINTH, TENTH, ELEVENTH, TWELFTH)
+SETS = (ELEVENTH, TWELFTH)
 """The sets written apart from the training data. Sets 1-4 became training data with heads 2026.12.14, sets 5-8
-with heads 2026.12.16 (moderation/data/written/ind*): they no longer measure unseen text."""
+with heads 2026.12.16, sets 9-10 with heads 2026.12.18 (moderation/data/written/ind*): they no longer measure unseen
+text."""
 
 
 def _norm(text: object) -> str:
@@ -35,7 +29,7 @@ def _norm(text: object) -> str:
     return " ".join(re.findall(r"[a-z0-9']+", str(text).lower())) or str(text).strip()
 
 
-def _frozen(folder: Path = NINTH) -> dict[str, str]:
+def _frozen(folder: Path = ELEVENTH) -> dict[str, str]:
     lines = (folder / "SHA256SUMS").read_text().splitlines()
     return {name: digest for digest, name in (line.split() for line in lines if line.strip())}
 
