@@ -60,8 +60,12 @@ MAX_FRAME_BYTES = 1 << 20
 GOING_AWAY = 1001
 FLOODING = 4029
 FLOOD_PAUSE_S = 5.0
-_RETRIES = {"rate_limited": 5, "unavailable": 5, "internal": 1}
-"""Errors a command is sent again for (same id), after ``retry_after``, at most this many times."""
+_RETRYABLE = frozenset({"rate_limited", "unavailable", "internal"})
+"""Errors a command is sent again for (same id), after ``retry_after``."""
+_RETRIES = 5
+"""At most this many times in all, as the JavaScript SDK's ``retries`` default ..."""
+_INTERNAL_RETRIES = 1
+"""... of which at most this many after ``internal`` (a fault of the server, not a busy one), as there too."""
 
 
 def retry_delay(retry_after: float | None, attempt: int) -> float:
@@ -108,6 +112,7 @@ class _Pending:
     future: asyncio.Future[dict[str, Any]] | None = None
     on_reply: Callable[[dict[str, Any] | None, CommandError | None], None] | None = None
     retries: int = 0
+    internal_retries: int = 0
     queued: bool = False
     retry_handle: asyncio.TimerHandle | None = None
     payload: str = ""
@@ -964,9 +969,12 @@ class VybeClient:
             return
         delay = retry_delay(err.retry_after, p.retries + 1)
         loop = asyncio.get_running_loop()
-        if p.kind != "auth" and p.retries < _RETRIES.get(code, 0) and \
+        again = code in _RETRYABLE and p.retries < _RETRIES and \
+            (code != "internal" or p.internal_retries < _INTERNAL_RETRIES)
+        if p.kind != "auth" and again and \
                 (p.deadline is None or loop.time() + delay + ANSWER_ALLOWANCE_S < p.deadline):
             p.retries += 1  # the same id: rate_limited and unavailable applied nothing; the writes dedupe by it
+            p.internal_retries += code == "internal"
             p.retry_handle = loop.call_later(delay, self._retry, p)
             return
         self._forget(p)

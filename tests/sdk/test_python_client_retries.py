@@ -1,7 +1,7 @@
 """The Python SDK's answers to refusals, against a scripted server (the gateway cannot be made to refuse on cue):
 a command refused `unavailable` or `internal` goes again with the same id after the answer's retry_after, at most
-as often as `_RETRIES` says, and ahead of the commands queued behind it (as the JavaScript SDK does), so a refused
-write does not fall behind later ones."""
+as often as `_RETRIES` and `_INTERNAL_RETRIES` say, and ahead of the commands queued behind it (as the JavaScript
+SDK does), so a refused write does not fall behind later ones."""
 
 from __future__ import annotations
 
@@ -82,6 +82,20 @@ async def test_unavailable_and_internal_go_again_with_the_same_id_after_retry_af
         with pytest.raises(CommandError) as err:
             await client.send("publish", id="w-2", channel="c", data={})
         assert err.value.code == "internal" and script.ids().count("w-2") == 2
+
+
+async def test_internal_goes_again_once_also_after_other_refusals() -> None:
+    """`unavailable`, then `internal`, then `internal`: the first `internal` goes again (once, whatever came before
+    it, as in the JavaScript SDK; before, only an `internal` on the first sending did), the second is the answer."""
+    answers: list[Refuse] = [{"code": "unavailable", "message": "busy", "retry_after": 0.05},
+                             {"code": "internal", "message": "oops", "retry_after": 0.05},
+                             {"code": "internal", "message": "oops again", "retry_after": 0.05}]
+
+    script = Script(lambda frame, seen: answers[seen - 1] if seen <= 3 else None)
+    async for client in _client(script):
+        with pytest.raises(CommandError) as err:
+            await client.send("publish", id="w-1", channel="c", data={})
+    assert err.value.code == "internal" and script.ids() == ["w-1"] * 3
 
 
 async def test_a_refused_command_goes_again_ahead_of_the_commands_queued_behind_it() -> None:

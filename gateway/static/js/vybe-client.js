@@ -48,8 +48,8 @@
  * @property {RateLimitOptions|false} [rateLimit]  false: no client-side limit
  * @property {number} [heartbeatMs=30000]  after this long without a frame from the server, a
  *   `ping`; no answer and the socket is dropped and reconnected (0: off)
- * @property {number} [retries=5]  how often one command is sent again after a `rate_limited`,
- *   `unavailable` or `internal` answer (same id, after its retry_after, doubled per retry and
+ * @property {number} [retries=5]  how often one command is sent again after `rate_limited`,
+ *   `unavailable` or `internal` answers, in all (after `internal` once at most) (same id, after its retry_after, doubled per retry and
  *   jittered up to 1.5x: a write that landed is answered from its first result, not applied again);
  *   a retry whose answer could not come before `commandTimeoutMs` is not made: the refusal is the answer
  * @property {number} [maxFrameBytes=1048576]  a command whose frame is larger is refused here
@@ -656,8 +656,11 @@ export class VybeClient {
     // A caller's command whose retry would go after the caller stops waiting gets the refusal now: it says what
     // happened (nothing was applied), where a timeout would not. The channel commands go on regardless.
     const inTime = cmd.internal || Date.now() + delay + ANSWER_ALLOWANCE_MS < cmd.deadline;
-    if (RETRYABLE.has(msg.code) && cmd.kind !== "auth" && cmd.retries < this._retries && inTime) {
+    // At most `retries` in all, of which one after `internal` (a fault of the server, not a busy one), as in Python.
+    const again = cmd.retries < this._retries && (msg.code !== "internal" || !cmd.internalRetries);
+    if (RETRYABLE.has(msg.code) && cmd.kind !== "auth" && again && inTime) {
       cmd.retries += 1;  // the same id: a write that did land is answered from its first result
+      if (msg.code === "internal") cmd.internalRetries = 1;
       cmd.sentOn = null;
       if (msg.code === "rate_limited" && this._rate) this._bucket.tokens = Math.min(this._bucket.tokens, 0);
       cmd.retryTimer = setTimeout(() => {
@@ -924,8 +927,8 @@ export class VybeClient {
     const frame = { ...body, id: id || newId(body.type) };
     const text = JSON.stringify(frame);
     const bytes = text.length * 3 > SOFT_FRAME_FLOOR ? utf8Length(text) : text.length;
-    const cmd = { id: frame.id, frame, text, bytes, kind, internal, retries: 0, sentOn: null, seq: 0,
-                  timer: null, retryTimer: null, resolve: null, reject: null, promise: null };
+    const cmd = { id: frame.id, frame, text, bytes, kind, internal, retries: 0, internalRetries: 0, sentOn: null,
+                  seq: 0, timer: null, retryTimer: null, resolve: null, reject: null, promise: null };
     if (onSettle) {
       cmd.resolve = (result) => onSettle(null, result);
       cmd.reject = (err) => onSettle(err);

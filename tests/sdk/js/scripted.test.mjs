@@ -105,6 +105,28 @@ test("unavailable and internal answers: the command goes again with the same id;
   }
 });
 
+test("internal goes again once, after any other refusals; a second internal is the answer", async () => {
+  let posts = 0;
+  const server = await fakeGateway((conn, f) => {
+    if (f.type === "auth") return authOk(conn, f);
+    if (f.type === "post_vybe") {
+      posts += 1;
+      if (posts === 1) conn.error(f, "unavailable", { retry_after: 0.05 });
+      else conn.error(f, "internal", { retry_after: 0.05 });
+    }
+  });
+  const c = fakeClient(server.url);
+  try {
+    c.connect();
+    await c.ready();
+    await assert.rejects(c.postVybe("hello"), { code: "internal" });
+    assert.equal(posts, 3, "unavailable, internal (again once), internal (the answer)");
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
 test("a retry the caller would not wait for is not made: the refusal is the answer, not a timeout", async () => {
   let posts = 0;
   const server = await fakeGateway((conn, f) => {
