@@ -48,10 +48,11 @@
  * @property {RateLimitOptions|false} [rateLimit]  false: no client-side limit
  * @property {number} [heartbeatMs=30000]  after this long without a frame from the server, a
  *   `ping`; no answer and the socket is dropped and reconnected (0: off)
- * @property {number} [retries=5]  how often one command is sent again after `rate_limited`,
- *   `unavailable` or `internal` answers, in all (after `internal` once at most) (same id, after its retry_after, doubled per retry and
- *   jittered up to 1.5x: a write that landed is answered from its first result, not applied again);
- *   a retry whose answer could not come before `commandTimeoutMs` is not made: the refusal is the answer
+ * @property {number} [retries=5]  how often one command is sent again, in all, after `rate_limited`,
+ *   `unavailable` or `internal` answers (after `internal` once at most): same id, after the answer's
+ *   retry_after, doubled per retry and jittered up to 1.5x (a write that landed is answered from its
+ *   first result, not applied again); a retry whose answer could not come before `commandTimeoutMs`
+ *   is not made: the refusal is the answer
  * @property {number} [maxFrameBytes=1048576]  a command whose frame is larger is refused here
  *   (CommandError "frame_too_large") instead of making the server close the socket (1009)
  */
